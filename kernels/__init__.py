@@ -1,0 +1,1 @@
+"""Fused and reference losses for sequential recommendation over large catalogues."""

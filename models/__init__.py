@@ -1,0 +1,1 @@
+"""Sequence encoders (no training logic)."""

@@ -1,0 +1,1 @@
+"""cce-study harness: data, training, memory, sweeps, analysis."""

@@ -1,0 +1,56 @@
+"""The `cce-study` command line: one subcommand per job, each implemented in its own module.
+
+Every command module exposes `configure(parser)` (adds its arguments) and `run(args) -> int`.
+Errors a user can fix (missing file, bad value) are printed as one line, with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("study.train_cli", "train and evaluate SASRec for one configuration"),
+    "bench-loss": ("study.bench_loss", "benchmark the fused loss against PyTorch baselines (GPU)"),
+    "plan": ("study.plan_cli", "list the grid points that fit a memory budget, without running them"),
+    "sweep": ("study.sweep", "run a sweep specification (TOML) with Ray Tune into a results database"),
+    "best": ("study.analysis_cli", "best configuration under a memory budget, from a results database"),
+    "pareto": ("study.analysis_cli", "memory-quality Pareto figures from a results database"),
+    "report": ("study.analysis_cli", "Markdown report with tables and figures from a results database"),
+}
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line without a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cce-study", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        configure = getattr(module, f"configure_{name.replace('-', '_')}", None) or module.configure
+        configure(command_parser)
+        runner = getattr(module, f"run_{name.replace('-', '_')}", None) or module.run
+        command_parser.set_defaults(_run=runner)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (UserError, ValueError, FileNotFoundError) as exc:
+        print(f"cce-study {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cce-study {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""What one trial produces: the record that flows trainer -> sweep callback -> database -> analysis."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TrialStatus = Literal["ok", "oom", "over_budget", "predicted_over_budget", "failed"]
+TRIAL_STATUSES: tuple[str, ...] = ("ok", "oom", "over_budget", "predicted_over_budget", "failed")
+
+
+@dataclass
+class MemoryReport:
+    """Peak memory of one trial, measured three ways (bytes; None where the source is unavailable)."""
+
+    torch_max_allocated: int | None = None
+    torch_max_reserved: int | None = None
+    nvml_process_peak: int | None = None  # this process only, sampled in a background thread
+    cpu_peak_rss: int | None = None
+    gpu_name: str | None = None
+    gpu_total: int | None = None
+    budget_bytes: int | None = None
+
+    @property
+    def peak_bytes(self) -> int | None:
+        """The headline peak: NVML's process memory when present, else torch reserved, else RSS."""
+        for value in (self.nvml_process_peak, self.torch_max_reserved, self.cpu_peak_rss):
+            if value is not None:
+                return value
+        return None
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float
+    val_metrics: dict[str, float]  # "ndcg@10", "hit@10", "mrr@10", "coverage@10", ... (k in METRIC_KS)
+    epoch_seconds: float  # training part of the epoch, evaluation excluded
+    eval_seconds: float
+    sequences_per_second: float
+    steps: int
+
+
+@dataclass
+class TrialRecord:
+    status: TrialStatus
+    config: dict[str, Any]  # TrainConfig.to_dict()
+    error: str | None = None
+    val_metrics: dict[str, float] = field(default_factory=dict)  # at the best epoch
+    test_metrics: dict[str, float] = field(default_factory=dict)  # of the best epoch's weights
+    popularity_val_metrics: dict[str, float] = field(default_factory=dict)
+    popularity_test_metrics: dict[str, float] = field(default_factory=dict)
+    best_epoch: int | None = None
+    epochs: list[EpochRecord] = field(default_factory=list)
+    memory: MemoryReport = field(default_factory=MemoryReport)
+    predicted_peak_bytes: int | None = None
+    mean_epoch_seconds: float | None = None
+    sequences_per_second: float | None = None
+    total_seconds: float | None = None
+    num_users: int | None = None
+    num_items: int | None = None
+    num_interactions: int | None = None
+    device: str | None = None  # "cpu", "cuda:0"
+    loss_impl: str | None = None  # the implementation that actually ran: "triton" or "torch"
+    versions: dict[str, str] = field(default_factory=dict)  # python, torch, triton, cce-study, cuda
+    git_commit: str | None = None
+    started_at: str | None = None  # ISO 8601, UTC
+    finished_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["memory"]["peak_bytes"] = self.memory.peak_bytes
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialRecord:
+        values = dict(values)
+        memory = dict(values.pop("memory", {}) or {})
+        memory.pop("peak_bytes", None)
+        epochs = [EpochRecord(**e) for e in values.pop("epochs", []) or []]
+        return cls(memory=MemoryReport(**memory), epochs=epochs, **values)

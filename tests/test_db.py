@@ -1,0 +1,250 @@
+"""The results database: round trip of TrialRecords, idempotent upserts, WAL, crash safety."""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from study.config import METRIC_KS, TrainConfig
+from study.db import (
+    EPOCH_COLUMNS,
+    METRIC_NAMES,
+    TRIAL_COLUMNS,
+    ResultsDB,
+    load_epochs,
+    load_trials,
+    metric_column,
+)
+from study.record import EpochRecord, MemoryReport, TrialRecord
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def random_metrics(rng: random.Random) -> dict[str, float]:
+    return {f"{name}@{k}": rng.uniform(0.01, 0.99) for name in METRIC_NAMES for k in METRIC_KS}
+
+
+def random_record(rng: random.Random, *, status: str = "ok", num_epochs: int = 3) -> TrialRecord:
+    config = TrainConfig(
+        loss=rng.choice(["ce", "ce-neg"]),
+        num_negatives=rng.randint(1, 4096),
+        batch_size=rng.randint(1, 1024),
+        max_len=rng.randint(2, 512),
+        negative_scope=rng.choice(["batch", "sequence", "position", "drawn"]),
+        logq_correction=rng.random() < 0.5,
+        lr=rng.uniform(1e-4, 1e-2),
+        seed=rng.randint(0, 10_000),
+        memory_budget=rng.choice([None, "8GiB", "0.5"]),
+        time_limit_s=rng.choice([None, rng.uniform(10, 1000)]),
+    )
+    epochs = [
+        EpochRecord(
+            epoch=i + 1,
+            train_loss=rng.uniform(0.5, 10.0),
+            val_metrics=random_metrics(rng),
+            epoch_seconds=rng.uniform(0.1, 100.0),
+            eval_seconds=rng.uniform(0.1, 10.0),
+            sequences_per_second=rng.uniform(10.0, 1e5),
+            steps=rng.randint(1, 1000),
+        )
+        for i in range(num_epochs)
+    ]
+    return TrialRecord(
+        status=status,  # type: ignore[arg-type]
+        config=config.to_dict(),
+        error=None if status == "ok" else f"error text {rng.random()}",
+        val_metrics=random_metrics(rng),
+        test_metrics=random_metrics(rng),
+        popularity_val_metrics=random_metrics(rng),
+        popularity_test_metrics=random_metrics(rng),
+        best_epoch=rng.randint(1, max(num_epochs, 1)),
+        epochs=epochs,
+        memory=MemoryReport(
+            torch_max_allocated=rng.randint(1, 2**36),
+            torch_max_reserved=rng.randint(1, 2**36),
+            nvml_process_peak=rng.choice([None, rng.randint(1, 2**37)]),
+            cpu_peak_rss=rng.randint(1, 2**34),
+            gpu_name="NVIDIA H100 80GB HBM3",
+            gpu_total=rng.randint(2**36, 2**37),
+            budget_bytes=rng.randint(2**30, 2**36),
+        ),
+        predicted_peak_bytes=rng.randint(1, 2**36),
+        mean_epoch_seconds=rng.uniform(1, 100),
+        sequences_per_second=rng.uniform(1, 1e5),
+        total_seconds=rng.uniform(1, 1e4),
+        num_users=rng.randint(1, 10**6),
+        num_items=rng.randint(1, 10**7),
+        num_interactions=rng.randint(1, 10**9),
+        device="cuda:0",
+        loss_impl=rng.choice(["triton", "torch"]),
+        versions={"torch": "2.11.0", "triton": "3.6.0"},
+        git_commit=f"{rng.getrandbits(160):040x}",
+        started_at="2026-11-26T06:00:00+00:00",
+        finished_at="2026-11-26T06:10:00+00:00",
+    )
+
+
+def test_metric_column_names_and_errors() -> None:
+    assert metric_column("ndcg@10") == "val_ndcg_10"
+    assert metric_column("hit@20", "test") == "test_hit_20"
+    assert metric_column("coverage@100", "pop_test") == "pop_test_coverage_100"
+    with pytest.raises(ValueError, match="metric"):
+        metric_column("ndcg10")
+    with pytest.raises(ValueError, match="metric"):
+        metric_column("recall@10")
+    with pytest.raises(ValueError, match="split"):
+        metric_column("ndcg@10", "train")
+
+
+def test_schema_has_agreed_columns() -> None:
+    agreed = {
+        "trial_id", "sweep", "status", "error", "config_json", "loss_impl_used", "pop_val_ndcg_10",
+        "pop_test_ndcg_10", "peak_bytes", "torch_max_allocated", "torch_max_reserved", "nvml_process_peak",
+        "cpu_peak_rss", "gpu_name", "gpu_total", "budget_bytes", "predicted_peak_bytes", "best_epoch",
+        "epochs_run", "mean_epoch_seconds", "sequences_per_second", "total_seconds", "num_users", "num_items",
+        "num_interactions", "device", "versions_json", "git_commit", "started_at", "finished_at",
+        "dataset", "split", "loss", "num_negatives", "negative_scope", "sampling", "loss_impl", "batch_size",
+        "max_len", "hidden", "blocks", "heads", "seed",
+    }
+    agreed |= {f"{s}_{n}_{k}" for s in ("val", "test") for n in METRIC_NAMES for k in METRIC_KS}
+    assert agreed <= set(TRIAL_COLUMNS)
+    assert {"trial_id", "epoch", "train_loss", "epoch_seconds", "eval_seconds", "sequences_per_second",
+            "steps", "val_ndcg_10", "val_coverage_100"} <= set(EPOCH_COLUMNS)
+
+
+def test_round_trip_of_a_record(tmp_path: Path) -> None:
+    rng = random.Random(1234)
+    record = random_record(rng)
+    path = tmp_path / "nested" / "results.sqlite"
+    with ResultsDB(path) as db:
+        db.record_trial("sweep-a-0001", "sweep-a", record)
+        assert db.load_record("sweep-a-0001") == record
+        assert db.trial_ids() == {"sweep-a-0001"}
+
+    trials = load_trials(path)
+    assert len(trials) == 1
+    row = trials.iloc[0]
+    assert row["status"] == "ok" and row["sweep"] == "sweep-a"
+    for name, value in record.config.items():
+        if name == "device":
+            continue  # the column holds the device that ran, checked below
+        if value is None:
+            assert row[name] is None or (isinstance(row[name], float) and math.isnan(row[name]))
+        elif isinstance(value, float):
+            assert row[name] == pytest.approx(value, rel=1e-15)
+        else:
+            assert row[name] == value, name
+    assert row["device"] == "cuda:0"
+    assert bool(row["logq_correction"]) == record.config["logq_correction"]
+    assert str(trials["logq_correction"].dtype) == "boolean"
+    for metric, value in record.val_metrics.items():
+        assert row[metric_column(metric, "val")] == pytest.approx(value, rel=1e-15)
+    for metric, value in record.test_metrics.items():
+        assert row[metric_column(metric, "test")] == pytest.approx(value, rel=1e-15)
+    assert row["pop_test_ndcg_10"] == pytest.approx(record.popularity_test_metrics["ndcg@10"], rel=1e-15)
+    assert row["peak_bytes"] == record.memory.peak_bytes
+    assert row["budget_bytes"] == record.memory.budget_bytes
+    assert row["predicted_peak_bytes"] == record.predicted_peak_bytes
+    assert row["loss_impl_used"] == record.loss_impl
+    assert row["epochs_run"] == len(record.epochs)
+    assert row["num_items"] == record.num_items
+
+    epochs = load_epochs(path)
+    assert list(epochs["epoch"]) == [1, 2, 3]
+    for (_, epoch_row), epoch in zip(epochs.iterrows(), record.epochs):
+        assert epoch_row["train_loss"] == pytest.approx(epoch.train_loss, rel=1e-15)
+        assert epoch_row["steps"] == epoch.steps
+        assert epoch_row["val_mrr_20"] == pytest.approx(epoch.val_metrics["mrr@20"], rel=1e-15)
+
+
+def test_upsert_is_idempotent_and_rewrites_epochs(tmp_path: Path) -> None:
+    rng = random.Random(99)
+    path = tmp_path / "results.sqlite"
+    first = random_record(rng, num_epochs=4)
+    second = random_record(rng, status="over_budget", num_epochs=2)
+    with ResultsDB(path) as db:
+        db.record_trial("t1", "s", first)
+        db.record_trial("t1", "s", first)
+        db.record_trial("t1", "s", second)
+        db.record_trial("t2", "other", first)
+        assert db.trial_ids("s") == {"t1"}
+        assert db.trial_ids("other") == {"t2"}
+        assert db.status_counts("s") == {"over_budget": 1}
+    trials = load_trials(path, sweep="s")
+    assert list(trials["trial_id"]) == ["t1"]
+    assert trials.iloc[0]["status"] == "over_budget"
+    assert trials.iloc[0]["error"] == second.error
+    epochs = load_epochs(path, sweep="s")
+    assert list(epochs["epoch"]) == [1, 2]
+    assert epochs.iloc[1]["train_loss"] == pytest.approx(second.epochs[1].train_loss)
+    assert len(load_epochs(path)) == 2 + 4
+
+
+def test_wal_mode_and_reader_during_open_write(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite"
+    rng = random.Random(5)
+    with ResultsDB(path) as db:
+        db.record_trial("t1", "s", random_record(rng))
+        with sqlite3.connect(path) as probe:
+            assert probe.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        # a writer holding an open transaction must not block readers
+        db._connection.execute("BEGIN IMMEDIATE")
+        db._connection.execute("UPDATE trials SET status = 'failed'")
+        assert list(load_trials(path)["status"]) == ["ok"]
+        db._connection.rollback()
+
+
+def test_missing_or_foreign_file_gives_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nope.sqlite"):
+        load_trials(tmp_path / "nope.sqlite")
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not sqlite, just some text " * 100)
+    with pytest.raises(ValueError, match="junk.sqlite"):
+        ResultsDB(junk)
+    with pytest.raises(ValueError, match="trial_id"), ResultsDB(tmp_path / "ok.sqlite") as db:
+        db.record_trial("", "s", random_record(random.Random(0)))
+
+
+def test_old_database_gains_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE trials (trial_id TEXT PRIMARY KEY, sweep TEXT, status TEXT)")
+        old.execute("INSERT INTO trials VALUES ('old-1', 's', 'ok')")
+    record = random_record(random.Random(7))
+    with ResultsDB(path) as db:
+        db.record_trial("new-1", "s", record)
+    trials = load_trials(path).set_index("trial_id")
+    assert set(trials.index) == {"old-1", "new-1"}
+    assert trials.loc["new-1", "val_ndcg_10"] == pytest.approx(record.val_metrics["ndcg@10"])
+    assert trials.loc["old-1", "val_ndcg_10"] != trials.loc["old-1", "val_ndcg_10"]  # NaN
+
+
+def test_rows_survive_a_sigkilled_writer(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite"
+    script = textwrap.dedent(
+        f"""
+        import os, random, signal, sys
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_db import random_record
+        from study.db import ResultsDB
+        db = ResultsDB({str(path)!r})
+        rng = random.Random(3)
+        for i in range(5):
+            db.record_trial(f"t{{i}}", "s", random_record(rng))
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    completed = subprocess.run([sys.executable, "-c", script], timeout=120)
+    assert completed.returncode == -signal.SIGKILL
+    with ResultsDB(path) as db:
+        assert db.trial_ids("s") == {f"t{i}" for i in range(5)}
+    assert len(load_epochs(path)) == 5 * 3

@@ -1,0 +1,88 @@
+"""From a raw interaction log to `Interactions`: drop duplicates, k-core filter, remap ids, sort."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from study.data.errors import DataError
+
+
+@dataclass
+class Interactions:
+    """A cleaned log: users 0..num_users-1, items 1..num_items (0 is padding), sorted by (user, timestamp)."""
+
+    frame: pd.DataFrame  # columns user, item (int64), timestamp (int64 or float64)
+    num_users: int
+    num_items: int
+    name: str
+    # Original ids: user_labels[u] is the raw id of user u, item_labels[i - 1] the raw id of item i.
+    user_labels: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    item_labels: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def prepare_interactions(raw: pd.DataFrame, *, name: str, kcore: int = 0) -> Interactions:
+    """Turn a validated raw log (columns user_id, item_id, timestamp) into `Interactions`.
+
+    Exact duplicate rows (same user, item and timestamp) are dropped; repeated consumption at
+    different times is kept. Ties in time keep the original row order.
+    """
+    if kcore < 0:
+        raise DataError(f"kcore: must be >= 0, got {kcore}")
+    if len(raw) == 0:
+        raise DataError(f"{name}: the dataset has no interactions")
+    user_codes, user_labels = _factorize(raw["user_id"])
+    item_codes, item_labels = _factorize(raw["item_id"])
+    timestamps = raw["timestamp"].to_numpy()
+    keep = ~pd.DataFrame({"u": user_codes, "i": item_codes, "t": timestamps}).duplicated().to_numpy()
+    user_codes, item_codes, timestamps = user_codes[keep], item_codes[keep], timestamps[keep]
+    if kcore > 0:
+        keep = kcore_mask(user_codes, item_codes, kcore)
+        user_codes, item_codes, timestamps = user_codes[keep], item_codes[keep], timestamps[keep]
+    if len(user_codes) == 0:
+        raise DataError(f"{name}: no interactions left after {kcore}-core filtering")
+    # Re-number the survivors densely, keeping the sorted order of the original ids.
+    used_users, user_codes = np.unique(user_codes, return_inverse=True)
+    used_items, item_codes = np.unique(item_codes, return_inverse=True)
+    order = np.lexsort((timestamps, user_codes))  # lexsort is stable: ties keep file order
+    frame = pd.DataFrame({
+        "user": user_codes[order].astype(np.int64),
+        "item": item_codes[order].astype(np.int64) + 1,
+        "timestamp": timestamps[order],
+    })
+    return Interactions(
+        frame=frame,
+        num_users=len(used_users),
+        num_items=len(used_items),
+        name=name,
+        user_labels=np.asarray(user_labels)[used_users],
+        item_labels=np.asarray(item_labels)[used_items],
+    )
+
+
+def kcore_mask(user_codes: np.ndarray, item_codes: np.ndarray, k: int) -> np.ndarray:
+    """Rows that survive iterated k-core filtering: every remaining user and item has >= k interactions."""
+    keep = np.ones(len(user_codes), dtype=bool)
+    num_users = int(user_codes.max()) + 1 if len(user_codes) else 0
+    num_items = int(item_codes.max()) + 1 if len(item_codes) else 0
+    while True:
+        user_counts = np.bincount(user_codes[keep], minlength=num_users)
+        item_counts = np.bincount(item_codes[keep], minlength=num_items)
+        survives = keep & (user_counts[user_codes] >= k) & (item_counts[item_codes] >= k)
+        if survives.sum() == keep.sum():
+            return survives
+        keep = survives
+
+
+def _factorize(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Codes 0..n-1 in sorted order of the ids (in order of appearance if mixed types don't sort)."""
+    try:
+        codes, labels = pd.factorize(ids, sort=True)
+    except TypeError:
+        codes, labels = pd.factorize(ids, sort=False)
+    return np.asarray(codes, dtype=np.int64), np.asarray(labels)

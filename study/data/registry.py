@@ -1,0 +1,106 @@
+"""Find a dataset by name or path: local folders, the cache, or a download from the original source."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from study.data.errors import DataError
+from study.data.loading import is_table_file, load_interactions
+from study.data.preprocess import Interactions, prepare_interactions
+from study.data.sources import SOURCES, Source, fetch_source, parse_source, source_for_file
+from study.data.synthetic import generate_synthetic, is_synthetic, parse_synthetic_spec
+
+DATA_PATH_VARIABLE = "CCE_STUDY_DATA_PATH"
+CACHE_VARIABLE = "CCE_STUDY_CACHE"
+FOLDER_FILES = ("interactions.csv.gz", "interactions.csv", "interactions.parquet")
+
+
+@dataclass(frozen=True)
+class ResolvedDataset:
+    name: str  # as given
+    path: Path
+    source: Source | None  # None: a table with configurable columns; else a source's original format
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "cce-study").expanduser()
+
+
+def resolve_dataset(name_or_path: str, *, cache_dir: str | Path | None = None,
+                    download: bool = True, progress: bool = True) -> ResolvedDataset:
+    """Locate a dataset.
+
+    A path may name a file (csv, csv.gz, parquet, or a source's original archive such as ml-1m.zip) or a
+    folder holding interactions.csv.gz. A bare name is looked up in `<dir>/<name>/interactions.csv.gz`
+    for each dir of $CCE_STUDY_DATA_PATH, then in the cache ($CCE_STUDY_CACHE, default ~/.cache/cce-study),
+    and for ml-100k, ml-1m, ml-20m and gowalla finally downloaded from the original source into the cache.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        source = None if is_table_file(path) else source_for_file(path)
+        if source is None and not is_table_file(path):
+            raise DataError(f"{path}: unsupported file type (expected csv, csv.gz, parquet or a source "
+                            f"archive named {', '.join(s.filename for s in SOURCES.values())})")
+        return ResolvedDataset(name_or_path, path, source)
+    if path.is_dir():
+        found = _folder_file(path)
+        if found is None:
+            raise DataError(f"{path}: folder has none of {', '.join(FOLDER_FILES)}")
+        return ResolvedDataset(name_or_path, found, None)
+    if os.sep in name_or_path or "/" in name_or_path or is_table_file(path) or not name_or_path:
+        raise DataError(f"{name_or_path}: no such file or folder")
+
+    name = name_or_path
+    data_dirs = [d for d in os.environ.get(DATA_PATH_VARIABLE, "").split(os.pathsep) if d]
+    searched = [Path(d).expanduser() / name for d in data_dirs]
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    searched.append(cache / name)
+    for folder in searched:
+        found = _folder_file(folder) if folder.is_dir() else None
+        if found is not None:
+            return ResolvedDataset(name, found, None)
+    source = SOURCES.get(name)
+    if source is None:
+        raise DataError(f"{name}: unknown dataset; looked in {', '.join(map(str, searched))}; "
+                        f"downloadable: {', '.join(SOURCES)}")
+    archive = cache / name / source.filename
+    if not archive.is_file():
+        if not download:
+            raise DataError(f"{name}: not in {', '.join(map(str, searched))} and downloads are off")
+        archive = fetch_source(source, cache, progress=progress)
+    return ResolvedDataset(name, archive, source)
+
+
+def _folder_file(folder: Path) -> Path | None:
+    return next((folder / f for f in FOLDER_FILES if (folder / f).is_file()), None)
+
+
+def read_resolved(resolved: ResolvedDataset, *, user_col: str = "user_id", item_col: str = "item_id",
+                  time_col: str = "timestamp") -> pd.DataFrame:
+    if resolved.source is not None:
+        return parse_source(resolved.source, resolved.path)
+    return load_interactions(resolved.path, user_col=user_col, item_col=item_col, time_col=time_col)
+
+
+def load_dataset(
+    name_or_path: str,
+    *,
+    kcore: int = 0,
+    cache_dir: str | Path | None = None,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    time_col: str = "timestamp",
+    download: bool = True,
+    progress: bool = True,
+) -> Interactions:
+    """Load, deduplicate, k-core filter and remap a dataset given by name, path or `synthetic:...` spec."""
+    if is_synthetic(name_or_path):
+        raw = generate_synthetic(parse_synthetic_spec(name_or_path))
+    else:
+        resolved = resolve_dataset(name_or_path, cache_dir=cache_dir, download=download, progress=progress)
+        raw = read_resolved(resolved, user_col=user_col, item_col=item_col, time_col=time_col)
+    return prepare_interactions(raw, name=name_or_path, kcore=kcore)

@@ -1,0 +1,370 @@
+"""Pareto frontier and best configuration under a memory budget, from the trials table of a results database.
+
+Input is the DataFrame of `study.db.load_trials` (one row per trial). Choices, all tested:
+
+- Objectives: validation quality up (default ndcg@10), measured peak memory down (default `peak_bytes`),
+  optionally time per epoch (`mean_epoch_seconds`) down as a third objective.
+- Candidates are `ok` trials with every objective present. Other trials stay in the table with
+  `candidate == False` so figures can show them as infeasible.
+- The frontier is computed separately per (dataset, split): quality is not comparable across them.
+- Dominance is strict Pareto dominance: a point is dominated only by one at least as good on every
+  objective and strictly better on one. Points equal on all objectives therefore never dominate each
+  other, and identical frontier points all stay on the frontier.
+- Seeds are not aggregated by default (every trial is a point). With `aggregate_seeds=True`, `ok` trials
+  of identical configurations (every config field but `seed`, plus the implementation that ran and the
+  GPU) become one point: metrics and times are the mean over seeds, memory is the maximum over seeds
+  (a configuration fits a budget only if every seed did); `num_seeds` counts them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from study import db
+from study.config import METRIC_KS, TrainConfig
+
+MEMORY_FIELDS: tuple[str, ...] = ("peak_bytes", "torch_max_reserved", "nvml_process_peak",
+                                  "torch_max_allocated")
+METRIC_NAMES: tuple[str, ...] = db.METRIC_NAMES
+GROUP_COLUMNS: tuple[str, ...] = ("dataset", "split")
+TIME_COLUMN = "mean_epoch_seconds"
+GIB = 2**30
+
+# Columns added by `pareto_table`.
+QUALITY = "quality"
+TEST_QUALITY = "test_quality"
+MEMORY = "memory_bytes"
+CANDIDATE = "candidate"
+ON_FRONTIER = "on_frontier"
+
+# Fields that do not change what a trial computes, so they do not tell configurations apart.
+_NOT_CONFIG_IDENTITY = ("seed", "progress")
+_MEMORY_COLUMNS = ("peak_bytes", "torch_max_allocated", "torch_max_reserved", "nvml_process_peak",
+                   "cpu_peak_rss", "predicted_peak_bytes")
+
+
+def parse_metric(metric: str) -> tuple[str, int]:
+    """'ndcg@10' -> ('ndcg', 10); ValueError naming the metric otherwise."""
+    match = re.fullmatch(r"\s*([a-z]+)@(\d+)\s*", metric.lower())
+    if match is None or match.group(1) not in METRIC_NAMES or int(match.group(2)) not in METRIC_KS:
+        names = ", ".join(METRIC_NAMES)
+        ks = ", ".join(map(str, METRIC_KS))
+        raise ValueError(f"metric: {metric!r} is not NAME@K with NAME in {names} and K in {ks}")
+    return match.group(1), int(match.group(2))
+
+
+def metric_column(metric: str, split: str = "val") -> str:
+    """The trials-table column of a metric, after checking that the database records it:
+    ('ndcg@10', 'val') -> 'val_ndcg_10'."""
+    name, k = parse_metric(metric)
+    return db.metric_column(f"{name}@{k}", split)
+
+
+def check_memory_field(memory_field: str) -> str:
+    if memory_field not in MEMORY_FIELDS:
+        raise ValueError(f"memory_field: {memory_field!r} is not one of {', '.join(MEMORY_FIELDS)}")
+    return memory_field
+
+
+def config_key_columns(trials: pd.DataFrame, *, exclude: Iterable[str] = ()) -> list[str]:
+    """Columns that identify a configuration: the TrainConfig fields present (but the seed), the
+    implementation that actually ran and the GPU, minus `exclude`."""
+    skipped = set(_NOT_CONFIG_IDENTITY) | set(exclude)
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in skipped]
+    names += [c for c in ("loss_impl_used", "gpu_name") if c not in skipped]
+    return [c for c in names if c in trials.columns]
+
+
+def non_dominated(objectives: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
+    """Boolean mask of the rows of `objectives` [n, m] that no other row dominates.
+
+    Rows with a NaN are never on the frontier and never dominate. Rows equal on every objective do not
+    dominate each other, so duplicates of a frontier point are all on the frontier.
+    """
+    values = np.asarray(objectives, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != len(maximize):
+        raise ValueError(f"objectives: expected shape [n, {len(maximize)}], got {values.shape}")
+    complete = ~np.isnan(values).any(axis=1)
+    # Minimise everything: flip the sign of objectives to maximise.
+    signs = np.where(np.asarray(maximize, dtype=bool), -1.0, 1.0)
+    points = values[complete] * signs
+    dominated = np.zeros(len(points), dtype=bool)
+    chunk = 512  # bounds the [chunk, n, m] comparison tensor
+    for start in range(0, len(points), chunk):
+        block = points[start:start + chunk, None, :]
+        no_worse = np.all(points[None, :, :] <= block, axis=2)
+        better = np.any(points[None, :, :] < block, axis=2)
+        dominated[start:start + chunk] = np.any(no_worse & better, axis=1)
+    mask = np.zeros(len(values), dtype=bool)
+    mask[np.flatnonzero(complete)[~dominated]] = True
+    return mask
+
+
+def aggregate_over_seeds(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration for the `ok` trials (mean metrics and times, max memory over seeds);
+    other trials are passed through unchanged with `num_seeds` = 1."""
+    if trials.empty:
+        return trials.assign(num_seeds=pd.Series(dtype="int64"))
+    ok = trials[trials["status"] == "ok"]
+    rest = trials[trials["status"] != "ok"].assign(num_seeds=1)
+    if ok.empty:
+        return rest.reset_index(drop=True)
+    keys = config_key_columns(ok) + [c for c in GROUP_COLUMNS if c not in config_key_columns(ok)]
+    numeric = [c for c in ok.columns if c not in keys and pd.api.types.is_numeric_dtype(ok[c])]
+    how: dict[str, str] = {}
+    for column in ok.columns:
+        if column in keys:
+            continue
+        if column in _MEMORY_COLUMNS or column in ("gpu_total", "budget_bytes"):
+            how[column] = "max"
+        elif column in numeric:
+            how[column] = "mean"
+        else:
+            how[column] = "first"
+    ordered = ok.sort_values("trial_id") if "trial_id" in ok.columns else ok
+    grouped = ordered.groupby(keys, dropna=False, sort=False)
+    merged = grouped.agg(how)
+    extra = pd.DataFrame({"num_seeds": grouped.size()})
+    if "seed" in ok.columns:
+        # The aggregated row lists its seeds ("0,1,2") instead of one seed.
+        merged = merged.drop(columns="seed")
+        extra["seed"] = grouped["seed"].agg(lambda seeds: ",".join(str(s) for s in sorted(seeds)))
+    merged = pd.concat([merged, extra], axis=1).copy().reset_index()  # copy(): one block per dtype
+    return pd.concat([merged, rest], ignore_index=True)[list(trials.columns) + ["num_seeds"]]
+
+
+def pareto_table(
+    trials: pd.DataFrame,
+    *,
+    metric: str = "ndcg@10",
+    memory_field: str = "peak_bytes",
+    with_time: bool = False,
+    aggregate_seeds: bool = False,
+) -> pd.DataFrame:
+    """Every trial with the objectives and the frontier flag (per dataset and split) added as columns
+    `quality` (validation metric), `test_quality`, `memory_bytes`, `candidate` and `on_frontier`."""
+    val_column = metric_column(metric, "val")
+    test_column = metric_column(metric, "test")
+    check_memory_field(memory_field)
+    _require_columns(trials, ["status", val_column, memory_field, *GROUP_COLUMNS]
+                     + ([TIME_COLUMN] if with_time else []))
+    table = aggregate_over_seeds(trials) if aggregate_seeds else trials.copy()
+    table = table.reset_index(drop=True).copy()  # a compact copy: wide frames warn when columns are added
+    table[QUALITY] = pd.to_numeric(table[val_column], errors="coerce")
+    table[TEST_QUALITY] = (pd.to_numeric(table[test_column], errors="coerce") if test_column in table.columns
+                           else np.nan)
+    table[MEMORY] = pd.to_numeric(table[memory_field], errors="coerce")
+    objective_columns = [QUALITY, MEMORY] + ([TIME_COLUMN] if with_time else [])
+    maximize = [True, False] + ([False] if with_time else [])
+    table[CANDIDATE] = (table["status"] == "ok") & table[objective_columns].notna().all(axis=1)
+    table[ON_FRONTIER] = False
+    for _, group in table[table[CANDIDATE]].groupby(list(GROUP_COLUMNS), dropna=False):
+        mask = non_dominated(group[objective_columns].to_numpy(dtype=np.float64), maximize)
+        table.loc[group.index[mask], ON_FRONTIER] = True
+    return table
+
+
+def pareto_frontier(
+    trials: pd.DataFrame,
+    *,
+    metric: str = "ndcg@10",
+    memory_field: str = "peak_bytes",
+    with_time: bool = False,
+    aggregate_seeds: bool = False,
+) -> pd.DataFrame:
+    """The frontier rows of `pareto_table`, ordered by dataset, split and memory."""
+    table = pareto_table(trials, metric=metric, memory_field=memory_field, with_time=with_time,
+                         aggregate_seeds=aggregate_seeds)
+    frontier = table[table[ON_FRONTIER]]
+    return frontier.sort_values([*GROUP_COLUMNS, MEMORY, QUALITY], ascending=[True, True, True, False])
+
+
+def scope(trials: pd.DataFrame, *, dataset: str | None = None, split: str | None = None) -> pd.DataFrame:
+    """Trials of one dataset and split; ValueError when the choice is ambiguous or matches nothing."""
+    _require_columns(trials, GROUP_COLUMNS)
+    chosen = trials
+    for column, value in (("dataset", dataset), ("split", split)):
+        present = sorted(chosen[column].dropna().astype(str).unique())
+        if value is not None:
+            if value not in present:
+                listed = ", ".join(present) or "none"
+                raise ValueError(f"{column}: {value!r} has no trials (present: {listed})")
+            chosen = chosen[chosen[column] == value]
+        elif len(present) > 1:
+            raise ValueError(f"{column}: the trials cover several ({', '.join(present)}); choose one")
+    return chosen
+
+
+def feasible_ranking(
+    trials: pd.DataFrame,
+    budget_bytes: int,
+    *,
+    metric: str = "ndcg@10",
+    memory_field: str = "peak_bytes",
+) -> pd.DataFrame:
+    """`ok` trials whose measured memory fits the budget (inclusive), best first: higher validation
+    metric, then less memory, then trial id (so the order is deterministic)."""
+    if budget_bytes <= 0:
+        raise ValueError(f"budget_bytes: must be positive, got {budget_bytes!r}")
+    table = pareto_table(trials, metric=metric, memory_field=memory_field)
+    fits = table[table[CANDIDATE] & (table[MEMORY] <= budget_bytes)]
+    order = [QUALITY, MEMORY] + (["trial_id"] if "trial_id" in fits.columns else [])
+    return fits.sort_values(order, ascending=[False, True] + [True] * (len(order) - 2), kind="stable")
+
+
+def best_under_budget(
+    trials: pd.DataFrame,
+    budget_bytes: int,
+    metric: str = "ndcg@10",
+    memory_field: str = "peak_bytes",
+    dataset: str | None = None,
+    *,
+    split: str | None = None,
+) -> tuple[pd.Series | None, pd.Series | None]:
+    """The best trial whose measured memory fits `budget_bytes` (inclusive) and the runner-up; None where
+    there is no such trial. Ties on the metric go to less memory."""
+    ranking = feasible_ranking(scope(trials, dataset=dataset, split=split), budget_bytes,
+                               metric=metric, memory_field=memory_field)
+    best = ranking.iloc[0] if len(ranking) > 0 else None
+    runner_up = ranking.iloc[1] if len(ranking) > 1 else None
+    return best, runner_up
+
+
+SUMMARY_COLUMNS: tuple[str, ...] = ("trial_id", "loss", "num_negatives", "negative_scope", "sampling",
+                                    "batch_size", "max_len", "hidden", "blocks", "heads",
+                                    "loss_impl_used", "seed")
+
+
+def best_per_budget(
+    trials: pd.DataFrame,
+    budgets: Sequence[int],
+    *,
+    metric: str = "ndcg@10",
+    memory_field: str = "peak_bytes",
+) -> pd.DataFrame:
+    """One row per (dataset, split, budget): the best trial under the budget and the runner-up.
+    Columns without a feasible trial are missing values."""
+    rows = []
+    for (dataset, split), group in _groups(trials):
+        for budget in budgets:
+            ranking = feasible_ranking(group, budget, metric=metric, memory_field=memory_field)
+            row: dict[str, object] = {"dataset": dataset, "split": split, "budget_bytes": int(budget),
+                                      "budget_gib": budget / GIB, "feasible_trials": len(ranking)}
+            best = ranking.iloc[0] if len(ranking) else None
+            runner_up = ranking.iloc[1] if len(ranking) > 1 else None
+            for column in SUMMARY_COLUMNS:
+                row[column] = best[column] if best is not None and column in best.index else None
+            row[QUALITY] = best[QUALITY] if best is not None else math.nan
+            row[TEST_QUALITY] = best[TEST_QUALITY] if best is not None else math.nan
+            row["memory_gib"] = best[MEMORY] / GIB if best is not None else math.nan
+            row[TIME_COLUMN] = best.get(TIME_COLUMN, math.nan) if best is not None else math.nan
+            row["runner_up_trial_id"] = runner_up.get("trial_id") if runner_up is not None else None
+            row["runner_up_quality"] = runner_up[QUALITY] if runner_up is not None else math.nan
+            row["runner_up_memory_gib"] = runner_up[MEMORY] / GIB if runner_up is not None else math.nan
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scaling_table(
+    trials: pd.DataFrame,
+    budgets: Sequence[int],
+    *,
+    metric: str = "ndcg@10",
+    memory_field: str = "peak_bytes",
+) -> pd.DataFrame:
+    """For each (dataset, split, budget, number of negatives): the best quality reachable within the budget
+    and the batch size (and max length) that reaches it."""
+    _require_columns(trials, ["num_negatives", "batch_size"])
+    rows = []
+    for (dataset, split), group in _groups(trials):
+        for budget in budgets:
+            ranking = feasible_ranking(group, budget, metric=metric, memory_field=memory_field)
+            best_each = ranking.drop_duplicates("num_negatives", keep="first")
+            for _, best in best_each.sort_values("num_negatives").iterrows():
+                rows.append({"dataset": dataset, "split": split, "budget_bytes": int(budget),
+                             "num_negatives": int(best["num_negatives"]),
+                             "batch_size": int(best["batch_size"]),
+                             "max_len": best.get("max_len"), QUALITY: best[QUALITY],
+                             "memory_gib": best[MEMORY] / GIB, "trial_id": best.get("trial_id")})
+    columns = ["dataset", "split", "budget_bytes", "num_negatives", "batch_size", "max_len", QUALITY,
+               "memory_gib", "trial_id"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def fused_vs_torch(trials: pd.DataFrame, *, memory_field: str = "peak_bytes") -> pd.DataFrame:
+    """Pairs of `ok` trials that differ only in the loss implementation that ran (triton vs torch), with
+    time per epoch and memory of each and the ratios torch / triton (> 1: the fused loss is better)."""
+    check_memory_field(memory_field)
+    _require_columns(trials, ["status", "loss_impl_used", memory_field, TIME_COLUMN])
+    ok = trials[trials["status"] == "ok"]
+    keys = config_key_columns(ok, exclude=("loss_impl", "loss_impl_used"))
+    if "seed" in ok.columns:
+        keys.append("seed")
+    measured = [TIME_COLUMN, memory_field] + [c for c in ("val_ndcg_10", "trial_id") if c in ok.columns]
+    sides = {}
+    for impl in ("triton", "torch"):
+        side = ok[ok["loss_impl_used"] == impl].drop_duplicates(keys, keep="first")
+        sides[impl] = side[keys + measured].rename(columns={c: f"{impl}_{c}" for c in measured})
+    # pandas matches missing keys (None / NaN) with each other, as wanted for unset config fields.
+    pairs = pd.merge(sides["triton"], sides["torch"], on=keys)
+    pairs["speedup"] = pairs[f"torch_{TIME_COLUMN}"] / pairs[f"triton_{TIME_COLUMN}"]
+    pairs["memory_ratio"] = pairs[f"torch_{memory_field}"] / pairs[f"triton_{memory_field}"]
+    pairs["triton_memory_gib"] = pairs[f"triton_{memory_field}"] / GIB
+    pairs["torch_memory_gib"] = pairs[f"torch_{memory_field}"] / GIB
+    return pairs.sort_values([c for c in ("dataset", "num_negatives", "batch_size", "max_len") if c in keys])
+
+
+def status_counts(trials: pd.DataFrame) -> pd.DataFrame:
+    """Number of trials per (dataset, split) and status, with every known status as a column."""
+    from study.record import TRIAL_STATUSES
+
+    _require_columns(trials, ["status", *GROUP_COLUMNS])
+    counts = pd.crosstab([trials["dataset"], trials["split"]], trials["status"])
+    for status in TRIAL_STATUSES:
+        if status not in counts.columns:
+            counts[status] = 0
+    extra = [c for c in counts.columns if c not in TRIAL_STATUSES]
+    counts = counts[list(TRIAL_STATUSES) + extra]
+    counts["total"] = counts.sum(axis=1)
+    return counts.reset_index().rename_axis(columns=None)
+
+
+def gpu_total_bytes(trials: pd.DataFrame) -> int | None:
+    """The smallest card memory recorded by the trials (for fraction budgets such as '0.5'), or None."""
+    if "gpu_total" not in trials.columns:
+        return None
+    totals = pd.to_numeric(trials["gpu_total"], errors="coerce").dropna()
+    return int(totals.min()) if len(totals) else None
+
+
+def format_gib(num_bytes: float | None) -> str:
+    if num_bytes is None or (isinstance(num_bytes, float) and math.isnan(num_bytes)):
+        return "-"
+    return f"{num_bytes / GIB:.3g} GiB"
+
+
+def _groups(trials: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    _require_columns(trials, GROUP_COLUMNS)
+    return [((str(key[0]), str(key[1])), group)
+            for key, group in trials.groupby(list(GROUP_COLUMNS), dropna=False, sort=True)]
+
+
+def _require_columns(trials: pd.DataFrame, columns: Iterable[str]) -> None:
+    missing = [c for c in columns if c not in trials.columns]
+    if missing:
+        raise ValueError(f"trials: missing column(s) {', '.join(missing)}")
+
+
+__all__ = [
+    "MEMORY_FIELDS", "METRIC_NAMES", "GROUP_COLUMNS", "TIME_COLUMN", "GIB", "QUALITY", "TEST_QUALITY",
+    "MEMORY", "CANDIDATE", "ON_FRONTIER", "parse_metric", "metric_column", "check_memory_field",
+    "config_key_columns", "non_dominated", "aggregate_over_seeds", "pareto_table", "pareto_frontier",
+    "scope", "feasible_ranking", "best_under_budget", "best_per_budget", "scaling_table", "fused_vs_torch",
+    "status_counts", "gpu_total_bytes", "format_gib", "SUMMARY_COLUMNS",
+]

@@ -1,0 +1,92 @@
+"""Host twin of the negatives drawn inside the per-position Triton kernel.
+
+The kernel draws negative k of row i as a counter-based hash of (seed, i, k), so it never stores the
+draws (backward regenerates them) and the host can reproduce them exactly:
+
+    key  = seed_key(seed)                              # 32 bits, derived once on the host
+    x    = mix32(row ^ key)                            # once per row
+    x    = mix32((x + k * WEYL) mod 2**32)             # once per negative
+    item = (x * num_items) >> 32                       # uniform on [0, num_items), no modulo
+
+`mix32` is the "lowbias32" integer finaliser (xor-shift / multiply, a bijection on 32 bits). The
+multiply-shift map to [0, C) is off uniform by at most C / 2**32 relative (< 0.03% for C = 10**6).
+
+The same seed gives the same negatives, so the caller must pass a fresh seed every training step
+(for example `base_seed * 1_000_003 + step`); reusing a seed reuses the negatives.
+
+The Triton side (`kernels.triton_gather._draw_items`) writes the same arithmetic in uint32; tests
+check the two bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MASK32 = 0xFFFFFFFF
+MIX_SHIFT_1, MIX_MUL_1, MIX_SHIFT_2, MIX_MUL_2, MIX_SHIFT_3 = 16, 0x7FEB352D, 15, 0x846CA68B, 16
+WEYL = 0x9E3779B9
+SEED_SALT = 0x5BD1E995
+MAX_ITEMS = 2**31 - 1
+MAX_ROWS = 2**31 - 1
+
+
+def _mix32_int(x: int) -> int:
+    x &= MASK32
+    x ^= x >> MIX_SHIFT_1
+    x = (x * MIX_MUL_1) & MASK32
+    x ^= x >> MIX_SHIFT_2
+    x = (x * MIX_MUL_2) & MASK32
+    x ^= x >> MIX_SHIFT_3
+    return x
+
+
+def seed_key(seed: int) -> int:
+    """The 32-bit stream key of a seed (any Python int; taken modulo 2**64)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed: must be an int, got {type(seed).__name__}")
+    seed &= 2**64 - 1
+    low, high = seed & MASK32, seed >> 32
+    return _mix32_int(_mix32_int(high ^ SEED_SALT) ^ low)
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for int64 x in [0, 2**32) without int64 overflow.
+
+    Splitting the constant in 16-bit halves keeps every intermediate below 2**49 (signed int64
+    overflow is undefined behaviour in the C++ kernels underneath).
+    """
+    low, high = constant & 0xFFFF, constant >> 16
+    return (x * low + (((x * high) & 0xFFFF) << 16)) & MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    x = x ^ (x >> MIX_SHIFT_1)
+    x = _mul32(x, MIX_MUL_1)
+    x = x ^ (x >> MIX_SHIFT_2)
+    x = _mul32(x, MIX_MUL_2)
+    return x ^ (x >> MIX_SHIFT_3)
+
+
+def draw_negatives(
+    seed: int, num_rows: int, num_negatives: int, num_items: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """The negatives the kernel draws: int64 [num_rows, num_negatives], uniform on [0, num_items).
+
+    Row i, column k holds exactly the item the Triton kernel uses as negative k of row i for this seed.
+    Draws are with replacement and may hit the row's target (the loss masks accidental hits).
+    """
+    for name, value, lowest, highest in (
+        ("num_rows", num_rows, 0, MAX_ROWS),
+        ("num_negatives", num_negatives, 0, None),
+        ("num_items", num_items, 1, MAX_ITEMS),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{name}: must be an int, got {type(value).__name__}")
+        if value < lowest or (highest is not None and value > highest):
+            raise ValueError(f"{name}: must be in [{lowest}, {highest or 'inf'}], got {value}")
+    key = seed_key(seed)
+    rows = torch.arange(num_rows, dtype=torch.int64, device=device)
+    ks = torch.arange(num_negatives, dtype=torch.int64, device=device)
+    row_state = _mix32(rows ^ key)
+    state = _mix32((row_state[:, None] + _mul32(ks, WEYL)[None, :]) & MASK32)
+    return (state * num_items) >> 32

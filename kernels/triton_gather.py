@@ -1,0 +1,352 @@
+"""Fused CCE- for per-position negatives: Triton gather kernels and their autograd function.
+
+Every row i has its own K negatives, either an index tensor `[N, K]` ("position") or drawn inside
+the kernel from a seed ("drawn", see `kernels.draw`). Nothing is shared between rows, so this is a
+gather, not a GEMM: each pass reads N*K item rows of d values, and the pass count is what costs.
+
+Forward (one program per row, the K negatives in chunks of BLOCK_K): gather the chunk's item rows
+`[BLOCK_K, d]`, dot them with h_i, apply the logQ correction and the accidental-hit mask, and fold
+them into an online logsumexp that starts from the positive logit. Only the per-row loss and
+logsumexp (fp32 `[N]`) are kept for backward; logits never reach global memory.
+
+Backward (one fused pass per row): regather and recompute the logits, p_ik = exp(s_ik - lse_i),
+then in the same pass over the gathered tile
+    dH_i       = g_i * (sum_k p_ik E[n_ik] + (p_i0 - 1) E[p_i])      (registers, one store per row)
+    dE[n_ik]  += g_i * p_ik * h_i                                    (atomic scatter-add)
+    dE[p_i]   += g_i * (p_i0 - 1) * h_i                              (atomic scatter-add)
+The scatter-adds stay atomics: the destinations are arbitrary items shared by arbitrary rows, so
+no program owns an item row. They are fp32 (`red.global.add.f32`, relaxed ordering) into an fp32
+item gradient. For fp32 item tables (autocast training, the main case) that buffer IS the item
+gradient. For bf16/fp16 item tables the atomics still accumulate in an fp32 `[C, d]` buffer which
+is cast to the table's dtype at the end: half-precision atomic accumulation of ~N*K/C terms per
+item loses too much, so this case costs one extra fp32 `[C, d]` buffer (2x the gradient's size).
+The atomics make the item gradient's summation order, and so its last bits, non-deterministic.
+
+Drawn negatives are regenerated in backward from the seed: no index memory at all.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.draw import MAX_ITEMS, MAX_ROWS, seed_key
+from kernels.triton_dispatch import Reduction, Scheme
+
+_LOG_Q_NONE, _LOG_Q_CONSTANT, _LOG_Q_TENSOR = 0, 1, 2
+
+
+def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Allocates a buffer the kernels overwrite completely (tests replace it to poison outputs)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@dataclass(frozen=True)
+class GatherConfig:
+    """Launch parameters of the gather kernels (BLOCK_K negatives per chunk; a power of two)."""
+
+    block_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def default_config(dim: int, num_negatives: int, device: torch.device) -> GatherConfig:
+    block_d = triton.next_power_of_2(dim)
+    if device.type != "cuda":
+        # The interpreter runs every element in numpy: small tiles keep tests fast.
+        return GatherConfig(block_k=16, num_warps=1, num_stages=1)
+    block_k = max(16, min(128, 8192 // block_d, triton.next_power_of_2(max(num_negatives, 1))))
+    return GatherConfig(block_k=block_k, num_warps=4, num_stages=2)
+
+
+# --- the in-kernel draw: kernels.draw written in uint32 (keep the two identical) -----------------
+
+@triton.jit
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    x = x ^ (x >> 16)
+    return x
+
+
+@triton.jit
+def _draw_items(row_state, ks, num_items):
+    state = _mix32(row_state + ks.to(tl.uint32) * 0x9E3779B9)
+    return ((state.to(tl.uint64) * tl.cast(num_items, tl.uint64)) >> 32).to(tl.int64)
+
+
+@triton.jit
+def _draw_kernel(out_ptr, stream_key, num_negatives, num_items, BLOCK_K: tl.constexpr):
+    """Writes the draws of one row; exists so tests can compare the Triton draw with the host twin."""
+    row = tl.program_id(0)
+    row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
+    for k0 in range(0, num_negatives, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        items = _draw_items(row_state, ks, num_items)
+        tl.store(out_ptr + row.to(tl.int64) * num_negatives + ks, items, mask=ks < num_negatives)
+
+
+# --- shared pieces of forward and backward -------------------------------------------------------
+
+@triton.jit
+def _negative_logits(
+    hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
+    row_state, num_negatives, num_items, stride_item, stride_neg, correction,
+    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
+):
+    """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits)."""
+    k_mask = (ks < num_negatives) & kept
+    if DRAWN:
+        item_ids = _draw_items(row_state, ks, num_items)
+    else:
+        item_ids = tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=k_mask, other=0)
+        item_ids = item_ids.to(tl.int64)
+    tile_mask = k_mask[:, None] & d_mask[None, :]
+    rows = tl.load(items_ptr + item_ids[:, None] * stride_item + d_offs[None, :], mask=tile_mask, other=0.0)
+    # Autocast semantics: an fp32 table is used in hidden's precision, cast on load (no table copy).
+    rows = rows.to(hidden_row.dtype).to(tl.float32)
+    logits = tl.sum(rows * hidden_row.to(tl.float32)[None, :], axis=1)
+    if LOG_Q_MODE == 1:
+        logits = logits - correction
+    elif LOG_Q_MODE == 2:
+        log_q = tl.load(log_q_ptr + item_ids, mask=k_mask, other=0.0)
+        logits = logits - (correction + log_q)
+    if REMOVE_HITS:
+        k_mask = k_mask & (item_ids != target)
+    logits = tl.where(k_mask, logits, float("-inf"))
+    return item_ids, rows, logits, k_mask
+
+
+@triton.jit
+def _gather_forward_kernel(
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, loss_ptr, lse_ptr,
+    num_negatives, num_items, dim, stride_item, stride_neg, stream_key, correction, ignore_index,
+    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0)
+    target = tl.load(targets_ptr + row).to(tl.int64)
+    kept = target != ignore_index
+    target = tl.where(kept, target, 0)
+    d_offs = tl.arange(0, BLOCK_D)
+    d_mask = d_offs < dim
+    hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
+    positive = tl.load(items_ptr + target * stride_item + d_offs, mask=d_mask & kept, other=0.0)
+    positive = positive.to(hidden_row.dtype).to(tl.float32)
+    positive_logit = tl.sum(positive * hidden_row.to(tl.float32), axis=0)
+
+    row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
+    running_max = positive_logit
+    running_sum = positive_logit * 0.0 + 1.0
+    for k0 in range(0, num_negatives, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        _, _, logits, _ = _negative_logits(
+            hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
+            row_state, num_negatives, num_items, stride_item, stride_neg, correction,
+            DRAWN, LOG_Q_MODE, REMOVE_HITS,
+        )
+        new_max = tl.maximum(running_max, tl.max(logits, axis=0))
+        running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max), axis=0)
+        running_max = new_max
+    lse = running_max + tl.log(running_sum)
+    tl.store(lse_ptr + row, lse)
+    tl.store(loss_ptr + row, tl.where(kept, lse - positive_logit, 0.0))
+
+
+@triton.jit
+def _gather_backward_kernel(
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
+    grad_hidden_ptr, grad_items_ptr,
+    num_negatives, num_items, dim, stride_item, stride_neg, stream_key, correction, ignore_index,
+    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
+    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0)
+    target = tl.load(targets_ptr + row).to(tl.int64)
+    kept = target != ignore_index
+    target = tl.where(kept, target, 0)
+    grad_row = tl.where(kept, tl.load(grad_loss_ptr + row), 0.0)
+    lse = tl.load(lse_ptr + row)
+    d_offs = tl.arange(0, BLOCK_D)
+    d_mask = d_offs < dim
+    hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
+    hidden_f32 = hidden_row.to(tl.float32)
+    positive = tl.load(items_ptr + target * stride_item + d_offs, mask=d_mask & kept, other=0.0)
+    positive = positive.to(hidden_row.dtype).to(tl.float32)
+    positive_logit = tl.sum(positive * hidden_f32, axis=0)
+    positive_coef = grad_row * (tl.exp(positive_logit - lse) - 1.0)
+    grad_hidden = positive_coef * positive
+    if COMPUTE_GRAD_ITEMS:
+        # Atomic: the positive item may be the target or a negative of other rows.
+        tl.atomic_add(grad_items_ptr + target * dim + d_offs, positive_coef * hidden_f32,
+                      mask=d_mask & kept, sem="relaxed")
+
+    row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
+    for k0 in range(0, num_negatives, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        item_ids, rows, logits, k_mask = _negative_logits(
+            hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
+            row_state, num_negatives, num_items, stride_item, stride_neg, correction,
+            DRAWN, LOG_Q_MODE, REMOVE_HITS,
+        )
+        coef = grad_row * tl.exp(logits - lse)
+        if COMPUTE_GRAD_HIDDEN:
+            grad_hidden += tl.sum(coef[:, None] * rows, axis=0)
+        if COMPUTE_GRAD_ITEMS:
+            # Atomic scatter-add: negatives of different rows (and of one row) may repeat.
+            tl.atomic_add(grad_items_ptr + item_ids[:, None] * dim + d_offs[None, :],
+                          coef[:, None] * hidden_f32[None, :],
+                          mask=k_mask[:, None] & d_mask[None, :], sem="relaxed")
+    if COMPUTE_GRAD_HIDDEN:
+        tl.store(grad_hidden_ptr + row.to(tl.int64) * dim + d_offs,
+                 grad_hidden.to(grad_hidden_ptr.dtype.element_ty), mask=d_mask)
+
+
+# --- host side ----------------------------------------------------------------------------------
+
+def draw_in_kernel(seed: int, num_rows: int, num_negatives: int, num_items: int,
+                   device: torch.device | str = "cpu", block_k: int = 16) -> torch.Tensor:
+    """The negatives as the Triton draw produces them (int64 [num_rows, K]); for tests and checks."""
+    out = torch.empty((num_rows, num_negatives), dtype=torch.int64, device=device)
+    if num_rows and num_negatives:
+        _draw_kernel[(num_rows,)](out, seed_key(seed), num_negatives, num_items, BLOCK_K=block_k)
+    return out
+
+
+def _log_q_args(log_q: torch.Tensor | float | None, num_negatives: int, device: torch.device
+                ) -> tuple[int, torch.Tensor | None, float]:
+    if log_q is None:
+        return _LOG_Q_NONE, None, 0.0
+    log_k = math.log(num_negatives) if num_negatives > 0 else 0.0
+    if isinstance(log_q, torch.Tensor):
+        return _LOG_Q_TENSOR, log_q.to(device=device, dtype=torch.float32).contiguous(), log_k
+    return _LOG_Q_CONSTANT, None, log_k + float(log_q)
+
+
+class _GatherLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: Any, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+        negatives: torch.Tensor | None, log_q_tensor: torch.Tensor | None, launch: dict[str, Any],
+        config: GatherConfig,
+    ) -> torch.Tensor:
+        num_rows, dim = hidden.shape
+        loss = _new_output((num_rows,), torch.float32, hidden.device)
+        lse = _new_output((num_rows,), torch.float32, hidden.device)
+        if num_rows:
+            _gather_forward_kernel[(num_rows,)](
+                hidden, items, targets, negatives if negatives is not None else targets,
+                log_q_tensor if log_q_tensor is not None else lse, loss, lse,
+                **launch, BLOCK_K=config.block_k, BLOCK_D=triton.next_power_of_2(dim),
+                num_warps=config.num_warps, num_stages=config.num_stages,
+            )
+        ctx.save_for_backward(hidden, items, targets, negatives, log_q_tensor, lse)
+        ctx.launch = launch
+        ctx.config = config
+        ctx.mark_non_differentiable(lse)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, items, targets, negatives, log_q_tensor, lse = ctx.saved_tensors
+        need_hidden, need_items = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        num_rows, dim = hidden.shape
+        grad_hidden = _new_output(tuple(hidden.shape), hidden.dtype, hidden.device) if need_hidden else None
+        # fp32 accumulation target of the atomics; for an fp32 table it is the gradient itself.
+        grad_items = (torch.zeros((items.shape[0], dim), dtype=torch.float32, device=items.device)
+                      if need_items else None)
+        if num_rows and (need_hidden or need_items):
+            _gather_backward_kernel[(num_rows,)](
+                hidden, items, targets, negatives if negatives is not None else targets,
+                log_q_tensor if log_q_tensor is not None else lse, lse,
+                grad_loss.to(torch.float32).contiguous(),
+                grad_hidden if grad_hidden is not None else hidden,
+                grad_items if grad_items is not None else lse,
+                **ctx.launch, COMPUTE_GRAD_HIDDEN=need_hidden, COMPUTE_GRAD_ITEMS=need_items,
+                BLOCK_K=ctx.config.block_k, BLOCK_D=triton.next_power_of_2(dim),
+                num_warps=ctx.config.num_warps, num_stages=ctx.config.num_stages,
+            )
+        if grad_items is not None and grad_items.dtype != items.dtype:
+            grad_items = grad_items.to(items.dtype)
+        return grad_hidden, grad_items, None, None, None, None, None
+
+
+def gather_linear_cross_entropy(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor | None,
+    *,
+    scheme: Scheme,
+    num_negatives: int,
+    seed: int | None,
+    log_q: torch.Tensor | float | None,
+    remove_accidental_hits: bool,
+    ignore_index: int,
+    reduction: Reduction,
+    config: GatherConfig | None = None,
+) -> torch.Tensor:
+    """CCE- with per-row negatives (DESIGN section 3), fused in Triton.
+
+    hidden [N, d] (float32/bf16/fp16), items [C, d] (last dim contiguous; any row stride, e.g. the
+    view `weight[1:]`), targets [N] int64/int32 (ignore_index allowed).
+    scheme "position": negatives [N, K] int64/int32 in [0, C). scheme "drawn": negatives None, K =
+    num_negatives drawn uniformly inside the kernel from `seed` (exactly `kernels.draw_negatives(seed,
+    N, K, C)`); pass a fresh seed every step. Returns fp32: a scalar for "mean" (over kept rows, 0 if
+    none) and "sum", or [N] for "none" (0 on ignored rows).
+    """
+    if hidden.dim() != 2 or items.dim() != 2 or hidden.shape[1] != items.shape[1]:
+        raise ValueError(f"hidden/items: expected [N, d] and [C, d], got {tuple(hidden.shape)} "
+                         f"and {tuple(items.shape)}")
+    num_rows, dim = hidden.shape
+    num_items = items.shape[0]
+    if targets.shape != (num_rows,):
+        raise ValueError(f"targets: expected shape ({num_rows},), got {tuple(targets.shape)}")
+    if num_items > MAX_ITEMS or num_rows > MAX_ROWS:
+        raise ValueError(f"items/hidden: at most {MAX_ITEMS} items and {MAX_ROWS} rows are supported")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction: must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if scheme == "position":
+        if negatives is None or negatives.shape != (num_rows, num_negatives):
+            shape = None if negatives is None else tuple(negatives.shape)
+            raise ValueError(f"negatives: scheme 'position' needs [{num_rows}, {num_negatives}], got {shape}")
+        if negatives.stride(1) != 1:
+            negatives = negatives.contiguous()
+        stream_key = 0
+    elif scheme == "drawn":
+        if negatives is not None:
+            raise ValueError("negatives: scheme 'drawn' draws its negatives; pass None")
+        if seed is None:
+            raise ValueError("seed: scheme 'drawn' needs an int seed (a fresh one every step)")
+        stream_key = seed_key(seed)
+    else:
+        raise ValueError(f"scheme: must be 'position' or 'drawn', got {scheme!r}")
+    hidden = hidden.contiguous()
+    if items.stride(1) != 1:
+        items = items.contiguous()
+    log_q_mode, log_q_tensor, correction = _log_q_args(log_q, num_negatives, hidden.device)
+    if log_q_tensor is not None and log_q_tensor.shape != (num_items,):
+        raise ValueError(f"log_q: expected a [{num_items}] tensor, got {tuple(log_q_tensor.shape)}")
+    launch = dict(
+        num_negatives=num_negatives, num_items=num_items, dim=dim, stride_item=items.stride(0),
+        stride_neg=negatives.stride(0) if negatives is not None else 0, stream_key=stream_key,
+        correction=correction, ignore_index=ignore_index, DRAWN=scheme == "drawn",
+        LOG_Q_MODE=log_q_mode, REMOVE_HITS=bool(remove_accidental_hits),
+    )
+    config = config or default_config(dim, num_negatives, hidden.device)
+    row_losses = _GatherLinearCrossEntropy.apply(
+        hidden, items, targets, negatives, log_q_tensor, launch, config)
+    if reduction == "none":
+        return row_losses
+    if reduction == "sum":
+        return row_losses.sum()
+    kept_rows = (targets != ignore_index).sum()
+    return row_losses.sum() / kept_rows.clamp(min=1)

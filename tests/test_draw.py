@@ -1,0 +1,97 @@
+"""The host twin of the in-kernel negative draw: exact spec, statistics, and bit-identity with Triton."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+from kernels.draw import draw_negatives, seed_key
+
+
+def _mix32_spec(x: int) -> int:
+    """lowbias32 written with Python's unbounded ints, independently of kernels.draw."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) % 2**32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) % 2**32
+    x ^= x >> 16
+    return x
+
+
+def _draw_spec(seed: int, row: int, k: int, num_items: int) -> int:
+    seed %= 2**64
+    key = _mix32_spec(_mix32_spec((seed >> 32) ^ 0x5BD1E995) ^ (seed % 2**32))
+    state = _mix32_spec(row ^ key)
+    state = _mix32_spec((state + k * 0x9E3779B9) % 2**32)
+    return (state * num_items) >> 32
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**31 + 5, 2**32 + 3, 987654321987654, -7])
+def test_matches_scalar_specification(seed: int) -> None:
+    num_items = 1_000_003
+    draws = draw_negatives(seed, 9, 13, num_items)
+    assert draws.dtype == torch.int64 and draws.shape == (9, 13)
+    expected = [[_draw_spec(seed, row, k, num_items) for k in range(13)] for row in range(9)]
+    assert draws.tolist() == expected
+
+
+def test_reproducible_and_seed_dependent() -> None:
+    first = draw_negatives(42, 50, 64, 10_000)
+    assert torch.equal(first, draw_negatives(42, 50, 64, 10_000))
+    assert (first != draw_negatives(43, 50, 64, 10_000)).float().mean() > 0.99
+    # A row's draws do not depend on how many rows are drawn.
+    assert torch.equal(first[:7], draw_negatives(42, 7, 64, 10_000))
+    assert torch.equal(first[:, :5], draw_negatives(42, 50, 5, 10_000))
+    assert seed_key(42) != seed_key(43)
+
+
+def test_uniform_over_catalogue() -> None:
+    num_items = 97
+    draws = draw_negatives(2024, 2000, 500, num_items)
+    assert int(draws.min()) >= 0 and int(draws.max()) < num_items
+    counts = torch.bincount(draws.flatten(), minlength=num_items).double()
+    expected = draws.numel() / num_items
+    chi_square = float(((counts - expected) ** 2 / expected).sum())
+    # 96 degrees of freedom: mean 96, sd ~13.9; 200 is beyond the 99.9999th percentile.
+    assert chi_square < 200, chi_square
+    # Neighbouring rows and neighbouring negatives are uncorrelated.
+    values = draws.double()
+    rows_corr = torch.corrcoef(torch.stack([values[:-1].flatten(), values[1:].flatten()]))[0, 1]
+    cols_corr = torch.corrcoef(torch.stack([values[:, :-1].flatten(), values[:, 1:].flatten()]))[0, 1]
+    assert abs(float(rows_corr)) < 0.01 and abs(float(cols_corr)) < 0.01
+
+
+def test_single_item_catalogue_and_empty_shapes() -> None:
+    assert torch.equal(draw_negatives(5, 3, 4, 1), torch.zeros(3, 4, dtype=torch.int64))
+    assert draw_negatives(5, 0, 4, 10).shape == (0, 4)
+    assert draw_negatives(5, 3, 0, 10).shape == (3, 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"num_items": 0}, "num_items"),
+        ({"num_items": 2**31}, "num_items"),
+        ({"num_rows": -1}, "num_rows"),
+        ({"num_negatives": 2.5}, "num_negatives"),
+        ({"seed": "7"}, "seed"),
+        ({"seed": None}, "seed"),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs: dict, name: str) -> None:
+    args = {"seed": 1, "num_rows": 2, "num_negatives": 3, "num_items": 10} | kwargs
+    with pytest.raises(ValueError, match=name):
+        draw_negatives(**args)
+
+
+@pytest.mark.parametrize(("seed", "num_items"), [(0, 61), (2**33 + 17, 1_000_000), (123456789, 2**31 - 1)])
+def test_triton_draw_is_bit_identical(seed: int, num_items: int) -> None:
+    from kernels.triton_gather import draw_in_kernel
+
+    # 45 negatives with 16-wide chunks: the last chunk is ragged.
+    in_kernel = draw_in_kernel(seed, 11, 45, num_items)
+    assert torch.equal(in_kernel, draw_negatives(seed, 11, 45, num_items))

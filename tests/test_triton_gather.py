@@ -1,0 +1,235 @@
+"""Per-position CCE- Triton kernels (tensor and drawn negatives) against a float64 reference.
+
+Runs the kernels through the Triton interpreter on CPU tensors; sizes are tiny and ragged (N and K
+not multiples of the 16-wide chunks, d not always a power of two).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch
+
+import kernels.triton_gather as triton_gather
+from kernels.draw import draw_negatives
+from kernels.triton_gather import gather_linear_cross_entropy
+
+IGNORE = -100
+
+
+def reference_loss(hidden, items, targets, negatives, log_q, remove_hits, reduction):
+    """Float64 CE- of DESIGN section 3 with explicit logits; items are used in hidden's precision."""
+    used_items = items + (items.to(hidden.dtype).to(items.dtype) - items).detach()
+    h, e = hidden.double(), used_items.double()
+    kept = targets != IGNORE
+    safe_targets = torch.where(kept, targets, 0)
+    positive = (h * e[safe_targets]).sum(-1)
+    negative = torch.einsum("nd,nkd->nk", h, e[negatives])
+    if log_q is not None:
+        log_k = math.log(negatives.shape[1])
+        negative = negative - log_k - (log_q.double()[negatives] if torch.is_tensor(log_q) else log_q)
+    if remove_hits:
+        negative = negative.masked_fill(negatives == safe_targets[:, None], float("-inf"))
+    row_loss = torch.logsumexp(torch.cat([positive[:, None], negative], 1), 1) - positive
+    row_loss = torch.where(kept, row_loss, torch.zeros_like(row_loss))
+    if reduction == "none":
+        return row_loss
+    if reduction == "sum":
+        return row_loss.sum()
+    return row_loss.sum() / kept.sum().clamp(min=1)
+
+
+def make_case(num_rows, num_negatives, num_items, dim, hidden_dtype, items_dtype, *, scheme, seed,
+              log_q_kind, index_dtype=torch.int64):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(num_rows, dim, generator=generator) * 0.6).to(hidden_dtype)
+    items = (torch.randn(num_items, dim, generator=generator) * 0.6).to(items_dtype)
+    targets = torch.randint(0, num_items, (num_rows,), generator=generator)
+    targets[torch.randperm(num_rows, generator=generator)[: max(1, num_rows // 6)]] = IGNORE
+    if scheme == "drawn":
+        negatives = draw_negatives(seed, num_rows, num_negatives, num_items)
+    else:
+        negatives = torch.randint(0, num_items, (num_rows, num_negatives), generator=generator)
+        hit_rows = torch.randperm(num_rows, generator=generator)[: num_rows // 3]
+        hit_columns = torch.randint(0, num_negatives, (hit_rows.numel(),), generator=generator)
+        negatives[hit_rows, hit_columns] = targets[hit_rows].clamp(min=0)
+    has_hit = ((negatives == targets[:, None]) & (targets != IGNORE)[:, None]).any()
+    assert has_hit, "the case must contain accidental hits"
+    if log_q_kind == "tensor":
+        log_q = torch.log_softmax(torch.randn(num_items, generator=generator), 0)
+    elif log_q_kind == "float":
+        log_q = -math.log(num_items)
+    else:
+        log_q = None
+    return hidden, items, targets.to(index_dtype), negatives.to(index_dtype), log_q
+
+
+def run_kernel(hidden, items, targets, negatives, log_q, *, scheme, seed, remove_hits=True, reduction="mean"):
+    return gather_linear_cross_entropy(
+        hidden, items, targets, negatives if scheme == "position" else None, scheme=scheme,
+        num_negatives=negatives.shape[1], seed=seed if scheme == "drawn" else None, log_q=log_q,
+        remove_accidental_hits=remove_hits, ignore_index=IGNORE, reduction=reduction)
+
+
+def relative_error(actual, expected):
+    return float((actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30))
+
+
+def check_against_reference(hidden, items, targets, negatives, log_q, *, scheme, seed, reduction,
+                            remove_hits=True, tolerance):
+    kernel_hidden = hidden.clone().requires_grad_()
+    kernel_items = items.clone().requires_grad_()
+    loss = run_kernel(kernel_hidden, kernel_items, targets, negatives, log_q, scheme=scheme, seed=seed,
+                      remove_hits=remove_hits, reduction=reduction)
+    ref_hidden = hidden.double().requires_grad_()
+    ref_items = items.double().requires_grad_()
+    # The reference rounds items to hidden's precision the same way, on float64 leaves.
+    rounded_items = ref_items + (items.to(hidden.dtype).double() - ref_items).detach()
+    expected = reference_loss(ref_hidden, rounded_items, targets.long(), negatives.long(), log_q,
+                              remove_hits, reduction)
+    assert loss.dtype == torch.float32
+    assert loss.shape == expected.shape
+    assert torch.isfinite(loss).all()
+    assert relative_error(loss.detach(), expected.detach()) < tolerance
+    upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(seed + 1)) + 0.5
+    (loss * upstream).sum().backward()
+    (expected * upstream.double()).sum().backward()
+    assert kernel_hidden.grad.dtype == hidden.dtype and kernel_items.grad.dtype == items.dtype
+    assert relative_error(kernel_hidden.grad, ref_hidden.grad) < tolerance
+    assert relative_error(kernel_items.grad, ref_items.grad) < tolerance
+    ignored = targets == IGNORE
+    assert kernel_hidden.grad[ignored].abs().max() == 0
+    return loss
+
+
+FP32_TOLERANCE = 1e-5
+HALF_TOLERANCE = 1e-2
+
+CASES = [
+    # scheme, N, K, C, d, hidden dtype, items dtype, log_q, reduction
+    ("position", 37, 23, 61, 16, torch.float32, torch.float32, None, "mean"),
+    ("position", 29, 33, 150, 48, torch.float32, torch.float32, "tensor", "sum"),
+    ("position", 21, 17, 90, 128, torch.float32, torch.float32, "float", "none"),
+    ("position", 43, 19, 70, 64, torch.bfloat16, torch.bfloat16, "tensor", "mean"),
+    ("position", 33, 21, 55, 48, torch.float16, torch.float16, None, "none"),
+    ("position", 27, 31, 120, 64, torch.bfloat16, torch.float32, "float", "sum"),
+    ("drawn", 35, 29, 40, 16, torch.float32, torch.float32, "float", "mean"),
+    ("drawn", 23, 37, 45, 64, torch.float32, torch.float32, "tensor", "none"),
+    ("drawn", 25, 18, 30, 128, torch.bfloat16, torch.bfloat16, None, "sum"),
+    ("drawn", 31, 27, 50, 48, torch.bfloat16, torch.float32, "tensor", "mean"),
+]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "num_rows", "num_negatives", "num_items", "dim", "hidden_dtype", "items_dtype", "log_q_kind",
+     "reduction"),
+    CASES,
+)
+def test_matches_float64_reference(scheme, num_rows, num_negatives, num_items, dim, hidden_dtype, items_dtype,
+                                   log_q_kind, reduction):
+    seed = 1000 + num_rows * 7 + dim
+    hidden, items, targets, negatives, log_q = make_case(
+        num_rows, num_negatives, num_items, dim, hidden_dtype, items_dtype, scheme=scheme, seed=seed,
+        log_q_kind=log_q_kind)
+    tolerance = FP32_TOLERANCE if hidden_dtype == torch.float32 else HALF_TOLERANCE
+    check_against_reference(hidden, items, targets, negatives, log_q, scheme=scheme, seed=seed,
+                            reduction=reduction, tolerance=tolerance)
+
+
+@pytest.mark.parametrize("scheme", ["position", "drawn"])
+def test_accidental_hits_kept_when_asked(scheme):
+    hidden, items, targets, negatives, log_q = make_case(26, 20, 35, 16, torch.float32, torch.float32,
+                                                         scheme=scheme, seed=7, log_q_kind="float")
+    loss = check_against_reference(hidden, items, targets, negatives, log_q, scheme=scheme, seed=7,
+                                   reduction="none", remove_hits=False, tolerance=FP32_TOLERANCE)
+    masked = run_kernel(hidden, items, targets, negatives, log_q, scheme=scheme, seed=7, reduction="none")
+    hit_rows = ((negatives == targets[:, None]).any(1)) & (targets != IGNORE)
+    # Keeping a hit adds a logit to the logsumexp, so those rows' losses grow.
+    assert (loss.detach()[hit_rows] > masked[hit_rows]).all()
+
+
+def test_int32_indices_and_strided_item_view():
+    hidden, weight, targets, negatives, log_q = make_case(24, 19, 41, 48, torch.float32, torch.float32,
+                                                          scheme="position", seed=3, log_q_kind=None,
+                                                          index_dtype=torch.int32)
+    items = weight[1:]  # a view with a non-zero storage offset, as the harness passes embedding.weight[1:]
+    targets = torch.where(targets == IGNORE, targets, targets.clamp(max=39))
+    negatives = negatives.clamp(max=39)
+    check_against_reference(hidden, items, targets, negatives, log_q, scheme="position", seed=3,
+                            reduction="mean", tolerance=FP32_TOLERANCE)
+    weight = weight.clone().requires_grad_()
+    run_kernel(hidden, weight[1:], targets, negatives, log_q, scheme="position", seed=3).backward()
+    assert weight.grad[0].abs().max() == 0 and weight.grad[1:].abs().max() > 0
+
+
+def test_drawn_equals_position_with_host_draws():
+    hidden, items, targets, negatives, log_q = make_case(30, 26, 44, 64, torch.float32, torch.float32,
+                                                         scheme="drawn", seed=11, log_q_kind="tensor")
+    drawn = run_kernel(hidden, items, targets, negatives, log_q, scheme="drawn", seed=11, reduction="none")
+    given = run_kernel(hidden, items, targets, negatives, log_q, scheme="position", seed=11, reduction="none")
+    assert torch.equal(drawn, given)
+    other_seed = run_kernel(hidden, items, targets, negatives, log_q, scheme="drawn", seed=12,
+                            reduction="none")
+    assert not torch.equal(drawn, other_seed)
+
+
+def test_every_output_element_is_written(monkeypatch):
+    def poisoned(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(triton_gather, "_new_output", poisoned)
+    hidden, items, targets, negatives, _ = make_case(22, 17, 33, 48, torch.bfloat16, torch.bfloat16,
+                                                     scheme="position", seed=5, log_q_kind=None)
+    hidden.requires_grad_()
+    loss = run_kernel(hidden, items, targets, negatives, None, scheme="position", seed=5, reduction="none")
+    assert torch.isfinite(loss).all() and (loss[targets == IGNORE] == 0).all()
+    loss.sum().backward()
+    assert torch.isfinite(hidden.grad).all()
+
+
+def test_all_rows_ignored_gives_zero_loss_and_gradients():
+    hidden, items, _, negatives, _ = make_case(18, 17, 30, 16, torch.float32, torch.float32,
+                                               scheme="position", seed=9, log_q_kind=None)
+    hidden.requires_grad_()
+    items.requires_grad_()
+    targets = torch.full((18,), IGNORE)
+    loss = run_kernel(hidden, items, targets, negatives, None, scheme="position", seed=9)
+    assert loss.item() == 0
+    loss.backward()
+    assert hidden.grad.abs().max() == 0 and items.grad.abs().max() == 0
+
+
+@pytest.mark.parametrize("trainable", ["hidden", "items"])
+def test_only_requested_gradients(trainable):
+    hidden, items, targets, negatives, _ = make_case(20, 17, 30, 16, torch.float32, torch.float32,
+                                                     scheme="drawn", seed=13, log_q_kind=None)
+    (hidden if trainable == "hidden" else items).requires_grad_()
+    run_kernel(hidden, items, targets, negatives, None, scheme="drawn", seed=13).backward()
+    assert (hidden.grad is not None) == (trainable == "hidden")
+    assert (items.grad is not None) == (trainable == "items")
+
+
+@pytest.mark.parametrize(
+    ("changes", "name"),
+    [
+        ({"negatives": None, "scheme": "position"}, "negatives"),
+        ({"seed": None, "scheme": "drawn"}, "seed"),
+        ({"scheme": "shared"}, "scheme"),
+        ({"reduction": "max"}, "reduction"),
+        ({"log_q": torch.zeros(5)}, "log_q"),
+    ],
+)
+def test_bad_arguments_name_themselves(changes, name):
+    hidden, items, targets, negatives, _ = make_case(8, 17, 20, 16, torch.float32, torch.float32,
+                                                     scheme="position", seed=1, log_q_kind=None)
+    kwargs = dict(scheme="position", num_negatives=17, seed=1, log_q=None, remove_accidental_hits=True,
+                  ignore_index=IGNORE, reduction="mean")
+    negatives_arg = changes.pop("negatives", negatives)
+    if changes.get("scheme") == "drawn":
+        negatives_arg = None
+    with pytest.raises(ValueError, match=name):
+        gather_linear_cross_entropy(hidden, items, targets, negatives_arg, **(kwargs | changes))

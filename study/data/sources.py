@@ -179,9 +179,11 @@ def _published_md5(url: str) -> str | None:
         if error.code == 404:
             return None
         raise DataError(f"{url}: cannot fetch the checksum ({error})") from error
-    except FileNotFoundError:
-        return None
-    except (urllib.error.URLError, OSError) as error:
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, FileNotFoundError):  # a file:// mirror without a checksum file
+            return None
+        raise DataError(f"{url}: cannot fetch the checksum ({error})") from error
+    except OSError as error:
         raise DataError(f"{url}: cannot fetch the checksum ({error})") from error
     match = re.search(r"\b[0-9a-fA-F]{32}\b", text)
     if match is None:

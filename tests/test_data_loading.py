@@ -1,0 +1,150 @@
+"""Loading, validation errors, deduplication, k-core and id remapping."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study.data import DataError, Interactions, load_dataset, load_interactions, prepare_interactions
+
+
+def _random_log(rng: np.random.Generator, rows: int, users: int, items: int) -> pd.DataFrame:
+    return pd.DataFrame({
+        "user_id": rng.integers(100, 100 + users, rows),
+        "item_id": rng.integers(5000, 5000 + items, rows),
+        "timestamp": rng.integers(10**9, 10**9 + 10**6, rows),
+    })
+
+
+def test_ml100k_loads_with_published_counts(shared_data: Path) -> None:
+    raw = load_interactions(shared_data / "ml-100k" / "interactions.csv.gz")
+    assert list(raw.columns) == ["user_id", "item_id", "timestamp"]
+    assert raw["timestamp"].dtype == np.int64
+    data = load_dataset(str(shared_data / "ml-100k"))
+    assert (data.num_users, data.num_items, len(data.frame)) == (943, 1682, 100_000)
+    _check_remapped(data)
+    # The remapping is a bijection back to the file's own (user, item, timestamp) rows.
+    restored = pd.DataFrame({
+        "user_id": data.user_labels[data.frame["user"]],
+        "item_id": data.item_labels[data.frame["item"] - 1],
+        "timestamp": data.frame["timestamp"],
+    })
+    pd.testing.assert_frame_equal(
+        restored.sort_values(list(restored.columns)).reset_index(drop=True),
+        raw.sort_values(list(raw.columns)).reset_index(drop=True),
+        check_dtype=False,
+    )
+
+
+def _check_remapped(data: Interactions) -> None:
+    frame = data.frame
+    assert frame["user"].dtype == np.int64 and frame["item"].dtype == np.int64
+    assert set(np.unique(frame["user"])) == set(range(data.num_users))
+    assert set(np.unique(frame["item"])) == set(range(1, data.num_items + 1))
+    keys = frame[["user", "timestamp"]].to_numpy()
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    assert np.array_equal(order, np.arange(len(frame))), "rows must be sorted by (user, timestamp)"
+
+
+def test_formats_and_column_names_agree(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    log = _random_log(rng, 300, 20, 40).rename(columns={"user_id": "u", "item_id": "i", "timestamp": "t"})
+    log["rating"] = rng.random(len(log))
+    log.to_csv(tmp_path / "log.csv", index=False)
+    log.to_csv(tmp_path / "log.csv.gz", index=False)
+    log.to_parquet(tmp_path / "log.parquet", index=False)
+    frames = [load_interactions(tmp_path / name, user_col="u", item_col="i", time_col="t")
+              for name in ("log.csv", "log.csv.gz", "log.parquet")]
+    expected = log[["u", "i", "t"]].set_axis(["user_id", "item_id", "timestamp"], axis=1)
+    for frame in frames:
+        pd.testing.assert_frame_equal(frame, expected, check_dtype=False)
+
+
+def test_duplicates_dropped_and_ties_keep_file_order() -> None:
+    raw = pd.DataFrame({
+        "user_id": ["b", "a", "a", "a", "a", "b"],
+        "item_id": [7, 9, 3, 9, 3, 7],
+        "timestamp": [5, 2, 2, 2, 1, 5],
+    })
+    data = prepare_interactions(raw, name="tiny")
+    # Rows 3 and 5 repeat rows 1 and 0 exactly; repeat consumption at another time (a,3 at 1 and 2) is kept.
+    assert len(data.frame) == 4
+    user_a = data.frame[data.frame["user"] == 0]
+    labels = data.item_labels[user_a["item"].to_numpy() - 1]
+    assert list(labels) == [3, 9, 3]  # time 1, then the tie at time 2 in file order (9 before 3)
+    assert list(data.user_labels) == ["a", "b"]
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_kcore_every_survivor_has_k_and_nothing_more_is_removed(k: int) -> None:
+    rng = np.random.default_rng(k)
+    raw = _random_log(rng, 3000, 150, 300)
+    raw["item_id"] = 5000 + (300 * rng.random(len(raw)) ** 3).astype(np.int64)  # a long tail of rare items
+    data = prepare_interactions(raw, name="random", kcore=k)
+    assert data.frame.groupby("user").size().min() >= k
+    assert data.frame.groupby("item").size().min() >= k
+    # Reference: the maximal k-core by plain iteration over pandas counts.
+    reference = raw.drop_duplicates()
+    while True:
+        user_ok = reference.groupby("user_id")["item_id"].transform("size") >= k
+        item_ok = reference.groupby("item_id")["user_id"].transform("size") >= k
+        if (user_ok & item_ok).all():
+            break
+        reference = reference[user_ok & item_ok]
+    assert 0 < len(data.frame) == len(reference) < len(raw.drop_duplicates())
+    assert data.num_users == reference["user_id"].nunique()
+    assert data.num_items == reference["item_id"].nunique()
+
+
+def test_empty_after_kcore_is_an_error() -> None:
+    raw = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [1, 2, 3], "timestamp": [1, 2, 3]})
+    with pytest.raises(DataError, match="no interactions left after 2-core"):
+        prepare_interactions(raw, name="sparse", kcore=2)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        load_interactions(tmp_path / "absent.csv")
+    with pytest.raises(DataError, match="no such file or folder"):
+        load_dataset(str(tmp_path / "absent.csv"))
+
+
+def test_missing_column_is_named_with_the_columns_found(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item,timestamp\n1,2,3\n")
+    with pytest.raises(DataError, match=r"missing column 'item_id'.*columns found: user_id, item, timestamp"):
+        load_interactions(path)
+
+
+def test_non_numeric_timestamp_names_column_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write("user_id,item_id,when\n1,2,100\n1,3,101\n2,3,yesterday\n2,4,oops\n")
+    with pytest.raises(DataError, match=r"column 'when' is not numeric at line 4 \(value 'yesterday'\)"):
+        load_interactions(path, time_col="when")
+
+
+def test_missing_id_names_column_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,timestamp\n1,2,100\n,3,101\n")
+    with pytest.raises(DataError, match=r"column 'user_id' has a missing value at line 3"):
+        load_interactions(path)
+
+
+def test_empty_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,timestamp\n")
+    with pytest.raises(DataError, match="no interactions"):
+        load_dataset(str(path))
+
+
+def test_float_timestamps_stay_float(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id,timestamp\n1,2,100.5\n1,3,100.25\n")
+    data = load_dataset(str(path))
+    assert data.frame["timestamp"].dtype == np.float64
+    assert list(data.frame["timestamp"]) == [100.25, 100.5]

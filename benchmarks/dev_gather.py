@@ -1,0 +1,218 @@
+"""Dev benchmark of the per-position CCE- gather kernels on one GPU: correctness, then timings.
+
+1. Correctness at a moderate size against a float64 torch reference (loss, dH, dE), for tensor and
+   drawn negatives, bf16 / fp32 / bf16-hidden-with-fp32-items; the in-kernel draw against the host twin.
+2. fwd+bwd timings (triton.testing.do_bench median) of the loss alone at the target sizes, C = 10^6,
+   against PyTorch eager CE- (gather [N, K, d] + einsum) in the same process, with peak extra memory,
+   over several block configurations; fwd-only and no-item-gradient timings split the cost.
+
+Run on the GPU host: PYTHONPATH=. python3 benchmarks/dev_gather.py [--quick] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from kernels.draw import draw_negatives
+from kernels.triton_gather import GatherConfig, default_config, draw_in_kernel, gather_linear_cross_entropy
+
+IGNORE = -100
+
+
+def eager_ce_negatives(hidden, items, targets, negatives, remove_hits=True):
+    """PyTorch eager CE- with per-position negatives: the materialising baseline."""
+    kept = targets != IGNORE
+    safe = torch.where(kept, targets, 0)
+    positive = (hidden * items[safe]).sum(-1, dtype=torch.float32)
+    negative = torch.einsum("nd,nkd->nk", hidden, items[negatives]).float()
+    if remove_hits:
+        negative = negative.masked_fill(negatives == safe[:, None], float("-inf"))
+    row_loss = torch.logsumexp(torch.cat([positive[:, None], negative], 1), 1) - positive
+    return (row_loss * kept).sum() / kept.sum().clamp(min=1)
+
+
+def reference64(hidden, items, targets, negatives, log_q):
+    used = items + (items.to(hidden.dtype).to(items.dtype) - items).detach()
+    h, e = hidden.double(), used.double()
+    kept = targets != IGNORE
+    safe = torch.where(kept, targets, 0)
+    positive = (h * e[safe]).sum(-1)
+    negative = torch.einsum("nd,nkd->nk", h, e[negatives])
+    if log_q is not None:
+        negative = negative - math.log(negatives.shape[1]) - log_q.double()[negatives]
+    negative = negative.masked_fill(negatives == safe[:, None], float("-inf"))
+    row_loss = torch.logsumexp(torch.cat([positive[:, None], negative], 1), 1) - positive
+    return (row_loss * kept).sum() / kept.sum()
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def check_correctness(device, results):
+    torch.manual_seed(0)
+    rows = []
+    for scheme, dim, hdt, idt, log_q_on in [
+        ("position", 64, torch.bfloat16, torch.bfloat16, False),
+        ("position", 48, torch.float32, torch.float32, True),
+        ("position", 256, torch.bfloat16, torch.float32, True),
+        ("drawn", 64, torch.bfloat16, torch.float32, False),
+        ("drawn", 128, torch.float32, torch.float32, True),
+    ]:
+        n, k, c = 3001, 257, 40_000
+        hidden = (torch.randn(n, dim, device=device) * 0.5).to(hdt)
+        weight = (torch.randn(c + 1, dim, device=device) * 0.5).to(idt)
+        targets = torch.randint(0, c, (n,), device=device)
+        targets[torch.rand(n, device=device) < 0.2] = IGNORE
+        seed = 1234 + dim
+        if scheme == "drawn":
+            negatives = draw_negatives(seed, n, k, c, device=device)  # ~19 accidental hits at this size
+        else:
+            negatives = torch.randint(0, c, (n, k), device=device)
+            negatives[::7, 3] = targets[::7].clamp(min=0)  # accidental hits
+        log_q = torch.log_softmax(torch.randn(c, device=device), 0) if log_q_on else None
+        h1, w1 = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        loss = gather_linear_cross_entropy(
+            h1, w1[1:], targets, negatives if scheme == "position" else None, scheme=scheme,
+            num_negatives=k, seed=seed, log_q=log_q, remove_accidental_hits=True, ignore_index=IGNORE,
+            reduction="mean")
+        loss.backward()
+        h2, w2 = hidden.double().requires_grad_(), weight.double().requires_grad_()
+        rounded = w2 + (weight.to(hdt).double() - w2).detach()
+        expected = reference64(h2, rounded[1:], targets, negatives, log_q)
+        expected.backward()
+        row = dict(scheme=scheme, d=dim, hidden=str(hdt), items=str(idt), loss_rel=rel(loss, expected),
+                   dh_rel=rel(h1.grad, h2.grad), de_rel=rel(w1.grad, w2.grad))
+        rows.append(row)
+        print("check", row, flush=True)
+    draws_ok = all(
+        torch.equal(draw_in_kernel(s, 5000, 300, c, device=device, block_k=128),
+                    draw_negatives(s, 5000, 300, c, device="cpu").to(device))
+        for s, c in [(0, 1_000_000), (2**40 + 3, 999_983), (77, 2**31 - 1)])
+    print("draw bit-identical to host twin:", draws_ok, flush=True)
+    results["correctness"] = rows
+    results["draws_identical"] = draws_ok
+
+
+def peak_extra(fn):
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def time_case(name, n, k, d, c, configs, drawn_configs, results, eager=True, fp32_items=True):
+    torch.manual_seed(1)
+    device = "cuda"
+    hidden = (torch.randn(n, d, device=device) * 0.3).to(torch.bfloat16).requires_grad_()
+    items = (torch.randn(c, d, device=device) * 0.3).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, c, (n,), device=device)
+    negatives = torch.randint(0, c, (n, k), device=device)
+    seed = 99
+    grads = [hidden, items]
+    table = []
+
+    def record(label, fn, grad_to_none=grads):
+        fn()
+        ms = do_bench(fn, warmup=50, rep=300, grad_to_none=grad_to_none, return_mode="median")
+        for g in grad_to_none:
+            g.grad = None
+        mem = peak_extra(fn)
+        for g in grad_to_none:
+            g.grad = None
+        row = dict(case=name, variant=label, ms=ms, peak_extra_gib=mem / 2**30)
+        table.append(row)
+        print(f"{name:8s} {label:40s} {ms:9.2f} ms  {mem / 2**30:7.3f} GiB", flush=True)
+
+    if eager:
+        def run_eager():
+            eager_ce_negatives(hidden, items, targets, negatives).backward()
+        try:
+            record("eager CE- (gather+einsum)", run_eager)
+        except torch.OutOfMemoryError:
+            print(name, "eager OOM", flush=True)
+        torch.cuda.empty_cache()
+
+    def ours(scheme, config, h=hidden, e=items):
+        def run():
+            gather_linear_cross_entropy(
+                h, e, targets, negatives if scheme == "position" else None, scheme=scheme,
+                num_negatives=k, seed=seed, log_q=None, remove_accidental_hits=True,
+                ignore_index=IGNORE, reduction="mean", config=config).backward()
+        return run
+
+    for config in configs:
+        record(f"position bk={config.block_k} w={config.num_warps} s={config.num_stages}",
+               ours("position", config))
+    for config in drawn_configs:
+        record(f"drawn bk={config.block_k} w={config.num_warps} s={config.num_stages}", ours("drawn", config))
+    best = min((r for r in table if r["variant"].startswith("position")), key=lambda r: r["ms"])
+    best_config = configs[[r["variant"] for r in table if r["variant"].startswith("position")].index(
+        best["variant"])]
+
+    def forward_only():
+        with torch.no_grad():
+            gather_linear_cross_entropy(
+                hidden, items, targets, negatives, scheme="position", num_negatives=k, seed=None,
+                log_q=None, remove_accidental_hits=True, ignore_index=IGNORE, reduction="mean",
+                config=best_config)
+    record(f"position fwd only (best cfg bk={best_config.block_k})", forward_only, grad_to_none=[])
+    frozen_items = items.detach()
+    record("position fwd+bwd, no item grad (best cfg)", ours("position", best_config, e=frozen_items),
+           grad_to_none=[hidden])
+    if fp32_items:
+        items32 = items.detach().float().requires_grad_()
+        record("position fp32 items (autocast) best cfg", ours("position", best_config, e=items32),
+               grad_to_none=[hidden, items32])
+        del items32
+    results.setdefault("timings", []).extend(table)
+    hidden.grad = items.grad = None
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = parser.parse_args()
+    props = torch.cuda.get_device_properties(0)
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results = dict(device=props.name, torch=torch.__version__, triton=triton.__version__,
+                   sms=props.multi_processor_count, started=started)
+    print(results, flush=True)
+    check_correctness("cuda", results)
+    c = 1_000_000
+    if args.quick:
+        cases = [("K2047d64", 51_200, 2047, 64, [default_config(64, 2047, torch.device("cuda"))], [])]
+    else:
+        cases = [
+            ("K2047d64", 51_200, 2047, 64,
+             [GatherConfig(64, 4), GatherConfig(128, 4), GatherConfig(128, 8), GatherConfig(256, 8)],
+             [GatherConfig(128, 4), GatherConfig(128, 8)]),
+            ("K511d256", 65_536, 511, 256,
+             [GatherConfig(16, 4), GatherConfig(32, 4), GatherConfig(32, 8), GatherConfig(64, 8)],
+             [GatherConfig(32, 4), GatherConfig(32, 8)]),
+        ]
+    for name, n, k, d, configs, drawn_configs in cases:
+        time_case(name, n, k, d, c, configs, drawn_configs, results)
+        torch.cuda.empty_cache()
+    with open(os.path.join(args.out, "dev_gather.json"), "w") as handle:
+        json.dump(results, handle, indent=1)
+    print("\nsummary (ms, peak extra GiB):")
+    for row in results["timings"]:
+        print(f"  {row['case']:8s} {row['variant']:42s} {row['ms']:8.2f} {row['peak_extra_gib']:7.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,557 @@
+"""Fused cross-entropy over a dense block of negatives: full catalogue, shared [K], per sequence [B, K].
+
+When many rows score the same negatives the loss is a GEMM followed by a softmax, so the kernels follow
+the FlashAttention pattern: a program holds a block of rows, walks the negative tiles with `tl.dot`
+and keeps a running max and sum of exponentials (base 2, so each exponential is one FMA + ex2).
+Logits never reach global memory; forward saves only logsumexp and the positive logit per row.
+
+Backward recomputes the logits twice, in two kernels with no atomics between programs:
+- grad_hidden: one program per row block, walking the negative tiles (like forward).
+- grad_items: one program per negative tile, walking the row blocks. For "full" each program owns its
+  item rows and writes them directly, the positive (target) column included, so the whole item gradient
+  is deterministic. For "shared" it writes a [splits, K, d] float32 buffer (splits row ranges so the grid
+  fills the GPU when K is small); the splits are summed and `index_add_` adds the result into the
+  gradient rows of possibly repeated negatives. For "sequence" each (tile, sequence) program adds its
+  rows with float32 atomics when the gradient is float32; for half gradients (no reliable half atomics)
+  it writes a float32 [chunk, K, d] buffer for a chunk of sequences, added with `index_add_`, the chunk
+  sized so the buffer stays within max(N, K) * d floats.
+- The positive part of the item gradient for "shared"/"sequence", dE[p_i] += (p_i0 - 1) g_i h_i, is one
+  `index_add_` of an [N, d] float32 coefficient buffer: targets repeat arbitrarily and are not ordered,
+  and the buffer is within the O(N*d) allowance. On CUDA `index_add_` itself uses atomics, so the item
+  gradient of "shared"/"sequence" is deterministic only up to the order of float additions on repeats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import triton
+import triton.language as tl
+
+SharedScheme = Literal["full", "shared", "sequence"]
+Reduction = Literal["mean", "sum", "none"]
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+LOGQ_NONE = 0
+LOGQ_CONSTANT = 1
+LOGQ_TENSOR = 2
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """Tile shape and launch parameters of one kernel. block_m: rows, block_n: negatives per tile."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class KernelConfigs:
+    """One BlockConfig per kernel; `target_programs` sets how many row splits grad_items uses."""
+
+    forward: BlockConfig
+    grad_hidden: BlockConfig
+    grad_items: BlockConfig
+    target_programs: int
+
+
+def default_configs(device: torch.device, dim: int) -> KernelConfigs:
+    """Tiles tuned on one H100 (see notes/kernel-shared.md); tiny tiles for the CPU interpreter."""
+    if device.type != "cuda":
+        small = BlockConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
+        return KernelConfigs(forward=small, grad_hidden=small, grad_items=small, target_programs=4)
+    sm_count = torch.cuda.get_device_properties(device).multi_processor_count
+    if dim <= 128:
+        forward = BlockConfig(block_m=128, block_n=128, num_warps=8, num_stages=3)
+        grad_hidden = BlockConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+        grad_items = BlockConfig(block_m=64, block_n=128, num_warps=8, num_stages=3)
+    else:
+        forward = BlockConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
+        grad_hidden = BlockConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
+        grad_items = BlockConfig(block_m=64, block_n=64, num_warps=8, num_stages=2)
+    return KernelConfigs(forward=forward, grad_hidden=grad_hidden, grad_items=grad_items,
+                         target_programs=2 * sm_count)
+
+
+@triton.jit
+def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    # UPCAST works around the Triton interpreter (3.7), which multiplies bfloat16 operands as their raw
+    # uint16 bits; float32 products of bfloat16 values are exact, so the result is the same function.
+    if UPCAST:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(a, b, input_precision=PRECISION)
+    return out
+
+
+@triton.jit
+def _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL: tl.constexpr):
+    if FULL:
+        idx = cols.to(tl.int64)
+    else:
+        idx = tl.load(neg_ptr + group * stride_neg_group + cols, mask=col_mask, other=0).to(tl.int64)
+    return idx
+
+
+@triton.jit
+def _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE: tl.constexpr):
+    """log2(e) * (log K + log q[n]) per negative column; logq_scalar is log K + log q or log K."""
+    if LOGQ_MODE == 2:
+        log_q = tl.load(logq_ptr + idx, mask=col_mask, other=0.0).to(tl.float32)
+        corr2 = (log_q + logq_scalar) * 1.4426950408889634
+    else:
+        corr2 = tl.zeros(idx.shape, dtype=tl.float32) + logq_scalar * 1.4426950408889634
+    return corr2
+
+
+@triton.jit
+def _forward_kernel(
+    hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, positive_ptr, loss_ptr,
+    rows_per_group, num_negatives, dim,
+    stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
+    logq_scalar, ignore_index,
+    FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    group = tl.program_id(0)
+    local_rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = local_rows < rows_per_group
+    rows = group.to(tl.int64) * rows_per_group + local_rows
+    dcols = tl.arange(0, BLOCK_D)
+    dmask = dcols < dim
+    h = tl.load(hidden_ptr + rows[:, None] * stride_hidden_row + dcols[None, :] * stride_hidden_col,
+                mask=row_mask[:, None] & dmask[None, :], other=0.0)
+    targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
+    kept = row_mask & (targets != ignore_index)
+    safe_targets = tl.where(kept, targets, 0)
+    e_pos = tl.load(items_ptr + safe_targets[:, None] * stride_item_row + dcols[None, :] * stride_item_col,
+                    mask=row_mask[:, None] & dmask[None, :], other=0.0).to(h.dtype)
+    positive = tl.sum(h.to(tl.float32) * e_pos.to(tl.float32), axis=1)
+
+    # Running max starts at the positive logit, so it is finite even when every negative is a hit.
+    # For "full" the target column is scored inside the loop, so the positive is not counted twice.
+    run_max = positive * 1.4426950408889634
+    if FULL:
+        run_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    else:
+        run_sum = tl.zeros([BLOCK_M], dtype=tl.float32) + 1.0
+    for k0 in range(0, num_negatives, BLOCK_N):
+        cols = k0 + tl.arange(0, BLOCK_N)
+        col_mask = cols < num_negatives
+        idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
+        e = tl.load(items_ptr + idx[:, None] * stride_item_row + dcols[None, :] * stride_item_col,
+                    mask=col_mask[:, None] & dmask[None, :], other=0.0).to(h.dtype)
+        scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
+        if LOGQ_MODE == 0:
+            scores2 = scores * 1.4426950408889634
+        else:
+            scores2 = scores * 1.4426950408889634 - _correction2(logq_ptr, idx, col_mask, logq_scalar,
+                                                                 LOGQ_MODE)[None, :]
+        scores2 = tl.where(col_mask[None, :], scores2, float("-inf"))
+        if MASK_HITS:
+            scores2 = tl.where(idx[None, :] == safe_targets[:, None], float("-inf"), scores2)
+        new_max = tl.maximum(run_max, tl.max(scores2, axis=1))
+        run_sum = run_sum * tl.math.exp2(run_max - new_max) + tl.sum(tl.math.exp2(scores2 - new_max[:, None]),
+                                                                       axis=1)
+        run_max = new_max
+    lse = (run_max + tl.math.log2(run_sum)) * 0.6931471805599453
+    tl.store(lse_ptr + rows, lse, mask=row_mask)
+    tl.store(positive_ptr + rows, positive, mask=row_mask)
+    tl.store(loss_ptr + rows, tl.where(kept, lse - positive, 0.0), mask=row_mask)
+
+
+@triton.jit
+def _grad_hidden_kernel(
+    hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
+    grad_hidden_ptr,
+    rows_per_group, num_negatives, dim,
+    stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
+    logq_scalar, ignore_index,
+    FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    group = tl.program_id(0)
+    local_rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = local_rows < rows_per_group
+    rows = group.to(tl.int64) * rows_per_group + local_rows
+    dcols = tl.arange(0, BLOCK_D)
+    dmask = dcols < dim
+    h = tl.load(hidden_ptr + rows[:, None] * stride_hidden_row + dcols[None, :] * stride_hidden_col,
+                mask=row_mask[:, None] & dmask[None, :], other=0.0)
+    targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
+    kept = row_mask & (targets != ignore_index)
+    safe_targets = tl.where(kept, targets, 0)
+    lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * 1.4426950408889634
+    row_grad = tl.load(row_grad_ptr + rows, mask=row_mask, other=0.0)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for k0 in range(0, num_negatives, BLOCK_N):
+        cols = k0 + tl.arange(0, BLOCK_N)
+        col_mask = cols < num_negatives
+        idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
+        e = tl.load(items_ptr + idx[:, None] * stride_item_row + dcols[None, :] * stride_item_col,
+                    mask=col_mask[:, None] & dmask[None, :], other=0.0).to(h.dtype)
+        scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
+        if LOGQ_MODE == 0:
+            shifted = scores * 1.4426950408889634 - lse2[:, None]
+        else:
+            corr2 = _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE)
+            shifted = scores * 1.4426950408889634 - corr2[None, :] - lse2[:, None]
+        shifted = tl.where(col_mask[None, :], shifted, float("-inf"))
+        if MASK_HITS:
+            shifted = tl.where(idx[None, :] == safe_targets[:, None], float("-inf"), shifted)
+        dscores = tl.math.exp2(shifted) * row_grad[:, None]
+        if FULL:
+            dscores -= tl.where(idx[None, :] == safe_targets[:, None], row_grad[:, None], 0.0)
+        acc += _dot(dscores.to(h.dtype), e, PRECISION, UPCAST)
+    if not FULL:
+        e_pos_ptrs = items_ptr + safe_targets[:, None] * stride_item_row + dcols[None, :] * stride_item_col
+        e_pos = tl.load(e_pos_ptrs, mask=row_mask[:, None] & dmask[None, :], other=0.0).to(h.dtype)
+        positive_coef = tl.load(positive_coef_ptr + rows, mask=row_mask, other=0.0)
+        acc += positive_coef[:, None] * e_pos.to(tl.float32)
+    out = grad_hidden_ptr + rows[:, None] * stride_hidden_row + dcols[None, :] * stride_hidden_col
+    tl.store(out, acc.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _grad_items_kernel(
+    hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, row_grad_ptr, out_ptr,
+    rows_per_group, num_negatives, dim, num_splits, group_offset,
+    stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
+    stride_out_split, stride_out_group, stride_out_row,
+    logq_scalar, ignore_index,
+    FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, ATOMIC: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dE^T for one tile of negatives over one split of the rows of one group, in [BLOCK_N, BLOCK_M]
+    orientation. Columns past K are computed on zeros and never stored, so they need no mask."""
+    split = tl.program_id(1)
+    local_group = tl.program_id(2)
+    group = local_group + group_offset
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < num_negatives
+    dcols = tl.arange(0, BLOCK_D)
+    dmask = dcols < dim
+    idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
+    e = tl.load(items_ptr + idx[:, None] * stride_item_row + dcols[None, :] * stride_item_col,
+                mask=col_mask[:, None] & dmask[None, :], other=0.0).to(hidden_ptr.dtype.element_ty)
+    if LOGQ_MODE != 0:
+        corr2 = _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE)
+
+    acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for r0 in range(split * BLOCK_M, rows_per_group, num_splits * BLOCK_M):
+        local_rows = r0 + tl.arange(0, BLOCK_M)
+        row_mask = local_rows < rows_per_group
+        rows = group.to(tl.int64) * rows_per_group + local_rows
+        h = tl.load(hidden_ptr + rows[:, None] * stride_hidden_row + dcols[None, :] * stride_hidden_col,
+                    mask=row_mask[:, None] & dmask[None, :], other=0.0)
+        targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
+        safe_targets = tl.where(row_mask & (targets != ignore_index), targets, 0)
+        lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * 1.4426950408889634
+        row_grad = tl.load(row_grad_ptr + rows, mask=row_mask, other=0.0)  # 0 on padded and ignored rows
+        scores_t = _dot(e, tl.trans(h), PRECISION, UPCAST)
+        if LOGQ_MODE == 0:
+            shifted_t = scores_t * 1.4426950408889634 - lse2[None, :]
+        else:
+            shifted_t = scores_t * 1.4426950408889634 - corr2[:, None] - lse2[None, :]
+        if MASK_HITS:
+            shifted_t = tl.where(idx[:, None] == safe_targets[None, :], float("-inf"), shifted_t)
+        dscores_t = tl.math.exp2(shifted_t) * row_grad[None, :]
+        if FULL:
+            dscores_t -= tl.where(idx[:, None] == safe_targets[None, :], row_grad[None, :], 0.0)
+        acc += _dot(dscores_t.to(h.dtype), h, PRECISION, UPCAST)
+
+    out_mask = col_mask[:, None] & dmask[None, :]
+    if ATOMIC:
+        # Sequences may share negatives, so programs of different sequences can hit the same item row.
+        tl.atomic_add(out_ptr + idx[:, None] * stride_out_row + dcols[None, :], acc, mask=out_mask)
+    else:
+        out_rows = split * stride_out_split + local_group * stride_out_group + cols * stride_out_row
+        out_ptrs = out_ptr + out_rows[:, None] + dcols[None, :]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything about a call that is not a tensor: how rows group and how negatives are scored."""
+
+    scheme: SharedScheme
+    num_groups: int
+    rows_per_group: int
+    num_negatives: int
+    logq_mode: int
+    logq_scalar: float
+    mask_hits: bool
+    ignore_index: int
+    reduction: Reduction
+    configs: KernelConfigs
+
+    @property
+    def full(self) -> bool:
+        return self.scheme == "full"
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every buffer a kernel fully overwrites comes from here, so tests can poison them."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # float32 inputs must not silently drop to tf32 (Triton's default for a float32 dot).
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _upcast(hidden: torch.Tensor) -> bool:
+    return hidden.device.type != "cuda" and hidden.dtype == torch.bfloat16
+
+
+def _block_d(dim: int) -> int:
+    return max(16, triton.next_power_of_2(dim))
+
+
+def _common_args(hidden: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor | None,
+                 plan: _Plan) -> tuple[int, int, int, int, int]:
+    neg_group_stride = negatives.stride(0) if plan.scheme == "sequence" and negatives is not None else 0
+    return (hidden.stride(0), hidden.stride(1), items.stride(0), items.stride(1), neg_group_stride)
+
+
+def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None,
+             log_q: torch.Tensor | None, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    num_rows, dim = hidden.shape
+    lse = _empty((num_rows,), torch.float32, hidden.device)
+    positive = _empty((num_rows,), torch.float32, hidden.device)
+    loss = _empty((num_rows,), torch.float32, hidden.device)
+    config = plan.configs.forward
+    grid = (plan.num_groups, triton.cdiv(plan.rows_per_group, config.block_m))
+    _forward_kernel[grid](
+        hidden, items, targets, negatives if negatives is not None else targets,
+        log_q if log_q is not None else lse, lse, positive, loss,
+        plan.rows_per_group, plan.num_negatives, dim, *_common_args(hidden, items, negatives, plan),
+        plan.logq_scalar, plan.ignore_index,
+        FULL=plan.full, LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits,
+        PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return lse, positive, loss
+
+
+def _grad_hidden(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+                 negatives: torch.Tensor | None, log_q: torch.Tensor | None, lse: torch.Tensor,
+                 row_grad: torch.Tensor, positive_coef: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    num_rows, dim = hidden.shape
+    grad_hidden = _empty((num_rows, dim), hidden.dtype, hidden.device)
+    config = plan.configs.grad_hidden
+    grid = (plan.num_groups, triton.cdiv(plan.rows_per_group, config.block_m))
+    _grad_hidden_kernel[grid](
+        hidden, items, targets, negatives if negatives is not None else targets,
+        log_q if log_q is not None else lse, lse, row_grad, positive_coef, grad_hidden,
+        plan.rows_per_group, plan.num_negatives, dim, *_common_args(hidden, items, negatives, plan),
+        plan.logq_scalar, plan.ignore_index,
+        FULL=plan.full, LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits,
+        PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return grad_hidden
+
+
+def _launch_grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+                       negatives: torch.Tensor | None, log_q: torch.Tensor | None, lse: torch.Tensor,
+                       row_grad: torch.Tensor, out: torch.Tensor, *, num_splits: int, group_offset: int,
+                       num_groups: int, out_strides: tuple[int, int, int], atomic: bool, plan: _Plan) -> None:
+    dim = hidden.shape[1]
+    config = plan.configs.grad_items
+    grid = (triton.cdiv(plan.num_negatives, config.block_n), num_splits, num_groups)
+    _grad_items_kernel[grid](
+        hidden, items, targets, negatives if negatives is not None else targets,
+        log_q if log_q is not None else lse, lse, row_grad, out,
+        plan.rows_per_group, plan.num_negatives, dim, num_splits, group_offset,
+        *_common_args(hidden, items, negatives, plan), *out_strides,
+        plan.logq_scalar, plan.ignore_index,
+        FULL=plan.full, LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits, ATOMIC=atomic,
+        PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+        BLOCK_D=_block_d(dim), num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+
+
+def _row_splits(plan: _Plan, num_rows: int) -> int:
+    """How many row ranges grad_items splits a negative tile's rows into, to fill the GPU when K is small.
+    Each split costs K*d floats, so splits stay within max(1, N // K) to keep the buffer O(N*d + K*d)."""
+    config = plan.configs.grad_items
+    tiles = triton.cdiv(plan.num_negatives, config.block_n)
+    wanted = triton.cdiv(plan.configs.target_programs, tiles)
+    return max(1, min(wanted, num_rows // plan.num_negatives, triton.cdiv(num_rows, config.block_m)))
+
+
+def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+                negatives: torch.Tensor | None, log_q: torch.Tensor | None, lse: torch.Tensor,
+                row_grad: torch.Tensor, positive_coef: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    num_rows, dim = hidden.shape
+    num_items = items.shape[0]
+    launch = functools.partial(_launch_grad_items, hidden, items, targets, negatives, log_q, lse, row_grad,
+                               plan=plan)
+    if plan.scheme in ("full", "shared"):
+        splits = _row_splits(plan, num_rows)
+        if plan.full and splits == 1:
+            grad_items = _empty((num_items, dim), items.dtype, items.device)
+            launch(out=grad_items, num_splits=1, group_offset=0, num_groups=1,
+                               out_strides=(0, 0, dim), atomic=False)
+            return grad_items
+        k = plan.num_negatives
+        partial = _empty((splits, k, dim), torch.float32, items.device)
+        launch(out=partial, num_splits=splits, group_offset=0, num_groups=1,
+                           out_strides=(k * dim, 0, dim), atomic=False)
+        tile_grad = partial.sum(dim=0) if splits > 1 else partial[0]
+        if plan.full:
+            return tile_grad.to(items.dtype)
+        grad_items = torch.zeros((num_items, dim), dtype=items.dtype, device=items.device)
+        assert negatives is not None
+        grad_items.index_add_(0, negatives, tile_grad.to(items.dtype))
+    else:
+        assert negatives is not None
+        grad_items = torch.zeros((num_items, dim), dtype=items.dtype, device=items.device)
+        if items.dtype == torch.float32:
+            launch(out=grad_items, num_splits=1, group_offset=0,
+                               num_groups=plan.num_groups, out_strides=(0, 0, dim), atomic=True)
+        else:
+            k = plan.num_negatives
+            chunk = max(1, min(plan.num_groups, max(num_rows, k) // k))
+            buffer = _empty((chunk, k, dim), torch.float32, items.device)
+            for first in range(0, plan.num_groups, chunk):
+                count = min(chunk, plan.num_groups - first)
+                launch(out=buffer, num_splits=1, group_offset=first,
+                                   num_groups=count, out_strides=(0, k * dim, dim), atomic=False)
+                grad_items.index_add_(0, negatives[first:first + count].reshape(-1),
+                                      buffer[:count].reshape(count * k, dim).to(items.dtype))
+    kept = targets != plan.ignore_index
+    positive_rows = (positive_coef[kept, None] * hidden[kept].to(torch.float32)).to(items.dtype)
+    grad_items.index_add_(0, targets[kept], positive_rows)
+    return grad_items
+
+
+class _SharedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, hidden: torch.Tensor, items: torch.Tensor,
+        targets: torch.Tensor, negatives: torch.Tensor | None, log_q: torch.Tensor | None, plan: _Plan,
+    ) -> torch.Tensor:
+        lse, positive, loss = _forward(hidden, items, targets, negatives, log_q, plan)
+        kept = targets != plan.ignore_index
+        ctx.save_for_backward(hidden, items, targets, negatives, log_q, lse, positive, kept)  # type: ignore[arg-type]
+        ctx.plan = plan  # type: ignore[attr-defined]
+        if plan.reduction == "none":
+            return loss
+        if plan.reduction == "sum":
+            return loss.sum()
+        return loss.sum() / kept.sum().clamp(min=1)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor,
+    ) -> tuple[torch.Tensor | None, ...]:
+        hidden, items, targets, negatives, log_q, lse, positive, kept = ctx.saved_tensors  # type: ignore[attr-defined]
+        plan: _Plan = ctx.plan  # type: ignore[attr-defined]
+        needs_hidden, needs_items = ctx.needs_input_grad[0], ctx.needs_input_grad[1]  # type: ignore[attr-defined]
+        row_grad = grad_output.to(torch.float32) * kept.to(torch.float32)
+        if plan.reduction == "mean":
+            row_grad = row_grad / kept.sum().clamp(min=1)
+        row_grad = row_grad.contiguous()
+        # d loss_i / d s_i0 = p_i0 - 1; 0 for the "full" kernels, which score the target column themselves.
+        positive_coef = row_grad * (torch.exp(positive - lse) - 1.0)
+        grad_hidden = grad_items = None
+        if needs_hidden:
+            grad_hidden = _grad_hidden(hidden, items, targets, negatives, log_q, lse, row_grad, positive_coef,
+                                       plan)
+        if needs_items:
+            grad_items = _grad_items(hidden, items, targets, negatives, log_q, lse, row_grad, positive_coef,
+                                     plan)
+        return grad_hidden, grad_items, None, None, None, None
+
+
+def shared_linear_cross_entropy(
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    negatives: torch.Tensor | None,
+    *,
+    scheme: SharedScheme,
+    num_negatives: int,
+    rows_per_sequence: int,
+    log_q: torch.Tensor | float | None,
+    remove_accidental_hits: bool,
+    ignore_index: int,
+    reduction: Reduction,
+    configs: KernelConfigs | None = None,
+) -> torch.Tensor:
+    """Loss of DESIGN section 3 for negatives shared by many rows; inputs as `triton_dispatch` describes.
+
+    scheme "full": negatives None, every item scored once (F.cross_entropy; log_q must be None).
+    "shared": negatives [K] for every row. "sequence": negatives [B, K], row i uses
+    negatives[i // rows_per_sequence]. Returns float32: a scalar for "mean"/"sum", [N] for "none".
+    `configs` overrides the tile shapes (benchmarks); None picks `default_configs`.
+    """
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden: expected [N, d], got shape {tuple(hidden.shape)}")
+    if items.dim() != 2 or items.shape[1] != hidden.shape[1]:
+        raise ValueError(f"items: expected [C, {hidden.shape[1]}], got shape {tuple(items.shape)}")
+    num_rows = hidden.shape[0]
+    num_items = items.shape[0]
+    if scheme == "full":
+        if negatives is not None or log_q is not None:
+            raise ValueError("negatives/log_q: the full catalogue takes neither negatives nor a log_q "
+                             "correction")
+        if num_negatives != num_items:
+            raise ValueError(f"num_negatives: must be C={num_items} for the full catalogue, "
+                             f"got {num_negatives}")
+        num_groups, rows_per_group = 1, num_rows
+    elif scheme == "shared":
+        if negatives is None or negatives.dim() != 1 or negatives.shape[0] != num_negatives:
+            raise ValueError(f"negatives: expected [K={num_negatives}] for scheme 'shared'")
+        num_groups, rows_per_group = 1, num_rows
+    elif scheme == "sequence":
+        if negatives is None or negatives.dim() != 2 or negatives.shape[1] != num_negatives:
+            raise ValueError(f"negatives: expected [B, K={num_negatives}] for scheme 'sequence'")
+        num_groups, rows_per_group = negatives.shape[0], rows_per_sequence
+        if num_groups * rows_per_group != num_rows:
+            raise ValueError(f"rows_per_sequence: {rows_per_sequence} x B={num_groups} sequences "
+                             f"!= N={num_rows}")
+        negatives = negatives.contiguous()
+    else:
+        raise ValueError(f"scheme: expected 'full', 'shared' or 'sequence', got {scheme!r}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+
+    log_q_tensor: torch.Tensor | None = None
+    log_k = math.log(num_negatives)
+    if log_q is None:
+        logq_mode, logq_scalar = LOGQ_NONE, 0.0
+    elif isinstance(log_q, torch.Tensor):
+        if log_q.shape != (num_items,):
+            raise ValueError(f"log_q: expected shape ({num_items},), got {tuple(log_q.shape)}")
+        logq_mode, logq_scalar = LOGQ_TENSOR, log_k
+        log_q_tensor = log_q.detach().to(device=hidden.device, dtype=torch.float32).contiguous()
+    else:
+        logq_mode, logq_scalar = LOGQ_CONSTANT, log_k + float(log_q)
+    plan = _Plan(
+        scheme=scheme, num_groups=num_groups, rows_per_group=rows_per_group, num_negatives=num_negatives,
+        logq_mode=logq_mode, logq_scalar=logq_scalar, mask_hits=remove_accidental_hits and scheme != "full",
+        ignore_index=ignore_index, reduction=reduction,
+        configs=configs if configs is not None else default_configs(hidden.device, hidden.shape[1]),
+    )
+    if num_rows == 0:
+        empty = hidden.sum(dim=1).to(torch.float32) + items.sum() * 0.0
+        return empty if reduction == "none" else empty.sum()
+    with torch.cuda.device(hidden.device) if hidden.is_cuda else contextlib.nullcontext():
+        return _SharedLinearCrossEntropy.apply(hidden, items, targets, negatives, log_q_tensor, plan)

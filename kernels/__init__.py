@@ -1,5 +1,8 @@
 """Fused and reference losses for sequential recommendation over large catalogues."""
 
 from kernels.api import linear_cross_entropy
+from kernels.draw import draw_negatives
+from kernels.sampled_losses import bce_loss, gbce_beta, gbce_loss
+from kernels.samplers import NegativeSampler
 
-__all__ = ["linear_cross_entropy"]
+__all__ = ["NegativeSampler", "bce_loss", "draw_negatives", "gbce_beta", "gbce_loss", "linear_cross_entropy"]

@@ -1,0 +1,141 @@
+"""Every bad input to `linear_cross_entropy` raises a ValueError that names the argument."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import linear_cross_entropy
+
+B, L, D, C, K = 2, 3, 4, 10, 5
+
+
+def good_inputs():
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "hidden": torch.randn(B, L, D, generator=generator),
+        "items": torch.randn(C, D, generator=generator),
+        "targets": torch.randint(0, C, (B, L), generator=generator),
+    }
+
+
+def call(negatives=None, **changes):
+    arguments = good_inputs()
+    arguments.update(changes)
+    hidden, items, targets = arguments.pop("hidden"), arguments.pop("items"), arguments.pop("targets")
+    return linear_cross_entropy(hidden, items, targets, negatives, impl=arguments.pop("impl", "torch"),
+                                **arguments)
+
+
+def negatives_of(shape, low=0, high=C):
+    return torch.randint(low, high, shape, generator=torch.Generator().manual_seed(1))
+
+
+BAD_CALLS = {
+    "hidden 1-d": ("hidden", dict(hidden=torch.randn(D))),
+    "hidden 4-d": ("hidden", dict(hidden=torch.randn(1, B, L, D))),
+    "hidden not a tensor": ("hidden", dict(hidden=[[1.0] * D])),
+    "hidden integer": ("hidden", dict(hidden=torch.ones(B, L, D, dtype=torch.int64))),
+    "hidden float64": ("hidden", dict(hidden=torch.randn(B, L, D, dtype=torch.float64))),
+    "items wrong d": ("items", dict(items=torch.randn(C, D + 1))),
+    "items 3-d": ("items", dict(items=torch.randn(C, D, 1))),
+    "items empty": ("items", dict(items=torch.randn(0, D))),
+    "items half with float32 hidden": ("items", dict(items=torch.randn(C, D).half())),
+    "items bf16 with fp16 hidden": ("items", dict(hidden=torch.randn(B, L, D).half(),
+                                                  items=torch.randn(C, D).bfloat16())),
+    "targets float": ("targets", dict(targets=torch.zeros(B, L))),
+    "targets wrong shape": ("targets", dict(targets=torch.zeros(B * L, dtype=torch.int64))),
+    "targets too large": ("targets", dict(targets=torch.full((B, L), C))),
+    "targets negative": ("targets", dict(targets=torch.full((B, L), -1))),
+    "ignore_index not int": ("ignore_index", dict(ignore_index=1.5)),
+    "reduction": ("reduction", dict(reduction="avg")),
+    "impl": ("impl", dict(impl="cuda")),
+    "remove_accidental_hits": ("remove_accidental_hits", dict(remove_accidental_hits=1)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CALLS))
+def test_bad_argument_is_named(case):
+    argument, changes = BAD_CALLS[case]
+    with pytest.raises(ValueError, match=f"^{argument}:"):
+        call(**changes)
+
+
+BAD_NEGATIVES = {
+    "float tensor": ("negatives", torch.zeros(K), {}),
+    "wrong rows": ("negatives", negatives_of((B + 1, K)), {}),
+    "4-d": ("negatives", negatives_of((B, L, K, 1)), {}),
+    "3-d wrong leading": ("negatives", negatives_of((B, L + 1, K)), {}),
+    "too large": ("negatives", negatives_of((K,), C, C + 3), {}),
+    "negative index": ("negatives", negatives_of((B, L, K), -3, 0), {}),
+    "K > C": ("negatives", negatives_of((C + 1,)), {}),
+    "K = 0": ("negatives", torch.zeros(B, 0, dtype=torch.int64), {}),
+    "int K > C": ("negatives", C + 1, {"seed": 1}),
+    "int K = 0": ("negatives", 0, {"seed": 1}),
+    "bool": ("negatives", True, {}),
+    "list": ("negatives", [1, 2], {}),
+    "int without seed": ("seed", K, {}),
+    "seed not int": ("seed", K, {"seed": 1.0}),
+    "seed with tensor": ("seed", negatives_of((K,)), {"seed": 3}),
+    "seed with full": ("seed", None, {"seed": 3}),
+    "log_q with full": ("log_q", None, {"log_q": "uniform"}),
+    "log_q bad name": ("log_q", negatives_of((K,)), {"log_q": "popularity"}),
+    "log_q wrong shape": ("log_q", negatives_of((K,)), {"log_q": torch.randn(C - 1)}),
+    "log_q integer": ("log_q", negatives_of((K,)), {"log_q": torch.zeros(C, dtype=torch.int64)}),
+    "log_q a list": ("log_q", negatives_of((K,)), {"log_q": [0.0] * C}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NEGATIVES))
+def test_bad_negatives_seed_or_log_q_is_named(case):
+    argument, negatives, changes = BAD_NEGATIVES[case]
+    with pytest.raises(ValueError, match=f"^{argument}:"):
+        call(negatives, **changes)
+
+
+def test_out_of_range_message_gives_value_and_position():
+    targets = torch.randint(0, C, (B, L), generator=torch.Generator().manual_seed(2))
+    targets[1, 2] = C + 7
+    with pytest.raises(ValueError, match=rf"targets: value {C + 7} at index \(5,\)"):
+        call(targets=targets)
+
+
+def test_hidden_2d_rejects_per_sequence_shape():
+    hidden = torch.randn(B * L, D)
+    targets = torch.randint(0, C, (B * L,))
+    with pytest.raises(ValueError, match="^negatives:"):
+        call(negatives_of((B, K)), hidden=hidden, targets=targets)
+
+
+def test_ignore_index_is_allowed_outside_range():
+    targets = torch.randint(0, C, (B, L), generator=torch.Generator().manual_seed(3))
+    targets[0, 0] = -1
+    loss = call(negatives_of((K,)), targets=targets, ignore_index=-1)
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("argument", ["items", "targets", "negatives", "log_q"])
+def test_different_device_is_named(argument):
+    meta = torch.device("meta")
+    arguments = good_inputs()
+    negatives = negatives_of((K,))
+    log_q = torch.randn(C)
+    if argument == "negatives":
+        negatives = negatives.to(meta)
+    elif argument == "log_q":
+        log_q = log_q.to(meta)
+    else:
+        arguments[argument] = arguments[argument].to(meta)
+    with pytest.raises(ValueError, match=f"^{argument}:.*meta"):
+        linear_cross_entropy(arguments["hidden"], arguments["items"], arguments["targets"], negatives,
+                             log_q=log_q, impl="torch")
+
+
+@pytest.mark.parametrize("negatives", [None, "shared", "sequence", "position", "flat", "drawn"])
+def test_valid_schemes_are_accepted(negatives):
+    tensor_or_int = {None: None, "shared": negatives_of((K,)), "sequence": negatives_of((B, K)),
+                     "position": negatives_of((B, L, K)), "flat": negatives_of((B * L, K)),
+                     "drawn": K}[negatives]
+    seed = 5 if negatives == "drawn" else None
+    loss = call(tensor_or_int, seed=seed, reduction="none")
+    assert loss.shape == (B, L) and loss.dtype == torch.float32 and torch.all(loss > 0)

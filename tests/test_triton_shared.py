@@ -85,8 +85,9 @@ def make_case(scheme: str, *, num_rows: int, num_items: int, num_negatives: int,
     return dict(hidden=hidden, items=items, targets=targets, negatives=negatives)
 
 
-def run_both(case: dict, *, scheme: str, rows_per_sequence: int = 1, log_q: torch.Tensor | float | None = None,
-             remove_accidental_hits: bool = True, reduction: str = "mean", seed: int = 1):
+def run_both(case: dict, *, scheme: str, rows_per_sequence: int = 1,
+             log_q: torch.Tensor | float | None = None, remove_accidental_hits: bool = True,
+             reduction: str = "mean", seed: int = 1):
     """Loss and gradients of the kernel and of the float64 reference, with a random upstream gradient."""
     hidden = case["hidden"].clone().requires_grad_(True)
     items = case["items"].clone().requires_grad_(True)
@@ -132,7 +133,8 @@ SCHEME_SHAPES = {
      (torch.bfloat16, torch.float32)],
     ids=["fp32", "bf16", "fp16", "bf16-hidden-fp32-items"],
 )
-def test_dtypes_match_float64_reference(scheme: str, hidden_dtype: torch.dtype, items_dtype: torch.dtype) -> None:
+def test_dtypes_match_float64_reference(scheme: str, hidden_dtype: torch.dtype,
+                                        items_dtype: torch.dtype) -> None:
     rows, num_items, k, rows_per_sequence = SCHEME_SHAPES[scheme]
     case = make_case(scheme, num_rows=rows, num_items=num_items, num_negatives=k, dim=48,
                      rows_per_sequence=rows_per_sequence, hidden_dtype=hidden_dtype, items_dtype=items_dtype)
@@ -147,7 +149,8 @@ def test_feature_sizes(scheme: str, dim: int) -> None:
     rows, num_items, k, rows_per_sequence = SCHEME_SHAPES[scheme]
     case = make_case(scheme, num_rows=rows, num_items=num_items, num_negatives=k, dim=dim,
                      rows_per_sequence=rows_per_sequence, seed=dim)
-    assert_matches(*run_both(case, scheme=scheme, rows_per_sequence=rows_per_sequence), TOLERANCE[torch.float32])
+    kernel, reference = run_both(case, scheme=scheme, rows_per_sequence=rows_per_sequence)
+    assert_matches(kernel, reference, TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize("scheme", ["full", "shared", "sequence"])
@@ -156,7 +159,8 @@ def test_reductions(scheme: str, reduction: str) -> None:
     rows, num_items, k, rows_per_sequence = SCHEME_SHAPES[scheme]
     case = make_case(scheme, num_rows=rows, num_items=num_items, num_negatives=k, dim=16,
                      rows_per_sequence=rows_per_sequence, seed=7)
-    kernel, reference = run_both(case, scheme=scheme, rows_per_sequence=rows_per_sequence, reduction=reduction)
+    kernel, reference = run_both(case, scheme=scheme, rows_per_sequence=rows_per_sequence,
+                                 reduction=reduction)
     assert kernel[0].shape == reference[0].shape
     if reduction == "none":
         assert (kernel[0][case["targets"] == IGNORE] == 0).all()
@@ -236,8 +240,8 @@ def test_sequence_half_gradient_in_chunks(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_strided_items_view_and_int32_indices() -> None:
     """The harness passes items = weight[1:] (non-zero storage offset); indices may be int32."""
-    case = make_case("sequence", num_rows=2 * 17, num_items=64, num_negatives=19, dim=48, rows_per_sequence=17,
-                     seed=21)
+    case = make_case("sequence", num_rows=2 * 17, num_items=64, num_negatives=19, dim=48,
+                     rows_per_sequence=17, seed=21)
     weight = torch.cat([torch.full((1, 48), float("nan")), case["items"]]).requires_grad_(True)
     hidden = case["hidden"].clone().requires_grad_(True)
     loss = shared_linear_cross_entropy(hidden, weight[1:], case["targets"].int(), case["negatives"].int(),
@@ -246,9 +250,7 @@ def test_strided_items_view_and_int32_indices() -> None:
     loss.backward()
     assert weight.grad is not None and hidden.grad is not None
     assert (weight.grad[0] == 0).all()
-    _, reference = run_both(case, scheme="sequence", rows_per_sequence=17, reduction="sum")
     kernel = (loss, hidden.grad, weight.grad[1:])
-    # upstream of run_both's reference is random; recompute with ones for this comparison
     hidden64 = case["hidden"].double().requires_grad_(True)
     items64 = case["items"].double().requires_grad_(True)
     ref = reference_loss(hidden64, items64, case["targets"], case["negatives"], scheme="sequence",
@@ -290,4 +292,34 @@ def test_bad_arguments_name_the_argument(overrides: dict, argument: str) -> None
                   remove_accidental_hits=True, ignore_index=IGNORE, reduction="mean")
     kwargs.update(overrides)
     with pytest.raises(ValueError, match=argument):
-        shared_linear_cross_entropy(case["hidden"], case["items"], case["targets"], case["negatives"], **kwargs)
+        shared_linear_cross_entropy(case["hidden"], case["items"], case["targets"], case["negatives"],
+                                    **kwargs)
+
+
+@pytest.mark.parametrize("scheme", ["full", "shared", "sequence"])
+def test_public_api_dispatches_to_these_kernels(scheme: str) -> None:
+    """kernels.linear_cross_entropy(..., impl="triton") with hidden [B, L, d] reaches these kernels."""
+    from kernels import linear_cross_entropy
+
+    num_sequences, length, dim, num_items, k = 3, 11, 48, 70, 19
+    case = make_case(scheme, num_rows=num_sequences * length, num_items=num_items, num_negatives=k, dim=dim,
+                     rows_per_sequence=length, seed=31)
+    log_q = None if scheme == "full" else "uniform"
+    hidden = case["hidden"].reshape(num_sequences, length, dim).requires_grad_(True)
+    items = case["items"].clone().requires_grad_(True)
+    targets = case["targets"].reshape(num_sequences, length)
+    loss = linear_cross_entropy(hidden, items, targets, case["negatives"], log_q=log_q, ignore_index=IGNORE,
+                                reduction="none", impl="triton")
+    assert loss.shape == (num_sequences, length)
+    upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(2)) + 0.5
+    (loss * upstream).sum().backward()
+
+    hidden64 = case["hidden"].double().requires_grad_(True)
+    items64 = case["items"].double().requires_grad_(True)
+    ref = reference_loss(hidden64, items64, case["targets"], case["negatives"], scheme=scheme,
+                         rows_per_sequence=length, log_q=None if log_q is None else -math.log(num_items),
+                         remove_accidental_hits=True, reduction="none")
+    (ref * upstream.double().reshape(-1)).sum().backward()
+    assert hidden.grad is not None
+    kernel = (loss.reshape(-1), hidden.grad.reshape(-1, dim), items.grad)
+    assert_matches(kernel, (ref.detach(), hidden64.grad, items64.grad), TOLERANCE[torch.float32])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ class Split:
     validation: EvalSet
     test: EvalSet
     item_counts: torch.Tensor  # int64 [num_items + 1]: training popularity; index 0 (padding) is 0
+    train_users: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))  # [S] user
 
 
 def make_split(
@@ -77,8 +78,10 @@ class _Log:
             users=torch.from_numpy(self.user[target].copy()),
         )
 
-    def sequences(self, rows: np.ndarray) -> Sequences:
-        return Sequences.from_groups(self.user[rows], self.item[rows])
+    def sequences(self, rows: np.ndarray) -> tuple[Sequences, torch.Tensor]:
+        """The selected rows grouped per user, and the user of each (non-empty) sequence."""
+        users = self.user[rows]
+        return Sequences.from_groups(users, self.item[rows]), torch.from_numpy(np.unique(users))
 
 
 def _item_counts(items: torch.Tensor, num_items: int) -> torch.Tensor:
@@ -91,7 +94,7 @@ def _leave_one_out(log: _Log, num_items: int) -> Split:
     eligible = log.counts >= 3
     last = log.counts - 1
     held_out = eligible[log.user] & (log.position >= last[log.user] - 1)
-    train = log.sequences(~held_out)
+    train, train_users = log.sequences(~held_out)
     return Split(
         kind="loo",
         num_items=num_items,
@@ -99,6 +102,7 @@ def _leave_one_out(log: _Log, num_items: int) -> Split:
         validation=log.eval_set(eligible, last - 1),
         test=log.eval_set(eligible, last),
         item_counts=_item_counts(train.items, num_items),
+        train_users=train_users,
     )
 
 
@@ -118,7 +122,7 @@ def _temporal(log: _Log, num_items: int, seed: int, test_fraction: float,
 
     train_rows = np.where(active_late[log.user], log.timestamp < threshold,
                           ~(validation_users[log.user] & (log.position == last[log.user])))
-    train = log.sequences(train_rows)
+    train, train_users = log.sequences(train_rows)
     item_counts = _item_counts(train.items, num_items)
     validation = log.eval_set(validation_users, last)
     test = log.eval_set(test_users, last)
@@ -129,4 +133,5 @@ def _temporal(log: _Log, num_items: int, seed: int, test_fraction: float,
         validation=validation.subset(item_counts[validation.targets] > 0),
         test=test.subset(item_counts[test.targets] > 0),
         item_counts=item_counts,
+        train_users=train_users,
     )

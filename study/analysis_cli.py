@@ -1,0 +1,260 @@
+"""The `best`, `pareto` and `report` commands: read a results database and answer "best configuration
+under a memory budget", draw the Pareto figures, or write the Markdown report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from study import analysis
+from study.analysis import GIB, MEMORY_FIELDS
+from study.cli import UserError
+
+DEFAULT_BUDGETS_TEXT = "8GiB,16GiB,40GiB"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", required=True, type=Path, help="results database (SQLite) written by a sweep")
+    parser.add_argument("--sweep", help="only the trials of this sweep")
+    parser.add_argument("--dataset", help="only the trials of this dataset")
+    parser.add_argument("--split", choices=("loo", "temporal"), help="only the trials of this split")
+    parser.add_argument("--metric", default="ndcg@10",
+                        help="validation metric to maximise, NAME@K (default ndcg@10)")
+    parser.add_argument("--memory-field", default="peak_bytes", choices=MEMORY_FIELDS,
+                        help="measured memory to minimise (default peak_bytes: NVML process memory)")
+
+
+def configure_best(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--budget",
+                        help="memory budget: '40GiB', '8000MiB', '1.5GB' or a fraction of the card ('0.5')")
+    parser.add_argument("--budgets", help="several budgets, comma-separated, for a table: '8GiB,16GiB,40GiB'")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def configure_pareto(parser: argparse.ArgumentParser) -> None:
+    _add_common(parser)
+    parser.add_argument("--out", required=True, type=Path, help="folder for the figures (PNG and SVG)")
+    parser.add_argument("--budgets", default=DEFAULT_BUDGETS_TEXT,
+                        help=f"budget lines, comma-separated (default {DEFAULT_BUDGETS_TEXT})")
+
+
+def configure_report(parser: argparse.ArgumentParser) -> None:
+    configure_pareto(parser)  # the same options; --out receives report.md and figures/
+
+
+def load_selected(args: argparse.Namespace) -> pd.DataFrame:
+    """The trials chosen by --db, --sweep, --dataset and --split; UserError when there are none."""
+    from study.db import load_trials
+
+    db_path: Path = args.db
+    if not db_path.is_file():
+        raise UserError(f"--db {db_path}: no such results database")
+    trials = load_trials(db_path, sweep=args.sweep)
+    selection = f" of sweep {args.sweep!r}" if args.sweep else ""
+    if trials.empty:
+        raise UserError(f"--db {db_path}: no trials{selection}")
+    for column, value in (("dataset", args.dataset), ("split", args.split)):
+        if value is not None:
+            present = ", ".join(sorted(trials[column].dropna().astype(str).unique()))
+            trials = trials[trials[column] == value]
+            if trials.empty:
+                raise UserError(f"--{column} {value}: no trials{selection} in {db_path} (present: {present})")
+    if not (trials["status"] == "ok").any():
+        counts = ", ".join(f"{status} {count}" for status, count in trials["status"].value_counts().items())
+        raise UserError(f"--db {db_path}: no trial finished ok ({counts})")
+    return trials
+
+
+def parse_budget_list(text: str, trials: pd.DataFrame, *, option: str) -> list[int]:
+    """Comma-separated budgets to bytes; fractions ('0.5') are of the trials' card (`gpu_total`)."""
+    from study.memory import parse_budget
+
+    budgets = []
+    for part in text.split(","):
+        if not part.strip():
+            raise UserError(f"{option}: empty budget in {text!r}")
+        try:
+            budgets.append(parse_budget(part.strip(), analysis.gpu_total_bytes(trials)))
+        except ValueError as exc:
+            raise UserError(f"{option}: {str(exc).removeprefix('memory_budget: ')}") from exc
+    return budgets
+
+
+def _check_metric(metric: str) -> None:
+    """A bad --metric fails before the database is read."""
+    try:
+        analysis.metric_column(metric)
+    except ValueError as exc:
+        raise UserError(f"--{exc}") from exc
+
+
+def run_best(args: argparse.Namespace) -> int:
+    if (args.budget is None) == (args.budgets is None):
+        raise UserError("give exactly one of --budget or --budgets")
+    _check_metric(args.metric)
+    trials = load_selected(args)
+    try:
+        scoped = analysis.scope(trials, dataset=args.dataset, split=args.split)
+    except ValueError as exc:
+        raise UserError(f"{exc} with --dataset / --split") from exc
+    if args.budgets is not None:
+        return _print_budget_table(scoped, parse_budget_list(args.budgets, scoped, option="--budgets"), args)
+    (budget,) = parse_budget_list(args.budget, scoped, option="--budget")
+    best, runner_up = analysis.best_under_budget(scoped, budget, metric=args.metric,
+                                                 memory_field=args.memory_field)
+    if best is None:
+        raise UserError(_nothing_fits(scoped, budget, args))
+    if args.json:
+        print(json.dumps({"budget": args.budget, "budget_bytes": budget, "metric": args.metric,
+                          "memory_field": args.memory_field, "best": _trial_json(best, args),
+                          "runner_up": None if runner_up is None else _trial_json(runner_up, args)},
+                         indent=2))
+        return 0
+    print(f"Best under {args.budget} ({budget / GIB:.3g} GiB of {args.memory_field}), "
+          f"by validation {args.metric}:")
+    print(_trial_text(best, args))
+    print("Runner-up:" if runner_up is not None else "Runner-up: none (only one trial fits)")
+    if runner_up is not None:
+        print(_trial_text(runner_up, args))
+    return 0
+
+
+def run_pareto(args: argparse.Namespace) -> int:
+    from study import plots
+
+    _check_metric(args.metric)
+    trials = load_selected(args)
+    budgets = parse_budget_list(args.budgets, trials, option="--budgets")
+    written = plots.write_figures(trials, args.out, metric=args.metric, memory_field=args.memory_field,
+                                  budgets=budgets, note=_note)
+    if not written:
+        raise UserError(f"--db {args.db}: the trials support no figure")
+    for path in written:
+        print(path)
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from study import report
+
+    _check_metric(args.metric)
+    trials = load_selected(args)
+    budgets = parse_budget_list(args.budgets, trials, option="--budgets")
+    path = report.write_report(trials, args.out, metric=args.metric, memory_field=args.memory_field,
+                               budgets=budgets, source=str(args.db), note=_note)
+    print(path)
+    return 0
+
+
+def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse.Namespace) -> int:
+    table = analysis.best_per_budget(trials, budgets, metric=args.metric, memory_field=args.memory_field)
+    if table.empty or table["trial_id"].isna().all():
+        raise UserError(_nothing_fits(trials, max(budgets), args))
+    if args.json:
+        rows = [{key: _plain(value) for key, value in row.items()} for row in table.to_dict("records")]
+        document = {"metric": args.metric, "memory_field": args.memory_field, "budgets": rows}
+        print(json.dumps(document, indent=2))
+        return 0
+    shown = pd.DataFrame({
+        "budget": [f"{b / GIB:g} GiB" for b in table["budget_bytes"]],
+        "best trial": table["trial_id"].fillna("(none fits)"),
+        "K": table["num_negatives"].map(_count), "batch": table["batch_size"].map(_count),
+        "max len": table["max_len"].map(_count),
+        "impl": table["loss_impl_used"],
+        f"val {args.metric}": table[analysis.QUALITY].map(_number),
+        f"test {args.metric}": table[analysis.TEST_QUALITY].map(_number),
+        "memory GiB": table["memory_gib"].map(_number),
+        "runner-up": table["runner_up_trial_id"],
+    })
+    print(shown.fillna("-").to_string(index=False))
+    return 0
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def _nothing_fits(trials: pd.DataFrame, budget: int, args: argparse.Namespace) -> str:
+    table = analysis.pareto_table(trials, metric=args.metric, memory_field=args.memory_field)
+    candidates = table[table[analysis.CANDIDATE]]
+    if candidates.empty:
+        return f"no ok trial has both validation {args.metric} and {args.memory_field} recorded"
+    smallest = candidates[analysis.MEMORY].min()
+    return (f"no ok trial fits {budget / GIB:.3g} GiB of {args.memory_field} "
+            f"({len(candidates)} ok trials; the smallest needed {smallest / GIB:.3g} GiB)")
+
+
+_TRIAL_FIELDS = ("trial_id", "sweep", "dataset", "split", "loss", "num_negatives", "negative_scope",
+                 "sampling", "logq_correction", "batch_size", "max_len", "hidden", "blocks", "heads", "lr",
+                 "seed", "loss_impl_used", "best_epoch", "epochs_run", "mean_epoch_seconds", "gpu_name",
+                 "gpu_total", "peak_bytes", "torch_max_allocated", "torch_max_reserved", "nvml_process_peak")
+
+
+_INTEGER_FIELDS = frozenset({"num_negatives", "batch_size", "max_len", "hidden", "blocks", "heads", "seed",
+                             "best_epoch", "epochs_run", "gpu_total", "peak_bytes", "torch_max_allocated",
+                             "torch_max_reserved", "nvml_process_peak"})
+
+
+def _trial_json(row: pd.Series, args: argparse.Namespace) -> dict[str, Any]:
+    out = {name: _plain(row.get(name)) for name in _TRIAL_FIELDS if name in row.index}
+    for name, value in out.items():
+        # SQLite integers with a missing value in the column come back as floats.
+        if name in _INTEGER_FIELDS and isinstance(value, float) and value.is_integer():
+            out[name] = int(value)
+    for split in ("val", "test"):
+        out[f"{split}_{args.metric}"] = _plain(row.get(analysis.metric_column(args.metric, split)))
+    if isinstance(row.get("config_json"), str):
+        out["config"] = json.loads(row["config_json"])
+    return out
+
+
+def _trial_text(row: pd.Series, args: argparse.Namespace) -> str:
+    def get(name: str) -> Any:
+        return row.get(name, "-")
+
+    val = row.get(analysis.metric_column(args.metric, "val"))
+    test = row.get(analysis.metric_column(args.metric, "test"))
+    memory = ", ".join(f"{name} {analysis.format_gib(_plain(row.get(name)))}" for name in MEMORY_FIELDS
+                       if name in row.index)
+    return "\n".join([
+        f"  trial    {get('trial_id')}  (sweep {get('sweep')})",
+        f"  config   {get('dataset')}/{get('split')} loss={get('loss')} negatives={get('num_negatives')} "
+        f"scope={get('negative_scope')} batch={get('batch_size')} max_len={get('max_len')} "
+        f"hidden={get('hidden')} blocks={get('blocks')} heads={get('heads')} seed={get('seed')} "
+        f"impl={get('loss_impl_used')}",
+        f"  quality  val {args.metric} {_number(val)}  test {args.metric} {_number(test)}",
+        f"  memory   {memory}",
+        f"  time     {_number(row.get('mean_epoch_seconds'))} s/epoch",
+    ])
+
+
+def _count(value: Any) -> str:
+    plain = _plain(value)
+    return "-" if plain is None else str(int(plain))
+
+
+def _number(value: Any) -> str:
+    plain = _plain(value)
+    return "-" if plain is None else f"{plain:.4g}" if isinstance(plain, float) else str(plain)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready Python value: numpy scalars unwrapped, NaN / NA as None."""
+    if value is None or value is pd.NA:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+__all__ = ["configure_best", "run_best", "configure_pareto", "run_pareto", "configure_report", "run_report",
+           "load_selected", "parse_budget_list"]

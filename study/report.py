@@ -1,0 +1,148 @@
+"""Markdown report of a results database: status counts, frontier, best per budget, fused vs PyTorch
+ratios, and the figures of `study.plots` embedded by relative path."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from study import analysis, plots
+from study.analysis import GIB, MEMORY, QUALITY, TEST_QUALITY, TIME_COLUMN
+
+FIGURES_DIR = "figures"
+REPORT_NAME = "report.md"
+
+_FIGURE_TITLES = {
+    "pareto": "Memory vs quality, with the Pareto frontier",
+    "heatmaps": "Quality and memory over negatives x batch size",
+    "scaling": "Best quality at each number of negatives under fixed budgets",
+    "fused_vs_torch": "Fused vs PyTorch loss at equal configurations",
+}
+
+
+def markdown_table(frame: pd.DataFrame, *, digits: int = 4) -> str:
+    """A GitHub-flavoured Markdown table; floats with `digits` significant digits, missing values as '-'."""
+    if frame.empty:
+        return "_(none)_"
+
+    def cell(value: object) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.{digits}g}"
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def frontier_summary(trials: pd.DataFrame, *, metric: str, memory_field: str) -> pd.DataFrame:
+    """The frontier in columns people read: configuration, metrics, memory in GiB, time per epoch."""
+    frontier = analysis.pareto_frontier(trials, metric=metric, memory_field=memory_field)
+    columns = {"dataset": "dataset", "split": "split", "trial_id": "trial", "loss": "loss",
+               "num_negatives": "K", "negative_scope": "scope", "batch_size": "batch", "max_len": "max len",
+               "loss_impl_used": "impl", QUALITY: f"val {metric}", TEST_QUALITY: f"test {metric}"}
+    summary = frontier[[c for c in columns if c in frontier.columns]].rename(columns=columns)
+    summary[f"{memory_field} GiB"] = frontier[MEMORY] / GIB
+    summary["s/epoch"] = frontier[TIME_COLUMN] if TIME_COLUMN in frontier.columns else math.nan
+    return summary
+
+
+def budget_summary(trials: pd.DataFrame, budgets: Sequence[int], *, metric: str,
+                   memory_field: str) -> pd.DataFrame:
+    table = analysis.best_per_budget(trials, budgets, metric=metric, memory_field=memory_field)
+    if table.empty:
+        return table
+    return pd.DataFrame({
+        "dataset": table["dataset"], "split": table["split"], "budget GiB": table["budget_gib"],
+        "feasible": table["feasible_trials"], "best trial": table["trial_id"], "K": table["num_negatives"],
+        "scope": table["negative_scope"], "batch": table["batch_size"], "max len": table["max_len"],
+        "impl": table["loss_impl_used"], f"val {metric}": table[QUALITY],
+        f"test {metric}": table[TEST_QUALITY], f"{memory_field} GiB": table["memory_gib"],
+        "runner-up": table["runner_up_trial_id"], f"runner-up val {metric}": table["runner_up_quality"],
+    })
+
+
+def fused_summary(trials: pd.DataFrame, *, memory_field: str) -> pd.DataFrame:
+    pairs = analysis.fused_vs_torch(trials, memory_field=memory_field)
+    columns = {"dataset": "dataset", "num_negatives": "K", "negative_scope": "scope", "batch_size": "batch",
+               "max_len": "max len", f"triton_{TIME_COLUMN}": "fused s/epoch",
+               f"torch_{TIME_COLUMN}": "PyTorch s/epoch", "speedup": "speedup (PyTorch / fused)",
+               "triton_memory_gib": "fused GiB", "torch_memory_gib": "PyTorch GiB",
+               "memory_ratio": "memory ratio (PyTorch / fused)"}
+    return pairs[[c for c in columns if c in pairs.columns]].rename(columns=columns)
+
+
+def write_report(
+    trials: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    metric: str = "ndcg@10",
+    memory_field: str = "peak_bytes",
+    budgets: Sequence[int] = plots.DEFAULT_BUDGETS,
+    source: str = "",
+    note: plots.Note = print,
+) -> Path:
+    """Write `report.md` and its figures (under `figures/`) into `out_dir`; returns the report's path."""
+    if trials.empty:
+        raise ValueError("trials: no trials to report on")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = plots.write_figures(trials, out / FIGURES_DIR, metric=metric, memory_field=memory_field,
+                                  budgets=budgets, note=note)
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# cce-study results report",
+        "",
+        f"Source: `{source}`. Generated {now}. {len(trials)} trials; quality is validation {metric} "
+        f"(test beside it); memory is `{memory_field}`.",
+        "",
+        "## Trial status",
+        "",
+        markdown_table(analysis.status_counts(trials)),
+        "",
+        "## Pareto frontier (validation quality up, memory down)",
+        "",
+        "Only `ok` trials with both values are candidates; points equal on both objectives all stay.",
+        "",
+        markdown_table(frontier_summary(trials, metric=metric, memory_field=memory_field)),
+        "",
+        "## Best configuration under each budget",
+        "",
+        "The best `ok` trial whose measured memory fits the budget (ties on the metric go to less memory).",
+        "",
+        markdown_table(budget_summary(trials, budgets, metric=metric, memory_field=memory_field)),
+        "",
+        "## Fused (Triton) vs PyTorch loss at equal configurations",
+        "",
+    ]
+    fused = fused_summary(trials, memory_field=memory_field)
+    if fused.empty:
+        lines.append("No configuration ran with both implementations.")
+    else:
+        speedup = fused["speedup (PyTorch / fused)"].median()
+        memory_ratio = fused["memory ratio (PyTorch / fused)"].median()
+        lines.append(f"{len(fused)} pairs; median speedup {speedup:.2f}x, "
+                     f"median memory ratio {memory_ratio:.2f}x.")
+        lines += ["", markdown_table(fused)]
+    lines += ["", "## Figures", ""]
+    for path in figures:
+        if path.suffix != ".png":
+            continue
+        kind = next((k for k in _FIGURE_TITLES if path.stem.startswith(k + "_")), path.stem)
+        where = path.stem[len(kind) + 1:]
+        lines += [f"### {_FIGURE_TITLES.get(kind, kind)} ({where})", "",
+                  f"![{path.stem}]({FIGURES_DIR}/{path.name}) ([SVG]({FIGURES_DIR}/{path.stem}.svg))", ""]
+    report = out / REPORT_NAME
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return report
+
+
+__all__ = ["write_report", "markdown_table", "frontier_summary", "budget_summary", "fused_summary",
+           "REPORT_NAME", "FIGURES_DIR"]

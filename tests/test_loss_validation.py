@@ -139,3 +139,86 @@ def test_valid_schemes_are_accepted(negatives):
     seed = 5 if negatives == "drawn" else None
     loss = call(tensor_or_int, seed=seed, reduction="none")
     assert loss.shape == (B, L) and loss.dtype == torch.float32 and torch.all(loss > 0)
+
+
+# `cce-study bench-loss`: option parsing and the clear error without a GPU.
+
+
+def bench_args(*argv):
+    import argparse
+
+    from study import bench_loss
+
+    parser = argparse.ArgumentParser()
+    bench_loss.configure(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_bench_defaults_match_the_design_case():
+    from study.bench_loss import available_impls, build_cases
+
+    args = bench_args()
+    (case,) = build_cases(args)
+    assert (case.scheme, case.rows, case.hidden_dim, case.catalogue, case.negatives, case.dtype) == (
+        "shared", 51_200, 64, 1_000_000, 4096, "bf16")
+    assert case.flops == 6 * 51_200 * 4096 * 64
+    assert available_impls(None)[:3] == ["triton", "torch", "compile"]
+
+
+def test_bench_lists_expand_to_cases_with_full_once():
+    from study.bench_loss import available_impls, build_cases
+
+    args = bench_args("--scheme", "full,position,sequence", "--negatives", "511,2047", "--rows", "4000",
+                      "--seq-len", "200", "--catalogue", "100000", "--dtype", "fp16")
+    cases = build_cases(args)
+    assert [(c.scheme, c.negatives) for c in cases] == [
+        ("full", 100_000), ("position", 511), ("position", 2047), ("sequence", 511), ("sequence", 2047)]
+    assert all(c.dtype == "fp16" and c.rows == 4000 for c in cases)
+    assert available_impls("torch,cce") == ["torch", "cce"]
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (("--scheme", "shared,banana"), "--scheme"),
+    (("--negatives", "12,x"), "--negatives"),
+    (("--negatives", "0"), "--negatives"),
+    (("--negatives", "2000", "--catalogue", "1000"), "--negatives"),
+    (("--scheme", "sequence", "--rows", "1000", "--seq-len", "300"), "--seq-len"),
+    (("--rows", "0"), "--rows"),
+])
+def test_bench_bad_option_is_named(argv, option):
+    from study.bench_loss import build_cases
+
+    with pytest.raises(ValueError, match=f"^{option}:"):
+        build_cases(bench_args(*argv))
+
+
+def test_bench_bad_impl_is_named():
+    from study.bench_loss import available_impls
+
+    with pytest.raises(ValueError, match="^--impls:.*liger"):
+        available_impls("torch,liger")
+
+
+def test_bench_without_cuda_is_a_one_line_user_error(monkeypatch, tmp_path):
+    from study import bench_loss
+    from study.cli import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "bench.json"
+    with pytest.raises(UserError, match="CUDA") as error:
+        bench_loss.run(bench_args("--out", str(out)))
+    assert "\n" not in str(error.value)
+    assert not out.exists()
+
+
+def test_bench_table_row_shows_oom_and_numbers():
+    from study.bench_loss import Case, Measurement, table_row
+
+    case = Case("position", 1024, 64, 5000, 511, 200, "bf16")
+    oom = table_row(Measurement(case, "torch", status="OOM"))
+    assert "OOM" in oom and "position" in oom
+    row = table_row(Measurement(case, "triton", time_ms=1.234, peak_extra_bytes=2**29, tflops=12.5,
+                                rel_diff_loss=3e-4))
+    assert "1.23" in row and "0.500" in row and "12.5" in row and "3.0e-04" in row
+    as_json = Measurement(case, "triton", peak_extra_bytes=2**30).as_json()
+    assert as_json["peak_extra_gib"] == 1.0 and as_json["scheme"] == "position"

@@ -287,12 +287,10 @@ def main() -> None:
     RESULTS["device"]["bf16_matmul_tflops"] = matmul_rate()
     print(f"bf16 8192^3 matmul: {RESULTS['device']['bf16_matmul_tflops']:.0f} TFLOP/s", flush=True)
     start = time.time()
-    if "check" in sections:
-        check(args.out)
-    if "sweep" in sections:
-        sweep(args.out)
-    if "targets" in sections:
-        targets_section(args.out, with_compile=not args.no_compile)
+    steps = {"check": functools.partial(check, args.out), "sweep": functools.partial(sweep, args.out),
+             "targets": functools.partial(targets_section, args.out, not args.no_compile)}
+    for section in sections:
+        steps[section]()
     print(f"total {time.time() - start:.0f} s")
     save(args.out)
 

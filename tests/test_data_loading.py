@@ -148,3 +148,18 @@ def test_float_timestamps_stay_float(tmp_path: Path) -> None:
     data = load_dataset(str(path))
     assert data.frame["timestamp"].dtype == np.float64
     assert list(data.frame["timestamp"]) == [100.25, 100.5]
+
+
+def test_parquet_bad_timestamp_reports_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "log.parquet"
+    log = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [4, 5, 6], "timestamp": ["10", "11", "late"]})
+    log.to_parquet(path)
+    with pytest.raises(DataError, match=r"column 'timestamp' is not numeric at row 2 \(value 'late'\)"):
+        load_interactions(path)
+
+
+def test_unsupported_file_type(tmp_path: Path) -> None:
+    path = tmp_path / "log.json"
+    path.write_text("{}")
+    with pytest.raises(DataError, match="unsupported file type"):
+        load_dataset(str(path))

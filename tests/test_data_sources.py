@@ -197,3 +197,10 @@ def test_unknown_name_lists_where_it_looked(monkeypatch: pytest.MonkeyPatch, tmp
 def test_folder_without_interactions_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="folder has none of interactions.csv.gz"):
         resolve_dataset(str(tmp_path))
+
+
+def test_corrupt_archive_is_a_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "ml-1m.zip"
+    path.write_bytes(b"not a zip at all")
+    with pytest.raises(DataError, match="ml-1m.zip: not a valid zip archive"):
+        load_dataset(str(path))

@@ -46,12 +46,15 @@ def resolve_dataset(name_or_path: str, *, cache_dir: str | Path | None = None,
             raise DataError(f"{path}: unsupported file type (expected csv, csv.gz, parquet or a source "
                             f"archive named {', '.join(s.filename for s in SOURCES.values())})")
         return ResolvedDataset(name_or_path, path, source)
+    looks_like_path = os.sep in name_or_path or "/" in name_or_path or is_table_file(path) or not name_or_path
     if path.is_dir():
         found = _folder_file(path)
-        if found is None:
+        if found is not None:
+            return ResolvedDataset(name_or_path, found, None)
+        if looks_like_path or name_or_path not in SOURCES:
             raise DataError(f"{path}: folder has none of {', '.join(FOLDER_FILES)}")
-        return ResolvedDataset(name_or_path, found, None)
-    if os.sep in name_or_path or "/" in name_or_path or is_table_file(path) or not name_or_path:
+        # A bare known name that happens to match an unrelated folder here is still looked up as a name.
+    elif looks_like_path:
         raise DataError(f"{name_or_path}: no such file or folder")
 
     name = name_or_path

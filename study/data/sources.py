@@ -171,12 +171,12 @@ def verify(source: Source, path: Path) -> None:
 
 
 def _published_md5(url: str) -> str | None:
-    """The MD5 in a published checksum file, or None when the source publishes none (HTTP 404)."""
+    """The MD5 in a published checksum file, or None when the source publishes none."""
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
             text = response.read().decode("utf-8", "replace")
     except urllib.error.HTTPError as error:
-        if error.code == 404:
+        if error.code in (403, 404, 410):  # the source publishes no checksum for this archive
             return None
         raise DataError(f"{url}: cannot fetch the checksum ({error})") from error
     except urllib.error.URLError as error:

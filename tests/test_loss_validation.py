@@ -222,3 +222,13 @@ def test_bench_table_row_shows_oom_and_numbers():
     assert "1.23" in row and "0.500" in row and "12.5" in row and "3.0e-04" in row
     as_json = Measurement(case, "triton", peak_extra_bytes=2**30).as_json()
     assert as_json["peak_extra_gib"] == 1.0 and as_json["scheme"] == "position"
+
+
+def test_bench_module_entry_point_prints_one_line_and_exits_2(monkeypatch, capsys):
+    from study import bench_loss
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench_loss.main(["--scheme", "shared"]) == 2
+    assert bench_loss.main(["--scheme", "nope"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "CUDA" in lines[0] and "--scheme" in lines[1]

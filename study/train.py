@@ -1,0 +1,414 @@
+"""Train and evaluate SASRec for one configuration: `run_trial(config) -> TrialRecord`.
+
+One trial end to end: load and split the data, build the model and loss, train with Adam and early
+stopping on validation NDCG@10, evaluate the best epoch's weights on the test set, and measure time
+and memory. Out-of-memory and non-finite losses end the trial with a status instead of an exception;
+any other error propagates to the caller. No Ray and no database here: the caller records the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import itertools
+import math
+import platform
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.sasrec import SASRec
+from study.config import ConfigError, TrainConfig
+from study.evaluate import evaluate_model, evaluate_popularity
+from study.record import EpochRecord, TrialRecord
+
+EARLY_STOPPING_METRIC = "ndcg@10"
+# Step losses stay on the device and are checked for finiteness every this many steps, so the
+# trainer does not synchronise with the GPU on every step.
+LOSS_CHECK_INTERVAL = 32
+IGNORE_INDEX = -100
+
+LossFunction = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class _Context:
+    config: TrainConfig
+    device: torch.device
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]]
+    started: float  # time.perf_counter() at the start of the trial
+
+
+def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrialRecord:
+    """Run one trial; `on_epoch` is called after every epoch with its record (e.g. to report to Ray)."""
+    started = time.perf_counter()
+    record = TrialRecord(status="ok", config=config.to_dict(), started_at=_utc_now(),
+                         versions=collect_versions(), git_commit=git_commit())
+    check_loss_settings(config)
+    device = resolve_device(config.device)
+    record.device = _device_label(device)
+    record.loss_impl = resolve_loss_impl(config, device)
+    seed_everything(config.seed)
+
+    from study.data import load_dataset, make_split
+
+    data = load_dataset(config.dataset, kcore=config.kcore, progress=config.progress)
+    split = make_split(data, config.split, seed=config.seed)
+    record.num_users, record.num_items, record.num_interactions = data.num_users, data.num_items, len(data)
+    if config.loss != "ce" and config.num_negatives > split.num_items:
+        raise ConfigError(
+            f"num_negatives: {config.num_negatives} exceeds the catalogue of {split.num_items} items"
+        )
+    record.predicted_peak_bytes = _predicted_peak_bytes(config, split.num_items)
+
+    from study import memory
+
+    budget_bytes = None
+    if config.memory_budget is not None:
+        budget_bytes = memory.parse_budget(config.memory_budget, _device_total_bytes(device))
+        memory.apply_budget(budget_bytes, device)
+    context = _Context(config, device, _autocast_factory(config.precision, device), started)
+    probe = memory.MemoryProbe(device, budget_bytes=budget_bytes)
+    with probe:
+        try:
+            _train_and_evaluate(context, split, record, on_epoch)
+        except NonFiniteLoss as exc:
+            record.status, record.error = "failed", str(exc)
+        except Exception as exc:
+            if not memory.is_out_of_memory(exc):
+                raise
+            record.status = memory.classify_out_of_memory(exc, budget_bytes)
+            record.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            _synchronize(device)
+    record.memory = probe.report()
+    record.finished_at = _utc_now()
+    record.total_seconds = time.perf_counter() - started
+    return record
+
+
+def _train_and_evaluate(
+    context: _Context, split: Any, record: TrialRecord, on_epoch: Callable[[EpochRecord], None] | None
+) -> None:
+    config, device = context.config, context.device
+
+    def popularity_metrics(evalset: Any) -> dict[str, float]:
+        return evaluate_popularity(split.item_counts, evalset, max_len=config.max_len,
+                                   batch_size=config.eval_batch_size, device=device,
+                                   exclude_seen=config.exclude_seen)
+
+    def model_metrics(evalset: Any) -> dict[str, float]:
+        return evaluate_model(model, evalset, num_items=split.num_items, max_len=config.max_len,
+                              batch_size=config.eval_batch_size, device=device,
+                              exclude_seen=config.exclude_seen, autocast=context.autocast)
+
+    record.popularity_val_metrics = popularity_metrics(split.validation)
+    record.popularity_test_metrics = popularity_metrics(split.test)
+
+    from study.data import TrainBatches
+
+    batches = TrainBatches(split.train, config.max_len)
+    if len(batches) == 0:
+        raise ValueError(f"dataset: {config.dataset!r} has no training sequence with at least 2 items")
+    model = SASRec(split.num_items, max_len=config.max_len, hidden=config.hidden, blocks=config.blocks,
+                   heads=config.heads, dropout=config.dropout).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_function = build_loss(config, model, split.item_counts, device)
+    shuffle_generator = torch.Generator().manual_seed(config.seed)
+
+    best_score, best_state, stale_epochs, global_step = -math.inf, None, 0, 0
+    for epoch in range(1, config.epochs + 1):
+        if epoch > 1 and _out_of_time(context):
+            break
+        epoch_start = time.perf_counter()
+        batch_iterator = batches.iterate(config.batch_size, shuffle=True, generator=shuffle_generator,
+                                         device=device)
+        steps_in_epoch = math.ceil(len(batches) / config.batch_size)
+        if config.max_steps_per_epoch is not None:
+            steps_in_epoch = min(steps_in_epoch, config.max_steps_per_epoch)
+        train_loss, steps, sequences, out_of_time = _train_epoch(
+            context, model, optimizer, loss_function, batch_iterator, epoch, global_step, steps_in_epoch
+        )
+        global_step += steps
+        _synchronize(device)
+        epoch_seconds = time.perf_counter() - epoch_start
+
+        eval_start = time.perf_counter()
+        val_metrics = model_metrics(split.validation)
+        eval_seconds = time.perf_counter() - eval_start
+        throughput = sequences / epoch_seconds if epoch_seconds > 0 else 0.0
+        epoch_record = EpochRecord(epoch=epoch, train_loss=train_loss, val_metrics=val_metrics,
+                                   epoch_seconds=epoch_seconds, eval_seconds=eval_seconds,
+                                   sequences_per_second=throughput, steps=steps)
+        record.epochs.append(epoch_record)
+        if on_epoch is not None:
+            on_epoch(epoch_record)
+
+        if val_metrics[EARLY_STOPPING_METRIC] > best_score:
+            best_score, stale_epochs = val_metrics[EARLY_STOPPING_METRIC], 0
+            best_state = {name: value.detach().to("cpu", copy=True)
+                          for name, value in model.state_dict().items()}
+            record.best_epoch, record.val_metrics = epoch, val_metrics
+        else:
+            stale_epochs += 1
+        if out_of_time or stale_epochs >= config.patience:
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    record.test_metrics = model_metrics(split.test)
+    train_seconds = sum(e.epoch_seconds for e in record.epochs)
+    record.mean_epoch_seconds = train_seconds / len(record.epochs)
+    total_sequences = sum(e.sequences_per_second * e.epoch_seconds for e in record.epochs)
+    record.sequences_per_second = total_sequences / train_seconds if train_seconds > 0 else 0.0
+
+
+def _train_epoch(
+    context: _Context,
+    model: SASRec,
+    optimizer: torch.optim.Optimizer,
+    loss_function: LossFunction,
+    batch_iterator: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    epoch: int,
+    first_step: int,
+    total_steps: int,
+) -> tuple[float, int, int, bool]:
+    """One pass over the training batches: (mean loss, steps, sequences, stopped by the time limit)."""
+    config = context.config
+    model.train()
+    pending: list[torch.Tensor] = []
+    loss_sum, steps, sequences, out_of_time = 0.0, 0, 0, False
+    bar = tqdm(total=total_steps, desc=f"epoch {epoch}", unit="step", file=sys.stderr,
+               disable=not config.progress, leave=False, dynamic_ncols=True)
+
+    def check_pending() -> None:
+        nonlocal loss_sum
+        if not pending:
+            return
+        values = torch.stack(pending).float().cpu()
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            first_bad = int((~finite).nonzero()[0])
+            step_in_epoch = steps - len(pending) + first_bad + 1
+            raise NonFiniteLoss(
+                f"non-finite loss ({values[first_bad].item()}) at epoch {epoch}, step {step_in_epoch} "
+                f"(global step {first_step + step_in_epoch})"
+            )
+        loss_sum += float(values.double().sum())
+        bar.update(len(pending))
+        bar.set_postfix(loss=f"{values[-1].item():.4f}")
+        pending.clear()
+
+    try:
+        for inputs, targets in itertools.islice(batch_iterator, total_steps):
+            with context.autocast():
+                hidden = model(inputs)
+                loss = loss_function(hidden, targets, first_step + steps)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            pending.append(loss.detach())
+            steps += 1
+            sequences += inputs.shape[0]
+            if len(pending) >= LOSS_CHECK_INTERVAL:
+                check_pending()
+            if _out_of_time(context):
+                out_of_time = True
+                break
+        check_pending()
+    finally:
+        bar.close()
+    return (loss_sum / steps if steps else math.nan), steps, sequences, out_of_time
+
+
+def build_loss(
+    config: TrainConfig, model: SASRec, item_counts: torch.Tensor, device: torch.device
+) -> LossFunction:
+    """loss(hidden [B, L, d], targets [B, L] item ids with 0 = no target, global step) -> scalar.
+
+    The loss sees the catalogue without padding: items = embedding rows 1.., targets shifted by one.
+    """
+    import kernels
+
+    num_items = model.num_items
+    half = torch.bfloat16 if _uses_bf16(config.precision, device) else None
+
+    def loss_inputs(
+        hidden: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if half is not None:
+            hidden = hidden.to(half)  # the fused loss computes in hidden's dtype; items stay float32
+        shifted = torch.where(targets > 0, targets - 1, torch.full_like(targets, IGNORE_INDEX))
+        return hidden, model.item_embedding.weight[1:], shifted
+
+    if config.loss == "ce":
+        def full_ce(hidden: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
+            hidden, items, shifted = loss_inputs(hidden, targets)
+            return kernels.linear_cross_entropy(hidden, items, shifted, None, ignore_index=IGNORE_INDEX,
+                                                impl=config.loss_impl)
+        return full_ce
+
+    if config.negative_scope == "drawn":
+        log_q = "uniform" if config.logq_correction else None
+
+        def drawn_ce(hidden: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
+            hidden, items, shifted = loss_inputs(hidden, targets)
+            return kernels.linear_cross_entropy(
+                hidden, items, shifted, config.num_negatives, seed=config.seed * 1_000_003 + step,
+                log_q=log_q, ignore_index=IGNORE_INDEX, impl=config.loss_impl,
+            )
+        return drawn_ce
+
+    sampler_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+    sampler = kernels.NegativeSampler(  # type: ignore[attr-defined]
+        num_items, config.num_negatives, distribution=config.sampling, scope=config.negative_scope,
+        item_counts=item_counts[1:].to(device), device=device, generator=sampler_generator,
+    )
+    # the kernel takes log q as "uniform" (-log C) or a per-item tensor
+    sampler_log_q = "uniform" if config.sampling == "uniform" else sampler.log_q
+    if config.loss == "ce-neg":
+        log_q = sampler_log_q if config.logq_correction else None
+
+        def sampled_ce(hidden: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
+            hidden, items, shifted = loss_inputs(hidden, targets)
+            negatives = sampler.sample(targets.shape[0], targets.shape[1])
+            return kernels.linear_cross_entropy(hidden, items, shifted, negatives, log_q=log_q,
+                                                ignore_index=IGNORE_INDEX, impl=config.loss_impl)
+        return sampled_ce
+
+    def binary(hidden: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
+        hidden, items, shifted = loss_inputs(hidden, targets)
+        negatives = sampler.sample(targets.shape[0], targets.shape[1])
+        if config.loss == "bce":
+            return kernels.bce_loss(hidden, items, shifted, negatives,  # type: ignore[attr-defined]
+                                    ignore_index=IGNORE_INDEX)
+        return kernels.gbce_loss(hidden, items, shifted, negatives,  # type: ignore[attr-defined]
+                                 ignore_index=IGNORE_INDEX, t=config.gbce_t)
+    return binary
+
+
+def check_loss_settings(config: TrainConfig) -> None:
+    """Combinations of loss settings that TrainConfig's per-field checks cannot see."""
+    if config.negative_scope == "drawn" and config.loss in ("bce", "gbce"):
+        raise ConfigError(f"negative_scope: 'drawn' negatives exist only inside the fused ce-neg loss, "
+                          f"not for loss {config.loss!r}; use batch, sequence or position")
+    if config.negative_scope == "drawn" and config.loss == "ce-neg" and config.sampling != "uniform":
+        raise ConfigError("sampling: the kernel draws 'drawn' negatives uniformly; "
+                          f"{config.sampling!r} sampling needs negative_scope batch, sequence or position")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' was requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_loss_impl(config: TrainConfig, device: torch.device) -> str:
+    """The implementation that will run: BCE/gBCE are plain PyTorch; 'auto' is triton on CUDA."""
+    if config.loss in ("bce", "gbce"):
+        return "torch"
+    if config.loss_impl == "auto":
+        return "triton" if device.type == "cuda" and _has_triton() else "torch"
+    return config.loss_impl
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def collect_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    with contextlib.suppress(ImportError):
+        import triton
+
+        versions["triton"] = str(triton.__version__)
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        versions["cce-study"] = importlib.metadata.version("cce-study")
+    if torch.version.cuda is not None:
+        versions["cuda"] = str(torch.version.cuda)
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this code runs from, or None outside a git checkout."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else None
+
+
+def _predicted_peak_bytes(config: TrainConfig, num_items: int) -> int | None:
+    try:
+        from study.memory_model import predict_peak_bytes
+    except ImportError:  # the memory model is optional for training
+        return None
+    return int(predict_peak_bytes(config, num_items).total_bytes)
+
+
+def _out_of_time(context: _Context) -> bool:
+    limit = context.config.time_limit_s
+    return limit is not None and time.perf_counter() - context.started > limit
+
+
+def _uses_bf16(precision: str, device: torch.device) -> bool:
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
+
+
+def _autocast_factory(precision: str, device: torch.device) -> AutocastFactory:
+    if not _uses_bf16(precision, device):
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
+    return str(device)
+
+
+def _device_total_bytes(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.get_device_properties(device).total_memory)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+__all__ = ["run_trial", "build_loss", "check_loss_settings", "resolve_device", "resolve_loss_impl",
+           "collect_versions", "git_commit", "seed_everything", "NonFiniteLoss"]

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import study.train as train
+from study.config import ConfigError, TrainConfig
+from study.record import EpochRecord, TrialRecord
+
+ML_100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k" / "interactions.csv.gz"
+if not ML_100K.exists():
+    ML_100K = Path("/work/shared/data/ml-100k/interactions.csv.gz")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # the test machine is shared; one thread is faster than two contended ones
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 users who each walk 9 steps along a cycle of 30 items, from a random start."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for user in range(60):
+        start = int(rng.integers(0, 30))
+        for step in range(9):
+            rows.append((f"u{user}", f"i{(start + step) % 30}", 1_000 + 10 * step + user))
+    path = tmp_path_factory.mktemp("tiny") / "log.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, index=False)
+    return path
+
+
+def tiny_config(log: Path, **changes) -> TrainConfig:
+    values = dict(dataset=str(log), max_len=8, hidden=16, blocks=1, batch_size=8, eval_batch_size=16,
+                  epochs=2, patience=2, device="cpu", progress=False, lr=5e-3)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.mark.skipif(not ML_100K.exists(), reason="ml-100k is not in ../shared/data")
+def test_short_ml100k_run_beats_popularity_and_fills_the_record():
+    config = TrainConfig(dataset=str(ML_100K), loss="ce", max_len=50, hidden=32, dropout=0.2, batch_size=32,
+                         lr=5e-3, epochs=3, patience=3, device="cpu", progress=False, seed=1)
+    seen: list[EpochRecord] = []
+    record = train.run_trial(config, on_epoch=seen.append)
+
+    assert record.status == "ok" and record.error is None
+    assert record.val_metrics["ndcg@10"] > 1.3 * record.popularity_val_metrics["ndcg@10"]
+    assert record.test_metrics["ndcg@10"] > record.popularity_test_metrics["ndcg@10"]
+    assert seen == record.epochs and [e.epoch for e in seen] == [1, 2, 3]
+    assert len({e.steps for e in seen}) == 1 and seen[0].steps > 20  # every epoch covers all ~940 users
+    best = record.epochs[record.best_epoch - 1]
+    assert best.val_metrics == record.val_metrics
+    assert record.val_metrics["ndcg@10"] == max(e.val_metrics["ndcg@10"] for e in record.epochs)
+    losses = [e.train_loss for e in record.epochs]
+    assert losses == sorted(losses, reverse=True)
+    for k in (1, 5, 10, 20, 100):
+        for name in ("ndcg", "hit", "mrr", "coverage"):
+            assert 0.0 <= record.test_metrics[f"{name}@{k}"] <= 1.0
+    assert (record.num_users, record.num_items, record.num_interactions) == (943, 1682, 100_000)
+    assert record.device == "cpu" and record.loss_impl == "torch"
+    assert {"python", "torch"} <= set(record.versions)
+    assert record.git_commit is None or re.fullmatch(r"[0-9a-f]{40}", record.git_commit)
+    assert record.started_at is not None and record.finished_at is not None
+    assert record.started_at <= record.finished_at
+    assert record.memory.cpu_peak_rss is not None and record.memory.cpu_peak_rss > 0
+    assert record.mean_epoch_seconds is not None and record.mean_epoch_seconds > 0
+    assert record.sequences_per_second is not None and record.sequences_per_second > 0
+    assert record.total_seconds is not None and record.total_seconds >= sum(
+        e.epoch_seconds + e.eval_seconds for e in record.epochs)
+    restored = TrialRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert restored.test_metrics == record.test_metrics
+
+
+def test_patience_and_step_limit_are_respected(tiny_log: Path):
+    record = train.run_trial(tiny_config(tiny_log, epochs=6, patience=1, max_steps_per_epoch=3))
+    assert record.status == "ok"
+    assert all(e.steps == 3 for e in record.epochs)
+    # training stops at the first epoch that does not improve on the best, or at the last epoch
+    assert len(record.epochs) == min(6, record.best_epoch + 1)
+    ndcg = [e.val_metrics["ndcg@10"] for e in record.epochs]
+    best = record.best_epoch
+    assert all(later > earlier for earlier, later in zip(ndcg[:best - 1], ndcg[1:best]))
+
+
+def test_time_limit_stops_after_the_current_epoch(tiny_log: Path):
+    record = train.run_trial(tiny_config(tiny_log, epochs=50, time_limit_s=1e-3))
+    assert record.status == "ok"
+    assert len(record.epochs) == 1 and record.epochs[0].steps == 1
+    assert record.test_metrics  # the best (only) epoch is still evaluated on test
+
+
+def test_same_seed_gives_the_same_trial(tiny_log: Path):
+    first = train.run_trial(tiny_config(tiny_log, seed=3))
+    second = train.run_trial(tiny_config(tiny_log, seed=3))
+    assert [e.train_loss for e in first.epochs] == [e.train_loss for e in second.epochs]
+    assert first.test_metrics == second.test_metrics
+
+
+def test_non_finite_loss_ends_the_trial_as_failed(tiny_log: Path, monkeypatch: pytest.MonkeyPatch):
+    real_build_loss = train.build_loss
+
+    def poisoned_build_loss(*args, **kwargs):
+        loss_function = real_build_loss(*args, **kwargs)
+        # global step 9 (0-based) falls in epoch 2: 60 training sequences / batch 8 = 8 steps per epoch
+        return lambda hidden, targets, step: loss_function(hidden, targets, step) * (
+            math.nan if step == 9 else 1.0)
+
+    monkeypatch.setattr(train, "build_loss", poisoned_build_loss)
+    record = train.run_trial(tiny_config(tiny_log, epochs=3))
+    assert record.status == "failed"
+    assert record.error is not None and "non-finite loss" in record.error
+    assert record.epochs[0].steps == 8
+    assert "epoch 2, step 2 (global step 10)" in record.error
+    assert len(record.epochs) == 1  # epoch 1 finished; epoch 2 did not
+    assert record.finished_at is not None and record.memory.cpu_peak_rss is not None
+
+
+def _raise_out_of_memory_on_second_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_forward = train.SASRec.forward
+    calls = {"count": 0}
+
+    def forward(self, inputs):
+        calls["count"] += 1
+        if calls["count"] == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_forward(self, inputs)
+
+    monkeypatch.setattr(train.SASRec, "forward", forward)
+
+
+def test_out_of_memory_returns_status_oom(tiny_log: Path, monkeypatch: pytest.MonkeyPatch):
+    _raise_out_of_memory_on_second_call(monkeypatch)
+    record = train.run_trial(tiny_config(tiny_log))
+    assert record.status == "oom"
+    assert record.error is not None and "OutOfMemoryError" in record.error and "20.00 GiB" in record.error
+    assert record.memory.cpu_peak_rss is not None and record.test_metrics == {}
+
+
+def test_out_of_memory_under_a_budget_is_over_budget(tiny_log: Path, monkeypatch: pytest.MonkeyPatch):
+    _raise_out_of_memory_on_second_call(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="cannot be enforced"):
+        record = train.run_trial(tiny_config(tiny_log, memory_budget="2GiB"))
+    assert record.status == "over_budget"
+    assert record.memory.budget_bytes == 2 * 2**30
+
+
+def test_other_errors_propagate(tiny_log: Path, monkeypatch: pytest.MonkeyPatch):
+    def broken_forward(self, inputs):
+        raise RuntimeError("a bug, not a resource problem")
+
+    monkeypatch.setattr(train.SASRec, "forward", broken_forward)
+    with pytest.raises(RuntimeError, match="a bug"):
+        train.run_trial(tiny_config(tiny_log))
+
+
+def test_sampled_ce_with_negatives_drawn_in_the_kernel_trains(tiny_log: Path):
+    record = train.run_trial(tiny_config(tiny_log, loss="ce-neg", negative_scope="drawn", num_negatives=5,
+                                         logq_correction=True))
+    assert record.status == "ok" and record.loss_impl == "torch"
+    assert all(math.isfinite(e.train_loss) and e.train_loss > 0 for e in record.epochs)
+
+
+def test_inconsistent_loss_settings_name_the_field(tiny_log: Path):
+    with pytest.raises(ConfigError, match="negative_scope"):
+        train.run_trial(tiny_config(tiny_log, loss="bce", negative_scope="drawn"))
+    with pytest.raises(ConfigError, match="sampling"):
+        train.run_trial(tiny_config(tiny_log, loss="ce-neg", negative_scope="drawn", sampling="popularity"))
+    with pytest.raises(ConfigError, match="num_negatives: 31 exceeds the catalogue of 30"):
+        train.run_trial(tiny_config(tiny_log, loss="ce-neg", num_negatives=31))
+
+
+def test_git_commit_is_none_outside_a_checkout(monkeypatch: pytest.MonkeyPatch):
+    def no_git(*args, **kwargs):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert train.git_commit() is None

@@ -88,10 +88,10 @@ def validate_interactions(
     timestamps = frame["timestamp"]
     if not (pd.api.types.is_numeric_dtype(timestamps) and not pd.api.types.is_bool_dtype(timestamps)):
         timestamps = pd.to_numeric(timestamps, errors="coerce")
-    bad = timestamps.isna().to_numpy()
+    bad = ~np.isfinite(timestamps.to_numpy(dtype=np.float64, na_value=np.nan))
     if bad.any():
         row = int(np.argmax(bad))
-        raise DataError(f"{source}: column {time_name!r} is not numeric at {where(row)} "
+        raise DataError(f"{source}: column {time_name!r} is not a finite number at {where(row)} "
                         f"(value {frame['timestamp'].iloc[row]!r})")
     whole = pd.api.types.is_integer_dtype(timestamps) or (
         (timestamps == np.floor(timestamps)).all() and timestamps.abs().max() < 2**53)

@@ -242,6 +242,11 @@ def _check_num_negatives(num_negatives: int, num_items: int) -> None:
 def _check_index_range(name: str, index: torch.Tensor, num_items: int, *, ignore_index: int | None) -> None:
     if index.numel() == 0:
         return
+    if ignore_index is None:
+        # One pass over what may be an [N, K] tensor of 10^8 indices, then one read-back.
+        lowest, highest = (int(v) for v in torch.stack(torch.aminmax(index)).tolist())
+        if lowest >= 0 and highest < num_items:
+            return
     bad = (index < 0) | (index >= num_items)
     if ignore_index is not None:
         bad &= index != ignore_index

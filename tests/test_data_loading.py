@@ -124,7 +124,8 @@ def test_non_numeric_timestamp_names_column_and_line(tmp_path: Path) -> None:
     path = tmp_path / "log.csv.gz"
     with gzip.open(path, "wt") as handle:
         handle.write("user_id,item_id,when\n1,2,100\n1,3,101\n2,3,yesterday\n2,4,oops\n")
-    with pytest.raises(DataError, match=r"column 'when' is not a finite number at line 4 \(value 'yesterday'\)"):
+    message = r"column 'when' is not a finite number at line 4 \(value 'yesterday'\)"
+    with pytest.raises(DataError, match=message):
         load_interactions(path, time_col="when")
 
 
@@ -154,7 +155,8 @@ def test_parquet_bad_timestamp_reports_the_row(tmp_path: Path) -> None:
     path = tmp_path / "log.parquet"
     log = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [4, 5, 6], "timestamp": ["10", "11", "late"]})
     log.to_parquet(path)
-    with pytest.raises(DataError, match=r"column 'timestamp' is not a finite number at row 2 \(value 'late'\)"):
+    message = r"column 'timestamp' is not a finite number at row 2 \(value 'late'\)"
+    with pytest.raises(DataError, match=message):
         load_interactions(path)
 
 

@@ -16,7 +16,7 @@ import torch
 
 import kernels.triton_gather as triton_gather
 from kernels.draw import draw_negatives
-from kernels.triton_gather import gather_linear_cross_entropy
+from kernels.triton_gather import GatherConfig, gather_linear_cross_entropy
 
 IGNORE = -100
 
@@ -68,11 +68,12 @@ def make_case(num_rows, num_negatives, num_items, dim, hidden_dtype, items_dtype
     return hidden, items, targets.to(index_dtype), negatives.to(index_dtype), log_q
 
 
-def run_kernel(hidden, items, targets, negatives, log_q, *, scheme, seed, remove_hits=True, reduction="mean"):
+def run_kernel(hidden, items, targets, negatives, log_q, *, scheme, seed, remove_hits=True, reduction="mean",
+               config=None):
     return gather_linear_cross_entropy(
         hidden, items, targets, negatives if scheme == "position" else None, scheme=scheme,
         num_negatives=negatives.shape[1], seed=seed if scheme == "drawn" else None, log_q=log_q,
-        remove_accidental_hits=remove_hits, ignore_index=IGNORE, reduction=reduction)
+        remove_accidental_hits=remove_hits, ignore_index=IGNORE, reduction=reduction, config=config)
 
 
 def relative_error(actual, expected):
@@ -80,11 +81,11 @@ def relative_error(actual, expected):
 
 
 def check_against_reference(hidden, items, targets, negatives, log_q, *, scheme, seed, reduction,
-                            remove_hits=True, tolerance):
+                            remove_hits=True, tolerance, config=None):
     kernel_hidden = hidden.clone().requires_grad_()
     kernel_items = items.clone().requires_grad_()
     loss = run_kernel(kernel_hidden, kernel_items, targets, negatives, log_q, scheme=scheme, seed=seed,
-                      remove_hits=remove_hits, reduction=reduction)
+                      remove_hits=remove_hits, reduction=reduction, config=config)
     ref_hidden = hidden.double().requires_grad_()
     ref_items = items.double().requires_grad_()
     # The reference rounds items to hidden's precision the same way, on float64 leaves.
@@ -138,6 +139,19 @@ def test_matches_float64_reference(scheme, num_rows, num_negatives, num_items, d
     tolerance = FP32_TOLERANCE if hidden_dtype == torch.float32 else HALF_TOLERANCE
     check_against_reference(hidden, items, targets, negatives, log_q, scheme=scheme, seed=seed,
                             reduction=reduction, tolerance=tolerance)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "hidden_dtype", "items_dtype", "item_parts"),
+    [("position", torch.float32, torch.float32, 3), ("drawn", torch.bfloat16, torch.float32, 4)],
+)
+def test_backward_over_catalogue_slices(scheme, hidden_dtype, items_dtype, item_parts):
+    hidden, items, targets, negatives, log_q = make_case(
+        29, 21, 47, 48, hidden_dtype, items_dtype, scheme=scheme, seed=21, log_q_kind="tensor")
+    config = GatherConfig(block_k=16, num_warps=1, num_stages=1, item_parts=item_parts)
+    tolerance = FP32_TOLERANCE if hidden_dtype == torch.float32 else HALF_TOLERANCE
+    check_against_reference(hidden, items, targets, negatives, log_q, scheme=scheme, seed=21,
+                            reduction="sum", tolerance=tolerance, config=config)
 
 
 @pytest.mark.parametrize("scheme", ["position", "drawn"])

@@ -61,12 +61,14 @@ def rel(a, b):
 def check_correctness(device, results):
     torch.manual_seed(0)
     rows = []
-    for scheme, dim, hdt, idt, log_q_on in [
-        ("position", 64, torch.bfloat16, torch.bfloat16, False),
-        ("position", 48, torch.float32, torch.float32, True),
-        ("position", 256, torch.bfloat16, torch.float32, True),
-        ("drawn", 64, torch.bfloat16, torch.float32, False),
-        ("drawn", 128, torch.float32, torch.float32, True),
+    for scheme, dim, hdt, idt, log_q_on, parts in [
+        ("position", 64, torch.bfloat16, torch.bfloat16, False, 1),
+        ("position", 48, torch.float32, torch.float32, True, 1),
+        ("position", 256, torch.bfloat16, torch.float32, True, 1),
+        ("drawn", 64, torch.bfloat16, torch.float32, False, 1),
+        ("drawn", 128, torch.float32, torch.float32, True, 1),
+        ("position", 64, torch.bfloat16, torch.float32, True, 5),
+        ("drawn", 64, torch.float32, torch.float32, False, 8),
     ]:
         n, k, c = 3001, 257, 40_000
         hidden = (torch.randn(n, dim, device=device) * 0.5).to(hdt)
@@ -84,13 +86,14 @@ def check_correctness(device, results):
         loss = gather_linear_cross_entropy(
             h1, w1[1:], targets, negatives if scheme == "position" else None, scheme=scheme,
             num_negatives=k, seed=seed, log_q=log_q, remove_accidental_hits=True, ignore_index=IGNORE,
-            reduction="mean")
+            reduction="mean", config=GatherConfig(64, 4, 2, parts))
         loss.backward()
         h2, w2 = hidden.double().requires_grad_(), weight.double().requires_grad_()
         rounded = w2 + (weight.to(hdt).double() - w2).detach()
         expected = reference64(h2, rounded[1:], targets, negatives, log_q)
         expected.backward()
-        row = dict(scheme=scheme, d=dim, hidden=str(hdt), items=str(idt), loss_rel=rel(loss, expected),
+        row = dict(scheme=scheme, d=dim, parts=parts, hidden=str(hdt), items=str(idt),
+                   loss_rel=rel(loss.detach(), expected.detach()),
                    dh_rel=rel(h1.grad, h2.grad), de_rel=rel(w1.grad, w2.grad))
         rows.append(row)
         print("check", row, flush=True)
@@ -152,11 +155,12 @@ def time_case(name, n, k, d, c, configs, drawn_configs, results, eager=True, fp3
                 ignore_index=IGNORE, reduction="mean", config=config).backward()
         return run
 
+    def label(scheme, config):
+        return (f"{scheme} bk={config.block_k} w={config.num_warps} s={config.num_stages} "
+                f"p={config.item_parts}")
+
     for config in configs:
-        record(f"position bk={config.block_k} w={config.num_warps} s={config.num_stages}",
-               ours("position", config))
-    for config in drawn_configs:
-        record(f"drawn bk={config.block_k} w={config.num_warps} s={config.num_stages}", ours("drawn", config))
+        record(label("position", config), ours("position", config))
     best = min((r for r in table if r["variant"].startswith("position")), key=lambda r: r["ms"])
     best_config = configs[[r["variant"] for r in table if r["variant"].startswith("position")].index(
         best["variant"])]
@@ -167,6 +171,8 @@ def time_case(name, n, k, d, c, configs, drawn_configs, results, eager=True, fp3
                 hidden, items, targets, negatives, scheme="position", num_negatives=k, seed=None,
                 log_q=None, remove_accidental_hits=True, ignore_index=IGNORE, reduction="mean",
                 config=best_config)
+    for config in drawn_configs + [best_config]:
+        record(label("drawn", config), ours("drawn", config))
     record(f"position fwd only (best cfg bk={best_config.block_k})", forward_only, grad_to_none=[])
     frozen_items = items.detach()
     record("position fwd+bwd, no item grad (best cfg)", ours("position", best_config, e=frozen_items),
@@ -197,11 +203,13 @@ def main():
     else:
         cases = [
             ("K2047d64", 51_200, 2047, 64,
-             [GatherConfig(64, 4), GatherConfig(128, 4), GatherConfig(128, 8), GatherConfig(256, 8)],
-             [GatherConfig(128, 4), GatherConfig(128, 8)]),
+             [GatherConfig(128, 4), GatherConfig(64, 4), GatherConfig(128, 4, 3), GatherConfig(128, 4, 2, 4),
+              GatherConfig(128, 4, 2, 8), GatherConfig(64, 4, 2, 8), GatherConfig(128, 4, 2, 16)],
+             []),
             ("K511d256", 65_536, 511, 256,
-             [GatherConfig(16, 4), GatherConfig(32, 4), GatherConfig(32, 8), GatherConfig(64, 8)],
-             [GatherConfig(32, 4), GatherConfig(32, 8)]),
+             [GatherConfig(16, 4), GatherConfig(32, 4), GatherConfig(32, 8), GatherConfig(16, 8),
+              GatherConfig(32, 4, 2, 8), GatherConfig(32, 4, 2, 32)],
+             []),
         ]
     for name, n, k, d, configs, drawn_configs in cases:
         time_case(name, n, k, d, c, configs, drawn_configs, results)

@@ -1,0 +1,468 @@
+"""Analytic prediction of a trial's peak GPU memory, as a sum of named terms that can be checked.
+
+What is predicted: the peak of NVML's memory of the trial's process (`MemoryReport.nvml_process_peak`),
+that is torch's peak reserved memory plus the CUDA context; `torch_max_allocated` and
+`torch_max_reserved` are predicted too. A trial's step goes through phases with different live
+tensors; the peak is the largest phase, and the prediction's `parts` are the terms alive in that
+phase plus the allocator overhead and the context, so they sum to `total_bytes`.
+
+Notation: B sequences per batch, L = max_len positions (training batches are padded to max_len),
+N = B*L rows, d = hidden, C = catalogue size (items without padding), K = negatives, P = parameter
+count. The trainer (study/train.py) keeps parameters, gradients and Adam states in float32, runs the
+encoder under bf16 autocast on CUDA ("auto" precision), hands the loss a bf16 copy of the hidden
+states and the float32 item table view `weight[1:]`, and calls `zero_grad(set_to_none=True)`
+after the forward, so the previous step's gradients are still alive during the forward.
+
+Assumptions, stated where they matter:
+- Attention: on CUDA, SDPA uses flash / memory-efficient kernels (no L^2 matrix; they keep a
+  logsumexp per row and regenerate dropout from the RNG state); so does CPU without dropout. On CPU
+  with dropout SDPA takes the math path, which keeps the L^2 softmax, its dropout noise and the
+  dropped softmax per head (checked against saved-tensor hooks in tests/test_memory_model.py).
+- Adam is the default foreach implementation: its step makes one temporary the size of all
+  parameters (sqrt of the second moment), and one more with weight decay.
+- The item gradient passes through three table-sized buffers: the loss's gradient for the view
+  `weight[1:]`, the slice backward's full-size gradient (alive until the embedding lookup's gradient
+  is added to it at the very end of backward), and the lookup's own dense gradient.
+- The PyTorch reference losses (kernels/reference.py) keep about 12 bytes per logit at their peak
+  (float32 logits, the saved logsumexp input, the accidental-hit mask and the backward's gradient
+  copies); DESIGN section 4 measures 12.0 bytes per logit for CE- with shared negatives and exactly
+  12 bytes per logit for full CE. Per-position negatives also gather a [N, K, d] table (saved in
+  the hidden's dtype) and its gradient.
+- The fused Triton kernels keep O(N*d + K*d) besides the index tensor they are handed; their item
+  gradient is one float32 [C, d] buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from study.config import TrainConfig
+from study.evaluate import DEFAULT_MAX_SCORES
+from study.memory import DEFAULT_CUDA_CONTEXT_BYTES, MiB, format_bytes
+
+FLOAT32 = 4
+BFLOAT16 = 2
+INT64 = 8
+
+# Peak reserved / peak allocated of PyTorch's caching allocator: segments are rounded up (2 MiB for
+# large blocks, 20 MiB segments for small ones) and freed blocks are not always reusable. Chosen to
+# err high; benchmarks/memory_validation.py measures it.
+ALLOCATOR_FRAGMENTATION = 0.08
+ALLOCATOR_FIXED_OVERHEAD = 64 * MiB
+# Bytes per logit kept at the peak of the PyTorch reference CE / CE- backward (see the module
+# docstring) and forward (bf16 logits, their float32 copy and the float32 log-softmax / concatenation),
+# and the extra float32 copy the logQ correction makes.
+TORCH_BYTES_PER_LOGIT = 12
+TORCH_FORWARD_BYTES_PER_LOGIT = 10
+TORCH_LOGQ_BYTES_PER_LOGIT = 4
+# Copies of the [N, K, d] gathered negatives in the PyTorch per-position loss, in units of the
+# hidden dtype's size: the saved gather, its gradient, and a quarter for the bmm's transient views
+# (DESIGN section 4 measures 4.3-4.6 bytes per gathered bf16 element).
+TORCH_GATHER_COPIES = 2.25
+# Live [N, d] temporaries the fused kernels' backward makes for the positive items' gradient.
+TRITON_BACKWARD_ROW_COPIES = 2
+# Float32 copies of one chunk of evaluation scores alive at once: scores, the clone masked for seen
+# items, the cleaned copy, and the comparison with the target's score.
+EVAL_SCORE_COPIES = 4
+
+
+@dataclass(frozen=True)
+class MemoryPrediction:
+    """Predicted peak memory of one trial (bytes). `total_bytes` is the process's peak as NVML sees it."""
+
+    total_bytes: int
+    parts: dict[str, int]  # the terms alive at the peak + allocator overhead + CUDA context; sum = total
+    torch_max_allocated: int
+    torch_max_reserved: int
+    peak_phase: str
+    phases: dict[str, int] = field(default_factory=dict)  # allocated bytes of each phase
+    gpu_total: int | None = None
+
+    def fits(self, budget_bytes: int) -> bool:
+        return self.total_bytes <= budget_bytes
+
+    def describe(self) -> str:
+        lines = [f"predicted peak {format_bytes(self.total_bytes)} (phase: {self.peak_phase})"]
+        for name, value in sorted(self.parts.items(), key=lambda item: -item[1]):
+            lines.append(f"  {name:28s} {format_bytes(value):>12s}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TrialShape:
+    """The sizes of a trial that memory depends on, resolved from a TrainConfig."""
+
+    batch: int  # B
+    length: int  # L
+    hidden: int  # d
+    blocks: int
+    heads: int
+    num_items: int  # C
+    negatives: int  # K (C for full CE)
+    eval_batch: int
+    loss: str
+    scope: str  # "full" for full CE, else the negative scope
+    impl: str  # "triton" or "torch" (the implementation that runs)
+    on_cuda: bool
+    activation_bytes: int  # 2 under bf16 autocast, else 4
+    dropout: bool
+    popularity: bool
+    logq: bool
+    weight_decay: bool
+
+    @property
+    def rows(self) -> int:
+        return self.batch * self.length
+
+
+def resolve_shape(config: TrainConfig, num_items: int, *, num_users: int | None = None) -> TrialShape:
+    """The sizes and implementation choices of `config` on a catalogue of `num_items` items.
+
+    A config with device "auto" is predicted for CUDA: the model predicts GPU memory. With
+    `num_users`, batches are capped at the number of sequences (a batch never holds more).
+    """
+    if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
+        raise ValueError(f"num_items: must be a positive integer, got {num_items!r}")
+    if num_users is not None and (not isinstance(num_users, int) or num_users < 1):
+        raise ValueError(f"num_users: must be a positive integer, got {num_users!r}")
+    on_cuda = config.device != "cpu"
+    bf16 = config.precision == "bf16" or (config.precision == "auto" and on_cuda)
+    if config.loss in ("bce", "gbce"):
+        impl = "torch"
+    elif config.loss_impl == "auto":
+        impl = "triton" if on_cuda else "torch"
+    else:
+        impl = config.loss_impl
+    full = config.loss == "ce"
+    batch = min(config.batch_size, num_users) if num_users else config.batch_size
+    eval_batch = min(config.eval_batch_size, num_users) if num_users else config.eval_batch_size
+    return TrialShape(
+        batch=batch,
+        length=config.max_len,
+        hidden=config.hidden,
+        blocks=config.blocks,
+        heads=config.heads,
+        num_items=num_items,
+        negatives=num_items if full else config.num_negatives,
+        eval_batch=eval_batch,
+        loss=config.loss,
+        scope="full" if full else config.negative_scope,
+        impl=impl,
+        on_cuda=on_cuda,
+        activation_bytes=BFLOAT16 if bf16 else FLOAT32,
+        dropout=config.dropout > 0,
+        popularity=not full and config.sampling == "popularity",
+        logq=not full and config.logq_correction,
+        weight_decay=config.weight_decay > 0,
+    )
+
+
+# --- model state -----------------------------------------------------------------------------------
+
+
+def parameter_count(shape: TrialShape) -> int:
+    """SASRec's parameters: item table (C + 1 rows with padding), positions, blocks, final norm.
+
+    A block has two LayerNorms (2d each), the fused qkv projection (3d^2 + 3d), the output
+    projection (d^2 + d) and the two-layer feed-forward of width d (2d^2 + 2d).
+    """
+    d = shape.hidden
+    per_block = 6 * d * d + 10 * d
+    return (shape.num_items + 1) * d + shape.length * d + shape.blocks * per_block + 2 * d
+
+
+def item_table_bytes(shape: TrialShape) -> int:
+    """One float32 buffer the size of the item embedding (C + 1 rows)."""
+    return (shape.num_items + 1) * shape.hidden * FLOAT32
+
+
+def parameters_bytes(shape: TrialShape) -> int:
+    return parameter_count(shape) * FLOAT32
+
+
+def gradients_bytes(shape: TrialShape) -> int:
+    return parameter_count(shape) * FLOAT32
+
+
+def adam_states_bytes(shape: TrialShape) -> int:
+    """exp_avg and exp_avg_sq, float32, created at the first step and kept."""
+    return 2 * parameter_count(shape) * FLOAT32
+
+
+def adam_step_temporaries_bytes(shape: TrialShape) -> int:
+    """Foreach Adam's step: sqrt(exp_avg_sq) for all parameters at once, plus grad + wd * param."""
+    copies = 2 if shape.weight_decay else 1
+    return copies * parameter_count(shape) * FLOAT32
+
+
+def autocast_weight_copies_bytes(shape: TrialShape) -> int:
+    """bf16 copies of the encoder's linear weights that autocast caches for the step (not the item table)."""
+    if shape.activation_bytes != BFLOAT16:
+        return 0
+    return shape.blocks * 6 * shape.hidden * shape.hidden * BFLOAT16
+
+
+def sampler_tables_bytes(shape: TrialShape) -> int:
+    """The popularity sampler's float64 cumulative counts and float32 log q, both [C]."""
+    return shape.num_items * (8 + FLOAT32) if shape.popularity else 0
+
+
+# --- encoder activations ---------------------------------------------------------------------------
+
+
+def dropout_mask_bytes(shape: TrialShape, input_bytes: int) -> int:
+    """Bytes per element of a dropout mask saved for backward: CUDA's fused dropout keeps a bool mask;
+    elsewhere dropout multiplies by a noise tensor of the input's dtype. None without dropout."""
+    if not shape.dropout:
+        return 0
+    return 1 if shape.on_cuda else input_bytes
+
+
+def embedding_activations_bytes(shape: TrialShape) -> int:
+    """Input ids, targets and the shifted targets (int64 [B, L]), the first residual (float32) and
+    the embedding dropout's mask."""
+    n, d = shape.rows, shape.hidden
+    return 3 * n * INT64 + n * d * (FLOAT32 + dropout_mask_bytes(shape, FLOAT32))
+
+
+def block_activations_bytes(shape: TrialShape) -> int:
+    """What the pre-LN blocks save for backward, all blocks together.
+
+    Per token and hidden unit: the two float32 residuals (after attention, after the feed-forward);
+    in the activation dtype a: the normed input of qkv, the qkv output (3, which fused attention
+    keeps as q, k, v), the attention output (laid out so the output projection reads it without a
+    copy), the normed input of the feed-forward and the ReLU output; with dropout also the dropped
+    ReLU output and three masks. LayerNorms keep mean and rstd per token, attention a logsumexp per
+    token and head. Attention with dropout on CPU takes SDPA's math path instead: float32 copies of
+    q, k, v, a contiguous copy of its output, and per head an L x L softmax, its dropout noise and
+    the dropped softmax (float32).
+    """
+    n, d, a = shape.rows, shape.hidden, shape.activation_bytes
+    mask = dropout_mask_bytes(shape, a)
+    residuals = 2 * FLOAT32
+    feed_forward = 2 * a + ((a + 2 * mask) if shape.dropout else 0)  # normed input, ReLU, dropped ReLU
+    attention_math_path = shape.dropout and not shape.on_cuda
+    if attention_math_path:
+        attention = a + 3 * FLOAT32 + a + mask  # normed input, q/k/v upcast, output copy, residual mask
+        attention_matrix = 3 * shape.batch * shape.heads * shape.length * shape.length * FLOAT32
+        per_token = 4 * FLOAT32
+    else:
+        attention = a + 3 * a + a + mask  # normed input, qkv, output, residual dropout mask
+        attention_matrix = 0
+        per_token = 4 * FLOAT32 + shape.heads * FLOAT32
+    per_element = residuals + attention + feed_forward
+    return shape.blocks * (n * d * per_element + n * per_token + attention_matrix)
+
+
+def final_output_bytes(shape: TrialShape) -> int:
+    """The final LayerNorm's float32 output, which the training loop holds through backward, and its stats."""
+    return shape.rows * shape.hidden * FLOAT32 + 2 * shape.rows * FLOAT32
+
+
+def forward_transients_bytes(shape: TrialShape) -> int:
+    """Two float32 [N, d] temporaries alive between ops (e.g. a LayerNorm output before its cast)."""
+    return 2 * shape.rows * shape.hidden * FLOAT32
+
+
+def encoder_activations_bytes(shape: TrialShape) -> int:
+    return embedding_activations_bytes(shape) + block_activations_bytes(shape) + final_output_bytes(shape)
+
+
+# --- the loss layer ----------------------------------------------------------------------------------
+
+
+def loss_hidden_copy_bytes(shape: TrialShape) -> int:
+    """The bf16 copy of the hidden states handed to the loss (none in float32)."""
+    if shape.activation_bytes == FLOAT32:
+        return 0
+    return shape.rows * shape.hidden * shape.activation_bytes
+
+
+def negative_index_bytes(shape: TrialShape) -> int:
+    """The negatives as int64 indices on the device: [K] shared, [B, K] per sequence, [B, L, K] per
+    position; drawn-in-kernel negatives need none with the fused kernel, but the PyTorch reference
+    draws the same [N, K] on the device."""
+    k = shape.negatives
+    if shape.scope == "full":
+        return 0
+    if shape.scope == "batch":
+        return k * INT64
+    if shape.scope == "sequence":
+        return shape.batch * k * INT64
+    if shape.scope == "drawn" and shape.impl == "triton":
+        return 0
+    return shape.rows * k * INT64
+
+
+def loss_item_gradient_bytes(shape: TrialShape) -> int:
+    """The loss's gradient for the item table view, float32 [C, d] (both implementations)."""
+    return shape.num_items * shape.hidden * FLOAT32
+
+
+def loss_forward_bytes(shape: TrialShape) -> int:
+    """The loss layer's peak during the forward, besides its index tensor and hidden copy."""
+    n = shape.rows
+    if shape.impl == "triton":
+        return 4 * n * FLOAT32  # loss, logsumexp, positive logit, kept mask
+    logits = torch_logits_bytes(shape, TORCH_FORWARD_BYTES_PER_LOGIT)
+    return logits + torch_gathered_bytes(shape, backward=False)
+
+
+def loss_backward_bytes(shape: TrialShape) -> int:
+    """The loss layer's peak during its backward (saved tensors, gradients, temporaries), besides its
+    index tensor, hidden copy and item gradient."""
+    n, d, k, a = shape.rows, shape.hidden, shape.negatives, shape.activation_bytes
+    if shape.impl == "triton":
+        grad_hidden = n * d * a
+        rows_copies = TRITON_BACKWARD_ROW_COPIES * n * d * FLOAT32
+        partial_tiles = max(n, k) * d * FLOAT32 if shape.scope in ("batch", "full") else 0
+        return 4 * n * FLOAT32 + grad_hidden + rows_copies + partial_tiles
+    return torch_logits_bytes(shape, TORCH_BYTES_PER_LOGIT) + torch_gathered_bytes(shape, backward=True)
+
+
+def torch_logits_bytes(shape: TrialShape, bytes_per_logit: int) -> int:
+    """The PyTorch reference's logits and their copies ([N, K], or [N, C] for full CE), plus its
+    float32 [N, d] copies of the hidden states and positive rows."""
+    per_logit = bytes_per_logit + (TORCH_LOGQ_BYTES_PER_LOGIT if shape.logq else 0)
+    return shape.rows * shape.negatives * per_logit + 3 * shape.rows * shape.hidden * FLOAT32
+
+
+def torch_gathered_bytes(shape: TrialShape, *, backward: bool) -> int:
+    """The item rows the PyTorch reference gathers and casts to the hidden's dtype (and, in backward,
+    their gradients): the whole table for full CE, [K, d] or [B, K, d] for shared negatives, and
+    [N, K, d] per position (the table is cast first when N*K exceeds C)."""
+    n, d, k, a, c = shape.rows, shape.hidden, shape.negatives, shape.activation_bytes, shape.num_items
+    table_cast = c * d * a if a != FLOAT32 else 0
+    if shape.scope == "full":
+        return table_cast * (2 if backward else 1)
+    if shape.scope in ("batch", "sequence"):
+        groups = 1 if shape.scope == "batch" else shape.batch
+        return groups * k * d * (2 * a if backward else FLOAT32 + a)
+    gathered = n * k * d * a
+    if backward:
+        return table_cast + int(TORCH_GATHER_COPIES * gathered)
+    return (table_cast if n * k > c else n * k * d * FLOAT32) + gathered
+
+
+# --- backward of the item table and evaluation --------------------------------------------------------
+
+
+def slice_gradient_bytes(shape: TrialShape) -> int:
+    """The view `weight[1:]`'s backward: a zero-filled gradient for the whole table, kept until the
+    embedding lookup's gradient is added at the end of backward."""
+    return item_table_bytes(shape)
+
+
+def lookup_gradient_bytes(shape: TrialShape) -> int:
+    """The embedding lookup's dense gradient ([C + 1, d] float32) and its sort buffers over the N ids."""
+    return item_table_bytes(shape) + 4 * shape.rows * INT64
+
+
+def evaluation_bytes(shape: TrialShape) -> int:
+    """Full-catalogue scoring: chunks of at most DEFAULT_MAX_SCORES scores (one row at a time beyond
+    that), EVAL_SCORE_COPIES float32 copies, and the encoder's no-grad forward over the chunk's rows."""
+    c = shape.num_items
+    rows = min(shape.eval_batch, max(1, DEFAULT_MAX_SCORES // c))
+    score_elements = min(shape.eval_batch * c, max(DEFAULT_MAX_SCORES, c))
+    scores = EVAL_SCORE_COPIES * score_elements * FLOAT32
+    forward_rows = rows * shape.length
+    encoder = 6 * forward_rows * shape.hidden * FLOAT32
+    if not shape.on_cuda:
+        encoder += 2 * rows * shape.heads * shape.length * shape.length * FLOAT32
+    return scores + encoder + 2 * shape.eval_batch * shape.length * INT64
+
+
+# --- phases and the prediction ------------------------------------------------------------------------
+
+
+def phase_terms(shape: TrialShape) -> dict[str, dict[str, int]]:
+    """The terms alive at the peak of each phase of a training step and of evaluation (allocated bytes)."""
+    state = {
+        "parameters": parameters_bytes(shape),
+        "adam_states": adam_states_bytes(shape),
+        "sampler_tables": sampler_tables_bytes(shape),
+    }
+    step_inputs = {
+        "autocast_weight_copies": autocast_weight_copies_bytes(shape),
+        "encoder_activations": encoder_activations_bytes(shape),
+        "loss_hidden_copy": loss_hidden_copy_bytes(shape),
+        "negative_indices": negative_index_bytes(shape),
+    }
+    return {
+        "forward": {
+            **state, **step_inputs,
+            "gradients": gradients_bytes(shape),  # the previous step's, freed after the forward
+            "forward_transients": forward_transients_bytes(shape),
+            "loss_forward": loss_forward_bytes(shape),
+        },
+        "loss_backward": {
+            **state, **step_inputs,
+            "loss_backward": loss_backward_bytes(shape),
+            "loss_item_gradient": loss_item_gradient_bytes(shape),
+        },
+        "item_slice_backward": {
+            **state, **step_inputs,
+            "loss_item_gradient": loss_item_gradient_bytes(shape),
+            "slice_gradient": slice_gradient_bytes(shape),
+        },
+        "embedding_backward": {
+            **state,
+            "negative_indices": negative_index_bytes(shape),
+            "slice_gradient": slice_gradient_bytes(shape),
+            "lookup_gradient": lookup_gradient_bytes(shape),
+            "encoder_gradients": gradients_bytes(shape) - item_table_bytes(shape),
+        },
+        "optimizer_step": {
+            **state,
+            "gradients": gradients_bytes(shape),
+            "adam_step_temporaries": adam_step_temporaries_bytes(shape),
+        },
+        "evaluation": {
+            **state,
+            "gradients": gradients_bytes(shape),
+            "autocast_weight_copies": autocast_weight_copies_bytes(shape),
+            "evaluation": evaluation_bytes(shape),
+        },
+    }
+
+
+def predict_peak_bytes(
+    config: TrainConfig, num_items: int, *, num_users: int | None = None, gpu_total: int | None = None
+) -> MemoryPrediction:
+    """Predict the peak GPU memory of training and evaluating `config` on `num_items` items.
+
+    `num_items` is the catalogue without padding; `num_users` (optional) caps the batch sizes at the
+    number of sequences; `gpu_total` is recorded in the prediction. A CPU config gets the same
+    terms without CUDA context (an estimate of host memory of the tensors, not of the process).
+    """
+    shape = resolve_shape(config, num_items, num_users=num_users)
+    phases = phase_terms(shape)
+    allocated = {name: sum(terms.values()) for name, terms in phases.items()}
+    peak_phase = max(allocated, key=lambda name: allocated[name])
+    torch_max_allocated = allocated[peak_phase]
+    overhead = round(torch_max_allocated * ALLOCATOR_FRAGMENTATION) + ALLOCATOR_FIXED_OVERHEAD
+    torch_max_reserved = torch_max_allocated + overhead
+    context = DEFAULT_CUDA_CONTEXT_BYTES if shape.on_cuda else 0
+    parts = {name: value for name, value in phases[peak_phase].items() if value}
+    parts["allocator_overhead"] = overhead
+    if context:
+        parts["cuda_context"] = context
+    return MemoryPrediction(
+        total_bytes=sum(parts.values()),
+        parts=parts,
+        torch_max_allocated=torch_max_allocated,
+        torch_max_reserved=torch_max_reserved,
+        peak_phase=peak_phase,
+        phases=allocated,
+        gpu_total=gpu_total,
+    )
+
+
+__all__ = [
+    "MemoryPrediction",
+    "TrialShape",
+    "phase_terms",
+    "predict_peak_bytes",
+    "resolve_shape",
+    "parameter_count",
+]

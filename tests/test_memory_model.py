@@ -1,0 +1,216 @@
+"""The analytic memory model: structure (parts sum to total), monotonicity in every axis, and its
+terms checked against real tensors: SASRec's parameter count, the activations autograd saves
+(saved-tensor hooks on CPU), and DESIGN section 4's measured peaks of the PyTorch losses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from models.sasrec import SASRec
+from study import memory_model
+from study.config import TrainConfig
+from study.memory import DEFAULT_CUDA_CONTEXT_BYTES, GiB
+from study.memory_model import predict_peak_bytes, resolve_shape
+
+BASES = {
+    "full_ce": TrainConfig(loss="ce", device="cuda", batch_size=64, max_len=100, hidden=64),
+    "batch_negatives": TrainConfig(loss="ce-neg", negative_scope="batch", num_negatives=1024, device="cuda"),
+    "sequence_negatives": TrainConfig(loss="ce-neg", negative_scope="sequence", num_negatives=512,
+                                      device="cuda"),
+    "position_negatives": TrainConfig(loss="ce-neg", negative_scope="position", num_negatives=256,
+                                      device="cuda"),
+    "drawn_negatives": TrainConfig(loss="ce-neg", negative_scope="drawn", num_negatives=256, device="cuda"),
+    "bce_popularity": TrainConfig(loss="bce", num_negatives=64, sampling="popularity", device="cuda"),
+    "cpu_fp32": TrainConfig(loss="ce-neg", num_negatives=128, device="cpu"),
+}
+CATALOGUE = 200_000
+
+
+def predicted(config: TrainConfig, num_items: int = CATALOGUE) -> int:
+    return predict_peak_bytes(config, num_items).total_bytes
+
+
+@pytest.mark.parametrize("name", sorted(BASES))
+def test_parts_sum_to_total_and_layers_agree(name: str) -> None:
+    config = BASES[name]
+    prediction = predict_peak_bytes(config, CATALOGUE, gpu_total=80 * GiB)
+    assert sum(prediction.parts.values()) == prediction.total_bytes
+    assert all(value > 0 for value in prediction.parts.values())
+    assert prediction.torch_max_allocated == max(prediction.phases.values())
+    assert prediction.phases[prediction.peak_phase] == prediction.torch_max_allocated
+    assert prediction.torch_max_allocated < prediction.torch_max_reserved <= prediction.total_bytes
+    context = DEFAULT_CUDA_CONTEXT_BYTES if config.device != "cpu" else 0
+    assert prediction.total_bytes == prediction.torch_max_reserved + context
+    assert prediction.parts.get("cuda_context", 0) == context
+    assert prediction.gpu_total == 80 * GiB
+    assert prediction.peak_phase in prediction.describe()
+
+
+AXES = {
+    "batch_size": (32, 64, 128, 256, 1024),
+    "max_len": (50, 100, 200, 512),
+    "hidden": (32, 64, 128, 256),
+    "blocks": (1, 2, 3, 4),
+    "num_negatives": (64, 256, 1024, 4096, 16384),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BASES))
+@pytest.mark.parametrize("axis", sorted(AXES))
+def test_monotonic_in_every_axis(name: str, axis: str) -> None:
+    """The peak never falls when an axis grows; the step's working set (loss backward phase) grows
+    strictly, unless the axis does not enter it (the peak may then sit in a phase it does not touch)."""
+    base = BASES[name]
+    predictions = [predict_peak_bytes(base.replace(**{axis: value}), CATALOGUE) for value in AXES[axis]]
+    totals = [p.total_bytes for p in predictions]
+    assert totals == sorted(totals), f"{axis} of {name}: {totals}"
+    independent = axis == "num_negatives" and (
+        base.loss == "ce" or (base.negative_scope == "drawn" and resolve_shape(base, 1).impl == "triton")
+    )
+    step = [p.phases["loss_backward"] for p in predictions]
+    if independent:
+        assert len(set(step)) == 1
+    else:
+        assert all(a < b for a, b in zip(step, step[1:])), f"{axis} of {name} does not grow: {step}"
+
+
+def test_total_grows_with_activations_when_they_dominate() -> None:
+    base = TrainConfig(loss="ce-neg", negative_scope="position", num_negatives=512, device="cuda",
+                       batch_size=512, max_len=200, hidden=128)
+    for axis, values in (("batch_size", (512, 1024)), ("max_len", (200, 400)), ("num_negatives", (512, 1024)),
+                         ("blocks", (2, 4)), ("hidden", (128, 256))):
+        small, large = (predicted(base.replace(**{axis: value}), 50_000) for value in values)
+        assert large > small, axis
+
+
+@pytest.mark.parametrize("name", sorted(BASES))
+def test_monotonic_in_catalogue(name: str) -> None:
+    sizes = (5_000, 50_000, 500_000, 5_000_000, 10_000_000)
+    totals = [predicted(BASES[name], size) for size in sizes]
+    assert all(a < b for a, b in zip(totals, totals[1:])), totals
+
+
+@pytest.mark.parametrize("name", ["full_ce", "batch_negatives", "sequence_negatives", "position_negatives",
+                                  "drawn_negatives"])
+def test_pytorch_loss_never_below_fused(name: str) -> None:
+    base = BASES[name]
+    for negatives in (64, 2048):
+        config = base.replace(num_negatives=negatives)
+        fused = predicted(config.replace(loss_impl="triton"))
+        reference = predicted(config.replace(loss_impl="torch"))
+        assert reference >= fused
+        assert predicted(config.replace(loss_impl="auto")) == fused  # auto means triton on CUDA
+
+
+def test_auto_impl_is_torch_on_cpu() -> None:
+    config = BASES["cpu_fp32"]
+    assert predicted(config.replace(loss_impl="auto")) == predicted(config.replace(loss_impl="torch"))
+    assert "cuda_context" not in predict_peak_bytes(config, CATALOGUE).parts
+
+
+def test_num_users_caps_the_batches() -> None:
+    config = BASES["position_negatives"].replace(batch_size=1024, eval_batch_size=1024)
+    capped = predict_peak_bytes(config, CATALOGUE, num_users=100).total_bytes
+    explicit = config.replace(batch_size=100, eval_batch_size=100)
+    assert capped == predict_peak_bytes(explicit, CATALOGUE).total_bytes
+    assert capped < predicted(config)
+
+
+@pytest.mark.parametrize(("hidden", "blocks", "heads", "max_len"), [(64, 2, 1, 200), (48, 3, 4, 17)])
+def test_parameter_count_matches_sasrec(hidden: int, blocks: int, heads: int, max_len: int) -> None:
+    num_items = 1234
+    model = SASRec(num_items, max_len=max_len, hidden=hidden, blocks=blocks, heads=heads)
+    config = TrainConfig(hidden=hidden, blocks=blocks, heads=heads, max_len=max_len)
+    actual = sum(parameter.numel() for parameter in model.parameters())
+    assert memory_model.parameter_count(resolve_shape(config, num_items)) == actual
+
+
+def saved_activation_bytes(model: SASRec, inputs: torch.Tensor, bf16: bool) -> int:
+    """Bytes of the distinct storages autograd saves for backward during a forward, parameters excluded."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), \
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        model(inputs)
+    parameters = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
+    return sum(size for pointer, size in storages.items() if pointer not in parameters)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_encoder_activation_terms_match_saved_tensors(dropout: float, bf16: bool) -> None:
+    torch.manual_seed(0)
+    batch, length, hidden, blocks, heads, num_items = 6, 40, 32, 2, 2, 300
+    model = SASRec(num_items, max_len=length, hidden=hidden, blocks=blocks, heads=heads, dropout=dropout)
+    model.train()
+    inputs = torch.randint(1, num_items + 1, (batch, length))
+    measured = saved_activation_bytes(model, inputs, bf16)
+    config = TrainConfig(device="cpu", precision="bf16" if bf16 else "fp32", batch_size=batch, max_len=length,
+                         hidden=hidden, blocks=blocks, heads=heads, dropout=dropout)
+    shape = resolve_shape(config, num_items)
+    rows = batch * length
+    model_saved = (
+        memory_model.embedding_activations_bytes(shape)
+        - 2 * rows * memory_model.INT64  # targets and shifted targets: held by the trainer, not saved
+        + memory_model.block_activations_bytes(shape)
+        + 2 * rows * memory_model.FLOAT32  # the final LayerNorm's mean and rstd
+        + memory_model.autocast_weight_copies_bytes(shape)
+        + length * memory_model.INT64  # position ids
+    )
+    assert model_saved == pytest.approx(measured, rel=0.02)
+
+
+def design_loss_shape(*, rows_per_sequence: int, batch: int, hidden: int, negatives: int, scope: str,
+                      num_items: int) -> memory_model.TrialShape:
+    config = TrainConfig.from_dict({
+        "loss": "ce" if scope == "full" else "ce-neg",
+        "negative_scope": "batch" if scope == "full" else scope,
+        "num_negatives": min(negatives, 16384), "loss_impl": "torch", "device": "cuda", "batch_size": batch,
+        "max_len": rows_per_sequence, "hidden": hidden,
+    })
+    return dataclasses.replace(resolve_shape(config, num_items), negatives=negatives)
+
+
+@pytest.mark.parametrize(
+    ("scope", "batch", "length", "hidden", "negatives", "num_items", "measured_gib"),
+    [
+        ("batch", 256, 200, 64, 4096, 1_000_000, 2.35),
+        ("batch", 256, 200, 64, 16384, 1_000_000, 9.38),
+        ("position", 256, 200, 64, 2047, 1_000_000, 30.0),
+        ("position", 256, 256, 256, 511, 1_000_000, 34.0),
+        ("full", 256, 200, 64, 100_000, 100_000, 57.2),
+    ],
+)
+def test_pytorch_loss_terms_match_design_measurements(
+    scope: str, batch: int, length: int, hidden: int, negatives: int, num_items: int, measured_gib: float
+) -> None:
+    """DESIGN section 4 (one H200, bf16, fwd+bwd of the loss alone): peak extra memory of the PyTorch
+    losses. The model's loss backward working set plus its index tensor should land within 12%."""
+    shape = design_loss_shape(rows_per_sequence=length, batch=batch, hidden=hidden, negatives=negatives,
+                              scope=scope, num_items=num_items)
+    modelled = memory_model.loss_backward_bytes(shape) + memory_model.negative_index_bytes(shape)
+    assert modelled / GiB == pytest.approx(measured_gib, rel=0.12)
+
+
+def test_fused_loss_memory_is_linear_in_rows_and_negatives() -> None:
+    """O(N*d + K*d) besides the index tensor: 16x more negatives must not add 16x N*K floats."""
+    base = BASES["drawn_negatives"].replace(batch_size=256, max_len=200)
+    small = memory_model.loss_backward_bytes(resolve_shape(base.replace(num_negatives=1024), 10**6))
+    large = memory_model.loss_backward_bytes(resolve_shape(base.replace(num_negatives=16384), 10**6))
+    assert large == small
+    rows = 256 * 200
+    assert small < 64 * rows * 64  # a few [N, d] buffers, far below one [N, K] float32 matrix
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True])
+def test_bad_catalogue_size_is_named(bad: object) -> None:
+    with pytest.raises(ValueError, match="num_items"):
+        predict_peak_bytes(TrainConfig(), bad)  # type: ignore[arg-type]

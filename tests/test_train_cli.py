@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import study.cli as cli
+import study.train_cli as train_cli
+from study.config import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--max-len", "6", "--hidden", "8", "--blocks", "1", "--batch-size", "16", "--epochs", "1",
+        "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def only_the_train_command(monkeypatch: pytest.MonkeyPatch):
+    # build the real `cce-study` parser with only this command, independent of the other commands' modules
+    monkeypatch.setattr(cli, "COMMANDS", {"train": cli.COMMANDS["train"]})
+
+
+@pytest.fixture(scope="module")
+def small_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rng = np.random.default_rng(11)
+    rows = [(user, int(item), 100 * user + step)
+            for user in range(40) for step, item in enumerate(rng.integers(1, 25, size=7))]
+    path = tmp_path_factory.mktemp("cli") / "log.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, index=False)
+    return path
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    train_cli.configure(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_every_option_maps_to_its_config_field():
+    args = parse("--dataset", "x.csv", "--split", "temporal", "--kcore", "5", "--loss", "ce-neg",
+                 "--negatives", "512", "--sampling", "popularity", "--negative-scope", "sequence",
+                 "--gbce-t", "0.5", "--impl", "torch", "--max-len", "50", "--hidden", "32", "--blocks", "3",
+                 "--heads", "2", "--dropout", "0.25", "--batch-size", "64", "--lr", "2e-3",
+                 "--weight-decay", "0.01", "--epochs", "7", "--patience", "2", "--time-limit", "90",
+                 "--max-steps-per-epoch", "10", "--eval-batch-size", "128", "--device", "cpu",
+                 "--precision", "fp32", "--seed", "9", "--memory-budget", "8GiB", "--logq", "--include-seen",
+                 "--no-progress")
+    config = train_cli.config_from_args(args)
+    assert config == TrainConfig(
+        dataset="x.csv", split="temporal", kcore=5, loss="ce-neg", num_negatives=512, sampling="popularity",
+        negative_scope="sequence", gbce_t=0.5, loss_impl="torch", max_len=50, hidden=32, blocks=3, heads=2,
+        dropout=0.25, batch_size=64, lr=2e-3, weight_decay=0.01, epochs=7, patience=2, time_limit_s=90.0,
+        max_steps_per_epoch=10, eval_batch_size=128, device="cpu", precision="fp32", seed=9,
+        memory_budget="8GiB", logq_correction=True, exclude_seen=False, progress=False,
+    )
+    assert train_cli.config_from_args(parse()) == TrainConfig()  # defaults come from TrainConfig
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--loss", "softmax"], "--loss: 'softmax' is not one of ce, ce-neg, bce, gbce"),
+    (["--batch-size", "big"], "--batch-size: expected a whole number, got 'big'"),
+    (["--lr", "fast"], "--lr: expected a number, got 'fast'"),
+    (["--dropout", "nan"], "--dropout: expected a finite number"),
+    (["--heads", "3"], "heads: hidden=64 is not divisible by heads=3"),
+])
+def test_bad_option_values_name_the_option(argv: list[str], message: str):
+    with pytest.raises(ValueError) as error:
+        train_cli.config_from_args(parse(*argv))
+    assert message in str(error.value)
+
+
+def test_json_output_is_one_parseable_record(small_log: Path, capsys: pytest.CaptureFixture[str]):
+    code = cli.main(["train", "--dataset", str(small_log), *FAST, "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("\n") == 1
+    record = json.loads(out)
+    assert record["status"] == "ok" and record["config"]["max_len"] == 6
+    assert set(record["test_metrics"]) >= {"ndcg@10", "hit@10", "mrr@10", "coverage@10"}
+    assert record["memory"]["peak_bytes"] is not None
+
+
+def test_human_summary(small_log: Path, capsys: pytest.CaptureFixture[str]):
+    code = cli.main(["train", "--dataset", str(small_log), *FAST])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith("status ok\n")
+    assert "validation NDCG@10 0." in out and "popularity NDCG@10 0." in out
+    assert "test       NDCG@10 0." in out and "peak memory" in out and "sequences/s" in out
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("missing_file", "no such file"),
+    ("missing_column", "missing column 'timestamp'"),
+    ("text_timestamp", "timestamp"),
+    ("empty", "no interactions"),
+    ("bad_value", "--negative-scope: 'everything' is not one of"),
+])
+def test_bad_input_exits_non_zero_with_one_line(case: str, expected: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]):
+    argv = ["train", *FAST]
+    if case == "missing_file":
+        argv += ["--dataset", str(tmp_path / "absent.csv")]
+    elif case == "missing_column":
+        argv += ["--dataset", str(write(tmp_path, "a.csv", "user_id,item_id\n1,2\n"))]
+    elif case == "text_timestamp":
+        argv += ["--dataset", str(write(tmp_path, "b.csv", "user_id,item_id,timestamp\n1,2,3\n1,3,yesterday\n"))]
+    elif case == "empty":
+        argv += ["--dataset", str(write(tmp_path, "c.csv", "user_id,item_id,timestamp\n"))]
+    else:
+        argv += ["--negative-scope", "everything"]
+    code = cli.main(argv)
+    captured = capsys.readouterr()
+    assert code != 0 and captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], captured.err
+
+
+def test_console_run_keeps_stdout_for_the_json_record(small_log: Path):
+    """In a real process: progress bar and warnings go to stderr, stdout holds only the record."""
+    program = ("import sys, study.cli as c; c.COMMANDS = {'train': c.COMMANDS['train']}; "
+               "sys.exit(c.main(sys.argv[1:]))")
+    argv = ["train", "--dataset", str(small_log), *FAST[:-1], "--memory-budget", "1GiB", "--json"]
+    result = subprocess.run([sys.executable, "-c", program, *argv], cwd=REPO, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["memory"]["budget_bytes"] == 2**30
+    assert "cannot be enforced" in result.stderr  # the CPU budget warning, on stderr

@@ -164,6 +164,8 @@ def heatmap_figure(table: pd.DataFrame, *, metric: str, memory_field: str, title
     """Best quality and the least memory over (negatives x batch size), one row of panels per max length.
     Cells with only failed trials are marked; cells never tried stay blank."""
     tried = table.dropna(subset=["num_negatives", "batch_size", "max_len"])
+    if not tried[CANDIDATE].any():
+        return "no ok trial with both quality and memory"
     if tried["num_negatives"].nunique() * tried["batch_size"].nunique() < 2:
         return "fewer than two (negatives, batch size) cells"
     negatives = sorted(int(v) for v in tried["num_negatives"].unique())

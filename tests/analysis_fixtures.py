@@ -99,8 +99,8 @@ def to_record(trial: SyntheticTrial) -> TrialRecord:
     reserved = None if trial.peak_bytes is None else int(trial.peak_bytes - 0.7 * GIB)
     memory = MemoryReport(torch_max_allocated=None if reserved is None else int(reserved * 0.9),
                           torch_max_reserved=reserved, nvml_process_peak=trial.peak_bytes,
-                          cpu_peak_rss=3 * GIB, gpu_name=CARD_NAME, gpu_total=CARD_BYTES,
-                          budget_bytes=40 * GIB)
+                          cpu_peak_rss=None if trial.peak_bytes is None else 3 * GIB,
+                          gpu_name=CARD_NAME, gpu_total=CARD_BYTES, budget_bytes=40 * GIB)
     return TrialRecord(
         status=trial.status,  # type: ignore[arg-type]
         config=trial.config.to_dict(),

@@ -1,0 +1,755 @@
+"""`cce-study sweep`: run a sweep specification with Ray Tune under a memory budget into the results database.
+
+Every trial runs in its own Ray worker process (function trainable, no actor reuse, no retries), so GPU
+memory is returned between trials. The driver alone writes the database, from a Tune callback: the
+trainable reports per-epoch progress and one final result that carries the serialised TrialRecord.
+Trials never fail as far as Tune is concerned: the trainable turns every exception into a record
+(`failed`, `oom`, `over_budget`), and anything that still escapes (a worker that died) becomes a `failed`
+row from the callback. Configurations the memory model predicts over budget are recorded as
+`predicted_over_budget` without launching.
+
+Trial ids are a hash of the sweep name and the full configuration, so `--resume` skips exactly the trials
+already recorded, after a crash, a SIGKILL of the driver, or Ctrl-C.
+
+Ray is imported lazily: `cce-study` builds every command's parser on start and Ray takes seconds to import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from study.config import TrainConfig
+from study.db import ResultsDB, load_trials, metric_column
+from study.record import EpochRecord, MemoryReport, TrialRecord, TrialStatus
+from study.sweep_spec import SweepSpec, load_spec, trial_id
+
+QUALITY_METRIC = "ndcg@10"
+# Keys of the final result a trainable reports; the quality/memory pair are Optuna's objectives.
+RECORD_KEY = "record_json"
+TRIAL_ID_KEY = "cce_trial_id"
+QUALITY_KEY = "objective_val_ndcg_10"
+MEMORY_KEY = "objective_peak_gib"
+CONSTRAINT_KEY = "memory_over_budget_gib"
+GIB = 2**30
+# Environment the driver passes to Ray workers (made absolute: workers do not share the driver's cwd).
+PASS_THROUGH_PATH_VARIABLES = ("CCE_STUDY_DATA_PATH", "CCE_STUDY_CACHE")
+PASS_THROUGH_VARIABLES = ("TRITON_INTERPRET",)
+MAX_ERROR_CHARS = 8000
+
+
+class SweepError(ValueError):
+    """A sweep cannot start or continue for a reason the user can fix; printed as one line by the CLI."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# command line
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", type=Path, help="sweep specification (TOML), e.g. sweeps/demo.toml")
+    parser.add_argument("--db", type=Path, default=None,
+                        help="results database (default: results/<sweep name>/results.sqlite)")
+    parser.add_argument("--address", default=None,
+                        help="join a running Ray cluster at this address (default: start a local one)")
+    parser.add_argument("--resume", action="store_true",
+                        help="finish a sweep whose database already holds some of its trials")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the trials with their predicted memory and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec)
+    db_path = Path(args.db) if args.db is not None else Path("results") / spec.name / "results.sqlite"
+    resolve_trial_function(spec.run.trial_function)  # fail now rather than in every worker
+    budget_bytes = resolve_budget_bytes(spec)
+    plan = plan_trials(spec, budget_bytes)
+    if args.dry_run:
+        done = _recorded_ids(db_path, spec.name)
+        print_plan(spec, plan, budget_bytes, done, file=sys.stdout)
+        return 0
+    with ResultsDB(db_path) as db:
+        done = db.trial_ids(spec.name)
+        if done and not args.resume:
+            raise SweepError(
+                f"{db_path} already holds {len(done)} trial(s) of sweep {spec.name!r}: pass --resume to "
+                f"finish that sweep, or --db to write a new database"
+            )
+        try:
+            run_sweep(spec, plan, db, budget_bytes=budget_bytes, address=args.address)
+        except KeyboardInterrupt:
+            counts = db.status_counts(spec.name)
+            print(f"[{spec.name}] interrupted: {sum(counts.values())} trial(s) recorded in {db_path}; "
+                  f"run the same command with --resume to finish", file=sys.stderr, flush=True)
+            raise
+        print_summary(spec, db, db_path, budget_bytes, plan, file=sys.stdout)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# planning: which trials, and which the memory model rules out
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    trial_id: str
+    config: TrainConfig
+    predicted_peak_bytes: int | None = None
+    num_items: int | None = None
+
+    def over_budget(self, budget_bytes: int | None) -> bool:
+        return (budget_bytes is not None and self.predicted_peak_bytes is not None
+                and self.predicted_peak_bytes > budget_bytes)
+
+
+def resolve_budget_bytes(spec: SweepSpec) -> int | None:
+    """The budget in bytes as the driver can know it (None without a budget, or for a fraction of an
+    unknown card: then workers still enforce it, but nothing is ruled out by prediction)."""
+    if spec.memory_budget is None:
+        return None
+    from study.memory import parse_budget
+
+    card_bytes = spec.resources.gpu_memory_bytes or _local_card_bytes()
+    try:
+        return parse_budget(spec.memory_budget, card_bytes)
+    except ValueError:
+        if card_bytes is not None:
+            raise
+        _note(spec.name, f"memory_budget {spec.memory_budget!r} is a fraction of an unknown card: set "
+                         "resources.gpu_memory to rule out configurations predicted over budget")
+        return None
+
+
+def _local_card_bytes() -> int | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return int(torch.cuda.get_device_properties(0).total_memory)
+
+
+def plan_trials(spec: SweepSpec, budget_bytes: int | None) -> list[PlannedTrial]:
+    """Every grid point (for Optuna: every candidate) with its predicted peak memory where a memory
+    model is available. Loads each dataset once, on the driver, to know the catalogue size."""
+    predictor = _MemoryPredictor(spec.name)
+    plan = []
+    for config in spec.grid():
+        predicted, num_items = predictor.predict(config)
+        plan.append(PlannedTrial(trial_id(spec.name, config), config, predicted, num_items))
+    return plan
+
+
+class _MemoryPredictor:
+    def __init__(self, sweep_name: str) -> None:
+        self.sweep_name = sweep_name
+        self.num_items: dict[tuple[str, int], int] = {}
+        try:
+            from study.memory_model import predict_peak_bytes
+        except ImportError:
+            _note(sweep_name, "no memory model (study.memory_model): nothing is ruled out by prediction")
+            self.predict_peak_bytes: Callable[..., Any] | None = None
+        else:
+            self.predict_peak_bytes = predict_peak_bytes
+
+    def predict(self, config: TrainConfig) -> tuple[int | None, int | None]:
+        if self.predict_peak_bytes is None:
+            return None, None
+        key = (config.dataset, config.kcore)
+        if key not in self.num_items:
+            from study.data import load_dataset
+
+            data = load_dataset(config.dataset, kcore=config.kcore, progress=False)
+            self.num_items[key] = int(data.num_items)
+        num_items = self.num_items[key]
+        return int(self.predict_peak_bytes(config, num_items).total_bytes), num_items
+
+
+def _recorded_ids(db_path: Path, sweep: str) -> set[str]:
+    if not db_path.is_file():
+        return set()
+    return set(load_trials(db_path, sweep=sweep)["trial_id"])
+
+
+def axis_names(spec: SweepSpec) -> list[str]:
+    names = ["dataset"] if len(spec.datasets) > 1 else []
+    names += [name for name, _ in spec.axes]
+    for extra in spec.extra_trials:
+        names += [name for name in extra if name not in names]
+    if spec.repeats > 1 and "seed" not in names:
+        names.append("seed")
+    return names
+
+
+def print_plan(spec: SweepSpec, plan: Sequence[PlannedTrial], budget_bytes: int | None, done: set[str],
+               *, file: Any) -> None:
+    names = axis_names(spec)
+    budget_text = _gib(budget_bytes) if budget_bytes is not None else (spec.memory_budget or "none")
+    kind = ("grid" if spec.search.kind == "grid"
+            else f"optuna, {spec.search.num_samples} samples drawn from these candidates")
+    print(f"sweep {spec.name}: {len(plan)} trial(s) ({kind}); budget {budget_text}; "
+          f"trial function {spec.run.trial_function}", file=file)
+    header = ["trial_id", *names, "predicted", "action"]
+    rows = []
+    for trial in plan:
+        if trial.trial_id in done:
+            action = "recorded"
+        elif trial.over_budget(budget_bytes):
+            action = "predicted_over_budget"
+        else:
+            action = "run"
+        values = [str(getattr(trial.config, name)) for name in names]
+        predicted = _gib(trial.predicted_peak_bytes) if trial.predicted_peak_bytes is not None else "-"
+        rows.append([trial.trial_id, *values, predicted, action])
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), file=file)
+    actions = Counter(row[-1] for row in rows)
+    print("  " + ", ".join(f"{action}: {count}" for action, count in sorted(actions.items())), file=file)
+
+
+# ----------------------------------------------------------------------------------------------------
+# the trial, as it runs in a Ray worker
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What a worker needs besides its configuration; sent once through `tune.with_parameters`."""
+
+    sweep: str
+    trial_function: str
+    budget_bytes: int | None
+    # Optuna only: the fixed settings the sampled axes are merged into, and catalogue sizes by
+    # (dataset, kcore) so the worker can rule out a sample predicted over budget.
+    base_settings: dict[str, Any] | None = None
+    num_items: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+def resolve_trial_function(reference: str) -> Callable[..., Any]:
+    """Import "package.module:function" (the driver's working directory is importable, as for workers)."""
+    module_name, _, attribute = reference.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SweepError(f"run.trial_function: cannot import {module_name!r} ({exc})") from exc
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise SweepError(f"run.trial_function: {module_name!r} has no function {attribute!r}")
+    return function
+
+
+def trial_point(tune_config: dict[str, Any], settings: TrialSettings) -> tuple[str, dict[str, Any]]:
+    """(trial id, TrainConfig dict) of a Tune trial: a grid point carries both, an Optuna sample
+    carries the sampled axes only."""
+    if "point" in tune_config:
+        point = tune_config["point"]
+        return point["trial_id"], dict(point["config"])
+    if settings.base_settings is None:
+        raise ValueError("tune_config: neither a grid point nor sampled axes with base settings")
+    values = {**settings.base_settings, **tune_config.get("axes", {})}
+    # every combination of the axes was validated with the spec, so this config is valid
+    return trial_id(settings.sweep, TrainConfig.from_dict(values)), values
+
+
+def execute_trial(config_values: dict[str, Any], settings: TrialSettings,
+                  on_epoch: Callable[[EpochRecord], None] | None = None) -> TrialRecord:
+    """Run one trial through the trial function; never raises (but KeyboardInterrupt / SystemExit)."""
+    try:
+        config = TrainConfig.from_dict(config_values)
+    except Exception as exc:
+        return TrialRecord(status="failed", config=config_values, error=_error_text(exc))
+    predicted = _worker_prediction(config, settings)
+    if predicted is not None and settings.budget_bytes is not None and predicted > settings.budget_bytes:
+        return predicted_over_budget_record(config, predicted, settings.budget_bytes,
+                                            settings.num_items.get((config.dataset, config.kcore)))
+    try:
+        function = resolve_trial_function(settings.trial_function)
+        result = function(config, on_epoch=on_epoch)
+        if not isinstance(result, TrialRecord):
+            raise TypeError(f"{settings.trial_function} returned {type(result).__name__}, not a TrialRecord")
+        record = result
+    except Exception as exc:
+        record = record_from_exception(config, exc, settings.budget_bytes)
+    if record.predicted_peak_bytes is None:
+        record.predicted_peak_bytes = predicted
+    if record.memory.budget_bytes is None:
+        record.memory.budget_bytes = settings.budget_bytes
+    return record
+
+
+def _worker_prediction(config: TrainConfig, settings: TrialSettings) -> int | None:
+    num_items = settings.num_items.get((config.dataset, config.kcore))
+    if num_items is None:
+        return None
+    try:
+        from study.memory_model import predict_peak_bytes
+    except ImportError:
+        return None
+    return int(predict_peak_bytes(config, num_items).total_bytes)
+
+
+def record_from_exception(config: TrainConfig, exc: BaseException, budget_bytes: int | None) -> TrialRecord:
+    """An escaped exception as a record: out-of-memory as `oom`/`over_budget`, anything else `failed`."""
+    from study.memory import classify_out_of_memory, is_out_of_memory, parse_budget
+
+    status: TrialStatus = "failed"
+    if is_out_of_memory(exc):
+        if budget_bytes is None and config.memory_budget is not None:
+            with contextlib.suppress(ValueError):
+                budget_bytes = parse_budget(config.memory_budget, _local_card_bytes())
+        status = classify_out_of_memory(exc, budget_bytes)
+    return TrialRecord(status=status, config=config.to_dict(), error=_error_text(exc),
+                       memory=MemoryReport(budget_bytes=budget_bytes))
+
+
+def predicted_over_budget_record(config: TrainConfig, predicted: int, budget_bytes: int,
+                                 num_items: int | None) -> TrialRecord:
+    return TrialRecord(
+        status="predicted_over_budget", config=config.to_dict(),
+        error=f"predicted peak {_gib(predicted)} exceeds the budget of {_gib(budget_bytes)}; not launched",
+        predicted_peak_bytes=predicted, memory=MemoryReport(budget_bytes=budget_bytes), num_items=num_items,
+        finished_at=_utc_now(),
+    )
+
+
+def _error_text(exc: BaseException) -> str:
+    """The exception on the first line (what summaries show), then the end of its traceback."""
+    trace = "".join(traceback.format_exception(exc)).strip()
+    return f"{type(exc).__name__}: {exc}\n{trace[-MAX_ERROR_CHARS:]}"
+
+
+def final_result(trial: str, record: TrialRecord, budget_bytes: int | None) -> dict[str, Any]:
+    """The last result a trainable reports: the record, and the objectives and constraint for Optuna
+    (finite numbers for every status: a trial that did not finish counts as quality 0, infeasible)."""
+    peak = record.memory.peak_bytes or record.predicted_peak_bytes or budget_bytes or 0
+    quality = record.val_metrics.get(QUALITY_METRIC) if record.status == "ok" else None
+    if quality is None or not math.isfinite(quality):
+        quality = 0.0
+    if record.status != "ok":
+        over = 1.0 + max(0.0, (peak - (budget_bytes or 0)) / GIB)
+    elif budget_bytes is not None:
+        over = (peak - budget_bytes) / GIB
+    else:
+        over = -1.0
+    return {
+        TRIAL_ID_KEY: trial,
+        RECORD_KEY: json.dumps(record.to_dict(), sort_keys=True),
+        "status": record.status,
+        QUALITY_KEY: float(quality),
+        MEMORY_KEY: peak / GIB,
+        CONSTRAINT_KEY: float(over),
+    }
+
+
+def epoch_result(trial: str, epoch: EpochRecord) -> dict[str, Any]:
+    result: dict[str, Any] = {TRIAL_ID_KEY: trial, "epoch": epoch.epoch, "train_loss": epoch.train_loss,
+                              "epoch_seconds": epoch.epoch_seconds}
+    for metric, value in epoch.val_metrics.items():
+        with contextlib.suppress(ValueError):
+            result[metric_column(metric, "val")] = value
+    return result
+
+
+def sweep_trainable(tune_config: dict[str, Any], settings: TrialSettings) -> None:
+    """The Ray Tune function trainable: one trial, per-epoch reports, one final report with the record."""
+    from ray import tune
+
+    trial, config_values = trial_point(tune_config, settings)
+
+    def report_epoch(epoch: EpochRecord) -> None:
+        tune.report(epoch_result(trial, epoch))
+
+    record = execute_trial(config_values, settings, on_epoch=report_epoch)
+    tune.report(final_result(trial, record, settings.budget_bytes))
+
+
+# ----------------------------------------------------------------------------------------------------
+# the driver
+
+
+@dataclass
+class Progress:
+    """Counts for the progress lines on stderr."""
+
+    sweep: str
+    total: int
+    statuses: Counter[str] = field(default_factory=Counter)
+    running: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def line(self, event: str) -> None:
+        done = sum(self.statuses.values())
+        by_status = ", ".join(f"{s} {n}" for s, n in sorted(self.statuses.items()))
+        elapsed = time.monotonic() - self.started
+        print(f"[{self.sweep} {elapsed:6.0f}s] {done}/{self.total} done ({by_status or 'none'}), "
+              f"{self.running} running, {self.statuses.get('failed', 0)} failed | {event}",
+              file=sys.stderr, flush=True)
+
+
+def run_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, *,
+              budget_bytes: int | None, address: str | None) -> None:
+    """Record predicted-over-budget trials, then run the rest with Ray Tune (skipping recorded ones)."""
+    done = db.trial_ids(spec.name)
+    if spec.search.kind == "grid":
+        for trial in plan:
+            if trial.trial_id not in done and trial.over_budget(budget_bytes):
+                assert trial.predicted_peak_bytes is not None and budget_bytes is not None
+                db.record_trial(trial.trial_id, spec.name, predicted_over_budget_record(
+                    trial.config, trial.predicted_peak_bytes, budget_bytes, trial.num_items))
+        done = db.trial_ids(spec.name)
+        to_run = [t for t in plan if t.trial_id not in done]
+        progress = Progress(spec.name, total=len(plan), statuses=Counter(db.status_counts(spec.name)))
+        if not to_run:
+            return
+        progress.line(f"{len(to_run)} trial(s) to run, {len(done)} already recorded")
+        settings = TrialSettings(spec.name, spec.run.trial_function, budget_bytes)
+        param_space = {"point": _grid_search([{"trial_id": t.trial_id, "config": t.config.to_dict()}
+                                              for t in to_run])}
+        with ray_session(address):
+            _fit(spec, param_space, settings, db, progress, num_samples=1, search_alg=None)
+        return
+
+    num_samples = (spec.search.num_samples or 0) - len(done)
+    progress = Progress(spec.name, total=spec.search.num_samples or 0,
+                        statuses=Counter(db.status_counts(spec.name)))
+    if num_samples <= 0:
+        return
+    progress.line(f"{num_samples} sample(s) to run, {len(done)} already recorded")
+    num_items = {(t.config.dataset, t.config.kcore): t.num_items for t in plan if t.num_items is not None}
+    settings = TrialSettings(spec.name, spec.run.trial_function, budget_bytes,
+                             base_settings=spec.base_settings(spec.datasets[0]), num_items=num_items)
+    with ray_session(address):
+        from ray import tune
+
+        param_space = {"axes": {name: tune.choice(list(values)) for name, values in spec.axes}}
+        searcher = make_optuna_search(spec, load_trials(db.path, sweep=spec.name), budget_bytes)
+        _fit(spec, param_space, settings, db, progress, num_samples=num_samples, search_alg=searcher)
+
+
+def _grid_search(points: list[dict[str, Any]]) -> Any:
+    from ray import tune
+
+    return tune.grid_search(points)
+
+
+def _trial_dirname(trial: Any) -> str:
+    return str(trial.trial_id)
+
+
+def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings, db: ResultsDB,
+         progress: Progress, *, num_samples: int, search_alg: Any) -> None:
+    from ray import tune
+
+    _check_cluster_resources(spec)
+    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    trainable = tune.with_resources(tune.with_parameters(sweep_trainable, settings=settings), resources)
+    # Tune's own result files are switched off; after fit it would warn that they are missing.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    storage = tempfile.mkdtemp(prefix=f"cce-study-{spec.name}-")
+    try:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                num_samples=num_samples, search_alg=search_alg, reuse_actors=False,
+                max_concurrent_trials=spec.resources.max_concurrent,
+                trial_name_creator=_trial_dirname, trial_dirname_creator=_trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name, storage_path=storage, verbose=0,
+                callbacks=[make_recording_callback(db, settings, progress)],
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            ),
+        )
+        tuner.fit()
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+
+
+def _check_cluster_resources(spec: SweepSpec) -> None:
+    import ray
+
+    available = ray.cluster_resources()
+    if spec.resources.gpus > available.get("GPU", 0):
+        raise SweepError(f"resources.gpus: each trial asks for {spec.resources.gpus:g} GPU(s), the Ray "
+                         f"cluster has {available.get('GPU', 0):g}")
+    if spec.resources.cpus > available.get("CPU", 0):
+        raise SweepError(f"resources.cpus: each trial asks for {spec.resources.cpus:g} CPU(s), the Ray "
+                         f"cluster has {available.get('CPU', 0):g}")
+
+
+def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Progress) -> Any:
+    """A Tune callback that writes every trial's row (built here: Ray is imported lazily)."""
+    from ray import tune
+
+    class RecordingCallback(tune.Callback):  # type: ignore[misc]
+        def __init__(self, db: ResultsDB, settings: TrialSettings, progress: Progress) -> None:
+            self.db: ResultsDB | None = db
+            self.settings = settings
+            self.progress = progress
+            self.recorded: set[str] = set()  # Tune's trial ids whose row is written
+
+        def __getstate__(self) -> dict[str, Any]:
+            # Tune pickles its run config for Tuner.restore, which sweeps never use (they resume from the
+            # database); a database connection cannot be pickled.
+            return {**self.__dict__, "db": None}
+
+        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self.progress.running += 1
+
+        def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
+                            **info: Any) -> None:
+            if RECORD_KEY not in result:
+                if "epoch" in result:
+                    ndcg = result.get(metric_column(QUALITY_METRIC), float("nan"))
+                    self.progress.line(f"{result.get(TRIAL_ID_KEY)} epoch {result['epoch']}: "
+                                       f"loss {result.get('train_loss', float('nan')):.4f}, "
+                                       f"val {QUALITY_METRIC} {ndcg:.4f}")
+                return
+            record = TrialRecord.from_dict(json.loads(result[RECORD_KEY]))
+            self.write(trial, result[TRIAL_ID_KEY], record)
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self.finish(trial, "the trial ended without reporting its record")
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            error = None
+            with contextlib.suppress(Exception):
+                error = trial.get_error()
+            self.finish(trial, f"the trial's worker failed: {error or 'unknown error'}")
+
+        def finish(self, trial: Any, error: str) -> None:
+            self.progress.running = max(0, self.progress.running - 1)
+            if trial.trial_id in self.recorded:
+                return
+            trial_key, values = trial_point(trial.config, self.settings)
+            budget = MemoryReport(budget_bytes=self.settings.budget_bytes)
+            record = TrialRecord(status="failed", config=values, error=error, memory=budget)
+            self.write(trial, trial_key, record)
+
+        def write(self, trial: Any, trial_key: str, record: TrialRecord) -> None:
+            if trial.trial_id in self.recorded:
+                return
+            assert self.db is not None, "a restored callback has no database"
+            self.db.record_trial(trial_key, self.settings.sweep, record)
+            self.recorded.add(trial.trial_id)
+            self.progress.statuses[record.status] += 1
+            self.progress.line(f"{trial_key} {describe_record(record)}")
+
+    return RecordingCallback(db, settings, progress)
+
+
+def describe_record(record: TrialRecord) -> str:
+    parts: list[str] = [record.status]
+    quality = record.val_metrics.get(QUALITY_METRIC)
+    if quality is not None:
+        parts.append(f"val {QUALITY_METRIC} {quality:.4f}")
+    if record.memory.peak_bytes is not None:
+        parts.append(f"peak {_gib(record.memory.peak_bytes)}")
+    elif record.predicted_peak_bytes is not None:
+        parts.append(f"predicted {_gib(record.predicted_peak_bytes)}")
+    if record.total_seconds is not None:
+        parts.append(f"{record.total_seconds:.0f} s")
+    if record.status != "ok" and record.error:
+        parts.append(record.error.splitlines()[0][:200])
+    return ", ".join(parts)
+
+
+def make_optuna_search(spec: SweepSpec, recorded: Any, budget_bytes: int | None) -> Any:
+    """Multi-objective OptunaSearch (max val ndcg@10, min peak memory) with the budget as a constraint.
+
+    Ray's OptunaSearch does not expose Optuna constraints, so a subclass sets `trial.set_constraint`
+    (<= 0 is feasible) before telling Optuna the result. On --resume the recorded trials of the sweep
+    are added to the Optuna study first, so the search continues from what it has already seen.
+    """
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    seed = spec.search.seed
+    sampler = (optuna.samplers.NSGAIISampler(seed=seed) if spec.search.sampler == "nsga2"
+               else optuna.samplers.TPESampler(seed=seed, multivariate=True))
+    axes = dict(spec.axes)
+
+    class ConstrainedOptunaSearch(OptunaSearch):  # type: ignore[misc]
+        def _setup_study(self, mode: Any) -> None:
+            super()._setup_study(mode)
+            space: Any = self._space  # a dict of Optuna distributions, converted from the param space
+            for _, row in recorded.iterrows():
+                params = {f"axes/{name}": _python_value(row[name]) for name in axes}
+                if any(value not in axes[key.split("/", 1)[1]] for key, value in params.items()):
+                    continue  # recorded under an older version of the spec's axes
+                record = TrialRecord.from_dict(json.loads(row["record_json"]))
+                result = final_result(row["trial_id"], record, budget_bytes)
+                study: Any = self._ot_study
+                study.add_trial(optuna.trial.create_trial(
+                    values=[result[QUALITY_KEY], result[MEMORY_KEY]], params=params,
+                    distributions=space, constraints={CONSTRAINT_KEY: result[CONSTRAINT_KEY]},
+                ))
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                              error: bool = False) -> None:
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is not None and result and CONSTRAINT_KEY in result:
+                ot_trial.set_constraint(CONSTRAINT_KEY, float(result[CONSTRAINT_KEY]))
+            super().on_trial_complete(trial_id, result, error)
+
+    return ConstrainedOptunaSearch(metric=[QUALITY_KEY, MEMORY_KEY], mode=["max", "min"], sampler=sampler)
+
+
+def _python_value(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ray
+
+
+def worker_environment() -> dict[str, str]:
+    """Environment variables for Ray workers: the project and the driver's cwd importable, data paths."""
+    import study
+
+    paths = [os.getcwd(), str(Path(study.__file__).resolve().parents[1])]
+    paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    for name in PASS_THROUGH_PATH_VARIABLES:
+        if os.environ.get(name):
+            parts = [str(Path(p).expanduser().resolve()) for p in os.environ[name].split(os.pathsep) if p]
+            env[name] = os.pathsep.join(parts)
+    for name in PASS_THROUGH_VARIABLES:
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def configure_ray_environment(*, local: bool) -> None:
+    """Settings that must be in place before Ray starts (see DESIGN section 8)."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the database is the record
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: KeyboardInterrupt, then shutdown
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
+    if local:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def start_ray(address: str | None, *, num_cpus: int | None = None) -> None:
+    """Start a local Ray instance (address None) or join a cluster, with the workers' environment."""
+    configure_ray_environment(local=address is None)
+    import ray
+
+    options: dict[str, Any] = {
+        "runtime_env": {"env_vars": worker_environment()},
+        "log_to_driver": False,
+        "logging_level": logging.WARNING,
+    }
+    if address is None:
+        # "local" rather than None: None would join any cluster found on this machine.
+        ray.init(address="local", include_dashboard=False, num_cpus=num_cpus, **options)
+    else:
+        ray.init(address=address, **options)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[None]:
+    """Ray for the duration of a sweep; an already initialised Ray (tests, notebooks) is used and kept."""
+    configure_ray_environment(local=address is None)
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    start_ray(address)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+# ----------------------------------------------------------------------------------------------------
+# summary
+
+
+def print_summary(spec: SweepSpec, db: ResultsDB, db_path: Path, budget_bytes: int | None,
+                  plan: Sequence[PlannedTrial], *, file: Any) -> None:
+    counts = db.status_counts(spec.name)
+    total = sum(counts.values())
+    by_status = ", ".join(f"{status} {count}" for status, count in sorted(counts.items()))
+    print(f"sweep {spec.name}: {total} trial(s) recorded in {db_path} ({by_status})", file=file)
+    if spec.search.kind == "grid" and total < len(plan):
+        print(f"  {len(plan) - total} trial(s) have no row yet: run again with --resume", file=file)
+    if budget_bytes is None:
+        return
+    try:
+        from study.analysis import best_under_budget
+    except ImportError:
+        return
+    trials = load_trials(db_path, sweep=spec.name)
+    for dataset in spec.datasets:
+        best, _ = best_under_budget(trials, budget_bytes, QUALITY_METRIC, dataset=dataset, split=spec.split)
+        if best is None:
+            print(f"  {dataset}: no ok trial under {_gib(budget_bytes)}", file=file)
+            continue
+        names = [n for n in axis_names(spec) if n != "dataset"]
+        setting = ", ".join(f"{n}={best[n]}" for n in names if n in best.index)
+        print(f"  best under {_gib(budget_bytes)} on {dataset}: {best['trial_id']} ({setting}): "
+              f"val {QUALITY_METRIC} {best[metric_column(QUALITY_METRIC)]:.4f}, "
+              f"peak {_gib(best['peak_bytes'])}", file=file)
+    print(f"  figures: cce-study pareto --db {db_path}", file=file)
+
+
+def _gib(num_bytes: float | None) -> str:
+    from study.memory import format_bytes
+
+    return "-" if num_bytes is None else format_bytes(num_bytes)
+
+
+def _note(sweep: str, message: str) -> None:
+    print(f"[{sweep}] note: {message}", file=sys.stderr, flush=True)
+
+
+def _utc_now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+__all__ = [
+    "configure", "run", "run_sweep", "plan_trials", "PlannedTrial", "TrialSettings", "execute_trial",
+    "record_from_exception", "final_result", "sweep_trainable", "start_ray", "ray_session",
+    "worker_environment", "make_optuna_search", "resolve_trial_function", "SweepError", "main",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m study.sweep ...`: the sweep command alone (same arguments and exit codes)."""
+    parser = argparse.ArgumentParser(prog="cce-study sweep", description=__doc__.splitlines()[0])
+    configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"cce-study sweep: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cce-study sweep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""Sweep specifications: TOML parsed once into frozen dataclasses, validated with errors naming the key.
+
+A specification names the sweep, its dataset(s) and split, the fixed trial settings (`[trial]`, any
+TrainConfig field), the axes (`[axes]`, lists over TrainConfig fields), optional extra trial points
+(`[[extra_trials]]`), the search (`[search]`: a full grid or a multi-objective Optuna search), the memory
+budget, per-trial resources and time limit, the number of repeats (seeds) and the trial function.
+See `sweeps/demo.toml` for a commented example.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from study.config import ConfigError, TrainConfig, config_fields
+from study.memory import parse_budget
+
+SearchKind = Literal["grid", "optuna"]
+OptunaSampler = Literal["tpe", "nsga2"]
+
+# Settings that have their own top-level key, so they cannot also be fixed or swept per trial.
+TOP_LEVEL_SETTINGS: dict[str, str] = {
+    "dataset": "datasets",
+    "split": "split",
+    "memory_budget": "memory_budget",
+    "time_limit_s": "time_limit_s",
+}
+# The axes a spec must sweep (the study is about negatives x batch size x sequence length).
+REQUIRED_AXES: tuple[str, ...] = ("num_negatives", "batch_size", "max_len")
+DEFAULT_TRIAL_FUNCTION = "study.train:run_trial"
+# Sweeps run many trials in worker processes whose output nobody reads: no progress bars there.
+SWEEP_TRIAL_DEFAULTS: dict[str, Any] = {"progress": False}
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_FUNCTION_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# Any card size: a fractional budget is only checked for range at load time, resolved per card later.
+_ANY_CARD_BYTES = 2**40
+
+
+class SpecError(ValueError):
+    """A sweep specification is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    kind: SearchKind = "grid"
+    num_samples: int | None = None  # optuna only: how many trials to run
+    sampler: OptunaSampler = "tpe"
+    seed: int | None = None  # seed of the Optuna sampler
+
+
+@dataclass(frozen=True)
+class ResourceSpec:
+    gpus: float = 0.0  # per trial; fractional values let trials share a card
+    cpus: float = 1.0
+    max_concurrent: int | None = None  # None: as many as the resources allow
+    gpu_memory_bytes: int | None = None  # memory of one card, to predict against a fractional budget
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    trial_function: str = DEFAULT_TRIAL_FUNCTION  # "module:function", signature of study.train.run_trial
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    datasets: tuple[str, ...]
+    split: str
+    trial: Mapping[str, Any]  # fixed TrainConfig fields
+    axes: tuple[tuple[str, tuple[Any, ...]], ...]  # in file order
+    extra_trials: tuple[Mapping[str, Any], ...] = ()
+    search: SearchSpec = field(default_factory=SearchSpec)
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    run: RunSpec = field(default_factory=RunSpec)
+    memory_budget: str | None = None
+    time_limit_s: float | None = None
+    repeats: int = 1
+    description: str = ""
+    source: str = "<spec>"
+
+    def base_settings(self, dataset: str) -> dict[str, Any]:
+        """TrainConfig fields common to every trial on `dataset` (before axes and seeds)."""
+        return {
+            **SWEEP_TRIAL_DEFAULTS,
+            **self.trial,
+            "dataset": dataset,
+            "split": self.split,
+            "memory_budget": self.memory_budget,
+            "time_limit_s": self.time_limit_s,
+        }
+
+    def seeds(self, base_seed: int) -> list[int]:
+        return [base_seed + repeat for repeat in range(self.repeats)]
+
+    def grid(self) -> list[TrainConfig]:
+        """Every trial of a grid search, in a stable order, without duplicates.
+
+        Order: dataset, then the axes' product in file order, then the extra trials; repeats innermost.
+        For an Optuna search this is the candidate set the search draws from.
+        """
+        configs: dict[str, TrainConfig] = {}
+        names = [name for name, _ in self.axes]
+        for dataset in self.datasets:
+            base = self.base_settings(dataset)
+            points = [dict(zip(names, values)) for values in itertools.product(*(v for _, v in self.axes))]
+            points += [dict(extra) for extra in self.extra_trials]
+            for point in points:
+                settings = {**base, **point}
+                seed = int(settings.get("seed", 0))
+                for repeat_seed in self.seeds(seed):
+                    config = TrainConfig.from_dict({**settings, "seed": repeat_seed})
+                    configs.setdefault(trial_id(self.name, config), config)
+        return list(configs.values())
+
+    def trial_id(self, config: TrainConfig) -> str:
+        return trial_id(self.name, config)
+
+
+def trial_id(sweep_name: str, config: TrainConfig) -> str:
+    """Stable id of a trial: the sweep name plus a hash of the full configuration (seed included)."""
+    canonical = json.dumps({"sweep": sweep_name, "config": config.to_dict()}, sort_keys=True)
+    return f"{sweep_name}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep specification file."""
+    spec_path = Path(path)
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path}: no such sweep specification")
+    try:
+        values = tomllib.loads(spec_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{spec_path}: not valid TOML: {exc}") from exc
+    return parse_spec(values, source=str(spec_path))
+
+
+def parse_spec(values: Mapping[str, Any], *, source: str = "<spec>") -> SweepSpec:
+    """Validate an already parsed TOML document (see `load_spec`)."""
+    return _SpecParser(source).parse(values)
+
+
+class _SpecParser:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.hints = config_fields()
+
+    def error(self, key: str, message: str) -> SpecError:
+        return SpecError(f"{self.source}: {key}: {message}")
+
+    def table(self, values: Mapping[str, Any], key: str, allowed: set[str]) -> Mapping[str, Any]:
+        if not isinstance(values, Mapping):
+            raise self.error(key, f"must be a table, got {values!r}")
+        unknown = sorted(set(values) - allowed)
+        if unknown:
+            raise self.error(f"{key}.{unknown[0]}" if key else unknown[0],
+                             f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+        return values
+
+    def parse(self, values: Mapping[str, Any]) -> SweepSpec:
+        top = self.table(values, "", {
+            "name", "description", "datasets", "dataset", "split", "memory_budget", "time_limit_s",
+            "repeats", "trial", "axes", "extra_trials", "search", "resources", "run",
+        })
+        name = top.get("name")
+        if not isinstance(name, str) or not _NAME_PATTERN.match(name):
+            raise self.error("name", f"must be a name of letters, digits, '.', '_' or '-', got {name!r}")
+        description = top.get("description", "")
+        if not isinstance(description, str):
+            raise self.error("description", "must be a string")
+        datasets = self.datasets(top)
+        split = self.setting("split", "split", top.get("split", TrainConfig.split))
+        memory_budget = None
+        if "memory_budget" in top:
+            memory_budget = self.budget(top["memory_budget"])
+        time_limit_s = None
+        if "time_limit_s" in top:
+            time_limit_s = self.setting("time_limit_s", "time_limit_s", top["time_limit_s"])
+            if time_limit_s <= 0:
+                raise self.error("time_limit_s", f"must be positive, got {time_limit_s!r}")
+        repeats = top.get("repeats", 1)
+        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
+            raise self.error("repeats", f"must be a positive integer, got {repeats!r}")
+
+        trial = self.settings(top.get("trial", {}), "trial")
+        axes = self.axes(top.get("axes"))
+        if repeats > 1 and any(axis == "seed" for axis, _ in axes):
+            raise self.error("repeats", "cannot be combined with axes.seed (repeats derive the seeds)")
+        raw_extras = top.get("extra_trials", [])
+        if not isinstance(raw_extras, list):
+            raise self.error("extra_trials", "must be an array of tables ([[extra_trials]])")
+        extras = tuple(self.settings(extra, f"extra_trials[{i}]") for i, extra in enumerate(raw_extras))
+        search = self.search(top.get("search", {}))
+        resources = self.resources(top.get("resources", {}))
+        run = self.run(top.get("run", {}))
+        if search.kind == "optuna":
+            if len(datasets) != 1:
+                raise self.error("datasets", "an optuna search takes exactly one dataset")
+            if extras:
+                raise self.error("extra_trials", "only a grid search takes extra trials")
+            if repeats != 1:
+                raise self.error("repeats", "only a grid search repeats trials over seeds")
+        spec = SweepSpec(
+            name=name, datasets=datasets, split=split, trial=types.MappingProxyType(dict(trial)),
+            axes=axes, extra_trials=tuple(types.MappingProxyType(dict(e)) for e in extras), search=search,
+            resources=resources, run=run, memory_budget=memory_budget, time_limit_s=time_limit_s,
+            repeats=repeats, description=description, source=self.source,
+        )
+        self.check_configs(spec)
+        return spec
+
+    def datasets(self, top: Mapping[str, Any]) -> tuple[str, ...]:
+        if "datasets" in top and "dataset" in top:
+            raise self.error("dataset", "give either `dataset` or `datasets`, not both")
+        if "dataset" in top:
+            raw: Any = [top["dataset"]]
+            key = "dataset"
+        elif "datasets" in top:
+            raw, key = top["datasets"], "datasets"
+        else:
+            raise self.error("datasets", "missing (a list of dataset names, e.g. [\"ml-100k\"])")
+        if not isinstance(raw, list) or not raw:
+            raise self.error(key, "must be a non-empty list of dataset names")
+        for i, dataset in enumerate(raw):
+            if not isinstance(dataset, str) or not dataset.strip():
+                raise self.error(f"{key}[{i}]" if key == "datasets" else key,
+                                 f"must be a dataset name, got {dataset!r}")
+        if len(set(raw)) != len(raw):
+            raise self.error(key, "lists a dataset twice")
+        return tuple(raw)
+
+    def budget(self, value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | float):
+            raise self.error("memory_budget", f"must be a string like \"40GiB\" or a fraction, got {value!r}")
+        text = value.strip() if isinstance(value, str) else str(value)
+        try:
+            parse_budget(text, _ANY_CARD_BYTES)
+        except ValueError as exc:
+            raise self.error("memory_budget", str(exc).removeprefix("memory_budget: ")) from None
+        return text
+
+    def setting(self, key: str, name: str, value: Any) -> Any:
+        """Check one value against the TrainConfig field's type; ints are accepted for floats."""
+        hint = self.hints[name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+            hint = args[0]
+        if typing.get_origin(hint) is Literal:
+            allowed = typing.get_args(hint)
+            if value not in allowed or isinstance(value, bool):
+                raise self.error(key, f"{value!r} is not one of {', '.join(map(str, allowed))}")
+            return value
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise self.error(key, f"must be true or false, got {value!r}")
+            return value
+        if hint is int:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise self.error(key, f"must be an integer, got {value!r}")
+            return value
+        if hint is float:
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise self.error(key, f"must be a number, got {value!r}")
+            return float(value)
+        if hint is str:
+            if not isinstance(value, str):
+                raise self.error(key, f"must be a string, got {value!r}")
+            return value
+        raise self.error(key, f"cannot be set from a sweep specification (type {hint})")
+
+    def settings(self, values: Any, key: str) -> dict[str, Any]:
+        table = self.table(values, key, set(self.hints))
+        checked = {}
+        for name, value in table.items():
+            if name in TOP_LEVEL_SETTINGS:
+                raise self.error(f"{key}.{name}",
+                                 f"set it with the top-level `{TOP_LEVEL_SETTINGS[name]}` key")
+            checked[name] = self.setting(f"{key}.{name}", name, value)
+            self.check_field(f"{key}.{name}", name, checked[name])
+        return checked
+
+    def check_field(self, key: str, name: str, value: Any) -> None:
+        """Field-level checks of TrainConfig (ranges), reported under the spec's key."""
+        try:
+            TrainConfig().replace(**{name: value})
+        except ConfigError as exc:
+            message = str(exc)
+            if message.startswith(f"{name}: "):
+                message = message[len(name) + 2:]
+            if name in ("hidden", "heads") and "divisible" in message:
+                return  # depends on the other field: checked on whole configurations
+            raise self.error(key, message) from None
+
+    def axes(self, values: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+        if values is None:
+            raise self.error("axes", f"missing (lists over at least {', '.join(REQUIRED_AXES)})")
+        table = self.table(values, "axes", set(self.hints))
+        axes = []
+        for name, raw in table.items():
+            key = f"axes.{name}"
+            if name in TOP_LEVEL_SETTINGS:
+                raise self.error(key, f"set it with the top-level `{TOP_LEVEL_SETTINGS[name]}` key")
+            if not isinstance(raw, list) or not raw:
+                raise self.error(key, f"must be a non-empty list, got {raw!r}")
+            checked = []
+            for i, value in enumerate(raw):
+                checked.append(self.setting(f"{key}[{i}]", name, value))
+                self.check_field(f"{key}[{i}]", name, checked[-1])
+            if len(set(map(repr, checked))) != len(checked):
+                raise self.error(key, "lists a value twice")
+            axes.append((name, tuple(checked)))
+        missing = [name for name in REQUIRED_AXES if name not in table]
+        if missing:
+            raise self.error(f"axes.{missing[0]}", "missing: a sweep must vary " + ", ".join(REQUIRED_AXES))
+        return tuple(axes)
+
+    def search(self, values: Any) -> SearchSpec:
+        table = self.table(values, "search", {"kind", "num_samples", "sampler", "seed"})
+        kind = table.get("kind", "grid")
+        if kind not in ("grid", "optuna"):
+            raise self.error("search.kind", f"{kind!r} is not one of grid, optuna")
+        num_samples = table.get("num_samples")
+        if kind == "grid" and num_samples is not None:
+            raise self.error("search.num_samples", "only an optuna search takes num_samples")
+        if kind == "optuna" and (not isinstance(num_samples, int) or isinstance(num_samples, bool)
+                                 or num_samples < 1):
+            raise self.error("search.num_samples",
+                             f"an optuna search needs a positive integer, got {num_samples!r}")
+        sampler = table.get("sampler", "tpe")
+        if sampler not in ("tpe", "nsga2"):
+            raise self.error("search.sampler", f"{sampler!r} is not one of tpe, nsga2")
+        seed = table.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise self.error("search.seed", f"must be an integer, got {seed!r}")
+        if kind == "grid" and ("sampler" in table or "seed" in table):
+            raise self.error("search.sampler" if "sampler" in table else "search.seed",
+                             "only an optuna search takes a sampler and its seed")
+        return SearchSpec(kind=kind, num_samples=num_samples, sampler=sampler, seed=seed)
+
+    def resources(self, values: Any) -> ResourceSpec:
+        table = self.table(values, "resources", {"gpus", "cpus", "max_concurrent", "gpu_memory"})
+        gpus = table.get("gpus", 0)
+        if isinstance(gpus, bool) or not isinstance(gpus, int | float) or gpus < 0:
+            raise self.error("resources.gpus", f"must be a number >= 0, got {gpus!r}")
+        if gpus > 1 and gpus != int(gpus):
+            raise self.error("resources.gpus", f"above 1 must be a whole number of GPUs, got {gpus!r}")
+        cpus = table.get("cpus", 1)
+        if isinstance(cpus, bool) or not isinstance(cpus, int | float) or cpus <= 0:
+            raise self.error("resources.cpus", f"must be a positive number, got {cpus!r}")
+        max_concurrent = table.get("max_concurrent")
+        if max_concurrent is not None and (not isinstance(max_concurrent, int)
+                                           or isinstance(max_concurrent, bool) or max_concurrent < 1):
+            raise self.error("resources.max_concurrent",
+                             f"must be a positive integer, got {max_concurrent!r}")
+        gpu_memory_bytes = None
+        if "gpu_memory" in table:
+            raw = table["gpu_memory"]
+            try:
+                gpu_memory_bytes = parse_budget(raw, None)
+            except ValueError as exc:
+                message = str(exc).removeprefix("memory_budget: ")
+                raise self.error("resources.gpu_memory", f"{message} (a size like \"80GiB\")") from None
+        return ResourceSpec(gpus=float(gpus), cpus=float(cpus), max_concurrent=max_concurrent,
+                            gpu_memory_bytes=gpu_memory_bytes)
+
+    def run(self, values: Any) -> RunSpec:
+        table = self.table(values, "run", {"trial_function"})
+        function = table.get("trial_function", DEFAULT_TRIAL_FUNCTION)
+        if not isinstance(function, str) or not _FUNCTION_PATTERN.match(function):
+            raise self.error("run.trial_function",
+                             f"must look like \"package.module:function\", got {function!r}")
+        return RunSpec(trial_function=function)
+
+    def check_configs(self, spec: SweepSpec) -> None:
+        """Every trial point must make a valid TrainConfig (cross-field rules like hidden % heads)."""
+        names = [name for name, _ in spec.axes]
+        for dataset in spec.datasets:
+            base = spec.base_settings(dataset)
+            try:
+                TrainConfig.from_dict(base)
+            except ConfigError as exc:
+                raise self.error("trial", str(exc)) from None
+            for values in itertools.product(*(v for _, v in spec.axes)):
+                point = dict(zip(names, values))
+                try:
+                    TrainConfig.from_dict({**base, **point})
+                except ConfigError as exc:
+                    where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+                    raise self.error("axes", f"the point {where} is invalid: {exc}") from None
+            for i, extra in enumerate(spec.extra_trials):
+                try:
+                    TrainConfig.from_dict({**base, **extra})
+                except ConfigError as exc:
+                    raise self.error(f"extra_trials[{i}]", str(exc)) from None
+
+
+__all__ = [
+    "SweepSpec", "SearchSpec", "ResourceSpec", "RunSpec", "SpecError", "load_spec", "parse_spec",
+    "trial_id", "REQUIRED_AXES", "DEFAULT_TRIAL_FUNCTION",
+]

@@ -1,0 +1,131 @@
+"""Trial functions and helpers for the sweep tests (same signature as `study.train.run_trial`).
+
+`faulty_trial` picks its behaviour from `config.seed` (see FAULTS), so one grid over seeds exercises
+every fault path; each returns instantly. `sleepy_trial` takes a while, for killing a sweep mid-way, and
+appends every trial it starts to the file named by $CCE_TEST_RUN_LOG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import psutil
+import torch
+
+from study.config import METRIC_KS, TrainConfig
+from study.record import EpochRecord, MemoryReport, TrialRecord
+
+GIB = 2**30
+# seed -> behaviour of faulty_trial
+FAULTS = {
+    0: "ok",
+    1: "raise",  # an ordinary exception escapes the trial function
+    2: "device_oom",  # torch.OutOfMemoryError well below the budget: the card itself ran out
+    3: "budget_oom",  # torch.OutOfMemoryError beyond the budget
+    4: "nan_loss",  # what run_trial returns for a non-finite loss
+    5: "wrong_type",  # the trial function returns something that is not a TrialRecord
+}
+SLEEP_SECONDS = 1.5
+
+
+def fake_metrics(config: TrainConfig) -> dict[str, float]:
+    """Made-up but config-dependent quality, so rows differ and the best trial is well defined."""
+    base = math.log2(config.num_negatives) * 0.01 + math.log2(config.batch_size) * 0.001
+    names = ("ndcg", "hit", "mrr", "coverage")
+    return {f"{name}@{k}": base * (1 + k / 100) for name in names for k in METRIC_KS}
+
+
+def fake_record(config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None) -> TrialRecord:
+    metrics = fake_metrics(config)
+    epochs = []
+    for epoch in (1, 2):
+        record = EpochRecord(epoch=epoch, train_loss=5.0 / epoch, val_metrics=metrics, epoch_seconds=0.01,
+                             eval_seconds=0.01, sequences_per_second=1000.0, steps=2)
+        epochs.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+    peak = config.batch_size * config.max_len * config.num_negatives * 4
+    return TrialRecord(status="ok", config=config.to_dict(), val_metrics=metrics, test_metrics=metrics,
+                       best_epoch=2, epochs=epochs, memory=MemoryReport(cpu_peak_rss=peak), device="cpu",
+                       loss_impl="torch", total_seconds=0.02)
+
+
+def _cuda_oom(requested_gib: float, allocated_gib: float) -> torch.OutOfMemoryError:
+    return torch.OutOfMemoryError(
+        f"CUDA out of memory. Tried to allocate {requested_gib:.2f} GiB. GPU 0 has a total capacity of "
+        f"79.19 GiB of which 20.00 MiB is free. Of the allocated memory {allocated_gib:.2f} GiB is allocated "
+        f"by PyTorch, and 0.10 GiB is reserved by PyTorch but unallocated."
+    )
+
+
+OnEpoch = Callable[[EpochRecord], None] | None
+
+
+def faulty_trial(config: TrainConfig, *, on_epoch: OnEpoch = None) -> TrialRecord:
+    fault = FAULTS[config.seed]
+    if fault == "raise":
+        raise RuntimeError(f"injected failure for seed {config.seed}")
+    if fault == "device_oom":
+        raise _cuda_oom(requested_gib=0.5, allocated_gib=1.0)  # far below an 8 GiB budget
+    if fault == "budget_oom":
+        raise _cuda_oom(requested_gib=4.0, allocated_gib=7.0)  # 7 + 4 > 8 GiB
+    if fault == "nan_loss":
+        nan_epoch = EpochRecord(epoch=1, train_loss=float("nan"), val_metrics={}, epoch_seconds=0.01,
+                                eval_seconds=0.0, sequences_per_second=100.0, steps=1)
+        if on_epoch is not None:
+            on_epoch(nan_epoch)
+        return TrialRecord(status="failed", config=config.to_dict(), error="non-finite loss nan at step 1",
+                           epochs=[nan_epoch])
+    if fault == "wrong_type":
+        return {"status": "ok"}  # type: ignore[return-value]
+    return fake_record(config, on_epoch)
+
+
+def sleepy_trial(config: TrainConfig, *, on_epoch: OnEpoch = None) -> TrialRecord:
+    log = os.environ.get("CCE_TEST_RUN_LOG")
+    if log:
+        with open(log, "a") as handle:
+            handle.write(f"{config.seed}\n")
+    time.sleep(SLEEP_SECONDS)
+    return fake_record(config, on_epoch)
+
+
+def ray_processes(temp_dir: str | Path) -> list[psutil.Process]:
+    """Processes of the Ray instance whose temp dir (RAY_TMPDIR / --temp-dir) is `temp_dir`."""
+    marker = str(temp_dir)
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in process.info["cmdline"] or ()):
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def wait_for_ray_gone(temp_dir: str | Path, *, timeout: float = 40.0,
+                      kill_after: float | None = None) -> None:
+    """Wait until no process of that Ray instance is left; after `kill_after` seconds SIGKILL the
+    stragglers (they are this test's own: the temp dir is unique to it). Fails if any survive."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        left = ray_processes(temp_dir)
+        if not left:
+            return
+        if kill_after is not None and time.monotonic() - started > kill_after:
+            _kill(left)
+        time.sleep(0.5)
+    raise AssertionError(f"Ray processes still running: {[p.pid for p in ray_processes(temp_dir)]}")
+
+
+def _kill(processes: Iterable[psutil.Process]) -> None:
+    for process in processes:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            continue

@@ -18,7 +18,9 @@ import torch
 from study.config import METRIC_KS
 from study.metrics import RankingAccumulator
 
-DEFAULT_MAX_SCORES = 1 << 24  # scores alive at once; ~64 MiB in float32 plus same-sized masks
+# Scores alive at once (64 MiB in float32); ranking adds about 3 bytes of masks and a 4-byte cumulative
+# count per score, plus a cleaned copy only when a score is NaN.
+DEFAULT_MAX_SCORES = 1 << 24
 
 
 class SequenceScorer(Protocol):
@@ -27,7 +29,7 @@ class SequenceScorer(Protocol):
     def last_hidden(self, inputs: torch.Tensor) -> torch.Tensor: ...
 
 
-# inputs [B, L] item ids (right-padded) -> scores [B, num_items] in float32, column j = item j + 1
+# inputs [B, L] item ids (right-padded) -> a new float32 scores tensor [B, num_items]; column j = item j + 1
 ScoreFunction = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -84,7 +86,7 @@ def evaluate_popularity(
     popularity = counts[1:].to(device=device, dtype=torch.float32)
 
     def score(inputs: torch.Tensor) -> torch.Tensor:
-        return popularity.expand(inputs.shape[0], -1)
+        return popularity.expand(inputs.shape[0], -1).clone()
 
     return _evaluate(score, evalset, num_items=popularity.numel(), max_len=max_len, batch_size=batch_size,
                      device=device, exclude_seen=exclude_seen, ks=ks, max_scores=max_scores)
@@ -110,7 +112,7 @@ def _evaluate(
     for inputs, targets, rows in eval_batches(evalset, max_len, batch_size, device=device):
         for start in range(0, inputs.shape[0], chunk):
             part = slice(start, start + chunk)
-            scores = score(inputs[part]).clone()  # clone: exclusion writes in place
+            scores = score(inputs[part])  # a fresh tensor: exclusion writes into it
             target_columns = targets[part].to(device=scores.device, dtype=torch.long) - 1
             if history is not None:
                 history.exclude(scores, torch.as_tensor(rows[part]).cpu(), target_columns)

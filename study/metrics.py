@@ -23,12 +23,17 @@ from study.config import METRIC_KS
 def _clean(scores: torch.Tensor) -> torch.Tensor:
     if scores.dim() != 2:
         raise ValueError(f"scores: expected [rows, items], got shape {tuple(scores.shape)}")
-    return torch.nan_to_num(scores, nan=float("-inf"))
+    if bool(torch.isnan(scores).any()):  # copy only when needed: score chunks are the memory peak
+        return torch.nan_to_num(scores, nan=float("-inf"))
+    return scores
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """0-based rank of each row's target column under the score-then-index order: [rows] int64."""
-    scores = _clean(scores)
+    return _target_ranks(_clean(scores), targets)
+
+
+def _target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if targets.shape != (scores.shape[0],):
         raise ValueError(f"targets: expected shape ({scores.shape[0]},), got {tuple(targets.shape)}")
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= scores.shape[1]):
@@ -43,7 +48,10 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def top_k_items(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Column indices of each row's k best items, best first, under the score-then-index order: [rows, k]."""
-    scores = _clean(scores)
+    return _top_k_items(_clean(scores), k)
+
+
+def _top_k_items(scores: torch.Tensor, k: int) -> torch.Tensor:
     rows, num_items = scores.shape
     if not 1 <= k <= num_items:
         raise ValueError(f"k: must be in [1, {num_items}], got {k}")
@@ -52,7 +60,7 @@ def top_k_items(scores: torch.Tensor, k: int) -> torch.Tensor:
     at_threshold = scores == threshold
     still_needed = k - above.sum(dim=1, keepdim=True)
     # among the items tied at the threshold, the lowest indices win
-    chosen = above | (at_threshold & (at_threshold.cumsum(dim=1) <= still_needed))
+    chosen = above | (at_threshold & (at_threshold.cumsum(dim=1, dtype=torch.int32) <= still_needed))
     columns = chosen.nonzero()[:, 1].view(rows, k)  # ascending index within each row
     order = torch.sort(scores.gather(1, columns), dim=1, descending=True, stable=True).indices
     return columns.gather(1, order)
@@ -90,9 +98,9 @@ class RankingAccumulator:
         if scores.shape[0] == 0:
             return
         scores = _clean(scores)
-        self._ranks.append(target_ranks(scores, targets).cpu())
+        self._ranks.append(_target_ranks(scores, targets).cpu())
         deepest = min(self.ks[-1], self.num_items)
-        top = top_k_items(scores, deepest)
+        top = _top_k_items(scores, deepest)
         rankable = scores.gather(1, top) > float("-inf")
         for k in self.ks:
             depth = min(k, deepest)

@@ -6,7 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from study.evaluate import _History
+from models.sasrec import SASRec
+from study.data import EvalSet, Sequences
+from study.evaluate import _History, evaluate_model, evaluate_popularity
 from study.metrics import RankingAccumulator, metrics_from_ranks, target_ranks, top_k_items
 
 
@@ -94,3 +96,64 @@ def test_history_exclusion_masks_seen_items_but_keeps_the_target():
     expected[1, 2] = inf  # user 0: item 3 (item 1 is the target)
     expected[2, 1] = inf  # user 1: items 2, 5 -> item 5 is the target
     assert torch.equal(scores, expected)
+
+
+def eval_set(histories: list[list[int]], targets: list[int]) -> EvalSet:
+    lengths = torch.tensor([len(h) for h in histories])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    items = torch.tensor([item for history in histories for item in history], dtype=torch.long)
+    return EvalSet(Sequences(offsets, items), torch.tensor(targets), torch.arange(len(targets)))
+
+
+POPULARITY_CASE = eval_set([[1], [3, 2], [3], [1, 3], [2]], [3, 1, 3, 4, 2])
+ITEM_COUNTS = torch.tensor([0, 5, 3, 8, 1])  # index 0 is padding
+
+
+@pytest.mark.parametrize("max_scores", [4, 1 << 20])  # one user per chunk, or all at once
+def test_popularity_baseline_on_hand_computed_ranks(max_scores: int):
+    # seen items excluded, targets kept: ranks 0, 0, 0 (target 3 in history), 1, 2 (target 2 in history)
+    out = evaluate_popularity(ITEM_COUNTS, POPULARITY_CASE, max_len=3, batch_size=2, ks=(1, 2),
+                              max_scores=max_scores)
+    assert out["hit@1"] == pytest.approx(3 / 5)
+    assert out["hit@2"] == pytest.approx(4 / 5)
+    assert out["mrr@2"] == pytest.approx((3 + 1 / 2) / 5)
+    assert out["ndcg@2"] == pytest.approx((3 + 1 / math.log2(3)) / 5)
+    assert out["coverage@1"] == pytest.approx(3 / 4)  # top-1 lists: items 3, 1, 3, 2, 3
+    # without exclusion: ranks 0, 1, 0, 3, 2
+    kept = evaluate_popularity(ITEM_COUNTS, POPULARITY_CASE, max_len=3, batch_size=2, ks=(1, 2),
+                               exclude_seen=False, max_scores=max_scores)
+    assert kept["hit@1"] == pytest.approx(2 / 5)
+    assert kept["mrr@2"] == pytest.approx((2 + 1 / 2) / 5)
+    assert kept["coverage@1"] == pytest.approx(1 / 4)
+
+
+def test_model_evaluation_matches_a_float64_brute_force_ranking():
+    torch.manual_seed(4)
+    num_items, max_len = 40, 6
+    model = SASRec(num_items, max_len=max_len, hidden=8, blocks=1, heads=1, dropout=0.0).eval()
+    generator = torch.Generator().manual_seed(8)
+    histories = [torch.randint(1, num_items + 1, (int(n),), generator=generator).tolist()
+                 for n in torch.randint(1, 10, (23,), generator=generator)]
+    targets = torch.randint(1, num_items + 1, (23,), generator=generator).tolist()
+    targets[0] = histories[0][-1]  # a target the user already saw stays rankable
+    evalset = eval_set(histories, targets)
+
+    expected_ranks, recommended = [], set()
+    with torch.no_grad():
+        for history, target in zip(histories, targets):
+            window = history[-max_len:]
+            inputs = torch.tensor([window + [0] * (max_len - len(window))])
+            hidden = model.last_hidden(inputs).double()[0]
+            scores = (model.item_embedding.weight[1:].double() @ hidden).tolist()
+            for item in set(history) - {target}:
+                scores[item - 1] = -math.inf
+            order = brute_force_order(scores)
+            expected_ranks.append(order.index(target - 1))
+            recommended.update(order[:5])
+    expected = metrics_from_ranks(torch.tensor(expected_ranks), ks=(1, 5, 10))
+    out = evaluate_model(model, evalset, num_items=num_items, max_len=max_len, batch_size=5, device="cpu",
+                         ks=(1, 5, 10), max_scores=3 * num_items)
+    for key, value in expected.items():
+        assert out[key] == pytest.approx(value, abs=1e-12), key
+    assert out["coverage@5"] == pytest.approx(len(recommended) / num_items)
+    assert not model.training

@@ -65,19 +65,21 @@ class KernelConfigs:
 
 
 def default_configs(device: torch.device, dim: int) -> KernelConfigs:
-    """Tiles tuned on one H100 (see notes/kernel-shared.md); tiny tiles for the CPU interpreter."""
+    """Tiles tuned on one H200 (see notes/kernel-shared.md); tiny tiles for the CPU interpreter."""
     if device.type != "cuda":
         small = BlockConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
         return KernelConfigs(forward=small, grad_hidden=small, grad_items=small, target_programs=4)
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
+    # From the per-kernel sweep of benchmarks/dev_shared.py on an H200 (bf16, N=51,200, K=16,384).
+    # grad_items: block_m is the rows per step, block_n the item tile each program owns.
     if dim <= 128:
-        forward = BlockConfig(block_m=128, block_n=128, num_warps=8, num_stages=3)
-        grad_hidden = BlockConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
-        grad_items = BlockConfig(block_m=64, block_n=128, num_warps=8, num_stages=3)
+        forward = BlockConfig(block_m=64, block_n=128, num_warps=4, num_stages=3)
+        grad_hidden = BlockConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
+        grad_items = BlockConfig(block_m=128, block_n=128, num_warps=4, num_stages=3)
     else:
-        forward = BlockConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
+        forward = BlockConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
         grad_hidden = BlockConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
-        grad_items = BlockConfig(block_m=64, block_n=64, num_warps=8, num_stages=2)
+        grad_items = BlockConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
     return KernelConfigs(forward=forward, grad_hidden=grad_hidden, grad_items=grad_items,
                          target_programs=2 * sm_count)
 
@@ -94,11 +96,18 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _load_rows(base_ptr, rows, row_mask, stride_row, stride_col, dcols, dmask):
+    ptrs = base_ptr + rows.to(tl.int64)[:, None] * stride_row + dcols[None, :] * stride_col
+    return tl.load(ptrs, mask=row_mask[:, None] & dmask[None, :], other=0.0)
+
+
+@triton.jit
 def _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL: tl.constexpr):
+    # int32 (C < 2**31): the per-element hit comparisons are then one instruction, not two.
     if FULL:
-        idx = cols.to(tl.int64)
+        idx = cols
     else:
-        idx = tl.load(neg_ptr + group * stride_neg_group + cols, mask=col_mask, other=0).to(tl.int64)
+        idx = tl.load(neg_ptr + group * stride_neg_group + cols, mask=col_mask, other=0).to(tl.int32)
     return idx
 
 
@@ -119,8 +128,9 @@ def _forward_kernel(
     rows_per_group, num_negatives, dim,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
     logq_scalar, ignore_index,
-    FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, EVEN_K: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     group = tl.program_id(0)
     local_rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -128,13 +138,12 @@ def _forward_kernel(
     rows = group.to(tl.int64) * rows_per_group + local_rows
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < dim
-    h = tl.load(hidden_ptr + rows[:, None] * stride_hidden_row + dcols[None, :] * stride_hidden_col,
-                mask=row_mask[:, None] & dmask[None, :], other=0.0)
+    h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
     targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
     kept = row_mask & (targets != ignore_index)
-    safe_targets = tl.where(kept, targets, 0)
-    e_pos = tl.load(items_ptr + safe_targets[:, None] * stride_item_row + dcols[None, :] * stride_item_col,
-                    mask=row_mask[:, None] & dmask[None, :], other=0.0).to(h.dtype)
+    safe_targets = tl.where(kept, targets, 0).to(tl.int32)
+    e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, dcols,
+                       dmask).to(h.dtype)
     positive = tl.sum(h.to(tl.float32) * e_pos.to(tl.float32), axis=1)
 
     # Running max starts at the positive logit, so it is finite even when every negative is a hit.
@@ -148,15 +157,16 @@ def _forward_kernel(
         cols = k0 + tl.arange(0, BLOCK_N)
         col_mask = cols < num_negatives
         idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
-        e = tl.load(items_ptr + idx[:, None] * stride_item_row + dcols[None, :] * stride_item_col,
-                    mask=col_mask[:, None] & dmask[None, :], other=0.0).to(h.dtype)
+        e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col,
+                       dcols, dmask).to(h.dtype)
         scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
         if LOGQ_MODE == 0:
             scores2 = scores * 1.4426950408889634
         else:
             scores2 = scores * 1.4426950408889634 - _correction2(logq_ptr, idx, col_mask, logq_scalar,
                                                                  LOGQ_MODE)[None, :]
-        scores2 = tl.where(col_mask[None, :], scores2, float("-inf"))
+        if not EVEN_K:
+            scores2 = tl.where(col_mask[None, :], scores2, float("-inf"))
         if MASK_HITS:
             scores2 = tl.where(idx[None, :] == safe_targets[:, None], float("-inf"), scores2)
         new_max = tl.maximum(run_max, tl.max(scores2, axis=1))
@@ -176,8 +186,9 @@ def _grad_hidden_kernel(
     rows_per_group, num_negatives, dim,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
     logq_scalar, ignore_index,
-    FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, EVEN_K: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     group = tl.program_id(0)
     local_rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -185,11 +196,10 @@ def _grad_hidden_kernel(
     rows = group.to(tl.int64) * rows_per_group + local_rows
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < dim
-    h = tl.load(hidden_ptr + rows[:, None] * stride_hidden_row + dcols[None, :] * stride_hidden_col,
-                mask=row_mask[:, None] & dmask[None, :], other=0.0)
+    h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
     targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
     kept = row_mask & (targets != ignore_index)
-    safe_targets = tl.where(kept, targets, 0)
+    safe_targets = tl.where(kept, targets, 0).to(tl.int32)
     lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * 1.4426950408889634
     row_grad = tl.load(row_grad_ptr + rows, mask=row_mask, other=0.0)
 
@@ -198,26 +208,26 @@ def _grad_hidden_kernel(
         cols = k0 + tl.arange(0, BLOCK_N)
         col_mask = cols < num_negatives
         idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
-        e = tl.load(items_ptr + idx[:, None] * stride_item_row + dcols[None, :] * stride_item_col,
-                    mask=col_mask[:, None] & dmask[None, :], other=0.0).to(h.dtype)
+        e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col,
+                       dcols, dmask).to(h.dtype)
         scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
         if LOGQ_MODE == 0:
             shifted = scores * 1.4426950408889634 - lse2[:, None]
         else:
             corr2 = _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE)
             shifted = scores * 1.4426950408889634 - corr2[None, :] - lse2[:, None]
-        shifted = tl.where(col_mask[None, :], shifted, float("-inf"))
+        if not EVEN_K:
+            shifted = tl.where(col_mask[None, :], shifted, float("-inf"))
         if MASK_HITS:
             shifted = tl.where(idx[None, :] == safe_targets[:, None], float("-inf"), shifted)
         dscores = tl.math.exp2(shifted) * row_grad[:, None]
-        if FULL:
-            dscores -= tl.where(idx[None, :] == safe_targets[:, None], row_grad[:, None], 0.0)
         acc += _dot(dscores.to(h.dtype), e, PRECISION, UPCAST)
-    if not FULL:
-        e_pos_ptrs = items_ptr + safe_targets[:, None] * stride_item_row + dcols[None, :] * stride_item_col
-        e_pos = tl.load(e_pos_ptrs, mask=row_mask[:, None] & dmask[None, :], other=0.0).to(h.dtype)
-        positive_coef = tl.load(positive_coef_ptr + rows, mask=row_mask, other=0.0)
-        acc += positive_coef[:, None] * e_pos.to(tl.float32)
+    # The positive's share, outside the loop: (p_i0 - 1) g_i E[p_i], or -g_i E[p_i] for "full", whose
+    # loop already scored the target column with its softmax weight.
+    e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, dcols,
+                       dmask).to(h.dtype)
+    positive_coef = tl.load(positive_coef_ptr + rows, mask=row_mask, other=0.0)
+    acc += positive_coef[:, None] * e_pos.to(tl.float32)
     out = grad_hidden_ptr + rows[:, None] * stride_hidden_row + dcols[None, :] * stride_hidden_col
     tl.store(out, acc.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & dmask[None, :])
 
@@ -243,8 +253,8 @@ def _grad_items_kernel(
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < dim
     idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
-    e = tl.load(items_ptr + idx[:, None] * stride_item_row + dcols[None, :] * stride_item_col,
-                mask=col_mask[:, None] & dmask[None, :], other=0.0).to(hidden_ptr.dtype.element_ty)
+    e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col,
+                       dcols, dmask).to(hidden_ptr.dtype.element_ty)
     if LOGQ_MODE != 0:
         corr2 = _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE)
 
@@ -253,10 +263,9 @@ def _grad_items_kernel(
         local_rows = r0 + tl.arange(0, BLOCK_M)
         row_mask = local_rows < rows_per_group
         rows = group.to(tl.int64) * rows_per_group + local_rows
-        h = tl.load(hidden_ptr + rows[:, None] * stride_hidden_row + dcols[None, :] * stride_hidden_col,
-                    mask=row_mask[:, None] & dmask[None, :], other=0.0)
+        h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
         targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
-        safe_targets = tl.where(row_mask & (targets != ignore_index), targets, 0)
+        safe_targets = tl.where(row_mask & (targets != ignore_index), targets, 0).to(tl.int32)
         lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * 1.4426950408889634
         row_grad = tl.load(row_grad_ptr + rows, mask=row_mask, other=0.0)  # 0 on padded and ignored rows
         scores_t = _dot(e, tl.trans(h), PRECISION, UPCAST)
@@ -274,7 +283,8 @@ def _grad_items_kernel(
     out_mask = col_mask[:, None] & dmask[None, :]
     if ATOMIC:
         # Sequences may share negatives, so programs of different sequences can hit the same item row.
-        tl.atomic_add(out_ptr + idx[:, None] * stride_out_row + dcols[None, :], acc, mask=out_mask)
+        out_ptrs = out_ptr + idx.to(tl.int64)[:, None] * stride_out_row + dcols[None, :]
+        tl.atomic_add(out_ptrs, acc, mask=out_mask)
     else:
         out_rows = split * stride_out_split + local_group * stride_out_group + cols * stride_out_row
         out_ptrs = out_ptr + out_rows[:, None] + dcols[None, :]
@@ -339,6 +349,7 @@ def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, n
         plan.rows_per_group, plan.num_negatives, dim, *_common_args(hidden, items, negatives, plan),
         plan.logq_scalar, plan.ignore_index,
         FULL=plan.full, LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits,
+        EVEN_K=plan.num_negatives % config.block_n == 0,
         PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
         num_warps=config.num_warps, num_stages=config.num_stages,
@@ -359,6 +370,7 @@ def _grad_hidden(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tenso
         plan.rows_per_group, plan.num_negatives, dim, *_common_args(hidden, items, negatives, plan),
         plan.logq_scalar, plan.ignore_index,
         FULL=plan.full, LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits,
+        EVEN_K=plan.num_negatives % config.block_n == 0,
         PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
         num_warps=config.num_warps, num_stages=config.num_stages,
@@ -422,7 +434,7 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
     else:
         assert negatives is not None
         grad_items = torch.zeros((num_items, dim), dtype=items.dtype, device=items.device)
-        if items.dtype == torch.float32:
+        if items.dtype == torch.float32 or items.is_cuda:
             launch(out=grad_items, num_splits=1, group_offset=0,
                                num_groups=plan.num_groups, out_strides=(0, 0, dim), atomic=True)
         else:
@@ -468,8 +480,12 @@ class _SharedLinearCrossEntropy(torch.autograd.Function):
         if plan.reduction == "mean":
             row_grad = row_grad / kept.sum().clamp(min=1)
         row_grad = row_grad.contiguous()
-        # d loss_i / d s_i0 = p_i0 - 1; 0 for the "full" kernels, which score the target column themselves.
-        positive_coef = row_grad * (torch.exp(positive - lse) - 1.0)
+        # d loss_i / d s_i0 = p_i0 - 1; "full" scores the target column inside the loop with weight p_i0,
+        # so only the -1 remains outside it.
+        if plan.full:
+            positive_coef = -row_grad
+        else:
+            positive_coef = row_grad * (torch.exp(positive - lse) - 1.0)
         grad_hidden = grad_items = None
         if needs_hidden:
             grad_hidden = _grad_hidden(hidden, items, targets, negatives, log_q, lse, row_grad, positive_coef,

@@ -323,3 +323,14 @@ def test_public_api_dispatches_to_these_kernels(scheme: str) -> None:
     assert hidden.grad is not None
     kernel = (loss.reshape(-1), hidden.grad.reshape(-1, dim), items.grad)
     assert_matches(kernel, (ref.detach(), hidden64.grad, items64.grad), TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("scheme", ["full", "shared", "sequence"])
+def test_negatives_a_multiple_of_the_tile(scheme: str) -> None:
+    """K a multiple of the tile width takes the kernels' unmasked path (no column mask in the loop)."""
+    num_rows, num_items, k, rows_per_sequence = {"full": (30, 64, 64, 1), "shared": (30, 90, 32, 1),
+                                                 "sequence": (2 * 15, 70, 32, 15)}[scheme]
+    case = make_case(scheme, num_rows=num_rows, num_items=num_items, num_negatives=k, dim=16,
+                     rows_per_sequence=rows_per_sequence, seed=37)
+    kernel, reference = run_both(case, scheme=scheme, rows_per_sequence=rows_per_sequence)
+    assert_matches(kernel, reference, TOLERANCE[torch.float32])

@@ -81,7 +81,7 @@ def default_configs(device: torch.device, dim: int) -> KernelConfigs:
         grad_hidden = BlockConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
         grad_items = BlockConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
     return KernelConfigs(forward=forward, grad_hidden=grad_hidden, grad_items=grad_items,
-                         target_programs=2 * sm_count)
+                         target_programs=4 * sm_count)
 
 
 @triton.jit
@@ -132,8 +132,9 @@ def _forward_kernel(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    group = tl.program_id(0)
-    local_rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Row blocks of one sequence are neighbours in launch order, so they share its negative tiles in L2.
+    group = tl.program_id(1)
+    local_rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = local_rows < rows_per_group
     rows = group.to(tl.int64) * rows_per_group + local_rows
     dcols = tl.arange(0, BLOCK_D)
@@ -190,8 +191,9 @@ def _grad_hidden_kernel(
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    group = tl.program_id(0)
-    local_rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # Row blocks of one sequence are neighbours in launch order, so they share its negative tiles in L2.
+    group = tl.program_id(1)
+    local_rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = local_rows < rows_per_group
     rows = group.to(tl.int64) * rows_per_group + local_rows
     dcols = tl.arange(0, BLOCK_D)
@@ -342,7 +344,7 @@ def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, n
     positive = _empty((num_rows,), torch.float32, hidden.device)
     loss = _empty((num_rows,), torch.float32, hidden.device)
     config = plan.configs.forward
-    grid = (plan.num_groups, triton.cdiv(plan.rows_per_group, config.block_m))
+    grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
     _forward_kernel[grid](
         hidden, items, targets, negatives if negatives is not None else targets,
         log_q if log_q is not None else lse, lse, positive, loss,
@@ -363,7 +365,7 @@ def _grad_hidden(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tenso
     num_rows, dim = hidden.shape
     grad_hidden = _empty((num_rows, dim), hidden.dtype, hidden.device)
     config = plan.configs.grad_hidden
-    grid = (plan.num_groups, triton.cdiv(plan.rows_per_group, config.block_m))
+    grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
     _grad_hidden_kernel[grid](
         hidden, items, targets, negatives if negatives is not None else targets,
         log_q if log_q is not None else lse, lse, row_grad, positive_coef, grad_hidden,

@@ -74,7 +74,7 @@ def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | 
         raise ConfigError(
             f"num_negatives: {config.num_negatives} exceeds the catalogue of {split.num_items} items"
         )
-    record.predicted_peak_bytes = _predicted_peak_bytes(config, split.num_items)
+    record.predicted_peak_bytes = _predicted_peak_bytes(config, device, split.num_items, len(split.train))
 
     from study import memory
 
@@ -274,20 +274,23 @@ def build_loss(
             )
         return drawn_ce
 
-    sampler_generator = torch.Generator(device=device).manual_seed(config.seed + 1)
-    sampler = kernels.NegativeSampler(  # type: ignore[attr-defined]
-        num_items, config.num_negatives, distribution=config.sampling, scope=config.negative_scope,
-        item_counts=item_counts[1:].to(device), device=device, generator=sampler_generator,
+    scope = config.negative_scope
+    assert scope != "drawn"  # handled above; check_loss_settings refuses it for the binary losses
+    popularity = config.sampling == "popularity"
+    sampler = kernels.NegativeSampler(
+        num_items, config.num_negatives, distribution=config.sampling, scope=scope,
+        item_counts=item_counts[1:].to(device) if popularity else None, device=device,
+        generator=torch.Generator(device=device).manual_seed(config.seed + 1),
     )
     # the kernel takes log q as "uniform" (-log C) or a per-item tensor
-    sampler_log_q = "uniform" if config.sampling == "uniform" else sampler.log_q
+    sampler_log_q = sampler.log_q if isinstance(sampler.log_q, torch.Tensor) else "uniform"
     if config.loss == "ce-neg":
-        log_q = sampler_log_q if config.logq_correction else None
+        sampled_log_q = sampler_log_q if config.logq_correction else None
 
         def sampled_ce(hidden: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
             hidden, items, shifted = loss_inputs(hidden, targets)
             negatives = sampler.sample(targets.shape[0], targets.shape[1])
-            return kernels.linear_cross_entropy(hidden, items, shifted, negatives, log_q=log_q,
+            return kernels.linear_cross_entropy(hidden, items, shifted, negatives, log_q=sampled_log_q,
                                                 ignore_index=IGNORE_INDEX, impl=config.loss_impl)
         return sampled_ce
 
@@ -295,15 +298,21 @@ def build_loss(
         hidden, items, shifted = loss_inputs(hidden, targets)
         negatives = sampler.sample(targets.shape[0], targets.shape[1])
         if config.loss == "bce":
-            return kernels.bce_loss(hidden, items, shifted, negatives,  # type: ignore[attr-defined]
+            return kernels.bce_loss(hidden, items, shifted, negatives,
                                     ignore_index=IGNORE_INDEX)
-        return kernels.gbce_loss(hidden, items, shifted, negatives,  # type: ignore[attr-defined]
+        return kernels.gbce_loss(hidden, items, shifted, negatives,
                                  ignore_index=IGNORE_INDEX, t=config.gbce_t)
     return binary
 
 
 def check_loss_settings(config: TrainConfig) -> None:
-    """Combinations of loss settings that TrainConfig's per-field checks cannot see."""
+    """Combinations of loss settings that TrainConfig's per-field checks cannot see.
+
+    Settings of sampled negatives (num_negatives, sampling, negative_scope, logq_correction) are
+    ignored by the full-catalogue "ce", which samples nothing; the binary losses take no logQ correction.
+    """
+    if config.logq_correction and config.loss in ("bce", "gbce"):
+        raise ConfigError(f"logq_correction: applies to the softmax loss ce-neg, not to {config.loss!r}")
     if config.negative_scope == "drawn" and config.loss in ("bce", "gbce"):
         raise ConfigError(f"negative_scope: 'drawn' negatives exist only inside the fused ce-neg loss, "
                           f"not for loss {config.loss!r}; use batch, sequence or position")
@@ -359,12 +368,13 @@ def git_commit() -> str | None:
     return commit if result.returncode == 0 and commit else None
 
 
-def _predicted_peak_bytes(config: TrainConfig, num_items: int) -> int | None:
-    try:
-        from study.memory_model import predict_peak_bytes
-    except ImportError:  # the memory model is optional for training
-        return None
-    return int(predict_peak_bytes(config, num_items).total_bytes)
+def _predicted_peak_bytes(config: TrainConfig, device: torch.device, num_items: int, num_users: int) -> int:
+    from study.memory_model import predict_peak_bytes
+
+    resolved = config.replace(device=device.type)  # "auto" would be predicted for CUDA even on a CPU host
+    prediction = predict_peak_bytes(resolved, num_items, num_users=num_users,
+                                    gpu_total=_device_total_bytes(device))
+    return int(prediction.total_bytes)
 
 
 def _out_of_time(context: _Context) -> bool:

@@ -189,3 +189,36 @@ def test_git_commit_is_none_outside_a_checkout(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(subprocess, "run", no_git)
     assert train.git_commit() is None
+
+
+@pytest.mark.parametrize(("loss", "scope", "sampling", "logq"), [
+    ("ce-neg", "batch", "uniform", True),
+    ("ce-neg", "sequence", "popularity", True),
+    ("ce-neg", "position", "uniform", False),
+    ("bce", "position", "uniform", False),
+    ("gbce", "batch", "popularity", False),
+])
+def test_sampled_losses_train(tiny_log: Path, loss: str, scope: str, sampling: str, logq: bool):
+    record = train.run_trial(tiny_config(tiny_log, loss=loss, negative_scope=scope, sampling=sampling,
+                                         logq_correction=logq, num_negatives=6, max_steps_per_epoch=3))
+    assert record.status == "ok", record.error
+    assert all(math.isfinite(e.train_loss) and e.train_loss > 0 for e in record.epochs)
+    assert "ndcg@10" in record.test_metrics
+
+
+def test_full_ce_loss_shifts_targets_and_ignores_padding():
+    torch.manual_seed(0)
+    model = train.SASRec(12, max_len=5, hidden=8, blocks=1, dropout=0.0)
+    config = TrainConfig(loss="ce", device="cpu", loss_impl="torch")
+    loss_function = train.build_loss(config, model, torch.ones(13, dtype=torch.long), torch.device("cpu"))
+    targets = torch.tensor([[3, 12, 1, 0, 0], [7, 7, 2, 9, 4]])
+    hidden = torch.randn(2, 5, 8)
+    # float64 reference: item ids 1..12 are catalogue rows 0..11, target 0 (padding) is no target
+    logits = hidden.double().reshape(10, 8) @ model.item_embedding.weight[1:].double().T
+    expected = torch.nn.functional.cross_entropy(logits, targets.reshape(10) - 1, ignore_index=-1)
+    torch.testing.assert_close(loss_function(hidden, targets, 0).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_logq_correction_is_refused_for_binary_losses(tiny_log: Path):
+    with pytest.raises(ConfigError, match="logq_correction"):
+        train.run_trial(tiny_config(tiny_log, loss="bce", logq_correction=True))

@@ -116,7 +116,8 @@ def test_bad_input_exits_non_zero_with_one_line(case: str, expected: str, tmp_pa
     elif case == "missing_column":
         argv += ["--dataset", str(write(tmp_path, "a.csv", "user_id,item_id\n1,2\n"))]
     elif case == "text_timestamp":
-        argv += ["--dataset", str(write(tmp_path, "b.csv", "user_id,item_id,timestamp\n1,2,3\n1,3,yesterday\n"))]
+        text = "user_id,item_id,timestamp\n1,2,3\n1,3,yesterday\n"
+        argv += ["--dataset", str(write(tmp_path, "b.csv", text))]
     elif case == "empty":
         argv += ["--dataset", str(write(tmp_path, "c.csv", "user_id,item_id,timestamp\n"))]
     else:

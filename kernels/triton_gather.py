@@ -53,7 +53,8 @@ class GatherConfig:
     block_k: int
     num_warps: int = 4
     num_stages: int = 2
-    item_parts: int = 1  # backward: catalogue slices processed one after another, for L2 locality
+    # Backward: gathered item rows marked evict-first in L2, to leave L2 to the scatter-add targets.
+    evict_gathered: bool = False
 
 
 def default_config(dim: int, num_negatives: int, device: torch.device) -> GatherConfig:
@@ -61,7 +62,9 @@ def default_config(dim: int, num_negatives: int, device: torch.device) -> Gather
     if device.type != "cuda":
         # The interpreter runs every element in numpy: small tiles keep tests fast.
         return GatherConfig(block_k=16, num_warps=1, num_stages=1)
-    block_k = max(16, min(128, 8192 // block_d, triton.next_power_of_2(max(num_negatives, 1))))
+    # Measured on H200 (notes/kernel-gather.md): 128 at d <= 64; 16 at d = 256.
+    block_k = 128 if block_d <= 64 else 4096 // block_d
+    block_k = max(16, min(block_k, triton.next_power_of_2(max(num_negatives, 1))))
     return GatherConfig(block_k=block_k, num_warps=4, num_stages=2)
 
 
@@ -99,23 +102,20 @@ def _draw_kernel(out_ptr, stream_key, num_negatives, num_items, BLOCK_K: tl.cons
 @triton.jit
 def _negative_logits(
     hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
-    row_state, num_negatives, num_items, stride_item, stride_neg, correction, part_start, part_end,
-    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, PARTITIONED: tl.constexpr,
+    row_state, num_negatives, num_items, stride_item, stride_neg, correction,
+    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
 ):
-    """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits).
-
-    PARTITIONED: only negatives with ids in [part_start, part_end) take part (the others get -inf).
-    """
+    """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits)."""
     k_mask = (ks < num_negatives) & kept
     if DRAWN:
         item_ids = _draw_items(row_state, ks, num_items)
     else:
-        item_ids = tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=k_mask, other=0)
+        item_ids = tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=k_mask, other=0,
+                           eviction_policy=GATHER_EVICTION)
         item_ids = item_ids.to(tl.int64)
-    if PARTITIONED:
-        k_mask = k_mask & (item_ids >= part_start) & (item_ids < part_end)
     tile_mask = k_mask[:, None] & d_mask[None, :]
-    rows = tl.load(items_ptr + item_ids[:, None] * stride_item + d_offs[None, :], mask=tile_mask, other=0.0)
+    rows = tl.load(items_ptr + item_ids[:, None] * stride_item + d_offs[None, :], mask=tile_mask, other=0.0,
+                   eviction_policy=GATHER_EVICTION)
     # Autocast semantics: an fp32 table is used in hidden's precision, cast on load (no table copy).
     rows = rows.to(hidden_row.dtype).to(tl.float32)
     logits = tl.sum(rows * hidden_row.to(tl.float32)[None, :], axis=1)
@@ -155,8 +155,8 @@ def _gather_forward_kernel(
         ks = k0 + tl.arange(0, BLOCK_K)
         _, _, logits, _ = _negative_logits(
             hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
-            row_state, num_negatives, num_items, stride_item, stride_neg, correction, 0, 0,
-            DRAWN, LOG_Q_MODE, REMOVE_HITS, False,
+            row_state, num_negatives, num_items, stride_item, stride_neg, correction,
+            DRAWN, LOG_Q_MODE, REMOVE_HITS, "",
         )
         new_max = tl.maximum(running_max, tl.max(logits, axis=0))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max), axis=0)
@@ -170,50 +170,40 @@ def _gather_forward_kernel(
 def _gather_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
     grad_hidden_ptr, grad_items_ptr,
-    num_negatives, num_items, dim, stride_item, stride_neg, stream_key, correction, ignore_index, part_size,
+    num_negatives, num_items, dim, stride_item, stride_neg, stream_key, correction, ignore_index,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
-    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr, ITEM_PARTS: tl.constexpr,
+    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Program (row, part): the gradient terms of one row whose items lie in one slice of the catalogue.
-
-    With ITEM_PARTS > 1 the programs of one part run together (part is the slow grid axis), so the
-    scatter-adds of the whole GPU land in a slice of the item gradient that can stay in L2; the
-    row's dH is then a sum of partial terms, added atomically into an fp32 buffer.
-    """
     row = tl.program_id(0)
-    part = tl.program_id(1)
-    part_start = part.to(tl.int64) * part_size
-    part_end = part_start + part_size
     target = tl.load(targets_ptr + row).to(tl.int64)
     kept = target != ignore_index
     target = tl.where(kept, target, 0)
-    positive_here = kept & (target >= part_start) & (target < part_end)
     grad_row = tl.where(kept, tl.load(grad_loss_ptr + row), 0.0)
     lse = tl.load(lse_ptr + row)
     d_offs = tl.arange(0, BLOCK_D)
     d_mask = d_offs < dim
     hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
     hidden_f32 = hidden_row.to(tl.float32)
-    positive = tl.load(items_ptr + target * stride_item + d_offs, mask=d_mask & positive_here, other=0.0)
+    positive = tl.load(items_ptr + target * stride_item + d_offs, mask=d_mask & kept, other=0.0)
     positive = positive.to(hidden_row.dtype).to(tl.float32)
     positive_logit = tl.sum(positive * hidden_f32, axis=0)
-    positive_coef = tl.where(positive_here, grad_row * (tl.exp(positive_logit - lse) - 1.0), 0.0)
+    positive_coef = grad_row * (tl.exp(positive_logit - lse) - 1.0)
     if COMPUTE_GRAD_ITEMS:
         # Atomic: the positive item may be the target or a negative of other rows.
         tl.atomic_add(grad_items_ptr + target * dim + d_offs, positive_coef * hidden_f32,
-                      mask=d_mask & positive_here, sem="relaxed")
+                      mask=d_mask & kept, sem="relaxed")
 
     row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
     # dH accumulates elementwise over chunks and is reduced over K once at the end: a reduction per
-    # chunk would cross warps (shared memory and a barrier every iteration).
+    # chunk crosses warps (shared memory and a barrier every iteration; measured 2x slower at d=256).
     grad_hidden_tile = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
     for k0 in range(0, num_negatives, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         item_ids, rows, logits, k_mask = _negative_logits(
             hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
-            row_state, num_negatives, num_items, stride_item, stride_neg, correction, part_start, part_end,
-            DRAWN, LOG_Q_MODE, REMOVE_HITS, ITEM_PARTS > 1,
+            row_state, num_negatives, num_items, stride_item, stride_neg, correction,
+            DRAWN, LOG_Q_MODE, REMOVE_HITS, GATHER_EVICTION,
         )
         coef = grad_row * tl.exp(logits - lse)
         if COMPUTE_GRAD_HIDDEN:
@@ -225,11 +215,8 @@ def _gather_backward_kernel(
                           mask=k_mask[:, None] & d_mask[None, :], sem="relaxed")
     if COMPUTE_GRAD_HIDDEN:
         grad_hidden = tl.sum(grad_hidden_tile, axis=0) + positive_coef * positive
-        grad_hidden_ptrs = grad_hidden_ptr + row.to(tl.int64) * dim + d_offs
-        if ITEM_PARTS > 1:
-            tl.atomic_add(grad_hidden_ptrs, grad_hidden, mask=d_mask, sem="relaxed")
-        else:
-            tl.store(grad_hidden_ptrs, grad_hidden.to(grad_hidden_ptr.dtype.element_ty), mask=d_mask)
+        tl.store(grad_hidden_ptr + row.to(tl.int64) * dim + d_offs,
+                 grad_hidden.to(grad_hidden_ptr.dtype.element_ty), mask=d_mask)
 
 
 # --- host side ----------------------------------------------------------------------------------
@@ -282,31 +269,22 @@ class _GatherLinearCrossEntropy(torch.autograd.Function):
         need_hidden, need_items = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         num_rows, dim = hidden.shape
         config: GatherConfig = ctx.config
-        parts = max(1, min(config.item_parts, items.shape[0]))
-        part_size = -(-items.shape[0] // parts)
-        if not need_hidden:
-            grad_hidden = None
-        elif parts == 1:
-            grad_hidden = _new_output(tuple(hidden.shape), hidden.dtype, hidden.device)
-        else:  # partial terms of every part are added into it
-            grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+        grad_hidden = _new_output(tuple(hidden.shape), hidden.dtype, hidden.device) if need_hidden else None
         # fp32 accumulation target of the atomics; for an fp32 table it is the gradient itself.
         grad_items = (torch.zeros((items.shape[0], dim), dtype=torch.float32, device=items.device)
                       if need_items else None)
         if num_rows and (need_hidden or need_items):
-            _gather_backward_kernel[(num_rows, parts)](
+            _gather_backward_kernel[(num_rows,)](
                 hidden, items, targets, negatives if negatives is not None else targets,
                 log_q_tensor if log_q_tensor is not None else lse, lse,
                 grad_loss.to(torch.float32).contiguous(),
                 grad_hidden if grad_hidden is not None else hidden,
                 grad_items if grad_items is not None else lse,
-                **ctx.launch, part_size=part_size, COMPUTE_GRAD_HIDDEN=need_hidden,
-                COMPUTE_GRAD_ITEMS=need_items, ITEM_PARTS=parts,
+                **ctx.launch, COMPUTE_GRAD_HIDDEN=need_hidden, COMPUTE_GRAD_ITEMS=need_items,
+                GATHER_EVICTION="evict_first" if config.evict_gathered else "",
                 BLOCK_K=config.block_k, BLOCK_D=triton.next_power_of_2(dim),
                 num_warps=config.num_warps, num_stages=config.num_stages,
             )
-        if grad_hidden is not None and grad_hidden.dtype != hidden.dtype:
-            grad_hidden = grad_hidden.to(hidden.dtype)
         if grad_items is not None and grad_items.dtype != items.dtype:
             grad_items = grad_items.to(items.dtype)
         return grad_hidden, grad_items, None, None, None, None, None

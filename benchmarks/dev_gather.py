@@ -12,6 +12,7 @@ Run on the GPU host: PYTHONPATH=. python3 benchmarks/dev_gather.py [--quick] [--
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -61,14 +62,14 @@ def rel(a, b):
 def check_correctness(device, results):
     torch.manual_seed(0)
     rows = []
-    for scheme, dim, hdt, idt, log_q_on, parts in [
-        ("position", 64, torch.bfloat16, torch.bfloat16, False, 1),
-        ("position", 48, torch.float32, torch.float32, True, 1),
-        ("position", 256, torch.bfloat16, torch.float32, True, 1),
-        ("drawn", 64, torch.bfloat16, torch.float32, False, 1),
-        ("drawn", 128, torch.float32, torch.float32, True, 1),
-        ("position", 64, torch.bfloat16, torch.float32, True, 5),
-        ("drawn", 64, torch.float32, torch.float32, False, 8),
+    for scheme, dim, hdt, idt, log_q_on, evict in [
+        ("position", 64, torch.bfloat16, torch.bfloat16, False, False),
+        ("position", 48, torch.float32, torch.float32, True, False),
+        ("position", 256, torch.bfloat16, torch.float32, True, False),
+        ("drawn", 64, torch.bfloat16, torch.float32, False, False),
+        ("drawn", 128, torch.float32, torch.float32, True, False),
+        ("position", 64, torch.bfloat16, torch.float32, True, True),
+        ("drawn", 64, torch.float32, torch.float32, False, True),
     ]:
         n, k, c = 3001, 257, 40_000
         hidden = (torch.randn(n, dim, device=device) * 0.5).to(hdt)
@@ -86,13 +87,13 @@ def check_correctness(device, results):
         loss = gather_linear_cross_entropy(
             h1, w1[1:], targets, negatives if scheme == "position" else None, scheme=scheme,
             num_negatives=k, seed=seed, log_q=log_q, remove_accidental_hits=True, ignore_index=IGNORE,
-            reduction="mean", config=GatherConfig(64, 4, 2, parts))
+            reduction="mean", config=GatherConfig(64, 4, 2, evict))
         loss.backward()
         h2, w2 = hidden.double().requires_grad_(), weight.double().requires_grad_()
         rounded = w2 + (weight.to(hdt).double() - w2).detach()
         expected = reference64(h2, rounded[1:], targets, negatives, log_q)
         expected.backward()
-        row = dict(scheme=scheme, d=dim, parts=parts, hidden=str(hdt), items=str(idt),
+        row = dict(scheme=scheme, d=dim, evict=evict, hidden=str(hdt), items=str(idt),
                    loss_rel=rel(loss.detach(), expected.detach()),
                    dh_rel=rel(h1.grad, h2.grad), de_rel=rel(w1.grad, w2.grad))
         rows.append(row)
@@ -157,7 +158,7 @@ def time_case(name, n, k, d, c, configs, drawn_configs, results, eager=True, fp3
 
     def label(scheme, config):
         return (f"{scheme} bk={config.block_k} w={config.num_warps} s={config.num_stages} "
-                f"p={config.item_parts}")
+                f"evict={int(config.evict_gathered)}")
 
     for config in configs:
         record(label("position", config), ours("position", config))
@@ -181,6 +182,9 @@ def time_case(name, n, k, d, c, configs, drawn_configs, results, eager=True, fp3
         items32 = items.detach().float().requires_grad_()
         record("position fp32 items (autocast) best cfg", ours("position", best_config, e=items32),
                grad_to_none=[hidden, items32])
+        flipped = dataclasses.replace(best_config, evict_gathered=not best_config.evict_gathered)
+        record(f"position fp32 items, evict={int(flipped.evict_gathered)}",
+               ours("position", flipped, e=items32), grad_to_none=[hidden, items32])
         del items32
     results.setdefault("timings", []).extend(table)
     hidden.grad = items.grad = None
@@ -203,13 +207,13 @@ def main():
     else:
         cases = [
             ("K2047d64", 51_200, 2047, 64,
-             [GatherConfig(128, 4), GatherConfig(64, 4), GatherConfig(128, 4, 3), GatherConfig(128, 4, 2, 4),
-              GatherConfig(128, 4, 2, 8), GatherConfig(64, 4, 2, 8), GatherConfig(128, 4, 2, 16)],
-             []),
+             [GatherConfig(128, 4), GatherConfig(128, 4, 2, True), GatherConfig(64, 2), GatherConfig(128, 2),
+              GatherConfig(64, 2, 2, True), GatherConfig(256, 4), GatherConfig(32, 1)],
+             [GatherConfig(128, 4, 2, True)]),
             ("K511d256", 65_536, 511, 256,
-             [GatherConfig(16, 4), GatherConfig(32, 4), GatherConfig(32, 8), GatherConfig(16, 8),
-              GatherConfig(32, 4, 2, 8), GatherConfig(32, 4, 2, 32)],
-             []),
+             [GatherConfig(16, 4), GatherConfig(16, 4, 2, True), GatherConfig(8, 4), GatherConfig(16, 2),
+              GatherConfig(8, 2), GatherConfig(8, 2, 2, True), GatherConfig(16, 8, 2, True)],
+             [GatherConfig(16, 4, 2, True)]),
         ]
     for name, n, k, d, configs, drawn_configs in cases:
         time_case(name, n, k, d, c, configs, drawn_configs, results)

@@ -77,7 +77,7 @@ def save(figure: Figure, stem: Path) -> list[Path]:
     paths = []
     for extension in FORMATS:
         path = stem.with_name(f"{stem.name}.{extension}")
-        figure.savefig(path, dpi=150, bbox_inches="tight")
+        figure.savefig(path, dpi=150)  # constrained layout already fits the labels
         paths.append(path)
     return paths
 
@@ -112,9 +112,14 @@ def pareto_figure(
     step_x = np.append(frontier[MEMORY].to_numpy() / GIB, high)
     step_y = np.append(frontier[QUALITY].to_numpy(), frontier[QUALITY].iloc[-1])
     axes.step(step_x, step_y, where="post", color="crimson", linewidth=1.6, zorder=2)
+    log_x = high / low > 20
     for index, (_, row) in enumerate(frontier.iterrows()):
-        # Alternate below-right and above-left so that labels of neighbouring points do not collide.
-        offset, align = ((6, -12), "left") if index % 2 == 0 else ((-6, 6), "right")
+        # Labels go right of the point (left of it near the right edge) and alternate below / above so
+        # that labels of neighbouring points do not collide.
+        x = row[MEMORY] / GIB
+        across = (math.log(x / low) / math.log(high / low)) if log_x else (x - low) / (high - low)
+        dy = -12 if index % 2 == 0 else 5
+        offset, align = ((6, dy), "left") if across < 0.75 else ((-6, dy), "right")
         axes.annotate(f"K={int(row['num_negatives'])} B={int(row['batch_size'])}",
                       (row[MEMORY] / GIB, row[QUALITY]), textcoords="offset points", xytext=offset,
                       ha=align, fontsize=7, color="crimson")
@@ -135,7 +140,7 @@ def pareto_figure(
             axes.axvline(budget / GIB, color="0.3", linestyle="--", linewidth=1)
             axes.text(budget / GIB, quality_high + pad * 0.5, f" {budget / GIB:g} GiB budget", fontsize=8,
                       color="0.3", va="bottom")
-    if high / low > 20:
+    if log_x:
         axes.set_xscale("log", base=2)
         axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axes.xaxis.set_minor_formatter(NullFormatter())
@@ -156,7 +161,8 @@ def pareto_figure(
         handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
                               markeredgecolor="black", markersize=math.sqrt(size),
                               label=f"batch {batch_size}"))
-    axes.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
+    # Below the axes, so that it never hides points.
+    axes.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=8)
     return figure
 
 

@@ -1,0 +1,132 @@
+"""`cce-study best / pareto / report` through the real command line entry point, on real databases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from analysis_fixtures import GIB, SyntheticTrial, build_database, small_database, synthetic_sweep
+
+from study import analysis, cli
+from study.db import ResultsDB, load_trials
+
+
+@pytest.fixture(autouse=True)
+def only_analysis_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parse with the analysis commands only, so these tests do not import the training stack."""
+    commands = {name: cli.COMMANDS[name] for name in ("best", "pareto", "report")}
+    monkeypatch.setattr(cli, "COMMANDS", commands)
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return small_database(tmp_path_factory.mktemp("db") / "results.sqlite")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_best_json_is_the_best_fitting_trial_and_its_runner_up(database: Path, capsys) -> None:
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budget", "1.4GiB", "--json")
+    assert code == 0
+    document = json.loads(out)
+    best, runner_up = analysis.best_under_budget(load_trials(database), round(1.4 * GIB))
+    assert best is not None and runner_up is not None
+    assert document["budget_bytes"] == round(1.4 * GIB)
+    assert document["best"]["trial_id"] == best["trial_id"]
+    assert document["runner_up"]["trial_id"] == runner_up["trial_id"]
+    assert document["best"]["peak_bytes"] <= 1.4 * GIB
+    assert document["best"]["val_ndcg@10"] >= document["runner_up"]["val_ndcg@10"]
+    assert document["best"]["config"]["num_negatives"] == document["best"]["num_negatives"]
+
+
+def test_best_text_names_the_trial_metrics_and_memory(database: Path, capsys) -> None:
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budget", "40GiB", "--metric", "hit@20",
+                       "--memory-field", "torch_max_reserved")
+    best, _ = analysis.best_under_budget(load_trials(database), 40 * GIB, metric="hit@20",
+                                         memory_field="torch_max_reserved")
+    assert code == 0 and best is not None
+    assert best["trial_id"] in out and "val hit@20" in out and "Runner-up" in out and "GiB" in out
+
+
+def test_fraction_budget_is_of_the_trials_card(database: Path, capsys) -> None:
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budget", "0.5", "--json")
+    assert code == 0
+    assert json.loads(out)["budget_bytes"] == 40 * GIB  # the fixture's card has 80 GiB
+
+
+def test_budgets_give_one_row_per_budget(database: Path, capsys) -> None:
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budgets", "1GiB,1.4GiB,40GiB", "--json")
+    assert code == 0
+    rows = json.loads(out)["budgets"]
+    assert [r["budget_bytes"] for r in rows] == [GIB, round(1.4 * GIB), 40 * GIB]
+    assert rows[0]["trial_id"] is None  # nothing fits 1 GiB
+    assert rows[2]["quality"] >= rows[1]["quality"]
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budgets", "1GiB,40GiB")
+    assert code == 0 and "(none fits)" in out and "40 GiB" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--budget", "1GiB"], "no ok trial fits 1 GiB"),
+    (["--budget", "40G"], "--budget"),
+    (["--budget", "40GiB", "--metric", "ndcg@3"], "--metric"),
+    (["--budget", "40GiB", "--dataset", "beauty"], "--dataset beauty"),
+    (["--budget", "40GiB", "--budgets", "8GiB"], "exactly one of --budget or --budgets"),
+    ([], "exactly one of --budget or --budgets"),
+])
+def test_best_errors_are_one_line_with_a_non_zero_exit(database: Path, capsys, argv, message) -> None:
+    code, out, err = run(capsys, "best", "--db", str(database), *argv)
+    assert code != 0 and out == ""
+    assert err.count("\n") == 1 and message in err
+
+
+def test_best_on_a_missing_an_empty_or_an_all_failed_database(tmp_path: Path, capsys) -> None:
+    code, _, err = run(capsys, "best", "--db", str(tmp_path / "absent.sqlite"), "--budget", "8GiB")
+    assert code != 0 and "no such results database" in err and err.count("\n") == 1
+
+    ResultsDB(tmp_path / "empty.sqlite").close()
+    code, _, err = run(capsys, "best", "--db", str(tmp_path / "empty.sqlite"), "--budget", "8GiB")
+    assert code != 0 and "no trials" in err and err.count("\n") == 1
+
+    trials = synthetic_sweep(np.random.default_rng(0), negatives=(64,), batch_sizes=(32, 64), max_lens=(50,),
+                             impls=("torch",))
+    failed = [SyntheticTrial(t.trial_id, t.config, "oom", "torch", None, None, None) for t in trials]
+    build_database(tmp_path / "failed.sqlite", failed)
+    code, _, err = run(capsys, "best", "--db", str(tmp_path / "failed.sqlite"), "--budget", "8GiB")
+    assert code != 0 and "no trial finished ok (oom 2)" in err and err.count("\n") == 1
+
+    code, _, err = run(capsys, "best", "--db", str(tmp_path / "failed.sqlite"), "--budget", "8GiB",
+                       "--sweep", "another")
+    assert code != 0 and "no trials of sweep 'another'" in err
+
+
+def test_pareto_writes_the_figures_it_lists(tmp_path: Path, capsys) -> None:
+    trials = synthetic_sweep(np.random.default_rng(4), negatives=(64, 4096), batch_sizes=(64,), max_lens=(50,))
+    database = build_database(tmp_path / "tiny.sqlite", trials)
+    code, out, _ = run(capsys, "pareto", "--db", str(database), "--out", str(tmp_path / "figs"),
+                       "--budgets", "1.3GiB,2GiB")
+    assert code == 0
+    listed = [Path(line) for line in out.splitlines()]
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == sorted(p.name for p in listed)
+    assert {p.suffix for p in listed} == {".png", ".svg"} and len(listed) == 8
+
+
+def test_report_embeds_tables_and_existing_figures(database: Path, tmp_path: Path, capsys) -> None:
+    code, out, _ = run(capsys, "report", "--db", str(database), "--out", str(tmp_path / "report"))
+    assert code == 0
+    report = Path(out.strip())
+    assert report == tmp_path / "report" / "report.md"
+    text = report.read_text()
+    for heading in ("## Trial status", "## Pareto frontier", "## Best configuration under each budget",
+                    "## Fused (Triton) vs PyTorch loss"):
+        assert heading in text
+    frontier = analysis.pareto_frontier(load_trials(database))
+    assert all(trial_id in text for trial_id in frontier["trial_id"])
+    images = [line.split("](")[1].split(")")[0] for line in text.splitlines() if line.startswith("![")]
+    assert len(images) == 4
+    assert all((report.parent / image).stat().st_size > 10_000 for image in images)

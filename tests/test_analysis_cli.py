@@ -106,7 +106,8 @@ def test_best_on_a_missing_an_empty_or_an_all_failed_database(tmp_path: Path, ca
 
 
 def test_pareto_writes_the_figures_it_lists(tmp_path: Path, capsys) -> None:
-    trials = synthetic_sweep(np.random.default_rng(4), negatives=(64, 4096), batch_sizes=(64,), max_lens=(50,))
+    trials = synthetic_sweep(np.random.default_rng(4), negatives=(64, 4096), batch_sizes=(64,),
+                             max_lens=(50,))
     database = build_database(tmp_path / "tiny.sqlite", trials)
     code, out, _ = run(capsys, "pareto", "--db", str(database), "--out", str(tmp_path / "figs"),
                        "--budgets", "1.3GiB,2GiB")

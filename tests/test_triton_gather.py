@@ -48,6 +48,10 @@ def make_case(num_rows, num_negatives, num_items, dim, hidden_dtype, items_dtype
     generator = torch.Generator().manual_seed(seed)
     hidden = (torch.randn(num_rows, dim, generator=generator) * 0.6).to(hidden_dtype)
     items = (torch.randn(num_items, dim, generator=generator) * 0.6).to(items_dtype)
+    if items_dtype != hidden_dtype:
+        # The interpreter casts fp32 -> bf16 by truncation, the GPU rounds to nearest: values exactly
+        # representable in hidden's dtype make the in-kernel cast exact on both.
+        items = items.to(hidden_dtype).to(items_dtype)
     targets = torch.randint(0, num_items, (num_rows,), generator=generator)
     targets[torch.randperm(num_rows, generator=generator)[: max(1, num_rows // 6)]] = IGNORE
     if scheme == "drawn":
@@ -80,8 +84,13 @@ def relative_error(actual, expected):
     return float((actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30))
 
 
+def tolerance_for(dtype):
+    return FP32_TOLERANCE if dtype == torch.float32 else HALF_TOLERANCE
+
+
 def check_against_reference(hidden, items, targets, negatives, log_q, *, scheme, seed, reduction,
-                            remove_hits=True, tolerance, config=None):
+                            remove_hits=True, config=None):
+    """Loss to fp32 accuracy for every dtype (fp32 accumulation); gradients to their own dtype's."""
     kernel_hidden = hidden.clone().requires_grad_()
     kernel_items = items.clone().requires_grad_()
     loss = run_kernel(kernel_hidden, kernel_items, targets, negatives, log_q, scheme=scheme, seed=seed,
@@ -95,13 +104,13 @@ def check_against_reference(hidden, items, targets, negatives, log_q, *, scheme,
     assert loss.dtype == torch.float32
     assert loss.shape == expected.shape
     assert torch.isfinite(loss).all()
-    assert relative_error(loss.detach(), expected.detach()) < tolerance
+    assert relative_error(loss.detach(), expected.detach()) < FP32_TOLERANCE
     upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(seed + 1)) + 0.5
     (loss * upstream).sum().backward()
     (expected * upstream.double()).sum().backward()
     assert kernel_hidden.grad.dtype == hidden.dtype and kernel_items.grad.dtype == items.dtype
-    assert relative_error(kernel_hidden.grad, ref_hidden.grad) < tolerance
-    assert relative_error(kernel_items.grad, ref_items.grad) < tolerance
+    assert relative_error(kernel_hidden.grad, ref_hidden.grad) < tolerance_for(hidden.dtype)
+    assert relative_error(kernel_items.grad, ref_items.grad) < tolerance_for(items.dtype)
     ignored = targets == IGNORE
     assert kernel_hidden.grad[ignored].abs().max() == 0
     return loss
@@ -136,9 +145,8 @@ def test_matches_float64_reference(scheme, num_rows, num_negatives, num_items, d
     hidden, items, targets, negatives, log_q = make_case(
         num_rows, num_negatives, num_items, dim, hidden_dtype, items_dtype, scheme=scheme, seed=seed,
         log_q_kind=log_q_kind)
-    tolerance = FP32_TOLERANCE if hidden_dtype == torch.float32 else HALF_TOLERANCE
     check_against_reference(hidden, items, targets, negatives, log_q, scheme=scheme, seed=seed,
-                            reduction=reduction, tolerance=tolerance)
+                            reduction=reduction)
 
 
 @pytest.mark.parametrize(("scheme", "block_k"), [("position", 32), ("drawn", 8)])
@@ -147,7 +155,7 @@ def test_other_block_sizes_and_eviction_hint(scheme, block_k):
         29, 21, 47, 48, torch.bfloat16, torch.float32, scheme=scheme, seed=21, log_q_kind="tensor")
     config = GatherConfig(block_k=block_k, num_warps=1, num_stages=1, evict_gathered=True)
     check_against_reference(hidden, items, targets, negatives, log_q, scheme=scheme, seed=21,
-                            reduction="sum", tolerance=HALF_TOLERANCE, config=config)
+                            reduction="sum", config=config)
 
 
 @pytest.mark.parametrize("scheme", ["position", "drawn"])
@@ -155,7 +163,7 @@ def test_accidental_hits_kept_when_asked(scheme):
     hidden, items, targets, negatives, log_q = make_case(26, 20, 35, 16, torch.float32, torch.float32,
                                                          scheme=scheme, seed=7, log_q_kind="float")
     loss = check_against_reference(hidden, items, targets, negatives, log_q, scheme=scheme, seed=7,
-                                   reduction="none", remove_hits=False, tolerance=FP32_TOLERANCE)
+                                   reduction="none", remove_hits=False)
     masked = run_kernel(hidden, items, targets, negatives, log_q, scheme=scheme, seed=7, reduction="none")
     hit_rows = ((negatives == targets[:, None]).any(1)) & (targets != IGNORE)
     # Keeping a hit adds a logit to the logsumexp, so those rows' losses grow.
@@ -170,7 +178,7 @@ def test_int32_indices_and_strided_item_view():
     targets = torch.where(targets == IGNORE, targets, targets.clamp(max=39))
     negatives = negatives.clamp(max=39)
     check_against_reference(hidden, items, targets, negatives, log_q, scheme="position", seed=3,
-                            reduction="mean", tolerance=FP32_TOLERANCE)
+                            reduction="mean")
     weight = weight.clone().requires_grad_()
     run_kernel(hidden, weight[1:], targets, negatives, log_q, scheme="position", seed=3).backward()
     assert weight.grad[0].abs().max() == 0 and weight.grad[1:].abs().max() > 0
@@ -243,3 +251,35 @@ def test_bad_arguments_name_themselves(changes, name):
         negatives_arg = None
     with pytest.raises(ValueError, match=name):
         gather_linear_cross_entropy(hidden, items, targets, negatives_arg, **(kwargs | changes))
+
+
+def test_public_api_position_negatives_per_sequence_layout():
+    from kernels import linear_cross_entropy
+
+    hidden, items, targets, negatives, log_q = make_case(4 * 9, 19, 57, 48, torch.bfloat16, torch.float32,
+                                                         scheme="position", seed=31, log_q_kind="tensor")
+    hidden = hidden.reshape(4, 9, 48).requires_grad_()
+    items.requires_grad_()
+    loss = linear_cross_entropy(hidden, items, targets.reshape(4, 9), negatives.reshape(4, 9, 19),
+                                log_q=log_q, reduction="none", impl="triton")
+    assert loss.shape == (4, 9)
+    ref_hidden = hidden.detach().double().requires_grad_()
+    ref_items = items.detach().double().requires_grad_()
+    rounded_items = ref_items + (items.detach().to(torch.bfloat16).double() - ref_items).detach()
+    expected = reference_loss(ref_hidden.reshape(36, 48), rounded_items, targets, negatives, log_q,
+                              True, "none")
+    assert relative_error(loss.detach().flatten(), expected.detach()) < FP32_TOLERANCE
+    loss.sum().backward()
+    expected.sum().backward()
+    assert relative_error(hidden.grad, ref_hidden.grad) < HALF_TOLERANCE
+    assert relative_error(items.grad, ref_items.grad) < FP32_TOLERANCE
+
+
+def test_public_api_drawn_negatives_with_uniform_log_q():
+    from kernels import linear_cross_entropy
+
+    hidden, items, targets, negatives, _ = make_case(33, 23, 40, 16, torch.float32, torch.float32,
+                                                     scheme="drawn", seed=41, log_q_kind=None)
+    loss = linear_cross_entropy(hidden, items, targets, 23, seed=41, log_q="uniform", impl="triton")
+    expected = reference_loss(hidden, items, targets, negatives, -math.log(40), True, "mean")
+    assert relative_error(loss, expected) < FP32_TOLERANCE

@@ -34,9 +34,9 @@ from study.evaluate import evaluate_model, evaluate_popularity
 from study.record import EpochRecord, TrialRecord
 
 EARLY_STOPPING_METRIC = "ndcg@10"
-# Step losses stay on the device and are checked for finiteness every this many steps, so the
-# trainer does not synchronise with the GPU on every step.
-LOSS_CHECK_INTERVAL = 32
+# On CUDA, step losses stay on the device and are checked for finiteness (and shown) every this many
+# steps, so the trainer does not synchronise with the GPU on every step. On CPU every step is checked.
+CUDA_LOSS_CHECK_INTERVAL = 32
 IGNORE_INDEX = -100
 
 LossFunction = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -192,6 +192,7 @@ def _train_epoch(
     config = context.config
     model.train()
     pending: list[torch.Tensor] = []
+    check_interval = loss_check_interval(context.device)
     loss_sum, steps, sequences, out_of_time = 0.0, 0, 0, False
     bar = tqdm(total=total_steps, desc=f"epoch {epoch}", unit="step", file=sys.stderr,
                disable=not config.progress, leave=False, dynamic_ncols=True)
@@ -225,7 +226,7 @@ def _train_epoch(
             pending.append(loss.detach())
             steps += 1
             sequences += inputs.shape[0]
-            if len(pending) >= LOSS_CHECK_INTERVAL:
+            if len(pending) >= check_interval:
                 check_pending()
             if _out_of_time(context):
                 out_of_time = True
@@ -375,6 +376,10 @@ def _predicted_peak_bytes(config: TrainConfig, device: torch.device, num_items: 
     prediction = predict_peak_bytes(resolved, num_items, num_users=num_users,
                                     gpu_total=_device_total_bytes(device))
     return int(prediction.total_bytes)
+
+
+def loss_check_interval(device: torch.device) -> int:
+    return CUDA_LOSS_CHECK_INTERVAL if device.type == "cuda" else 1
 
 
 def _out_of_time(context: _Context) -> bool:

@@ -110,7 +110,10 @@ def test_same_seed_gives_the_same_trial(tiny_log: Path):
     assert first.test_metrics == second.test_metrics
 
 
-def test_non_finite_loss_ends_the_trial_as_failed(tiny_log: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize("check_interval", [1, 3])  # 3: the bad step is found inside a batch of checks
+def test_non_finite_loss_ends_the_trial_as_failed(tiny_log: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  check_interval: int):
+    monkeypatch.setattr(train, "loss_check_interval", lambda device: check_interval)
     real_build_loss = train.build_loss
 
     def poisoned_build_loss(*args, **kwargs):

@@ -163,7 +163,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     seen = 0
     current: BaseException | None = exc
     while current is not None and seen < 8:
-        if isinstance(current, torch.OutOfMemoryError | MemoryError):
+        if isinstance(current, _OOM_TYPES):
             return True
         if isinstance(current, RuntimeError) and _OOM_TEXT.search(str(current)):
             return True
@@ -172,6 +172,11 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return False
 
 
+# torch.OutOfMemoryError is the public name since torch 2.5; torch.cuda.OutOfMemoryError before.
+_OOM_TYPES: tuple[type[BaseException], ...] = tuple(
+    {getattr(torch, "OutOfMemoryError", MemoryError), getattr(torch.cuda, "OutOfMemoryError", MemoryError),
+     MemoryError}
+)
 _OOM_TEXT = re.compile(r"out of memory|CUDA_ERROR_OUT_OF_MEMORY|can't allocate memory", re.IGNORECASE)
 _SIZE_TEXT = r"([0-9]+(?:\.[0-9]+)?) (bytes|KiB|MiB|GiB|TiB)"
 _OOM_FACTS = {
@@ -228,7 +233,7 @@ def classify_out_of_memory(exc: BaseException, budget_bytes: int | None) -> Lite
 def _oom_message(exc: BaseException) -> str:
     current: BaseException | None = exc
     while current is not None:
-        if isinstance(current, torch.OutOfMemoryError | MemoryError) or _OOM_TEXT.search(str(current)):
+        if isinstance(current, _OOM_TYPES) or _OOM_TEXT.search(str(current)):
             return str(current)
         current = current.__cause__
     return str(exc)

@@ -64,6 +64,8 @@ TRITON_BACKWARD_ROW_COPIES = 2
 # Float32 copies of one chunk of evaluation scores alive at once: scores, the clone masked for seen
 # items, the cleaned copy, and the comparison with the target's score.
 EVAL_SCORE_COPIES = 4
+# The popularity sampler draws its float64 uniforms in chunks of this many (kernels/samplers.py).
+POPULARITY_DRAW_CHUNK = 2**22
 
 
 @dataclass(frozen=True)
@@ -115,17 +117,23 @@ class TrialShape:
         return self.batch * self.length
 
 
-def resolve_shape(config: TrainConfig, num_items: int, *, num_users: int | None = None) -> TrialShape:
+def resolve_shape(
+    config: TrainConfig, num_items: int, *, num_users: int | None = None, device: str | None = None
+) -> TrialShape:
     """The sizes and implementation choices of `config` on a catalogue of `num_items` items.
 
-    A config with device "auto" is predicted for CUDA: the model predicts GPU memory. With
-    `num_users`, batches are capped at the number of sequences (a batch never holds more).
+    `device` ("cuda" or "cpu") is where the trial runs; by default config.device, with "auto" taken
+    as CUDA (the model predicts GPU memory). With `num_users`, batches are capped at the number of
+    sequences (a batch never holds more).
     """
+    device = device or config.device
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device: expected 'cuda' or 'cpu', got {device!r}")
     if isinstance(num_items, bool) or not isinstance(num_items, int) or num_items < 1:
         raise ValueError(f"num_items: must be a positive integer, got {num_items!r}")
     if num_users is not None and (not isinstance(num_users, int) or num_users < 1):
         raise ValueError(f"num_users: must be a positive integer, got {num_users!r}")
-    on_cuda = config.device != "cpu"
+    on_cuda = device != "cpu"
     bf16 = config.precision == "bf16" or (config.precision == "auto" and on_cuda)
     if config.loss in ("bce", "gbce"):
         impl = "torch"
@@ -203,8 +211,13 @@ def autocast_weight_copies_bytes(shape: TrialShape) -> int:
 
 
 def sampler_tables_bytes(shape: TrialShape) -> int:
-    """The popularity sampler's float64 cumulative counts and float32 log q, both [C]."""
-    return shape.num_items * (8 + FLOAT32) if shape.popularity else 0
+    """The popularity sampler's float64 cumulative counts and float32 log q (both [C]), and its float64
+    uniforms for one chunk of draws."""
+    if not shape.popularity:
+        return 0
+    draws = {"batch": shape.negatives, "sequence": shape.batch * shape.negatives}.get(
+        shape.scope, shape.rows * shape.negatives)
+    return shape.num_items * (8 + FLOAT32) + min(draws, POPULARITY_DRAW_CHUNK) * 8
 
 
 # --- encoder activations ---------------------------------------------------------------------------
@@ -427,15 +440,21 @@ def phase_terms(shape: TrialShape) -> dict[str, dict[str, int]]:
 
 
 def predict_peak_bytes(
-    config: TrainConfig, num_items: int, *, num_users: int | None = None, gpu_total: int | None = None
+    config: TrainConfig,
+    num_items: int,
+    *,
+    num_users: int | None = None,
+    gpu_total: int | None = None,
+    device: str | None = None,
 ) -> MemoryPrediction:
     """Predict the peak GPU memory of training and evaluating `config` on `num_items` items.
 
     `num_items` is the catalogue without padding; `num_users` (optional) caps the batch sizes at the
-    number of sequences; `gpu_total` is recorded in the prediction. A CPU config gets the same
-    terms without CUDA context (an estimate of host memory of the tensors, not of the process).
+    number of sequences; `gpu_total` is recorded in the prediction; `device` ("cuda"/"cpu") overrides
+    config.device (whose "auto" is taken as CUDA), e.g. with the device a trial resolved. A CPU trial
+    gets the same terms without CUDA context (the host memory of its tensors, not of the process).
     """
-    shape = resolve_shape(config, num_items, num_users=num_users)
+    shape = resolve_shape(config, num_items, num_users=num_users, device=device)
     phases = phase_terms(shape)
     allocated = {name: sum(terms.values()) for name, terms in phases.items()}
     peak_phase = max(allocated, key=lambda name: allocated[name])

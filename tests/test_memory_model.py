@@ -111,6 +111,16 @@ def test_auto_impl_is_torch_on_cpu() -> None:
     assert "cuda_context" not in predict_peak_bytes(config, CATALOGUE).parts
 
 
+def test_device_argument_overrides_auto() -> None:
+    config = BASES["position_negatives"].replace(device="auto")
+    on_cpu = predict_peak_bytes(config, CATALOGUE, device="cpu")
+    assert on_cpu == predict_peak_bytes(config.replace(device="cpu"), CATALOGUE)
+    assert predict_peak_bytes(config, CATALOGUE) == predict_peak_bytes(config, CATALOGUE, device="cuda")
+    assert on_cpu.total_bytes != predicted(config)
+    with pytest.raises(ValueError, match="device"):
+        predict_peak_bytes(config, CATALOGUE, device="tpu")
+
+
 def test_num_users_caps_the_batches() -> None:
     config = BASES["position_negatives"].replace(batch_size=1024, eval_batch_size=1024)
     capped = predict_peak_bytes(config, CATALOGUE, num_users=100).total_bytes

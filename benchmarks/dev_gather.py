@@ -193,6 +193,7 @@ def time_case(name, n, k, d, c, configs, drawn_configs, results, eager=True, fp3
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--defaults", action="store_true", help="default configs and the catalogue sweep")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
@@ -202,21 +203,31 @@ def main():
     print(results, flush=True)
     check_correctness("cuda", results)
     c = 1_000_000
+    cuda = torch.device("cuda")
     if args.quick:
-        cases = [("K2047d64", 51_200, 2047, 64, [default_config(64, 2047, torch.device("cuda"))], [])]
+        cases = [("K2047d64", 51_200, 2047, 64, c, [default_config(64, 2047, cuda)], [])]
+    elif args.defaults:
+        # Default configs (twice, for the run-to-run spread), then smaller catalogues: with the item
+        # gradient resident in L2 the scatter-add cost separates DRAM traffic from atomic throughput.
+        cases = [
+            ("K2047d64", 51_200, 2047, 64, c, [default_config(64, 2047, cuda)] * 2, []),
+            ("K511d256", 65_536, 511, 256, c, [default_config(256, 511, cuda)] * 2, []),
+            ("C20k", 51_200, 2047, 64, 20_000, [default_config(64, 2047, cuda)], []),
+            ("C200k", 51_200, 2047, 64, 200_000, [default_config(64, 2047, cuda)], []),
+        ]
     else:
         cases = [
-            ("K2047d64", 51_200, 2047, 64,
+            ("K2047d64", 51_200, 2047, 64, c,
              [GatherConfig(128, 4), GatherConfig(128, 4, 2, True), GatherConfig(64, 2), GatherConfig(128, 2),
               GatherConfig(64, 2, 2, True), GatherConfig(256, 4), GatherConfig(32, 1)],
              [GatherConfig(128, 4, 2, True)]),
-            ("K511d256", 65_536, 511, 256,
+            ("K511d256", 65_536, 511, 256, c,
              [GatherConfig(16, 4), GatherConfig(16, 4, 2, True), GatherConfig(8, 4), GatherConfig(16, 2),
               GatherConfig(8, 2), GatherConfig(8, 2, 2, True), GatherConfig(16, 8, 2, True)],
              [GatherConfig(16, 4, 2, True)]),
         ]
-    for name, n, k, d, configs, drawn_configs in cases:
-        time_case(name, n, k, d, c, configs, drawn_configs, results)
+    for name, n, k, d, catalogue, configs, drawn_configs in cases:
+        time_case(name, n, k, d, catalogue, configs, drawn_configs, results, eager=catalogue == c)
         torch.cuda.empty_cache()
     with open(os.path.join(args.out, "dev_gather.json"), "w") as handle:
         json.dump(results, handle, indent=1)

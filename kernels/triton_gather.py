@@ -65,7 +65,7 @@ def default_config(dim: int, num_negatives: int, device: torch.device) -> Gather
     # Measured on H200 (notes/kernel-gather.md): 128 at d <= 64; 16 at d = 256.
     block_k = 128 if block_d <= 64 else 4096 // block_d
     block_k = max(16, min(block_k, triton.next_power_of_2(max(num_negatives, 1))))
-    return GatherConfig(block_k=block_k, num_warps=4, num_stages=2)
+    return GatherConfig(block_k=block_k, num_warps=4, num_stages=2, evict_gathered=True)
 
 
 # --- the in-kernel draw: kernels.draw written in uint32 (keep the two identical) -----------------

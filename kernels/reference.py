@@ -56,14 +56,16 @@ def reference_linear_cross_entropy(
     per_row = _per_row_view(negatives, scheme)
     positive = positive_logits(hidden, items, safe_targets).reshape(row_shape)
     negative = negative_logits(hidden, items, negatives, scheme=scheme, rows_per_sequence=rows_per_sequence)
+    # In place: the float32 logits are a fresh tensor that no backward needs, so no second [N, K] copy.
     negative = negative.reshape(*row_shape, num_negatives)
     if log_q is not None:
-        negative = negative - logq_correction(per_row, num_negatives, log_q)
+        negative = negative.sub_(logq_correction(per_row, num_negatives, log_q))
     if remove_accidental_hits:
-        negative = negative.masked_fill(per_row == safe_targets.reshape(*row_shape, 1), float("-inf"))
-    # The positive logit is finite, so every row's logsumexp is finite even when all negatives are hits.
-    all_logits = torch.cat([positive.unsqueeze(-1), negative], dim=-1)
-    row_loss = (torch.logsumexp(all_logits, dim=-1) - positive).reshape(-1)
+        negative = negative.masked_fill_(per_row == safe_targets.reshape(*row_shape, 1), float("-inf"))
+    # logsumexp(s0, s1..sK) without concatenating s0: a row whose negatives are all hits has
+    # lse = -inf and loss 0; its NaN gradients sit only at masked entries, which masked_fill_ zeroes.
+    negative_lse = torch.logsumexp(negative, dim=-1)
+    row_loss = (torch.logaddexp(positive, negative_lse) - positive).reshape(-1)
     return reduce_rows(row_loss, kept, reduction)
 
 

@@ -27,6 +27,9 @@ import torch
 
 SCHEMES = ("full", "shared", "sequence", "position", "drawn")
 IMPLS = ("triton", "torch", "compile", "cce")
+# Run order within a case: the references first, so the others are compared with them.
+IMPL_ORDER = ("torch", "cce", "triton", "compile")
+REFERENCE_IMPLS = ("torch", "cce")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FLOP_FORMULA = ("FLOPs = 6 * N * K * d (2NKd forward + 4NKd backward: grad of hidden and of items); "
                 "K = C for the full catalogue")
@@ -58,6 +61,7 @@ class Measurement:
     peak_extra_bytes: int | None = None
     tflops: float | None = None
     loss: float | None = None
+    compared_with: str | None = None  # the impl the relative differences are measured against
     rel_diff_loss: float | None = None
     rel_diff_grad_hidden: float | None = None
     rel_diff_grad_items: float | None = None
@@ -181,7 +185,7 @@ def report(measurements: list[Measurement], args: argparse.Namespace) -> dict[st
 
 def header() -> str:
     return (f"{'scheme':<9}{'K':>9} {'impl':<8}{'time ms':>10}{'extra GiB':>11}{'TFLOP/s':>9}"
-            f"{'rel diff':>10}  status")
+            f"{'loss diff':>10}{'grad diff':>10}  status")
 
 
 def table_row(m: Measurement) -> str:
@@ -189,10 +193,14 @@ def table_row(m: Measurement) -> str:
         return "-" if value is None else format(value, fmt)
 
     extra_gib = None if m.peak_extra_bytes is None else m.peak_extra_bytes / GIB
+    grad_diffs = [diff for diff in (m.rel_diff_grad_hidden, m.rel_diff_grad_items) if diff is not None]
+    grad_diff = max(grad_diffs) if grad_diffs else None
     status = m.status if m.error is None else f"{m.status}: {m.error}"
+    if m.compared_with not in (None, "torch"):
+        status += f" (diffs vs {m.compared_with})"
     return (f"{m.case.scheme:<9}{m.case.negatives:>9} {m.impl:<8}{number(m.time_ms, '.2f'):>10}"
             f"{number(extra_gib, '.3f'):>11}{number(m.tflops, '.1f'):>9}{number(m.rel_diff_loss, '.1e'):>10}"
-            f"  {status}")
+            f"{number(grad_diff, '.1e'):>10}  {status}")
 
 
 class CaseInputs:
@@ -264,13 +272,18 @@ def compiled_reference(inputs: CaseInputs) -> Callable[[], torch.Tensor]:
 
 
 def run_case(case: Case, impls: list[str], warmup_ms: float, rep_ms: float) -> list[Measurement]:
-    """Measure every impl on one case; eager runs first so the others are checked against it."""
+    """Measure every impl on one case on the same inputs.
+
+    Eager PyTorch runs first and the others are checked against it; where eager does not fit,
+    cut_cross_entropy (full catalogue) is the reference instead.
+    """
     from triton.testing import do_bench
 
-    ordered = sorted(impls, key=lambda impl: impl != "torch")
+    ordered = sorted(impls, key=IMPL_ORDER.index)
     results: list[Measurement] = []
     inputs: CaseInputs | None = None
-    eager: dict[str, Any] | None = None
+    reference: dict[str, Any] | None = None
+    reference_impl: str | None = None
     try:
         inputs = CaseInputs(case)
         for impl in ordered:
@@ -283,34 +296,44 @@ def run_case(case: Case, impls: list[str], warmup_ms: float, rep_ms: float) -> l
                 continue
             try:
                 check = correctness_run(loss_fn, inputs)
-                if impl == "torch":
-                    eager = check
                 measurement.loss = check["loss"]
-                if eager is not None and impl != "torch":
-                    difference = abs(check["loss"] - eager["loss"])
-                    measurement.rel_diff_loss = difference / max(abs(eager["loss"]), 1e-30)
-                    measurement.rel_diff_grad_hidden = relative_l2(check["grad_hidden"], eager["grad_hidden"])
-                    measurement.rel_diff_grad_items = relative_l2(check["grad_items"], eager["grad_items"])
+                if reference is None and impl in REFERENCE_IMPLS:
+                    reference, reference_impl = check, impl
+                elif reference is not None:
+                    measurement.compared_with = reference_impl
+                    compare(measurement, check, reference)
                 del check
                 step = fwd_bwd(loss_fn)
                 measurement.peak_extra_bytes = peak_extra_memory(step)
                 median_ms = do_bench(step, warmup=warmup_ms, rep=rep_ms, return_mode="median")
                 measurement.time_ms = float(median_ms)
                 measurement.tflops = case.flops / (measurement.time_ms * 1e-3) / 1e12
-            except torch.cuda.OutOfMemoryError:
-                measurement.status = "OOM"
             except Exception as exc:  # a failing impl is recorded; the other impls still run
-                measurement.status = "error"
-                measurement.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                if is_out_of_memory(exc):
+                    measurement.status = "OOM"
+                else:
+                    measurement.status = "error"
+                    measurement.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             results.append(measurement)
             free_memory()
     except torch.cuda.OutOfMemoryError:
         results.extend(Measurement(case, impl, status="OOM", error="inputs do not fit") for impl in ordered
                        if impl not in {m.impl for m in results})
     finally:
-        del inputs, eager
+        del inputs, reference
         free_memory()
     return results
+
+
+def compare(measurement: Measurement, check: dict[str, Any], reference: dict[str, Any]) -> None:
+    measurement.rel_diff_loss = abs(check["loss"] - reference["loss"]) / max(abs(reference["loss"]), 1e-30)
+    measurement.rel_diff_grad_hidden = relative_l2(check["grad_hidden"], reference["grad_hidden"])
+    measurement.rel_diff_grad_items = relative_l2(check["grad_items"], reference["grad_items"])
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    # Compiled (Triton/inductor) kernels report a failed allocation as a generic accelerator error.
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc)
 
 
 def fwd_bwd(loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -329,7 +352,7 @@ def correctness_run(loss_fn: Callable[[], torch.Tensor], inputs: CaseInputs) -> 
     loss = loss_fn()
     loss.backward()
     assert inputs.hidden.grad is not None and inputs.items.grad is not None
-    return {"loss": float(loss), "grad_hidden": inputs.hidden.grad.float().clone(),
+    return {"loss": float(loss.detach()), "grad_hidden": inputs.hidden.grad.float().clone(),
             "grad_items": inputs.items.grad.float().clone()}
 
 

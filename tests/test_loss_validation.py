@@ -218,8 +218,10 @@ def test_bench_table_row_shows_oom_and_numbers():
     oom = table_row(Measurement(case, "torch", status="OOM"))
     assert "OOM" in oom and "position" in oom
     row = table_row(Measurement(case, "triton", time_ms=1.234, peak_extra_bytes=2**29, tflops=12.5,
-                                rel_diff_loss=3e-4))
+                                rel_diff_loss=3e-4, rel_diff_grad_hidden=2e-3, rel_diff_grad_items=5e-3,
+                                compared_with="cce"))
     assert "1.23" in row and "0.500" in row and "12.5" in row and "3.0e-04" in row
+    assert "5.0e-03" in row and "vs cce" in row
     as_json = Measurement(case, "triton", peak_extra_bytes=2**30).as_json()
     assert as_json["peak_extra_gib"] == 1.0 and as_json["scheme"] == "position"
 

@@ -143,3 +143,11 @@ def small_database(path: Path, *, seed: int = 0) -> Path:
     failed = SyntheticTrial("ml-100k-failed", base.replace(lr=0.5), "failed", "triton", None, None, None)
     trials.append(failed)
     return build_database(path, trials)
+
+
+def tiny_database(path: Path, *, seed: int = 4) -> Path:
+    """The smallest sweep that still supports every figure: two negatives, two batch sizes, both
+    implementations, one max length."""
+    trials = synthetic_sweep(np.random.default_rng(seed), negatives=(64, 4096), batch_sizes=(64, 256),
+                             max_lens=(50,))
+    return build_database(path, trials)

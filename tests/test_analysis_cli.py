@@ -7,7 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from analysis_fixtures import GIB, SyntheticTrial, build_database, small_database, synthetic_sweep
+from analysis_fixtures import (
+    GIB,
+    SyntheticTrial,
+    build_database,
+    small_database,
+    synthetic_sweep,
+    tiny_database,
+)
 
 from study import analysis, cli
 from study.db import ResultsDB, load_trials
@@ -106,9 +113,7 @@ def test_best_on_a_missing_an_empty_or_an_all_failed_database(tmp_path: Path, ca
 
 
 def test_pareto_writes_the_figures_it_lists(tmp_path: Path, capsys) -> None:
-    trials = synthetic_sweep(np.random.default_rng(4), negatives=(64, 4096), batch_sizes=(64,),
-                             max_lens=(50,))
-    database = build_database(tmp_path / "tiny.sqlite", trials)
+    database = tiny_database(tmp_path / "tiny.sqlite")
     code, out, _ = run(capsys, "pareto", "--db", str(database), "--out", str(tmp_path / "figs"),
                        "--budgets", "1.3GiB,2GiB")
     assert code == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from analysis_fixtures import small_database
+from analysis_fixtures import tiny_database
 from nbclient import NotebookClient
 
 from study import analysis
@@ -18,7 +18,7 @@ NOTEBOOK = REPO / "notebooks" / "pareto.ipynb"
 
 
 def test_pareto_notebook_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    database = small_database(tmp_path / "results.sqlite")
+    database = tiny_database(tmp_path / "results.sqlite")
     figures = tmp_path / "figures"
     monkeypatch.setenv("CCE_STUDY_DB", str(database))
     monkeypatch.setenv("CCE_STUDY_FIGURES", str(figures))

@@ -77,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     db_path = Path(args.db) if args.db is not None else Path("results") / spec.name / "results.sqlite"
     resolve_trial_function(spec.run.trial_function)  # fail now rather than in every worker
-    budget_bytes = resolve_budget_bytes(spec)
-    plan = plan_trials(spec, budget_bytes)
+    card_bytes = spec.resources.gpu_memory_bytes or _local_card_bytes()
+    budget_bytes = budget_of(spec.memory_budget, card_bytes, spec.name)
+    plan = plan_trials(spec, card_bytes)
     if args.dry_run:
         done = _recorded_ids(db_path, spec.name)
         print_plan(spec, plan, budget_bytes, done, file=sys.stdout)
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 f"finish that sweep, or --db to write a new database"
             )
         try:
-            run_sweep(spec, plan, db, budget_bytes=budget_bytes, address=args.address)
+            run_sweep(spec, plan, db, card_bytes=card_bytes, address=args.address)
         except KeyboardInterrupt:
             counts = db.status_counts(spec.name)
             print(f"[{spec.name}] interrupted: {sum(counts.values())} trial(s) recorded in {db_path}; "
@@ -109,29 +110,35 @@ def run(args: argparse.Namespace) -> int:
 class PlannedTrial:
     trial_id: str
     config: TrainConfig
+    budget_bytes: int | None = None
     predicted_peak_bytes: int | None = None
     num_items: int | None = None
 
-    def over_budget(self, budget_bytes: int | None) -> bool:
-        return (budget_bytes is not None and self.predicted_peak_bytes is not None
-                and self.predicted_peak_bytes > budget_bytes)
+    @property
+    def over_budget(self) -> bool:
+        return (self.budget_bytes is not None and self.predicted_peak_bytes is not None
+                and self.predicted_peak_bytes > self.budget_bytes)
 
 
-def resolve_budget_bytes(spec: SweepSpec) -> int | None:
-    """The budget in bytes as the driver can know it (None without a budget, or for a fraction of an
-    unknown card: then workers still enforce it, but nothing is ruled out by prediction)."""
-    if spec.memory_budget is None:
+_warned_fractions: set[str] = set()
+
+
+def budget_of(memory_budget: str | None, card_bytes: int | None, sweep: str | None = None) -> int | None:
+    """A budget in bytes as far as it can be known here: None without a budget, or for a fraction of
+    an unknown card (workers still enforce it on their card; nothing is ruled out by prediction)."""
+    if memory_budget is None:
         return None
     from study.memory import parse_budget
 
-    card_bytes = spec.resources.gpu_memory_bytes or _local_card_bytes()
     try:
-        return parse_budget(spec.memory_budget, card_bytes)
+        return parse_budget(memory_budget, card_bytes)
     except ValueError:
         if card_bytes is not None:
             raise
-        _note(spec.name, f"memory_budget {spec.memory_budget!r} is a fraction of an unknown card: set "
-                         "resources.gpu_memory to rule out configurations predicted over budget")
+        if sweep is not None and memory_budget not in _warned_fractions:
+            _warned_fractions.add(memory_budget)
+            _note(sweep, f"memory_budget {memory_budget!r} is a fraction of an unknown card: set "
+                         "resources.gpu_memory to rule out configurations predicted over it")
         return None
 
 
@@ -143,14 +150,15 @@ def _local_card_bytes() -> int | None:
     return int(torch.cuda.get_device_properties(0).total_memory)
 
 
-def plan_trials(spec: SweepSpec, budget_bytes: int | None) -> list[PlannedTrial]:
-    """Every grid point (for Optuna: every candidate) with its predicted peak memory where a memory
-    model is available. Loads each dataset once, on the driver, to know the catalogue size."""
+def plan_trials(spec: SweepSpec, card_bytes: int | None) -> list[PlannedTrial]:
+    """Every grid point (for Optuna: every candidate) with its budget and predicted peak memory where a
+    memory model is available. Loads each dataset once, on the driver, to know the catalogue size."""
     predictor = _MemoryPredictor(spec.name)
     plan = []
     for config in spec.grid():
         predicted, num_items = predictor.predict(config)
-        plan.append(PlannedTrial(trial_id(spec.name, config), config, predicted, num_items))
+        budget = budget_of(config.memory_budget, card_bytes, spec.name)
+        plan.append(PlannedTrial(trial_id(spec.name, config), config, budget, predicted, num_items))
     return plan
 
 
@@ -208,8 +216,10 @@ def print_plan(spec: SweepSpec, plan: Sequence[PlannedTrial], budget_bytes: int 
     for trial in plan:
         if trial.trial_id in done:
             action = "recorded"
-        elif trial.over_budget(budget_bytes):
+        elif trial.over_budget and spec.run.skip_predicted_over_budget:
             action = "predicted_over_budget"
+        elif trial.over_budget:
+            action = "run (predicted over budget)"
         else:
             action = "run"
         values = [str(getattr(trial.config, name)) for name in names]
@@ -232,11 +242,19 @@ class TrialSettings:
 
     sweep: str
     trial_function: str
-    budget_bytes: int | None
+    card_bytes: int | None  # memory of one card as the driver knows it (for fractional budgets)
     # Optuna only: the fixed settings the sampled axes are merged into, and catalogue sizes by
     # (dataset, kcore) so the worker can rule out a sample predicted over budget.
     base_settings: dict[str, Any] | None = None
     num_items: dict[tuple[str, int], int] = field(default_factory=dict)
+    skip_predicted_over_budget: bool = True
+
+    def budget_bytes(self, config_values: dict[str, Any]) -> int | None:
+        budget = config_values.get("memory_budget")
+        try:
+            return budget_of(budget, self.card_bytes or _local_card_bytes())
+        except ValueError:
+            return None
 
 
 def resolve_trial_function(reference: str) -> Callable[..., Any]:
@@ -274,9 +292,11 @@ def execute_trial(config_values: dict[str, Any], settings: TrialSettings,
         config = TrainConfig.from_dict(config_values)
     except Exception as exc:
         return TrialRecord(status="failed", config=config_values, error=_error_text(exc))
+    budget_bytes = settings.budget_bytes(config_values)
     predicted = _worker_prediction(config, settings)
-    if predicted is not None and settings.budget_bytes is not None and predicted > settings.budget_bytes:
-        return predicted_over_budget_record(config, predicted, settings.budget_bytes,
+    if (settings.skip_predicted_over_budget and predicted is not None and budget_bytes is not None
+            and predicted > budget_bytes):
+        return predicted_over_budget_record(config, predicted, budget_bytes,
                                             settings.num_items.get((config.dataset, config.kcore)))
     try:
         function = resolve_trial_function(settings.trial_function)
@@ -285,11 +305,11 @@ def execute_trial(config_values: dict[str, Any], settings: TrialSettings,
             raise TypeError(f"{settings.trial_function} returned {type(result).__name__}, not a TrialRecord")
         record = result
     except Exception as exc:
-        record = record_from_exception(config, exc, settings.budget_bytes)
+        record = record_from_exception(config, exc, budget_bytes)
     if record.predicted_peak_bytes is None:
         record.predicted_peak_bytes = predicted
     if record.memory.budget_bytes is None:
-        record.memory.budget_bytes = settings.budget_bytes
+        record.memory.budget_bytes = budget_bytes
     return record
 
 
@@ -306,13 +326,10 @@ def _worker_prediction(config: TrainConfig, settings: TrialSettings) -> int | No
 
 def record_from_exception(config: TrainConfig, exc: BaseException, budget_bytes: int | None) -> TrialRecord:
     """An escaped exception as a record: out-of-memory as `oom`/`over_budget`, anything else `failed`."""
-    from study.memory import classify_out_of_memory, is_out_of_memory, parse_budget
+    from study.memory import classify_out_of_memory, is_out_of_memory
 
     status: TrialStatus = "failed"
     if is_out_of_memory(exc):
-        if budget_bytes is None and config.memory_budget is not None:
-            with contextlib.suppress(ValueError):
-                budget_bytes = parse_budget(config.memory_budget, _local_card_bytes())
         status = classify_out_of_memory(exc, budget_bytes)
     return TrialRecord(status=status, config=config.to_dict(), error=_error_text(exc),
                        memory=MemoryReport(budget_bytes=budget_bytes))
@@ -334,9 +351,10 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{trace[-MAX_ERROR_CHARS:]}"
 
 
-def final_result(trial: str, record: TrialRecord, budget_bytes: int | None) -> dict[str, Any]:
+def final_result(trial: str, record: TrialRecord) -> dict[str, Any]:
     """The last result a trainable reports: the record, and the objectives and constraint for Optuna
     (finite numbers for every status: a trial that did not finish counts as quality 0, infeasible)."""
+    budget_bytes = record.memory.budget_bytes
     peak = record.memory.peak_bytes or record.predicted_peak_bytes or budget_bytes or 0
     quality = record.val_metrics.get(QUALITY_METRIC) if record.status == "ok" else None
     if quality is None or not math.isfinite(quality):
@@ -376,7 +394,7 @@ def sweep_trainable(tune_config: dict[str, Any], settings: TrialSettings) -> Non
         tune.report(epoch_result(trial, epoch))
 
     record = execute_trial(config_values, settings, on_epoch=report_epoch)
-    tune.report(final_result(trial, record, settings.budget_bytes))
+    tune.report(final_result(trial, record))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -403,22 +421,24 @@ class Progress:
 
 
 def run_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, *,
-              budget_bytes: int | None, address: str | None) -> None:
+              card_bytes: int | None, address: str | None) -> None:
     """Record predicted-over-budget trials, then run the rest with Ray Tune (skipping recorded ones)."""
     done = db.trial_ids(spec.name)
+    skip = spec.run.skip_predicted_over_budget
     if spec.search.kind == "grid":
         for trial in plan:
-            if trial.trial_id not in done and trial.over_budget(budget_bytes):
-                assert trial.predicted_peak_bytes is not None and budget_bytes is not None
+            if trial.trial_id not in done and skip and trial.over_budget:
+                assert trial.predicted_peak_bytes is not None and trial.budget_bytes is not None
                 db.record_trial(trial.trial_id, spec.name, predicted_over_budget_record(
-                    trial.config, trial.predicted_peak_bytes, budget_bytes, trial.num_items))
+                    trial.config, trial.predicted_peak_bytes, trial.budget_bytes, trial.num_items))
         done = db.trial_ids(spec.name)
         to_run = [t for t in plan if t.trial_id not in done]
         progress = Progress(spec.name, total=len(plan), statuses=Counter(db.status_counts(spec.name)))
         if not to_run:
             return
         progress.line(f"{len(to_run)} trial(s) to run, {len(done)} already recorded")
-        settings = TrialSettings(spec.name, spec.run.trial_function, budget_bytes)
+        settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
+                                 skip_predicted_over_budget=skip)
         param_space = {"point": _grid_search([{"trial_id": t.trial_id, "config": t.config.to_dict()}
                                               for t in to_run])}
         with ray_session(address):
@@ -432,13 +452,14 @@ def run_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, *,
         return
     progress.line(f"{num_samples} sample(s) to run, {len(done)} already recorded")
     num_items = {(t.config.dataset, t.config.kcore): t.num_items for t in plan if t.num_items is not None}
-    settings = TrialSettings(spec.name, spec.run.trial_function, budget_bytes,
-                             base_settings=spec.base_settings(spec.datasets[0]), num_items=num_items)
+    settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
+                             base_settings=spec.base_settings(spec.datasets[0]), num_items=num_items,
+                             skip_predicted_over_budget=skip)
     with ray_session(address):
         from ray import tune
 
         param_space = {"axes": {name: tune.choice(list(values)) for name, values in spec.axes}}
-        searcher = make_optuna_search(spec, load_trials(db.path, sweep=spec.name), budget_bytes)
+        searcher = make_optuna_search(spec, load_trials(db.path, sweep=spec.name))
         _fit(spec, param_space, settings, db, progress, num_samples=num_samples, search_alg=searcher)
 
 
@@ -539,7 +560,7 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
             if trial.trial_id in self.recorded:
                 return
             trial_key, values = trial_point(trial.config, self.settings)
-            budget = MemoryReport(budget_bytes=self.settings.budget_bytes)
+            budget = MemoryReport(budget_bytes=self.settings.budget_bytes(values))
             record = TrialRecord(status="failed", config=values, error=error, memory=budget)
             self.write(trial, trial_key, record)
 
@@ -571,7 +592,7 @@ def describe_record(record: TrialRecord) -> str:
     return ", ".join(parts)
 
 
-def make_optuna_search(spec: SweepSpec, recorded: Any, budget_bytes: int | None) -> Any:
+def make_optuna_search(spec: SweepSpec, recorded: Any) -> Any:
     """Multi-objective OptunaSearch (max val ndcg@10, min peak memory) with the budget as a constraint.
 
     Ray's OptunaSearch does not expose Optuna constraints, so a subclass sets `trial.set_constraint`
@@ -595,7 +616,7 @@ def make_optuna_search(spec: SweepSpec, recorded: Any, budget_bytes: int | None)
                 if any(value not in axes[key.split("/", 1)[1]] for key, value in params.items()):
                     continue  # recorded under an older version of the spec's axes
                 record = TrialRecord.from_dict(json.loads(row["record_json"]))
-                result = final_result(row["trial_id"], record, budget_bytes)
+                result = final_result(row["trial_id"], record)
                 study: Any = self._ot_study
                 study.add_trial(optuna.trial.create_trial(
                     values=[result[QUALITY_KEY], result[MEMORY_KEY]], params=params,

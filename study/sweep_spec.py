@@ -9,6 +9,7 @@ See `sweeps/demo.toml` for a commented example.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -16,7 +17,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -27,13 +28,15 @@ from study.memory import parse_budget
 SearchKind = Literal["grid", "optuna"]
 OptunaSampler = Literal["tpe", "nsga2"]
 
-# Settings that have their own top-level key, so they cannot also be fixed or swept per trial.
+# Settings that have their own top-level key, so they cannot also be fixed in [trial]; memory_budget
+# may still vary per trial (an axis or an extra trial), e.g. one deliberately tight budget.
 TOP_LEVEL_SETTINGS: dict[str, str] = {
     "dataset": "datasets",
     "split": "split",
     "memory_budget": "memory_budget",
     "time_limit_s": "time_limit_s",
 }
+PER_TRIAL_OVERRIDES: tuple[str, ...] = ("memory_budget",)
 # The axes a spec must sweep (the study is about negatives x batch size x sequence length).
 REQUIRED_AXES: tuple[str, ...] = ("num_negatives", "batch_size", "max_len")
 DEFAULT_TRIAL_FUNCTION = "study.train:run_trial"
@@ -69,6 +72,9 @@ class ResourceSpec:
 @dataclass(frozen=True)
 class RunSpec:
     trial_function: str = DEFAULT_TRIAL_FUNCTION  # "module:function", signature of study.train.run_trial
+    # True: trials the memory model predicts over their budget are recorded without running.
+    # False: they run anyway and the enforced budget decides (e.g. to test enforcement itself).
+    skip_predicted_over_budget: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,19 +114,32 @@ class SweepSpec:
         Order: dataset, then the axes' product in file order, then the extra trials; repeats innermost.
         For an Optuna search this is the candidate set the search draws from.
         """
+        return list(self._grid)
+
+    @functools.cached_property
+    def _grid(self) -> tuple[TrainConfig, ...]:
         configs: dict[str, TrainConfig] = {}
+        for settings, where in self._points():
+            seed = int(settings.get("seed", 0))
+            for repeat_seed in self.seeds(seed):
+                try:
+                    config = TrainConfig.from_dict({**settings, "seed": repeat_seed})
+                except ConfigError as exc:
+                    raise SpecError(f"{self.source}: {where}: {exc}") from None
+                configs.setdefault(trial_id(self.name, config), config)
+        return tuple(configs.values())
+
+    def _points(self) -> Iterator[tuple[dict[str, Any], str]]:
+        """(settings, where they come from in the file) of every point before repeats."""
         names = [name for name, _ in self.axes]
         for dataset in self.datasets:
             base = self.base_settings(dataset)
-            points = [dict(zip(names, values)) for values in itertools.product(*(v for _, v in self.axes))]
-            points += [dict(extra) for extra in self.extra_trials]
-            for point in points:
-                settings = {**base, **point}
-                seed = int(settings.get("seed", 0))
-                for repeat_seed in self.seeds(seed):
-                    config = TrainConfig.from_dict({**settings, "seed": repeat_seed})
-                    configs.setdefault(trial_id(self.name, config), config)
-        return list(configs.values())
+            for values in itertools.product(*(v for _, v in self.axes)):
+                point = dict(zip(names, values))
+                where = ", ".join(f"{k}={v!r}" for k, v in point.items())
+                yield {**base, **point}, f"axes: the point {where} is invalid"
+            for i, extra in enumerate(self.extra_trials):
+                yield {**base, **extra}, f"extra_trials[{i}]"
 
     def trial_id(self, config: TrainConfig) -> str:
         return trial_id(self.name, config)
@@ -198,7 +217,8 @@ class _SpecParser:
         raw_extras = top.get("extra_trials", [])
         if not isinstance(raw_extras, list):
             raise self.error("extra_trials", "must be an array of tables ([[extra_trials]])")
-        extras = tuple(self.settings(extra, f"extra_trials[{i}]") for i, extra in enumerate(raw_extras))
+        extras = tuple(self.settings(extra, f"extra_trials[{i}]", overrides=PER_TRIAL_OVERRIDES)
+                       for i, extra in enumerate(raw_extras))
         search = self.search(top.get("search", {}))
         resources = self.resources(top.get("resources", {}))
         run = self.run(top.get("run", {}))
@@ -238,18 +258,20 @@ class _SpecParser:
             raise self.error(key, "lists a dataset twice")
         return tuple(raw)
 
-    def budget(self, value: Any) -> str:
+    def budget(self, value: Any, key: str = "memory_budget") -> str:
         if isinstance(value, bool) or not isinstance(value, str | float):
-            raise self.error("memory_budget", f"must be a string like \"40GiB\" or a fraction, got {value!r}")
+            raise self.error(key, f"must be a string like \"40GiB\" or a fraction, got {value!r}")
         text = value.strip() if isinstance(value, str) else str(value)
         try:
             parse_budget(text, _ANY_CARD_BYTES)
         except ValueError as exc:
-            raise self.error("memory_budget", str(exc).removeprefix("memory_budget: ")) from None
+            raise self.error(key, str(exc).removeprefix("memory_budget: ")) from None
         return text
 
     def setting(self, key: str, name: str, value: Any) -> Any:
         """Check one value against the TrainConfig field's type; ints are accepted for floats."""
+        if name == "memory_budget":
+            return self.budget(value, key)
         hint = self.hints[name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
@@ -277,11 +299,11 @@ class _SpecParser:
             return value
         raise self.error(key, f"cannot be set from a sweep specification (type {hint})")
 
-    def settings(self, values: Any, key: str) -> dict[str, Any]:
+    def settings(self, values: Any, key: str, *, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
         table = self.table(values, key, set(self.hints))
         checked = {}
         for name, value in table.items():
-            if name in TOP_LEVEL_SETTINGS:
+            if name in TOP_LEVEL_SETTINGS and name not in overrides:
                 raise self.error(f"{key}.{name}",
                                  f"set it with the top-level `{TOP_LEVEL_SETTINGS[name]}` key")
             checked[name] = self.setting(f"{key}.{name}", name, value)
@@ -307,7 +329,7 @@ class _SpecParser:
         axes = []
         for name, raw in table.items():
             key = f"axes.{name}"
-            if name in TOP_LEVEL_SETTINGS:
+            if name in TOP_LEVEL_SETTINGS and name not in PER_TRIAL_OVERRIDES:
                 raise self.error(key, f"set it with the top-level `{TOP_LEVEL_SETTINGS[name]}` key")
             if not isinstance(raw, list) or not raw:
                 raise self.error(key, f"must be a non-empty list, got {raw!r}")
@@ -373,34 +395,20 @@ class _SpecParser:
                             gpu_memory_bytes=gpu_memory_bytes)
 
     def run(self, values: Any) -> RunSpec:
-        table = self.table(values, "run", {"trial_function"})
+        table = self.table(values, "run", {"trial_function", "skip_predicted_over_budget"})
         function = table.get("trial_function", DEFAULT_TRIAL_FUNCTION)
         if not isinstance(function, str) or not _FUNCTION_PATTERN.match(function):
             raise self.error("run.trial_function",
                              f"must look like \"package.module:function\", got {function!r}")
-        return RunSpec(trial_function=function)
+        skip = table.get("skip_predicted_over_budget", True)
+        if not isinstance(skip, bool):
+            raise self.error("run.skip_predicted_over_budget", f"must be true or false, got {skip!r}")
+        return RunSpec(trial_function=function, skip_predicted_over_budget=skip)
 
     def check_configs(self, spec: SweepSpec) -> None:
-        """Every trial point must make a valid TrainConfig (cross-field rules like hidden % heads)."""
-        names = [name for name, _ in spec.axes]
-        for dataset in spec.datasets:
-            base = spec.base_settings(dataset)
-            try:
-                TrainConfig.from_dict(base)
-            except ConfigError as exc:
-                raise self.error("trial", str(exc)) from None
-            for values in itertools.product(*(v for _, v in spec.axes)):
-                point = dict(zip(names, values))
-                try:
-                    TrainConfig.from_dict({**base, **point})
-                except ConfigError as exc:
-                    where = ", ".join(f"{k}={v!r}" for k, v in point.items())
-                    raise self.error("axes", f"the point {where} is invalid: {exc}") from None
-            for i, extra in enumerate(spec.extra_trials):
-                try:
-                    TrainConfig.from_dict({**base, **extra})
-                except ConfigError as exc:
-                    raise self.error(f"extra_trials[{i}]", str(exc)) from None
+        """Every trial point must make a valid TrainConfig (cross-field rules like hidden % heads);
+        the grid built here is kept by the spec."""
+        spec.grid()
 
 
 __all__ = [

@@ -81,6 +81,14 @@ def config_key_columns(trials: pd.DataFrame, *, exclude: Iterable[str] = ()) -> 
     return [c for c in names if c in trials.columns]
 
 
+def samples_negatives(trials: pd.DataFrame) -> pd.Series:
+    """True for trials whose loss uses sampled negatives; full-catalogue CE (`loss == "ce"`) has no
+    meaningful `num_negatives`, so negatives-based views leave it out."""
+    if "loss" not in trials.columns:
+        return pd.Series(True, index=trials.index)
+    return trials["loss"] != "ce"
+
+
 def non_dominated(objectives: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
     """Boolean mask of the rows of `objectives` [n, m] that no other row dominates.
 
@@ -279,10 +287,10 @@ def scaling_table(
     memory_field: str = "peak_bytes",
 ) -> pd.DataFrame:
     """For each (dataset, split, budget, number of negatives): the best quality reachable within the budget
-    and the batch size (and max length) that reaches it."""
+    and the batch size (and max length) that reaches it. Only losses with sampled negatives count."""
     _require_columns(trials, ["num_negatives", "batch_size"])
     rows = []
-    for (dataset, split), group in _groups(trials):
+    for (dataset, split), group in _groups(trials[samples_negatives(trials)]):
         for budget in budgets:
             ranking = feasible_ranking(group, budget, metric=metric, memory_field=memory_field)
             best_each = ranking.drop_duplicates("num_negatives", keep="first")
@@ -364,7 +372,8 @@ def _require_columns(trials: pd.DataFrame, columns: Iterable[str]) -> None:
 __all__ = [
     "MEMORY_FIELDS", "METRIC_NAMES", "GROUP_COLUMNS", "TIME_COLUMN", "GIB", "QUALITY", "TEST_QUALITY",
     "MEMORY", "CANDIDATE", "ON_FRONTIER", "parse_metric", "metric_column", "check_memory_field",
-    "config_key_columns", "non_dominated", "aggregate_over_seeds", "pareto_table", "pareto_frontier",
+    "config_key_columns", "samples_negatives", "non_dominated", "aggregate_over_seeds", "pareto_table",
+    "pareto_frontier",
     "scope", "feasible_ranking", "best_under_budget", "best_per_budget", "scaling_table", "fused_vs_torch",
     "status_counts", "gpu_total_bytes", "format_gib", "SUMMARY_COLUMNS",
 ]

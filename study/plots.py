@@ -98,14 +98,20 @@ def pareto_figure(
         return "no ok trial with both quality and memory"
     figure = Figure(figsize=(8.5, 5.5), layout="constrained")
     axes = figure.add_subplot()
-    memory_gib = candidates[MEMORY] / GIB
-    negatives = candidates["num_negatives"].astype(float)
-    norm = LogNorm(vmin=negatives.min(), vmax=max(negatives.max(), negatives.min() * 2))
-    sizes = _marker_sizes(candidates["batch_size"], candidates["batch_size"])
-    points = axes.scatter(memory_gib, candidates[QUALITY], c=negatives, norm=norm, cmap="viridis",
-                          s=sizes, alpha=0.85, edgecolors="black", linewidths=0.4, zorder=3)
-    colorbar = figure.colorbar(points, ax=axes)
-    colorbar.set_label("negatives K (log scale)")
+    sampled = candidates[analysis.samples_negatives(candidates)]
+    full_catalogue = candidates[~analysis.samples_negatives(candidates)]
+    if not sampled.empty:
+        negatives = sampled["num_negatives"].astype(float)
+        norm = LogNorm(vmin=negatives.min(), vmax=max(negatives.max(), negatives.min() * 2))
+        points = axes.scatter(sampled[MEMORY] / GIB, sampled[QUALITY], c=negatives, norm=norm, cmap="viridis",
+                              s=_marker_sizes(sampled["batch_size"], candidates["batch_size"]), alpha=0.85,
+                              edgecolors="black", linewidths=0.4, zorder=3)
+        colorbar = figure.colorbar(points, ax=axes)
+        colorbar.set_label("negatives K (log scale)")
+    if not full_catalogue.empty:
+        axes.scatter(full_catalogue[MEMORY] / GIB, full_catalogue[QUALITY], marker="s", color="white",
+                     s=_marker_sizes(full_catalogue["batch_size"], candidates["batch_size"]),
+                     edgecolors="black", linewidths=0.8, zorder=3)
 
     frontier = candidates[candidates[ON_FRONTIER]].sort_values([MEMORY, QUALITY])
     low, high = _memory_range(table)
@@ -120,7 +126,8 @@ def pareto_figure(
         across = (math.log(x / low) / math.log(high / low)) if log_x else (x - low) / (high - low)
         dy = -12 if index % 2 == 0 else 5
         offset, align = ((6, dy), "left") if across < 0.75 else ((-6, dy), "right")
-        axes.annotate(f"K={int(row['num_negatives'])} B={int(row['batch_size'])}",
+        negatives_text = f"K={int(row['num_negatives'])}" if row.get("loss") != "ce" else "full CE"
+        axes.annotate(f"{negatives_text} B={int(row['batch_size'])}",
                       (row[MEMORY] / GIB, row[QUALITY]), textcoords="offset points", xytext=offset,
                       ha=align, fontsize=7, color="crimson")
 
@@ -156,6 +163,9 @@ def pareto_figure(
                Line2D([], [], marker="x", linestyle="", color=_INFEASIBLE_COLOR,
                       label=f"not ok ({len(infeasible)}: oom / over budget / failed)"
                             + (f", {not_placed} without memory not shown" if not_placed else ""))]
+    if not full_catalogue.empty:
+        handles.append(Line2D([], [], marker="s", linestyle="", markerfacecolor="white",
+                              markeredgecolor="black", label=f"full-catalogue CE ({len(full_catalogue)})"))
     for batch_size in _legend_batch_sizes(candidates["batch_size"]):
         size = _marker_sizes(pd.Series([batch_size]), candidates["batch_size"])[0]
         handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="white",
@@ -170,8 +180,9 @@ def heatmap_figure(table: pd.DataFrame, *, metric: str, memory_field: str, title
     """Best quality and the least memory over (negatives x batch size), one row of panels per max length.
     Cells with only failed trials are marked; cells never tried stay blank."""
     tried = table.dropna(subset=["num_negatives", "batch_size", "max_len"])
+    tried = tried[analysis.samples_negatives(tried)]
     if not tried[CANDIDATE].any():
-        return "no ok trial with both quality and memory"
+        return "no ok trial with sampled negatives and both quality and memory"
     if tried["num_negatives"].nunique() * tried["batch_size"].nunique() < 2:
         return "fewer than two (negatives, batch size) cells"
     negatives = sorted(int(v) for v in tried["num_negatives"].unique())
@@ -224,8 +235,9 @@ def scaling_figure(
 ) -> Figure | str:
     """For each budget, the best validation quality reachable at each number of negatives, with the batch
     size that reaches it written beside the point."""
-    if table[table[CANDIDATE]]["num_negatives"].nunique() < 2:
-        return "fewer than two numbers of negatives among ok trials"
+    sampled = table[table[CANDIDATE] & analysis.samples_negatives(table)]
+    if sampled["num_negatives"].nunique() < 2:
+        return "fewer than two numbers of negatives among ok trials with sampled negatives"
     scaling = analysis.scaling_table(table, budgets, metric=metric, memory_field=memory_field)
     if scaling.empty:
         return "no ok trial fits any of the budgets"

@@ -262,6 +262,17 @@ def test_scaling_table_gives_the_best_per_negatives_within_each_budget() -> None
         assert (row.batch_size, row.quality) == (top["batch_size"], top["val_ndcg_10"])
 
 
+def test_scaling_table_leaves_out_full_catalogue_ce() -> None:
+    frame = trials_frame([
+        {"loss": "ce", "num_negatives": 256, "val_ndcg_10": 0.9},  # K is meaningless for full CE
+        {"loss": "ce-neg", "num_negatives": 256, "val_ndcg_10": 0.2},
+        {"loss": "bce", "num_negatives": 1, "val_ndcg_10": 0.1},
+    ])
+    table = analysis.scaling_table(frame, [8 * GIB])
+    assert table[["num_negatives", "quality"]].values.tolist() == [[1, 0.1], [256, 0.2]]
+    assert analysis.pareto_table(frame)["on_frontier"].tolist() == [True, False, False]
+
+
 def test_fused_vs_torch_pairs_equal_configurations_only() -> None:
     frame = trials_frame([
         {"loss_impl_used": "triton", "mean_epoch_seconds": 2.0, "peak_bytes": 2 * GIB},

@@ -96,3 +96,17 @@ def test_no_figure_when_no_trial_finished(tmp_path: Path) -> None:
     notes: list[str] = []
     assert plots.write_figures(to_frame(failed), tmp_path, note=notes.append) == []
     assert any("pareto" in n and "no ok trial" in n for n in notes)
+
+
+def test_full_catalogue_ce_is_drawn_apart_from_sampled_negatives(trials: pd.DataFrame) -> None:
+    full_ce = trials[trials["status"] == "ok"].head(3).assign(loss="ce", val_ndcg_10=0.5,
+                                                              trial_id=lambda f: f["trial_id"] + "-ce")
+    table = analysis.pareto_table(pd.concat([trials, full_ce], ignore_index=True))
+    figure = plots.pareto_figure(table, metric="ndcg@10", memory_field="peak_bytes")
+    assert not isinstance(figure, str)
+    axes = figure.axes[0]
+    sampled, squares = axes.collections[0], axes.collections[1]
+    assert len(sampled.get_offsets()) == int(table["candidate"].sum()) - 3
+    np.testing.assert_allclose(np.asarray(squares.get_offsets())[:, 1], [0.5, 0.5, 0.5])
+    assert any("full CE" in t.get_text() for t in axes.texts)
+    assert any("full-catalogue CE (3)" in t.get_text() for t in axes.get_legend().get_texts())

@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from study import analysis
 from study.analysis import CANDIDATE, GIB, MEMORY, ON_FRONTIER, QUALITY, TIME_COLUMN
@@ -108,6 +108,10 @@ def pareto_figure(
                               edgecolors="black", linewidths=0.4, zorder=3)
         colorbar = figure.colorbar(points, ax=axes)
         colorbar.set_label("negatives K (log scale)")
+        distinct = sorted(int(k) for k in negatives.unique())
+        if len(distinct) <= 10:  # label the values swept rather than powers of ten
+            colorbar.ax.yaxis.set_minor_locator(NullLocator())
+            colorbar.set_ticks(distinct, labels=[str(k) for k in distinct])
     if not full_catalogue.empty:
         axes.scatter(full_catalogue[MEMORY] / GIB, full_catalogue[QUALITY], marker="s", color="white",
                      s=_marker_sizes(full_catalogue["batch_size"], candidates["batch_size"]),
@@ -159,10 +163,11 @@ def pareto_figure(
     axes.grid(True, alpha=0.3)
 
     not_placed = int((~shown).sum())
-    handles = [Line2D([], [], color="crimson", label=f"Pareto frontier ({len(frontier)} trials)"),
-               Line2D([], [], marker="x", linestyle="", color=_INFEASIBLE_COLOR,
-                      label=f"not ok ({len(infeasible)}: oom / over budget / failed)"
-                            + (f", {not_placed} without memory not shown" if not_placed else ""))]
+    handles = [Line2D([], [], color="crimson", label=f"Pareto frontier ({len(frontier)} trials)")]
+    if len(infeasible):
+        handles.append(Line2D([], [], marker="x", linestyle="", color=_INFEASIBLE_COLOR,
+                              label=f"not ok ({len(infeasible)}: oom / over budget / failed)"
+                                    + (f", {not_placed} without memory not shown" if not_placed else "")))
     if not full_catalogue.empty:
         handles.append(Line2D([], [], marker="s", linestyle="", markerfacecolor="white",
                               markeredgecolor="black", label=f"full-catalogue CE ({len(full_catalogue)})"))
@@ -191,8 +196,8 @@ def heatmap_figure(table: pd.DataFrame, *, metric: str, memory_field: str, title
     figure = Figure(figsize=(11, 0.6 + 3.6 * len(max_lens)), layout="constrained")
     grid = figure.subplots(len(max_lens), 2, squeeze=False)
     candidates = tried[tried[CANDIDATE]]
-    panels = ((QUALITY, "max", f"best validation {metric_label(metric)}", "viridis", "{:.3f}"),
-              (MEMORY, "min", f"least {_MEMORY_LABELS[memory_field]} (GiB)", "magma_r", "{:.1f}"))
+    panels = ((QUALITY, "max", f"best validation {metric_label(metric)}", "viridis", "{:.3g}"),
+              (MEMORY, "min", f"least {_MEMORY_LABELS[memory_field]} (GiB)", "magma_r", "{:.3g}"))
     for row, max_len in enumerate(max_lens):
         at_len = tried[tried["max_len"] == max_len]
         ok_at_len = candidates[candidates["max_len"] == max_len]

@@ -122,12 +122,12 @@ def pareto_figure(
     step_x = np.append(frontier[MEMORY].to_numpy() / GIB, high)
     step_y = np.append(frontier[QUALITY].to_numpy(), frontier[QUALITY].iloc[-1])
     axes.step(step_x, step_y, where="post", color="crimson", linewidth=1.6, zorder=2)
-    log_x = high / low > 20
+    log_x = low > 0 and high / low > 20
     for index, (_, row) in enumerate(frontier.iterrows()):
         # Labels go right of the point (left of it near the right edge) and alternate below / above so
         # that labels of neighbouring points do not collide.
         x = row[MEMORY] / GIB
-        across = (math.log(x / low) / math.log(high / low)) if log_x else (x - low) / (high - low)
+        across = (math.log(x / low) / math.log(high / low)) if log_x else (x - low) / ((high - low) or 1.0)
         dy = -12 if index % 2 == 0 else 5
         offset, align = ((6, dy), "left") if across < 0.75 else ((-6, dy), "right")
         negatives_text = f"K={int(row['num_negatives'])}" if row.get("loss") != "ce" else "full CE"

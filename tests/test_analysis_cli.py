@@ -112,6 +112,18 @@ def test_best_on_a_missing_an_empty_or_an_all_failed_database(tmp_path: Path, ca
     assert code != 0 and "no trials of sweep 'another'" in err
 
 
+def test_best_asks_for_a_dataset_when_the_database_holds_several(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(6)
+    trials = [*synthetic_sweep(rng, dataset="ml-100k", negatives=(64,), batch_sizes=(32,), max_lens=(50,)),
+              *synthetic_sweep(rng, dataset="ml-1m", negatives=(64,), batch_sizes=(32,), max_lens=(50,))]
+    database = build_database(tmp_path / "two.sqlite", trials)
+    code, _, err = run(capsys, "best", "--db", str(database), "--budget", "40GiB")
+    assert code != 0 and "ml-100k, ml-1m" in err and "--dataset" in err and err.count("\n") == 1
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budget", "40GiB", "--dataset", "ml-1m",
+                       "--json")
+    assert code == 0 and json.loads(out)["best"]["dataset"] == "ml-1m"
+
+
 def test_pareto_writes_the_figures_it_lists(tmp_path: Path, capsys) -> None:
     database = tiny_database(tmp_path / "tiny.sqlite")
     code, out, _ = run(capsys, "pareto", "--db", str(database), "--out", str(tmp_path / "figs"),

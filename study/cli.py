@@ -1,13 +1,15 @@
 """The `cce-study` command line: one subcommand per job, each implemented in its own module.
 
 Every command module exposes `configure(parser)` (adds its arguments) and `run(args) -> int`.
-Errors a user can fix (missing file, bad value) are printed as one line, with a non-zero exit.
+Errors a user can fix (missing file, bad value) are printed as one line, with a non-zero exit;
+set CCE_STUDY_DEBUG=1 to see the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help)
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (UserError, ValueError, FileNotFoundError) as exc:
+        if os.environ.get("CCE_STUDY_DEBUG"):
+            raise
         print(f"cce-study {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -53,4 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the importable module, so that `python -m study.cli` raises and catches the same
+    # `study.cli.UserError` class that the command modules import.
+    from study.cli import main as _main
+
+    sys.exit(_main())

@@ -266,6 +266,29 @@ def targets_section(out_dir: str, with_compile: bool) -> None:
         save(out_dir)
 
 
+def profile(out_dir: str) -> None:
+    """Where the time of one fwd+bwd goes (shared, K=4096, d=64): CUDA time per kernel name."""
+    print("== profile: shared K=4096 d=64 bf16, 5 steps ==")
+    hidden, items, targets, negatives = make_inputs("shared", num_rows=51_200, num_items=1_000_000, k=4096,
+                                                    dim=64, length=200, dtype=torch.bfloat16,
+                                                    items_dtype=torch.bfloat16)
+    h = hidden.requires_grad_(True)
+    e = items.requires_grad_(True)
+    for _ in range(3):
+        run_fused(h, e, targets, negatives, "shared", 200).backward()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(5):
+            h.grad = e.grad = None
+            run_fused(h, e, targets, negatives, "shared", 200).backward()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=40)
+    print(table)
+    with open(os.path.join(out_dir, "profile.txt"), "w") as handle:
+        handle.write(table)
+
+
 def matmul_rate() -> float:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     matmul_ms = do_bench(functools.partial(torch.matmul, a, a), warmup=25, rep=100, return_mode="median")
@@ -287,7 +310,8 @@ def main() -> None:
     print(f"bf16 8192^3 matmul: {RESULTS['device']['bf16_matmul_tflops']:.0f} TFLOP/s", flush=True)
     start = time.time()
     steps = {"check": functools.partial(check, args.out), "sweep": functools.partial(sweep, args.out),
-             "targets": functools.partial(targets_section, args.out, not args.no_compile)}
+             "targets": functools.partial(targets_section, args.out, not args.no_compile),
+             "profile": functools.partial(profile, args.out)}
     for section in sections:
         steps[section]()
     print(f"total {time.time() - start:.0f} s")

@@ -73,13 +73,13 @@ def default_configs(device: torch.device, dim: int) -> KernelConfigs:
     # From the per-kernel sweep of benchmarks/dev_shared.py on an H200 (bf16, N=51,200, K=16,384).
     # grad_items: block_m is the rows per step, block_n the item tile each program owns.
     if dim <= 128:
-        forward = BlockConfig(block_m=64, block_n=128, num_warps=4, num_stages=3)
-        grad_hidden = BlockConfig(block_m=128, block_n=64, num_warps=4, num_stages=3)
+        forward = BlockConfig(block_m=64, block_n=256, num_warps=4, num_stages=3)
+        grad_hidden = BlockConfig(block_m=128, block_n=128, num_warps=4, num_stages=4)
         grad_items = BlockConfig(block_m=128, block_n=128, num_warps=4, num_stages=3)
     else:
         forward = BlockConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
-        grad_hidden = BlockConfig(block_m=128, block_n=64, num_warps=8, num_stages=2)
-        grad_items = BlockConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
+        grad_hidden = BlockConfig(block_m=64, block_n=64, num_warps=4, num_stages=3)
+        grad_items = BlockConfig(block_m=32, block_n=64, num_warps=4, num_stages=3)
     return KernelConfigs(forward=forward, grad_hidden=grad_hidden, grad_items=grad_items,
                          target_programs=4 * sm_count)
 
@@ -449,9 +449,10 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
                                    num_groups=count, out_strides=(0, k * dim, dim), atomic=False)
                 grad_items.index_add_(0, negatives[first:first + count].reshape(-1),
                                       buffer[:count].reshape(count * k, dim).to(items.dtype))
-    kept = targets != plan.ignore_index
-    positive_rows = (positive_coef[kept, None] * hidden[kept].to(torch.float32)).to(items.dtype)
-    grad_items.index_add_(0, targets[kept], positive_rows)
+    # Masks rather than boolean indexing: no host synchronisation. Ignored rows add exact zeros to item 0.
+    kept = (targets != plan.ignore_index)[:, None]
+    positive_rows = torch.where(kept, positive_coef[:, None] * hidden.to(torch.float32), 0.0)
+    grad_items.index_add_(0, torch.where(kept[:, 0], targets, 0), positive_rows.to(items.dtype))
     return grad_items
 
 

@@ -129,3 +129,14 @@ def _kill(processes: Iterable[psutil.Process]) -> None:
             process.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
             continue
+
+
+def stop_ray(temp_dir: str | Path, *, grace: float = 10.0) -> None:
+    """Stop the Ray instance started with this temp dir (SIGTERM, then SIGKILL after `grace` seconds).
+    Unlike `ray stop`, which ends every Ray instance of the user, this touches only that one."""
+    for process in ray_processes(temp_dir):
+        try:
+            process.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            continue
+    wait_for_ray_gone(temp_dir, timeout=grace + 20, kill_after=grace)

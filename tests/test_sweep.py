@@ -1,0 +1,334 @@
+"""The sweep driver with real Ray on CPU: rows for every trial and fault, resume after SIGKILL, clusters.
+
+In-process tests share one local Ray instance (module fixture); the SIGKILL/resume test runs the
+command in subprocesses and resumes against a `ray start` cluster through --address. Every Ray instance
+gets its own short temp dir, so the test can check that none of its processes outlive it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sweep_faults import FAULTS, ray_processes, stop_ray, wait_for_ray_gone
+
+from study import sweep
+from study.config import TrainConfig
+from study.db import ResultsDB, load_epochs, load_trials
+from study.record import MemoryReport, TrialRecord
+from study.sweep_spec import load_spec, parse_spec
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def write_spec(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def sweep_args(spec: Path, db: Path, **options: object) -> argparse.Namespace:
+    values = {"spec": spec, "db": db, "address": None, "resume": False, "dry_run": False}
+    values.update(options)
+    return argparse.Namespace(**values)
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[str]:
+    """One local Ray instance for the in-process tests (the driver reuses an initialised Ray)."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = temp_dir
+    sweep.start_ray(None, num_cpus=2)
+    try:
+        yield temp_dir
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
+        wait_for_ray_gone(temp_dir, timeout=60, kill_after=30)
+
+
+def test_grid_sweep_of_real_trials_writes_one_row_each(local_ray: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path / "grid.toml", """
+        name = "grid4"
+        datasets = ["synthetic:users=40,items=60,mean_len=8,seed=3"]
+        memory_budget = "2GiB"
+        [trial]
+        loss = "ce-neg"
+        hidden = 16
+        epochs = 1
+        max_steps_per_epoch = 2
+        device = "cpu"
+        [axes]
+        num_negatives = [4, 8]
+        batch_size = [8, 16]
+        max_len = [10]
+    """)
+    db = tmp_path / "results.sqlite"
+    assert sweep.run(sweep_args(spec, db)) == 0
+    trials = load_trials(db, sweep="grid4").set_index("trial_id")
+    expected = {c.num_negatives: c for c in load_spec(spec).grid()}
+    assert len(trials) == 4 and set(trials["status"]) == {"ok"}, trials[["status", "error"]]
+    assert sorted(zip(trials["num_negatives"], trials["batch_size"])) == [(4, 8), (4, 16), (8, 8), (8, 16)]
+    assert set(trials.index) == {sweep.trial_id("grid4", c) for c in load_spec(spec).grid()}
+    assert expected  # the spec expands as the rows say
+    assert trials["val_ndcg_10"].between(0, 1).all() and trials["test_hit_10"].between(0, 1).all()
+    assert (trials["budget_bytes"] == 2 * 2**30).all()
+    assert (trials["peak_bytes"] > 0).all() and (trials["loss_impl_used"] == "torch").all()
+    assert trials["predicted_peak_bytes"].notna().all()
+    epochs = load_epochs(db, sweep="grid4")
+    assert len(epochs) == 4 and epochs["train_loss"].map(math.isfinite).all()
+    out, err = capsys.readouterr()
+    assert "sweep grid4: 4 trial(s) recorded" in out and "ok 4" in out
+    assert "4/4 done" in err
+
+
+def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "faults.toml", """
+        name = "faults"
+        datasets = ["synthetic:users=30,items=40,seed=1"]
+        memory_budget = "8GiB"
+        [axes]
+        num_negatives = [16]
+        batch_size = [8]
+        max_len = [20]
+        seed = [1, 3, 4]  # raise, out of memory beyond the budget, NaN loss (all faults: test below)
+        [[extra_trials]]
+        num_negatives = 16
+        batch_size = 8
+        max_len = 20
+        seed = 0
+        memory_budget = "100MiB"  # far below any prediction: recorded without running
+        [resources]
+        max_concurrent = 2
+        [run]
+        trial_function = "tests.sweep_faults:faulty_trial"
+    """)
+    db = tmp_path / "results.sqlite"
+    assert sweep.run(sweep_args(spec, db)) == 0
+    trials = load_trials(db, sweep="faults")
+    by_fault = {FAULTS[seed]: row for seed, row in zip(trials["seed"], trials.itertuples())
+                if row.memory_budget == "8GiB"}
+    assert len(trials) == 4
+    assert by_fault["raise"].status == "failed" and "injected failure for seed 1" in by_fault["raise"].error
+    assert "Traceback" in by_fault["raise"].error
+    assert by_fault["budget_oom"].status == "over_budget" and by_fault["budget_oom"].budget_bytes == 8 * 2**30
+    assert by_fault["nan_loss"].status == "failed" and "non-finite" in by_fault["nan_loss"].error
+    skipped = trials[trials["memory_budget"] == "100MiB"].iloc[0]
+    assert skipped["status"] == "predicted_over_budget"
+    assert skipped["predicted_peak_bytes"] > skipped["budget_bytes"] == 100 * 2**20
+    nan_epochs = load_epochs(db, sweep="faults")
+    assert nan_epochs[nan_epochs["trial_id"] == by_fault["nan_loss"].trial_id]["train_loss"].isna().all()
+
+    # the same command again refuses to mix sweeps; with --resume there is nothing left to run
+    with pytest.raises(sweep.SweepError, match="--resume"):
+        sweep.run(sweep_args(spec, db))
+    assert sweep.run(sweep_args(spec, db, resume=True)) == 0
+    assert len(load_trials(db, sweep="faults")) == 4
+
+
+def test_every_fault_becomes_a_record_with_its_status() -> None:
+    settings = sweep.TrialSettings("f", "tests.sweep_faults:faulty_trial", card_bytes=None)
+    epochs_seen: list[float] = []
+    records = {}
+    for seed, fault in FAULTS.items():
+        config = TrainConfig(dataset="synthetic:users=30,items=40", seed=seed, memory_budget="8GiB")
+        records[fault] = sweep.execute_trial(config.to_dict(), settings,
+                                             on_epoch=lambda e: epochs_seen.append(e.train_loss))
+    assert {fault: r.status for fault, r in records.items()} == {
+        "ok": "ok", "raise": "failed", "device_oom": "oom", "budget_oom": "over_budget",
+        "nan_loss": "failed", "wrong_type": "failed"}
+    assert "not a TrialRecord" in (records["wrong_type"].error or "")
+    assert all(r.memory.budget_bytes == 8 * 2**30 for r in records.values())
+    assert all(r.config["seed"] == seed for r, seed in zip(records.values(), FAULTS))
+    assert any(math.isnan(loss) for loss in epochs_seen) and 2.5 in epochs_seen
+    bad = sweep.execute_trial({"batch_size": -1}, settings)
+    assert bad.status == "failed" and "batch_size" in (bad.error or "")
+    # the final report always carries finite objectives, whatever the status
+    for record in records.values():
+        result = sweep.final_result("t", record)
+        objectives = (sweep.QUALITY_KEY, sweep.MEMORY_KEY, sweep.CONSTRAINT_KEY)
+        assert all(math.isfinite(result[key]) for key in objectives)
+        assert (result[sweep.CONSTRAINT_KEY] > 0) == (record.status != "ok")
+
+
+def test_dry_run_lists_trials_and_predictions_without_running(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path / "plan.toml", """
+        name = "plan"
+        datasets = ["synthetic:users=30,items=40,seed=1"]
+        memory_budget = "100MiB"
+        [axes]
+        num_negatives = [16, 32]
+        batch_size = [8]
+        max_len = [20]
+    """)
+    db = tmp_path / "results.sqlite"
+    assert sweep.run(sweep_args(spec, db, dry_run=True)) == 0
+    out = capsys.readouterr().out
+    assert "sweep plan: 2 trial(s)" in out and out.count("predicted_over_budget") == 3  # 2 rows + total
+    assert not db.exists()
+
+
+def test_optuna_search_runs_its_samples_under_the_constraint(local_ray: str, tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "optuna.toml", """
+        name = "opt"
+        datasets = ["synthetic:users=30,items=40,seed=1"]
+        memory_budget = "8GiB"
+        [axes]
+        num_negatives = [8, 16, 32, 64]
+        batch_size = [8, 16, 32, 64]
+        max_len = [20]
+        seed = [0, 3]
+        [search]
+        kind = "optuna"
+        num_samples = 2
+        seed = 7
+        [run]
+        trial_function = "tests.sweep_faults:faulty_trial"
+    """)
+    db = tmp_path / "results.sqlite"
+    assert sweep.run(sweep_args(spec, db)) == 0
+    trials = load_trials(db, sweep="opt")
+    assert 1 <= len(trials) <= 2  # a sampler may repeat a configuration: same id, one row
+    expected_status = {0: "ok", 3: "over_budget"}
+    assert all(expected_status[s] == status for s, status in zip(trials["seed"], trials["status"]))
+
+
+def test_optuna_searcher_sets_the_budget_constraint_and_warm_starts() -> None:
+    from ray import tune
+
+    spec = parse_spec({"name": "c", "datasets": ["d"], "memory_budget": "8GiB",
+                       "axes": {"num_negatives": [8, 16], "batch_size": [8], "max_len": [20]},
+                       "search": {"kind": "optuna", "num_samples": 4, "seed": 1}})
+    space = {"axes": {name: tune.choice(list(values)) for name, values in spec.axes}}
+    config = spec.grid()[1]
+    over = TrialRecord(status="over_budget", config=config.to_dict(),
+                       memory=MemoryReport(torch_max_reserved=9 * 2**30, budget_bytes=8 * 2**30))
+    fits = TrialRecord(status="ok", config=spec.grid()[0].to_dict(), val_metrics={"ndcg@10": 0.25},
+                       memory=MemoryReport(torch_max_reserved=2**30, budget_bytes=8 * 2**30))
+
+    searcher = sweep.make_optuna_search(spec, load_trials_frame([]))
+    searcher.set_search_properties(None, None, space)
+    suggested = searcher.suggest("t1")
+    assert set(suggested["axes"]) == {"num_negatives", "batch_size", "max_len"}
+    searcher.on_trial_complete("t1", sweep.final_result("x", over))
+    searcher.suggest("t2")
+    searcher.on_trial_complete("t2", sweep.final_result("y", fits))
+    told = searcher._ot_study.trials
+    assert told[0].constraints[sweep.CONSTRAINT_KEY] > 0  # over budget: infeasible
+    assert told[1].constraints[sweep.CONSTRAINT_KEY] == pytest.approx(-7.0)  # 1 GiB used of 8
+    assert told[1].values == [0.25, 1.0]
+    assert [t.number for t in searcher._ot_study.best_trials] == [1]  # only feasible trials are best
+
+    # resuming: recorded trials are told to the new study before it samples
+    warm = sweep.make_optuna_search(spec, load_trials_frame([("c-over", over), ("c-fits", fits)]))
+    warm.set_search_properties(None, None, space)
+    assert len(warm._ot_study.trials) == 2
+    assert sorted(t.constraints[sweep.CONSTRAINT_KEY] > 0 for t in warm._ot_study.trials) == [False, True]
+
+
+def load_trials_frame(records: list[tuple[str, TrialRecord]]):  # type: ignore[no-untyped-def]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "r.sqlite"
+        with ResultsDB(path) as db:
+            for key, record in records:
+                db.record_trial(key, "c", record)
+        return load_trials(path)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "slow.toml", """
+        name = "slow"
+        datasets = ["synthetic:users=30,items=40,seed=1"]
+        [axes]
+        num_negatives = [16]
+        batch_size = [8]
+        max_len = [20]
+        seed = [0, 1, 2, 3]
+        [resources]
+        max_concurrent = 2
+        [run]
+        trial_function = "tests.sweep_faults:sleepy_trial"
+    """)
+    db = tmp_path / "results.sqlite"
+    run_log = tmp_path / "runs.log"
+    first_ray = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    cluster_ray = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {**os.environ, "CCE_TEST_RUN_LOG": str(run_log), "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT)}
+    command = [PYTHON, "-m", "study.sweep", str(spec), "--db", str(db)]
+    driver = subprocess.Popen(command, cwd=REPO_ROOT, env={**env, "RAY_TMPDIR": first_ray},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 150
+        recorded: set[str] = set()
+        while len(recorded) < 2:
+            assert driver.poll() is None, driver.communicate()
+            assert time.monotonic() < deadline, "the sweep recorded too few trials in time"
+            time.sleep(0.3)
+            if db.exists():
+                with ResultsDB(db) as reader:
+                    recorded = reader.trial_ids("slow")
+        assert ray_processes(first_ray), "the driver's Ray processes should be findable by their temp dir"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    with ResultsDB(db) as reader:
+        recorded = reader.trial_ids("slow")
+    runs_before_kill = run_log.read_text().split()
+    # Ray's processes outlive a killed driver by 15-30 s; these are this test's own, so end them.
+    wait_for_ray_gone(first_ray, timeout=60, kill_after=3)
+
+    refused = subprocess.run(command, cwd=REPO_ROOT, env={**env, "RAY_TMPDIR": first_ray},
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+    port = free_port()
+    started = subprocess.run(
+        [RAY, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+         "--temp-dir", cluster_ray, "--include-dashboard", "false", "--disable-usage-stats"],
+        env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert started.returncode == 0, started.stderr
+        resumed = subprocess.run([*command, "--resume", "--address", f"127.0.0.1:{port}"], cwd=REPO_ROOT,
+                                 env=env, capture_output=True, text=True, timeout=240)
+        assert resumed.returncode == 0, resumed.stderr
+    finally:
+        stop_ray(cluster_ray)
+    trials = load_trials(db, sweep="slow")
+    assert sorted(trials["seed"]) == [0, 1, 2, 3] and trials["trial_id"].is_unique
+    assert set(trials["status"]) == {"ok"}
+    runs_after_kill = run_log.read_text().split()[len(runs_before_kill):]
+    seeds_recorded_before = {int(s) for s, i in zip(trials["seed"], trials["trial_id"]) if i in recorded}
+    assert len(seeds_recorded_before) >= 2
+    assert not seeds_recorded_before & {int(s) for s in runs_after_kill}, "a recorded trial ran again"
+    assert {int(s) for s in runs_after_kill} | seeds_recorded_before == {0, 1, 2, 3}
+    assert f"{len(recorded)} already recorded" in resumed.stderr
+    wait_for_ray_gone(cluster_ray, timeout=30)

@@ -23,11 +23,9 @@ Assumptions, stated where they matter:
 - The item gradient passes through three table-sized buffers: the loss's gradient for the view
   `weight[1:]`, the slice backward's full-size gradient (alive until the embedding lookup's gradient
   is added to it at the very end of backward), and the lookup's own dense gradient.
-- The PyTorch reference losses (kernels/reference.py) keep about 12 bytes per logit at their peak
-  (float32 logits, the saved logsumexp input, the accidental-hit mask and the backward's gradient
-  copies); DESIGN section 4 measures 12.0 bytes per logit for CE- with shared negatives and exactly
-  12 bytes per logit for full CE. Per-position negatives also gather a [N, K, d] table (saved in
-  the hidden's dtype) and its gradient.
+- The PyTorch reference losses (kernels/reference.py, kernels/sampled_losses.py) keep 10 to 17
+  bytes per logit at their peak (see TORCH_*_BYTES_PER_LOGIT). Per-position negatives also gather a
+  [N, K, d] table (saved in the hidden's dtype) and its gradient.
 - The fused Triton kernels keep O(N*d + K*d) besides the index tensor they are handed; their item
   gradient is one float32 [C, d] buffer.
 """
@@ -38,32 +36,45 @@ from dataclasses import dataclass, field
 
 from study.config import TrainConfig
 from study.evaluate import DEFAULT_MAX_SCORES
-from study.memory import DEFAULT_CUDA_CONTEXT_BYTES, MiB, format_bytes
+from study.memory import DEFAULT_CUDA_CONTEXT_BYTES, format_bytes
 
 FLOAT32 = 4
 BFLOAT16 = 2
 INT64 = 8
 
-# Peak reserved / peak allocated of PyTorch's caching allocator: segments are rounded up (2 MiB for
-# large blocks, 20 MiB segments for small ones) and freed blocks are not always reusable. Chosen to
-# err high; benchmarks/memory_validation.py measures it.
-ALLOCATOR_FRAGMENTATION = 0.08
-ALLOCATOR_FIXED_OVERHEAD = 64 * MiB
-# Bytes per logit kept at the peak of the PyTorch reference CE / CE- backward (see the module
-# docstring) and forward (bf16 logits, their float32 copy and the float32 log-softmax / concatenation),
-# and the extra float32 copy the logQ correction makes.
-TORCH_BYTES_PER_LOGIT = 12
-TORCH_FORWARD_BYTES_PER_LOGIT = 10
-TORCH_LOGQ_BYTES_PER_LOGIT = 4
-# Copies of the [N, K, d] gathered negatives in the PyTorch per-position loss, in units of the
-# hidden dtype's size: the saved gather, its gradient, and a quarter for the bmm's transient views
-# (DESIGN section 4 measures 4.3-4.6 bytes per gathered bf16 element).
-TORCH_GATHER_COPIES = 2.25
+# The caching allocator's peak reserved memory exceeds the peak allocated memory when freed blocks
+# cannot serve later requests: a large buffer requested anew each step after smaller ones have split
+# its cached block, buffers whose size varies from step to step (rows kept after padding), and
+# evaluation blocks larger than anything training cached. Calibrated on 8 trials on one H200
+# (torch 2.11, default allocator settings; benchmarks/memory_validation.py): the excess was about
+# 1-1.5x the step's largest transient buffer, or about 5 [N, d] float32 buffers when the step has no
+# large one, or the whole evaluation working set when its blocks were the largest.
+# (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True did not remove the excess: it shrank it for some
+# trials and tripled it for the PyTorch per-position loss.)
+ALLOCATOR_REREQUEST_FACTOR = 1.25
+ALLOCATOR_ROW_BUFFERS = 5
+# Bytes per logit at the peak of the PyTorch reference losses (kernels/reference.py,
+# kernels/sampled_losses.py), forward and backward; measured on H200 within a few percent:
+# CE- keeps the float32 logits, the accidental-hit mask, the concatenation with the positive and
+# logsumexp's two float32 temporaries (17 B); its backward the saved concatenation and mask plus
+# two float32 gradients (13 B). Full CE: bf16 logits, their float32 copy and the log-softmax (10 B);
+# backward the saved log-softmax and two float32 gradients (12 B, which DESIGN section 4 also
+# measures). BCE / gBCE: logits, negated logits and logsigmoid (12 B both ways).
+TORCH_SAMPLED_FORWARD_BYTES_PER_LOGIT = 17
+TORCH_SAMPLED_BACKWARD_BYTES_PER_LOGIT = 13
+TORCH_FULL_FORWARD_BYTES_PER_LOGIT = 10
+TORCH_FULL_BACKWARD_BYTES_PER_LOGIT = 12
+TORCH_BINARY_BYTES_PER_LOGIT = 12
+# Copies of the [N, K, d] gathered negatives alive in the PyTorch per-position loss's backward, in
+# units of the hidden dtype's size: the saved gather and its gradient.
+TORCH_GATHER_COPIES = 2.0
 # Live [N, d] temporaries the fused kernels' backward makes for the positive items' gradient.
 TRITON_BACKWARD_ROW_COPIES = 2
 # Float32 copies of one chunk of evaluation scores alive at once: scores, the clone masked for seen
 # items, the cleaned copy, and the comparison with the target's score.
 EVAL_SCORE_COPIES = 4
+# Float32 [rows * L, d] buffers alive at once in the encoder's no-grad forward during evaluation.
+EVAL_FORWARD_COPIES = 7
 # The popularity sampler draws its float64 uniforms in chunks of this many (kernels/samplers.py).
 POPULARITY_DRAW_CHUNK = 2**22
 
@@ -109,7 +120,6 @@ class TrialShape:
     activation_bytes: int  # 2 under bf16 autocast, else 4
     dropout: bool
     popularity: bool
-    logq: bool
     weight_decay: bool
 
     @property
@@ -160,7 +170,6 @@ def resolve_shape(
         activation_bytes=BFLOAT16 if bf16 else FLOAT32,
         dropout=config.dropout > 0,
         popularity=not full and config.sampling == "popularity",
-        logq=not full and config.logq_correction,
         weight_decay=config.weight_decay > 0,
     )
 
@@ -317,7 +326,8 @@ def loss_forward_bytes(shape: TrialShape) -> int:
     n = shape.rows
     if shape.impl == "triton":
         return 4 * n * FLOAT32  # loss, logsumexp, positive logit, kept mask
-    logits = torch_logits_bytes(shape, TORCH_FORWARD_BYTES_PER_LOGIT)
+    per_logit = {"ce": TORCH_FULL_FORWARD_BYTES_PER_LOGIT, "ce-neg": TORCH_SAMPLED_FORWARD_BYTES_PER_LOGIT}
+    logits = torch_logits_bytes(shape, per_logit.get(shape.loss, TORCH_BINARY_BYTES_PER_LOGIT))
     return logits + torch_gathered_bytes(shape, backward=False)
 
 
@@ -330,14 +340,15 @@ def loss_backward_bytes(shape: TrialShape) -> int:
         rows_copies = TRITON_BACKWARD_ROW_COPIES * n * d * FLOAT32
         partial_tiles = max(n, k) * d * FLOAT32 if shape.scope in ("batch", "full") else 0
         return 4 * n * FLOAT32 + grad_hidden + rows_copies + partial_tiles
-    return torch_logits_bytes(shape, TORCH_BYTES_PER_LOGIT) + torch_gathered_bytes(shape, backward=True)
+    per_logit = {"ce": TORCH_FULL_BACKWARD_BYTES_PER_LOGIT, "ce-neg": TORCH_SAMPLED_BACKWARD_BYTES_PER_LOGIT}
+    logits = torch_logits_bytes(shape, per_logit.get(shape.loss, TORCH_BINARY_BYTES_PER_LOGIT))
+    return logits + torch_gathered_bytes(shape, backward=True)
 
 
 def torch_logits_bytes(shape: TrialShape, bytes_per_logit: int) -> int:
     """The PyTorch reference's logits and their copies ([N, K], or [N, C] for full CE), plus its
     float32 [N, d] copies of the hidden states and positive rows."""
-    per_logit = bytes_per_logit + (TORCH_LOGQ_BYTES_PER_LOGIT if shape.logq else 0)
-    return shape.rows * shape.negatives * per_logit + 3 * shape.rows * shape.hidden * FLOAT32
+    return shape.rows * shape.negatives * bytes_per_logit + 3 * shape.rows * shape.hidden * FLOAT32
 
 
 def torch_gathered_bytes(shape: TrialShape, *, backward: bool) -> int:
@@ -373,16 +384,43 @@ def lookup_gradient_bytes(shape: TrialShape) -> int:
 
 def evaluation_bytes(shape: TrialShape) -> int:
     """Full-catalogue scoring: chunks of at most DEFAULT_MAX_SCORES scores (one row at a time beyond
-    that), EVAL_SCORE_COPIES float32 copies, and the encoder's no-grad forward over the chunk's rows."""
+    that), EVAL_SCORE_COPIES float32 copies of a chunk, and the encoder's no-grad forward.
+
+    The forward is charged for a whole evaluation batch although study/evaluate.py runs it per chunk
+    (fewer rows once E * C exceeds DEFAULT_MAX_SCORES): an upper bound that keeps the prediction
+    monotonic in the catalogue size."""
     c = shape.num_items
-    rows = min(shape.eval_batch, max(1, DEFAULT_MAX_SCORES // c))
     score_elements = min(shape.eval_batch * c, max(DEFAULT_MAX_SCORES, c))
     scores = EVAL_SCORE_COPIES * score_elements * FLOAT32
-    forward_rows = rows * shape.length
-    encoder = 6 * forward_rows * shape.hidden * FLOAT32
+    forward_rows = shape.eval_batch * shape.length
+    encoder = EVAL_FORWARD_COPIES * forward_rows * shape.hidden * FLOAT32
     if not shape.on_cuda:
-        encoder += 2 * rows * shape.heads * shape.length * shape.length * FLOAT32
+        encoder += 2 * shape.eval_batch * shape.heads * shape.length * shape.length * FLOAT32
     return scores + encoder + 2 * shape.eval_batch * shape.length * INT64
+
+
+# --- the caching allocator -------------------------------------------------------------------------
+
+
+def largest_step_buffer_bytes(shape: TrialShape) -> int:
+    """The largest buffer a training step allocates and frees: an [N, d] float32 activation, an
+    item-table-sized gradient, the host-drawn negative indices, or the PyTorch loss's float32 logits."""
+    n, d = shape.rows, shape.hidden
+    candidates = [n * d * FLOAT32, shape.num_items * d * FLOAT32, negative_index_bytes(shape)]
+    if shape.impl == "torch":
+        candidates.append(n * shape.negatives * FLOAT32)
+    return max(candidates)
+
+
+def allocator_overhead_bytes(shape: TrialShape) -> int:
+    """Peak reserved minus peak allocated memory: the largest of the step's re-requested buffer
+    (ALLOCATOR_REREQUEST_FACTOR times the largest), ALLOCATOR_ROW_BUFFERS [N, d] float32 buffers, and
+    the evaluation working set (new segments when training's cached blocks are too small for it;
+    counted always, which over-predicts runs whose training blocks are large, and keeps the model
+    monotonic)."""
+    rerequested = round(ALLOCATOR_REREQUEST_FACTOR * largest_step_buffer_bytes(shape))
+    row_buffers = ALLOCATOR_ROW_BUFFERS * shape.rows * shape.hidden * FLOAT32
+    return max(rerequested, row_buffers, evaluation_bytes(shape))
 
 
 # --- phases and the prediction ------------------------------------------------------------------------
@@ -459,7 +497,7 @@ def predict_peak_bytes(
     allocated = {name: sum(terms.values()) for name, terms in phases.items()}
     peak_phase = max(allocated, key=lambda name: allocated[name])
     torch_max_allocated = allocated[peak_phase]
-    overhead = round(torch_max_allocated * ALLOCATOR_FRAGMENTATION) + ALLOCATOR_FIXED_OVERHEAD
+    overhead = allocator_overhead_bytes(shape)
     torch_max_reserved = torch_max_allocated + overhead
     context = DEFAULT_CUDA_CONTEXT_BYTES if shape.on_cuda else 0
     parts = {name: value for name, value in phases[peak_phase].items() if value}

@@ -64,6 +64,7 @@ class KernelConfigs:
     target_programs: int
 
 
+@functools.lru_cache(maxsize=64)
 def default_configs(device: torch.device, dim: int) -> KernelConfigs:
     """Tiles tuned on one H200 (see notes/kernel-shared.md); tiny tiles for the CPU interpreter."""
     if device.type != "cuda":
@@ -411,7 +412,8 @@ def _row_splits(plan: _Plan, num_rows: int) -> int:
 
 def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
                 negatives: torch.Tensor | None, log_q: torch.Tensor | None, lse: torch.Tensor,
-                row_grad: torch.Tensor, positive_coef: torch.Tensor, plan: _Plan) -> torch.Tensor:
+                row_grad: torch.Tensor, positive_coef: torch.Tensor, safe_targets: torch.Tensor,
+                plan: _Plan) -> torch.Tensor:
     num_rows, dim = hidden.shape
     num_items = items.shape[0]
     launch = functools.partial(_launch_grad_items, hidden, items, targets, negatives, log_q, lse, row_grad,
@@ -449,10 +451,9 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
                                    num_groups=count, out_strides=(0, k * dim, dim), atomic=False)
                 grad_items.index_add_(0, negatives[first:first + count].reshape(-1),
                                       buffer[:count].reshape(count * k, dim).to(items.dtype))
-    # Masks rather than boolean indexing: no host synchronisation. Ignored rows add exact zeros to item 0.
-    kept = (targets != plan.ignore_index)[:, None]
-    positive_rows = torch.where(kept, positive_coef[:, None] * hidden.to(torch.float32), 0.0)
-    grad_items.index_add_(0, torch.where(kept[:, 0], targets, 0), positive_rows.to(items.dtype))
+    # No boolean indexing (a host synchronisation): ignored rows have coefficient 0 and add zeros to item 0.
+    positive_rows = positive_coef[:, None] * hidden.to(torch.float32)
+    grad_items.index_add_(0, safe_targets, positive_rows.to(items.dtype))
     return grad_items
 
 
@@ -464,38 +465,43 @@ class _SharedLinearCrossEntropy(torch.autograd.Function):
     ) -> torch.Tensor:
         lse, positive, loss = _forward(hidden, items, targets, negatives, log_q, plan)
         kept = targets != plan.ignore_index
-        ctx.save_for_backward(hidden, items, targets, negatives, log_q, lse, positive, kept)  # type: ignore[arg-type]
+        # d loss / d loss_i for a unit upstream gradient; few small ops, since at K ~ 4096 the host's
+        # launch time is comparable to the kernels'.
+        row_weight = kept.to(torch.float32)
+        safe_targets = torch.where(kept, targets, 0)
+        if plan.reduction == "mean":
+            count = kept.sum().clamp(min=1)
+            row_weight = row_weight / count
+            result = loss.sum() / count
+        else:
+            result = loss if plan.reduction == "none" else loss.sum()
+        ctx.save_for_backward(hidden, items, targets, negatives, log_q, lse, positive,  # type: ignore[arg-type]
+                              row_weight, safe_targets)
         ctx.plan = plan  # type: ignore[attr-defined]
-        if plan.reduction == "none":
-            return loss
-        if plan.reduction == "sum":
-            return loss.sum()
-        return loss.sum() / kept.sum().clamp(min=1)
+        return result
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor,
     ) -> tuple[torch.Tensor | None, ...]:
-        hidden, items, targets, negatives, log_q, lse, positive, kept = ctx.saved_tensors  # type: ignore[attr-defined]
+        (hidden, items, targets, negatives, log_q, lse, positive, row_weight,
+         safe_targets) = ctx.saved_tensors  # type: ignore[attr-defined]
         plan: _Plan = ctx.plan  # type: ignore[attr-defined]
         needs_hidden, needs_items = ctx.needs_input_grad[0], ctx.needs_input_grad[1]  # type: ignore[attr-defined]
-        row_grad = grad_output.to(torch.float32) * kept.to(torch.float32)
-        if plan.reduction == "mean":
-            row_grad = row_grad / kept.sum().clamp(min=1)
-        row_grad = row_grad.contiguous()
+        row_grad = (grad_output.to(torch.float32) * row_weight).contiguous()
         # d loss_i / d s_i0 = p_i0 - 1; "full" scores the target column inside the loop with weight p_i0,
         # so only the -1 remains outside it.
         if plan.full:
             positive_coef = -row_grad
         else:
-            positive_coef = row_grad * (torch.exp(positive - lse) - 1.0)
+            positive_coef = row_grad * torch.expm1(positive - lse)
         grad_hidden = grad_items = None
         if needs_hidden:
             grad_hidden = _grad_hidden(hidden, items, targets, negatives, log_q, lse, row_grad, positive_coef,
                                        plan)
         if needs_items:
             grad_items = _grad_items(hidden, items, targets, negatives, log_q, lse, row_grad, positive_coef,
-                                     plan)
+                                     safe_targets, plan)
         return grad_hidden, grad_items, None, None, None, None
 
 

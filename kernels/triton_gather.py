@@ -15,11 +15,12 @@ then in the same pass over the gathered tile
     dE[n_ik]  += g_i * p_ik * h_i                                    (atomic scatter-add)
     dE[p_i]   += g_i * (p_i0 - 1) * h_i                              (atomic scatter-add)
 The scatter-adds stay atomics: the destinations are arbitrary items shared by arbitrary rows, so
-no program owns an item row. They are fp32 (`red.global.add.f32`, relaxed ordering) into an fp32
-item gradient. For fp32 item tables (autocast training, the main case) that buffer IS the item
-gradient. For bf16/fp16 item tables the atomics still accumulate in an fp32 `[C, d]` buffer which
-is cast to the table's dtype at the end: half-precision atomic accumulation of ~N*K/C terms per
-item loses too much, so this case costs one extra fp32 `[C, d]` buffer (2x the gradient's size).
+no program owns an item row. They are fp32, relaxed ordering, 16 bytes wide (Triton emits
+`atom.global.gpu.relaxed.add.v4.f32` for sm_90), into an fp32 item gradient.
+For fp32 item tables (autocast training, the main case) that buffer IS the item gradient.
+For bf16/fp16 item tables the atomics still accumulate in an fp32 `[C, d]` buffer which is cast to
+the table's dtype at the end: half-precision atomic accumulation of ~N*K/C terms per item loses
+too much, so this case costs one extra fp32 `[C, d]` buffer (2x the gradient's size).
 The atomics make the item gradient's summation order, and so its last bits, non-deterministic.
 
 Drawn negatives are regenerated in backward from the seed: no index memory at all.

@@ -269,16 +269,33 @@ def test_every_row_ignored(reduction: str) -> None:
     assert (grad_hidden == 0).all() and (grad_items == 0).all()
 
 
-def test_only_the_needed_gradient_is_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("wanted", ["hidden", "items"])
+def test_only_the_needed_gradient_is_computed(monkeypatch: pytest.MonkeyPatch, wanted: str) -> None:
     case = make_case("shared", num_rows=20, num_items=40, num_negatives=9, dim=16, seed=29)
+    skipped = "_grad_items" if wanted == "hidden" else "_grad_hidden"
     called = []
-    monkeypatch.setattr(triton_shared, "_grad_items", lambda *a, **k: called.append("items"))
-    hidden = case["hidden"].clone().requires_grad_(True)
-    loss = shared_linear_cross_entropy(hidden, case["items"], case["targets"], case["negatives"],
+    monkeypatch.setattr(triton_shared, skipped, lambda *a, **k: called.append(skipped))
+    hidden = case["hidden"].clone().requires_grad_(wanted == "hidden")
+    items = case["items"].clone().requires_grad_(wanted == "items")
+    loss = shared_linear_cross_entropy(hidden, items, case["targets"], case["negatives"],
                                        scheme="shared", num_negatives=9, rows_per_sequence=1, log_q=None,
                                        remove_accidental_hits=True, ignore_index=IGNORE, reduction="mean")
     loss.backward()
-    assert called == [] and hidden.grad is not None and torch.isfinite(hidden.grad).all()
+    grad = hidden.grad if wanted == "hidden" else items.grad
+    assert called == [] and grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_no_rows() -> None:
+    hidden = torch.randn(0, 16, requires_grad=True)
+    items = torch.randn(10, 16)
+    kwargs = dict(scheme="shared", num_negatives=3, rows_per_sequence=1, log_q=None,
+                  remove_accidental_hits=True, ignore_index=IGNORE)
+    targets = torch.zeros(0, dtype=torch.int64)
+    negatives = torch.tensor([1, 2, 3])
+    per_row = shared_linear_cross_entropy(hidden, items, targets, negatives, reduction="none", **kwargs)
+    assert per_row.shape == (0,)
+    loss = shared_linear_cross_entropy(hidden, items, targets, negatives, reduction="mean", **kwargs)
+    assert loss.item() == 0.0
 
 
 @pytest.mark.parametrize(

@@ -372,9 +372,9 @@ def git_commit() -> str | None:
 def _predicted_peak_bytes(config: TrainConfig, device: torch.device, num_items: int, num_users: int) -> int:
     from study.memory_model import predict_peak_bytes
 
-    resolved = config.replace(device=device.type)  # "auto" would be predicted for CUDA even on a CPU host
-    prediction = predict_peak_bytes(resolved, num_items, num_users=num_users,
-                                    gpu_total=_device_total_bytes(device))
+    # the resolved device: the model takes "auto" as CUDA, even on a CPU host
+    prediction = predict_peak_bytes(config, num_items, num_users=num_users,
+                                    gpu_total=_device_total_bytes(device), device=device.type)
     return int(prediction.total_bytes)
 
 

@@ -119,6 +119,15 @@ class PlannedTrial:
         return (self.budget_bytes is not None and self.predicted_peak_bytes is not None
                 and self.predicted_peak_bytes > self.budget_bytes)
 
+    @property
+    def invalid_reason(self) -> str | None:
+        """Why the trial cannot run on its dataset (known once the catalogue size is), else None."""
+        config = self.config
+        if self.num_items is not None and config.loss != "ce" and config.num_negatives > self.num_items:
+            return (f"num_negatives: {self.config.num_negatives} exceeds the catalogue of {self.num_items} "
+                    f"items of {self.config.dataset}; not launched")
+        return None
+
 
 _warned_fractions: set[str] = set()
 
@@ -216,6 +225,8 @@ def print_plan(spec: SweepSpec, plan: Sequence[PlannedTrial], budget_bytes: int 
     for trial in plan:
         if trial.trial_id in done:
             action = "recorded"
+        elif trial.invalid_reason is not None:
+            action = "failed (num_negatives > items)"
         elif trial.over_budget and spec.run.skip_predicted_over_budget:
             action = "predicted_over_budget"
         elif trial.over_budget:
@@ -408,8 +419,12 @@ class Progress:
     sweep: str
     total: int
     statuses: Counter[str] = field(default_factory=Counter)
-    running: int = 0
+    running_trials: set[str] = field(default_factory=set)  # Tune's ids of trials started, not recorded
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def running(self) -> int:
+        return len(self.running_trials)
 
     def line(self, event: str) -> None:
         done = sum(self.statuses.values())
@@ -427,7 +442,12 @@ def run_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, *,
     skip = spec.run.skip_predicted_over_budget
     if spec.search.kind == "grid":
         for trial in plan:
-            if trial.trial_id not in done and skip and trial.over_budget:
+            if trial.trial_id not in done and trial.invalid_reason is not None:
+                db.record_trial(trial.trial_id, spec.name, TrialRecord(
+                    status="failed", config=trial.config.to_dict(), error=trial.invalid_reason,
+                    num_items=trial.num_items, predicted_peak_bytes=trial.predicted_peak_bytes,
+                    memory=MemoryReport(budget_bytes=trial.budget_bytes), finished_at=_utc_now()))
+            elif trial.trial_id not in done and skip and trial.over_budget:
                 assert trial.predicted_peak_bytes is not None and trial.budget_bytes is not None
                 db.record_trial(trial.trial_id, spec.name, predicted_over_budget_record(
                     trial.config, trial.predicted_peak_bytes, trial.budget_bytes, trial.num_items))
@@ -532,7 +552,7 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
             return {**self.__dict__, "db": None}
 
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            self.progress.running += 1
+            self.progress.running_trials.add(trial.trial_id)
 
         def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                             **info: Any) -> None:
@@ -556,7 +576,7 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
             self.finish(trial, f"the trial's worker failed: {error or 'unknown error'}")
 
         def finish(self, trial: Any, error: str) -> None:
-            self.progress.running = max(0, self.progress.running - 1)
+            self.progress.running_trials.discard(trial.trial_id)
             if trial.trial_id in self.recorded:
                 return
             trial_key, values = trial_point(trial.config, self.settings)
@@ -570,6 +590,7 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
             assert self.db is not None, "a restored callback has no database"
             self.db.record_trial(trial_key, self.settings.sweep, record)
             self.recorded.add(trial.trial_id)
+            self.progress.running_trials.discard(trial.trial_id)
             self.progress.statuses[record.status] += 1
             self.progress.line(f"{trial_key} {describe_record(record)}")
 

@@ -177,14 +177,15 @@ def test_dry_run_lists_trials_and_predictions_without_running(tmp_path: Path,
         datasets = ["synthetic:users=30,items=40,seed=1"]
         memory_budget = "100MiB"
         [axes]
-        num_negatives = [16, 32]
+        num_negatives = [16, 32, 1000]  # 1000: more than the catalogue
         batch_size = [8]
         max_len = [20]
     """)
     db = tmp_path / "results.sqlite"
     assert sweep.run(sweep_args(spec, db, dry_run=True)) == 0
     out = capsys.readouterr().out
-    assert "sweep plan: 2 trial(s)" in out and out.count("predicted_over_budget") == 3  # 2 rows + total
+    assert "sweep plan: 3 trial(s)" in out and out.count("predicted_over_budget") == 3  # 2 rows + total
+    assert out.count("failed (num_negatives > items)") == 2
     assert not db.exists()
 
 

@@ -176,6 +176,8 @@ def test_dry_run_lists_trials_and_predictions_without_running(tmp_path: Path,
         name = "plan"
         datasets = ["synthetic:users=30,items=40,seed=1"]
         memory_budget = "100MiB"
+        [trial]
+        loss = "ce-neg"
         [axes]
         num_negatives = [16, 32, 1000]  # 1000: more than the catalogue
         batch_size = [8]

@@ -2,23 +2,29 @@
 
 When many rows score the same negatives the loss is a GEMM followed by a softmax, so the kernels follow
 the FlashAttention pattern: a program holds a block of rows, walks the negative tiles with `tl.dot`
-and keeps a running max and sum of exponentials (base 2, so each exponential is one FMA + ex2).
-Logits never reach global memory; forward saves only logsumexp and the positive logit per row.
+and keeps a running max and sum of exponentials (base 2: each exponential is one FMA + ex2; the
+literal 1.4426950408889634 in the kernels is log2(e)). Logits never reach global memory; forward
+saves only logsumexp and the positive logit per row (float32 [N]).
 
-Backward recomputes the logits twice, in two kernels with no atomics between programs:
-- grad_hidden: one program per row block, walking the negative tiles (like forward).
-- grad_items: one program per negative tile, walking the row blocks. For "full" each program owns its
-  item rows and writes them directly, the positive (target) column included, so the whole item gradient
-  is deterministic. For "shared" it writes a [splits, K, d] float32 buffer (splits row ranges so the grid
-  fills the GPU when K is small); the splits are summed and `index_add_` adds the result into the
-  gradient rows of possibly repeated negatives. For "sequence" each (tile, sequence) program adds its
-  rows with float32 atomics when the gradient is float32; for half gradients (no reliable half atomics)
-  it writes a float32 [chunk, K, d] buffer for a chunk of sequences, added with `index_add_`, the chunk
-  sized so the buffer stays within max(N, K) * d floats.
+Backward recomputes the logits in two kernels:
+- grad_hidden: one program per row block, walking the negative tiles (like forward); no atomics. The
+  positive's share (p_i0 - 1) g_i E[p_i] is added once per row outside the loop ("full" scores the
+  target column inside the loop, so only -g_i E[p_i] remains outside).
+- grad_items: one program per negative tile (and row split, and sequence), walking row blocks.
+  "full": each program owns its item rows and writes them directly, the target column included
+  (dS = g p - g [c == p_i]), so the item gradient of "full" is deterministic, with no atomics.
+  "shared": a [splits, K, d] float32 buffer (splits of the rows fill the GPU when K is small; at most
+  N // K of them, so the buffer stays O(N*d + K*d)); the splits are summed and one `index_add_` adds
+  the result into the rows of possibly repeated negatives.
+  "sequence": each (tile, sequence) program adds its [BLOCK_N, d] sum into the item gradient with
+  `tl.atomic_add` (sequences may share negatives; a [B, K, d] buffer would break the O(N*d + K*d)
+  memory bound), in the gradient's dtype (bf16/fp16 atomics on CUDA round once per add, as
+  `index_add_` into a half gradient does). The Triton interpreter adds half values as raw bits, so on
+  CPU half gradients instead go through a float32 [chunk, K, d] buffer + `index_add_`.
 - The positive part of the item gradient for "shared"/"sequence", dE[p_i] += (p_i0 - 1) g_i h_i, is one
-  `index_add_` of an [N, d] float32 coefficient buffer: targets repeat arbitrarily and are not ordered,
-  and the buffer is within the O(N*d) allowance. On CUDA `index_add_` itself uses atomics, so the item
-  gradient of "shared"/"sequence" is deterministic only up to the order of float additions on repeats.
+  `index_add_` of an [N, d] float32 buffer: targets repeat arbitrarily and are not ordered, and the
+  buffer is within the O(N*d) allowance. On CUDA `index_add_` itself uses atomics, so the item
+  gradients of "shared" and "sequence" are deterministic only up to float addition order on repeats.
 """
 
 from __future__ import annotations
@@ -35,9 +41,6 @@ import triton.language as tl
 
 SharedScheme = Literal["full", "shared", "sequence"]
 Reduction = Literal["mean", "sum", "none"]
-
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 
 LOGQ_NONE = 0
 LOGQ_CONSTANT = 1
@@ -159,8 +162,7 @@ def _forward_kernel(
         cols = k0 + tl.arange(0, BLOCK_N)
         col_mask = cols < num_negatives
         idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
-        e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col,
-                       dcols, dmask).to(h.dtype)
+        e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
         scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
         if LOGQ_MODE == 0:
             scores2 = scores * 1.4426950408889634
@@ -211,8 +213,7 @@ def _grad_hidden_kernel(
         cols = k0 + tl.arange(0, BLOCK_N)
         col_mask = cols < num_negatives
         idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
-        e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col,
-                       dcols, dmask).to(h.dtype)
+        e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
         scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
         if LOGQ_MODE == 0:
             shifted = scores * 1.4426950408889634 - lse2[:, None]
@@ -256,8 +257,8 @@ def _grad_items_kernel(
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < dim
     idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
-    e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col,
-                       dcols, dmask).to(hidden_ptr.dtype.element_ty)
+    e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, dcols,
+                   dmask).to(hidden_ptr.dtype.element_ty)
     if LOGQ_MODE != 0:
         corr2 = _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE)
 
@@ -423,12 +424,12 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
         if plan.full and splits == 1:
             grad_items = _empty((num_items, dim), items.dtype, items.device)
             launch(out=grad_items, num_splits=1, group_offset=0, num_groups=1,
-                               out_strides=(0, 0, dim), atomic=False)
+                   out_strides=(0, 0, dim), atomic=False)
             return grad_items
         k = plan.num_negatives
         partial = _empty((splits, k, dim), torch.float32, items.device)
         launch(out=partial, num_splits=splits, group_offset=0, num_groups=1,
-                           out_strides=(k * dim, 0, dim), atomic=False)
+               out_strides=(k * dim, 0, dim), atomic=False)
         tile_grad = partial.sum(dim=0) if splits > 1 else partial[0]
         if plan.full:
             return tile_grad.to(items.dtype)
@@ -440,7 +441,7 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
         grad_items = torch.zeros((num_items, dim), dtype=items.dtype, device=items.device)
         if items.dtype == torch.float32 or items.is_cuda:
             launch(out=grad_items, num_splits=1, group_offset=0,
-                               num_groups=plan.num_groups, out_strides=(0, 0, dim), atomic=True)
+                   num_groups=plan.num_groups, out_strides=(0, 0, dim), atomic=True)
         else:
             k = plan.num_negatives
             chunk = max(1, min(plan.num_groups, max(num_rows, k) // k))
@@ -448,7 +449,7 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
             for first in range(0, plan.num_groups, chunk):
                 count = min(chunk, plan.num_groups - first)
                 launch(out=buffer, num_splits=1, group_offset=first,
-                                   num_groups=count, out_strides=(0, k * dim, dim), atomic=False)
+                       num_groups=count, out_strides=(0, k * dim, dim), atomic=False)
                 grad_items.index_add_(0, negatives[first:first + count].reshape(-1),
                                       buffer[:count].reshape(count * k, dim).to(items.dtype))
     # No boolean indexing (a host synchronisation): ignored rows have coefficient 0 and add zeros to item 0.

@@ -111,7 +111,8 @@ def _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL: tl
     if FULL:
         idx = cols
     else:
-        idx = tl.load(neg_ptr + group * stride_neg_group + cols, mask=col_mask, other=0).to(tl.int32)
+        idx = tl.load(neg_ptr + group.to(tl.int64) * stride_neg_group + cols, mask=col_mask,
+                      other=0).to(tl.int32)
     return idx
 
 
@@ -290,7 +291,9 @@ def _grad_items_kernel(
         out_ptrs = out_ptr + idx.to(tl.int64)[:, None] * stride_out_row + dcols[None, :]
         tl.atomic_add(out_ptrs, acc, mask=out_mask)
     else:
-        out_rows = split * stride_out_split + local_group * stride_out_group + cols * stride_out_row
+        # int64: C * d passes 2**31 for catalogues of 10^7 items.
+        out_rows = (split.to(tl.int64) * stride_out_split + local_group.to(tl.int64) * stride_out_group
+                    + cols.to(tl.int64) * stride_out_row)
         out_ptrs = out_ptr + out_rows[:, None] + dcols[None, :]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 

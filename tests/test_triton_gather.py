@@ -283,3 +283,15 @@ def test_public_api_drawn_negatives_with_uniform_log_q():
     loss = linear_cross_entropy(hidden, items, targets, 23, seed=41, log_q="uniform", impl="triton")
     expected = reference_loss(hidden, items, targets, negatives, -math.log(40), True, "mean")
     assert relative_error(loss, expected) < FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("scheme", ["position", "drawn"])
+def test_single_negative_and_single_dimension(scheme):
+    generator = torch.Generator().manual_seed(51)
+    hidden = torch.randn(7, 1, generator=generator)
+    items = torch.randn(3, 1, generator=generator)
+    targets = torch.tensor([0, 1, 2, IGNORE, 1, 0, 2])
+    negatives = (draw_negatives(51, 7, 1, 3) if scheme == "drawn"
+                 else torch.tensor([[1], [1], [0], [2], [2], [0], [1]]))  # rows 1 and 5 hit their target
+    assert ((negatives[:, 0] == targets) & (targets != IGNORE)).any()
+    check_against_reference(hidden, items, targets, negatives, None, scheme=scheme, seed=51, reduction="none")

@@ -61,6 +61,10 @@ class SweepError(ValueError):
 # command line
 
 
+# study.cli looks for `configure_sweep` / `run_sweep` before `configure` / `run`: no function here may
+# take those names.
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", type=Path, help="sweep specification (TOML), e.g. sweeps/demo.toml")
     parser.add_argument("--db", type=Path, default=None,
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 f"finish that sweep, or --db to write a new database"
             )
         try:
-            run_sweep(spec, plan, db, card_bytes=card_bytes, address=args.address)
+            execute_sweep(spec, plan, db, card_bytes=card_bytes, address=args.address)
         except KeyboardInterrupt:
             counts = db.status_counts(spec.name)
             print(f"[{spec.name}] interrupted: {sum(counts.values())} trial(s) recorded in {db_path}; "
@@ -435,7 +439,7 @@ class Progress:
               file=sys.stderr, flush=True)
 
 
-def run_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, *,
+def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, *,
               card_bytes: int | None, address: str | None) -> None:
     """Record predicted-over-budget trials, then run the rest with Ray Tune (skipping recorded ones)."""
     done = db.trial_ids(spec.name)
@@ -774,7 +778,7 @@ def _utc_now() -> str:
 
 
 __all__ = [
-    "configure", "run", "run_sweep", "plan_trials", "PlannedTrial", "TrialSettings", "execute_trial",
+    "configure", "run", "execute_sweep", "plan_trials", "PlannedTrial", "TrialSettings", "execute_trial",
     "record_from_exception", "final_result", "sweep_trainable", "start_ray", "ray_session",
     "worker_environment", "make_optuna_search", "resolve_trial_function", "SweepError", "main",
 ]

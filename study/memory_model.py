@@ -36,23 +36,22 @@ from dataclasses import dataclass, field
 
 from study.config import TrainConfig
 from study.evaluate import DEFAULT_MAX_SCORES
-from study.memory import DEFAULT_CUDA_CONTEXT_BYTES, format_bytes
+from study.memory import DEFAULT_CUDA_CONTEXT_BYTES, MiB, format_bytes
 
 FLOAT32 = 4
 BFLOAT16 = 2
 INT64 = 8
 
 # The caching allocator's peak reserved memory exceeds the peak allocated memory when freed blocks
-# cannot serve later requests: a large buffer requested anew each step after smaller ones have split
-# its cached block, buffers whose size varies from step to step (rows kept after padding), and
-# evaluation blocks larger than anything training cached. Calibrated on 8 trials on one H200
-# (torch 2.11, default allocator settings; benchmarks/memory_validation.py): the excess was about
-# 1-1.5x the step's largest transient buffer, or about 5 [N, d] float32 buffers when the step has no
-# large one, or the whole evaluation working set when its blocks were the largest.
-# (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True did not remove the excess: it shrank it for some
-# trials and tripled it for the PyTorch per-position loss.)
-ALLOCATOR_REREQUEST_FACTOR = 1.25
-ALLOCATOR_ROW_BUFFERS = 5
+# cannot serve later requests: a large buffer requested anew each step after smaller requests have
+# split its cached block, buffers whose size varies from step to step (rows kept after padding), and
+# evaluation blocks larger than anything training cached. Fitted on 23 trials on one H200 (torch
+# 2.11, default allocator settings; benchmarks/memory_validation.py): the excess is taken as the
+# larger of 1.1x the step's largest transient buffer and 256 MiB (about the evaluation working set
+# with default settings). PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True did not remove the excess:
+# it shrank it for some trials and tripled it for the PyTorch per-position loss.
+ALLOCATOR_REREQUEST_FACTOR = 1.1
+ALLOCATOR_MIN_EXCESS = 256 * MiB
 # Bytes per logit at the peak of the PyTorch reference losses (kernels/reference.py,
 # kernels/sampled_losses.py), forward and backward; measured on H200 within a few percent:
 # CE- keeps the float32 logits, the accidental-hit mask, the concatenation with the positive and
@@ -413,14 +412,9 @@ def largest_step_buffer_bytes(shape: TrialShape) -> int:
 
 
 def allocator_overhead_bytes(shape: TrialShape) -> int:
-    """Peak reserved minus peak allocated memory: the largest of the step's re-requested buffer
-    (ALLOCATOR_REREQUEST_FACTOR times the largest), ALLOCATOR_ROW_BUFFERS [N, d] float32 buffers, and
-    the evaluation working set (new segments when training's cached blocks are too small for it;
-    counted always, which over-predicts runs whose training blocks are large, and keeps the model
-    monotonic)."""
+    """Peak reserved minus peak allocated memory (see ALLOCATOR_REREQUEST_FACTOR)."""
     rerequested = round(ALLOCATOR_REREQUEST_FACTOR * largest_step_buffer_bytes(shape))
-    row_buffers = ALLOCATOR_ROW_BUFFERS * shape.rows * shape.hidden * FLOAT32
-    return max(rerequested, row_buffers, evaluation_bytes(shape))
+    return max(rerequested, ALLOCATOR_MIN_EXCESS)
 
 
 # --- phases and the prediction ------------------------------------------------------------------------

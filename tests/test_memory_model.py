@@ -5,6 +5,9 @@ terms checked against real tensors: SASRec's parameter count, the activations au
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -224,3 +227,61 @@ def test_fused_loss_memory_is_linear_in_rows_and_negatives() -> None:
 def test_bad_catalogue_size_is_named(bad: object) -> None:
     with pytest.raises(ValueError, match="num_items"):
         predict_peak_bytes(TrainConfig(), bad)  # type: ignore[arg-type]
+
+
+# Measured on one NVIDIA H200 (torch 2.11.0+cu130, triton 3.6.0, CUDA 13.0, default allocator settings)
+# by benchmarks/memory_validation.py, 2026-11-26: (configuration, catalogue, users, torch max allocated,
+# torch max reserved, NVML process peak), bytes. The first 8 were used to calibrate the model's
+# constants, the other 15 were predicted before they were measured (allocated within -6%..+12%).
+H200_MEASUREMENTS = [
+    ("100k-full-triton-b256", 99726, 3000, 425327616, 706740224, 1503657984),
+    ("100k-position-torch-k256-d128", 99726, 3000, 7567053312, 7667187712, 8466202624),
+    ("100k-batch-torch-k8192-b512", 99726, 3000, 14897540096, 19069403136, 19868418048),
+    ("100k-drawn-triton-k2048-b1024", 99726, 3000, 1126690304, 1400897536, 2197815296),
+    ("2k-full-torch-b256", 2000, 3000, 1515901440, 2136997888, 2931818496),
+    ("2k-full-triton-b1024", 2000, 3000, 1032549888, 1293942784, 2090860544),
+    ("2k-position-triton-k512-b512-l512", 2000, 3000, 2290119680, 3363831808, 4158652416),
+    ("2k-bce-position-k1", 2000, 3000, 205743616, 354418688, 1151336448),
+    ("1m-position-triton-k2047", 947904, 4000, 2104982016, 2587885568, 3384803328),
+    ("1m-batch-torch-k4096", 947904, 4000, 4608432128, 5280628736, 6077546496),
+    ("100k-full-torch-b32", 99726, 3000, 7845035520, 9359589376, 10156507136),
+    ("100k-position-triton-k1024-d128-b512", 99726, 3000, 2012272640, 2764046336, 3560964096),
+    ("100k-drawn-triton-k8192-l512", 99726, 3000, 779415552, 1191182336, 1988100096),
+    ("100k-bce-position-k256", 99726, 3000, 3883820032, 5660213248, 6459228160),
+    ("100k-gbce-batch-k1024", 99726, 3000, 1047614976, 1147142144, 1946157056),
+    ("100k-batch-triton-k4096-d256-4blocks", 99726, 3000, 2268288512, 2648702976, 3445620736),
+    ("100k-drawn-torch-k512", 99726, 3000, 3760761344, 4083154944, 4880072704),
+    ("100k-position-triton-k256-popularity-logq", 99726, 3000, 529732096, 767557632, 1564475392),
+    ("100k-batch-torch-k2048-popularity-logq", 99726, 3000, 2174765568, 2302672896, 3101687808),
+    ("2k-position-torch-k128-d256-l512", 2000, 3000, 19962148352, 20185088000, 20982005760),
+    ("2k-drawn-triton-k1024-d128-b1024-l512", 2000, 3000, 4890915328, 5410652160, 6207569920),
+    ("2k-sequence-torch-k512-nodropout", 2000, 3000, 1421881856, 1702887424, 2499805184),
+    ("2k-full-torch-fp32", 2000, 3000, 844348928, 1035993088, 1814036480),
+]
+# The one configuration whose allocator excess the model misses: BCE's PyTorch per-position gather
+# fragments the cache by about its own size there, while CE-'s same-size gather does not.
+KNOWN_UNDER_PREDICTED = {"100k-bce-position-k256"}
+
+
+def validation_cases() -> dict[str, dict[str, object]]:
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_validation.py"
+    spec = importlib.util.spec_from_file_location("memory_validation", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {case["name"]: case["config"] for case in module.CASES}
+
+
+def test_predictions_match_h200_measurements() -> None:
+    configs = validation_cases()
+    allocated_errors, process_errors = [], {}
+    for name, num_items, num_users, allocated, _reserved, process in H200_MEASUREMENTS:
+        config = TrainConfig.from_dict(configs[name])
+        prediction = predict_peak_bytes(config, num_items, num_users=num_users)
+        allocated_errors.append((prediction.torch_max_allocated - allocated) / allocated)
+        process_errors[name] = (prediction.total_bytes - process) / process
+    assert statistics.median(abs(e) for e in allocated_errors) <= 0.05
+    assert min(allocated_errors) >= -0.10
+    assert statistics.median(abs(e) for e in process_errors.values()) <= 0.10
+    under = {name for name, error in process_errors.items() if error < -0.10}
+    assert under <= KNOWN_UNDER_PREDICTED, {name: process_errors[name] for name in under}

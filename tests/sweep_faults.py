@@ -29,6 +29,7 @@ FAULTS = {
     3: "budget_oom",  # torch.OutOfMemoryError beyond the budget
     4: "nan_loss",  # what run_trial returns for a non-finite loss
     5: "wrong_type",  # the trial function returns something that is not a TrialRecord
+    6: "worker_dies",  # the worker process is killed (as by the kernel's OOM killer): only under Ray
 }
 SLEEP_SECONDS = 1.5
 
@@ -83,6 +84,8 @@ def faulty_trial(config: TrainConfig, *, on_epoch: OnEpoch = None) -> TrialRecor
                            epochs=[nan_epoch])
     if fault == "wrong_type":
         return {"status": "ok"}  # type: ignore[return-value]
+    if fault == "worker_dies":
+        os.kill(os.getpid(), signal.SIGKILL)
     return fake_record(config, on_epoch)
 
 

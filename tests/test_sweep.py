@@ -110,7 +110,7 @@ def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path
         num_negatives = [16]
         batch_size = [8]
         max_len = [20]
-        seed = [1, 3, 4]  # raise, out of memory beyond the budget, NaN loss (all faults: test below)
+        seed = [1, 3, 4, 6]  # raise, out of memory beyond the budget, NaN loss, worker killed
         [[extra_trials]]
         num_negatives = 16
         batch_size = 8
@@ -127,11 +127,13 @@ def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path
     trials = load_trials(db, sweep="faults")
     by_fault = {FAULTS[seed]: row for seed, row in zip(trials["seed"], trials.itertuples())
                 if row.memory_budget == "8GiB"}
-    assert len(trials) == 4
+    assert len(trials) == 5
     assert by_fault["raise"].status == "failed" and "injected failure for seed 1" in by_fault["raise"].error
     assert "Traceback" in by_fault["raise"].error
     assert by_fault["budget_oom"].status == "over_budget" and by_fault["budget_oom"].budget_bytes == 8 * 2**30
     assert by_fault["nan_loss"].status == "failed" and "non-finite" in by_fault["nan_loss"].error
+    assert by_fault["worker_dies"].status == "failed" and "worker failed" in by_fault["worker_dies"].error
+    assert by_fault["worker_dies"].budget_bytes == 8 * 2**30
     skipped = trials[trials["memory_budget"] == "100MiB"].iloc[0]
     assert skipped["status"] == "predicted_over_budget"
     assert skipped["predicted_peak_bytes"] > skipped["budget_bytes"] == 100 * 2**20
@@ -142,7 +144,7 @@ def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path
     with pytest.raises(sweep.SweepError, match="--resume"):
         sweep.run(sweep_args(spec, db))
     assert sweep.run(sweep_args(spec, db, resume=True)) == 0
-    assert len(load_trials(db, sweep="faults")) == 4
+    assert len(load_trials(db, sweep="faults")) == 5
 
 
 def test_every_fault_becomes_a_record_with_its_status() -> None:
@@ -150,6 +152,8 @@ def test_every_fault_becomes_a_record_with_its_status() -> None:
     epochs_seen: list[float] = []
     records = {}
     for seed, fault in FAULTS.items():
+        if fault == "worker_dies":
+            continue  # it would kill this process; tested under Ray above
         config = TrainConfig(dataset="synthetic:users=30,items=40", seed=seed, memory_budget="8GiB")
         records[fault] = sweep.execute_trial(config.to_dict(), settings,
                                              on_epoch=lambda e: epochs_seen.append(e.train_loss))

@@ -120,6 +120,9 @@ class TrialShape:
     dropout: bool
     popularity: bool
     weight_decay: bool
+    # The item table's dtype size: float32 parameters in training. The loss benchmarks of DESIGN
+    # section 4 hand the loss bf16 tables (2), which no cast then copies.
+    item_bytes: int = 4
 
     @property
     def rows(self) -> int:
@@ -353,18 +356,20 @@ def torch_logits_bytes(shape: TrialShape, bytes_per_logit: int) -> int:
 def torch_gathered_bytes(shape: TrialShape, *, backward: bool) -> int:
     """The item rows the PyTorch reference gathers and casts to the hidden's dtype (and, in backward,
     their gradients): the whole table for full CE, [K, d] or [B, K, d] for shared negatives, and
-    [N, K, d] per position (the table is cast first when N*K exceeds C)."""
+    [N, K, d] per position (gathered in float32, then cast)."""
     n, d, k, a, c = shape.rows, shape.hidden, shape.negatives, shape.activation_bytes, shape.num_items
-    table_cast = c * d * a if a != FLOAT32 else 0
+    # Rows are gathered in the table's dtype and then cast (kernels/reference.py): in autocast
+    # training the gather is float32, and the cast's backward makes a float32 gradient of it.
+    item = shape.item_bytes if shape.item_bytes != a else 0
     if shape.scope == "full":
-        return table_cast * (2 if backward else 1)
+        return c * d * (a if item else 0) * (2 if backward else 1)
     if shape.scope in ("batch", "sequence"):
         groups = 1 if shape.scope == "batch" else shape.batch
-        return groups * k * d * (2 * a if backward else FLOAT32 + a)
+        return groups * k * d * (2 * a + item if backward else item + a)
     gathered = n * k * d * a
     if backward:
-        return table_cast + int(TORCH_GATHER_COPIES * gathered)
-    return (table_cast if n * k > c else n * k * d * FLOAT32) + gathered
+        return int(TORCH_GATHER_COPIES * gathered) + n * k * d * item
+    return n * k * d * item + gathered
 
 
 # --- backward of the item table and evaluation --------------------------------------------------------

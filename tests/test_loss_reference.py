@@ -209,6 +209,40 @@ def test_half_hidden_with_float32_items_computes_in_hidden_dtype():
     torch.testing.assert_close(loss, expected, rtol=2e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("scheme", ["shared", "sequence", "position"])
+def test_float32_item_gradient_accumulates_in_float32_when_rows_repeat(scheme):
+    # The autocast case: bf16 hidden, float32 table, far more gathered rows than items (N*K >> C),
+    # so every item receives thousands of gradient contributions. They must be summed in float32:
+    # summing them in bf16 (casting the table before the gather) loses ~1e-2 of the item gradient.
+    generator = torch.Generator().manual_seed(11)
+    batch, seq_len, num_items, num_negatives, dim = 16, 64, 24, 24, 16
+    hidden = torch.randn(batch, seq_len, dim, generator=generator).to(torch.bfloat16)
+    items = torch.randn(num_items, dim, generator=generator)
+    targets = torch.randint(0, num_items, (batch, seq_len), generator=generator)
+    shape = {"shared": (num_negatives,), "sequence": (batch, num_negatives),
+             "position": (batch, seq_len, num_negatives)}[scheme]
+    negatives = torch.randint(0, num_items, shape, generator=generator)
+    items_bf16 = items.clone().requires_grad_(True)
+    linear_cross_entropy(hidden, items_bf16, targets, negatives, impl="torch", reduction="sum").backward()
+    # The same loss on the bf16-rounded values in float64 (vectorised DESIGN section 3 formula).
+    items64 = items.to(torch.bfloat16).double().requires_grad_(True)
+    rows = batch * seq_len
+    flat_targets = targets.reshape(rows)
+    if scheme == "shared":
+        row_negatives = negatives.expand(rows, num_negatives)
+    elif scheme == "sequence":
+        row_negatives = negatives.repeat_interleave(seq_len, dim=0)
+    else:
+        row_negatives = negatives.reshape(rows, num_negatives)
+    hidden64 = hidden.double().reshape(rows, dim)
+    positive = (hidden64 * items64[flat_targets]).sum(-1)
+    negative = torch.einsum("nd,nkd->nk", hidden64, items64[row_negatives])
+    negative = negative.masked_fill(row_negatives == flat_targets[:, None], float("-inf"))
+    (torch.logaddexp(positive, torch.logsumexp(negative, -1)) - positive).sum().backward()
+    error = (items_bf16.grad.double() - items64.grad).norm() / items64.grad.norm()
+    assert error < 4e-3, f"item gradient relative error {error:.2e}"
+
+
 def test_non_contiguous_hidden_and_items_view_give_the_same_loss():
     generator = torch.Generator().manual_seed(5)
     table = torch.randn(31, 8, generator=generator)

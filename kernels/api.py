@@ -32,7 +32,7 @@ class NormalisedCall:
     hidden: torch.Tensor  # [N, d], contiguous
     items: torch.Tensor  # [C, d], contiguous
     targets: torch.Tensor  # [N] int64, ignore_index allowed
-    negatives: torch.Tensor | None  # None, [K], [B, K] or [N, K], int64
+    negatives: torch.Tensor | None  # None, [K], [B, K] or [N, K], int64 or int32
     scheme: Scheme
     num_negatives: int  # K; C for the full catalogue
     rows_per_sequence: int  # L when hidden is [B, L, d], else 1
@@ -191,7 +191,10 @@ def _normalise_negatives(
     num_negatives = shape[-1]
     _check_num_negatives(num_negatives, num_items)
     flat = negatives.reshape(-1, num_negatives) if scheme == "position" else negatives
-    flat = flat.to(torch.int64).contiguous()
+    # int32 indices stay int32 (half the bytes the kernels read per pass, no copy of an [N, K] tensor).
+    if flat.dtype not in (torch.int64, torch.int32):
+        flat = flat.to(torch.int64)
+    flat = flat.contiguous()
     _check_index_range("negatives", flat, num_items, ignore_index=None)
     return scheme, flat, num_negatives
 

@@ -38,7 +38,7 @@ def triton_linear_cross_entropy(
 
     hidden [N, d] (contiguous), items [C, d] (row-major), targets [N] int64 (ignore_index allowed).
     negatives: None for "full" and "drawn"; [K] for "shared"; [B, K] for "sequence" (row i uses
-    negatives[i // rows_per_sequence]); [N, K] for "position". All int64 in [0, C).
+    negatives[i // rows_per_sequence]); [N, K] for "position". int64 or int32, in [0, C).
     num_negatives: K (C for "full"). seed: only for "drawn".
     log_q: None (no correction), a float (the same log q for every item, e.g. -log C for uniform),
     or a float32 tensor [C]; the correction subtracted from a negative's logit is log(K) + log_q.

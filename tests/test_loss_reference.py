@@ -276,3 +276,19 @@ def test_auto_uses_torch_on_cpu():
     auto = linear_cross_entropy(hidden, items, targets, negatives, impl="auto")
     torch_impl = linear_cross_entropy(hidden, items, targets, negatives, impl="torch")
     assert torch.equal(auto, torch_impl)
+
+
+@pytest.mark.parametrize("shape", [(7,), (2, 7), (2, 5, 7)])
+def test_int32_negatives_are_kept_int32_and_give_the_same_loss(shape):
+    from kernels.api import normalise_inputs
+
+    generator = torch.Generator().manual_seed(12)
+    hidden = torch.randn(2, 5, 16, generator=generator)
+    items = torch.randn(40, 16, generator=generator)
+    targets = torch.randint(0, 40, (2, 5), generator=generator)
+    negatives = torch.randint(0, 40, shape, generator=generator)
+    call = normalise_inputs(hidden, items, targets, negatives.int(), seed=None, ignore_index=IGNORE)
+    assert call.negatives is not None and call.negatives.dtype == torch.int32
+    expected = linear_cross_entropy(hidden, items, targets, negatives, log_q="uniform", impl="torch")
+    got = linear_cross_entropy(hidden, items, targets, negatives.int(), log_q="uniform", impl="torch")
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)

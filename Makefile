@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# Dataset names (ml-100k, ml-1m, ...) are looked up here before being downloaded from their sources.
+export CCE_STUDY_DATA_PATH ?= $(if $(wildcard ../shared/data),$(abspath ../shared/data),)
+export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: demo test lint typecheck pytest clean
 
@@ -13,8 +16,10 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[sweep,dev]'
 	touch $(STAMP)
 
+# --resume: a second `make demo` finishes (or just reports) the same sweep instead of refusing.
 demo: $(STAMP)
-	$(BIN)/cce-study sweep sweeps/demo.toml
+	$(BIN)/cce-study sweep sweeps/demo.toml --resume
+	$(BIN)/cce-study pareto --db results/demo/results.sqlite --out results/demo/figures --budgets 1.2GiB
 
 lint: $(STAMP)
 	$(BIN)/ruff check kernels models study tests

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +44,19 @@ class EpochRecord:
     steps: int
 
 
+def steady_state_seconds(epoch_seconds: Sequence[float]) -> float | None:
+    """Steady-state time per epoch from the epochs' times in epoch order: the median over the epochs
+    after the first when there are at least 2, else the only epoch's time; None without epochs.
+
+    The first epoch pays for kernel compilation and warm-up (seconds on a GPU), so for short trials
+    the mean over all epochs misstates throughput; the median also shrugs off one slow later epoch.
+    """
+    times = [float(t) for t in epoch_seconds]
+    if not times:
+        return None
+    return times[0] if len(times) == 1 else float(statistics.median(times[1:]))
+
+
 @dataclass
 class TrialRecord:
     status: TrialStatus
@@ -55,7 +70,11 @@ class TrialRecord:
     epochs: list[EpochRecord] = field(default_factory=list)
     memory: MemoryReport = field(default_factory=MemoryReport)
     predicted_peak_bytes: int | None = None
-    mean_epoch_seconds: float | None = None
+    mean_epoch_seconds: float | None = None  # mean of the epochs' epoch_seconds, the first included
+    # Time per epoch in the steady state: the median of epoch_seconds over the epochs after the first
+    # when there are at least 2 (the first includes Triton / torch.compile compilation and warm-up),
+    # else the only epoch's time; see `steady_state_seconds`. None in records written before it existed.
+    steady_epoch_seconds: float | None = None
     sequences_per_second: float | None = None
     total_seconds: float | None = None
     num_users: int | None = None

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from models.sasrec import SASRec
 from study.config import ConfigError, TrainConfig
 from study.evaluate import evaluate_model, evaluate_popularity
-from study.record import EpochRecord, TrialRecord
+from study.record import EpochRecord, TrialRecord, steady_state_seconds
 
 EARLY_STOPPING_METRIC = "ndcg@10"
 # On CUDA, step losses stay on the device and are checked for finiteness (and shown) every this many
@@ -174,6 +174,7 @@ def _train_and_evaluate(
     record.test_metrics = model_metrics(split.test)
     train_seconds = sum(e.epoch_seconds for e in record.epochs)
     record.mean_epoch_seconds = train_seconds / len(record.epochs)
+    record.steady_epoch_seconds = steady_state_seconds([e.epoch_seconds for e in record.epochs])
     total_sequences = sum(e.sequences_per_second * e.epoch_seconds for e in record.epochs)
     record.sequences_per_second = total_sequences / train_seconds if train_seconds > 0 else 0.0
 

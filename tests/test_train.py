@@ -13,7 +13,7 @@ import torch
 
 import study.train as train
 from study.config import ConfigError, TrainConfig
-from study.record import EpochRecord, TrialRecord
+from study.record import EpochRecord, TrialRecord, steady_state_seconds
 
 ML_100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k" / "interactions.csv.gz"
 if not ML_100K.exists():
@@ -101,6 +101,33 @@ def test_time_limit_stops_after_the_current_epoch(tiny_log: Path):
     assert record.status == "ok"
     assert len(record.epochs) == 1 and record.epochs[0].steps == 1
     assert record.test_metrics  # the best (only) epoch is still evaluated on test
+    assert record.steady_epoch_seconds == record.epochs[0].epoch_seconds  # one epoch: its own time
+
+
+def test_steady_state_seconds_leaves_out_the_first_epoch_and_takes_the_median():
+    assert steady_state_seconds([]) is None
+    assert steady_state_seconds([5.0]) == 5.0  # one epoch: nothing else to go by
+    assert steady_state_seconds([6.3, 0.98]) == 0.98  # the compiling first epoch is left out
+    assert steady_state_seconds([9.0, 1.0, 3.0]) == 2.0  # median of an even count: mean of the middle two
+    assert steady_state_seconds([9.0, 1.0, 50.0, 2.0, 1.5]) == 1.75  # a slow later epoch barely counts
+    assert steady_state_seconds([9.0, 3.0, 1.0, 2.0]) == 2.0  # order-free median of epochs 2..4
+    assert isinstance(steady_state_seconds((4, 2)), float)
+
+
+def test_run_trial_records_the_steady_epoch_time(tiny_log: Path):
+    record = train.run_trial(tiny_config(tiny_log, epochs=4, patience=4))
+    assert record.status == "ok" and len(record.epochs) == 4
+    times = [e.epoch_seconds for e in record.epochs]
+    assert record.steady_epoch_seconds == pytest.approx(sorted(times[1:])[1])
+    assert record.mean_epoch_seconds == pytest.approx(sum(times) / 4)
+    assert TrialRecord.from_dict(record.to_dict()) == record
+
+
+def test_records_written_before_the_steady_time_still_load():
+    values = TrialRecord(status="ok", config={}, mean_epoch_seconds=2.0).to_dict()
+    del values["steady_epoch_seconds"]
+    old = TrialRecord.from_dict(values)
+    assert old.mean_epoch_seconds == 2.0 and old.steady_epoch_seconds is None
 
 
 def test_same_seed_gives_the_same_trial(tiny_log: Path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sqlite3
 import types
@@ -19,10 +20,11 @@ from typing import Any
 import pandas as pd
 
 from study.config import METRIC_KS, TrainConfig
-from study.record import TrialRecord
+from study.record import TrialRecord, steady_state_seconds
 
 METRIC_NAMES: tuple[str, ...] = ("ndcg", "hit", "mrr", "coverage")
 METRIC_SPLITS: tuple[str, ...] = ("val", "test")
+STEADY_COLUMN = "steady_epoch_seconds"
 
 
 def metric_column(metric: str, split: str = "val") -> str:
@@ -74,6 +76,7 @@ _RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("best_epoch", "INTEGER"),
     ("epochs_run", "INTEGER"),
     ("mean_epoch_seconds", "REAL"),
+    ("steady_epoch_seconds", "REAL"),
     ("sequences_per_second", "REAL"),
     ("total_seconds", "REAL"),
     ("num_users", "INTEGER"),
@@ -157,6 +160,7 @@ def trial_row(trial_id: str, sweep: str, record: TrialRecord) -> dict[str, Any]:
         best_epoch=record.best_epoch,
         epochs_run=len(record.epochs),
         mean_epoch_seconds=record.mean_epoch_seconds,
+        steady_epoch_seconds=record.steady_epoch_seconds,
         sequences_per_second=record.sequences_per_second,
         total_seconds=record.total_seconds,
         num_users=record.num_users,
@@ -320,9 +324,46 @@ def _with_bools(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
 
 
 def load_trials(path: str | os.PathLike[str], *, sweep: str | None = None) -> pd.DataFrame:
-    """One row per trial (columns as in docs/database.md); booleans as pandas' nullable boolean."""
+    """One row per trial (columns as in docs/database.md); booleans as pandas' nullable boolean.
+
+    `steady_epoch_seconds` is always a float column: trials recorded before it existed get it from
+    their rows in `epochs` (same rule as `study.record.steady_state_seconds`), where they have a
+    `mean_epoch_seconds` and complete epoch times; else it is NaN. The file is never written.
+    """
     frame = _read_table(path, "trials", sweep, "trial_id")
+    frame = _with_steady_epoch_seconds(frame, path, sweep)
     return _with_bools(frame, _BOOL_CONFIG_COLUMNS)
+
+
+def _with_steady_epoch_seconds(
+    frame: pd.DataFrame, path: str | os.PathLike[str], sweep: str | None
+) -> pd.DataFrame:
+    if STEADY_COLUMN not in frame.columns:  # a database no sweep has opened since the column came
+        columns = list(frame.columns)
+        at = columns.index("mean_epoch_seconds") + 1 if "mean_epoch_seconds" in columns else len(columns)
+        frame.insert(at, STEADY_COLUMN, math.nan)
+    frame[STEADY_COLUMN] = pd.to_numeric(frame[STEADY_COLUMN], errors="coerce").astype("float64")
+    missing = frame[STEADY_COLUMN].isna()
+    if "mean_epoch_seconds" in frame.columns:
+        missing &= frame["mean_epoch_seconds"].notna()  # as run_trial: both times or neither
+    if not missing.any():
+        return frame
+    try:
+        epochs = _read_table(path, "epochs", sweep, "epochs.trial_id, epochs.epoch")
+    except ValueError:
+        return frame  # no epochs table: nothing to fill from
+    if not {"trial_id", "epoch_seconds"} <= set(epochs.columns):
+        return frame
+    times = pd.to_numeric(epochs["epoch_seconds"], errors="coerce")
+    steady: dict[str, float] = {}
+    for trial_id, trial_times in times.groupby(epochs["trial_id"], sort=False):
+        if trial_times.notna().all():
+            value = steady_state_seconds(trial_times.tolist())
+            if value is not None:
+                steady[str(trial_id)] = value
+    filled = frame.loc[missing, "trial_id"].map(steady)
+    frame.loc[missing, STEADY_COLUMN] = filled.astype("float64")
+    return frame
 
 
 def load_epochs(path: str | os.PathLike[str], *, sweep: str | None = None) -> pd.DataFrame:
@@ -339,6 +380,7 @@ __all__ = [
     "epoch_rows",
     "TRIAL_COLUMNS",
     "EPOCH_COLUMNS",
+    "STEADY_COLUMN",
     "CONFIG_COLUMNS",
     "METRIC_NAMES",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import signal
@@ -78,6 +79,7 @@ def random_record(rng: random.Random, *, status: str = "ok", num_epochs: int = 3
         ),
         predicted_peak_bytes=rng.randint(1, 2**36),
         mean_epoch_seconds=rng.uniform(1, 100),
+        steady_epoch_seconds=rng.uniform(1, 100),
         sequences_per_second=rng.uniform(1, 1e5),
         total_seconds=rng.uniform(1, 1e4),
         num_users=rng.randint(1, 10**6),
@@ -109,8 +111,8 @@ def test_schema_has_agreed_columns() -> None:
         "trial_id", "sweep", "status", "error", "config_json", "loss_impl_used", "pop_val_ndcg_10",
         "pop_test_ndcg_10", "peak_bytes", "torch_max_allocated", "torch_max_reserved", "nvml_process_peak",
         "cpu_peak_rss", "gpu_name", "gpu_total", "budget_bytes", "predicted_peak_bytes", "best_epoch",
-        "epochs_run", "mean_epoch_seconds", "sequences_per_second", "total_seconds", "num_users", "num_items",
-        "num_interactions", "device", "versions_json", "git_commit", "started_at", "finished_at",
+        "epochs_run", "mean_epoch_seconds", "steady_epoch_seconds", "sequences_per_second", "total_seconds",
+        "num_users", "num_items", "num_interactions", "device", "versions_json", "git_commit", "started_at", "finished_at",
         "dataset", "split", "loss", "num_negatives", "negative_scope", "sampling", "loss_impl", "batch_size",
         "max_len", "hidden", "blocks", "heads", "seed",
     }
@@ -155,6 +157,9 @@ def test_round_trip_of_a_record(tmp_path: Path) -> None:
     assert row["predicted_peak_bytes"] == record.predicted_peak_bytes
     assert row["loss_impl_used"] == record.loss_impl
     assert row["epochs_run"] == len(record.epochs)
+    # the recorded value, not one recomputed from the epochs
+    assert row["steady_epoch_seconds"] == pytest.approx(record.steady_epoch_seconds, rel=1e-15)
+    assert row["mean_epoch_seconds"] == pytest.approx(record.mean_epoch_seconds, rel=1e-15)
     assert row["num_items"] == record.num_items
 
     epochs = load_epochs(path)
@@ -225,6 +230,92 @@ def test_old_database_gains_new_columns(tmp_path: Path) -> None:
     assert set(trials.index) == {"old-1", "new-1"}
     assert trials.loc["new-1", "val_ndcg_10"] == pytest.approx(record.val_metrics["ndcg@10"])
     assert trials.loc["old-1", "val_ndcg_10"] != trials.loc["old-1", "val_ndcg_10"]  # NaN
+
+
+def _without_steady_column(path: Path) -> None:
+    """Make a database look written before `steady_epoch_seconds` existed: no column, no JSON field."""
+    with sqlite3.connect(path) as old:
+        old.execute("ALTER TABLE trials DROP COLUMN steady_epoch_seconds")
+        for trial_id, text in old.execute("SELECT trial_id, record_json FROM trials").fetchall():
+            values = json.loads(text)
+            del values["steady_epoch_seconds"]
+            old.execute("UPDATE trials SET record_json = ? WHERE trial_id = ?", (json.dumps(values), trial_id))
+    old.close()
+
+
+def old_database_with_steady_times(path: Path) -> dict[str, TrialRecord]:
+    rng = random.Random(11)
+    records = {
+        "five-epochs": random_record(rng, num_epochs=5),
+        "one-epoch": random_record(rng, num_epochs=1),
+        "failed": random_record(rng, status="failed", num_epochs=2),
+        "no-epoch-rows": random_record(rng, num_epochs=2),
+    }
+    records["failed"].mean_epoch_seconds = records["failed"].steady_epoch_seconds = None
+    with ResultsDB(path) as db:
+        for trial_id, record in records.items():
+            db.record_trial(trial_id, "s", record)
+        db._connection.execute("DELETE FROM epochs WHERE trial_id = 'no-epoch-rows'")
+        db._connection.commit()
+    _without_steady_column(path)
+    return records
+
+
+def test_old_database_without_steady_times_gets_them_from_its_epochs(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    records = old_database_with_steady_times(path)
+    with sqlite3.connect(path) as probe:
+        assert "steady_epoch_seconds" not in {r[1] for r in probe.execute("PRAGMA table_info(trials)")}
+    probe.close()
+
+    trials = load_trials(path).set_index("trial_id")
+    assert str(trials["steady_epoch_seconds"].dtype) == "float64"
+    columns = list(trials.columns)
+    assert columns.index("steady_epoch_seconds") == columns.index("mean_epoch_seconds") + 1
+    times = [e.epoch_seconds for e in records["five-epochs"].epochs]
+    # epochs 2..5: the median of four is the mean of the middle two
+    assert trials.loc["five-epochs", "steady_epoch_seconds"] == pytest.approx(sum(sorted(times[1:])[1:3]) / 2)
+    assert trials.loc["one-epoch", "steady_epoch_seconds"] == pytest.approx(
+        records["one-epoch"].epochs[0].epoch_seconds)
+    assert math.isnan(trials.loc["failed", "steady_epoch_seconds"])  # no mean time: no steady time either
+    assert math.isnan(trials.loc["no-epoch-rows", "steady_epoch_seconds"])  # nothing to compute it from
+    # reading never writes: the file still lacks the column
+    with sqlite3.connect(path) as probe:
+        assert "steady_epoch_seconds" not in {r[1] for r in probe.execute("PRAGMA table_info(trials)")}
+    probe.close()
+
+
+def test_old_database_without_steady_times_opens_migrates_and_loads(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    records = old_database_with_steady_times(path)
+    new = random_record(random.Random(12), num_epochs=3)
+    with ResultsDB(path) as db:  # a sweep resuming on the old file adds the column
+        old_record = db.load_record("five-epochs")
+        assert old_record.steady_epoch_seconds is None
+        assert old_record.mean_epoch_seconds == records["five-epochs"].mean_epoch_seconds
+        db.record_trial("new", "s", new)
+        assert db.load_record("new") == new
+    with sqlite3.connect(path) as probe:
+        stored = dict(probe.execute("SELECT trial_id, steady_epoch_seconds FROM trials").fetchall())
+    probe.close()
+    assert stored["five-epochs"] is None and stored["new"] == new.steady_epoch_seconds
+    trials = load_trials(path).set_index("trial_id")
+    assert trials.loc["new", "steady_epoch_seconds"] == pytest.approx(new.steady_epoch_seconds, rel=1e-15)
+    times = [e.epoch_seconds for e in records["five-epochs"].epochs]
+    assert trials.loc["five-epochs", "steady_epoch_seconds"] == pytest.approx(sum(sorted(times[1:])[1:3]) / 2)
+    assert math.isnan(trials.loc["no-epoch-rows", "steady_epoch_seconds"])
+
+
+def test_trials_table_alone_loads_with_nan_steady_times(tmp_path: Path) -> None:
+    path = tmp_path / "bare.sqlite"
+    with sqlite3.connect(path) as old:
+        old.execute("CREATE TABLE trials (trial_id TEXT PRIMARY KEY, sweep TEXT, status TEXT, "
+                    "mean_epoch_seconds REAL)")
+        old.execute("INSERT INTO trials VALUES ('old-1', 's', 'ok', 2.5)")
+    old.close()
+    trials = load_trials(path)
+    assert trials.loc[0, "mean_epoch_seconds"] == 2.5
+    assert math.isnan(trials.loc[0, "steady_epoch_seconds"])
 
 
 def test_rows_survive_a_sigkilled_writer(tmp_path: Path) -> None:

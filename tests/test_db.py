@@ -112,7 +112,8 @@ def test_schema_has_agreed_columns() -> None:
         "pop_test_ndcg_10", "peak_bytes", "torch_max_allocated", "torch_max_reserved", "nvml_process_peak",
         "cpu_peak_rss", "gpu_name", "gpu_total", "budget_bytes", "predicted_peak_bytes", "best_epoch",
         "epochs_run", "mean_epoch_seconds", "steady_epoch_seconds", "sequences_per_second", "total_seconds",
-        "num_users", "num_items", "num_interactions", "device", "versions_json", "git_commit", "started_at", "finished_at",
+        "num_users", "num_items", "num_interactions", "device", "versions_json", "git_commit", "started_at",
+        "finished_at",
         "dataset", "split", "loss", "num_negatives", "negative_scope", "sampling", "loss_impl", "batch_size",
         "max_len", "hidden", "blocks", "heads", "seed",
     }
@@ -239,7 +240,8 @@ def _without_steady_column(path: Path) -> None:
         for trial_id, text in old.execute("SELECT trial_id, record_json FROM trials").fetchall():
             values = json.loads(text)
             del values["steady_epoch_seconds"]
-            old.execute("UPDATE trials SET record_json = ? WHERE trial_id = ?", (json.dumps(values), trial_id))
+            old.execute("UPDATE trials SET record_json = ? WHERE trial_id = ?",
+                        (json.dumps(values), trial_id))
     old.close()
 
 

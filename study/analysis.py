@@ -3,7 +3,10 @@
 Input is the DataFrame of `study.db.load_trials` (one row per trial). Choices, all tested:
 
 - Objectives: validation quality up (default ndcg@10), measured peak memory down (default `peak_bytes`),
-  optionally time per epoch (`mean_epoch_seconds`) down as a third objective.
+  optionally time per epoch down as a third objective.
+- Time per epoch, wherever it is compared (third objective, fused vs PyTorch, tables), is `epoch_time`:
+  the steady state `steady_epoch_seconds` (median over the epochs after the first, which includes
+  kernel compilation) where a row has it, else `mean_epoch_seconds`.
 - Candidates are `ok` trials with every objective present. Other trials stay in the table with
   `candidate == False` so figures can show them as infeasible.
 - The frontier is computed separately per (dataset, split): quality is not comparable across them.
@@ -33,7 +36,10 @@ MEMORY_FIELDS: tuple[str, ...] = ("peak_bytes", "torch_max_reserved", "nvml_proc
                                   "torch_max_allocated")
 METRIC_NAMES: tuple[str, ...] = db.METRIC_NAMES
 GROUP_COLUMNS: tuple[str, ...] = ("dataset", "split")
-TIME_COLUMN = "mean_epoch_seconds"
+STEADY_TIME_COLUMN = "steady_epoch_seconds"
+MEAN_TIME_COLUMN = "mean_epoch_seconds"
+TIME_COLUMN = "epoch_time_seconds"  # added by pareto_table and fused_vs_torch: see `epoch_time`
+TIME_LABEL = "time per epoch (steady state, s)"
 GIB = 2**30
 
 # Columns added by `pareto_table`.
@@ -87,6 +93,22 @@ def samples_negatives(trials: pd.DataFrame) -> pd.Series:
     if "loss" not in trials.columns:
         return pd.Series(True, index=trials.index)
     return trials["loss"] != "ce"
+
+
+def has_epoch_time(trials: pd.DataFrame) -> bool:
+    """Whether `trials` has a column `epoch_time` can read."""
+    return STEADY_TIME_COLUMN in trials.columns or MEAN_TIME_COLUMN in trials.columns
+
+
+def epoch_time(trials: pd.DataFrame) -> pd.Series:
+    """The time per epoch to compare, per row: `steady_epoch_seconds` where the column exists and the
+    row has a value, else `mean_epoch_seconds` (the mean over all epochs, first included: what trials
+    recorded before the steady time existed have); NaN where neither is known."""
+    result = pd.Series(np.nan, index=trials.index, dtype="float64")
+    for column in (STEADY_TIME_COLUMN, MEAN_TIME_COLUMN):
+        if column in trials.columns:
+            result = result.fillna(pd.to_numeric(trials[column], errors="coerce").astype("float64"))
+    return result
 
 
 def non_dominated(objectives: np.ndarray, maximize: Sequence[bool]) -> np.ndarray:
@@ -156,13 +178,17 @@ def pareto_table(
     aggregate_seeds: bool = False,
 ) -> pd.DataFrame:
     """Every trial with the objectives and the frontier flag (per dataset and split) added as columns
-    `quality` (validation metric), `test_quality`, `memory_bytes`, `candidate` and `on_frontier`."""
+    `quality` (validation metric), `test_quality`, `memory_bytes`, `epoch_time_seconds` (`epoch_time`),
+    `candidate` and `on_frontier`."""
     val_column = metric_column(metric, "val")
     test_column = metric_column(metric, "test")
     check_memory_field(memory_field)
-    _require_columns(trials, ["status", val_column, memory_field, *GROUP_COLUMNS]
-                     + ([TIME_COLUMN] if with_time else []))
-    table = aggregate_over_seeds(trials) if aggregate_seeds else trials.copy()
+    _require_columns(trials, ["status", val_column, memory_field, *GROUP_COLUMNS])
+    if with_time:
+        _require_epoch_time(trials)
+    # Before aggregating, so that a configuration's time is the mean of its seeds' times.
+    table = trials.assign(**{TIME_COLUMN: epoch_time(trials)})
+    table = aggregate_over_seeds(table) if aggregate_seeds else table
     table = table.reset_index(drop=True).copy()  # a compact copy: wide frames warn when columns are added
     table[QUALITY] = pd.to_numeric(table[val_column], errors="coerce")
     table[TEST_QUALITY] = (pd.to_numeric(table[test_column], errors="coerce") if test_column in table.columns
@@ -307,10 +333,13 @@ def scaling_table(
 
 def fused_vs_torch(trials: pd.DataFrame, *, memory_field: str = "peak_bytes") -> pd.DataFrame:
     """Pairs of `ok` trials that differ only in the loss implementation that ran (triton vs torch), with
-    time per epoch and memory of each and the ratios torch / triton (> 1: the fused loss is better)."""
+    time per epoch (`epoch_time`: steady state where recorded) and memory of each and the ratios
+    torch / triton (> 1: the fused loss is better)."""
     check_memory_field(memory_field)
-    _require_columns(trials, ["status", "loss_impl_used", memory_field, TIME_COLUMN])
+    _require_columns(trials, ["status", "loss_impl_used", memory_field])
+    _require_epoch_time(trials)
     ok = trials[trials["status"] == "ok"]
+    ok = ok.assign(**{TIME_COLUMN: epoch_time(ok)})
     keys = config_key_columns(ok, exclude=("loss_impl", "loss_impl_used"))
     if "seed" in ok.columns:
         keys.append("seed")
@@ -363,6 +392,11 @@ def _groups(trials: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
             for key, group in trials.groupby(list(GROUP_COLUMNS), dropna=False, sort=True)]
 
 
+def _require_epoch_time(trials: pd.DataFrame) -> None:
+    if not has_epoch_time(trials):
+        raise ValueError(f"trials: missing column(s) {STEADY_TIME_COLUMN} or {MEAN_TIME_COLUMN}")
+
+
 def _require_columns(trials: pd.DataFrame, columns: Iterable[str]) -> None:
     missing = [c for c in columns if c not in trials.columns]
     if missing:
@@ -370,7 +404,8 @@ def _require_columns(trials: pd.DataFrame, columns: Iterable[str]) -> None:
 
 
 __all__ = [
-    "MEMORY_FIELDS", "METRIC_NAMES", "GROUP_COLUMNS", "TIME_COLUMN", "GIB", "QUALITY", "TEST_QUALITY",
+    "MEMORY_FIELDS", "METRIC_NAMES", "GROUP_COLUMNS", "TIME_COLUMN", "STEADY_TIME_COLUMN",
+    "MEAN_TIME_COLUMN", "TIME_LABEL", "epoch_time", "has_epoch_time", "GIB", "QUALITY", "TEST_QUALITY",
     "MEMORY", "CANDIDATE", "ON_FRONTIER", "parse_metric", "metric_column", "check_memory_field",
     "config_key_columns", "samples_negatives", "non_dominated", "aggregate_over_seeds", "pareto_table",
     "pareto_frontier",

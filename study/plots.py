@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from study import analysis
-from study.analysis import CANDIDATE, GIB, MEMORY, ON_FRONTIER, QUALITY, TIME_COLUMN
+from study.analysis import CANDIDATE, GIB, MEMORY, ON_FRONTIER, QUALITY, TIME_COLUMN, TIME_LABEL
 
 DEFAULT_BUDGETS: tuple[int, ...] = (8 * GIB, 16 * GIB, 40 * GIB)
 FORMATS: tuple[str, ...] = ("png", "svg")
@@ -274,8 +274,9 @@ def scaling_figure(
 
 
 def fused_vs_torch_figure(table: pd.DataFrame, *, memory_field: str, title: str = "") -> Figure | str:
-    """Paired horizontal bars, fused (Triton) vs PyTorch loss, for time per epoch and memory at equal
-    configurations, each pair labelled with the ratio PyTorch / fused."""
+    """Paired horizontal bars, fused (Triton) vs PyTorch loss, for time per epoch (steady state: the
+    first epoch's compilation left out, see `analysis.epoch_time`) and memory at equal configurations,
+    each pair labelled with the ratio PyTorch / fused."""
     if not {"num_negatives", "batch_size", "max_len"} <= set(table.columns):
         return "the trials lack num_negatives, batch_size or max_len"
     pairs = analysis.fused_vs_torch(table, memory_field=memory_field)
@@ -288,7 +289,7 @@ def fused_vs_torch_figure(table: pd.DataFrame, *, memory_field: str, title: str 
     time_axes, memory_axes = figure.subplots(1, 2, sharey=True)
     positions = np.arange(len(pairs))
     height = 0.4
-    panels = ((time_axes, TIME_COLUMN, 1.0, "time per epoch (s)", "speedup"),
+    panels = ((time_axes, TIME_COLUMN, 1.0, TIME_LABEL, "speedup"),
               (memory_axes, memory_field, GIB, f"{_MEMORY_LABELS[memory_field]} (GiB)", "memory_ratio"))
     for axes, column, scale, label, ratio_column in panels:
         fused = pairs[f"triton_{column}"].to_numpy(dtype=float) / scale

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from study import analysis, plots
-from study.analysis import GIB, MEMORY, QUALITY, TEST_QUALITY, TIME_COLUMN
+from study.analysis import GIB, MEMORY, QUALITY, TEST_QUALITY, TIME_COLUMN, TIME_LABEL
 
 FIGURES_DIR = "figures"
 REPORT_NAME = "report.md"
@@ -43,15 +43,33 @@ def markdown_table(frame: pd.DataFrame, *, digits: int = 4) -> str:
 
 
 def frontier_summary(trials: pd.DataFrame, *, metric: str, memory_field: str) -> pd.DataFrame:
-    """The frontier in columns people read: configuration, metrics, memory in GiB, time per epoch."""
+    """The frontier in columns people read: configuration, metrics, memory in GiB, time per epoch
+    (steady state where recorded, see `analysis.epoch_time`)."""
     frontier = analysis.pareto_frontier(trials, metric=metric, memory_field=memory_field)
     columns = {"dataset": "dataset", "split": "split", "trial_id": "trial", "loss": "loss",
                "num_negatives": "K", "negative_scope": "scope", "batch_size": "batch", "max_len": "max len",
                "loss_impl_used": "impl", QUALITY: f"val {metric}", TEST_QUALITY: f"test {metric}"}
     summary = frontier[[c for c in columns if c in frontier.columns]].rename(columns=columns)
     summary[f"{memory_field} GiB"] = frontier[MEMORY] / GIB
-    summary["s/epoch"] = frontier[TIME_COLUMN] if TIME_COLUMN in frontier.columns else math.nan
+    summary[TIME_LABEL] = frontier[TIME_COLUMN]
     return summary
+
+
+def time_note(trials: pd.DataFrame) -> str:
+    """One sentence saying what time per epoch means here, and how many `ok` trials lack the steady
+    state and show the mean over all epochs instead (`analysis.epoch_time`)."""
+    text = ("Time per epoch is the steady state: the median training time of the epochs after the first "
+            "(which includes kernel compilation), or the only epoch's time.")
+    if "status" not in trials.columns or not analysis.has_epoch_time(trials):
+        return text
+    ok = trials[trials["status"] == "ok"]
+    steady = (pd.to_numeric(ok[analysis.STEADY_TIME_COLUMN], errors="coerce")
+              if analysis.STEADY_TIME_COLUMN in ok.columns else pd.Series(math.nan, index=ok.index))
+    fallback = int((steady.isna() & analysis.epoch_time(ok).notna()).sum())
+    if fallback:
+        text += (f" {fallback} of {len(ok)} ok trials have no steady-state time recorded and show the mean "
+                 "over all epochs, first included.")
+    return text
 
 
 def budget_summary(trials: pd.DataFrame, budgets: Sequence[int], *, metric: str,
@@ -72,8 +90,8 @@ def budget_summary(trials: pd.DataFrame, budgets: Sequence[int], *, metric: str,
 def fused_summary(trials: pd.DataFrame, *, memory_field: str) -> pd.DataFrame:
     pairs = analysis.fused_vs_torch(trials, memory_field=memory_field)
     columns = {"dataset": "dataset", "num_negatives": "K", "negative_scope": "scope", "batch_size": "batch",
-               "max_len": "max len", f"triton_{TIME_COLUMN}": "fused s/epoch",
-               f"torch_{TIME_COLUMN}": "PyTorch s/epoch", "speedup": "speedup (PyTorch / fused)",
+               "max_len": "max len", f"triton_{TIME_COLUMN}": f"fused {TIME_LABEL}",
+               f"torch_{TIME_COLUMN}": f"PyTorch {TIME_LABEL}", "speedup": "speedup (PyTorch / fused)",
                "triton_memory_gib": "fused GiB", "torch_memory_gib": "PyTorch GiB",
                "memory_ratio": "memory ratio (PyTorch / fused)"}
     return pairs[[c for c in columns if c in pairs.columns]].rename(columns=columns)
@@ -101,7 +119,7 @@ def write_report(
         "# cce-study results report",
         "",
         f"Source: `{source}`. Generated {now}. {len(trials)} trials; quality is validation {metric} "
-        f"(test beside it); memory is `{memory_field}`.",
+        f"(test beside it); memory is `{memory_field}`. {time_note(trials)}",
         "",
         "## Trial status",
         "",
@@ -145,4 +163,4 @@ def write_report(
 
 
 __all__ = ["write_report", "markdown_table", "frontier_summary", "budget_summary", "fused_summary",
-           "REPORT_NAME", "FIGURES_DIR"]
+           "time_note", "REPORT_NAME", "FIGURES_DIR"]

@@ -288,6 +288,71 @@ def test_fused_vs_torch_pairs_equal_configurations_only() -> None:
     assert pair["memory_ratio"] == pytest.approx(4.0)
 
 
+def test_epoch_time_prefers_the_steady_state_and_falls_back_to_the_mean() -> None:
+    frame = pd.DataFrame({"steady_epoch_seconds": [1.0, None, np.nan, None],
+                          "mean_epoch_seconds": [3.0, 4.0, 5.0, None]})
+    got = analysis.epoch_time(frame)
+    assert str(got.dtype) == "float64"
+    np.testing.assert_array_equal(got.to_numpy(), [1.0, 4.0, 5.0, np.nan])
+    # a table from before the steady time: the mean throughout
+    assert analysis.epoch_time(frame[["mean_epoch_seconds"]]).tolist()[:3] == [3.0, 4.0, 5.0]
+    assert analysis.epoch_time(frame[["steady_epoch_seconds"]]).tolist()[0] == 1.0
+    assert analysis.epoch_time(pd.DataFrame({"x": [1]})).isna().all()
+
+
+def test_time_objective_uses_the_steady_state_where_recorded() -> None:
+    # By the mean over all epochs t0 is faster; after its first (compiling) epoch t1 is. t2 has no steady
+    # time and competes with its mean; t3 has no time at all and is no candidate with time.
+    frame = trials_frame([
+        {"val_ndcg_10": 0.3, "mean_epoch_seconds": 2.0, "steady_epoch_seconds": 1.9},
+        {"val_ndcg_10": 0.2, "mean_epoch_seconds": 3.0, "steady_epoch_seconds": 0.5},
+        {"val_ndcg_10": 0.1, "mean_epoch_seconds": 0.4, "steady_epoch_seconds": None},
+        {"val_ndcg_10": 0.05, "mean_epoch_seconds": None, "steady_epoch_seconds": None},
+    ])
+    table = analysis.pareto_table(frame, with_time=True)
+    assert table[analysis.TIME_COLUMN].tolist()[:3] == [1.9, 0.5, 0.4]
+    assert table["on_frontier"].tolist() == [True, True, True, False]
+    assert table["candidate"].tolist() == [True, True, True, False]
+    # with the mean, t1 (0.2 at 3.0 s) is dominated by t0 (0.3 at 2.0 s)
+    by_mean = analysis.pareto_table(frame.drop(columns="steady_epoch_seconds"), with_time=True)
+    assert by_mean["on_frontier"].tolist() == [True, False, True, False]
+    assert analysis.pareto_table(frame)["candidate"].tolist() == [True] * 4  # time only matters with_time
+    with pytest.raises(ValueError, match="steady_epoch_seconds or mean_epoch_seconds"):
+        analysis.pareto_table(frame.drop(columns=["steady_epoch_seconds", "mean_epoch_seconds"]),
+                              with_time=True)
+
+
+def test_aggregated_seeds_average_the_steady_times() -> None:
+    frame = trials_frame([
+        {"seed": 0, "mean_epoch_seconds": 5.0, "steady_epoch_seconds": 1.0},
+        {"seed": 1, "mean_epoch_seconds": 7.0, "steady_epoch_seconds": None},  # falls back to its mean
+    ])
+    table = analysis.pareto_table(frame, aggregate_seeds=True, with_time=True)
+    assert len(table) == 1 and table[analysis.TIME_COLUMN].iloc[0] == pytest.approx(4.0)
+
+
+def test_fused_vs_torch_compares_steady_times_and_falls_back_to_the_mean() -> None:
+    frame = trials_frame([
+        # the fused loss compiles in its first epoch: slower on the mean, faster in the steady state
+        {"loss_impl_used": "triton", "mean_epoch_seconds": 3.64, "steady_epoch_seconds": 0.98},
+        {"loss_impl_used": "torch", "mean_epoch_seconds": 2.60, "steady_epoch_seconds": 1.83},
+        # an older pair without steady times on the fused side: its mean is used
+        {"loss_impl_used": "triton", "batch_size": 256, "mean_epoch_seconds": 2.0,
+         "steady_epoch_seconds": None},
+        {"loss_impl_used": "torch", "batch_size": 256, "mean_epoch_seconds": 5.0,
+         "steady_epoch_seconds": 4.0},
+    ])
+    pairs = analysis.fused_vs_torch(frame).set_index("batch_size")
+    assert pairs.loc[128, "speedup"] == pytest.approx(1.83 / 0.98)
+    assert pairs.loc[128, f"triton_{analysis.TIME_COLUMN}"] == pytest.approx(0.98)
+    assert pairs.loc[256, "speedup"] == pytest.approx(4.0 / 2.0)
+    without_steady = analysis.fused_vs_torch(frame.drop(columns="steady_epoch_seconds"))
+    without_steady = without_steady.set_index("batch_size")
+    assert without_steady.loc[128, "speedup"] == pytest.approx(2.60 / 3.64)
+    with pytest.raises(ValueError, match="steady_epoch_seconds or mean_epoch_seconds"):
+        analysis.fused_vs_torch(frame.drop(columns=["steady_epoch_seconds", "mean_epoch_seconds"]))
+
+
 def test_status_counts_lists_every_status() -> None:
     frame = trials_frame([{"status": s} for s in ("ok", "ok", "oom", "failed")])
     counts = analysis.status_counts(frame).iloc[0]

@@ -148,3 +148,38 @@ def test_report_embeds_tables_and_existing_figures(database: Path, tmp_path: Pat
     images = [line.split("](")[1].split(")")[0] for line in text.splitlines() if line.startswith("![")]
     assert len(images) == 4
     assert all((report.parent / image).stat().st_size > 10_000 for image in images)
+
+
+def test_report_compares_steady_state_epoch_times(tmp_path: Path) -> None:
+    from analysis_fixtures import to_frame
+
+    from study import report
+
+    trials = synthetic_sweep(np.random.default_rng(3), negatives=(64, 1024), batch_sizes=(64, 256),
+                             max_lens=(50,))
+    frame = to_frame(trials)
+    fused = frame["loss_impl_used"] == "triton"
+    mean = frame["mean_epoch_seconds"]
+    frame["steady_epoch_seconds"] = np.where(fused, mean / 4, mean)
+    ok = frame.index[frame["status"] == "ok"]
+    # one fused trial recorded before the steady time: its mean is shown and compared
+    old_trial = analysis.fused_vs_torch(frame)["triton_trial_id"].iloc[0]
+    frame.loc[frame["trial_id"] == old_trial, "steady_epoch_seconds"] = np.nan
+
+    summary = report.fused_summary(frame, memory_field="peak_bytes")
+    pairs = analysis.fused_vs_torch(frame)
+    fused_times = summary["fused time per epoch (steady state, s)"]
+    assert list(fused_times) == list(pairs[f"triton_{analysis.TIME_COLUMN}"])
+    old_pair = (pairs["triton_trial_id"] == old_trial).to_numpy()
+    mean_of = frame.set_index("trial_id")["mean_epoch_seconds"]
+    assert fused_times[old_pair].tolist() == [mean_of[old_trial]]
+    assert (summary["speedup (PyTorch / fused)"][~old_pair] > 3).all()  # steady state: 4x faster
+    frontier = report.frontier_summary(frame, metric="ndcg@10", memory_field="peak_bytes")
+    expected = analysis.epoch_time(frame.set_index("trial_id").loc[frontier["trial"]])
+    np.testing.assert_allclose(frontier["time per epoch (steady state, s)"], expected)
+
+    text = report.write_report(frame, tmp_path, note=lambda _: None).read_text()
+    assert "time per epoch (steady state, s)" in text
+    assert f"1 of {len(ok)} ok trials have no steady-state time recorded" in text
+    assert f"median speedup {summary['speedup (PyTorch / fused)'].median():.2f}x" in text
+    assert "no steady-state time" not in report.time_note(frame.fillna({"steady_epoch_seconds": 1.0}))

@@ -110,3 +110,25 @@ def test_full_catalogue_ce_is_drawn_apart_from_sampled_negatives(trials: pd.Data
     np.testing.assert_allclose(np.asarray(squares.get_offsets())[:, 1], [0.5, 0.5, 0.5])
     assert any("full CE" in t.get_text() for t in axes.texts)
     assert any("full-catalogue CE (3)" in t.get_text() for t in axes.get_legend().get_texts())
+
+
+def test_fused_vs_torch_figure_draws_steady_state_times(trials: pd.DataFrame) -> None:
+    # The fused side compiles in its first epoch: a quarter of its mean in the steady state.
+    fused = trials["loss_impl_used"] == "triton"
+    frame = trials.assign(steady_epoch_seconds=np.where(fused, trials["mean_epoch_seconds"] / 4,
+                                                        trials["mean_epoch_seconds"]))
+    frame.loc[frame.index[~fused][0], "steady_epoch_seconds"] = np.nan  # falls back to its mean
+    table = analysis.pareto_table(frame)
+    figure = plots.fused_vs_torch_figure(table, memory_field="peak_bytes")
+    assert not isinstance(figure, str)
+    time_axes = figure.axes[0]
+    assert time_axes.get_xlabel() == "time per epoch (steady state, s)"
+    pairs = analysis.fused_vs_torch(table)
+    widths = [patch.get_width() for patch in time_axes.patches]
+    np.testing.assert_allclose(widths[:len(pairs)], analysis.epoch_time(frame.set_index("trial_id").loc[
+        pairs["triton_trial_id"]]))
+    np.testing.assert_allclose(widths[len(pairs):], analysis.epoch_time(frame.set_index("trial_id").loc[
+        pairs["torch_trial_id"]]))
+    ratios = {t.get_text().strip() for t in time_axes.texts}
+    assert ratios == {f"{r:.2f}x" for r in pairs["speedup"]}
+    assert pairs["speedup"].min() > 3  # the steady state, not the mean over epochs, is compared

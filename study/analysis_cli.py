@@ -193,7 +193,8 @@ def _nothing_fits(trials: pd.DataFrame, budget: int, args: argparse.Namespace) -
 
 _TRIAL_FIELDS = ("trial_id", "sweep", "dataset", "split", "loss", "num_negatives", "negative_scope",
                  "sampling", "logq_correction", "batch_size", "max_len", "hidden", "blocks", "heads", "lr",
-                 "seed", "loss_impl_used", "best_epoch", "epochs_run", "mean_epoch_seconds", "gpu_name",
+                 "seed", "loss_impl_used", "best_epoch", "epochs_run", "mean_epoch_seconds",
+                 "steady_epoch_seconds", "gpu_name",
                  "gpu_total", "peak_bytes", "torch_max_allocated", "torch_max_reserved", "nvml_process_peak")
 
 
@@ -231,8 +232,13 @@ def _trial_text(row: pd.Series, args: argparse.Namespace) -> str:
         f"impl={get('loss_impl_used')}",
         f"  quality  val {args.metric} {_number(val)}  test {args.metric} {_number(test)}",
         f"  memory   {memory}",
-        f"  time     {_number(row.get('mean_epoch_seconds'))} s/epoch",
+        f"  time     {_number(_steady_or_mean_time(row))} s/epoch (steady state; mean over all epochs "
+        f"{_number(row.get('mean_epoch_seconds'))})",
     ])
+
+
+def _steady_or_mean_time(row: pd.Series) -> Any:
+    return analysis.epoch_time(row.to_frame().T).iloc[0]
 
 
 def _count(value: Any) -> str:

@@ -304,7 +304,8 @@ def fused_vs_torch_figure(table: pd.DataFrame, *, memory_field: str, title: str 
         axes.grid(True, axis="x", alpha=0.3)
     time_axes.set_yticks(positions, labels, fontsize=8)
     time_axes.invert_yaxis()
-    time_axes.legend(fontsize=8, loc="lower right")
+    # Below the panels: inside, it would cover the bars and ratios of the last row.
+    figure.legend(*time_axes.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
     figure.suptitle(f"{title}: fused vs PyTorch loss at equal configurations (labels: PyTorch / fused)")
     return figure
 

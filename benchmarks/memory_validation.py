@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma list of configuration names to run")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds per configuration (default 900)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="configurations run at once, each in its own process (default 1); process "
+                             "memory is per process, so trials may share the card if it holds their sum")
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -328,15 +332,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     env = environment()
-    rows: list[dict[str, Any]] = []
-    for number, case in enumerate(cases, 1):
-        print(f"[{number}/{len(cases)}] {case['name']} ...", flush=True)
-        row = run_case(case, args.out, args.timeout)
-        rows.append(row)
-        error = row.get("error_process_peak")
-        detail = f"process error {100 * error:+.1f}%" if error is not None else (row.get("error") or "")
-        print(f"    {row.get('status')} in {row.get('seconds', '-')} s; {detail}", flush=True)
-        _write_outputs(args.out, rows, env)
+    if args.jobs < 1:
+        parser.error("--jobs: must be at least 1")
+    finished: dict[str, dict[str, Any]] = {}
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait on the subprocesses
+        futures = {pool.submit(run_case, case, args.out, args.timeout): case["name"] for case in cases}
+        for future in as_completed(futures):
+            row = future.result()
+            finished[futures[future]] = row
+            error = row.get("error_process_peak")
+            detail = f"process error {100 * error:+.1f}%" if error is not None else (row.get("error") or "")
+            print(f"[{len(finished)}/{len(cases)}] {futures[future]}: {row.get('status')} in "
+                  f"{row.get('seconds', '-')} s; {detail}", flush=True)
+            _write_outputs(args.out, [finished[c["name"]] for c in cases if c["name"] in finished], env)
+    rows = [finished[case["name"]] for case in cases]
     summary = _write_outputs(args.out, rows, env)
     print()
     print(format_table(rows))

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The GPU checks that issues 3 and 4 still need, sized for two device calls on one H100/H200.
+# Prepare here (once):   ../shared/tools/gpu-wheelhouse .gpu-wheels   (+ the cut-cross-entropy wheel:
+#                        pip download --no-deps -d .gpu-wheels cut-cross-entropy)
+#                        mkdir -p .gpu-data/ml-1m && cp ../shared/data/ml-1m/interactions.csv.gz .gpu-data/ml-1m/
+# Then, through the device tool, carrying .gpu-wheels and .gpu-data:
+#   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh bench        (~5 min: issue 3)
+#   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh training     (~5 min: issues 3, 4, 5)
+# Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
+# results/<card>-<date>/ and update BENCHMARKS.md from it.
+set -uo pipefail
+part=${1:?usage: gpu_session.sh bench|training}
+out=${OUT:-$PWD/gpu-out}
+work=$(mktemp -d)
+python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu-wheels/*.whl \
+  || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export CCE_STUDY_DATA_PATH=$PWD/.gpu-data RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+{
+  echo "commit ${COMMIT:-unknown}; started $(date -u +%FT%TZ)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "cuda", torch.version.cuda)'
+} | tee "$work/environment.txt"
+
+case "$part" in
+  bench)
+    bench() { python3 -m study.bench_loss "$@" 2>&1 | tee -a "$work/bench.log"; }
+    bench --scheme shared,sequence --negatives 4096,16384 --hidden-dim 64 --out "$work/dense-d64.json"
+    bench --scheme shared,sequence --negatives 4096,16384 --hidden-dim 256 --out "$work/dense-d256.json"
+    bench --scheme position,drawn --negatives 2047 --hidden-dim 64 --out "$work/position-d64.json"
+    bench --scheme position,drawn --negatives 511 --hidden-dim 256 --rows 65536 --out "$work/position-d256.json"
+    bench --scheme full --catalogue 1000000 --hidden-dim 64 --impls triton,cce --out "$work/full-d64.json"
+    bench --scheme full --catalogue 1000000 --hidden-dim 256 --impls triton,cce --out "$work/full-d256.json"
+    ;;
+  training)
+    # The fused and PyTorch losses trained side by side (issue 3), budgets enforced (issue 5).
+    python3 -m study.sweep sweeps/gpu-smoke.toml --db "$work/gpu-smoke.sqlite" 2>&1 | tee "$work/gpu-smoke.log"
+    # Every configuration of the memory-model validation, three processes at a time (issue 4).
+    python3 benchmarks/memory_validation.py --out "$work/memory-validation" --jobs 3 2>&1 \
+      | tee "$work/memory-validation.log"
+    ;;
+  *) echo "unknown part: $part (bench or training)" >&2; exit 2 ;;
+esac
+mkdir -p "$out"
+tar czf "$out/$part.tgz" -C "$work" .
+echo "wrote $out/$part.tgz"

@@ -378,16 +378,9 @@ def free_memory() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m study.bench_loss ...`: the same command without the rest of the CLI's imports."""
-    parser = argparse.ArgumentParser(prog="cce-study bench-loss", description=__doc__.splitlines()[0])
-    configure(parser)
-    args = parser.parse_args(argv)
-    from study.cli import UserError
+    from study.cli import main_for
 
-    try:
-        return run(args)
-    except (ValueError, UserError) as exc:
-        print(f"cce-study bench-loss: error: {exc}", file=sys.stderr)
-        return 2
+    return main_for("bench-loss", argv)
 
 
 if __name__ == "__main__":

@@ -28,22 +28,35 @@ class UserError(Exception):
     """An error the user can fix; printed as one line without a traceback."""
 
 
+def _configure_command(parser: argparse.ArgumentParser, name: str) -> None:
+    """Add command `name`'s arguments to `parser` and remember its runner and name."""
+    module = importlib.import_module(COMMANDS[name][0])
+    configure = getattr(module, f"configure_{name.replace('-', '_')}", None) or module.configure
+    configure(parser)
+    runner = getattr(module, f"run_{name.replace('-', '_')}", None) or module.run
+    parser.set_defaults(_run=runner, command=name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cce-study", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
-        configure = getattr(module, f"configure_{name.replace('-', '_')}", None) or module.configure
-        configure(command_parser)
-        runner = getattr(module, f"run_{name.replace('-', '_')}", None) or module.run
-        command_parser.set_defaults(_run=runner)
+    for name, (_, help_text) in COMMANDS.items():
+        _configure_command(sub.add_parser(name, help=help_text, description=help_text), name)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return _run(build_parser().parse_args(argv))
+
+
+def main_for(name: str, argv: list[str] | None = None) -> int:
+    """One command without the others' imports (`python -m study.sweep ...`); same arguments and exits."""
+    parser = argparse.ArgumentParser(prog=f"cce-study {name}", description=COMMANDS[name][1])
+    _configure_command(parser, name)
+    return _run(parser.parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args._run(args) or 0)
     except (UserError, ValueError, FileNotFoundError) as exc:

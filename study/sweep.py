@@ -672,7 +672,11 @@ def worker_environment() -> dict[str, str]:
 
     paths = [os.getcwd(), str(Path(study.__file__).resolve().parents[1])]
     paths += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths)), "RAY_CHDIR_TO_TRIAL_DIR": "0",
+           # Ray leaves CUDA_VISIBLE_DEVICES unset for a worker given no GPU, which then sees every
+           # card: a `resources.gpus = 0` trial on device "auto" would train on GPU 0, unscheduled.
+           # With this Ray sets it to "" for such workers, so they see no GPU.
+           "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}
     for name in PASS_THROUGH_PATH_VARIABLES:
         if os.environ.get(name):
             parts = [str(Path(p).expanduser().resolve()) for p in os.environ[name].split(os.pathsep) if p]

@@ -147,6 +147,19 @@ def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path
     assert len(load_trials(db, sweep="faults")) == 5
 
 
+def test_a_trial_that_asks_for_no_gpu_sees_none(local_ray: str) -> None:
+    # Ray leaves CUDA_VISIBLE_DEVICES unset for a worker that requested 0 GPUs, so on a GPU node a
+    # `resources.gpus = 0` trial with device "auto" would train on GPU 0 behind the scheduler's back
+    # (every such trial at once, on the same card). The sweep's workers must see no GPU instead.
+    import ray
+
+    @ray.remote(num_gpus=0, num_cpus=1)
+    def visible_devices() -> str | None:
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    assert ray.get(visible_devices.remote(), timeout=60) == ""
+
+
 def test_every_fault_becomes_a_record_with_its_status() -> None:
     settings = sweep.TrialSettings("f", "tests.sweep_faults:faulty_trial", card_bytes=None)
     epochs_seen: list[float] = []

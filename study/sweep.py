@@ -790,17 +790,9 @@ __all__ = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m study.sweep ...`: the sweep command alone (same arguments and exit codes)."""
-    parser = argparse.ArgumentParser(prog="cce-study sweep", description=__doc__.splitlines()[0])
-    configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"cce-study sweep: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cce-study sweep: interrupted", file=sys.stderr)
-        return 130
+    from study.cli import main_for
+
+    return main_for("sweep", None if argv is None else list(argv))
 
 
 if __name__ == "__main__":

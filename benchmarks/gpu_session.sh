@@ -34,9 +34,13 @@ case "$part" in
     ;;
   training)
     # The fused and PyTorch losses trained side by side (issue 3), budgets enforced (issue 5).
-    python3 -m study.sweep sweeps/gpu-smoke.toml --db "$work/gpu-smoke.sqlite" 2>&1 | tee "$work/gpu-smoke.log"
+    # Each step under `timeout` so that the archive below is always written within one device call;
+    # memory_validation rewrites its CSV after every configuration, so a cut-off run keeps what finished.
+    timeout 180 python3 -m study.sweep sweeps/gpu-smoke.toml --db "$work/gpu-smoke.sqlite" 2>&1 \
+      | tee "$work/gpu-smoke.log"
     # Every configuration of the memory-model validation, three processes at a time (issue 4).
-    python3 benchmarks/memory_validation.py --out "$work/memory-validation" --jobs 3 2>&1 \
+    timeout "${MEMORY_SECONDS:-330}" python3 benchmarks/memory_validation.py --out "$work/memory-validation" \
+      --jobs 3 --timeout 300 2>&1 \
       | tee "$work/memory-validation.log"
     ;;
   *) echo "unknown part: $part (bench or training)" >&2; exit 2 ;;

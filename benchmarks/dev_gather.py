@@ -24,7 +24,7 @@ import triton
 from triton.testing import do_bench
 
 from kernels.draw import draw_negatives
-from kernels.triton_gather import GatherConfig, default_config, draw_in_kernel, gather_linear_cross_entropy
+from kernels.triton_gather import default_config, draw_in_kernel, gather_linear_cross_entropy, sorted_rows
 
 IGNORE = -100
 
@@ -62,14 +62,14 @@ def rel(a, b):
 def check_correctness(device, results):
     torch.manual_seed(0)
     rows = []
-    for scheme, dim, hdt, idt, log_q_on, evict in [
-        ("position", 64, torch.bfloat16, torch.bfloat16, False, False),
-        ("position", 48, torch.float32, torch.float32, True, False),
-        ("position", 256, torch.bfloat16, torch.float32, True, False),
-        ("drawn", 64, torch.bfloat16, torch.float32, False, False),
-        ("drawn", 128, torch.float32, torch.float32, True, False),
-        ("position", 64, torch.bfloat16, torch.float32, True, True),
-        ("drawn", 64, torch.float32, torch.float32, False, True),
+    for scheme, dim, hdt, idt, log_q_on, evict, sort, rows in [
+        ("position", 64, torch.bfloat16, torch.bfloat16, False, False, True, 1),
+        ("position", 48, torch.float32, torch.float32, True, False, False, 2),
+        ("position", 256, torch.bfloat16, torch.float32, True, False, True, 4),
+        ("drawn", 64, torch.bfloat16, torch.float32, False, False, True, 1),
+        ("drawn", 128, torch.float32, torch.float32, True, False, True, 2),
+        ("position", 64, torch.bfloat16, torch.float32, True, True, True, 1),
+        ("drawn", 64, torch.float32, torch.float32, False, True, True, 4),
     ]:
         n, k, c = 3001, 257, 40_000
         hidden = (torch.randn(n, dim, device=device) * 0.5).to(hdt)
@@ -87,13 +87,15 @@ def check_correctness(device, results):
         loss = gather_linear_cross_entropy(
             h1, w1[1:], targets, negatives if scheme == "position" else None, scheme=scheme,
             num_negatives=k, seed=seed, log_q=log_q, remove_accidental_hits=True, ignore_index=IGNORE,
-            reduction="mean", config=GatherConfig(64, 4, 2, evict))
+            reduction="mean", config=dataclasses.replace(default_config(dim, k, torch.device(device)),
+                                                         evict_gathered=evict, sort_negatives=sort,
+                                                         backward_rows=rows))
         loss.backward()
         h2, w2 = hidden.double().requires_grad_(), weight.double().requires_grad_()
         rounded = w2 + (weight.to(hdt).double() - w2).detach()
         expected = reference64(h2, rounded[1:], targets, negatives, log_q)
         expected.backward()
-        row = dict(scheme=scheme, d=dim, evict=evict, hidden=str(hdt), items=str(idt),
+        row = dict(scheme=scheme, d=dim, evict=evict, sort=sort, rows=rows, hidden=str(hdt), items=str(idt),
                    loss_rel=rel(loss.detach(), expected.detach()),
                    dh_rel=rel(h1.grad, h2.grad), de_rel=rel(w1.grad, w2.grad))
         rows.append(row)
@@ -157,8 +159,9 @@ def time_case(name, n, k, d, c, configs, drawn_configs, results, eager=True, fp3
         return run
 
     def label(scheme, config):
-        return (f"{scheme} bk={config.block_k} w={config.num_warps} s={config.num_stages} "
-                f"evict={int(config.evict_gathered)}")
+        sort = f" sort={int(config.sort_negatives)}" if scheme == "position" else ""
+        return (f"{scheme} bwd bk={config.backward_block_k} rows={config.backward_rows} "
+                f"w={config.backward_warps} evict={int(config.evict_gathered)}{sort}")
 
     for config in configs:
         record(label("position", config), ours("position", config))
@@ -172,8 +175,11 @@ def time_case(name, n, k, d, c, configs, drawn_configs, results, eager=True, fp3
                 hidden, items, targets, negatives, scheme="position", num_negatives=k, seed=None,
                 log_q=None, remove_accidental_hits=True, ignore_index=IGNORE, reduction="mean",
                 config=best_config)
-    for config in drawn_configs + [best_config]:
+    for config in drawn_configs:
         record(label("drawn", config), ours("drawn", config))
+    sort_ms = do_bench(lambda: sorted_rows(negatives), warmup=50, rep=300, return_mode="median")
+    table.append(dict(case=name, variant="sorted_rows(negatives) alone", ms=sort_ms, peak_extra_gib=None))
+    print(f"{name:8s} {'sorted_rows(negatives) alone':40s} {sort_ms:9.2f} ms", flush=True)
     record(f"position fwd only (best cfg bk={best_config.block_k})", forward_only, grad_to_none=[])
     frozen_items = items.detach()
     record("position fwd+bwd, no item grad (best cfg)", ours("position", best_config, e=frozen_items),
@@ -216,15 +222,24 @@ def main():
             ("C200k", 51_200, 2047, 64, 200_000, [default_config(64, 2047, cuda)], []),
         ]
     else:
+        def sweep(dim, k, variants):
+            base = default_config(dim, k, cuda)
+            return [dataclasses.replace(base, backward_block_k=bk, backward_rows=rows, backward_warps=warps,
+                                        evict_gathered=evict, sort_negatives=sort)
+                    for bk, rows, warps, evict, sort in variants]
         cases = [
             ("K2047d64", 51_200, 2047, 64, c,
-             [GatherConfig(128, 4), GatherConfig(128, 4, 2, True), GatherConfig(64, 2), GatherConfig(128, 2),
-              GatherConfig(64, 2, 2, True), GatherConfig(256, 4), GatherConfig(32, 1)],
-             [GatherConfig(128, 4, 2, True)]),
+             sweep(64, 2047, [(128, 1, 4, False, True), (64, 1, 4, False, True), (256, 1, 4, False, True),
+                              (128, 2, 4, False, True), (64, 4, 4, False, True), (128, 1, 8, False, True),
+                              (128, 1, 4, True, True), (128, 1, 4, False, False)]),
+             sweep(64, 2047, [(128, 1, 4, False, True), (64, 1, 4, False, True), (256, 1, 4, False, True),
+                              (64, 4, 4, False, True), (128, 1, 4, True, True)])),
             ("K511d256", 65_536, 511, 256, c,
-             [GatherConfig(16, 4), GatherConfig(16, 4, 2, True), GatherConfig(8, 4), GatherConfig(16, 2),
-              GatherConfig(8, 2), GatherConfig(8, 2, 2, True), GatherConfig(16, 8, 2, True)],
-             [GatherConfig(16, 4, 2, True)]),
+             sweep(256, 511, [(16, 1, 4, False, True), (8, 1, 4, False, True), (32, 1, 4, False, True),
+                              (8, 4, 4, False, True), (16, 2, 4, False, True), (16, 1, 2, False, True),
+                              (16, 1, 4, True, True), (16, 1, 4, False, False)]),
+             sweep(256, 511, [(16, 1, 4, False, True), (8, 1, 4, False, True), (32, 1, 4, False, True),
+                              (8, 4, 4, False, True), (16, 1, 4, True, True)])),
         ]
     for name, n, k, d, catalogue, configs, drawn_configs in cases:
         time_case(name, n, k, d, catalogue, configs, drawn_configs, results, eager=catalogue == c)

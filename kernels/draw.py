@@ -3,19 +3,29 @@
 The kernel draws negative k of row i as a counter-based hash of (seed, i, k), so it never stores the
 draws (backward regenerates them) and the host can reproduce them exactly:
 
-    key  = seed_key(seed)                              # 32 bits, derived once on the host
-    x    = mix32(row ^ key)                            # once per row
-    x    = mix32((x + k * WEYL) mod 2**32)             # once per negative
-    item = (x * num_items) >> 32                       # uniform on [0, num_items), no modulo
+    key   = seed_key(seed)                             # 32 bits, derived once on the host
+    x     = mix32(row ^ key)                           # once per row
+    x     = mix32((x + k * WEYL) mod 2**32)            # once per negative
+    start = k * C // K;  size = (k + 1) * C // K - start
+    item  = start + (x * size) >> 32                   # uniform on the k-th slice [start, start + size)
+
+The draw is stratified: the catalogue [0, C) is cut into K consecutive slices that differ in size by
+at most one item, and negative k of every row is uniform on slice k. So every item is equally likely
+to be a negative of a row (probability 1/size ~ K/C, which is what the uniform logQ correction
+log(K/C) assumes; slices of size floor(C/K) and floor(C/K) + 1 make it exact to 1/size), a row never
+draws the same item twice, and rows are independent. Why not K independent uniform draws: with
+slices, the k-th negatives of all rows lie in one narrow part of the catalogue, so backward, which
+walks the negatives column block by column block for all rows, scatter-adds into a part of the item
+gradient that stays in L2 (kernels/triton_gather.py).
 
 `mix32` is the "lowbias32" integer finaliser (xor-shift / multiply, a bijection on 32 bits). The
-multiply-shift map to [0, C) is off uniform by at most C / 2**32 relative (< 0.03% for C = 10**6).
+multiply-shift map onto a slice is off uniform by at most size / 2**32 relative.
 
 The same seed gives the same negatives, so the caller must pass a fresh seed every training step
 (for example `base_seed * 1_000_003 + step`); reusing a seed reuses the negatives.
 
-The Triton side (`kernels.triton_gather._draw_items`) writes the same arithmetic in uint32; tests
-check the two bit for bit.
+The Triton side (`kernels.triton_gather._draw_items`) writes the same arithmetic; tests check the two
+bit for bit.
 """
 
 from __future__ import annotations
@@ -70,10 +80,11 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 def draw_negatives(
     seed: int, num_rows: int, num_negatives: int, num_items: int, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """The negatives the kernel draws: int64 [num_rows, num_negatives], uniform on [0, num_items).
+    """The negatives the kernel draws: int64 [num_rows, num_negatives], column k uniform on the k-th of
+    `num_negatives` equal slices of [0, num_items) (see the module docstring).
 
     Row i, column k holds exactly the item the Triton kernel uses as negative k of row i for this seed.
-    Draws are with replacement and may hit the row's target (the loss masks accidental hits).
+    A row's negatives are distinct; they may hit the row's target (the loss masks accidental hits).
     """
     for name, value, lowest, highest in (
         ("num_rows", num_rows, 0, MAX_ROWS),
@@ -84,9 +95,14 @@ def draw_negatives(
             raise ValueError(f"{name}: must be an int, got {type(value).__name__}")
         if value < lowest or (highest is not None and value > highest):
             raise ValueError(f"{name}: must be in [{lowest}, {highest or 'inf'}], got {value}")
+    if num_negatives > num_items:
+        raise ValueError(f"num_negatives: at most num_items={num_items} (one per catalogue slice), "
+                         f"got {num_negatives}")
     key = seed_key(seed)
     rows = torch.arange(num_rows, dtype=torch.int64, device=device)
     ks = torch.arange(num_negatives, dtype=torch.int64, device=device)
     row_state = _mix32(rows ^ key)
     state = _mix32((row_state[:, None] + _mul32(ks, WEYL)[None, :]) & MASK32)
-    return (state * num_items) >> 32
+    start = ks * num_items // max(num_negatives, 1)  # k * C < 2**62: no int64 overflow
+    size = (ks + 1) * num_items // max(num_negatives, 1) - start
+    return start[None, :] + ((state * size[None, :]) >> 32)

@@ -49,11 +49,22 @@ def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
 
 @dataclass(frozen=True)
 class GatherConfig:
-    """Launch parameters of the gather kernels (BLOCK_K negatives per chunk; a power of two)."""
+    """Launch parameters of the gather kernels.
+
+    Forward: one program per row, BLOCK_K = block_k negatives per chunk (a power of two).
+    Backward: one program per (backward_rows rows, backward_block_k negatives), column blocks the
+    slow grid axis (see _gather_backward_kernel). sort_negatives: backward walks a copy of tensor
+    negatives sorted within each row (int32 [N, K]), so that a column block lies in one part of the
+    catalogue as the drawn negatives' do by construction.
+    """
 
     block_k: int
     num_warps: int = 4
     num_stages: int = 2
+    backward_block_k: int = 16
+    backward_rows: int = 1
+    backward_warps: int = 4
+    sort_negatives: bool = True
     # Backward: gathered item rows marked evict-first in L2, to leave L2 to the scatter-add targets.
     evict_gathered: bool = False
 
@@ -62,11 +73,13 @@ def default_config(dim: int, num_negatives: int, device: torch.device) -> Gather
     block_d = triton.next_power_of_2(dim)
     if device.type != "cuda":
         # The interpreter runs every element in numpy: small tiles keep tests fast.
-        return GatherConfig(block_k=16, num_warps=1, num_stages=1)
+        return GatherConfig(block_k=16, num_warps=1, num_stages=1, backward_block_k=8, backward_rows=2,
+                            backward_warps=1)
     # Measured on H200 (notes/kernel-gather.md): 128 at d <= 64; 16 at d = 256.
     block_k = 128 if block_d <= 64 else 4096 // block_d
     block_k = max(16, min(block_k, triton.next_power_of_2(max(num_negatives, 1))))
-    return GatherConfig(block_k=block_k, num_warps=4, num_stages=2, evict_gathered=True)
+    return GatherConfig(block_k=block_k, num_warps=4, num_stages=2, backward_block_k=block_k,
+                        backward_rows=1, backward_warps=4, sort_negatives=True, evict_gathered=False)
 
 
 # --- the in-kernel draw: kernels.draw written in uint32 (keep the two identical) -----------------
@@ -82,9 +95,13 @@ def _mix32(x):
 
 
 @triton.jit
-def _draw_items(row_state, ks, num_items):
+def _draw_items(row_state, ks, num_items, num_negatives):
+    # Negative k is uniform on the k-th of K catalogue slices [k C / K, (k + 1) C / K).
     state = _mix32(row_state + ks.to(tl.uint32) * 0x9E3779B9)
-    return ((state.to(tl.uint64) * tl.cast(num_items, tl.uint64)) >> 32).to(tl.int64)
+    ks64 = ks.to(tl.int64)
+    start = ks64 * num_items // num_negatives
+    size = (ks64 + 1) * num_items // num_negatives - start
+    return start + ((state.to(tl.uint64) * size.to(tl.uint64)) >> 32).to(tl.int64)
 
 
 @triton.jit
@@ -94,7 +111,7 @@ def _draw_kernel(out_ptr, stream_key, num_negatives, num_items, BLOCK_K: tl.cons
     row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
     for k0 in range(0, num_negatives, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        items = _draw_items(row_state, ks, num_items)
+        items = _draw_items(row_state, ks, num_items, num_negatives)
         tl.store(out_ptr + row.to(tl.int64) * num_negatives + ks, items, mask=ks < num_negatives)
 
 
@@ -109,7 +126,7 @@ def _negative_logits(
     """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits)."""
     k_mask = (ks < num_negatives) & kept
     if DRAWN:
-        item_ids = _draw_items(row_state, ks, num_items)
+        item_ids = _draw_items(row_state, ks, num_items, num_negatives)
     else:
         item_ids = tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=k_mask, other=0,
                            eviction_policy=GATHER_EVICTION)
@@ -171,53 +188,59 @@ def _gather_forward_kernel(
 def _gather_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
     grad_hidden_ptr, grad_items_ptr,
-    num_negatives, num_items, dim, stride_item, stride_neg, stream_key, correction, ignore_index,
+    num_rows, num_negatives, num_items, dim, stride_item, stride_neg, stream_key, correction, ignore_index,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
     COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    target = tl.load(targets_ptr + row).to(tl.int64)
-    kept = target != ignore_index
-    target = tl.where(kept, target, 0)
-    grad_row = tl.where(kept, tl.load(grad_loss_ptr + row), 0.0)
-    lse = tl.load(lse_ptr + row)
+    """One column block of negatives (axis 1, the slow one) for ROWS rows (axis 0).
+
+    Programs run roughly in launch order, so at any moment the GPU works on one column block of
+    every row. The negatives of a column block lie in one slice of the catalogue (drawn negatives by
+    construction; tensor negatives after sorting each row), so the scatter-adds of concurrent programs
+    hit an L2-sized slice of the item gradient instead of the whole of it. dH_i is summed over column
+    blocks with float32 atomics into grad_hidden_ptr (a float32 [N, d] buffer, zeroed).
+    """
+    chunk = tl.program_id(1)
+    ks = chunk * BLOCK_K + tl.arange(0, BLOCK_K)
     d_offs = tl.arange(0, BLOCK_D)
     d_mask = d_offs < dim
-    hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
-    hidden_f32 = hidden_row.to(tl.float32)
-    positive = tl.load(items_ptr + target * stride_item + d_offs, mask=d_mask & kept, other=0.0)
-    positive = positive.to(hidden_row.dtype).to(tl.float32)
-    positive_logit = tl.sum(positive * hidden_f32, axis=0)
-    positive_coef = grad_row * (tl.exp(positive_logit - lse) - 1.0)
-    if COMPUTE_GRAD_ITEMS:
-        # Atomic: the positive item may be the target or a negative of other rows.
-        tl.atomic_add(grad_items_ptr + target * dim + d_offs, positive_coef * hidden_f32,
-                      mask=d_mask & kept, sem="relaxed")
-
-    row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
-    # dH accumulates elementwise over chunks and is reduced over K once at the end: a reduction per
-    # chunk crosses warps (shared memory and a barrier every iteration; measured 2x slower at d=256).
-    grad_hidden_tile = tl.zeros((BLOCK_K, BLOCK_D), dtype=tl.float32)
-    for k0 in range(0, num_negatives, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        item_ids, rows, logits, k_mask = _negative_logits(
-            hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
-            row_state, num_negatives, num_items, stride_item, stride_neg, correction,
-            DRAWN, LOG_Q_MODE, REMOVE_HITS, GATHER_EVICTION,
-        )
-        coef = grad_row * tl.exp(logits - lse)
-        if COMPUTE_GRAD_HIDDEN:
-            grad_hidden_tile += coef[:, None] * rows
-        if COMPUTE_GRAD_ITEMS:
-            # Atomic scatter-add: negatives of different rows (and of one row) may repeat.
-            tl.atomic_add(grad_items_ptr + item_ids[:, None] * dim + d_offs[None, :],
-                          coef[:, None] * hidden_f32[None, :],
-                          mask=k_mask[:, None] & d_mask[None, :], sem="relaxed")
-    if COMPUTE_GRAD_HIDDEN:
-        grad_hidden = tl.sum(grad_hidden_tile, axis=0) + positive_coef * positive
-        tl.store(grad_hidden_ptr + row.to(tl.int64) * dim + d_offs,
-                 grad_hidden.to(grad_hidden_ptr.dtype.element_ty), mask=d_mask)
+    for r in range(ROWS):
+        row = tl.program_id(0) * ROWS + r
+        if row < num_rows:
+            target = tl.load(targets_ptr + row).to(tl.int64)
+            kept = target != ignore_index
+            target = tl.where(kept, target, 0)
+            grad_row = tl.where(kept, tl.load(grad_loss_ptr + row), 0.0)
+            lse = tl.load(lse_ptr + row)
+            hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
+            hidden_f32 = hidden_row.to(tl.float32)
+            row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
+            item_ids, rows, logits, k_mask = _negative_logits(
+                hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
+                row_state, num_negatives, num_items, stride_item, stride_neg, correction,
+                DRAWN, LOG_Q_MODE, REMOVE_HITS, GATHER_EVICTION,
+            )
+            coef = grad_row * tl.exp(logits - lse)
+            if COMPUTE_GRAD_ITEMS:
+                # Atomic scatter-add: negatives of different rows (and of one row) may repeat.
+                tl.atomic_add(grad_items_ptr + item_ids[:, None] * dim + d_offs[None, :],
+                              coef[:, None] * hidden_f32[None, :],
+                              mask=k_mask[:, None] & d_mask[None, :], sem="relaxed")
+            grad_hidden = tl.sum(coef[:, None] * rows, axis=0)
+            if chunk == 0:
+                # The positive's share, once per row: dH_i += g_i (p_i0 - 1) E[p_i], and
+                # dE[p_i] += g_i (p_i0 - 1) h_i (atomic: the positive may be any row's item too).
+                positive = tl.load(items_ptr + target * stride_item + d_offs, mask=d_mask & kept, other=0.0)
+                positive = positive.to(hidden_row.dtype).to(tl.float32)
+                positive_coef = grad_row * (tl.exp(tl.sum(positive * hidden_f32, axis=0) - lse) - 1.0)
+                grad_hidden += positive_coef * positive
+                if COMPUTE_GRAD_ITEMS:
+                    tl.atomic_add(grad_items_ptr + target * dim + d_offs, positive_coef * hidden_f32,
+                                  mask=d_mask & kept, sem="relaxed")
+            if COMPUTE_GRAD_HIDDEN:
+                tl.atomic_add(grad_hidden_ptr + row.to(tl.int64) * dim + d_offs, grad_hidden, mask=d_mask,
+                              sem="relaxed")
 
 
 # --- host side ----------------------------------------------------------------------------------
@@ -270,25 +293,55 @@ class _GatherLinearCrossEntropy(torch.autograd.Function):
         need_hidden, need_items = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         num_rows, dim = hidden.shape
         config: GatherConfig = ctx.config
-        grad_hidden = _new_output(tuple(hidden.shape), hidden.dtype, hidden.device) if need_hidden else None
-        # fp32 accumulation target of the atomics; for an fp32 table it is the gradient itself.
+        # float32 accumulation targets of the atomics; for float32 inputs they are the gradients.
+        grad_hidden = (torch.zeros((num_rows, dim), dtype=torch.float32, device=hidden.device)
+                       if need_hidden else None)
         grad_items = (torch.zeros((items.shape[0], dim), dtype=torch.float32, device=items.device)
                       if need_items else None)
+        launch = dict(ctx.launch)
+        if negatives is not None and config.sort_negatives:
+            negatives = sorted_rows(negatives)
+            launch["stride_neg"] = negatives.stride(0)
+        num_negatives = launch["num_negatives"]
         if num_rows and (need_hidden or need_items):
-            _gather_backward_kernel[(num_rows,)](
+            # At least one column block: its programs also add the positive's share.
+            grid = (triton.cdiv(num_rows, config.backward_rows),
+                    max(1, triton.cdiv(num_negatives, config.backward_block_k)))
+            _gather_backward_kernel[grid](
                 hidden, items, targets, negatives if negatives is not None else targets,
                 log_q_tensor if log_q_tensor is not None else lse, lse,
                 grad_loss.to(torch.float32).contiguous(),
-                grad_hidden if grad_hidden is not None else hidden,
+                grad_hidden if grad_hidden is not None else lse,
                 grad_items if grad_items is not None else lse,
-                **ctx.launch, COMPUTE_GRAD_HIDDEN=need_hidden, COMPUTE_GRAD_ITEMS=need_items,
+                num_rows, **launch, COMPUTE_GRAD_HIDDEN=need_hidden, COMPUTE_GRAD_ITEMS=need_items,
                 GATHER_EVICTION="evict_first" if config.evict_gathered else "",
-                BLOCK_K=config.block_k, BLOCK_D=triton.next_power_of_2(dim),
-                num_warps=config.num_warps, num_stages=config.num_stages,
+                ROWS=config.backward_rows, BLOCK_K=config.backward_block_k,
+                BLOCK_D=triton.next_power_of_2(dim),
+                num_warps=config.backward_warps, num_stages=1,
             )
+        if grad_hidden is not None and grad_hidden.dtype != hidden.dtype:
+            grad_hidden = grad_hidden.to(hidden.dtype)
         if grad_items is not None and grad_items.dtype != items.dtype:
             grad_items = grad_items.to(items.dtype)
         return grad_hidden, grad_items, None, None, None, None, None
+
+
+# Rows sorted per launch of torch.sort: bounds its int64 index buffer to 8 * SORT_CHUNK_ELEMENTS bytes.
+SORT_CHUNK_ELEMENTS = 1 << 22
+
+
+def sorted_rows(negatives: torch.Tensor) -> torch.Tensor:
+    """An int32 copy of [N, K] negatives with each row in ascending order (the loss of a row does not
+    depend on the order of its negatives). Sorted in chunks of rows to bound torch.sort's buffers."""
+    num_rows, num_negatives = negatives.shape
+    out = torch.empty((num_rows, num_negatives), dtype=torch.int32, device=negatives.device)
+    chunk = max(1, SORT_CHUNK_ELEMENTS // max(num_negatives, 1))
+    order = torch.empty((min(chunk, num_rows), num_negatives), dtype=torch.int64, device=negatives.device)
+    for first in range(0, num_rows, chunk):
+        count = min(chunk, num_rows - first)
+        torch.sort(negatives[first:first + count].to(torch.int32), dim=1,
+                   out=(out[first:first + count], order[:count]))
+    return out
 
 
 def gather_linear_cross_entropy(

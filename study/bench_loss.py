@@ -7,6 +7,9 @@ Time is the median of `triton.testing.do_bench` after its warm-up. Peak extra me
 `max_memory_allocated` during one step minus what was allocated before it, with the inputs and their
 gradient buffers already in place (so it counts the loss's temporaries, including the gradients the
 backward produces before accumulating them). An out-of-memory case is recorded as "OOM".
+Every implementation is timed on the call `kernels.api.normalise_inputs` validated once (the
+validation reads an index-range flag back from the device: a host synchronisation per call); the row
+"validate" times that validation alone, what `kernels.linear_cross_entropy` adds to each call.
 """
 
 from __future__ import annotations
@@ -228,17 +231,23 @@ class CaseInputs:
 
 
 def loss_function(impl: str, inputs: CaseInputs, case: Case) -> Callable[[], torch.Tensor] | str:
-    """A closure computing the loss with `impl`, or the reason the impl does not apply."""
-    from kernels import linear_cross_entropy
-    from kernels.api import Impl
+    """A closure computing the loss with `impl`, or the reason the impl does not apply.
+
+    The fused kernel, eager PyTorch and torch.compile all run on the call that
+    `kernels.api.normalise_inputs` validated once, outside the timed step: the validation's index
+    check reads a flag back from the device, a host synchronisation that would charge the public
+    API's cost to whichever implementation goes through it. `validation_step` times it on its own.
+    """
+    from kernels.api import compute_normalised
 
     if impl in ("triton", "torch"):
-        api_impl: Impl = "triton" if impl == "triton" else "torch"
+        call = validated_call(inputs)
 
-        def public() -> torch.Tensor:
-            return linear_cross_entropy(inputs.hidden, inputs.items, inputs.targets, inputs.negatives,
-                                        seed=inputs.seed, impl=api_impl)
-        return public
+        def validated() -> torch.Tensor:
+            return compute_normalised(call, seed=inputs.seed, log_q=None, remove_accidental_hits=True,
+                                      ignore_index=-100, reduction="mean", impl="triton" if impl == "triton"
+                                      else "torch")
+        return validated
     if impl == "compile":
         return compiled_reference(inputs)
     if case.scheme != "full":
@@ -253,14 +262,26 @@ def loss_function(impl: str, inputs: CaseInputs, case: Case) -> Callable[[], tor
     return apple
 
 
+def validated_call(inputs: CaseInputs) -> Any:
+    from kernels.api import normalise_inputs
+
+    return normalise_inputs(inputs.hidden, inputs.items, inputs.targets, inputs.negatives, seed=inputs.seed,
+                            ignore_index=-100)
+
+
+def validation_step(inputs: CaseInputs) -> Callable[[], None]:
+    """What `kernels.linear_cross_entropy` adds to every call: checks and the index-range read-back."""
+    def step() -> None:
+        validated_call(inputs)
+    return step
+
+
 def compiled_reference(inputs: CaseInputs) -> Callable[[], torch.Tensor]:
     """torch.compile of the reference on the validated, flattened call (validation stays eager)."""
-    from kernels.api import normalise_inputs
     from kernels.reference import reference_linear_cross_entropy
 
     torch._dynamo.reset()  # a fresh cache per case: shapes change and the recompile limit is small
-    call = normalise_inputs(inputs.hidden, inputs.items, inputs.targets, inputs.negatives, seed=inputs.seed,
-                            ignore_index=-100)
+    call = validated_call(inputs)
     compiled = torch.compile(reference_linear_cross_entropy, dynamic=False)
 
     def step() -> torch.Tensor:
@@ -316,6 +337,10 @@ def run_case(case: Case, impls: list[str], warmup_ms: float, rep_ms: float) -> l
                     measurement.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             results.append(measurement)
             free_memory()
+        validation = Measurement(case, "validate")  # the public API's checks, timed on their own
+        validation.time_ms = float(do_bench(validation_step(inputs), warmup=warmup_ms, rep=rep_ms,
+                                            return_mode="median"))
+        results.append(validation)
     except torch.cuda.OutOfMemoryError:
         results.extend(Measurement(case, impl, status="OOM", error="inputs do not fit") for impl in ordered
                        if impl not in {m.impl for m in results})

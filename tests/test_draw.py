@@ -22,20 +22,23 @@ def _mix32_spec(x: int) -> int:
     return x
 
 
-def _draw_spec(seed: int, row: int, k: int, num_items: int) -> int:
+def _draw_spec(seed: int, row: int, k: int, num_negatives: int, num_items: int) -> int:
     seed %= 2**64
     key = _mix32_spec(_mix32_spec((seed >> 32) ^ 0x5BD1E995) ^ (seed % 2**32))
     state = _mix32_spec(row ^ key)
     state = _mix32_spec((state + k * 0x9E3779B9) % 2**32)
-    return (state * num_items) >> 32
+    start = k * num_items // num_negatives
+    size = (k + 1) * num_items // num_negatives - start
+    return start + (state * size >> 32)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**31 + 5, 2**32 + 3, 987654321987654, -7])
-def test_matches_scalar_specification(seed: int) -> None:
-    num_items = 1_000_003
-    draws = draw_negatives(seed, 9, 13, num_items)
-    assert draws.dtype == torch.int64 and draws.shape == (9, 13)
-    expected = [[_draw_spec(seed, row, k, num_items) for k in range(13)] for row in range(9)]
+@pytest.mark.parametrize(("num_negatives", "num_items"), [(13, 1_000_003), (13, 13), (7, 2**31 - 1)])
+def test_matches_scalar_specification(seed: int, num_negatives: int, num_items: int) -> None:
+    draws = draw_negatives(seed, 9, num_negatives, num_items)
+    assert draws.dtype == torch.int64 and draws.shape == (9, num_negatives)
+    expected = [[_draw_spec(seed, row, k, num_negatives, num_items) for k in range(num_negatives)]
+                for row in range(9)]
     assert draws.tolist() == expected
 
 
@@ -45,30 +48,42 @@ def test_reproducible_and_seed_dependent() -> None:
     assert (first != draw_negatives(43, 50, 64, 10_000)).float().mean() > 0.99
     # A row's draws do not depend on how many rows are drawn.
     assert torch.equal(first[:7], draw_negatives(42, 7, 64, 10_000))
-    assert torch.equal(first[:, :5], draw_negatives(42, 50, 5, 10_000))
     assert seed_key(42) != seed_key(43)
 
 
-def test_uniform_over_catalogue() -> None:
-    num_items = 97
-    draws = draw_negatives(2024, 2000, 500, num_items)
-    assert int(draws.min()) >= 0 and int(draws.max()) < num_items
+def test_uniform_over_catalogue_one_draw_per_slice() -> None:
+    num_items, num_negatives, num_rows = 97, 10, 20_000
+    draws = draw_negatives(2024, num_rows, num_negatives, num_items)
+    # Negative k lies in the k-th slice [k C / K, (k + 1) C / K), so a row's negatives are distinct.
+    ks = torch.arange(num_negatives)
+    start, end = ks * num_items // num_negatives, (ks + 1) * num_items // num_negatives
+    assert bool(((draws >= start) & (draws < end)).all())
+    assert bool((draws[:, 1:] > draws[:, :-1]).all())
+    # Every item is equally likely: count_c ~ Binomial(rows, 1/size of its slice).
     counts = torch.bincount(draws.flatten(), minlength=num_items).double()
-    expected = draws.numel() / num_items
-    chi_square = float(((counts - expected) ** 2 / expected).sum())
-    # 96 degrees of freedom: mean 96, sd ~13.9; 200 is beyond the 99.9999th percentile.
-    assert chi_square < 200, chi_square
-    # Neighbouring rows and neighbouring negatives are uncorrelated.
-    values = draws.double()
-    rows_corr = torch.corrcoef(torch.stack([values[:-1].flatten(), values[1:].flatten()]))[0, 1]
-    cols_corr = torch.corrcoef(torch.stack([values[:, :-1].flatten(), values[:, 1:].flatten()]))[0, 1]
+    sizes = (end - start).repeat_interleave(end - start).double()
+    expected = num_rows / sizes
+    chi_square = float(((counts - expected) ** 2 / (expected * (1 - 1 / sizes))).sum())
+    # 97 items in 10 slices: 87 degrees of freedom, mean 87, sd ~13.2; 180 is beyond the 99.9999th percentile.
+    assert chi_square < 180, chi_square
+    # The place within a slice is uniform and independent of the neighbouring row's and column's.
+    offset = (draws - start).double() / (end - start).double()
+    rows_corr = torch.corrcoef(torch.stack([offset[:-1].flatten(), offset[1:].flatten()]))[0, 1]
+    cols_corr = torch.corrcoef(torch.stack([offset[:, :-1].flatten(), offset[:, 1:].flatten()]))[0, 1]
     assert abs(float(rows_corr)) < 0.01 and abs(float(cols_corr)) < 0.01
 
 
+def test_more_negatives_than_items_is_refused() -> None:
+    with pytest.raises(ValueError, match="num_negatives"):
+        draw_negatives(1, 2, 11, 10)
+    assert torch.equal(draw_negatives(3, 4, 10, 10), torch.arange(10).expand(4, 10))
+
+
 def test_single_item_catalogue_and_empty_shapes() -> None:
-    assert torch.equal(draw_negatives(5, 3, 4, 1), torch.zeros(3, 4, dtype=torch.int64))
+    assert torch.equal(draw_negatives(5, 3, 1, 1), torch.zeros(3, 1, dtype=torch.int64))
     assert draw_negatives(5, 0, 4, 10).shape == (0, 4)
     assert draw_negatives(5, 3, 0, 10).shape == (3, 0)
+    assert draw_negatives(5, 0, 0, 10).shape == (0, 0)
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from kernels.draw import draw_negatives
 from kernels.triton_gather import default_config, draw_in_kernel, gather_linear_cross_entropy, sorted_rows
 
 IGNORE = -100
+CHECK_SIZE = (3001, 257, 40_000)  # rows, negatives, catalogue of the correctness checks
 
 
 def eager_ce_negatives(hidden, items, targets, negatives, remove_hits=True):
@@ -62,7 +63,7 @@ def rel(a, b):
 def check_correctness(device, results):
     torch.manual_seed(0)
     rows = []
-    for scheme, dim, hdt, idt, log_q_on, evict, sort, rows in [
+    for scheme, dim, hdt, idt, log_q_on, evict, sort, backward_rows in [
         ("position", 64, torch.bfloat16, torch.bfloat16, False, False, True, 1),
         ("position", 48, torch.float32, torch.float32, True, False, False, 2),
         ("position", 256, torch.bfloat16, torch.float32, True, False, True, 4),
@@ -71,7 +72,7 @@ def check_correctness(device, results):
         ("position", 64, torch.bfloat16, torch.float32, True, True, True, 1),
         ("drawn", 64, torch.float32, torch.float32, False, True, True, 4),
     ]:
-        n, k, c = 3001, 257, 40_000
+        n, k, c = CHECK_SIZE
         hidden = (torch.randn(n, dim, device=device) * 0.5).to(hdt)
         weight = (torch.randn(c + 1, dim, device=device) * 0.5).to(idt)
         targets = torch.randint(0, c, (n,), device=device)
@@ -89,13 +90,14 @@ def check_correctness(device, results):
             num_negatives=k, seed=seed, log_q=log_q, remove_accidental_hits=True, ignore_index=IGNORE,
             reduction="mean", config=dataclasses.replace(default_config(dim, k, torch.device(device)),
                                                          evict_gathered=evict, sort_negatives=sort,
-                                                         backward_rows=rows))
+                                                         backward_rows=backward_rows))
         loss.backward()
         h2, w2 = hidden.double().requires_grad_(), weight.double().requires_grad_()
         rounded = w2 + (weight.to(hdt).double() - w2).detach()
         expected = reference64(h2, rounded[1:], targets, negatives, log_q)
         expected.backward()
-        row = dict(scheme=scheme, d=dim, evict=evict, sort=sort, rows=rows, hidden=str(hdt), items=str(idt),
+        row = dict(scheme=scheme, d=dim, evict=evict, sort=sort, rows=backward_rows, hidden=str(hdt),
+                   items=str(idt),
                    loss_rel=rel(loss.detach(), expected.detach()),
                    dh_rel=rel(h1.grad, h2.grad), de_rel=rel(w1.grad, w2.grad))
         rows.append(row)
@@ -248,7 +250,8 @@ def main():
         json.dump(results, handle, indent=1)
     print("\nsummary (ms, peak extra GiB):")
     for row in results["timings"]:
-        print(f"  {row['case']:8s} {row['variant']:42s} {row['ms']:8.2f} {row['peak_extra_gib']:7.3f}")
+        peak = "-" if row["peak_extra_gib"] is None else f"{row['peak_extra_gib']:7.3f}"
+        print(f"  {row['case']:8s} {row['variant']:42s} {row['ms']:8.2f} {peak}")
     return 0
 
 

@@ -14,6 +14,7 @@ Run on the GPU host: PYTHONPATH=. python3 benchmarks/dev_shared.py [--sections c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -289,6 +290,78 @@ def profile(out_dir: str) -> None:
         handle.write(table)
 
 
+FUSED_SIZES = dict(num_rows=51_200, num_items=1_000_000, ks=(4096, 16384), check=(4000, 30_011, 1_999))
+FUSED_CANDIDATES = {
+    64: [(64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (256, 64, 8, 3),
+         (64, 128, 4, 3)],
+    256: [(64, 64, 4, 3), (64, 32, 4, 3), (128, 64, 8, 2), (64, 64, 8, 3), (128, 32, 8, 3)],
+}
+
+
+def fused_section(out_dir: str) -> None:
+    """Shared scheme: the split backward (grad_hidden + grad_items) against the fused one, fwd+bwd."""
+    print("== shared: split vs fused backward, bf16 N=51200 C=1e6 (ms median; fwd+bwd) ==")
+    results = []
+    for dim in (64, 256):
+        base = default_configs(torch.device("cuda"), dim)
+        for k in FUSED_SIZES["ks"]:
+            hidden, items, targets, negatives = make_inputs(
+                "shared", num_rows=FUSED_SIZES["num_rows"], num_items=FUSED_SIZES["num_items"], k=k, dim=dim,
+                length=200,
+                dtype=torch.bfloat16, items_dtype=torch.bfloat16)
+            h = hidden.requires_grad_(True)
+            e = items.requires_grad_(True)
+            variants = [("split", dataclasses.replace(base, fused_backward=None))]
+            variants += [(f"fused {bm}x{bn} w{w} s{st}", dataclasses.replace(
+                base, fused_backward=BlockConfig(bm, bn, w, st))) for bm, bn, w, st in FUSED_CANDIDATES[dim]]
+            for name, configs in variants:
+                try:
+                    ms, peak = time_step(functools.partial(run_fused, h, e, targets, negatives, "shared", 200,
+                                                           configs), [h, e])
+                except Exception as error:  # out of shared memory or registers for this tile shape
+                    print(f"d={dim} K={k} {name}: {type(error).__name__}: {str(error)[:120]}", flush=True)
+                    continue
+                results.append(dict(dim=dim, k=k, variant=name, ms=ms, peak=peak))
+                print(f"d={dim:3d} K={k:5d} {name:24s} {ms:7.3f} ms {peak / 2**30:5.2f} GiB", flush=True)
+            del h, e, hidden, items
+            torch.cuda.empty_cache()
+            RESULTS["fused"] = results
+            save(out_dir)
+
+
+def check_fused(out_dir: str) -> None:
+    """The fused backward against float64 at a moderate size (shared only)."""
+    print("== fused backward vs float64 (relative L2 error) ==")
+    rows = []
+    for dim in (64, 256):
+        for dtype, items_dtype in ((torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                   (torch.float32, torch.float32)):
+            rows_, items_, k_ = FUSED_SIZES["check"]
+            hidden, items, targets, negatives = make_inputs(
+                "shared", num_rows=rows_, num_items=items_, k=k_, dim=dim, length=100, dtype=dtype,
+                items_dtype=items_dtype, seed=dim)
+            base = default_configs(torch.device("cuda"), dim)
+            bm, bn, w, st = FUSED_CANDIDATES[dim][0]
+            configs = dataclasses.replace(base, fused_backward=BlockConfig(bm, bn, w, st))
+            h = hidden.clone().requires_grad_(True)
+            e = items.clone().requires_grad_(True)
+            loss = run_fused(h, e, targets, negatives, "shared", 100, configs)
+            loss.backward()
+            h64 = hidden.double().requires_grad_(True)
+            e64 = items.double().requires_grad_(True)
+            ref = reference64(h64, e64, targets, negatives, "shared", 100)
+            ref.backward()
+            errors = (rel(loss, ref), rel(h.grad, h64.grad), rel(e.grad, e64.grad))
+            limit = 1e-4 if dtype == torch.float32 else 2e-2
+            status = "ok" if max(errors) < limit else "FAIL"
+            name = f"fused d={dim} {str(dtype)[6:]}/{str(items_dtype)[6:]}"
+            rows.append(dict(case=name, loss=errors[0], grad_hidden=errors[1], grad_items=errors[2]))
+            print(f"{name:42s} loss {errors[0]:.1e} dH {errors[1]:.1e} dE {errors[2]:.1e} {status}",
+                  flush=True)
+    RESULTS["check_fused"] = rows
+    save(out_dir)
+
+
 def matmul_rate() -> float:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     matmul_ms = do_bench(functools.partial(torch.matmul, a, a), warmup=25, rep=100, return_mode="median")
@@ -311,7 +384,9 @@ def main() -> None:
     start = time.time()
     steps = {"check": functools.partial(check, args.out), "sweep": functools.partial(sweep, args.out),
              "targets": functools.partial(targets_section, args.out, not args.no_compile),
-             "profile": functools.partial(profile, args.out)}
+             "profile": functools.partial(profile, args.out),
+             "check_fused": functools.partial(check_fused, args.out),
+             "fused": functools.partial(fused_section, args.out)}
     for section in sections:
         steps[section]()
     print(f"total {time.time() - start:.0f} s")

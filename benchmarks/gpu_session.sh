@@ -9,7 +9,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh bench|training}
+part=${1:?usage: gpu_session.sh dev|bench|training}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu-wheels/*.whl \
@@ -23,6 +23,14 @@ export CCE_STUDY_DATA_PATH=$PWD/.gpu-data RAY_AUTH_MODE=disabled RAY_USAGE_STATS
 } | tee "$work/environment.txt"
 
 case "$part" in
+  dev)
+    # Kernel variants side by side (choose defaults), then the fused and PyTorch losses trained side by side.
+    timeout 220 python3 benchmarks/dev_gather.py --out "$work" 2>&1 | tee "$work/dev_gather.log"
+    timeout 100 python3 benchmarks/dev_shared.py --sections check_fused,fused --out "$work" 2>&1 \
+      | tee "$work/dev_shared.log"
+    timeout 150 python3 -m study.sweep sweeps/gpu-smoke.toml --db "$work/gpu-smoke.sqlite" 2>&1 \
+      | tee "$work/gpu-smoke.log"
+    ;;
   bench)
     bench() { python3 -m study.bench_loss "$@" 2>&1 | tee -a "$work/bench.log"; }
     bench --scheme shared,sequence --negatives 4096,16384 --hidden-dim 64 --out "$work/dense-d64.json"
@@ -43,7 +51,7 @@ case "$part" in
       --jobs 3 --timeout 300 2>&1 \
       | tee "$work/memory-validation.log"
     ;;
-  *) echo "unknown part: $part (bench or training)" >&2; exit 2 ;;
+  *) echo "unknown part: $part (dev, bench or training)" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
 tar czf "$out/$part.tgz" -C "$work" .

@@ -65,6 +65,9 @@ class KernelConfigs:
     grad_hidden: BlockConfig
     grad_items: BlockConfig
     target_programs: int
+    # "shared" only: both gradients in one kernel (atomics into a [K, d] float32 tile gradient);
+    # None runs grad_hidden and grad_items, which recompute the logits once each but need no atomics.
+    fused_backward: BlockConfig | None = None
 
 
 @functools.lru_cache(maxsize=64)
@@ -298,6 +301,64 @@ def _grad_items_kernel(
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
+@triton.jit
+def _fused_backward_kernel(
+    hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
+    grad_hidden_ptr, tile_grad_ptr,
+    num_rows, num_negatives, dim,
+    stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col,
+    logq_scalar, ignore_index,
+    LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, EVEN_K: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Both gradients of "shared" in one pass over the logits: one program per row block walks every
+    negative tile, keeps dH of its rows in registers and adds its share of each tile's dE^T H into the
+    float32 [K, d] tile gradient with atomics (programs start at different tiles to spread them)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < num_rows
+    rows = rows.to(tl.int64)
+    dcols = tl.arange(0, BLOCK_D)
+    dmask = dcols < dim
+    h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
+    targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
+    kept = row_mask & (targets != ignore_index)
+    safe_targets = tl.where(kept, targets, 0).to(tl.int32)
+    lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * 1.4426950408889634
+    row_grad = tl.load(row_grad_ptr + rows, mask=row_mask, other=0.0)
+
+    num_tiles = tl.cdiv(num_negatives, BLOCK_N)
+    first_tile = tl.program_id(0) % num_tiles
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for step in range(0, num_tiles):
+        tile = (first_tile + step) % num_tiles
+        cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_mask = cols < num_negatives
+        idx = tl.load(neg_ptr + cols, mask=col_mask, other=0).to(tl.int32)
+        e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
+        scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
+        if LOGQ_MODE == 0:
+            shifted = scores * 1.4426950408889634 - lse2[:, None]
+        else:
+            corr2 = _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE)
+            shifted = scores * 1.4426950408889634 - corr2[None, :] - lse2[:, None]
+        if not EVEN_K:
+            shifted = tl.where(col_mask[None, :], shifted, float("-inf"))
+        if MASK_HITS:
+            shifted = tl.where(idx[None, :] == safe_targets[:, None], float("-inf"), shifted)
+        dscores = (tl.math.exp2(shifted) * row_grad[:, None]).to(h.dtype)
+        acc += _dot(dscores, e, PRECISION, UPCAST)
+        tile_part = _dot(tl.trans(dscores), h, PRECISION, UPCAST)
+        out = tile_grad_ptr + cols.to(tl.int64)[:, None] * dim + dcols[None, :]
+        tl.atomic_add(out, tile_part, mask=col_mask[:, None] & dmask[None, :], sem="relaxed")
+    e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, dcols,
+                       dmask).to(h.dtype)
+    positive_coef = tl.load(positive_coef_ptr + rows, mask=row_mask, other=0.0)
+    acc += positive_coef[:, None] * e_pos.to(tl.float32)
+    out = grad_hidden_ptr + rows[:, None] * stride_hidden_row + dcols[None, :] * stride_hidden_col
+    tl.store(out, acc.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & dmask[None, :])
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Everything about a call that is not a tensor: how rows group and how negatives are scored."""
@@ -436,9 +497,8 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
         tile_grad = partial.sum(dim=0) if splits > 1 else partial[0]
         if plan.full:
             return tile_grad.to(items.dtype)
-        grad_items = torch.zeros((num_items, dim), dtype=items.dtype, device=items.device)
         assert negatives is not None
-        grad_items.index_add_(0, negatives, tile_grad.to(items.dtype))
+        return _shared_item_gradient(tile_grad, hidden, items, negatives, positive_coef, safe_targets)
     else:
         assert negatives is not None
         grad_items = torch.zeros((num_items, dim), dtype=items.dtype, device=items.device)
@@ -455,10 +515,48 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
                        num_groups=count, out_strides=(0, k * dim, dim), atomic=False)
                 grad_items.index_add_(0, negatives[first:first + count].reshape(-1),
                                       buffer[:count].reshape(count * k, dim).to(items.dtype))
+    _add_positive_rows(grad_items, hidden, positive_coef, safe_targets)
+    return grad_items
+
+
+def _shared_item_gradient(tile_grad: torch.Tensor, hidden: torch.Tensor, items: torch.Tensor,
+                          negatives: torch.Tensor, positive_coef: torch.Tensor,
+                          safe_targets: torch.Tensor) -> torch.Tensor:
+    """The item gradient of "shared" from dE of its [K] negatives (float32, in negatives' order)."""
+    grad_items = torch.zeros(tuple(items.shape), dtype=items.dtype, device=items.device)
+    grad_items.index_add_(0, negatives, tile_grad.to(items.dtype))
+    _add_positive_rows(grad_items, hidden, positive_coef, safe_targets)
+    return grad_items
+
+
+def _add_positive_rows(grad_items: torch.Tensor, hidden: torch.Tensor, positive_coef: torch.Tensor,
+                       safe_targets: torch.Tensor) -> None:
     # No boolean indexing (a host synchronisation): ignored rows have coefficient 0 and add zeros to item 0.
     positive_rows = positive_coef[:, None] * hidden.to(torch.float32)
-    grad_items.index_add_(0, safe_targets, positive_rows.to(items.dtype))
-    return grad_items
+    grad_items.index_add_(0, safe_targets, positive_rows.to(grad_items.dtype))
+
+
+def _fused_backward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
+                    log_q: torch.Tensor | None, lse: torch.Tensor, row_grad: torch.Tensor,
+                    positive_coef: torch.Tensor, safe_targets: torch.Tensor, plan: _Plan,
+                    config: BlockConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both gradients of "shared" with one pass over the logits (see _fused_backward_kernel)."""
+    num_rows, dim = hidden.shape
+    grad_hidden = _empty((num_rows, dim), hidden.dtype, hidden.device)
+    tile_grad = torch.zeros((plan.num_negatives, dim), dtype=torch.float32, device=hidden.device)
+    _fused_backward_kernel[(triton.cdiv(num_rows, config.block_m),)](
+        hidden, items, targets, negatives, log_q if log_q is not None else lse, lse, row_grad, positive_coef,
+        grad_hidden, tile_grad,
+        num_rows, plan.num_negatives, dim,
+        hidden.stride(0), hidden.stride(1), items.stride(0), items.stride(1),
+        plan.logq_scalar, plan.ignore_index,
+        LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits, EVEN_K=plan.num_negatives % config.block_n == 0,
+        PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    grad_items = _shared_item_gradient(tile_grad, hidden, items, negatives, positive_coef, safe_targets)
+    return grad_hidden, grad_items
 
 
 class _SharedLinearCrossEntropy(torch.autograd.Function):
@@ -500,6 +598,12 @@ class _SharedLinearCrossEntropy(torch.autograd.Function):
         else:
             positive_coef = row_grad * torch.expm1(positive - lse)
         grad_hidden = grad_items = None
+        fused = plan.configs.fused_backward
+        if fused is not None and plan.scheme == "shared" and needs_hidden and needs_items:
+            assert negatives is not None
+            grad_hidden, grad_items = _fused_backward(hidden, items, targets, negatives, log_q, lse, row_grad,
+                                                      positive_coef, safe_targets, plan, fused)
+            return grad_hidden, grad_items, None, None, None, None
         if needs_hidden:
             grad_hidden = _grad_hidden(hidden, items, targets, negatives, log_q, lse, row_grad, positive_coef,
                                        plan)

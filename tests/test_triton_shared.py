@@ -10,6 +10,7 @@ import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import dataclasses  # noqa: E402
 import math  # noqa: E402
 
 import pytest  # noqa: E402
@@ -19,6 +20,8 @@ import kernels.triton_shared as triton_shared  # noqa: E402
 from kernels.triton_shared import shared_linear_cross_entropy  # noqa: E402
 
 IGNORE = -100
+# The shared scheme again, through the fused backward kernel (both gradients in one pass, atomics).
+FUSED = "shared-fused"
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
@@ -68,6 +71,7 @@ def reference_loss(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Ten
 def make_case(scheme: str, *, num_rows: int, num_items: int, num_negatives: int, dim: int,
               rows_per_sequence: int = 1, hidden_dtype: torch.dtype = torch.float32,
               items_dtype: torch.dtype | None = None, seed: int = 0) -> dict:
+    scheme = "shared" if scheme == FUSED else scheme
     generator = torch.Generator().manual_seed(seed)
     hidden = torch.randn(num_rows, dim, generator=generator).mul(0.5).to(hidden_dtype)
     items = torch.randn(num_items, dim, generator=generator).mul(0.5).to(items_dtype or hidden_dtype)
@@ -91,11 +95,15 @@ def run_both(case: dict, *, scheme: str, rows_per_sequence: int = 1,
     """Loss and gradients of the kernel and of the float64 reference, with a random upstream gradient."""
     hidden = case["hidden"].clone().requires_grad_(True)
     items = case["items"].clone().requires_grad_(True)
+    configs = None
+    if scheme == FUSED:
+        scheme, configs = "shared", fused_configs()
     num_negatives = items.shape[0] if scheme == "full" else case["negatives"].shape[-1]
     kwargs = dict(scheme=scheme, rows_per_sequence=rows_per_sequence, log_q=log_q,
                   remove_accidental_hits=remove_accidental_hits, reduction=reduction)
     loss = shared_linear_cross_entropy(hidden, items, case["targets"], case["negatives"],
-                                       num_negatives=num_negatives, ignore_index=IGNORE, **kwargs)
+                                       num_negatives=num_negatives, ignore_index=IGNORE, configs=configs,
+                                       **kwargs)
     upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(seed)) + 0.5
     (loss * upstream).sum().backward()
 
@@ -104,6 +112,11 @@ def run_both(case: dict, *, scheme: str, rows_per_sequence: int = 1,
     ref = reference_loss(hidden64, items64, case["targets"], case["negatives"], **kwargs)
     (ref * upstream.double()).sum().backward()
     return (loss, hidden.grad, items.grad), (ref.detach(), hidden64.grad, items64.grad)
+
+
+def fused_configs() -> triton_shared.KernelConfigs:
+    base = triton_shared.default_configs(torch.device("cpu"), 16)
+    return dataclasses.replace(base, fused_backward=base.grad_hidden)
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, what: str) -> None:
@@ -122,11 +135,12 @@ SCHEME_SHAPES = {
     # scheme: (rows, items, negatives, rows per sequence); rows and K not multiples of the 16-wide tiles
     "full": (37, 83, 83, 1),
     "shared": (45, 120, 29, 1),
+    FUSED: (45, 120, 29, 1),
     "sequence": (3 * 13, 90, 21, 13),
 }
 
 
-@pytest.mark.parametrize("scheme", ["full", "shared", "sequence"])
+@pytest.mark.parametrize("scheme", ["full", "shared", FUSED, "sequence"])
 @pytest.mark.parametrize(
     "hidden_dtype,items_dtype",
     [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float16),
@@ -143,7 +157,7 @@ def test_dtypes_match_float64_reference(scheme: str, hidden_dtype: torch.dtype,
     assert_matches(kernel, reference, TOLERANCE[hidden_dtype])
 
 
-@pytest.mark.parametrize("scheme", ["full", "shared", "sequence"])
+@pytest.mark.parametrize("scheme", ["full", "shared", FUSED, "sequence"])
 @pytest.mark.parametrize("dim", [16, 64, 128])
 def test_feature_sizes(scheme: str, dim: int) -> None:
     rows, num_items, k, rows_per_sequence = SCHEME_SHAPES[scheme]
@@ -153,7 +167,7 @@ def test_feature_sizes(scheme: str, dim: int) -> None:
     assert_matches(kernel, reference, TOLERANCE[torch.float32])
 
 
-@pytest.mark.parametrize("scheme", ["full", "shared", "sequence"])
+@pytest.mark.parametrize("scheme", ["full", "shared", FUSED, "sequence"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_reductions(scheme: str, reduction: str) -> None:
     rows, num_items, k, rows_per_sequence = SCHEME_SHAPES[scheme]
@@ -167,7 +181,7 @@ def test_reductions(scheme: str, reduction: str) -> None:
     assert_matches(kernel, reference, TOLERANCE[torch.float32])
 
 
-@pytest.mark.parametrize("scheme", ["shared", "sequence"])
+@pytest.mark.parametrize("scheme", ["shared", FUSED, "sequence"])
 @pytest.mark.parametrize("log_q_kind", ["tensor", "float"])
 @pytest.mark.parametrize("remove_accidental_hits", [True, False])
 def test_log_q_and_accidental_hits(scheme: str, log_q_kind: str, remove_accidental_hits: bool) -> None:
@@ -342,12 +356,25 @@ def test_public_api_dispatches_to_these_kernels(scheme: str) -> None:
     assert_matches(kernel, (ref.detach(), hidden64.grad, items64.grad), TOLERANCE[torch.float32])
 
 
-@pytest.mark.parametrize("scheme", ["full", "shared", "sequence"])
+@pytest.mark.parametrize("scheme", ["full", "shared", FUSED, "sequence"])
 def test_negatives_a_multiple_of_the_tile(scheme: str) -> None:
     """K a multiple of the tile width takes the kernels' unmasked path (no column mask in the loop)."""
     num_rows, num_items, k, rows_per_sequence = {"full": (30, 64, 64, 1), "shared": (30, 90, 32, 1),
+                                                 FUSED: (30, 90, 32, 1),
                                                  "sequence": (2 * 15, 70, 32, 15)}[scheme]
     case = make_case(scheme, num_rows=num_rows, num_items=num_items, num_negatives=k, dim=16,
                      rows_per_sequence=rows_per_sequence, seed=37)
     kernel, reference = run_both(case, scheme=scheme, rows_per_sequence=rows_per_sequence)
     assert_matches(kernel, reference, TOLERANCE[torch.float32])
+
+
+def test_fused_backward_replaces_both_gradient_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a fused configuration the shared scheme's backward is one kernel, not grad_hidden + grad_items."""
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the split backward ran although a fused backward was configured")
+
+    monkeypatch.setattr(triton_shared, "_grad_hidden", must_not_run)
+    monkeypatch.setattr(triton_shared, "_grad_items", must_not_run)
+    rows, num_items, k, _ = SCHEME_SHAPES[FUSED]
+    case = make_case(FUSED, num_rows=rows, num_items=num_items, num_negatives=k, dim=16, seed=41)
+    assert_matches(*run_both(case, scheme=FUSED), TOLERANCE[torch.float32])

@@ -40,6 +40,10 @@ from kernels.draw import MAX_ITEMS, MAX_ROWS, seed_key
 from kernels.triton_dispatch import Reduction, Scheme
 
 _LOG_Q_NONE, _LOG_Q_CONSTANT, _LOG_Q_TENSOR = 0, 1, 2
+# Backward sorts each row of tensor negatives (see GatherConfig.sort_negatives); study/memory_model.py
+# charges the int32 copy and torch.sort's buffers, a chunk of SORT_CHUNK_ELEMENTS indices at a time.
+SORT_TENSOR_NEGATIVES = True
+SORT_CHUNK_ELEMENTS = 1 << 22
 
 
 def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -74,12 +78,13 @@ def default_config(dim: int, num_negatives: int, device: torch.device) -> Gather
     if device.type != "cuda":
         # The interpreter runs every element in numpy: small tiles keep tests fast.
         return GatherConfig(block_k=16, num_warps=1, num_stages=1, backward_block_k=8, backward_rows=2,
-                            backward_warps=1)
+                            backward_warps=1, sort_negatives=SORT_TENSOR_NEGATIVES)
     # Measured on H200 (notes/kernel-gather.md): 128 at d <= 64; 16 at d = 256.
     block_k = 128 if block_d <= 64 else 4096 // block_d
     block_k = max(16, min(block_k, triton.next_power_of_2(max(num_negatives, 1))))
     return GatherConfig(block_k=block_k, num_warps=4, num_stages=2, backward_block_k=block_k,
-                        backward_rows=1, backward_warps=4, sort_negatives=True, evict_gathered=False)
+                        backward_rows=1, backward_warps=4, sort_negatives=SORT_TENSOR_NEGATIVES,
+                        evict_gathered=False)
 
 
 # --- the in-kernel draw: kernels.draw written in uint32 (keep the two identical) -----------------
@@ -326,8 +331,6 @@ class _GatherLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_items, None, None, None, None, None
 
 
-# Rows sorted per launch of torch.sort: bounds its int64 index buffer to 8 * SORT_CHUNK_ELEMENTS bytes.
-SORT_CHUNK_ELEMENTS = 1 << 22
 
 
 def sorted_rows(negatives: torch.Tensor) -> torch.Tensor:

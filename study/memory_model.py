@@ -40,6 +40,7 @@ from study.memory import DEFAULT_CUDA_CONTEXT_BYTES, MiB, format_bytes
 
 FLOAT32 = 4
 BFLOAT16 = 2
+INT32 = 4
 INT64 = 8
 
 # The caching allocator's peak reserved memory exceeds the peak allocated memory when freed blocks
@@ -64,9 +65,11 @@ TORCH_SAMPLED_BACKWARD_BYTES_PER_LOGIT = 13
 TORCH_FULL_FORWARD_BYTES_PER_LOGIT = 10
 TORCH_FULL_BACKWARD_BYTES_PER_LOGIT = 12
 TORCH_BINARY_BYTES_PER_LOGIT = 12
-# Copies of the [N, K, d] gathered negatives alive in the PyTorch per-position loss's backward, in
-# units of the hidden dtype's size: the saved gather and its gradient.
-TORCH_GATHER_COPIES = 2.0
+# The fused per-position backward sorts each row of tensor negatives, torch.sort a chunk of this many
+# indices at a time (kernels/triton_gather.py; a test checks the two stay equal, without this module
+# importing Triton).
+SORT_TENSOR_NEGATIVES = True
+SORT_CHUNK_ELEMENTS = 1 << 22
 # Live [N, d] temporaries the fused kernels' backward makes for the positive items' gradient.
 TRITON_BACKWARD_ROW_COPIES = 2
 # Float32 copies of one chunk of evaluation scores alive at once: scores, the clone masked for seen
@@ -341,10 +344,26 @@ def loss_backward_bytes(shape: TrialShape) -> int:
         grad_hidden = n * d * a
         rows_copies = TRITON_BACKWARD_ROW_COPIES * n * d * FLOAT32
         partial_tiles = max(n, k) * d * FLOAT32 if shape.scope in ("batch", "full") else 0
-        return 4 * n * FLOAT32 + grad_hidden + rows_copies + partial_tiles
+        sorting = sorted_negatives_bytes(shape) + sort_buffer_bytes(shape) if shape.scope == "position" else 0
+        return 4 * n * FLOAT32 + grad_hidden + rows_copies + partial_tiles + sorting
     per_logit = {"ce": TORCH_FULL_BACKWARD_BYTES_PER_LOGIT, "ce-neg": TORCH_SAMPLED_BACKWARD_BYTES_PER_LOGIT}
     logits = torch_logits_bytes(shape, per_logit.get(shape.loss, TORCH_BINARY_BYTES_PER_LOGIT))
     return logits + torch_gathered_bytes(shape, backward=True)
+
+
+def sorted_negatives_bytes(shape: TrialShape) -> int:
+    """The fused per-position backward's int32 copy of the [N, K] negatives, each row sorted
+    (kernels/triton_gather.py), when the kernel sorts them."""
+    return shape.rows * shape.negatives * INT32 if SORT_TENSOR_NEGATIVES else 0
+
+
+def sort_buffer_bytes(shape: TrialShape) -> int:
+    """torch.sort's buffers for one chunk of rows: an int32 copy of the chunk and its int64 order."""
+    if not SORT_TENSOR_NEGATIVES:
+        return 0
+    k = max(shape.negatives, 1)
+    chunk_rows = min(shape.rows, max(1, SORT_CHUNK_ELEMENTS // k))
+    return chunk_rows * k * (INT32 + INT64)
 
 
 def torch_logits_bytes(shape: TrialShape, bytes_per_logit: int) -> int:
@@ -368,7 +387,10 @@ def torch_gathered_bytes(shape: TrialShape, *, backward: bool) -> int:
         return groups * k * d * (2 * a + item if backward else item + a)
     gathered = n * k * d * a
     if backward:
-        return int(TORCH_GATHER_COPIES * gathered) + n * k * d * item
+        # The einsum's backward holds its saved gather and that gather's gradient; autograd frees the
+        # saved gather once that node has run, before the cast's backward turns the gradient into the
+        # table's dtype (measured on H200: 10.75 GiB allocated where both together would be 14.1).
+        return gathered + max(gathered, n * k * d * item)
     return n * k * d * item + gathered
 
 
@@ -409,10 +431,15 @@ def evaluation_bytes(shape: TrialShape) -> int:
 def largest_step_buffer_bytes(shape: TrialShape) -> int:
     """The largest buffer a training step allocates and frees: an [N, d] float32 activation, an
     item-table-sized gradient, the host-drawn negative indices, or the PyTorch loss's float32 logits."""
-    n, d = shape.rows, shape.hidden
+    n, d, k = shape.rows, shape.hidden, shape.negatives
     candidates = [n * d * FLOAT32, shape.num_items * d * FLOAT32, negative_index_bytes(shape)]
     if shape.impl == "torch":
-        candidates.append(n * shape.negatives * FLOAT32)
+        candidates.append(n * k * FLOAT32)
+        if shape.scope in ("position", "drawn"):
+            # The per-position gather, in the table's dtype ([N, K, d] float32 in autocast training).
+            candidates.append(n * k * d * max(shape.item_bytes, shape.activation_bytes))
+    elif shape.scope == "position":
+        candidates.append(sorted_negatives_bytes(shape))
     return max(candidates)
 
 

@@ -286,3 +286,11 @@ def test_predictions_match_h200_measurements() -> None:
     assert statistics.median(abs(e) for e in process_errors.values()) <= 0.10
     under = {name for name, error in process_errors.items() if error < -0.10}
     assert under <= KNOWN_UNDER_PREDICTED, {name: process_errors[name] for name in under}
+
+
+def test_sort_constants_mirror_the_gather_kernel() -> None:
+    """study/memory_model.py charges the per-position backward's sorted copy without importing Triton."""
+    from kernels import triton_gather
+
+    assert memory_model.SORT_TENSOR_NEGATIVES == triton_gather.SORT_TENSOR_NEGATIVES
+    assert memory_model.SORT_CHUNK_ELEMENTS == triton_gather.SORT_CHUNK_ELEMENTS

@@ -9,7 +9,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training}
+part=${1:?usage: gpu_session.sh dev|bench|training|final}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu-wheels/*.whl \
@@ -51,7 +51,29 @@ case "$part" in
       --jobs 3 --timeout 300 2>&1 \
       | tee "$work/memory-validation.log"
     ;;
-  *) echo "unknown part: $part (dev, bench or training)" >&2; exit 2 ;;
+  final)
+    # Issue 4's validation, then issue 3's benchmark, in one call under one deadline (FINAL_SECONDS
+    # after the start) so the archive below is always written: all 33 memory configurations, five
+    # processes at a time, then the loss at the DESIGN sizes, most needed first (per-position cases
+    # without torch.compile, which no target needs). A step cut off by the deadline keeps what it wrote.
+    deadline=$(( $(date +%s) + ${FINAL_SECONDS:-555} ))
+    left() { local n=$(( deadline - $(date +%s) )); echo $(( n < $1 ? (n > 1 ? n : 1) : $1 )); }
+    timeout "$(left 300)" python3 benchmarks/memory_validation.py --out "$work/memory-validation" \
+      --jobs 5 --timeout 240 2>&1 | tee "$work/memory-validation.log"
+    bench() {
+      timeout "$(left 150)" python3 -m study.bench_loss --warmup-ms 50 --rep-ms 300 "$@" 2>&1 \
+        | tee -a "$work/bench.log"
+    }
+    bench --scheme position,drawn --negatives 2047 --hidden-dim 64 --impls triton,torch \
+      --out "$work/position-d64.json"
+    bench --scheme shared,sequence --negatives 4096,16384 --hidden-dim 64 --out "$work/dense-d64.json"
+    bench --scheme position,drawn --negatives 511 --hidden-dim 256 --rows 65536 --impls triton,torch \
+      --out "$work/position-d256.json"
+    bench --scheme shared,sequence --negatives 4096,16384 --hidden-dim 256 --out "$work/dense-d256.json"
+    bench --scheme full --catalogue 1000000 --hidden-dim 64 --impls triton,cce --out "$work/full-d64.json"
+    bench --scheme full --catalogue 1000000 --hidden-dim 256 --impls triton,cce --out "$work/full-d256.json"
+    ;;
+  *) echo "unknown part: $part (dev, bench, training or final)" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
 tar czf "$out/$part.tgz" -C "$work" .

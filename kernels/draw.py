@@ -6,17 +6,18 @@ draws (backward regenerates them) and the host can reproduce them exactly:
     key   = seed_key(seed)                             # 32 bits, derived once on the host
     x     = mix32(row ^ key)                           # once per row
     x     = mix32((x + k * WEYL) mod 2**32)            # once per negative
-    start = k * C // K;  size = (k + 1) * C // K - start
-    item  = start + (x * size) >> 32                   # uniform on the k-th slice [start, start + size)
+    step  = (C << 32) // K                             # on the host: C / K in 32.32 fixed point
+    start = (k * step) >> 32                           # slice k: [start_k, start_(k+1)), the last ends at C
+    item  = start + (x * size) >> 32                   # uniform on slice k, size = its length
 
-The draw is stratified: the catalogue [0, C) is cut into K consecutive slices that differ in size by
-at most one item, and negative k of every row is uniform on slice k. So every item is equally likely
-to be a negative of a row (probability 1/size ~ K/C, which is what the uniform logQ correction
-log(K/C) assumes; slices of size floor(C/K) and floor(C/K) + 1 make it exact to 1/size), a row never
-draws the same item twice, and rows are independent. Why not K independent uniform draws: with
-slices, the k-th negatives of all rows lie in one narrow part of the catalogue, so backward, which
-walks the negatives column block by column block for all rows, scatter-adds into a part of the item
-gradient that stays in L2 (kernels/triton_gather.py).
+The draw is stratified: the catalogue [0, C) is cut into K consecutive slices whose sizes differ by
+at most one item (the fixed point keeps 64-bit division out of the kernel), and negative k of every
+row is uniform on slice k. So every item is equally likely to be a negative of a row (probability
+1/size ~ K/C, which is what the uniform logQ correction log(K/C) assumes, exact to one part in C/K),
+a row never draws the same item twice, and rows are independent. Why not K independent uniform
+draws: with slices, the k-th negatives of all rows lie in one narrow part of the catalogue, so
+backward, which walks the negatives column block by column block for all rows, scatter-adds into a
+part of the item gradient that stays in L2 (kernels/triton_gather.py).
 
 `mix32` is the "lowbias32" integer finaliser (xor-shift / multiply, a bijection on 32 bits). The
 multiply-shift map onto a slice is off uniform by at most size / 2**32 relative.
@@ -103,6 +104,20 @@ def draw_negatives(
     ks = torch.arange(num_negatives, dtype=torch.int64, device=device)
     row_state = _mix32(rows ^ key)
     state = _mix32((row_state[:, None] + _mul32(ks, WEYL)[None, :]) & MASK32)
-    start = ks * num_items // max(num_negatives, 1)  # k * C < 2**62: no int64 overflow
-    size = (ks + 1) * num_items // max(num_negatives, 1) - start
-    return start[None, :] + ((state * size[None, :]) >> 32)
+    start = slice_starts(num_items, num_negatives, device=device)
+    size = start[1:] - start[:-1]
+    return start[None, :-1] + ((state * size[None, :]) >> 32)
+
+
+def slice_step(num_items: int, num_negatives: int) -> int:
+    """C / K in 32.32 fixed point: slice k starts at (k * step) >> 32 (below 2**63 for k < K)."""
+    return (num_items << 32) // max(num_negatives, 1)
+
+
+def slice_starts(num_items: int, num_negatives: int,
+                 device: torch.device | str | None = None) -> torch.Tensor:
+    """int64 [K + 1]: where each of the K catalogue slices starts, and C at the end."""
+    ks = torch.arange(num_negatives + 1, dtype=torch.int64, device=device)
+    starts = (ks * slice_step(num_items, num_negatives)) >> 32
+    starts[-1] = num_items
+    return starts

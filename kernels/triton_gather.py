@@ -36,13 +36,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.draw import MAX_ITEMS, MAX_ROWS, seed_key
+from kernels.draw import MAX_ITEMS, MAX_ROWS, seed_key, slice_step
 from kernels.triton_dispatch import Reduction, Scheme
 
 _LOG_Q_NONE, _LOG_Q_CONSTANT, _LOG_Q_TENSOR = 0, 1, 2
-# Backward sorts each row of tensor negatives (see GatherConfig.sort_negatives); study/memory_model.py
-# charges the int32 copy and torch.sort's buffers, a chunk of SORT_CHUNK_ELEMENTS indices at a time.
-SORT_TENSOR_NEGATIVES = True
+# Backward sorts each row of tensor negatives (see GatherConfig.sort_negatives) when d <= SORT_MAX_DIM;
+# study/memory_model.py charges the int32 copy and torch.sort's buffers (SORT_CHUNK_ELEMENTS at a time).
+SORT_MAX_DIM = 128
 SORT_CHUNK_ELEMENTS = 1 << 22
 
 
@@ -75,16 +75,27 @@ class GatherConfig:
 
 def default_config(dim: int, num_negatives: int, device: torch.device) -> GatherConfig:
     block_d = triton.next_power_of_2(dim)
+    sort = dim <= SORT_MAX_DIM
     if device.type != "cuda":
         # The interpreter runs every element in numpy: small tiles keep tests fast.
         return GatherConfig(block_k=16, num_warps=1, num_stages=1, backward_block_k=8, backward_rows=2,
-                            backward_warps=1, sort_negatives=SORT_TENSOR_NEGATIVES)
-    # Measured on H200 (notes/kernel-gather.md): 128 at d <= 64; 16 at d = 256.
+                            backward_warps=1, sort_negatives=sort)
+    # Measured on H200 (notes/kernel-gather.md), forward: 128 at d <= 64, 16 at d = 256. Backward at
+    # N=51,200 K=2047 d=64: column blocks of 128 rows, 4 warps, sorted: 15.5 ms (unsorted 24.0; the sort
+    # alone 3.9). At N=65,536 K=511 d=256 sorting gained nothing (33.8 vs 33.6 ms: the slice of the item
+    # gradient a column block touches no longer fits L2); blocks of 16 with 2 warps were fastest (29.9).
+    # d = 128 was not measured: between the two.
+    small = max(16, min(triton.next_power_of_2(max(num_negatives, 1)), 128))
     block_k = 128 if block_d <= 64 else 4096 // block_d
-    block_k = max(16, min(block_k, triton.next_power_of_2(max(num_negatives, 1))))
-    return GatherConfig(block_k=block_k, num_warps=4, num_stages=2, backward_block_k=block_k,
-                        backward_rows=1, backward_warps=4, sort_negatives=SORT_TENSOR_NEGATIVES,
-                        evict_gathered=False)
+    if block_d <= 64:
+        backward_block_k, backward_warps = 128, 4
+    elif block_d <= 128:
+        backward_block_k, backward_warps = 64, 4
+    else:
+        backward_block_k, backward_warps = 4096 // block_d, 2
+    return GatherConfig(block_k=min(block_k, small), num_warps=4, num_stages=2,
+                        backward_block_k=min(backward_block_k, small), backward_rows=1,
+                        backward_warps=backward_warps, sort_negatives=sort, evict_gathered=False)
 
 
 # --- the in-kernel draw: kernels.draw written in uint32 (keep the two identical) -----------------
@@ -100,23 +111,25 @@ def _mix32(x):
 
 
 @triton.jit
-def _draw_items(row_state, ks, num_items, num_negatives):
-    # Negative k is uniform on the k-th of K catalogue slices [k C / K, (k + 1) C / K).
+def _draw_items(row_state, ks, num_items, num_negatives, slice_step):
+    # Negative k is uniform on the k-th of K catalogue slices [start_k, start_(k+1)), start_k =
+    # (k * slice_step) >> 32 and the last slice ending at C (kernels.draw; no 64-bit division here).
     state = _mix32(row_state + ks.to(tl.uint32) * 0x9E3779B9)
-    ks64 = ks.to(tl.int64)
-    start = ks64 * num_items // num_negatives
-    size = (ks64 + 1) * num_items // num_negatives - start
-    return start + ((state.to(tl.uint64) * size.to(tl.uint64)) >> 32).to(tl.int64)
+    step = tl.cast(slice_step, tl.uint64)
+    start = (ks.to(tl.uint64) * step) >> 32
+    next_start = ((ks + 1).to(tl.uint64) * step) >> 32
+    end = tl.where(ks + 1 >= num_negatives, tl.cast(num_items, tl.uint64), next_start)
+    return (start + ((state.to(tl.uint64) * (end - start)) >> 32)).to(tl.int64)
 
 
 @triton.jit
-def _draw_kernel(out_ptr, stream_key, num_negatives, num_items, BLOCK_K: tl.constexpr):
+def _draw_kernel(out_ptr, stream_key, num_negatives, num_items, slice_step, BLOCK_K: tl.constexpr):
     """Writes the draws of one row; exists so tests can compare the Triton draw with the host twin."""
     row = tl.program_id(0)
     row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
     for k0 in range(0, num_negatives, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        items = _draw_items(row_state, ks, num_items, num_negatives)
+        items = _draw_items(row_state, ks, num_items, num_negatives, slice_step)
         tl.store(out_ptr + row.to(tl.int64) * num_negatives + ks, items, mask=ks < num_negatives)
 
 
@@ -125,13 +138,13 @@ def _draw_kernel(out_ptr, stream_key, num_negatives, num_items, BLOCK_K: tl.cons
 @triton.jit
 def _negative_logits(
     hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
-    row_state, num_negatives, num_items, stride_item, stride_neg, correction,
+    row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
 ):
     """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits)."""
     k_mask = (ks < num_negatives) & kept
     if DRAWN:
-        item_ids = _draw_items(row_state, ks, num_items, num_negatives)
+        item_ids = _draw_items(row_state, ks, num_items, num_negatives, slice_step)
     else:
         item_ids = tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=k_mask, other=0,
                            eviction_policy=GATHER_EVICTION)
@@ -156,7 +169,7 @@ def _negative_logits(
 @triton.jit
 def _gather_forward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, loss_ptr, lse_ptr,
-    num_negatives, num_items, dim, stride_item, stride_neg, stream_key, correction, ignore_index,
+    num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, correction, ignore_index,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -178,7 +191,7 @@ def _gather_forward_kernel(
         ks = k0 + tl.arange(0, BLOCK_K)
         _, _, logits, _ = _negative_logits(
             hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
-            row_state, num_negatives, num_items, stride_item, stride_neg, correction,
+            row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
             DRAWN, LOG_Q_MODE, REMOVE_HITS, "",
         )
         new_max = tl.maximum(running_max, tl.max(logits, axis=0))
@@ -193,7 +206,8 @@ def _gather_forward_kernel(
 def _gather_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
     grad_hidden_ptr, grad_items_ptr,
-    num_rows, num_negatives, num_items, dim, stride_item, stride_neg, stream_key, correction, ignore_index,
+    num_rows, num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, correction,
+    ignore_index,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
     COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -223,7 +237,7 @@ def _gather_backward_kernel(
             row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
             item_ids, rows, logits, k_mask = _negative_logits(
                 hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
-                row_state, num_negatives, num_items, stride_item, stride_neg, correction,
+                row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
                 DRAWN, LOG_Q_MODE, REMOVE_HITS, GATHER_EVICTION,
             )
             coef = grad_row * tl.exp(logits - lse)
@@ -255,7 +269,8 @@ def draw_in_kernel(seed: int, num_rows: int, num_negatives: int, num_items: int,
     """The negatives as the Triton draw produces them (int64 [num_rows, K]); for tests and checks."""
     out = torch.empty((num_rows, num_negatives), dtype=torch.int64, device=device)
     if num_rows and num_negatives:
-        _draw_kernel[(num_rows,)](out, seed_key(seed), num_negatives, num_items, BLOCK_K=block_k)
+        _draw_kernel[(num_rows,)](out, seed_key(seed), num_negatives, num_items,
+                                  slice_step(num_items, num_negatives), BLOCK_K=block_k)
     return out
 
 
@@ -404,7 +419,8 @@ def gather_linear_cross_entropy(
     if log_q_tensor is not None and log_q_tensor.shape != (num_items,):
         raise ValueError(f"log_q: expected a [{num_items}] tensor, got {tuple(log_q_tensor.shape)}")
     launch = dict(
-        num_negatives=num_negatives, num_items=num_items, dim=dim, stride_item=items.stride(0),
+        num_negatives=num_negatives, num_items=num_items, slice_step=slice_step(num_items, num_negatives),
+        dim=dim, stride_item=items.stride(0),
         stride_neg=negatives.stride(0) if negatives is not None else 0, stream_key=stream_key,
         correction=correction, ignore_index=ignore_index, DRAWN=scheme == "drawn",
         LOG_Q_MODE=log_q_mode, REMOVE_HITS=bool(remove_accidental_hits),

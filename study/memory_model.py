@@ -65,10 +65,10 @@ TORCH_SAMPLED_BACKWARD_BYTES_PER_LOGIT = 13
 TORCH_FULL_FORWARD_BYTES_PER_LOGIT = 10
 TORCH_FULL_BACKWARD_BYTES_PER_LOGIT = 12
 TORCH_BINARY_BYTES_PER_LOGIT = 12
-# The fused per-position backward sorts each row of tensor negatives, torch.sort a chunk of this many
-# indices at a time (kernels/triton_gather.py; a test checks the two stay equal, without this module
-# importing Triton).
-SORT_TENSOR_NEGATIVES = True
+# The fused per-position backward sorts each row of tensor negatives when d <= SORT_MAX_DIM, torch.sort
+# a chunk of SORT_CHUNK_ELEMENTS indices at a time (kernels/triton_gather.py; a test checks that the two
+# stay equal, without this module importing Triton).
+SORT_MAX_DIM = 128
 SORT_CHUNK_ELEMENTS = 1 << 22
 # Live [N, d] temporaries the fused kernels' backward makes for the positive items' gradient.
 TRITON_BACKWARD_ROW_COPIES = 2
@@ -354,12 +354,12 @@ def loss_backward_bytes(shape: TrialShape) -> int:
 def sorted_negatives_bytes(shape: TrialShape) -> int:
     """The fused per-position backward's int32 copy of the [N, K] negatives, each row sorted
     (kernels/triton_gather.py), when the kernel sorts them."""
-    return shape.rows * shape.negatives * INT32 if SORT_TENSOR_NEGATIVES else 0
+    return shape.rows * shape.negatives * INT32 if shape.hidden <= SORT_MAX_DIM else 0
 
 
 def sort_buffer_bytes(shape: TrialShape) -> int:
     """torch.sort's buffers for one chunk of rows: an int32 copy of the chunk and its int64 order."""
-    if not SORT_TENSOR_NEGATIVES:
+    if shape.hidden > SORT_MAX_DIM:
         return 0
     k = max(shape.negatives, 1)
     chunk_rows = min(shape.rows, max(1, SORT_CHUNK_ELEMENTS // k))

@@ -27,13 +27,20 @@ def _draw_spec(seed: int, row: int, k: int, num_negatives: int, num_items: int) 
     key = _mix32_spec(_mix32_spec((seed >> 32) ^ 0x5BD1E995) ^ (seed % 2**32))
     state = _mix32_spec(row ^ key)
     state = _mix32_spec((state + k * 0x9E3779B9) % 2**32)
-    start = k * num_items // num_negatives
-    size = (k + 1) * num_items // num_negatives - start
-    return start + (state * size >> 32)
+    start, end = _slice_spec(k, num_negatives, num_items)
+    return start + (state * (end - start) >> 32)
+
+
+def _slice_spec(k: int, num_negatives: int, num_items: int) -> tuple[int, int]:
+    """Slice k of the catalogue: C/K in 32.32 fixed point, the last slice ending at C."""
+    step = (num_items << 32) // num_negatives
+    end = num_items if k == num_negatives - 1 else ((k + 1) * step) >> 32
+    return (k * step) >> 32, end
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**31 + 5, 2**32 + 3, 987654321987654, -7])
-@pytest.mark.parametrize(("num_negatives", "num_items"), [(13, 1_000_003), (13, 13), (7, 2**31 - 1)])
+@pytest.mark.parametrize(("num_negatives", "num_items"),
+                         [(13, 1_000_003), (13, 13), (7, 2**31 - 1), (1, 2**31 - 1), (2047, 10**6)])
 def test_matches_scalar_specification(seed: int, num_negatives: int, num_items: int) -> None:
     draws = draw_negatives(seed, 9, num_negatives, num_items)
     assert draws.dtype == torch.int64 and draws.shape == (9, num_negatives)
@@ -54,9 +61,11 @@ def test_reproducible_and_seed_dependent() -> None:
 def test_uniform_over_catalogue_one_draw_per_slice() -> None:
     num_items, num_negatives, num_rows = 97, 10, 20_000
     draws = draw_negatives(2024, num_rows, num_negatives, num_items)
-    # Negative k lies in the k-th slice [k C / K, (k + 1) C / K), so a row's negatives are distinct.
-    ks = torch.arange(num_negatives)
-    start, end = ks * num_items // num_negatives, (ks + 1) * num_items // num_negatives
+    # Negative k lies in the k-th slice, so a row's negatives are distinct; slices differ by <= 1 item.
+    bounds = torch.tensor([_slice_spec(k, num_negatives, num_items) for k in range(num_negatives)])
+    start, end = bounds[:, 0], bounds[:, 1]
+    assert int(start[0]) == 0 and int(end[-1]) == num_items and torch.equal(start[1:], end[:-1])
+    assert int((end - start).max() - (end - start).min()) <= 1
     assert bool(((draws >= start) & (draws < end)).all())
     assert bool((draws[:, 1:] > draws[:, :-1]).all())
     # Every item is equally likely: count_c ~ Binomial(rows, 1/size of its slice).

@@ -292,5 +292,5 @@ def test_sort_constants_mirror_the_gather_kernel() -> None:
     """study/memory_model.py charges the per-position backward's sorted copy without importing Triton."""
     from kernels import triton_gather
 
-    assert memory_model.SORT_TENSOR_NEGATIVES == triton_gather.SORT_TENSOR_NEGATIVES
+    assert memory_model.SORT_MAX_DIM == triton_gather.SORT_MAX_DIM
     assert memory_model.SORT_CHUNK_ELEMENTS == triton_gather.SORT_CHUNK_ELEMENTS

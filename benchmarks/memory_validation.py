@@ -307,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="configurations run at once, each in its own process (default 1); process "
                              "memory is per process, so trials may share the card if it holds their sum")
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
+    parser.add_argument("--predict-only", type=Path, metavar="CSV",
+                        help="write the model's predictions for the configurations to CSV (no GPU needed; "
+                             "commit it before measuring) and exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -324,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for case in cases:
             print(case["name"], json.dumps(case["config"]))
+        return 0
+    if args.predict_only is not None:
+        write_predictions(cases, args.predict_only)
         return 0
     if args.out is None:
         parser.error("--out: required")
@@ -354,6 +360,34 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(format_summary(summary, env))
     return 0
+
+
+def write_predictions(cases: list[dict[str, Any]], path: Path) -> None:
+    """The model's predictions from the configurations and their datasets alone, before any measurement."""
+    import pandas as pd
+
+    from study.config import TrainConfig
+    from study.data.registry import load_dataset
+    from study.memory_model import predict_peak_bytes
+
+    sizes: dict[tuple[str, int], tuple[int, int]] = {}
+    rows = []
+    for case in cases:
+        config = TrainConfig.from_dict(case["config"])
+        key = (config.dataset, config.kcore)
+        if key not in sizes:
+            interactions = load_dataset(config.dataset, kcore=config.kcore, progress=False)
+            sizes[key] = (interactions.num_items, interactions.num_users)
+        num_items, num_users = sizes[key]
+        prediction = predict_peak_bytes(config, num_items, num_users=num_users, device="cuda")
+        rows.append({"name": case["name"], "num_items": num_items, "num_users": num_users,
+                     "predicted_peak_bytes": prediction.total_bytes,
+                     "predicted_torch_max_allocated": prediction.torch_max_allocated,
+                     "predicted_torch_max_reserved": prediction.torch_max_reserved,
+                     "predicted_peak_phase": prediction.peak_phase})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    print(f"wrote {len(rows)} predictions to {path}")
 
 
 def _write_outputs(out_dir: Path, rows: list[dict[str, Any]], env: dict[str, Any]) -> dict[str, Any]:

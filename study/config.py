@@ -12,7 +12,8 @@ LossName = Literal["ce", "ce-neg", "bce", "gbce"]
 SplitName = Literal["loo", "temporal"]
 SamplingName = Literal["uniform", "popularity"]
 # batch: one [K] set shared by the batch; sequence: [B, K]; position: [B, L, K] drawn on the host;
-# drawn: per position, drawn inside the fused kernel from a seed (no index memory).
+# drawn: per position, drawn inside the fused kernel from a seed (no index memory; negative k uniform on the
+# k-th of K catalogue slices, see kernels/draw.py).
 NegativeScope = Literal["batch", "sequence", "position", "drawn"]
 LossImpl = Literal["auto", "triton", "torch"]
 DeviceName = Literal["auto", "cpu", "cuda"]

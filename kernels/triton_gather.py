@@ -9,19 +9,27 @@ Forward (one program per row, the K negatives in chunks of BLOCK_K): gather the 
 them into an online logsumexp that starts from the positive logit. Only the per-row loss and
 logsumexp (fp32 `[N]`) are kept for backward; logits never reach global memory.
 
-Backward (one fused pass per row): regather and recompute the logits, p_ik = exp(s_ik - lse_i),
-then in the same pass over the gathered tile
-    dH_i       = g_i * (sum_k p_ik E[n_ik] + (p_i0 - 1) E[p_i])      (registers, one store per row)
-    dE[n_ik]  += g_i * p_ik * h_i                                    (atomic scatter-add)
-    dE[p_i]   += g_i * (p_i0 - 1) * h_i                              (atomic scatter-add)
-The scatter-adds stay atomics: the destinations are arbitrary items shared by arbitrary rows, so
-no program owns an item row. They are fp32, relaxed ordering, 16 bytes wide (Triton emits
-`atom.global.gpu.relaxed.add.v4.f32` for sm_90), into an fp32 item gradient.
-For fp32 item tables (autocast training, the main case) that buffer IS the item gradient.
-For bf16/fp16 item tables the atomics still accumulate in an fp32 `[C, d]` buffer which is cast to
-the table's dtype at the end: half-precision atomic accumulation of ~N*K/C terms per item loses
-too much, so this case costs one extra fp32 `[C, d]` buffer (2x the gradient's size).
-The atomics make the item gradient's summation order, and so its last bits, non-deterministic.
+Backward (one pass, one program per row and column block of BLOCK_K negatives, the column block
+the slow grid axis): regather and recompute the logits, p_ik = exp(s_ik - lse_i), then in the same
+pass over the gathered tile
+    dH_i      += g_i * sum_k p_ik E[n_ik]   (+ g_i (p_i0 - 1) E[p_i] in column block 0)   (atomic add)
+    dE[n_ik]  += g_i * p_ik * h_i                                                      (atomic scatter-add)
+    dE[p_i]   += g_i * (p_i0 - 1) * h_i   (column block 0)                             (atomic scatter-add)
+Programs run roughly in launch order, so the GPU works on one column block of every row at a time.
+When a column block's negatives lie in one part of the catalogue, the concurrent scatter-adds hit an
+L2-sized slice of the item gradient instead of all of it (measured at N=51,200, K=2047, d=64,
+C=10^6 on an H200: 15.5 ms against 24.0 ms; notes/kernel-gather.md). Drawn negatives are built that
+way (negative k is uniform on the k-th catalogue slice, kernels.draw); tensor negatives are sorted
+within each row first (`sorted_rows`: an int32 copy of the [N, K] indices, half the size of an int64
+input, alive during backward; only at d <= SORT_MAX_DIM, where it was measured to pay).
+The atomics stay: the destinations are arbitrary items shared by arbitrary rows, so no program owns
+an item row, and dH_i is summed over column blocks. They are fp32, relaxed ordering, 16 bytes wide
+(Triton emits `atom.global.gpu.relaxed.add.v4.f32` for sm_90), into fp32 gradients: for fp32 inputs
+(autocast training keeps an fp32 item table, the main case) these buffers ARE the gradients. For
+bf16/fp16 inputs they are cast at the end: half-precision atomic accumulation of ~N*K/C terms per item
+loses too much, so a half item table costs one extra fp32 `[C, d]` buffer (2x the gradient's size)
+and half hidden states an fp32 `[N, d]` one. The atomics make both gradients' summation order, and
+so their last bits, non-deterministic.
 
 Drawn negatives are regenerated in backward from the seed: no index memory at all.
 """

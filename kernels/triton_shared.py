@@ -21,6 +21,10 @@ Backward recomputes the logits in two kernels:
   memory bound), in the gradient's dtype (bf16/fp16 atomics on CUDA round once per add, as
   `index_add_` into a half gradient does). The Triton interpreter adds half values as raw bits, so on
   CPU half gradients instead go through a float32 [chunk, K, d] buffer + `index_add_`.
+- "shared" at d <= 64 and K <= 8192 (KernelConfigs.fused_backward) runs one fused backward kernel
+  instead of grad_hidden + grad_items: a program per row block walks every negative tile once, keeps dH
+  in registers and adds dS^T H of each tile into a float32 [K, d] tile gradient with atomics (then the
+  same `index_add_`). One recomputation of the logits instead of two; measured faster only there.
 - The positive part of the item gradient for "shared"/"sequence", dE[p_i] += (p_i0 - 1) g_i h_i, is one
   `index_add_` of an [N, d] float32 buffer: targets repeat arbitrarily and are not ordered, and the
   buffer is within the O(N*d) allowance. On CUDA `index_add_` itself uses atomics, so the item

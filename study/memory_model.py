@@ -26,7 +26,8 @@ Assumptions, stated where they matter:
 - The PyTorch reference losses (kernels/reference.py, kernels/sampled_losses.py) keep 10 to 17
   bytes per logit at their peak (see TORCH_*_BYTES_PER_LOGIT). Per-position negatives also gather a
   [N, K, d] table (saved in the hidden's dtype) and its gradient.
-- The fused Triton kernels keep O(N*d + K*d) besides the index tensor they are handed; their item
+- The fused Triton kernels keep O(N*d + K*d) besides the index tensor they are handed (and, for
+  per-position tensor negatives at d <= 128, a sorted int32 copy of it during backward); their item
   gradient is one float32 [C, d] buffer.
 """
 

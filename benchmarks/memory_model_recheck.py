@@ -1,7 +1,7 @@
 """Re-predict measured trials with the current memory model (no GPU needed).
 
     python3 benchmarks/memory_model_recheck.py \
-        results/h200-2026-11-26/memory-validation/run-*/memory_validation.csv
+        results/h200-2026-11-26b/run[45]-*/memory-validation/memory_validation.csv
 
 Reads the CSVs that benchmarks/memory_validation.py wrote on a GPU (the measured torch max allocated,
 reserved and NVML process peak of each configuration), predicts each configuration again with

@@ -48,7 +48,8 @@ INT64 = 8
 # cannot serve later requests: a large buffer requested anew each step after smaller requests have
 # split its cached block, buffers whose size varies from step to step (rows kept after padding), and
 # evaluation blocks larger than anything training cached. Fitted on 23 trials on one H200 (torch
-# 2.11, default allocator settings; benchmarks/memory_validation.py): the excess is taken as the
+# 2.11, default allocator settings; benchmarks/memory_validation.py), then checked on 33 configurations
+# predicted before they were measured (results/h200-2026-11-26b, BENCHMARKS.md section 3): the excess is the
 # larger of 1.1x the step's largest transient buffer and 256 MiB (about the evaluation working set
 # with default settings). PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True did not remove the excess:
 # it shrank it for some trials and tripled it for the PyTorch per-position loss.

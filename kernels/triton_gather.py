@@ -52,6 +52,8 @@ _LOG_Q_NONE, _LOG_Q_CONSTANT, _LOG_Q_TENSOR = 0, 1, 2
 # study/memory_model.py charges the int32 copy and torch.sort's buffers (SORT_CHUNK_ELEMENTS at a time).
 SORT_MAX_DIM = 128
 SORT_CHUNK_ELEMENTS = 1 << 22
+# Up to this many negatives a row is sorted by one Triton program in registers (`sorted_rows`).
+SORT_IN_TRITON_MAX_NEGATIVES = 4096
 
 
 def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -356,12 +358,39 @@ class _GatherLinearCrossEntropy(torch.autograd.Function):
 
 
 
-def sorted_rows(negatives: torch.Tensor) -> torch.Tensor:
+@triton.jit
+def _sort_rows_kernel(src_ptr, dst_ptr, num_negatives, stride_src, BLOCK_K: tl.constexpr):
+    """One row of negatives sorted in registers (a bitonic network); padding sorts last, unstored."""
+    row = tl.program_id(0)
+    ks = tl.arange(0, BLOCK_K)
+    mask = ks < num_negatives
+    values = tl.load(src_ptr + row.to(tl.int64) * stride_src + ks, mask=mask, other=2147483647).to(tl.int32)
+    values = tl.sort(values, dim=0)
+    tl.store(dst_ptr + row.to(tl.int64) * num_negatives + ks, values, mask=mask)
+
+
+def sorted_rows(negatives: torch.Tensor, *, method: str = "auto") -> torch.Tensor:
     """An int32 copy of [N, K] negatives with each row in ascending order (the loss of a row does not
-    depend on the order of its negatives). Sorted in chunks of rows to bound torch.sort's buffers."""
+    depend on the order of its negatives).
+
+    method "triton": one program per row sorts it in registers, no other buffer (K up to
+    SORT_IN_TRITON_MAX_NEGATIVES); "torch": `torch.sort` in chunks of rows, which bounds its int32 and
+    int64 buffers to SORT_CHUNK_ELEMENTS indices; "auto": triton where K allows it.
+    """
+    if method not in ("auto", "triton", "torch"):
+        raise ValueError(f"method: expected 'auto', 'triton' or 'torch', got {method!r}")
     num_rows, num_negatives = negatives.shape
     out = torch.empty((num_rows, num_negatives), dtype=torch.int32, device=negatives.device)
-    chunk = max(1, SORT_CHUNK_ELEMENTS // max(num_negatives, 1))
+    if num_rows == 0 or num_negatives == 0:
+        return out
+    if method == "triton" or (method == "auto" and num_negatives <= SORT_IN_TRITON_MAX_NEGATIVES):
+        if negatives.stride(1) != 1:
+            negatives = negatives.contiguous()
+        block_k = triton.next_power_of_2(num_negatives)
+        _sort_rows_kernel[(num_rows,)](negatives, out, num_negatives, negatives.stride(0), BLOCK_K=block_k,
+                                       num_warps=max(1, min(8, block_k // 256)))
+        return out
+    chunk = max(1, SORT_CHUNK_ELEMENTS // num_negatives)
     order = torch.empty((min(chunk, num_rows), num_negatives), dtype=torch.int64, device=negatives.device)
     for first in range(0, num_rows, chunk):
         count = min(chunk, num_rows - first)

@@ -78,6 +78,7 @@ TORCH_BINARY_BYTES_PER_LOGIT = 12
 # stay equal, without this module importing Triton).
 SORT_MAX_DIM = 128
 SORT_CHUNK_ELEMENTS = 1 << 22
+SORT_IN_TRITON_MAX_NEGATIVES = 4096  # up to this K a Triton program sorts a row in registers, no buffers
 # Live [N, d] temporaries the fused kernels' backward makes for the positive items' gradient.
 TRITON_BACKWARD_ROW_COPIES = 2
 # Float32 copies of one chunk of evaluation scores alive at once: scores, the clone masked for seen
@@ -366,8 +367,9 @@ def sorted_negatives_bytes(shape: TrialShape) -> int:
 
 
 def sort_buffer_bytes(shape: TrialShape) -> int:
-    """torch.sort's buffers for one chunk of rows: an int32 copy of the chunk and its int64 order."""
-    if shape.hidden > SORT_MAX_DIM:
+    """torch.sort's buffers for one chunk of rows (an int32 copy of the chunk and its int64 order), for
+    rows too long for the in-register Triton sort."""
+    if shape.hidden > SORT_MAX_DIM or shape.negatives <= SORT_IN_TRITON_MAX_NEGATIVES:
         return 0
     k = max(shape.negatives, 1)
     chunk_rows = min(shape.rows, max(1, SORT_CHUNK_ELEMENTS // k))

@@ -303,3 +303,4 @@ def test_sort_constants_mirror_the_gather_kernel() -> None:
 
     assert memory_model.SORT_MAX_DIM == triton_gather.SORT_MAX_DIM
     assert memory_model.SORT_CHUNK_ELEMENTS == triton_gather.SORT_CHUNK_ELEMENTS
+    assert memory_model.SORT_IN_TRITON_MAX_NEGATIVES == triton_gather.SORT_IN_TRITON_MAX_NEGATIVES

@@ -295,3 +295,28 @@ def test_single_negative_and_single_dimension(scheme):
                  else torch.tensor([[1], [1], [0], [2], [2], [0], [1]]))  # rows 1 and 5 hit their target
     assert ((negatives[:, 0] == targets) & (targets != IGNORE)).any()
     check_against_reference(hidden, items, targets, negatives, None, scheme=scheme, seed=51, reduction="none")
+
+
+@pytest.mark.parametrize("method", ["triton", "torch", "auto"])
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_sorted_rows_sorts_each_row(method, dtype):
+    generator = torch.Generator().manual_seed(3)
+    negatives = torch.randint(0, 5000, (9, 37), generator=generator).to(dtype)
+    negatives[2, :5] = 4999  # repeats
+    expected = torch.sort(negatives.to(torch.int32), dim=1).values
+    assert torch.equal(triton_gather.sorted_rows(negatives, method=method), expected)
+    strided = torch.randint(0, 5000, (37, 9), generator=generator).to(dtype).T  # rows not contiguous
+    assert torch.equal(triton_gather.sorted_rows(strided, method=method),
+                       torch.sort(strided.to(torch.int32), dim=1).values)
+    assert triton_gather.sorted_rows(negatives[:0], method=method).shape == (0, 37)
+
+
+def test_sorted_rows_torch_path_in_chunks(monkeypatch):
+    """Beyond SORT_IN_TRITON_MAX_NEGATIVES, torch.sort runs a chunk of rows at a time."""
+    monkeypatch.setattr(triton_gather, "SORT_IN_TRITON_MAX_NEGATIVES", 8)
+    monkeypatch.setattr(triton_gather, "SORT_CHUNK_ELEMENTS", 40)
+    negatives = torch.randint(0, 100, (7, 13), generator=torch.Generator().manual_seed(4))
+    expected = torch.sort(negatives.to(torch.int32), dim=1).values
+    assert torch.equal(triton_gather.sorted_rows(negatives), expected)
+    with pytest.raises(ValueError, match="method"):
+        triton_gather.sorted_rows(negatives, method="bubble")

@@ -52,8 +52,10 @@ _LOG_Q_NONE, _LOG_Q_CONSTANT, _LOG_Q_TENSOR = 0, 1, 2
 # study/memory_model.py charges the int32 copy and torch.sort's buffers (SORT_CHUNK_ELEMENTS at a time).
 SORT_MAX_DIM = 128
 SORT_CHUNK_ELEMENTS = 1 << 22
-# Up to this many negatives a row is sorted by one Triton program in registers (`sorted_rows`).
-SORT_IN_TRITON_MAX_NEGATIVES = 4096
+# Up to this many negatives a row is sorted by one Triton program in registers (`sorted_rows`); beyond,
+# torch.sort. H200 (results/h200-2026-11-26b/run6-sort-d8bc2d9): K=511 0.79 ms against torch.sort's
+# 1.91; K=2047 7.38 against 3.94; K=4096 10.9 against 3.93 (N*K of 2.6-10.5 * 10^7 indices).
+SORT_IN_TRITON_MAX_NEGATIVES = 512
 
 
 def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

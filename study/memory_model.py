@@ -78,7 +78,7 @@ TORCH_BINARY_BYTES_PER_LOGIT = 12
 # stay equal, without this module importing Triton).
 SORT_MAX_DIM = 128
 SORT_CHUNK_ELEMENTS = 1 << 22
-SORT_IN_TRITON_MAX_NEGATIVES = 4096  # up to this K a Triton program sorts a row in registers, no buffers
+SORT_IN_TRITON_MAX_NEGATIVES = 512  # up to this K a Triton program sorts a row in registers, no buffers
 # Live [N, d] temporaries the fused kernels' backward makes for the positive items' gradient.
 TRITON_BACKWARD_ROW_COPIES = 2
 # Float32 copies of one chunk of evaluation scores alive at once: scores, the clone masked for seen

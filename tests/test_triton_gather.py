@@ -153,7 +153,9 @@ def test_matches_float64_reference(scheme, num_rows, num_negatives, num_items, d
 def test_other_block_sizes_and_eviction_hint(scheme, block_k):
     hidden, items, targets, negatives, log_q = make_case(
         29, 21, 47, 48, torch.bfloat16, torch.float32, scheme=scheme, seed=21, log_q_kind="tensor")
-    config = GatherConfig(block_k=block_k, num_warps=1, num_stages=1, evict_gathered=True)
+    # Backward tiles of the same width, 3 rows per program (29 rows: ragged), unsorted tensor negatives.
+    config = GatherConfig(block_k=block_k, num_warps=1, num_stages=1, backward_block_k=block_k,
+                          backward_rows=3, backward_warps=1, sort_negatives=False, evict_gathered=True)
     check_against_reference(hidden, items, targets, negatives, log_q, scheme=scheme, seed=21,
                             reduction="sum", config=config)
 
@@ -312,8 +314,7 @@ def test_sorted_rows_sorts_each_row(method, dtype):
 
 
 def test_sorted_rows_torch_path_in_chunks(monkeypatch):
-    """Beyond SORT_IN_TRITON_MAX_NEGATIVES, torch.sort runs a chunk of rows at a time."""
-    monkeypatch.setattr(triton_gather, "SORT_IN_TRITON_MAX_NEGATIVES", 8)
+    """torch.sort (beyond SORT_IN_TRITON_MAX_NEGATIVES, or off CUDA) runs a chunk of rows at a time."""
     monkeypatch.setattr(triton_gather, "SORT_CHUNK_ELEMENTS", 40)
     negatives = torch.randint(0, 100, (7, 13), generator=torch.Generator().manual_seed(4))
     expected = torch.sort(negatives.to(torch.int32), dim=1).values

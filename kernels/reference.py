@@ -70,8 +70,9 @@ def reference_linear_cross_entropy(
 
 
 def positive_logits(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """h_i . E[p_i] for every row, float32 ([N]); targets must already be valid indices."""
-    return (hidden.float() * items[targets].float()).sum(dim=-1)
+    """h_i . E[p_i] for every row, float32 ([N]); targets must already be valid indices. The item rows are
+    rounded to hidden's dtype first, like the negatives' (and like the fused kernels do)."""
+    return (hidden.float() * _gather_rows(items, targets, hidden.dtype).float()).sum(dim=-1)
 
 
 def negative_logits(

@@ -292,3 +292,20 @@ def test_int32_negatives_are_kept_int32_and_give_the_same_loss(shape):
     expected = linear_cross_entropy(hidden, items, targets, negatives, log_q="uniform", impl="torch")
     got = linear_cross_entropy(hidden, items, targets, negatives.int(), log_q="uniform", impl="torch")
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_positive_logit_uses_item_rows_rounded_like_the_negatives():
+    """bf16 hidden with a float32 table (autocast): the positive's item row is rounded to bf16 as the
+    negatives' rows are, so a target that is also a negative scores the same row."""
+    from kernels.reference import positive_logits
+
+    generator = torch.Generator().manual_seed(8)
+    hidden = torch.randn(6, 24, generator=generator).to(torch.bfloat16)
+    items = torch.randn(40, 24, generator=generator) / 3  # float32 values that bf16 cannot hold exactly
+    targets = torch.randint(0, 40, (6,), generator=generator)
+    assert not torch.equal(items.to(torch.bfloat16).float(), items)
+    rounded = positive_logits(hidden, items.to(torch.bfloat16), targets)
+    assert torch.equal(positive_logits(hidden, items, targets), rounded)
+    items.requires_grad_(True)
+    positive_logits(hidden, items, targets).sum().backward()
+    assert items.grad is not None and items.grad.dtype == torch.float32

@@ -172,3 +172,18 @@ def test_infinite_timestamp_is_rejected(tmp_path: Path) -> None:
     path.write_text("user_id,item_id,timestamp\n1,2,100.5\n1,3,inf\n")
     with pytest.raises(DataError, match="not a finite number at line 3"):
         load_interactions(path)
+
+
+def test_csv_ids_are_text_so_leading_zeros_keep_ids_apart(tmp_path: Path) -> None:
+    (tmp_path / "codes.csv").write_text("user_id,item_id,timestamp\n1,007,1\n1,7,2\n2,007,3\n2,42,4\n")
+    frame = load_interactions(tmp_path / "codes.csv")
+    assert frame["item_id"].tolist() == ["007", "7", "007", "42"]
+    assert frame["user_id"].tolist() == [1, 1, 2, 2]
+    # Plain integer ids stay integers (and so sort as numbers).
+    (tmp_path / "numbers.csv").write_text("user_id,item_id,timestamp\n10,2,1\n10,10,2\n-3,2,3\n")
+    numbers = load_interactions(tmp_path / "numbers.csv")
+    assert numbers["item_id"].dtype == "int64" and numbers["item_id"].tolist() == [2, 10, 2]
+    assert numbers["user_id"].tolist() == [10, 10, -3]
+    # "7.0" is not a plain integer: the column stays text.
+    (tmp_path / "floats.csv").write_text("user_id,item_id,timestamp\n1,7.0,1\n1,7,2\n")
+    assert load_interactions(tmp_path / "floats.csv")["item_id"].tolist() == ["7.0", "7"]

@@ -28,7 +28,9 @@ def load_interactions(
     """Read a CSV / CSV.gz / Parquet interaction log.
 
     Returns the rows in file order with columns renamed to `user_id`, `item_id`, `timestamp`
-    (ids keep their original values and dtype; timestamps are int64 or float64).
+    (ids keep their original values and dtype; timestamps are int64 or float64). CSV ids are read as
+    text, so "007" and "7" stay two ids; a column whose every id is a plain integer ("7", "-3", not
+    "007" or "7.0") becomes int64.
     """
     path = Path(path)
     if not path.is_file():
@@ -53,13 +55,26 @@ def load_interactions(
         if is_parquet:
             frame = pd.read_parquet(path, columns=list(wanted))
         else:
-            frame = pd.read_csv(path, usecols=list(wanted))
+            frame = pd.read_csv(path, usecols=list(wanted), dtype={user_col: str, item_col: str})
+            for column in (user_col, item_col):
+                frame[column] = _integers_if_canonical(frame[column])
     except (OSError, ValueError) as error:
         raise DataError(f"{path}: cannot read ({error})") from error
     frame = frame.rename(columns=wanted)[list(CANONICAL_COLUMNS)]
     # CSV data starts on line 2 (line 1 is the header); Parquet has no lines, so report row numbers.
     return validate_interactions(frame, source=str(path), first_line=None if is_parquet else 2,
                                  column_names=(user_col, item_col, time_col))
+
+
+def _integers_if_canonical(ids: pd.Series) -> pd.Series:
+    """int64 ids when every (non-missing) text is a canonical integer, else the texts unchanged."""
+    present = ids.dropna()
+    if present.empty or not present.str.fullmatch(r"-?(0|[1-9][0-9]*)").all():
+        return ids
+    values = pd.to_numeric(ids, errors="coerce")
+    if values.isna().any() or values.abs().max() >= 2**63:
+        return ids
+    return values.astype(np.int64)
 
 
 def validate_interactions(

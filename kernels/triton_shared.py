@@ -141,6 +141,37 @@ def _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE: tl.constexpr):
 
 
 @triton.jit
+def _row_targets(targets_ptr, rows, row_mask, ignore_index):
+    """(kept, safe_targets) of a row block: kept rows, and int32 targets with 0 where not kept."""
+    targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
+    kept = row_mask & (targets != ignore_index)
+    return kept, tl.where(kept, targets, 0).to(tl.int32)
+
+
+@triton.jit
+def _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask):
+    """(log2(e) * lse, upstream gradient) of a row block; the gradient is 0 on padded and ignored rows."""
+    lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * 1.4426950408889634
+    return lse2, tl.load(row_grad_ptr + rows, mask=row_mask, other=0.0)
+
+
+@triton.jit
+def _softmax_grad(scores, idx, col_mask, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
+                  LOGQ_MODE: tl.constexpr, EVEN_K: tl.constexpr, MASK_HITS: tl.constexpr):
+    """dLoss/dscores of a [rows, negatives] tile, g_i * p_ik, in float32 (masked columns and hits: 0)."""
+    if LOGQ_MODE == 0:
+        shifted = scores * 1.4426950408889634 - lse2[:, None]
+    else:
+        corr2 = _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE)
+        shifted = scores * 1.4426950408889634 - corr2[None, :] - lse2[:, None]
+    if not EVEN_K:
+        shifted = tl.where(col_mask[None, :], shifted, float("-inf"))
+    if MASK_HITS:
+        shifted = tl.where(idx[None, :] == safe_targets[:, None], float("-inf"), shifted)
+    return tl.math.exp2(shifted) * row_grad[:, None]
+
+
+@triton.jit
 def _forward_kernel(
     hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, positive_ptr, loss_ptr,
     rows_per_group, num_negatives, dim,
@@ -158,9 +189,7 @@ def _forward_kernel(
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < dim
     h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
-    targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
-    kept = row_mask & (targets != ignore_index)
-    safe_targets = tl.where(kept, targets, 0).to(tl.int32)
+    kept, safe_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index)
     e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, dcols,
                        dmask).to(h.dtype)
     positive = tl.sum(h.to(tl.float32) * e_pos.to(tl.float32), axis=1)
@@ -216,11 +245,8 @@ def _grad_hidden_kernel(
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < dim
     h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
-    targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
-    kept = row_mask & (targets != ignore_index)
-    safe_targets = tl.where(kept, targets, 0).to(tl.int32)
-    lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * 1.4426950408889634
-    row_grad = tl.load(row_grad_ptr + rows, mask=row_mask, other=0.0)
+    _, safe_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index)
+    lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for k0 in range(0, num_negatives, BLOCK_N):
@@ -229,16 +255,8 @@ def _grad_hidden_kernel(
         idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
         e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
         scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
-        if LOGQ_MODE == 0:
-            shifted = scores * 1.4426950408889634 - lse2[:, None]
-        else:
-            corr2 = _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE)
-            shifted = scores * 1.4426950408889634 - corr2[None, :] - lse2[:, None]
-        if not EVEN_K:
-            shifted = tl.where(col_mask[None, :], shifted, float("-inf"))
-        if MASK_HITS:
-            shifted = tl.where(idx[None, :] == safe_targets[:, None], float("-inf"), shifted)
-        dscores = tl.math.exp2(shifted) * row_grad[:, None]
+        dscores = _softmax_grad(scores, idx, col_mask, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
+                                LOGQ_MODE, EVEN_K, MASK_HITS)
         acc += _dot(dscores.to(h.dtype), e, PRECISION, UPCAST)
     # The positive's share, outside the loop: (p_i0 - 1) g_i E[p_i], or -g_i E[p_i] for "full", whose
     # loop already scored the target column with its softmax weight.
@@ -282,10 +300,8 @@ def _grad_items_kernel(
         row_mask = local_rows < rows_per_group
         rows = group.to(tl.int64) * rows_per_group + local_rows
         h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
-        targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
-        safe_targets = tl.where(row_mask & (targets != ignore_index), targets, 0).to(tl.int32)
-        lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * 1.4426950408889634
-        row_grad = tl.load(row_grad_ptr + rows, mask=row_mask, other=0.0)  # 0 on padded and ignored rows
+        _, safe_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index)
+        lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
         scores_t = _dot(e, tl.trans(h), PRECISION, UPCAST)
         if LOGQ_MODE == 0:
             shifted_t = scores_t * 1.4426950408889634 - lse2[None, :]
@@ -331,11 +347,8 @@ def _fused_backward_kernel(
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < dim
     h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
-    targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
-    kept = row_mask & (targets != ignore_index)
-    safe_targets = tl.where(kept, targets, 0).to(tl.int32)
-    lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * 1.4426950408889634
-    row_grad = tl.load(row_grad_ptr + rows, mask=row_mask, other=0.0)
+    _, safe_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index)
+    lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
 
     num_tiles = tl.cdiv(num_negatives, BLOCK_N)
     first_tile = tl.program_id(0) % num_tiles
@@ -347,16 +360,8 @@ def _fused_backward_kernel(
         idx = tl.load(neg_ptr + cols, mask=col_mask, other=0).to(tl.int32)
         e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
         scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
-        if LOGQ_MODE == 0:
-            shifted = scores * 1.4426950408889634 - lse2[:, None]
-        else:
-            corr2 = _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE)
-            shifted = scores * 1.4426950408889634 - corr2[None, :] - lse2[:, None]
-        if not EVEN_K:
-            shifted = tl.where(col_mask[None, :], shifted, float("-inf"))
-        if MASK_HITS:
-            shifted = tl.where(idx[None, :] == safe_targets[:, None], float("-inf"), shifted)
-        dscores = (tl.math.exp2(shifted) * row_grad[:, None]).to(h.dtype)
+        dscores = _softmax_grad(scores, idx, col_mask, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
+                                LOGQ_MODE, EVEN_K, MASK_HITS).to(h.dtype)
         acc += _dot(dscores, e, PRECISION, UPCAST)
         tile_part = _dot(tl.trans(dscores), h, PRECISION, UPCAST)
         out = tile_grad_ptr + cols.to(tl.int64)[:, None] * dim + dcols[None, :]

@@ -135,10 +135,16 @@ def _draw_items(row_state, ks, num_items, num_negatives, slice_step):
 
 
 @triton.jit
+def _row_state(row, stream_key):
+    """The per-row hash state of the draw (kernels.draw: mix32(row ^ key))."""
+    return _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
+
+
+@triton.jit
 def _draw_kernel(out_ptr, stream_key, num_negatives, num_items, slice_step, BLOCK_K: tl.constexpr):
     """Writes the draws of one row; exists so tests can compare the Triton draw with the host twin."""
     row = tl.program_id(0)
-    row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
+    row_state = _row_state(row, stream_key)
     for k0 in range(0, num_negatives, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         items = _draw_items(row_state, ks, num_items, num_negatives, slice_step)
@@ -146,6 +152,22 @@ def _draw_kernel(out_ptr, stream_key, num_negatives, num_items, slice_step, BLOC
 
 
 # --- shared pieces of forward and backward -------------------------------------------------------
+
+@triton.jit
+def _row_target(targets_ptr, row, ignore_index):
+    """(target, kept): the row's target (0 where ignored) and whether the row counts."""
+    target = tl.load(targets_ptr + row).to(tl.int64)
+    kept = target != ignore_index
+    return tl.where(kept, target, 0), kept
+
+
+@triton.jit
+def _positive_row(items_ptr, target, kept, stride_item, d_offs, d_mask, hidden_row):
+    """The positive item's row in hidden's precision (as float32) and its logit h_i . E[p_i]."""
+    positive = tl.load(items_ptr + target * stride_item + d_offs, mask=d_mask & kept, other=0.0)
+    positive = positive.to(hidden_row.dtype).to(tl.float32)
+    return positive, tl.sum(positive * hidden_row.to(tl.float32), axis=0)
+
 
 @triton.jit
 def _negative_logits(
@@ -186,17 +208,13 @@ def _gather_forward_kernel(
     BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     row = tl.program_id(0)
-    target = tl.load(targets_ptr + row).to(tl.int64)
-    kept = target != ignore_index
-    target = tl.where(kept, target, 0)
+    target, kept = _row_target(targets_ptr, row, ignore_index)
     d_offs = tl.arange(0, BLOCK_D)
     d_mask = d_offs < dim
     hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
-    positive = tl.load(items_ptr + target * stride_item + d_offs, mask=d_mask & kept, other=0.0)
-    positive = positive.to(hidden_row.dtype).to(tl.float32)
-    positive_logit = tl.sum(positive * hidden_row.to(tl.float32), axis=0)
+    positive, positive_logit = _positive_row(items_ptr, target, kept, stride_item, d_offs, d_mask, hidden_row)
 
-    row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
+    row_state = _row_state(row, stream_key)
     running_max = positive_logit
     running_sum = positive_logit * 0.0 + 1.0
     for k0 in range(0, num_negatives, BLOCK_K):
@@ -239,14 +257,12 @@ def _gather_backward_kernel(
     for r in range(ROWS):
         row = tl.program_id(0) * ROWS + r
         if row < num_rows:
-            target = tl.load(targets_ptr + row).to(tl.int64)
-            kept = target != ignore_index
-            target = tl.where(kept, target, 0)
+            target, kept = _row_target(targets_ptr, row, ignore_index)
             grad_row = tl.where(kept, tl.load(grad_loss_ptr + row), 0.0)
             lse = tl.load(lse_ptr + row)
             hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
             hidden_f32 = hidden_row.to(tl.float32)
-            row_state = _mix32(row.to(tl.uint32) ^ tl.cast(stream_key, tl.uint32))
+            row_state = _row_state(row, stream_key)
             item_ids, rows, logits, k_mask = _negative_logits(
                 hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
                 row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
@@ -262,9 +278,9 @@ def _gather_backward_kernel(
             if chunk == 0:
                 # The positive's share, once per row: dH_i += g_i (p_i0 - 1) E[p_i], and
                 # dE[p_i] += g_i (p_i0 - 1) h_i (atomic: the positive may be any row's item too).
-                positive = tl.load(items_ptr + target * stride_item + d_offs, mask=d_mask & kept, other=0.0)
-                positive = positive.to(hidden_row.dtype).to(tl.float32)
-                positive_coef = grad_row * (tl.exp(tl.sum(positive * hidden_f32, axis=0) - lse) - 1.0)
+                positive, positive_logit = _positive_row(items_ptr, target, kept, stride_item, d_offs, d_mask,
+                                                         hidden_row)
+                positive_coef = grad_row * (tl.exp(positive_logit - lse) - 1.0)
                 grad_hidden += positive_coef * positive
                 if COMPUTE_GRAD_ITEMS:
                     tl.atomic_add(grad_items_ptr + target * dim + d_offs, positive_coef * hidden_f32,

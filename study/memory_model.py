@@ -444,21 +444,25 @@ def largest_step_buffer_bytes(shape: TrialShape) -> int:
     n, d, k = shape.rows, shape.hidden, shape.negatives
     candidates = [n * d * FLOAT32, shape.num_items * d * FLOAT32, negative_index_bytes(shape)]
     if shape.impl == "torch":
-        candidates.append(n * k * FLOAT32)
-        if shape.scope in ("position", "drawn"):
-            # The per-position gather, in the table's dtype ([N, K, d] float32 in autocast training).
-            candidates.append(n * k * d * max(shape.item_bytes, shape.activation_bytes))
+        candidates += [n * k * FLOAT32, torch_position_gather_bytes(shape)]
     elif shape.scope == "position":
         candidates.append(sorted_negatives_bytes(shape))
     return max(candidates)
 
 
+def torch_position_gather_bytes(shape: TrialShape) -> int:
+    """The PyTorch per-position losses' [N, K, d] gather in the table's dtype (float32 in autocast
+    training); 0 for other losses."""
+    if shape.impl != "torch" or shape.scope not in ("position", "drawn"):
+        return 0
+    return shape.rows * shape.negatives * shape.hidden * max(shape.item_bytes, shape.activation_bytes)
+
+
 def allocator_overhead_bytes(shape: TrialShape) -> int:
-    """Peak reserved minus peak allocated memory (see ALLOCATOR_REREQUEST_FACTOR)."""
-    rerequested = round(ALLOCATOR_REREQUEST_FACTOR * largest_step_buffer_bytes(shape))
-    if shape.impl == "torch" and shape.scope in ("position", "drawn"):
-        gather = shape.rows * shape.negatives * shape.hidden * max(shape.item_bytes, shape.activation_bytes)
-        rerequested = max(rerequested, round(TORCH_GATHER_REREQUEST_FACTOR * gather))
+    """Peak reserved minus peak allocated memory (see ALLOCATOR_REREQUEST_FACTOR and
+    TORCH_GATHER_REREQUEST_FACTOR)."""
+    rerequested = max(round(ALLOCATOR_REREQUEST_FACTOR * largest_step_buffer_bytes(shape)),
+                      round(TORCH_GATHER_REREQUEST_FACTOR * torch_position_gather_bytes(shape)))
     return max(rerequested, ALLOCATOR_MIN_EXCESS)
 
 

@@ -87,6 +87,29 @@ def run_fused(hidden, items, targets, negatives, scheme, length, configs=None):
                                        ignore_index=IGNORE, reduction="mean", configs=configs)
 
 
+def check_case(scheme, dim, dtype, items_dtype, *, num_rows, num_items, k, label, configs=None) -> dict:
+    """One case of the fused loss against float64 (sequences of 100 rows): relative L2 errors, printed."""
+    length = 100
+    hidden, items, targets, negatives = make_inputs(
+        scheme, num_rows=num_rows, num_items=num_items, k=k, dim=dim, length=length, dtype=dtype,
+        items_dtype=items_dtype, seed=dim)
+    h = hidden.clone().requires_grad_(True)
+    e = items.clone().requires_grad_(True)
+    loss = run_fused(h, e, targets, negatives, scheme, length, configs)
+    loss.backward()
+    h64 = hidden.double().requires_grad_(True)
+    e64 = items.double().requires_grad_(True)
+    ref = reference64(h64, e64, targets, negatives, scheme, length)
+    ref.backward()
+    errors = (rel(loss, ref), rel(h.grad, h64.grad), rel(e.grad, e64.grad))
+    finite = bool(torch.isfinite(h.grad).all() and torch.isfinite(e.grad).all())
+    name = f"{label} d={dim} {str(dtype)[6:]}/{str(items_dtype)[6:]}"
+    limit = 1e-4 if dtype == torch.float32 else 2e-2
+    status = "ok" if finite and max(errors) < limit else "FAIL"
+    print(f"{name:42s} loss {errors[0]:.1e} dH {errors[1]:.1e} dE {errors[2]:.1e} {status}", flush=True)
+    return dict(case=name, loss=errors[0], grad_hidden=errors[1], grad_items=errors[2], finite=finite)
+
+
 def check(out_dir: str) -> None:
     print("== correctness vs float64 (relative L2 error) ==")
     rows = []
@@ -99,26 +122,8 @@ def check(out_dir: str) -> None:
                     continue
                 cases.append((dim, scheme, dtype, items_dtype))
     for dim, scheme, dtype, items_dtype in cases:
-        length = 100
-        hidden, items, targets, negatives = make_inputs(
-            scheme, num_rows=40 * length, num_items=30_011, k=1_999, dim=dim, length=length, dtype=dtype,
-            items_dtype=items_dtype, seed=dim)
-        h = hidden.clone().requires_grad_(True)
-        e = items.clone().requires_grad_(True)
-        loss = run_fused(h, e, targets, negatives, scheme, length)
-        loss.backward()
-        h64 = hidden.double().requires_grad_(True)
-        e64 = items.double().requires_grad_(True)
-        ref = reference64(h64, e64, targets, negatives, scheme, length)
-        ref.backward()
-        errors = (rel(loss, ref), rel(h.grad, h64.grad), rel(e.grad, e64.grad))
-        finite = bool(torch.isfinite(h.grad).all() and torch.isfinite(e.grad).all())
-        name = f"{scheme} d={dim} {str(dtype)[6:]}/{str(items_dtype)[6:]}"
-        rows.append(dict(case=name, loss=errors[0], grad_hidden=errors[1], grad_items=errors[2],
-                         finite=finite))
-        limit = 1e-4 if dtype == torch.float32 else 2e-2
-        status = "ok" if finite and max(errors) < limit else "FAIL"
-        print(f"{name:42s} loss {errors[0]:.1e} dH {errors[1]:.1e} dE {errors[2]:.1e} {status}", flush=True)
+        rows.append(check_case(scheme, dim, dtype, items_dtype, num_rows=4000, num_items=30_011, k=1_999,
+                               label=scheme))
     RESULTS["check"] = rows
     save(out_dir)
 
@@ -336,28 +341,12 @@ def check_fused(out_dir: str) -> None:
     for dim in (64, 256):
         for dtype, items_dtype in ((torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
                                    (torch.float32, torch.float32)):
-            rows_, items_, k_ = FUSED_SIZES["check"]
-            hidden, items, targets, negatives = make_inputs(
-                "shared", num_rows=rows_, num_items=items_, k=k_, dim=dim, length=100, dtype=dtype,
-                items_dtype=items_dtype, seed=dim)
-            base = default_configs(torch.device("cuda"), dim)
             bm, bn, w, st = FUSED_CANDIDATES[dim][0]
-            configs = dataclasses.replace(base, fused_backward=BlockConfig(bm, bn, w, st))
-            h = hidden.clone().requires_grad_(True)
-            e = items.clone().requires_grad_(True)
-            loss = run_fused(h, e, targets, negatives, "shared", 100, configs)
-            loss.backward()
-            h64 = hidden.double().requires_grad_(True)
-            e64 = items.double().requires_grad_(True)
-            ref = reference64(h64, e64, targets, negatives, "shared", 100)
-            ref.backward()
-            errors = (rel(loss, ref), rel(h.grad, h64.grad), rel(e.grad, e64.grad))
-            limit = 1e-4 if dtype == torch.float32 else 2e-2
-            status = "ok" if max(errors) < limit else "FAIL"
-            name = f"fused d={dim} {str(dtype)[6:]}/{str(items_dtype)[6:]}"
-            rows.append(dict(case=name, loss=errors[0], grad_hidden=errors[1], grad_items=errors[2]))
-            print(f"{name:42s} loss {errors[0]:.1e} dH {errors[1]:.1e} dE {errors[2]:.1e} {status}",
-                  flush=True)
+            configs = dataclasses.replace(default_configs(torch.device("cuda"), dim),
+                                          fused_backward=BlockConfig(bm, bn, w, st))
+            num_rows, num_items, k = FUSED_SIZES["check"]
+            rows.append(check_case("shared", dim, dtype, items_dtype, num_rows=num_rows, num_items=num_items,
+                                   k=k, label="fused", configs=configs))
     RESULTS["check_fused"] = rows
     save(out_dir)
 

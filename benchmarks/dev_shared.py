@@ -317,8 +317,10 @@ def fused_section(out_dir: str) -> None:
             h = hidden.requires_grad_(True)
             e = items.requires_grad_(True)
             variants = [("split", dataclasses.replace(base, fused_backward=None))]
+            # fused_max_negatives: time the fused kernel at every K, not only where the default uses it.
             variants += [(f"fused {bm}x{bn} w{w} s{st}", dataclasses.replace(
-                base, fused_backward=BlockConfig(bm, bn, w, st))) for bm, bn, w, st in FUSED_CANDIDATES[dim]]
+                base, fused_backward=BlockConfig(bm, bn, w, st), fused_max_negatives=k))
+                for bm, bn, w, st in FUSED_CANDIDATES[dim]]
             for name, configs in variants:
                 try:
                     ms, peak = time_step(functools.partial(run_fused, h, e, targets, negatives, "shared", 200,

@@ -51,11 +51,12 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     epochs: int = 100
-    patience: int = 10
+    patience: int = 10  # stop once this many epochs passed since the best validation NDCG@10
     time_limit_s: float | None = None
     max_steps_per_epoch: int | None = None
     # evaluation
     eval_batch_size: int = 512
+    eval_every: int = 1  # validate every this many epochs (and always at the last epoch trained)
     exclude_seen: bool = True
     # runtime
     device: DeviceName = "auto"
@@ -71,7 +72,7 @@ class TrainConfig:
             if allowed is not None and value not in allowed:
                 raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(map(str, allowed))}")
         positive = ("num_negatives", "max_len", "hidden", "blocks", "heads", "batch_size", "epochs",
-                    "patience", "eval_batch_size")
+                    "patience", "eval_batch_size", "eval_every")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -71,6 +71,8 @@ _MEMORY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("gpu_total", "INTEGER"),
     ("budget_bytes", "INTEGER"),
     ("predicted_peak_bytes", "INTEGER"),
+    ("gpu_uuid", "TEXT"),
+    ("gpu_index", "INTEGER"),
 )
 _RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("best_epoch", "INTEGER"),
@@ -87,6 +89,10 @@ _RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("started_at", "TEXT"),
     ("finished_at", "TEXT"),
     ("record_json", "TEXT"),  # the whole TrialRecord, for an exact round trip
+    ("stop_reason", "TEXT"),
+    ("host", "TEXT"),
+    ("dataset_source", "TEXT"),
+    ("dataset_sha256", "TEXT"),
 )
 
 TRIAL_COLUMNS: dict[str, str] = {
@@ -157,6 +163,8 @@ def trial_row(trial_id: str, sweep: str, record: TrialRecord) -> dict[str, Any]:
         gpu_total=memory.gpu_total,
         budget_bytes=memory.budget_bytes,
         predicted_peak_bytes=record.predicted_peak_bytes,
+        gpu_uuid=memory.gpu_uuid,
+        gpu_index=memory.gpu_index,
         best_epoch=record.best_epoch,
         epochs_run=len(record.epochs),
         mean_epoch_seconds=record.mean_epoch_seconds,
@@ -171,6 +179,10 @@ def trial_row(trial_id: str, sweep: str, record: TrialRecord) -> dict[str, Any]:
         started_at=record.started_at,
         finished_at=record.finished_at,
         record_json=json.dumps(record.to_dict(), sort_keys=True, allow_nan=True),
+        stop_reason=record.stop_reason,
+        host=record.host,
+        dataset_source=record.dataset_source,
+        dataset_sha256=record.dataset_sha256,
     )
     if record.device is not None:
         row["device"] = record.device  # what actually ran ("cuda:0"), rather than the requested "auto"
@@ -332,7 +344,25 @@ def load_trials(path: str | os.PathLike[str], *, sweep: str | None = None) -> pd
     """
     frame = _read_table(path, "trials", sweep, "trial_id")
     frame = _with_steady_epoch_seconds(frame, path, sweep)
+    frame = _with_dataset_identity(frame)
     return _with_bools(frame, _BOOL_CONFIG_COLUMNS)
+
+
+def _with_dataset_identity(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep rows of different copies of a dataset apart: where one `dataset` name was read with
+    different contents (`dataset_sha256`), those rows' `dataset` becomes "<name>@<first 8 hex digits>".
+    The name as configured stays in `dataset_name`. Rows without a hash (failed before loading, or
+    recorded before the column existed) keep the plain name."""
+    if "dataset" not in frame.columns:
+        return frame
+    frame.insert(list(frame.columns).index("dataset") + 1, "dataset_name", frame["dataset"])
+    if "dataset_sha256" not in frame.columns:
+        return frame
+    hashes = frame["dataset_sha256"]
+    copies = hashes.groupby(frame["dataset"]).nunique()
+    ambiguous = frame["dataset"].isin(copies.index[copies > 1]) & hashes.notna()
+    frame.loc[ambiguous, "dataset"] = frame.loc[ambiguous, "dataset"] + "@" + hashes[ambiguous].str[:8]
+    return frame
 
 
 def _with_steady_epoch_seconds(

@@ -292,6 +292,25 @@ class NvmlProcessMemory:
     def available(self) -> bool:
         return self._handle is not None
 
+    def uuid(self) -> str | None:
+        """The card's UUID as NVML reports it (GPU-... or MIG-...)."""
+        if self._pynvml is None or self._handle is None:
+            return None
+        try:
+            value = self._pynvml.nvmlDeviceGetUUID(self._handle)
+        except Exception:
+            return None
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def host_index(self) -> int | None:
+        """The card's index on its host as NVML numbers it (ignores CUDA_VISIBLE_DEVICES)."""
+        if self._pynvml is None or self._handle is None:
+            return None
+        try:
+            return int(self._pynvml.nvmlDeviceGetIndex(self._handle))
+        except Exception:
+            return None
+
     def read(self) -> int | None:
         if self._pynvml is None or self._handle is None:
             return None
@@ -309,6 +328,12 @@ class NvmlProcessMemory:
                 self._pynvml.nvmlShutdown()
         self._initialised = False
         self._handle = None
+
+
+def cuda_device_uuid(cuda_index: int) -> str:
+    """The card's UUID as NVML and nvidia-smi print it ("GPU-..."), from torch's device properties."""
+    uuid = str(torch.cuda.get_device_properties(cuda_index).uuid)
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
 
 def _measured_memory_outside_torch(cuda_index: int) -> int | None:
@@ -438,12 +463,15 @@ class MemoryProbe:
             properties = torch.cuda.get_device_properties(self._cuda_index)
             self._report.gpu_name = str(properties.name)
             self._report.gpu_total = int(properties.total_memory)
+            self._report.gpu_uuid = cuda_device_uuid(self._cuda_index)
             torch.cuda.reset_peak_memory_stats(self._cuda_index)
         except Exception as exc:
             self.errors["torch"] = f"{type(exc).__name__}: {exc}"
             self._cuda_index = None
             return
         self._nvml = NvmlProcessMemory(self._cuda_index)
+        self._report.gpu_index = self._nvml.host_index()
+        self._report.gpu_uuid = self._nvml.uuid() or self._report.gpu_uuid
         if self._nvml.available:
             readers["nvml"] = self._nvml.read
         elif self._nvml.error:
@@ -504,6 +532,7 @@ __all__ = [
     "allocator_limit_bytes",
     "apply_budget",
     "classify_out_of_memory",
+    "cuda_device_uuid",
     "format_bytes",
     "is_out_of_memory",
     "out_of_memory_facts",

@@ -9,6 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 TrialStatus = Literal["ok", "oom", "over_budget", "predicted_over_budget", "failed"]
+# Why training stopped: validation NDCG@10 stopped improving for `patience` epochs, the trial's
+# `time_limit_s` cut it, or every one of `epochs` ran.
+StopReason = Literal["early_stopping", "time_limit", "max_epochs"]
 TRIAL_STATUSES: tuple[str, ...] = ("ok", "oom", "over_budget", "predicted_over_budget", "failed")
 
 
@@ -23,6 +26,10 @@ class MemoryReport:
     gpu_name: str | None = None
     gpu_total: int | None = None
     budget_bytes: int | None = None
+    # Which physical card: its UUID and its host-level (NVML) index. Every Ray worker sees its card as
+    # cuda:0, so `TrialRecord.device` cannot tell trials on different cards apart; these can.
+    gpu_uuid: str | None = None
+    gpu_index: int | None = None
 
     @property
     def peak_bytes(self) -> int | None:
@@ -86,6 +93,14 @@ class TrialRecord:
     git_commit: str | None = None
     started_at: str | None = None  # ISO 8601, UTC
     finished_at: str | None = None
+    stop_reason: StopReason | None = None  # None: training did not finish (statuses other than ok)
+    host: str | None = None  # the machine that ran the trial (socket.gethostname())
+    # What was read: the file (or synthetic spec) behind `config["dataset"]` and the SHA-256 of its bytes
+    # (of the canonical spec for synthetic logs), so that rows from different copies of a dataset that
+    # share a name are never mixed in analysis. With num_users / num_items / num_interactions (after
+    # preprocessing) this is the dataset's identity.
+    dataset_source: str | None = None
+    dataset_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -46,6 +46,7 @@ TRIAL_ID_KEY = "cce_trial_id"
 QUALITY_KEY = "objective_val_ndcg_10"
 MEMORY_KEY = "objective_peak_gib"
 CONSTRAINT_KEY = "memory_over_budget_gib"
+DEFERRED_KEY = "deferred_past_stop_after"
 GIB = 2**30
 # Environment the driver passes to Ray workers (made absolute: workers do not share the driver's cwd).
 PASS_THROUGH_PATH_VARIABLES = ("CCE_STUDY_DATA_PATH", "CCE_STUDY_CACHE")
@@ -75,6 +76,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="finish a sweep whose database already holds some of its trials")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the trials with their predicted memory and exit")
+    parser.add_argument("--stop-after", type=parse_duration, default=None, metavar="DURATION",
+                        help="start no trial after this long (e.g. 3600, 45m, 2h); trials already running "
+                             "finish, the rest are left for --resume (for time-limited jobs)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,8 +99,9 @@ def run(args: argparse.Namespace) -> int:
                 f"{db_path} already holds {len(done)} trial(s) of sweep {spec.name!r}: pass --resume to "
                 f"finish that sweep, or --db to write a new database"
             )
+        deadline = None if args.stop_after is None else time.time() + args.stop_after
         try:
-            execute_sweep(spec, plan, db, card_bytes=card_bytes, address=args.address)
+            execute_sweep(spec, plan, db, card_bytes=card_bytes, address=args.address, deadline=deadline)
         except KeyboardInterrupt:
             counts = db.status_counts(spec.name)
             print(f"[{spec.name}] interrupted: {sum(counts.values())} trial(s) recorded in {db_path}; "
@@ -104,6 +109,21 @@ def run(args: argparse.Namespace) -> int:
             raise
         print_summary(spec, db, db_path, budget_bytes, plan, file=sys.stdout)
     return 0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "90", "90s", "45m" or "2h" (argparse type: a bad value is one line, exit 2)."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    value = text.strip().lower()
+    scale = units.get(value[-1:])
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 3600, 45m, 2h)") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite duration")
+    return seconds
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -117,6 +137,8 @@ class PlannedTrial:
     budget_bytes: int | None = None
     predicted_peak_bytes: int | None = None
     num_items: int | None = None
+    dataset_source: str | None = None  # what the driver read for this trial's dataset (file or spec)
+    dataset_sha256: str | None = None
 
     @property
     def over_budget(self) -> bool:
@@ -171,7 +193,9 @@ def plan_trials(spec: SweepSpec, card_bytes: int | None) -> list[PlannedTrial]:
     for config in spec.grid():
         predicted, num_items = predictor.predict(config)
         budget = budget_of(config.memory_budget, card_bytes, spec.name)
-        plan.append(PlannedTrial(trial_id(spec.name, config), config, budget, predicted, num_items))
+        source, sha256 = predictor.identity.get((config.dataset, config.kcore), (None, None))
+        plan.append(PlannedTrial(trial_id(spec.name, config), config, budget, predicted, num_items,
+                                 dataset_source=source, dataset_sha256=sha256))
     return plan
 
 
@@ -179,6 +203,7 @@ class _MemoryPredictor:
     def __init__(self, sweep_name: str) -> None:
         self.sweep_name = sweep_name
         self.num_items: dict[tuple[str, int], int] = {}
+        self.identity: dict[tuple[str, int], tuple[str, str]] = {}  # (source, sha256) of what was read
         try:
             from study.memory_model import predict_peak_bytes
         except ImportError:
@@ -188,14 +213,16 @@ class _MemoryPredictor:
             self.predict_peak_bytes = predict_peak_bytes
 
     def predict(self, config: TrainConfig) -> tuple[int | None, int | None]:
-        if self.predict_peak_bytes is None:
-            return None, None
         key = (config.dataset, config.kcore)
         if key not in self.num_items:
-            from study.data import load_dataset
+            from study.data import check_split, load_dataset
 
             data = load_dataset(config.dataset, kcore=config.kcore, progress=False)
+            check_split(data, config.split)  # e.g. a temporal split of positional time stamps
             self.num_items[key] = int(data.num_items)
+            self.identity[key] = (data.source, data.sha256)
+        if self.predict_peak_bytes is None:
+            return None, None
         num_items = self.num_items[key]
         return int(self.predict_peak_bytes(config, num_items).total_bytes), num_items
 
@@ -263,6 +290,8 @@ class TrialSettings:
     base_settings: dict[str, Any] | None = None
     num_items: dict[tuple[str, int], int] = field(default_factory=dict)
     skip_predicted_over_budget: bool = True
+    # --stop-after: a trial whose worker starts after this time.time() runs nothing and leaves no row
+    start_deadline: float | None = None
 
     def budget_bytes(self, config_values: dict[str, Any]) -> int | None:
         budget = config_values.get("memory_budget")
@@ -404,6 +433,9 @@ def sweep_trainable(tune_config: dict[str, Any], settings: TrialSettings) -> Non
     from ray import tune
 
     trial, config_values = trial_point(tune_config, settings)
+    if settings.start_deadline is not None and time.time() > settings.start_deadline:
+        tune.report({TRIAL_ID_KEY: trial, DEFERRED_KEY: True})  # no row: --resume runs it
+        return
 
     def report_epoch(epoch: EpochRecord) -> None:
         tune.report(epoch_result(trial, epoch))
@@ -425,6 +457,16 @@ class Progress:
     statuses: Counter[str] = field(default_factory=Counter)
     running_trials: set[str] = field(default_factory=set)  # Tune's ids of trials started, not recorded
     started: float = field(default_factory=time.monotonic)
+    # --stop-after: Tune's ids of trials that started past the deadline and will leave no row
+    deferred_trials: set[str] = field(default_factory=set)
+    deadline: float | None = None  # time.time() after which no trial starts
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.time() > self.deadline
+
+    def drained(self) -> bool:
+        """Past the deadline with every trial that still runs one that will leave no row."""
+        return self.past_deadline() and self.running_trials <= self.deferred_trials
 
     @property
     def running(self) -> int:
@@ -440,29 +482,35 @@ class Progress:
 
 
 def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, *,
-              card_bytes: int | None, address: str | None) -> None:
-    """Record predicted-over-budget trials, then run the rest with Ray Tune (skipping recorded ones)."""
+                  card_bytes: int | None, address: str | None, deadline: float | None = None) -> None:
+    """Record predicted-over-budget trials, then run the rest with Ray Tune (skipping recorded ones).
+    With a `deadline` (time.time()), trials not started by then are left unrecorded for --resume."""
     done = db.trial_ids(spec.name)
     skip = spec.run.skip_predicted_over_budget
     if spec.search.kind == "grid":
         for trial in plan:
+            record = None
             if trial.trial_id not in done and trial.invalid_reason is not None:
-                db.record_trial(trial.trial_id, spec.name, TrialRecord(
+                record = TrialRecord(
                     status="failed", config=trial.config.to_dict(), error=trial.invalid_reason,
                     num_items=trial.num_items, predicted_peak_bytes=trial.predicted_peak_bytes,
-                    memory=MemoryReport(budget_bytes=trial.budget_bytes), finished_at=_utc_now()))
+                    memory=MemoryReport(budget_bytes=trial.budget_bytes), finished_at=_utc_now())
             elif trial.trial_id not in done and skip and trial.over_budget:
                 assert trial.predicted_peak_bytes is not None and trial.budget_bytes is not None
-                db.record_trial(trial.trial_id, spec.name, predicted_over_budget_record(
-                    trial.config, trial.predicted_peak_bytes, trial.budget_bytes, trial.num_items))
+                record = predicted_over_budget_record(
+                    trial.config, trial.predicted_peak_bytes, trial.budget_bytes, trial.num_items)
+            if record is not None:
+                record.dataset_source, record.dataset_sha256 = trial.dataset_source, trial.dataset_sha256
+                db.record_trial(trial.trial_id, spec.name, record)
         done = db.trial_ids(spec.name)
         to_run = [t for t in plan if t.trial_id not in done]
-        progress = Progress(spec.name, total=len(plan), statuses=Counter(db.status_counts(spec.name)))
+        progress = Progress(spec.name, total=len(plan), statuses=Counter(db.status_counts(spec.name)),
+                            deadline=deadline)
         if not to_run:
             return
         progress.line(f"{len(to_run)} trial(s) to run, {len(done)} already recorded")
         settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
-                                 skip_predicted_over_budget=skip)
+                                 skip_predicted_over_budget=skip, start_deadline=deadline)
         param_space = {"point": _grid_search([{"trial_id": t.trial_id, "config": t.config.to_dict()}
                                               for t in to_run])}
         with ray_session(address):
@@ -471,14 +519,14 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
 
     num_samples = (spec.search.num_samples or 0) - len(done)
     progress = Progress(spec.name, total=spec.search.num_samples or 0,
-                        statuses=Counter(db.status_counts(spec.name)))
+                        statuses=Counter(db.status_counts(spec.name)), deadline=deadline)
     if num_samples <= 0:
         return
     progress.line(f"{num_samples} sample(s) to run, {len(done)} already recorded")
     num_items = {(t.config.dataset, t.config.kcore): t.num_items for t in plan if t.num_items is not None}
     settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
                              base_settings=spec.base_settings(spec.datasets[0]), num_items=num_items,
-                             skip_predicted_over_budget=skip)
+                             skip_predicted_over_budget=skip, start_deadline=deadline)
     with ray_session(address):
         from ray import tune
 
@@ -517,7 +565,7 @@ def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings, 
                 trial_name_creator=_trial_dirname, trial_dirname_creator=_trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=storage, verbose=0,
+                name=spec.name, storage_path=storage, verbose=0, stop=make_deadline_stopper(progress),
                 callbacks=[make_recording_callback(db, settings, progress)],
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             ),
@@ -539,6 +587,31 @@ def _check_cluster_resources(spec: SweepSpec) -> None:
                          f"cluster has {available.get('CPU', 0):g}")
 
 
+def make_deadline_stopper(progress: Progress) -> Any:
+    """Ends the Tune run once --stop-after has passed and only trials that will leave no row remain
+    (without a deadline it never stops anything)."""
+    from ray import tune
+
+    class DeadlineStopper(tune.Stopper):  # type: ignore[misc]
+        def __init__(self, progress: Progress) -> None:
+            self.progress = progress
+            self.announced = False
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            if not self.progress.drained():
+                return False
+            if not self.announced:
+                self.announced = True
+                self.progress.line("--stop-after reached and running trials finished: the trials not "
+                                   "started are left for --resume")
+            return True
+
+    return DeadlineStopper(progress)
+
+
 def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Progress) -> Any:
     """A Tune callback that writes every trial's row (built here: Ray is imported lazily)."""
     from ray import tune
@@ -557,9 +630,14 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
 
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self.progress.running_trials.add(trial.trial_id)
+            if self.progress.past_deadline():
+                self.progress.deferred_trials.add(trial.trial_id)  # its worker will run nothing
 
         def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
                             **info: Any) -> None:
+            if result.get(DEFERRED_KEY):
+                self.progress.deferred_trials.add(trial.trial_id)
+                return
             if RECORD_KEY not in result:
                 if "epoch" in result:
                     ndcg = result.get(metric_column(QUALITY_METRIC), float("nan"))
@@ -581,7 +659,7 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
 
         def finish(self, trial: Any, error: str) -> None:
             self.progress.running_trials.discard(trial.trial_id)
-            if trial.trial_id in self.recorded:
+            if trial.trial_id in self.recorded or trial.trial_id in self.progress.deferred_trials:
                 return
             trial_key, values = trial_point(trial.config, self.settings)
             budget = MemoryReport(budget_bytes=self.settings.budget_bytes(values))
@@ -651,6 +729,9 @@ def make_optuna_search(spec: SweepSpec, recorded: Any) -> Any:
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                               error: bool = False) -> None:
             ot_trial = self._ot_trials.get(trial_id)
+            if result and result.get(DEFERRED_KEY):
+                super().on_trial_complete(trial_id, None, error=True)  # not run: no values for Optuna
+                return
             if ot_trial is not None and result and CONSTRAINT_KEY in result:
                 ot_trial.set_constraint(CONSTRAINT_KEY, float(result[CONSTRAINT_KEY]))
             super().on_trial_complete(trial_id, result, error)

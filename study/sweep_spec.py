@@ -145,9 +145,19 @@ class SweepSpec:
         return trial_id(self.name, config)
 
 
+# TrainConfig fields added after databases existed, with the default that reproduces the behaviour before
+# them. A field at that default is left out of the trial id's hash, so trials recorded before the field
+# came keep their ids and `--resume` of an old sweep still skips them.
+FIELDS_ADDED_LATER: dict[str, Any] = {"eval_every": 1}
+
+
 def trial_id(sweep_name: str, config: TrainConfig) -> str:
     """Stable id of a trial: the sweep name plus a hash of the full configuration (seed included)."""
-    canonical = json.dumps({"sweep": sweep_name, "config": config.to_dict()}, sort_keys=True)
+    values = config.to_dict()
+    for name, default in FIELDS_ADDED_LATER.items():
+        if values.get(name) == default:
+            del values[name]
+    canonical = json.dumps({"sweep": sweep_name, "config": values}, sort_keys=True)
     return f"{sweep_name}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
 
 

@@ -15,6 +15,7 @@ import itertools
 import math
 import platform
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -58,7 +59,7 @@ def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | 
     """Run one trial; `on_epoch` is called after every epoch with its record (e.g. to report to Ray)."""
     started = time.perf_counter()
     record = TrialRecord(status="ok", config=config.to_dict(), started_at=_utc_now(),
-                         versions=collect_versions(), git_commit=git_commit())
+                         versions=collect_versions(), git_commit=git_commit(), host=socket.gethostname())
     check_loss_settings(config)
     device = resolve_device(config.device)
     record.device = _device_label(device)
@@ -70,6 +71,7 @@ def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | 
     data = load_dataset(config.dataset, kcore=config.kcore, progress=config.progress)
     split = make_split(data, config.split, seed=config.seed)
     record.num_users, record.num_items, record.num_interactions = data.num_users, data.num_items, len(data)
+    record.dataset_source, record.dataset_sha256 = data.source or None, data.sha256 or None
     if config.loss != "ce" and config.num_negatives > split.num_items:
         raise ConfigError(
             f"num_negatives: {config.num_negatives} exceeds the catalogue of {split.num_items} items"
@@ -88,12 +90,12 @@ def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | 
         try:
             _train_and_evaluate(context, split, record, on_epoch)
         except NonFiniteLoss as exc:
-            record.status, record.error = "failed", str(exc)
+            record.status, record.error, record.stop_reason = "failed", str(exc), None
         except Exception as exc:
             if not memory.is_out_of_memory(exc):
                 raise
             record.status = memory.classify_out_of_memory(exc, budget_bytes)
-            record.error = f"{type(exc).__name__}: {exc}"
+            record.error, record.stop_reason = f"{type(exc).__name__}: {exc}", None
         finally:
             _synchronize(device)
     record.memory = probe.report()
@@ -131,10 +133,9 @@ def _train_and_evaluate(
     loss_function = build_loss(config, model, split.item_counts, device)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
 
-    best_score, best_state, stale_epochs, global_step = -math.inf, None, 0, 0
+    best_score, best_state, global_step = -math.inf, None, 0
+    record.stop_reason = "max_epochs"
     for epoch in range(1, config.epochs + 1):
-        if epoch > 1 and _out_of_time(context):
-            break
         epoch_start = time.perf_counter()
         batch_iterator = batches.iterate(config.batch_size, shuffle=True, generator=shuffle_generator,
                                          device=device)
@@ -148,9 +149,16 @@ def _train_and_evaluate(
         _synchronize(device)
         epoch_seconds = time.perf_counter() - epoch_start
 
-        eval_start = time.perf_counter()
-        val_metrics = model_metrics(split.validation)
-        eval_seconds = time.perf_counter() - eval_start
+        out_of_time = out_of_time or _out_of_time(context)
+
+        # Validation every `eval_every` epochs, and always at the last epoch training will run.
+        evaluate = epoch % config.eval_every == 0 or out_of_time or epoch == config.epochs
+        val_metrics: dict[str, float] = {}
+        eval_seconds = 0.0
+        if evaluate:
+            eval_start = time.perf_counter()
+            val_metrics = model_metrics(split.validation)
+            eval_seconds = time.perf_counter() - eval_start
         throughput = sequences / epoch_seconds if epoch_seconds > 0 else 0.0
         epoch_record = EpochRecord(epoch=epoch, train_loss=train_loss, val_metrics=val_metrics,
                                    epoch_seconds=epoch_seconds, eval_seconds=eval_seconds,
@@ -159,14 +167,17 @@ def _train_and_evaluate(
         if on_epoch is not None:
             on_epoch(epoch_record)
 
-        if val_metrics[EARLY_STOPPING_METRIC] > best_score:
-            best_score, stale_epochs = val_metrics[EARLY_STOPPING_METRIC], 0
+        if evaluate and val_metrics[EARLY_STOPPING_METRIC] > best_score:
+            best_score = val_metrics[EARLY_STOPPING_METRIC]
             best_state = {name: value.detach().to("cpu", copy=True)
                           for name, value in model.state_dict().items()}
             record.best_epoch, record.val_metrics = epoch, val_metrics
-        else:
-            stale_epochs += 1
-        if out_of_time or stale_epochs >= config.patience:
+        if out_of_time:
+            record.stop_reason = "time_limit"
+            break
+        # Patience counts epochs since the best one, so it means the same whatever `eval_every` is.
+        if evaluate and epoch - (record.best_epoch or 0) >= config.patience:
+            record.stop_reason = "early_stopping"
             break
 
     if best_state is not None:

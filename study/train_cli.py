@@ -52,6 +52,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--time-limit", "time_limit_s", "wall-clock limit of the trial in seconds"),
     Option("--max-steps-per-epoch", "max_steps_per_epoch", "cap on training steps per epoch"),
     Option("--eval-batch-size", "eval_batch_size", "users per evaluation batch"),
+    Option("--eval-every", "eval_every", "validate every N epochs (and at the last epoch trained)"),
     Option("--device", "device", "where to train"),
     Option("--precision", "precision", "auto: bf16 autocast on CUDA, fp32 on CPU"),
     Option("--seed", "seed", "random seed"),

@@ -252,3 +252,43 @@ def test_full_ce_loss_shifts_targets_and_ignores_padding():
 def test_logq_correction_is_refused_for_binary_losses(tiny_log: Path):
     with pytest.raises(ConfigError, match="logq_correction"):
         train.run_trial(tiny_config(tiny_log, loss="bce", logq_correction=True))
+
+
+def test_the_record_says_why_training_stopped(tiny_log: Path):
+    patient = train.run_trial(tiny_config(tiny_log, epochs=3, patience=10))
+    assert patient.stop_reason == "max_epochs" and len(patient.epochs) == 3
+    cut = train.run_trial(tiny_config(tiny_log, epochs=50, time_limit_s=1e-3))
+    assert cut.stop_reason == "time_limit"
+    stopped = train.run_trial(tiny_config(tiny_log, epochs=40, patience=1, lr=0.3))
+    assert stopped.stop_reason == "early_stopping" and len(stopped.epochs) < 40
+    assert len(stopped.epochs) == stopped.best_epoch + 1
+
+
+def test_eval_every_validates_every_nth_epoch_and_the_last(tiny_log: Path):
+    record = train.run_trial(tiny_config(tiny_log, epochs=7, patience=100, eval_every=3))
+    evaluated = [e.epoch for e in record.epochs if e.val_metrics]
+    assert evaluated == [3, 6, 7]
+    assert all(e.eval_seconds == 0.0 for e in record.epochs if not e.val_metrics)
+    assert record.best_epoch in evaluated
+    assert record.val_metrics == record.epochs[record.best_epoch - 1].val_metrics
+
+
+def test_eval_every_counts_patience_in_epochs(tiny_log: Path):
+    # patience 4 with validation every 2 epochs: stop at the first validation 4 or more epochs past the best
+    record = train.run_trial(tiny_config(tiny_log, epochs=60, patience=4, eval_every=2, lr=0.3))
+    assert record.stop_reason in ("early_stopping", "max_epochs")
+    if record.stop_reason == "early_stopping":
+        last = record.epochs[-1].epoch
+        assert last % 2 == 0 and last - record.best_epoch >= 4
+        assert last - record.best_epoch < 4 + 2
+
+
+def test_the_record_names_the_data_it_read_and_the_host(tiny_log: Path):
+    import hashlib
+    import socket
+
+    record = train.run_trial(tiny_config(tiny_log, epochs=1))
+    assert record.dataset_source == str(tiny_log.resolve())
+    assert record.dataset_sha256 == hashlib.sha256(tiny_log.read_bytes()).hexdigest()
+    assert record.host == socket.gethostname()
+    assert TrialRecord.from_dict(json.loads(json.dumps(record.to_dict()))) == record

@@ -8,7 +8,7 @@ from study.data.loading import load_interactions
 from study.data.preprocess import Interactions, kcore_mask, prepare_interactions
 from study.data.registry import ResolvedDataset, load_dataset, resolve_dataset
 from study.data.sequences import EvalSet, Sequences
-from study.data.splits import Split, make_split
+from study.data.splits import Split, check_split, make_split
 from study.data.synthetic import SyntheticSpec, generate_synthetic, parse_synthetic_spec
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "Split",
     "SyntheticSpec",
     "TrainBatches",
+    "check_split",
     "eval_batches",
     "generate_synthetic",
     "kcore_mask",

@@ -21,6 +21,13 @@ class Interactions:
     # Original ids: user_labels[u] is the raw id of user u, item_labels[i - 1] the raw id of item i.
     user_labels: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
     item_labels: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
+    # Identity of what was read (set by `study.data.load_dataset`): the file, or the canonical
+    # `synthetic:...` spec, and the SHA-256 of the file's bytes (of the canonical spec for synthetic logs).
+    source: str = ""
+    sha256: str = ""
+    # True when the raw log's time stamps are each user's positions (0..n-1 or 1..n), not times:
+    # orders within a user but says nothing across users, so a global temporal split is meaningless.
+    timestamps_are_positions: bool = False
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -39,6 +46,7 @@ def prepare_interactions(raw: pd.DataFrame, *, name: str, kcore: int = 0) -> Int
     user_codes, user_labels = _factorize(raw["user_id"])
     item_codes, item_labels = _factorize(raw["item_id"])
     timestamps = raw["timestamp"].to_numpy()
+    positional = timestamps_are_positions(user_codes, timestamps)
     keep = ~pd.DataFrame({"u": user_codes, "i": item_codes, "t": timestamps}).duplicated().to_numpy()
     user_codes, item_codes, timestamps = user_codes[keep], item_codes[keep], timestamps[keep]
     if kcore > 0:
@@ -62,7 +70,20 @@ def prepare_interactions(raw: pd.DataFrame, *, name: str, kcore: int = 0) -> Int
         name=name,
         user_labels=np.asarray(user_labels)[used_users],
         item_labels=np.asarray(item_labels)[used_items],
+        timestamps_are_positions=positional,
     )
+
+
+def timestamps_are_positions(user_codes: np.ndarray, timestamps: np.ndarray) -> bool:
+    """Whether every user's time stamps, in order, are exactly 0, 1, ..., n-1 (or 1, ..., n)."""
+    if len(timestamps) == 0 or not np.issubdtype(np.asarray(timestamps).dtype, np.number):
+        return False
+    order = np.lexsort((timestamps, user_codes))
+    users, stamps = user_codes[order], np.asarray(timestamps)[order]
+    first_of_user = np.concatenate(([True], users[1:] != users[:-1]))
+    starts = np.maximum.accumulate(np.where(first_of_user, np.arange(len(users)), 0))
+    position = np.arange(len(users)) - starts
+    return bool(np.array_equal(stamps, position) or np.array_equal(stamps, position + 1))
 
 
 def kcore_mask(user_codes: np.ndarray, item_codes: np.ndarray, k: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,12 @@ from study.data.errors import DataError
 from study.data.loading import is_table_file, load_interactions
 from study.data.preprocess import Interactions, prepare_interactions
 from study.data.sources import SOURCES, Source, fetch_source, parse_source, source_for_file
-from study.data.synthetic import generate_synthetic, is_synthetic, parse_synthetic_spec
+from study.data.synthetic import (
+    canonical_synthetic_name,
+    generate_synthetic,
+    is_synthetic,
+    parse_synthetic_spec,
+)
 
 DATA_PATH_VARIABLE = "CCE_STUDY_DATA_PATH"
 CACHE_VARIABLE = "CCE_STUDY_CACHE"
@@ -102,8 +108,23 @@ def load_dataset(
 ) -> Interactions:
     """Load, deduplicate, k-core filter and remap a dataset given by name, path or `synthetic:...` spec."""
     if is_synthetic(name_or_path):
-        raw = generate_synthetic(parse_synthetic_spec(name_or_path))
+        spec = parse_synthetic_spec(name_or_path)
+        raw = generate_synthetic(spec)
+        source = canonical_synthetic_name(spec)
+        digest = hashlib.sha256(source.encode()).hexdigest()
     else:
         resolved = resolve_dataset(name_or_path, cache_dir=cache_dir, download=download, progress=progress)
         raw = read_resolved(resolved, user_col=user_col, item_col=item_col, time_col=time_col)
-    return prepare_interactions(raw, name=name_or_path, kcore=kcore)
+        source, digest = str(resolved.path.resolve()), file_sha256(resolved.path)
+    data = prepare_interactions(raw, name=name_or_path, kcore=kcore)
+    data.source, data.sha256 = source, digest
+    return data
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes: the identity of the copy of a dataset that was read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -44,8 +44,7 @@ def make_split(
     is the validation target; training gets everything else. Val/test targets whose item never occurs
     in training are dropped. The two roles never share a user.
     """
-    if kind not in SPLIT_KINDS:
-        raise DataError(f"kind: {kind!r} is not one of {', '.join(SPLIT_KINDS)}")
+    check_split(data, kind)
     log = _Log(data)
     if kind == "loo":
         return _leave_one_out(log, data.num_items)
@@ -54,6 +53,17 @@ def make_split(
     if not 0 <= validation_user_fraction < 1:
         raise DataError(f"validation_user_fraction: must be in [0, 1), got {validation_user_fraction}")
     return _temporal(log, data.num_items, seed, test_time_fraction, validation_user_fraction)
+
+
+def check_split(data: Interactions, kind: str) -> None:
+    """Refuse a split the log cannot support (a DataError naming the dataset), before any work is done."""
+    if kind not in SPLIT_KINDS:
+        raise DataError(f"kind: {kind!r} is not one of {', '.join(SPLIT_KINDS)}")
+    if kind == "temporal" and data.timestamps_are_positions:
+        raise DataError(
+            f"split: 'temporal' needs real time stamps, but those of {data.name} are each user's positions "
+            f"(0..n-1), which order a user's items but not users against each other; use split 'loo'"
+        )
 
 
 class _Log:

@@ -71,6 +71,12 @@ def parse_synthetic_spec(text: str) -> SyntheticSpec:
     return SyntheticSpec(**values)  # type: ignore[arg-type]
 
 
+def canonical_synthetic_name(spec: SyntheticSpec) -> str:
+    """`synthetic:` with every setting spelled out in field order: one text per distinct log."""
+    body = ",".join(f"{f.name}={getattr(spec, f.name)}" for f in dataclasses.fields(SyntheticSpec))
+    return f"{PREFIX}:{body}"
+
+
 def generate_synthetic(spec: SyntheticSpec) -> pd.DataFrame:
     """A raw log with columns user_id, item_id (0..items-1), timestamp (int64 seconds)."""
     rng = np.random.default_rng(spec.seed)

@@ -1,0 +1,109 @@
+"""One name, one dataset: what a trial read is recorded, copies never mix, positional time stamps refuse
+a temporal split, and fields added to TrainConfig later keep old trial ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from study.config import TrainConfig
+from study.data import DataError, load_dataset, make_split
+from study.data.preprocess import timestamps_are_positions
+from study.db import ResultsDB, load_trials
+from study.record import TrialRecord
+from study.sweep_spec import trial_id
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_log(path: Path, rows: list[tuple[str, str, int]]) -> Path:
+    pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(path, index=False)
+    return path
+
+
+def positional_rows(users: int = 6, length: int = 5, start: int = 0) -> list[tuple[str, str, int]]:
+    rng = np.random.default_rng(1)
+    return [(f"u{u}", f"i{int(rng.integers(0, 9))}", start + p) for u in range(users) for p in range(length)]
+
+
+def test_positional_time_stamps_are_recognised_and_real_ones_are_not() -> None:
+    users = np.array([0, 0, 0, 1, 1, 2])
+    assert timestamps_are_positions(users, np.array([0, 1, 2, 0, 1, 0]))
+    assert timestamps_are_positions(users, np.array([1, 2, 3, 1, 2, 1]))
+    assert timestamps_are_positions(np.array([1, 0, 1, 0]), np.array([1, 1, 0, 0]))  # any row order
+    assert not timestamps_are_positions(users, np.array([0, 1, 2, 0, 1, 5]))
+    assert not timestamps_are_positions(users, np.array([10, 11, 12, 20, 21, 30]))
+    assert not timestamps_are_positions(users, np.array([0, 1, 1, 0, 1, 0]))  # a tie is a real time
+
+
+def test_a_temporal_split_of_positional_time_stamps_is_refused(tmp_path: Path) -> None:
+    log = write_log(tmp_path / "positions.csv", positional_rows())
+    data = load_dataset(str(log))
+    assert data.timestamps_are_positions
+    refused = r"split: 'temporal' needs real time stamps.*positions.*use split 'loo'"
+    with pytest.raises(DataError, match=refused):
+        make_split(data, "temporal")
+    make_split(data, "loo")  # leave-one-out only needs the order within a user
+
+
+def test_real_time_stamps_still_split_temporally(tmp_path: Path) -> None:
+    rows = [(user, item, 1_000 * t + 7 * int(user[1:])) for user, item, t in positional_rows(length=6)]
+    data = load_dataset(str(write_log(tmp_path / "times.csv", rows)))
+    assert not data.timestamps_are_positions
+    assert make_split(data, "temporal").kind == "temporal"
+
+
+@pytest.mark.skipif(not (SHARED / "ml-1m").is_dir(), reason="../shared/data is not there")
+@pytest.mark.parametrize(("name", "positional"), [("ml-100k", False), ("gowalla", True), ("ml-1m", True)])
+def test_the_shared_copies_are_recognised(name: str, positional: bool,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CCE_STUDY_DATA_PATH", str(SHARED))
+    data = load_dataset(name, progress=False)
+    assert data.timestamps_are_positions is positional
+    path = SHARED / name / "interactions.csv.gz"
+    assert data.source == str(path.resolve())
+    assert data.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_synthetic_logs_are_identified_by_their_full_spec() -> None:
+    short = load_dataset("synthetic:users=30,items=50,seed=2")
+    spelled = load_dataset("synthetic:seed=2,items=50,users=30,mean_len=50")
+    other = load_dataset("synthetic:users=30,items=50,seed=3")
+    assert short.source == spelled.source and short.sha256 == spelled.sha256
+    assert short.source.startswith("synthetic:users=30,items=50,") and "seed=2" in short.source
+    assert other.sha256 != short.sha256
+
+
+def record(dataset: str, sha256: str | None, ndcg: float) -> TrialRecord:
+    return TrialRecord(status="ok", config=TrainConfig(dataset=dataset).to_dict(),
+                       val_metrics={"ndcg@10": ndcg}, dataset_sha256=sha256,
+                       dataset_source=f"/copies/{sha256}")
+
+
+def test_rows_of_two_copies_under_one_name_are_kept_apart(tmp_path: Path) -> None:
+    db_path = tmp_path / "r.sqlite"
+    with ResultsDB(db_path) as db:
+        db.record_trial("a", "s", record("gowalla", "aaaaaaaa11", 0.1))
+        db.record_trial("b", "s", record("gowalla", "bbbbbbbb22", 0.2))
+        db.record_trial("c", "s", record("gowalla", None, 0.3))  # failed before loading, or an old row
+        db.record_trial("d", "s", record("ml-1m", "cccccccc33", 0.4))
+        db.record_trial("e", "s", record("ml-1m", "cccccccc33", 0.5))
+    trials = load_trials(db_path).set_index("trial_id")
+    assert trials.loc[["a", "b", "c", "d", "e"], "dataset"].tolist() == [
+        "gowalla@aaaaaaaa", "gowalla@bbbbbbbb", "gowalla", "ml-1m", "ml-1m"]
+    assert set(trials["dataset_name"]) == {"gowalla", "ml-1m"}
+    assert trials.loc["a", "dataset_source"] == "/copies/aaaaaaaa11"
+
+
+def test_fields_added_later_keep_the_ids_of_trials_recorded_before_them() -> None:
+    config = TrainConfig(dataset="ml-1m", num_negatives=64, seed=2)
+    before = config.to_dict()
+    del before["eval_every"]  # the configuration as it was hashed before the field existed
+    canonical = json.dumps({"sweep": "s", "config": before}, sort_keys=True)
+    assert trial_id("s", config) == f"s-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
+    assert trial_id("s", config.replace(eval_every=2)) != trial_id("s", config)

@@ -511,8 +511,9 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
         progress.line(f"{len(to_run)} trial(s) to run, {len(done)} already recorded")
         settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
                                  skip_predicted_over_budget=skip, start_deadline=deadline)
-        param_space = {"point": _grid_search([{"trial_id": t.trial_id, "config": t.config.to_dict()}
-                                              for t in to_run])}
+        param_space = {"point": _grid_search([
+            {"trial_id": t.trial_id, "config": t.config.to_dict(), "gpus": gpu_share(spec, t, card_bytes)}
+            for t in to_run])}
         with ray_session(address):
             _fit(spec, param_space, settings, db, progress, num_samples=1, search_alg=None)
         return
@@ -535,6 +536,20 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
         _fit(spec, param_space, settings, db, progress, num_samples=num_samples, search_alg=searcher)
 
 
+GPU_SHARE_STEP = 16  # card shares are whole sixteenths: few distinct placement-group shapes
+PACKING_HEADROOM = 1.10
+
+
+def gpu_share(spec: SweepSpec, trial: PlannedTrial, card_bytes: int | None) -> float:
+    """GPUs a grid trial asks Ray for: `resources.gpus`, or with `pack_by_predicted_memory` the larger of
+    that and the share of the card its predicted peak needs with 10% headroom (at most one card)."""
+    share = spec.resources.gpus
+    if not spec.resources.pack_by_predicted_memory or not card_bytes or trial.predicted_peak_bytes is None:
+        return share
+    needed = math.ceil(trial.predicted_peak_bytes * PACKING_HEADROOM / card_bytes * GPU_SHARE_STEP)
+    return min(1.0, max(share, needed / GPU_SHARE_STEP))
+
+
 def _grid_search(points: list[dict[str, Any]]) -> Any:
     from ray import tune
 
@@ -548,9 +563,15 @@ def _trial_dirname(trial: Any) -> str:
 def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings, db: ResultsDB,
          progress: Progress, *, num_samples: int, search_alg: Any) -> None:
     from ray import tune
+    from ray.tune import PlacementGroupFactory
 
     _check_cluster_resources(spec)
-    resources = {"cpu": spec.resources.cpus, "gpu": spec.resources.gpus}
+    cpus, default_gpus = spec.resources.cpus, spec.resources.gpus
+
+    def resources(tune_config: dict[str, Any]) -> Any:
+        gpus = tune_config.get("point", {}).get("gpus", default_gpus)
+        return PlacementGroupFactory([{"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}])
+
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, settings=settings), resources)
     # Tune's own result files are switched off; after fit it would warn that they are missing.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)

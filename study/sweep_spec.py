@@ -67,6 +67,9 @@ class ResourceSpec:
     cpus: float = 1.0
     max_concurrent: int | None = None  # None: as many as the resources allow
     gpu_memory_bytes: int | None = None  # memory of one card, to predict against a fractional budget
+    # True: each grid trial asks for the larger of `gpus` and the share of a card its predicted peak
+    # needs (plus 10%, in sixteenths), so trials that share a card also fit in its memory together.
+    pack_by_predicted_memory: bool = False
 
 
 @dataclass(frozen=True)
@@ -379,7 +382,8 @@ class _SpecParser:
         return SearchSpec(kind=kind, num_samples=num_samples, sampler=sampler, seed=seed)
 
     def resources(self, values: Any) -> ResourceSpec:
-        table = self.table(values, "resources", {"gpus", "cpus", "max_concurrent", "gpu_memory"})
+        table = self.table(values, "resources",
+                           {"gpus", "cpus", "max_concurrent", "gpu_memory", "pack_by_predicted_memory"})
         gpus = table.get("gpus", 0)
         if isinstance(gpus, bool) or not isinstance(gpus, int | float) or gpus < 0:
             raise self.error("resources.gpus", f"must be a number >= 0, got {gpus!r}")
@@ -401,8 +405,14 @@ class _SpecParser:
             except ValueError as exc:
                 message = str(exc).removeprefix("memory_budget: ")
                 raise self.error("resources.gpu_memory", f"{message} (a size like \"80GiB\")") from None
+        pack = table.get("pack_by_predicted_memory", False)
+        if not isinstance(pack, bool):
+            raise self.error("resources.pack_by_predicted_memory", f"must be true or false, got {pack!r}")
+        if pack and not 0 < gpus <= 1:
+            raise self.error("resources.pack_by_predicted_memory",
+                             f"needs resources.gpus to be a share of one card in (0, 1], got {gpus!r}")
         return ResourceSpec(gpus=float(gpus), cpus=float(cpus), max_concurrent=max_concurrent,
-                            gpu_memory_bytes=gpu_memory_bytes)
+                            gpu_memory_bytes=gpu_memory_bytes, pack_by_predicted_memory=pack)
 
     def run(self, values: Any) -> RunSpec:
         table = self.table(values, "run", {"trial_function", "skip_predicted_over_budget"})

@@ -40,7 +40,7 @@ def write_spec(path: Path, text: str) -> Path:
 
 
 def sweep_args(spec: Path, db: Path, **options: object) -> argparse.Namespace:
-    values = {"spec": spec, "db": db, "address": None, "resume": False, "dry_run": False}
+    values = {"spec": spec, "db": db, "address": None, "resume": False, "dry_run": False, "stop_after": None}
     values.update(options)
     return argparse.Namespace(**values)
 
@@ -208,6 +208,58 @@ def test_dry_run_lists_trials_and_predictions_without_running(tmp_path: Path,
     assert not db.exists()
 
 
+def test_past_stop_after_no_trial_starts_and_resume_runs_them(local_ray: str, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path / "deadline.toml", """
+        name = "deadline"
+        datasets = ["synthetic:users=30,items=40,seed=1"]
+        [trial]
+        hidden = 8
+        epochs = 1
+        max_steps_per_epoch = 1
+        device = "cpu"
+        [axes]
+        num_negatives = [4, 8, 16]
+        batch_size = [8]
+        max_len = [10]
+        [resources]
+        max_concurrent = 1
+    """)
+    db = tmp_path / "results.sqlite"
+    assert sweep.run(sweep_args(spec, db, stop_after=1e-6)) == 0
+    assert len(load_trials(db, sweep="deadline")) == 0  # deferred trials leave no row, not "failed" ones
+    out, err = capsys.readouterr()
+    assert "3 trial(s) have no row yet: run again with --resume" in out
+    assert "--stop-after reached" in err
+    assert sweep.run(sweep_args(spec, db, resume=True)) == 0
+    trials = load_trials(db, sweep="deadline")
+    assert len(trials) == 3 and set(trials["status"]) == {"ok"}
+
+
+def test_stop_after_waits_for_trials_that_started_before_it() -> None:
+    progress = sweep.Progress("s", total=3, deadline=time.time() + 60)
+    progress.running_trials |= {"a", "b"}
+    assert not progress.past_deadline() and not progress.drained()
+    progress.deadline = time.time() - 1
+    progress.deferred_trials.add("b")
+    assert progress.past_deadline() and not progress.drained()  # "a" started in time: it finishes
+    progress.running_trials.discard("a")
+    assert progress.drained()
+    assert sweep.Progress("s", total=1).drained() is False  # no deadline: never
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("45m", 2700.0), ("2h", 7200.0),
+                                               ("1.5m", 90.0)])
+def test_durations_parse(text: str, seconds: float) -> None:
+    assert sweep.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "m", "ten", "-5", "0", "nan", "inf"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        sweep.parse_duration(text)
+
+
 def test_optuna_search_runs_its_samples_under_the_constraint(local_ray: str, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "optuna.toml", """
         name = "opt"
@@ -352,3 +404,21 @@ def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_pat
     assert {int(s) for s in runs_after_kill} | seeds_recorded_before == {0, 1, 2, 3}
     assert f"{len(recorded)} already recorded" in resumed.stderr
     wait_for_ray_gone(cluster_ray, timeout=30)
+
+
+def test_packing_asks_for_the_share_of_a_card_the_prediction_needs() -> None:
+    spec = parse_spec({"name": "p", "datasets": ["ml-1m"], "axes": {"num_negatives": [8], "batch_size": [8],
+                       "max_len": [8]}, "resources": {"gpus": 0.125, "pack_by_predicted_memory": True}})
+    config = spec.grid()[0]
+    card = 160 * 2**30
+
+    def share(predicted: int | None) -> float:
+        return sweep.gpu_share(spec, sweep.PlannedTrial("t", config, None, predicted), card)
+
+    assert share(None) == 0.125  # no prediction: the spec's share
+    assert share(2**30) == 0.125  # small trials keep the minimum share
+    assert share(30 * 2**30) == 4 / 16  # 30 GiB x 1.1 = 33 GiB of 160: 3.3 sixteenths, rounded up
+    assert share(150 * 2**30) == 1.0  # never more than one card
+    plain = parse_spec({"name": "p", "datasets": ["ml-1m"], "axes": {"num_negatives": [8], "batch_size": [8],
+                        "max_len": [8]}, "resources": {"gpus": 0.25}})
+    assert sweep.gpu_share(plain, sweep.PlannedTrial("t", config, None, 100 * 2**30), card) == 0.25

@@ -220,3 +220,14 @@ def test_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
     broken.write_text('name = "x"\naxes = = [1]\n')
     with pytest.raises(SpecError, match=r"broken.toml: not valid TOML: .*line"):
         load_spec(broken)
+
+
+def test_packing_by_predicted_memory_needs_a_share_of_one_card() -> None:
+    axes = {"num_negatives": [8], "batch_size": [8], "max_len": [8]}
+    base = {"name": "p", "datasets": ["ml-1m"], "axes": axes}
+    assert parse_spec({**base, "resources": {"gpus": 0.25, "pack_by_predicted_memory": True}}
+                      ).resources.pack_by_predicted_memory
+    with pytest.raises(SpecError, match="resources.pack_by_predicted_memory: needs resources.gpus"):
+        parse_spec({**base, "resources": {"gpus": 2, "pack_by_predicted_memory": True}})
+    with pytest.raises(SpecError, match="resources.pack_by_predicted_memory: must be true or false"):
+        parse_spec({**base, "resources": {"gpus": 0.5, "pack_by_predicted_memory": "yes"}})

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One device call of the memory-quality study (issue 10, STUDY.md): a Ray head over the node's GPUs, every
 # sweep given as SPEC=DB run against it with --resume and --stop-after (a driver each, as on a cluster), then a
-# consistent copy of each database (SQLite's backup API, WAL included) and the logs in $OUT.
+# consistent copy of each database (SQLite's backup API, WAL included) and the logs in $OUT. SPEC=DB@CARDS
+# (e.g. @0,1) gives a sweep its own cards: sweeps with the same CARDS share one Ray head; without @, all cards.
 # Prepare here:   ../shared/tools/gpu-wheelhouse .gpu-wheels        (writes .gpu-wheels.tar.xz)
 #                 mkdir -p .gpu-data/<name> && cp ../shared/data/<name>/interactions.csv.gz .gpu-data/<name>/
 # Through the device tool, carrying .gpu-wheels.tar.xz and .gpu-data:
 #   STOP_AFTER=170 bash benchmarks/study_session.sh sweeps/study-ml1m.toml=results/study/study-ml1m.sqlite ...
 # Then copy $OUT/*.sqlite over results/study/ and commit them (the next call resumes from them).
 # Environment: STOP_AFTER (s, default 170): no trial starts later; DRIVER_TIMEOUT (s, default 540): a driver
-# still running then is killed (its finished trials are in the database already); RAY_GPUS (default: all).
+# still running then is killed (its finished trials are in the database already).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out" /tmp/wh
@@ -27,23 +28,38 @@ logs=$(mktemp -d)
   echo "cpus $(nproc)"
 } 2>&1 | tee "$logs/environment.txt"
 
-gpus=${RAY_GPUS:-$(nvidia-smi --list-gpus | wc -l)}
-ray start --head --port 6379 --num-gpus "$gpus" --num-cpus "$(nproc)" --include-dashboard=false \
-  --disable-usage-stats > "$logs/ray-start.log" 2>&1 || { cat "$logs/ray-start.log"; exit 1; }
-echo "ray head up after $(( $(date +%s) - started )) s with $gpus GPU(s)"
+# One Ray head per distinct card set: drivers that share a head compete for its cards, and the small card
+# shares of one sweep can keep every card too fragmented for the larger shares another sweep asks for.
+declare -A port_of
+next_port=6379 offset=0
+for pair in "$@"; do
+  cards=${pair##*@}; [ "$cards" = "$pair" ] && cards=all
+  [ -n "${port_of[$cards]:-}" ] && continue
+  port_of[$cards]=$next_port
+  if [ "$cards" = all ]; then visible=$(seq -s, 0 $(( $(nvidia-smi --list-gpus | wc -l) - 1 ))); else visible=$cards; fi
+  count=$(tr ',' '\n' <<< "$visible" | wc -l)
+  CUDA_VISIBLE_DEVICES=$visible ray start --head --port "$next_port" --num-gpus "$count" \
+    --num-cpus $(( $(nproc) * count / $(nvidia-smi --list-gpus | wc -l) )) --include-dashboard=false \
+    --disable-usage-stats --dashboard-agent-listen-port $(( 52365 + offset )) \
+    --dashboard-agent-grpc-port $(( 53365 + offset )) --metrics-export-port $(( 54365 + offset )) \
+    > "$logs/ray-start-$next_port.log" 2>&1 || { cat "$logs/ray-start-$next_port.log"; exit 1; }
+  echo "ray head :$next_port on cards $visible after $(( $(date +%s) - started )) s"
+  next_port=$(( next_port + 1 )) offset=$(( offset + 1 ))
+done
 
 for pair in "$@"; do
-  spec=${pair%%=*} db=${pair#*=}
+  cards=${pair##*@}; [ "$cards" = "$pair" ] && cards=all
+  target=${pair%@*} spec=${target%%=*} db=${target#*=}
   name=$(basename "$spec" .toml)
   timeout "${DRIVER_TIMEOUT:-540}" python3 -m study.cli sweep "$spec" --db "$db" --resume \
-    --address 127.0.0.1:6379 --stop-after "${STOP_AFTER:-170}" > "$logs/$name.log" 2>&1 &
+    --address "127.0.0.1:${port_of[$cards]}" --stop-after "${STOP_AFTER:-170}" > "$logs/$name.log" 2>&1 &
 done
 wait
 ray stop --force > /dev/null 2>&1
 echo "drivers done after $(( $(date +%s) - started )) s"
 
 for pair in "$@"; do
-  db=${pair#*=}
+  target=${pair%@*} db=${target#*=}
   [ -f "$db" ] || continue
   python3 - "$db" "$out/$(basename "$db")" <<'PY'
 import sqlite3, sys

@@ -1,0 +1,419 @@
+"""`cce-study study-report`: the generated part of STUDY.md, from several results databases read together.
+
+The study runs one sweep per dataset (plus seed repeats and side questions, each a sweep of its own), so
+this report reads every database given, aggregates the seeds of each configuration (mean and sample
+standard deviation of the metrics; the largest memory of any seed, since a configuration fits a budget
+only if every seed did), and writes the comparisons the study asks for:
+
+- per dataset, the best configuration under each budget for the fused and the PyTorch loss side by side;
+- the paper's claim: under a budget, is the best configuration one that scales negatives and batch together,
+  or one that maximises either (best at the smallest batch swept / at the fewest negatives swept)?
+- negative scopes (per position, per sequence, shared by the batch, drawn in the kernel) at equal K, B, L;
+- time per epoch and memory, fused against PyTorch at equal configurations;
+- how training stopped (early stopping, the time cap, the epoch limit), and which configurations still need
+  seeds (with a spec to run them).
+
+A difference between two configurations counts only when it exceeds the larger of their standard
+deviations over seeds; with fewer than two seeds the spread is unknown and the table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from study import analysis
+from study.analysis import GIB
+from study.db import load_trials
+from study.report import markdown_table
+
+IMPL_LABELS = {"triton": "fused (Triton)", "torch": "PyTorch"}
+IMPL_STYLE = {"triton": ("o", "tab:green"), "torch": ("^", "tab:gray")}
+SCOPE_ORDER = ("position", "drawn", "sequence", "batch")
+DEFAULT_BUDGETS_TEXT = "8GiB,16GiB,40GiB"
+WANTED_SEEDS = 3
+
+
+# ----------------------------------------------------------------------------------------------------
+# tables
+
+
+def load_study(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Every trial of every database, with the file it came from in `database`."""
+    frames = [load_trials(path).assign(database=str(path)) for path in paths]
+    if not frames:
+        raise ValueError("db: give at least one results database")
+    return pd.concat(frames, ignore_index=True)
+
+
+def configurations(trials: pd.DataFrame, *, metric: str = "ndcg@10") -> pd.DataFrame:
+    """One row per configuration run `ok` (every setting but the seed, and the implementation that ran):
+    `val_mean`, `val_sd`, `test_mean`, `test_sd` of `metric`, `seeds`, `memory_bytes` (the largest peak
+    of its seeds), `epoch_seconds` (mean steady-state time per epoch), `time_capped` (seeds cut by the
+    time limit), `trial_ids`."""
+    val_column, test_column = analysis.metric_column(metric, "val"), analysis.metric_column(metric, "test")
+    ok = trials[trials["status"] == "ok"].copy()
+    ok["epoch_seconds"] = analysis.epoch_time(ok)
+    ok["time_capped"] = ok.get("stop_reason", pd.Series(index=ok.index, dtype=object)) == "time_limit"
+    keys = [c for c in analysis.config_key_columns(ok, exclude=("gpu_name",))
+            if c not in ("device", "memory_budget")]
+    keys += [c for c in analysis.GROUP_COLUMNS if c not in keys]
+    if ok.empty:
+        return pd.DataFrame(columns=[*keys, "val_mean", "val_sd", "test_mean", "test_sd", "seeds",
+                                     "memory_bytes", "epoch_seconds", "time_capped", "trial_ids"])
+    grouped = ok.groupby(keys, dropna=False, sort=True)
+    table = grouped.agg(
+        val_mean=(val_column, "mean"), val_sd=(val_column, "std"), test_mean=(test_column, "mean"),
+        test_sd=(test_column, "std"), seeds=(val_column, "size"), memory_bytes=("peak_bytes", "max"),
+        epoch_seconds=("epoch_seconds", "mean"), time_capped=("time_capped", "sum"),
+        trial_ids=("trial_id", lambda ids: ",".join(sorted(ids))),
+    ).reset_index()
+    return table
+
+
+def mean_sd(mean: float, sd: float, seeds: int) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if seeds < 2 or sd is None or math.isnan(sd):
+        return f"{mean:.4f} (1 seed)"
+    return f"{mean:.4f} ± {sd:.4f} ({seeds})"
+
+
+def differs(a: pd.Series, b: pd.Series) -> str:
+    """'better' / 'worse' / 'same' (within the larger sd) / 'unknown' (a side has one seed) for a vs b."""
+    spread = np.nanmax([a["val_sd"], b["val_sd"]]) if a["seeds"] >= 2 and b["seeds"] >= 2 else math.nan
+    gap = a["val_mean"] - b["val_mean"]
+    if math.isnan(spread):
+        return "unknown (one seed)" if gap else "same"
+    if abs(gap) <= spread:
+        return "same (within sd)"
+    return "better" if gap > 0 else "worse"
+
+
+def best_under_budgets(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFrame:
+    """Per dataset, budget and implementation: the configuration with the best mean validation metric whose
+    memory (largest over its seeds) fits the budget; ties go to less memory."""
+    rows = []
+    for (dataset, split), group in configs.groupby(["dataset", "split"], sort=True):
+        for budget in budgets:
+            for impl in ("triton", "torch"):
+                fits = group[(group["loss_impl_used"] == impl) & (group["memory_bytes"] <= budget)]
+                row: dict[str, Any] = {"dataset": dataset, "split": split, "budget GiB": budget / GIB,
+                                       "impl": IMPL_LABELS[impl], "feasible configs": len(fits)}
+                if not fits.empty:
+                    best = fits.sort_values(["val_mean", "memory_bytes"], ascending=[False, True]).iloc[0]
+                    row.update(_describe(best))
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _describe(config: pd.Series) -> dict[str, Any]:
+    return {
+        "scope": config.get("negative_scope"), "K": int(config["num_negatives"]),
+        "batch": int(config["batch_size"]), "max len": int(config["max_len"]),
+        "val NDCG@10": mean_sd(config["val_mean"], config["val_sd"], int(config["seeds"])),
+        "test NDCG@10": mean_sd(config["test_mean"], config["test_sd"], int(config["seeds"])),
+        "peak GiB": config["memory_bytes"] / GIB, "s / epoch": config["epoch_seconds"],
+        "trials": config["trial_ids"],
+    }
+
+
+def scaling_claim(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFrame:
+    """The paper's claim under each budget and implementation: the best configuration overall against the
+    best that maximises negatives alone (the smallest batch swept) and the best that maximises the batch
+    alone (the fewest negatives swept), with whether the overall best wins beyond the seeds' spread."""
+    rows = []
+    for (dataset, _, impl), group in configs.groupby(["dataset", "split", "loss_impl_used"], sort=True):
+        if "negative_scope" in group.columns:
+            group = group[group["negative_scope"] == "position"]
+        if group.empty:
+            continue
+        smallest_batch, fewest_negatives = group["batch_size"].min(), group["num_negatives"].min()
+        for budget in budgets:
+            fits = group[group["memory_bytes"] <= budget].sort_values(["val_mean", "memory_bytes"],
+                                                                      ascending=[False, True])
+            if fits.empty:
+                continue
+            best = fits.iloc[0]
+            negatives_only = fits[fits["batch_size"] == smallest_batch]
+            batch_only = fits[fits["num_negatives"] == fewest_negatives]
+            row: dict[str, Any] = {
+                "dataset": dataset, "budget GiB": budget / GIB, "impl": IMPL_LABELS.get(impl, impl),
+                "best (K, B, L)": _point(best), "best val": mean_sd(best["val_mean"], best["val_sd"],
+                                                                   int(best["seeds"])),
+            }
+            for label, subset in ((f"negatives only (B={smallest_batch})", negatives_only),
+                                  (f"batch only (K={fewest_negatives})", batch_only)):
+                if subset.empty:
+                    row[label] = "-"
+                    continue
+                alternative = subset.iloc[0]
+                verdict = "is it" if alternative.name == best.name else differs(best, alternative)
+                row[label] = (f"{_point(alternative)} {alternative['val_mean']:.4f}: best {verdict}")
+            row["both scaled"] = bool(best["batch_size"] > smallest_batch
+                                      and best["num_negatives"] > fewest_negatives)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _point(config: pd.Series) -> str:
+    return f"({int(config['num_negatives'])}, {int(config['batch_size'])}, {int(config['max_len'])})"
+
+
+def scope_comparison(configs: pd.DataFrame) -> pd.DataFrame:
+    """The fused loss's negative scopes at equal K, batch and length (configurations differing only in
+    `negative_scope`), each against per position."""
+    fused = configs[configs["loss_impl_used"] == "triton"]
+    keys = ["dataset", "split", "num_negatives", "batch_size", "max_len"]
+    rows = []
+    for key, group in fused.groupby(keys, sort=True):
+        if group["negative_scope"].nunique() < 2:
+            continue
+        by_scope = {row["negative_scope"]: row for _, row in group.iterrows()}
+        reference = by_scope.get("position")
+        for scope in [s for s in SCOPE_ORDER if s in by_scope]:
+            config = by_scope[scope]
+            rows.append({
+                "dataset": key[0], "K": key[2], "batch": key[3], "max len": key[4], "scope": scope,
+                "val NDCG@10": mean_sd(config["val_mean"], config["val_sd"], int(config["seeds"])),
+                "test NDCG@10": mean_sd(config["test_mean"], config["test_sd"], int(config["seeds"])),
+                "vs per position": "-" if reference is None or scope == "position"
+                else differs(config, reference),
+                "s / epoch": config["epoch_seconds"], "peak GiB": config["memory_bytes"] / GIB,
+            })
+    return pd.DataFrame(rows)
+
+
+def speed_summary(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset: fused vs PyTorch at equal configurations (same seed): pairs, median and range of the
+    time-per-epoch ratio and of the memory ratio (PyTorch / fused)."""
+    ok = trials[trials["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame()
+    pairs = analysis.fused_vs_torch(ok)
+    rows = []
+    for dataset, group in pairs.groupby("dataset", sort=True):
+        rows.append({"dataset": dataset, "pairs": len(group),
+                     "speed-up median": group["speedup"].median(),
+                     "speed-up range": f"{group['speedup'].min():.2f}-{group['speedup'].max():.2f}",
+                     "memory ratio median": group["memory_ratio"].median(),
+                     "memory ratio range":
+                         f"{group['memory_ratio'].min():.2f}-{group['memory_ratio'].max():.2f}"})
+    return pd.DataFrame(rows)
+
+
+def convergence_summary(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and implementation: trials by status, and ok trials by why training stopped."""
+    table = trials.assign(stop=trials.get("stop_reason", pd.Series(index=trials.index, dtype=object)))
+    rows = []
+    for (dataset, impl), group in table.groupby(["dataset", "loss_impl"], sort=True):
+        ok = group[group["status"] == "ok"]
+        capped = ok[ok["stop"] == "time_limit"]
+        rows.append({
+            "dataset": dataset, "impl": IMPL_LABELS.get(impl, impl), "trials": len(group), "ok": len(ok),
+            "early stopping": int((ok["stop"] == "early_stopping").sum()),
+            "epoch limit": int((ok["stop"] == "max_epochs").sum()), "time cap": len(capped),
+            "time-capped (K, B, L)": ", ".join(_point(row) for _, row in capped.iterrows()) or "-",
+            "predicted over budget (not run)": int((group["status"] == "predicted_over_budget").sum()),
+            "over budget / oom / failed": int(group["status"].isin(["over_budget", "oom", "failed"]).sum()),
+        })
+    return pd.DataFrame(rows)
+
+
+def seed_candidates(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFrame:
+    """Configurations that answer a budget or sit on an implementation's frontier and have fewer than
+    three seeds: what the seed repeats must run next."""
+    wanted = []
+    for (_, _, _), group in configs.groupby(["dataset", "split", "loss_impl_used"], sort=True):
+        objectives = group[["val_mean", "memory_bytes"]].to_numpy(dtype=float)
+        wanted += list(group.index[analysis.non_dominated(objectives, [True, False])])
+        for budget in budgets:
+            fits = group[group["memory_bytes"] <= budget]
+            if not fits.empty:
+                best = fits.sort_values(["val_mean", "memory_bytes"], ascending=[False, True])
+                wanted.append(best.index[0])
+    chosen = configs.loc[sorted(set(wanted))]
+    return chosen[chosen["seeds"] < WANTED_SEEDS]
+
+
+# ----------------------------------------------------------------------------------------------------
+# figures
+
+
+def frontier_by_impl_figure(configs: pd.DataFrame, budgets: Sequence[int], title: str) -> Figure:
+    """Validation NDCG@10 (mean over seeds, bars: sd) vs peak memory, fused and PyTorch marked, each
+    implementation's frontier as a step line, the budgets as vertical lines."""
+    figure = Figure(figsize=(8.5, 5.2), layout="constrained")
+    axes = figure.add_subplot()
+    for impl, (marker, color) in IMPL_STYLE.items():
+        rows = configs[configs["loss_impl_used"] == impl]
+        if rows.empty:
+            continue
+        memory = rows["memory_bytes"] / GIB
+        axes.errorbar(memory, rows["val_mean"], yerr=rows["val_sd"].fillna(0), fmt=marker, color=color,
+                      markersize=6, alpha=0.8, capsize=2, linestyle="none",
+                      label=f"{IMPL_LABELS[impl]} ({len(rows)} configurations)")
+        mask = analysis.non_dominated(rows[["val_mean", "memory_bytes"]].to_numpy(dtype=float), [True, False])
+        frontier = rows[mask].sort_values("memory_bytes")
+        axes.step(np.append(frontier["memory_bytes"] / GIB, memory.max() * 1.5),
+                  np.append(frontier["val_mean"], frontier["val_mean"].iloc[-1]), where="post", color=color,
+                  linewidth=1.4)
+        for _, row in frontier.iterrows():
+            axes.annotate(f"K={int(row['num_negatives'])} B={int(row['batch_size'])} L={int(row['max_len'])}",
+                          (row["memory_bytes"] / GIB, row["val_mean"]), textcoords="offset points",
+                          xytext=(4, -10), fontsize=6.5, color=color)
+    for budget in budgets:
+        axes.axvline(budget / GIB, color="0.4", linestyle="--", linewidth=0.9)
+        axes.text(budget / GIB, axes.get_ylim()[1], f" {budget / GIB:g} GiB", fontsize=7, va="top",
+                  color="0.3")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("peak process memory (GiB, largest over seeds)")
+    axes.set_ylabel("validation NDCG@10 (mean over seeds)")
+    axes.set_title(f"{title}: memory-quality frontier, fused vs PyTorch")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    return figure
+
+
+def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
+    """Validation NDCG@10 against negatives K, one line per batch size, one panel per implementation and
+    sequence length: where quality grows with K, with B, or with both."""
+    positions = configs[configs.get("negative_scope", "position") == "position"]
+    lengths = sorted(positions["max_len"].unique())
+    impls = [i for i in ("triton", "torch") if (positions["loss_impl_used"] == i).any()]
+    figure = Figure(figsize=(4.2 * max(1, len(lengths)), 3.4 * max(1, len(impls))), layout="constrained")
+    grid = figure.subplots(max(1, len(impls)), max(1, len(lengths)), squeeze=False, sharey=True)
+    batches = sorted(positions["batch_size"].unique())
+    colors = {b: f"C{i}" for i, b in enumerate(batches)}
+    for r, impl in enumerate(impls):
+        for c, length in enumerate(lengths):
+            axes = grid[r][c]
+            rows = positions[(positions["loss_impl_used"] == impl) & (positions["max_len"] == length)]
+            for batch in batches:
+                line = rows[rows["batch_size"] == batch].sort_values("num_negatives")
+                if line.empty:
+                    continue
+                axes.errorbar(line["num_negatives"], line["val_mean"], yerr=line["val_sd"].fillna(0),
+                              marker="o", markersize=4, color=colors[batch], capsize=2, label=f"B={batch}")
+            axes.set_xscale("log", base=2)
+            axes.set_title(f"{IMPL_LABELS[impl]}, L={length}", fontsize=9)
+            axes.set_xlabel("negatives K")
+            axes.grid(True, alpha=0.3)
+            if c == 0:
+                axes.set_ylabel("validation NDCG@10")
+    handles = [Line2D([], [], color=colors[b], marker="o", label=f"batch {b}") for b in batches]
+    figure.legend(handles=handles, loc="outside lower center", ncol=len(batches), fontsize=8)
+    figure.suptitle(f"{title}: quality over negatives x batch size (trials over the budget are absent)")
+    return figure
+
+
+def time_memory_figure(configs: pd.DataFrame, title: str) -> Figure:
+    """Time per epoch against peak memory for every configuration, fused and PyTorch marked."""
+    figure = Figure(figsize=(7.5, 4.8), layout="constrained")
+    axes = figure.add_subplot()
+    for impl, (marker, color) in IMPL_STYLE.items():
+        rows = configs[configs["loss_impl_used"] == impl]
+        if not rows.empty:
+            axes.scatter(rows["memory_bytes"] / GIB, rows["epoch_seconds"], marker=marker, color=color,
+                         s=14 + 10 * np.log2(rows["batch_size"] / rows["batch_size"].min() + 1), alpha=0.8,
+                         label=IMPL_LABELS[impl])
+    axes.set_xscale("log", base=2)
+    axes.set_yscale("log")
+    axes.set_xlabel("peak process memory (GiB)")
+    axes.set_ylabel("training time per epoch (s, steady state)")
+    axes.set_title(f"{title}: time per epoch vs memory (marker size: batch)")
+    axes.grid(True, alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    return figure
+
+
+# ----------------------------------------------------------------------------------------------------
+# the report
+
+
+def write_study_report(trials: pd.DataFrame, out_dir: str | Path, *, budgets: Sequence[int],
+                       sources: Sequence[str]) -> Path:
+    out = Path(out_dir)
+    figures_dir = out / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    configs = configurations(trials)
+    lines = [
+        "# Study report (generated)",
+        "",
+        f"Generated by `cce-study study-report` from {', '.join(f'`{s}`' for s in sources)}: "
+        f"{len(trials)} trials, {int((trials['status'] == 'ok').sum())} ok, {len(configs)} configurations "
+        "run ok. Quality is NDCG@10 on full-catalogue ranking, mean ± sample sd over seeds (count in "
+        "brackets); memory is the trial process's peak (NVML), the largest over seeds; time per epoch is the "
+        "steady-state training time (evaluation excluded). Trials shared cards, so times compare roughly.",
+        "",
+        "## How training stopped",
+        "",
+        markdown_table(convergence_summary(trials)),
+        "",
+    ]
+    for (dataset, split), group in configs.groupby(["dataset", "split"], sort=True):
+        tag = analysis_tag(f"{dataset}_{split}")
+        title = f"{dataset} ({split})"
+        written = []
+        for name, figure in (("frontier", frontier_by_impl_figure(group, budgets, title)),
+                             ("negatives_batch", negatives_batch_figure(group, title)),
+                             ("time_memory", time_memory_figure(group, title))):
+            path = figures_dir / f"{name}_{tag}.png"
+            figure.savefig(path, dpi=130)
+            written.append(path)
+        lines += [f"## {title}", "", "### Best configuration under each budget", "",
+                  markdown_table(best_under_budgets(group, budgets)), "",
+                  "### Scaling negatives and batch together (the paper's claim)", "",
+                  markdown_table(scaling_claim(group, budgets)), ""]
+        scopes = scope_comparison(group)
+        if not scopes.empty:
+            lines += ["### Negative scopes at equal K, batch and length (fused loss)", "",
+                      markdown_table(scopes), ""]
+        lines += [f"![{p.stem}](figures/{p.name})" for p in written] + [""]
+    speed = speed_summary(trials)
+    lines += ["## Fused vs PyTorch at equal configurations", "",
+              markdown_table(speed) if not speed.empty else "_(no pairs)_", "",
+              "## Configurations that still need seeds", "",
+              markdown_table(seed_candidates(configs, budgets)[
+                  ["dataset", "loss_impl_used", "negative_scope", "num_negatives", "batch_size", "max_len",
+                   "seeds", "val_mean", "trial_ids"]]), ""]
+    report = out / "study-report.md"
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return report
+
+
+def analysis_tag(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", action="append", required=True, type=Path,
+                        help="a results database of the study (repeat for each)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for study-report.md and figures/")
+    parser.add_argument("--budgets", default=DEFAULT_BUDGETS_TEXT,
+                        help=f"budgets for the tables, comma-separated (default {DEFAULT_BUDGETS_TEXT})")
+
+
+def run(args: argparse.Namespace) -> int:
+    from study.memory import parse_budget
+
+    for path in args.db:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no results database there")
+    budgets = [parse_budget(text.strip(), None) for text in args.budgets.split(",") if text.strip()]
+    trials = load_study(args.db)
+    report = write_study_report(trials, args.out, budgets=budgets, sources=[str(p) for p in args.db])
+    print(report)
+    return 0
+
+
+__all__ = ["load_study", "configurations", "best_under_budgets", "scaling_claim", "scope_comparison",
+           "speed_summary", "convergence_summary", "seed_candidates", "write_study_report"]

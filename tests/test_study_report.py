@@ -1,0 +1,131 @@
+"""The study report: seeds aggregated to mean and sd across databases, best per budget and implementation,
+the negatives-vs-batch comparison, negative scopes, and the command writing it all."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from study import cli
+from study.config import TrainConfig
+from study.db import ResultsDB
+from study.record import MemoryReport, TrialRecord
+from study.study_report import (
+    best_under_budgets,
+    configurations,
+    differs,
+    load_study,
+    scaling_claim,
+    scope_comparison,
+    seed_candidates,
+)
+
+GIB = 2**30
+
+
+def trial(k: int, b: int, ndcg: float, gib: float, *, impl: str = "triton", seed: int = 0,
+          scope: str = "position", status: str = "ok", stop: str | None = "early_stopping") -> TrialRecord:
+    config = TrainConfig(dataset="ml-1m", loss="ce-neg", num_negatives=k, batch_size=b, max_len=50,
+                         loss_impl=impl, negative_scope=scope, seed=seed)  # type: ignore[arg-type]
+    ok = status == "ok"
+    return TrialRecord(status=status, config=config.to_dict(), loss_impl=impl,  # type: ignore[arg-type]
+                       val_metrics={"ndcg@10": ndcg} if ok else {},
+                       test_metrics={"ndcg@10": ndcg - 0.01} if ok else {},
+                       memory=MemoryReport(nvml_process_peak=int(gib * GIB)),
+                       steady_epoch_seconds=1.0 + k / 1e3, mean_epoch_seconds=1.0,
+                       stop_reason=stop if ok else None)  # type: ignore[arg-type]
+
+
+def write(path: Path, sweep: str, records: list[TrialRecord]) -> Path:
+    with ResultsDB(path) as db:
+        for index, record in enumerate(records):
+            db.record_trial(f"{sweep}-{index}", sweep, record)
+    return path
+
+
+@pytest.fixture
+def study_dbs(tmp_path: Path) -> list[Path]:
+    grid = write(tmp_path / "grid.sqlite", "grid", [
+        trial(64, 64, 0.150, 1.0), trial(1024, 64, 0.180, 2.0), trial(64, 1024, 0.160, 3.0),
+        trial(1024, 1024, 0.190, 12.0),
+        trial(64, 64, 0.149, 3.0, impl="torch"), trial(1024, 64, 0.181, 20.0, impl="torch"),
+        trial(1024, 1024, 0.0, 90.0, impl="torch", status="predicted_over_budget"),
+    ])
+    seeds = write(tmp_path / "seeds.sqlite", "seeds", [
+        trial(1024, 1024, 0.186, 12.5, seed=1), trial(1024, 1024, 0.188, 11.0, seed=2),
+        trial(1024, 64, 0.170, 2.0, seed=1), trial(1024, 64, 0.190, 2.1, seed=2),
+        trial(1024, 64, 0.150, 2.0, scope="batch"), trial(1024, 64, 0.152, 2.0, scope="batch", seed=1),
+        trial(1024, 64, 0.151, 2.0, scope="batch", seed=2),
+    ])
+    return [grid, seeds]
+
+
+def test_seeds_of_a_configuration_aggregate_across_databases(study_dbs: list[Path]) -> None:
+    configs = configurations(load_study(study_dbs)).set_index(
+        ["loss_impl_used", "negative_scope", "num_negatives", "batch_size"])
+    big = configs.loc[("triton", "position", 1024, 1024)]
+    assert big["seeds"] == 3 and big["val_mean"] == pytest.approx((0.190 + 0.186 + 0.188) / 3)
+    assert big["val_sd"] == pytest.approx(pd.Series([0.190, 0.186, 0.188]).std())
+    assert big["memory_bytes"] == int(12.5 * GIB)  # the largest seed: it must fit for every seed
+    assert configs.loc[("torch", "position", 64, 64), "seeds"] == 1
+    assert math.isnan(configs.loc[("torch", "position", 64, 64), "val_sd"])
+    assert ("torch", "position", 1024, 1024) not in configs.index  # never ran
+
+
+def test_best_under_each_budget_per_implementation(study_dbs: list[Path]) -> None:
+    table = best_under_budgets(configurations(load_study(study_dbs)), [8 * GIB, 16 * GIB, 40 * GIB])
+    best = {(row["budget GiB"], row["impl"]): (row["K"], row["batch"]) for _, row in table.iterrows()}
+    assert best[(8.0, "fused (Triton)")] == (1024, 64)  # 1024 x 1024 needs 12.5 GiB
+    assert best[(16.0, "fused (Triton)")] == (1024, 1024)
+    assert best[(16.0, "PyTorch")] == (64, 64)  # its K=1024 trial took 20 GiB
+    assert best[(40.0, "PyTorch")] == (1024, 64)
+
+
+def test_differences_inside_the_spread_are_no_difference() -> None:
+    a = pd.Series({"val_mean": 0.190, "val_sd": 0.004, "seeds": 3})
+    assert differs(a, pd.Series({"val_mean": 0.187, "val_sd": 0.001, "seeds": 3})) == "same (within sd)"
+    assert differs(a, pd.Series({"val_mean": 0.180, "val_sd": 0.001, "seeds": 3})) == "better"
+    assert differs(pd.Series({"val_mean": 0.17, "val_sd": 0.001, "seeds": 3}), a) == "worse"
+    assert differs(a, pd.Series({"val_mean": 0.180, "val_sd": math.nan, "seeds": 1})) == "unknown (one seed)"
+
+
+def test_the_scaling_claim_compares_the_best_with_either_axis_alone(study_dbs: list[Path]) -> None:
+    table = scaling_claim(configurations(load_study(study_dbs)), [40 * GIB]).set_index("impl")
+    fused = table.loc["fused (Triton)"]
+    assert fused["best (K, B, L)"] == "(1024, 1024, 50)" and fused["both scaled"]
+    assert "same (within sd)" in fused["negatives only (B=64)"]  # 0.188 +- 0.002 vs 0.180 +- 0.014
+    assert fused["batch only (K=64)"] == "(64, 1024, 50) 0.1600: best unknown (one seed)"
+
+
+def test_scopes_are_compared_with_per_position_at_equal_settings(study_dbs: list[Path]) -> None:
+    table = scope_comparison(configurations(load_study(study_dbs)))
+    assert list(table["scope"]) == ["position", "batch"]
+    assert table.iloc[1]["vs per position"] == "worse"  # 0.151 +- 0.001 vs 0.180 +- 0.01
+
+
+def test_configurations_without_three_seeds_are_listed(study_dbs: list[Path]) -> None:
+    wanted = seed_candidates(configurations(load_study(study_dbs)), [8 * GIB, 40 * GIB])
+    assert (wanted["seeds"] < 3).all()
+    assert {(1024, 1024), (1024, 64)}.isdisjoint(
+        zip(wanted[wanted["loss_impl_used"] == "triton"]["num_negatives"],
+            wanted[wanted["loss_impl_used"] == "triton"]["batch_size"]))  # both have three
+    assert (wanted["loss_impl_used"] == "torch").any()
+
+
+def test_the_command_writes_the_report_and_figures(study_dbs: list[Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "report"
+    argv = ["study-report", "--out", str(out), "--budgets", "8GiB,40GiB"]
+    for path in study_dbs:
+        argv += ["--db", str(path)]
+    assert cli.main(argv) == 0
+    text = (out / "study-report.md").read_text()
+    assert "## How training stopped" in text and "### Best configuration under each budget" in text
+    assert "0.1880 ± 0.0020 (3)" in text  # the 1024 x 1024 configuration's three seeds
+    assert sorted(p.name for p in (out / "figures").iterdir()) == [
+        "frontier_ml-1m_loo.png", "negatives_batch_ml-1m_loo.png", "time_memory_ml-1m_loo.png"]
+    assert cli.main(["study-report", "--out", str(out), "--db", str(tmp_path / "none.sqlite")]) == 2
+    assert "none.sqlite: no results database there" in capsys.readouterr().err

@@ -146,7 +146,7 @@ def scaling_claim(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFrame
             negatives_only = fits[fits["batch_size"] == smallest_batch]
             batch_only = fits[fits["num_negatives"] == fewest_negatives]
             row: dict[str, Any] = {
-                "dataset": dataset, "budget GiB": budget / GIB, "impl": IMPL_LABELS.get(impl, impl),
+                "dataset": dataset, "budget GiB": budget / GIB, "impl": IMPL_LABELS.get(str(impl), str(impl)),
                 "best (K, B, L)": _point(best), "best val": mean_sd(best["val_mean"], best["val_sd"],
                                                                    int(best["seeds"])),
             }
@@ -218,7 +218,7 @@ def convergence_summary(trials: pd.DataFrame) -> pd.DataFrame:
         ok = group[group["status"] == "ok"]
         capped = ok[ok["stop"] == "time_limit"]
         rows.append({
-            "dataset": dataset, "impl": IMPL_LABELS.get(impl, impl), "trials": len(group), "ok": len(ok),
+            "dataset": dataset, "impl": IMPL_LABELS.get(str(impl), str(impl)), "trials": len(group), "ok": len(ok),
             "early stopping": int((ok["stop"] == "early_stopping").sum()),
             "epoch limit": int((ok["stop"] == "max_epochs").sum()), "time cap": len(capped),
             "time-capped (K, B, L)": ", ".join(_point(row) for _, row in capped.iterrows()) or "-",

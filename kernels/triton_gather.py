@@ -44,8 +44,10 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import index_guard
 from kernels.draw import MAX_ITEMS, MAX_ROWS, seed_key, slice_step
 from kernels.triton_dispatch import Reduction, Scheme
+from kernels.triton_guard import NEGATIVES_SLOT, TARGETS_SLOT, in_catalogue, report_refused
 
 _LOG_Q_NONE, _LOG_Q_CONSTANT, _LOG_Q_TENSOR = 0, 1, 2
 # Backward sorts each row of tensor negatives (see GatherConfig.sort_negatives) when d <= SORT_MAX_DIM;
@@ -154,11 +156,14 @@ def _draw_kernel(out_ptr, stream_key, num_negatives, num_items, slice_step, BLOC
 # --- shared pieces of forward and backward -------------------------------------------------------
 
 @triton.jit
-def _row_target(targets_ptr, row, ignore_index):
-    """(target, kept): the row's target (0 where ignored) and whether the row counts."""
+def _row_target(targets_ptr, row, ignore_index, num_items):
+    """(target, kept, refused): the row's target (0 where not kept), whether the row counts, and whether
+    its target was refused as out of range (kernels.index_guard: the row then counts as ignored)."""
     target = tl.load(targets_ptr + row).to(tl.int64)
-    kept = target != ignore_index
-    return tl.where(kept, target, 0), kept
+    labelled = target != ignore_index
+    refused = labelled & ~in_catalogue(target, num_items)
+    kept = labelled & ~refused
+    return tl.where(kept, target, 0), kept, refused
 
 
 @triton.jit
@@ -175,14 +180,21 @@ def _negative_logits(
     row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
 ):
-    """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits)."""
+    """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits,
+    the columns that count, the columns refused as out of range). Negatives of a row that is not kept
+    are not read at all."""
     k_mask = (ks < num_negatives) & kept
     if DRAWN:
         item_ids = _draw_items(row_state, ks, num_items, num_negatives, slice_step)
+        refused = ks < 0  # drawn items lie in the catalogue by construction
     else:
         item_ids = tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=k_mask, other=0,
                            eviction_policy=GATHER_EVICTION)
         item_ids = item_ids.to(tl.int64)
+        # kernels.index_guard: an out-of-range negative is left out, never turned into an address.
+        refused = k_mask & ~in_catalogue(item_ids, num_items)
+        k_mask = k_mask & ~refused
+        item_ids = tl.where(refused, 0, item_ids)
     tile_mask = k_mask[:, None] & d_mask[None, :]
     rows = tl.load(items_ptr + item_ids[:, None] * stride_item + d_offs[None, :], mask=tile_mask, other=0.0,
                    eviction_policy=GATHER_EVICTION)
@@ -197,18 +209,19 @@ def _negative_logits(
     if REMOVE_HITS:
         k_mask = k_mask & (item_ids != target)
     logits = tl.where(k_mask, logits, float("-inf"))
-    return item_ids, rows, logits, k_mask
+    return item_ids, rows, logits, k_mask, refused
 
 
 @triton.jit
 def _gather_forward_kernel(
-    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, loss_ptr, lse_ptr,
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, loss_ptr, lse_ptr, kept_ptr, flags_ptr,
     num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, correction, ignore_index,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     row = tl.program_id(0)
-    target, kept = _row_target(targets_ptr, row, ignore_index)
+    target, kept, target_refused = _row_target(targets_ptr, row, ignore_index, num_items)
+    report_refused(flags_ptr, TARGETS_SLOT, tl.load(targets_ptr + row), target_refused, num_items)
     d_offs = tl.arange(0, BLOCK_D)
     d_mask = d_offs < dim
     hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
@@ -219,17 +232,22 @@ def _gather_forward_kernel(
     running_sum = positive_logit * 0.0 + 1.0
     for k0 in range(0, num_negatives, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        _, _, logits, _ = _negative_logits(
+        _, _, logits, _, refused = _negative_logits(
             hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
             row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
             DRAWN, LOG_Q_MODE, REMOVE_HITS, "",
         )
+        if not DRAWN:
+            report_refused(flags_ptr, NEGATIVES_SLOT,
+                           tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=refused, other=0),
+                           refused, num_items)
         new_max = tl.maximum(running_max, tl.max(logits, axis=0))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max), axis=0)
         running_max = new_max
     lse = running_max + tl.log(running_sum)
     tl.store(lse_ptr + row, lse)
     tl.store(loss_ptr + row, tl.where(kept, lse - positive_logit, 0.0))
+    tl.store(kept_ptr + row, kept.to(tl.float32))
 
 
 @triton.jit
@@ -257,13 +275,13 @@ def _gather_backward_kernel(
     for r in range(ROWS):
         row = tl.program_id(0) * ROWS + r
         if row < num_rows:
-            target, kept = _row_target(targets_ptr, row, ignore_index)
+            target, kept, _ = _row_target(targets_ptr, row, ignore_index, num_items)
             grad_row = tl.where(kept, tl.load(grad_loss_ptr + row), 0.0)
             lse = tl.load(lse_ptr + row)
             hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
             hidden_f32 = hidden_row.to(tl.float32)
             row_state = _row_state(row, stream_key)
-            item_ids, rows, logits, k_mask = _negative_logits(
+            item_ids, rows, logits, k_mask, _ = _negative_logits(
                 hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
                 row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
                 DRAWN, LOG_Q_MODE, REMOVE_HITS, GATHER_EVICTION,
@@ -318,25 +336,30 @@ class _GatherLinearCrossEntropy(torch.autograd.Function):
         ctx: Any, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
         negatives: torch.Tensor | None, log_q_tensor: torch.Tensor | None, launch: dict[str, Any],
         config: GatherConfig,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss [N], kept [N]): the row losses and 1.0 on the rows that count (a labelled target in
+        range), 0.0 elsewhere, for the mean's count."""
         num_rows, dim = hidden.shape
         loss = _new_output((num_rows,), torch.float32, hidden.device)
         lse = _new_output((num_rows,), torch.float32, hidden.device)
+        kept = _new_output((num_rows,), torch.float32, hidden.device)
         if num_rows:
             _gather_forward_kernel[(num_rows,)](
                 hidden, items, targets, negatives if negatives is not None else targets,
-                log_q_tensor if log_q_tensor is not None else lse, loss, lse,
+                log_q_tensor if log_q_tensor is not None else lse, loss, lse, kept,
+                index_guard.flags(hidden.device),
                 **launch, BLOCK_K=config.block_k, BLOCK_D=triton.next_power_of_2(dim),
                 num_warps=config.num_warps, num_stages=config.num_stages,
             )
         ctx.save_for_backward(hidden, items, targets, negatives, log_q_tensor, lse)
         ctx.launch = launch
         ctx.config = config
-        ctx.mark_non_differentiable(lse)
-        return loss
+        ctx.mark_non_differentiable(kept)
+        return loss, kept
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_kept: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, ...]:
         hidden, items, targets, negatives, log_q_tensor, lse = ctx.saved_tensors
         need_hidden, need_items = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         num_rows, dim = hidden.shape
@@ -382,7 +405,10 @@ def _sort_rows_kernel(src_ptr, dst_ptr, num_negatives, stride_src, BLOCK_K: tl.c
     row = tl.program_id(0)
     ks = tl.arange(0, BLOCK_K)
     mask = ks < num_negatives
-    values = tl.load(src_ptr + row.to(tl.int64) * stride_src + ks, mask=mask, other=2147483647).to(tl.int32)
+    values = tl.load(src_ptr + row.to(tl.int64) * stride_src + ks, mask=mask, other=2147483647)
+    # Clamped before the int32 cast, so that an out-of-range int64 index stays out of range (refused by
+    # the backward kernel as by the forward) instead of wrapping into the catalogue.
+    values = tl.minimum(tl.maximum(values, -1), 2147483647).to(tl.int32)
     values = tl.sort(values, dim=0)
     tl.store(dst_ptr + row.to(tl.int64) * num_negatives + ks, values, mask=mask)
 
@@ -414,8 +440,11 @@ def sorted_rows(negatives: torch.Tensor, *, method: str = "auto") -> torch.Tenso
     order = torch.empty((min(chunk, num_rows), num_negatives), dtype=torch.int64, device=negatives.device)
     for first in range(0, num_rows, chunk):
         count = min(chunk, num_rows - first)
-        torch.sort(negatives[first:first + count].to(torch.int32), dim=1,
-                   out=(out[first:first + count], order[:count]))
+        chunk_values = negatives[first:first + count]
+        if chunk_values.dtype != torch.int32:
+            # Out-of-range int64 values stay out of range (see the kernel); `order` is the scratch space.
+            chunk_values = torch.clamp(chunk_values, -1, 2**31 - 1, out=order[:count]).to(torch.int32)
+        torch.sort(chunk_values, dim=1, out=(out[first:first + count], order[:count]))
     return out
 
 
@@ -483,11 +512,10 @@ def gather_linear_cross_entropy(
         LOG_Q_MODE=log_q_mode, REMOVE_HITS=bool(remove_accidental_hits),
     )
     config = config or default_config(dim, num_negatives, hidden.device)
-    row_losses = _GatherLinearCrossEntropy.apply(
+    row_losses, kept = _GatherLinearCrossEntropy.apply(
         hidden, items, targets, negatives, log_q_tensor, launch, config)
     if reduction == "none":
         return row_losses
     if reduction == "sum":
         return row_losses.sum()
-    kept_rows = (targets != ignore_index).sum()
-    return row_losses.sum() / kept_rows.clamp(min=1)
+    return row_losses.sum() / kept.sum().clamp(min=1.0)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from kernels import check_index_errors
 from models.sasrec import SASRec
 from study.config import ConfigError, TrainConfig
 from study.evaluate import evaluate_model, evaluate_popularity
@@ -203,6 +204,9 @@ def _train_epoch(
         if not pending:
             return
         values = torch.stack(pending).float().cpu()
+        # The read-back above waited for the GPU: hear here of an out-of-range index that the fused
+        # kernels refused in these steps (kernels.index_guard), not only at the next loss call.
+        check_index_errors(context.device)
         finite = torch.isfinite(values)
         if not bool(finite.all()):
             first_bad = int((~finite).nonzero()[0])

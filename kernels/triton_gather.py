@@ -169,7 +169,11 @@ def _row_target(targets_ptr, row, ignore_index, num_items):
 @triton.jit
 def _positive_row(items_ptr, target, kept, stride_item, d_offs, d_mask, hidden_row):
     """The positive item's row in hidden's precision (as float32) and its logit h_i . E[p_i]."""
-    positive = tl.load(items_ptr + target * stride_item + d_offs, mask=d_mask & kept, other=0.0)
+    # tl.where(kept, mask, False), not `mask & kept`, wherever a row's scalar flag meets a block mask:
+    # Triton 3.9's interpreter gives a scalar comparison the dtype of its operands, so `block & scalar`
+    # became an int32 mask that its loads refuse ("mask has unsupported dtype"). Same code on the GPU.
+    positive = tl.load(items_ptr + target * stride_item + d_offs, mask=tl.where(kept, d_mask, False),
+                       other=0.0)
     positive = positive.to(hidden_row.dtype).to(tl.float32)
     return positive, tl.sum(positive * hidden_row.to(tl.float32), axis=0)
 
@@ -183,7 +187,7 @@ def _negative_logits(
     """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits,
     the columns that count, the columns refused as out of range). Negatives of a row that is not kept
     are not read at all."""
-    k_mask = (ks < num_negatives) & kept
+    k_mask = tl.where(kept, ks < num_negatives, False)
     if DRAWN:
         item_ids = _draw_items(row_state, ks, num_items, num_negatives, slice_step)
         refused = ks < 0  # drawn items lie in the catalogue by construction
@@ -302,7 +306,7 @@ def _gather_backward_kernel(
                 grad_hidden += positive_coef * positive
                 if COMPUTE_GRAD_ITEMS:
                     tl.atomic_add(grad_items_ptr + target * dim + d_offs, positive_coef * hidden_f32,
-                                  mask=d_mask & kept, sem="relaxed")
+                                  mask=tl.where(kept, d_mask, False), sem="relaxed")
             if COMPUTE_GRAD_HIDDEN:
                 tl.atomic_add(grad_hidden_ptr + row.to(tl.int64) * dim + d_offs, grad_hidden, mask=d_mask,
                               sem="relaxed")

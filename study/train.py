@@ -31,7 +31,7 @@ from tqdm import tqdm
 from kernels import check_index_errors
 from models.sasrec import SASRec
 from study.config import ConfigError, TrainConfig
-from study.evaluate import evaluate_model, evaluate_popularity
+from study.evaluate import evaluate_model, evaluate_popularity, prepare_evaluation
 from study.record import EpochRecord, TrialRecord, steady_state_seconds
 
 EARLY_STOPPING_METRIC = "ndcg@10"
@@ -108,13 +108,18 @@ def _train_and_evaluate(
 ) -> None:
     config, device = context.config, context.device
 
+    # Each evaluation set is laid out once (windows, targets, seen items) and evaluated every epoch.
+    prepared = {id(evalset): prepare_evaluation(evalset, num_items=split.num_items, max_len=config.max_len,
+                                                device=device, exclude_seen=config.exclude_seen)
+                for evalset in (split.validation, split.test)}
+
     def popularity_metrics(evalset: Any) -> dict[str, float]:
-        return evaluate_popularity(split.item_counts, evalset, max_len=config.max_len,
+        return evaluate_popularity(split.item_counts, prepared[id(evalset)], max_len=config.max_len,
                                    batch_size=config.eval_batch_size, device=device,
                                    exclude_seen=config.exclude_seen)
 
     def model_metrics(evalset: Any) -> dict[str, float]:
-        return evaluate_model(model, evalset, num_items=split.num_items, max_len=config.max_len,
+        return evaluate_model(model, prepared[id(evalset)], num_items=split.num_items, max_len=config.max_len,
                               batch_size=config.eval_batch_size, device=device,
                               exclude_seen=config.exclude_seen, autocast=context.autocast)
 

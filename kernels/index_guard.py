@@ -64,6 +64,11 @@ def _canonical(device: torch.device) -> torch.device:
     return device
 
 
+def _capturing(device: torch.device) -> bool:
+    """Whether a CUDA graph is being captured on the current stream (nothing may wait or query then)."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def flags(device: torch.device) -> torch.Tensor:
     """The flag buffer the kernels on `device` report refused indices into (kernels.triton_guard)."""
     return _guard(device).flags
@@ -72,7 +77,7 @@ def flags(device: torch.device) -> torch.Tensor:
 def publish(device: torch.device) -> None:
     """After a call's kernels are queued: copy the flags to the host without waiting for them."""
     guard = _guard(device)
-    if guard.event is not None:
+    if guard.event is not None and not _capturing(device):
         guard.host.copy_(guard.flags, non_blocking=True)
         guard.event.record()
 
@@ -80,18 +85,20 @@ def publish(device: torch.device) -> None:
 def raise_pending(device: torch.device, *, wait: bool) -> None:
     """Raise the ValueError of an index the kernels on `device` refused since the last report.
 
-    wait=False looks only at a copy that has already arrived (no synchronisation); wait=True first
-    waits for the latest calls' kernels and copy.
+    wait=False looks only at the copy `publish` queued, if it has arrived (no synchronisation); wait=True
+    reads the flags themselves, waiting for the kernels queued so far.
     """
     guard = _GUARDS.get(_canonical(device))
     if guard is None:
         return
-    if guard.event is not None:
-        if wait:
-            guard.event.synchronize()
-        elif not guard.event.query():
+    if guard.event is None or wait:
+        if guard.event is not None and _capturing(device):
+            return  # inside a CUDA graph capture nothing may wait; replays leave the flags for later
+        values = guard.flags.tolist()  # waits for the kernels queued so far (graph replays included)
+    else:
+        if _capturing(device) or not guard.event.query():
             return
-    values = guard.host.tolist()
+        values = guard.host.tolist()
     for slot, (name, treatment) in _ARGUMENTS.items():
         if values[slot]:
             guard.flags.zero_()  # reported once (this path may synchronise: it ends in an error)

@@ -183,3 +183,40 @@ def test_only_the_fused_path_on_cuda_defers():
     assert not api.defers_index_checks(cpu, "torch")
     meta = torch.zeros(1, device="meta")
     assert not api.defers_index_checks(meta, "triton")
+
+
+class FakeEvent:
+    """Stands in for torch.cuda.Event: `done` says whether the queued copy has arrived."""
+
+    def __init__(self):
+        self.done = False
+        self.recorded = 0
+
+    def record(self):
+        self.recorded += 1
+
+    def query(self):
+        return self.done
+
+
+def test_cuda_report_waits_for_nothing_until_the_copy_has_arrived(monkeypatch):
+    """The CUDA bookkeeping with a stand-in event: publish copies the flags, the next call raises only
+    once the copy has arrived, check_index_errors reads the flags themselves."""
+    device = torch.device("cpu")  # the tensors' device does not matter to the bookkeeping
+    flags = torch.zeros(index_guard.FLAG_SLOTS, dtype=torch.int64)
+    event = FakeEvent()
+    guard = index_guard._DeviceGuard(flags, torch.zeros_like(flags), event)
+    index_guard._GUARDS[device] = guard
+    flags[index_guard.NEGATIVES_SLOT:index_guard.NEGATIVES_SLOT + 3] = torch.tensor([1, C + 9, C])
+    index_guard.raise_pending(device, wait=False)  # nothing copied yet
+    index_guard.publish(device)
+    assert event.recorded == 1 and guard.host.tolist() == flags.tolist()
+    index_guard.raise_pending(device, wait=False)  # copy queued, not arrived: no error, no wait
+    event.done = True
+    with pytest.raises(ValueError, match=rf"^negatives: value {C + 9} is outside \[0, {C}\)"):
+        index_guard.raise_pending(device, wait=False)
+    assert flags.abs().sum() == 0 and guard.host.abs().sum() == 0  # reported once
+    flags[index_guard.TARGETS_SLOT:index_guard.TARGETS_SLOT + 3] = torch.tensor([1, -4, C])
+    event.done = False
+    with pytest.raises(ValueError, match=r"^targets: value -4"):
+        kernels.check_index_errors(device)  # reads the flags, not the (stale) copy

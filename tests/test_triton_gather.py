@@ -345,8 +345,10 @@ def test_sliced_backward_matches_float64_reference(scheme, num_rows, num_negativ
                                                    backward_rows, monkeypatch):
     """GatherConfig.item_slices: the backward in catalogue slices, each with its own item-gradient buffer
     (poisoned outputs: every item row must be written by exactly one slice)."""
-    monkeypatch.setattr(triton_gather, "_new_output",
-                        lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device))
+    def poisoned(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(triton_gather, "_new_output", poisoned)
     seed = 2000 + num_rows * 7 + dim
     hidden, items, targets, negatives, log_q = make_case(
         num_rows, num_negatives, num_items, dim, hidden_dtype, items_dtype, scheme=scheme, seed=seed,

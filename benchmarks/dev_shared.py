@@ -181,17 +181,17 @@ def sweep_dim(dim: int) -> list[dict]:
         cfg = BlockConfig(block_m, block_n, warps, stages)
         configs = KernelConfigs(forward=cfg, grad_hidden=cfg, grad_items=cfg,
                                 target_programs=base.target_programs)
-        plan = ts._Plan(scheme="shared", num_groups=1, rows_per_group=hidden.shape[0], num_negatives=k,
-                        logq_mode=0, logq_scalar=0.0, mask_hits=True, ignore_index=IGNORE,
-                        reduction="mean", configs=configs)
-        lse, positive, _ = ts._forward(hidden, items, targets, negatives, None, plan)
-        row_grad = (targets != IGNORE).float() / hidden.shape[0]
+        plan = ts._Plan(scheme="shared", num_items=items.shape[0], num_groups=1,
+                        rows_per_group=hidden.shape[0], num_negatives=k, logq_mode=0, logq_scalar=0.0,
+                        mask_hits=True, ignore_index=IGNORE, reduction="mean", configs=configs)
+        lse, positive, _, kept, safe_targets = ts._forward(hidden, items, targets, negatives, None, plan)
+        row_grad = kept / hidden.shape[0]
         coef = row_grad * (torch.exp(positive - lse) - 1)
-        backward_args = (hidden, items, targets, negatives, None, lse, row_grad, coef, plan)
+        backward_args = (hidden, items, targets, negatives, None, lse, row_grad, coef)
         kernels = {
             "forward": functools.partial(ts._forward, hidden, items, targets, negatives, None, plan),
-            "grad_hidden": functools.partial(ts._grad_hidden, *backward_args),
-            "grad_items": functools.partial(ts._grad_items, *backward_args),
+            "grad_hidden": functools.partial(ts._grad_hidden, *backward_args, plan),
+            "grad_items": functools.partial(ts._grad_items, *backward_args, safe_targets, plan),
         }
         times = {}
         for name, fn in kernels.items():

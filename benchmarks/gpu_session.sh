@@ -6,14 +6,22 @@
 # Then, through the device tool, carrying .gpu-wheels and .gpu-data:
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh bench        (~5 min: issue 3)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh training     (~5 min: issues 3, 4, 5)
+# Issue 13 (three calls): speed (~4 min), loss (< 8 min), eval (< 10 min). loss also needs
+#   .cache/published-cce (the published CCE- kernel: .cache/published-cce/SOURCE.md says how to lay it out)
+# and eval needs .cache/eval-before (the tree before the evaluation change) and gowalla in .gpu-data:
+#   mkdir -p .cache/eval-before && git archive beb4e36 kernels models study | tar -x -C .cache/eval-before
+#   mkdir -p .gpu-data/gowalla && cp ../shared/data/gowalla/interactions.csv.gz .gpu-data/gowalla/
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
-python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu-wheels/*.whl \
-  || exit 1
+# The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
+if compgen -G ".gpu-wheels/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu-wheels/*.whl \
+    || exit 1
+fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 export CCE_STUDY_DATA_PATH=$PWD/.gpu-data RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 {
@@ -73,7 +81,25 @@ case "$part" in
     bench --scheme full --catalogue 1000000 --hidden-dim 64 --impls triton,cce --out "$work/full-d64.json"
     bench --scheme full --catalogue 1000000 --hidden-dim 256 --impls triton,cce --out "$work/full-d256.json"
     ;;
-  *) echo "unknown part: $part (dev, bench, training or final)" >&2; exit 2 ;;
+  speed)
+    # Issue 13: the kernel variants against the defaults (one call, ~4 min).
+    timeout 290 python3 benchmarks/dev_speed.py --out "$work" 2>&1 | tee "$work/dev_speed.log"
+    ;;
+  loss)
+    # Issue 13: every DESIGN case, public call and bare kernel next to eager, compile, the published CCE-
+    # kernel (carried in .cache/published-cce) and cut-cross-entropy (its wheel in .gpu-wheels), plus the
+    # setup section on the shared K=4096 d=64 case (one call, under 8 min).
+    timeout 470 python3 -m study.bench_loss --preset design --sections setup,loss --warmup-ms 50 --rep-ms 300 \
+      --deadline-seconds 420 --published-cce .cache/published-cce --out "$work" 2>&1 | tee "$work/bench.log"
+    ;;
+  eval)
+    # Issue 13: training vs evaluation seconds per epoch, ml-1m and gowalla, before (the tree in
+    # .cache/eval-before) and after; then evaluation alone with the metrics compared exactly.
+    timeout 560 python3 benchmarks/eval_split.py --trees before=.cache/eval-before,after=. \
+      --datasets ml-1m,gowalla --mode epoch,eval --epochs 2 --repeats 2 --device cuda --timeout 240 \
+      --out "$work" 2>&1 | tee "$work/eval_split.log"
+    ;;
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss or eval)" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
 tar czf "$out/$part.tgz" -C "$work" .

@@ -1,9 +1,11 @@
 """The public loss entry point: validate, normalise, then dispatch to an implementation.
 
 `linear_cross_entropy` is the only function the harness and the tests call (DESIGN section 3).
-Validation raises `ValueError` naming the offending argument before anything reaches a kernel, so a
-bad index never becomes an illegal memory access. The index-range checks reduce on the device and
-read one boolean back: on CUDA that is a small host synchronisation per call.
+Validation raises `ValueError` naming the offending argument, and a bad index never becomes an
+illegal memory access. Shapes, dtypes and devices are checked before the call. Index ranges are
+checked before the call too, except on the fused path on CUDA: there a host check would read a flag
+back from the device on every call (a synchronisation per training step), so the kernels test every
+index before using it and the error is raised at the next call instead (`kernels.index_guard`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Literal
 
 import torch
 
+from kernels import index_guard
 from kernels.triton_dispatch import Reduction, Scheme
 
 Impl = Literal["auto", "torch", "triton"]
@@ -63,6 +66,11 @@ def linear_cross_entropy(
     logit of each negative is lowered by log(K) + log_q[item]. Returns a float32 scalar for
     reduction "mean" (0 when every row is ignored) or "sum", or float32 of hidden's leading shape
     for "none" (0 on ignored rows).
+
+    An index outside [0, C) (ignore_index aside) raises a ValueError naming targets or negatives: before
+    the call, except with the Triton kernels on CUDA, where the kernels leave it out (a bad target's row
+    counts as ignored, a bad negative is dropped like an accidental hit) and the error is raised by the
+    next call on that device or by `kernels.check_index_errors()`; see `kernels.index_guard`.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
@@ -70,11 +78,34 @@ def linear_cross_entropy(
         raise ValueError(f"impl: must be one of {', '.join(IMPLS)}, got {impl!r}")
     if not isinstance(remove_accidental_hits, bool):
         raise ValueError(f"remove_accidental_hits: must be a bool, got {remove_accidental_hits!r}")
-    call = normalise_inputs(hidden, items, targets, negatives, seed=seed, ignore_index=ignore_index)
+    call = normalise_inputs(hidden, items, targets, negatives, seed=seed, ignore_index=ignore_index,
+                            check_ranges=False)
     log_q_value = _normalise_log_q(log_q, call)
-    return compute_normalised(call, seed=seed, log_q=log_q_value,
+    resolved = resolve_impl(impl, call.hidden)
+    deferred = defers_index_checks(call.hidden, resolved)
+    if deferred:
+        index_guard.raise_pending(call.hidden.device, wait=False)
+    else:
+        check_index_ranges(call, ignore_index=ignore_index)
+    loss = compute_normalised(call, seed=seed, log_q=log_q_value,
                               remove_accidental_hits=remove_accidental_hits, ignore_index=ignore_index,
-                              reduction=reduction, impl=impl)
+                              reduction=reduction, impl=resolved)
+    if deferred:
+        index_guard.publish(call.hidden.device)
+    return loss
+
+
+def resolve_impl(impl: Impl, hidden: torch.Tensor) -> Impl:
+    """"auto" is "triton" on CUDA (when Triton is installed) and "torch" elsewhere."""
+    if impl != "auto":
+        return impl
+    return "triton" if hidden.is_cuda and importlib.util.find_spec("triton") is not None else "torch"
+
+
+def defers_index_checks(hidden: torch.Tensor, impl: Impl) -> bool:
+    """Whether the index ranges are checked inside the kernels (kernels.index_guard) instead of on the
+    host before the call: only for the Triton kernels on CUDA, where a host check is a synchronisation."""
+    return impl == "triton" and hidden.is_cuda
 
 
 def compute_normalised(
@@ -89,9 +120,8 @@ def compute_normalised(
 ) -> torch.Tensor:
     """The loss of a call that `normalise_inputs` already validated (log_q as `_normalise_log_q` gives
     it). Split from `linear_cross_entropy` so that benchmarks can time the implementations without
-    the validation, whose index-range check reads a flag back from the device on every call."""
-    if impl == "auto":
-        impl = "triton" if call.hidden.is_cuda and importlib.util.find_spec("triton") is not None else "torch"
+    the public call's checks (the bare kernels)."""
+    impl = resolve_impl(impl, call.hidden)
     if impl == "triton":
         from kernels.triton_dispatch import triton_linear_cross_entropy as implementation
     else:
@@ -115,8 +145,12 @@ def normalise_inputs(
     *,
     seed: int | None,
     ignore_index: int,
+    check_ranges: bool = True,
 ) -> NormalisedCall:
-    """Validate shapes, dtypes, devices and index ranges; return the flat form of the call."""
+    """Validate shapes, dtypes, devices and (check_ranges) index ranges; return the flat form of the call.
+
+    With check_ranges=False the caller must call `check_index_ranges` or run kernels that guard every
+    index themselves (kernels.index_guard)."""
     _check_tensor("hidden", hidden)
     _check_tensor("items", items)
     _check_tensor("targets", targets)
@@ -149,10 +183,9 @@ def normalise_inputs(
     num_rows = math.prod(leading_shape)
     rows_per_sequence = leading_shape[1] if hidden.dim() == 3 else 1
     flat_targets = targets.reshape(num_rows).to(torch.int64)
-    _check_index_range("targets", flat_targets, num_items, ignore_index=ignore_index)
     scheme, flat_negatives, num_negatives = _normalise_negatives(negatives, seed, leading_shape, num_items,
                                                                  hidden.device)
-    return NormalisedCall(
+    call = NormalisedCall(
         hidden=hidden.reshape(num_rows, dim).contiguous(),
         items=items.contiguous(),
         targets=flat_targets,
@@ -162,6 +195,18 @@ def normalise_inputs(
         rows_per_sequence=rows_per_sequence,
         leading_shape=leading_shape,
     )
+    if check_ranges:
+        check_index_ranges(call, ignore_index=ignore_index)
+    return call
+
+
+def check_index_ranges(call: NormalisedCall, *, ignore_index: int) -> None:
+    """ValueError naming targets or negatives when one of their indices lies outside [0, C) (ignore_index
+    allowed in targets). On CUDA each check reads a flag back from the device: a host synchronisation."""
+    num_items = call.items.shape[0]
+    _check_index_range("targets", call.targets, num_items, ignore_index=ignore_index)
+    if call.negatives is not None:
+        _check_index_range("negatives", call.negatives, num_items, ignore_index=None)
 
 
 def _normalise_negatives(
@@ -211,9 +256,7 @@ def _normalise_negatives(
     # int32 indices stay int32 (half the bytes the kernels read per pass, no copy of an [N, K] tensor).
     if flat.dtype not in (torch.int64, torch.int32):
         flat = flat.to(torch.int64)
-    flat = flat.contiguous()
-    _check_index_range("negatives", flat, num_items, ignore_index=None)
-    return scheme, flat, num_negatives
+    return scheme, flat.contiguous(), num_negatives
 
 
 def _normalise_log_q(log_q: torch.Tensor | str | None, call: NormalisedCall) -> torch.Tensor | float | None:

@@ -44,8 +44,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.draw import MAX_ITEMS, MAX_ROWS, seed_key, slice_step
+from kernels import index_guard
+from kernels.draw import MAX_ITEMS, MAX_ROWS, seed_key, slice_starts, slice_step
 from kernels.triton_dispatch import Reduction, Scheme
+from kernels.triton_guard import NEGATIVES_SLOT, TARGETS_SLOT, in_catalogue, report_refused
 
 _LOG_Q_NONE, _LOG_Q_CONSTANT, _LOG_Q_TENSOR = 0, 1, 2
 # Backward sorts each row of tensor negatives (see GatherConfig.sort_negatives) when d <= SORT_MAX_DIM;
@@ -83,6 +85,12 @@ class GatherConfig:
     sort_negatives: bool = True
     # Backward: gathered item rows marked evict-first in L2, to leave L2 to the scatter-add targets.
     evict_gathered: bool = False
+    # Backward in this many catalogue slices, one launch each (0: one launch over all column blocks).
+    # Each launch visits only the negatives inside its slice (tensor negatives sorted within rows first;
+    # drawn ones by columns), accumulates their item gradient in a float32 buffer of that slice alone
+    # and writes it into the gradient: for half item tables the float32 accumulator is C/item_slices rows
+    # instead of C, and the concurrent scatter-adds stay inside one slice. backward_rows rows per program.
+    item_slices: int = 0
 
 
 def default_config(dim: int, num_negatives: int, device: torch.device) -> GatherConfig:
@@ -154,35 +162,49 @@ def _draw_kernel(out_ptr, stream_key, num_negatives, num_items, slice_step, BLOC
 # --- shared pieces of forward and backward -------------------------------------------------------
 
 @triton.jit
-def _row_target(targets_ptr, row, ignore_index):
-    """(target, kept): the row's target (0 where ignored) and whether the row counts."""
+def _row_target(targets_ptr, row, ignore_index, num_items):
+    """(target, kept, refused): the row's target (0 where not kept), whether the row counts, and whether
+    its target was refused as out of range (kernels.index_guard: the row then counts as ignored)."""
     target = tl.load(targets_ptr + row).to(tl.int64)
-    kept = target != ignore_index
-    return tl.where(kept, target, 0), kept
+    labelled = target != ignore_index
+    refused = labelled & ~in_catalogue(target, num_items)
+    kept = labelled & ~refused
+    return tl.where(kept, target, 0), kept, refused
 
 
 @triton.jit
 def _positive_row(items_ptr, target, kept, stride_item, d_offs, d_mask, hidden_row):
     """The positive item's row in hidden's precision (as float32) and its logit h_i . E[p_i]."""
-    positive = tl.load(items_ptr + target * stride_item + d_offs, mask=d_mask & kept, other=0.0)
+    # tl.where(kept, mask, False), not `mask & kept`, wherever a row's scalar flag meets a block mask:
+    # Triton 3.9's interpreter gives a scalar comparison the dtype of its operands, so `block & scalar`
+    # became an int32 mask that its loads refuse ("mask has unsupported dtype"). Same code on the GPU.
+    positive = tl.load(items_ptr + target * stride_item + d_offs, mask=tl.where(kept, d_mask, False),
+                       other=0.0)
     positive = positive.to(hidden_row.dtype).to(tl.float32)
     return positive, tl.sum(positive * hidden_row.to(tl.float32), axis=0)
 
 
 @triton.jit
 def _negative_logits(
-    hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
+    hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, column_end, d_offs, d_mask,
     row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
 ):
-    """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits)."""
-    k_mask = (ks < num_negatives) & kept
+    """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits,
+    the columns that count, the columns refused as out of range). Negatives of a row that is not kept
+    are not read at all. Columns from column_end on do not count."""
+    k_mask = tl.where(kept, ks < column_end, False)
     if DRAWN:
         item_ids = _draw_items(row_state, ks, num_items, num_negatives, slice_step)
+        refused = ks < 0  # drawn items lie in the catalogue by construction
     else:
         item_ids = tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=k_mask, other=0,
                            eviction_policy=GATHER_EVICTION)
         item_ids = item_ids.to(tl.int64)
+        # kernels.index_guard: an out-of-range negative is left out, never turned into an address.
+        refused = k_mask & ~in_catalogue(item_ids, num_items)
+        k_mask = k_mask & ~refused
+        item_ids = tl.where(refused, 0, item_ids)
     tile_mask = k_mask[:, None] & d_mask[None, :]
     rows = tl.load(items_ptr + item_ids[:, None] * stride_item + d_offs[None, :], mask=tile_mask, other=0.0,
                    eviction_policy=GATHER_EVICTION)
@@ -197,18 +219,19 @@ def _negative_logits(
     if REMOVE_HITS:
         k_mask = k_mask & (item_ids != target)
     logits = tl.where(k_mask, logits, float("-inf"))
-    return item_ids, rows, logits, k_mask
+    return item_ids, rows, logits, k_mask, refused
 
 
 @triton.jit
 def _gather_forward_kernel(
-    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, loss_ptr, lse_ptr,
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, loss_ptr, lse_ptr, kept_ptr, flags_ptr,
     num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, correction, ignore_index,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     row = tl.program_id(0)
-    target, kept = _row_target(targets_ptr, row, ignore_index)
+    target, kept, target_refused = _row_target(targets_ptr, row, ignore_index, num_items)
+    report_refused(flags_ptr, TARGETS_SLOT, tl.load(targets_ptr + row), target_refused, num_items)
     d_offs = tl.arange(0, BLOCK_D)
     d_mask = d_offs < dim
     hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
@@ -219,17 +242,22 @@ def _gather_forward_kernel(
     running_sum = positive_logit * 0.0 + 1.0
     for k0 in range(0, num_negatives, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        _, _, logits, _ = _negative_logits(
-            hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
-            row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
+        _, _, logits, _, refused = _negative_logits(
+            hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, num_negatives, d_offs,
+            d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
             DRAWN, LOG_Q_MODE, REMOVE_HITS, "",
         )
+        if not DRAWN:
+            report_refused(flags_ptr, NEGATIVES_SLOT,
+                           tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=refused, other=0),
+                           refused, num_items)
         new_max = tl.maximum(running_max, tl.max(logits, axis=0))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(logits - new_max), axis=0)
         running_max = new_max
     lse = running_max + tl.log(running_sum)
     tl.store(lse_ptr + row, lse)
     tl.store(loss_ptr + row, tl.where(kept, lse - positive_logit, 0.0))
+    tl.store(kept_ptr + row, kept.to(tl.float32))
 
 
 @triton.jit
@@ -257,15 +285,15 @@ def _gather_backward_kernel(
     for r in range(ROWS):
         row = tl.program_id(0) * ROWS + r
         if row < num_rows:
-            target, kept = _row_target(targets_ptr, row, ignore_index)
+            target, kept, _ = _row_target(targets_ptr, row, ignore_index, num_items)
             grad_row = tl.where(kept, tl.load(grad_loss_ptr + row), 0.0)
             lse = tl.load(lse_ptr + row)
             hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
             hidden_f32 = hidden_row.to(tl.float32)
             row_state = _row_state(row, stream_key)
-            item_ids, rows, logits, k_mask = _negative_logits(
-                hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, d_offs, d_mask,
-                row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
+            item_ids, rows, logits, k_mask, _ = _negative_logits(
+                hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, num_negatives, d_offs,
+                d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
                 DRAWN, LOG_Q_MODE, REMOVE_HITS, GATHER_EVICTION,
             )
             coef = grad_row * tl.exp(logits - lse)
@@ -284,10 +312,79 @@ def _gather_backward_kernel(
                 grad_hidden += positive_coef * positive
                 if COMPUTE_GRAD_ITEMS:
                     tl.atomic_add(grad_items_ptr + target * dim + d_offs, positive_coef * hidden_f32,
-                                  mask=d_mask & kept, sem="relaxed")
+                                  mask=tl.where(kept, d_mask, False), sem="relaxed")
             if COMPUTE_GRAD_HIDDEN:
                 tl.atomic_add(grad_hidden_ptr + row.to(tl.int64) * dim + d_offs, grad_hidden, mask=d_mask,
                               sem="relaxed")
+
+
+@triton.jit
+def _gather_slice_backward_kernel(
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, segments_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
+    grad_hidden_ptr, slice_grad_ptr,
+    num_rows, num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, correction,
+    ignore_index, slice_index, num_slices, slice_lo, slice_hi, item_base, first_column, end_column,
+    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
+    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Backward of ROWS rows restricted to the negatives in catalogue slice [slice_lo, slice_hi).
+
+    One launch per slice (GatherConfig.item_slices): every negative a launch visits lies in its slice,
+    so the item gradient is accumulated in float32 for that slice alone (slice_grad_ptr, row
+    item - item_base), while the GPU's concurrent scatter-adds stay inside it. Drawn negatives: the
+    slice is the columns [first_column, end_column) of every row (stratified draws). Tensor negatives:
+    each row's negatives sorted, segments_ptr [N, num_slices + 1] gives the columns of each slice.
+    A row belongs to one program per launch, so dH (float32, grad_hidden_ptr) is added without atomics.
+    """
+    d_offs = tl.arange(0, BLOCK_D)
+    d_mask = d_offs < dim
+    for r in range(ROWS):
+        row = tl.program_id(0) * ROWS + r
+        if row < num_rows:
+            target, kept, _ = _row_target(targets_ptr, row, ignore_index, num_items)
+            grad_row = tl.where(kept, tl.load(grad_loss_ptr + row), 0.0)
+            lse = tl.load(lse_ptr + row)
+            hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
+            hidden_f32 = hidden_row.to(tl.float32)
+            row_state = _row_state(row, stream_key)
+            if DRAWN:
+                start = first_column
+                end = end_column
+            else:
+                segment = segments_ptr + row.to(tl.int64) * (num_slices + 1) + slice_index
+                start = tl.load(segment)
+                end = tl.load(segment + 1)
+            grad_hidden = tl.zeros([BLOCK_D], dtype=tl.float32)
+            for k0 in range(start, end, BLOCK_K):
+                ks = k0 + tl.arange(0, BLOCK_K)
+                item_ids, rows, logits, k_mask, _ = _negative_logits(
+                    hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, end, d_offs,
+                    d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg,
+                    correction, DRAWN, LOG_Q_MODE, REMOVE_HITS, GATHER_EVICTION,
+                )
+                coef = grad_row * tl.exp(logits - lse)
+                if COMPUTE_GRAD_ITEMS:
+                    tl.atomic_add(slice_grad_ptr + (item_ids - item_base)[:, None] * dim + d_offs[None, :],
+                                  coef[:, None] * hidden_f32[None, :],
+                                  mask=k_mask[:, None] & d_mask[None, :], sem="relaxed")
+                grad_hidden += tl.sum(coef[:, None] * rows, axis=0)
+            # The positive's share: of dH once per row (slice 0), of dE[p_i] in the launch whose slice
+            # holds the target; its row is read only in those launches.
+            in_slice = kept & (target >= slice_lo) & (target < slice_hi)
+            if (slice_index == 0) | in_slice:
+                positive, positive_logit = _positive_row(items_ptr, target, kept, stride_item, d_offs,
+                                                         d_mask, hidden_row)
+                positive_coef = grad_row * (tl.exp(positive_logit - lse) - 1.0)
+                if slice_index == 0:
+                    grad_hidden += positive_coef * positive
+                if COMPUTE_GRAD_ITEMS:
+                    tl.atomic_add(slice_grad_ptr + (target - item_base) * dim + d_offs,
+                                  positive_coef * hidden_f32, mask=tl.where(in_slice, d_mask, False),
+                                  sem="relaxed")
+            if COMPUTE_GRAD_HIDDEN:
+                out = grad_hidden_ptr + row.to(tl.int64) * dim + d_offs
+                tl.store(out, tl.load(out, mask=d_mask, other=0.0) + grad_hidden, mask=d_mask)
 
 
 # --- host side ----------------------------------------------------------------------------------
@@ -318,29 +415,37 @@ class _GatherLinearCrossEntropy(torch.autograd.Function):
         ctx: Any, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
         negatives: torch.Tensor | None, log_q_tensor: torch.Tensor | None, launch: dict[str, Any],
         config: GatherConfig,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss [N], kept [N]): the row losses and 1.0 on the rows that count (a labelled target in
+        range), 0.0 elsewhere, for the mean's count."""
         num_rows, dim = hidden.shape
         loss = _new_output((num_rows,), torch.float32, hidden.device)
         lse = _new_output((num_rows,), torch.float32, hidden.device)
+        kept = _new_output((num_rows,), torch.float32, hidden.device)
         if num_rows:
             _gather_forward_kernel[(num_rows,)](
                 hidden, items, targets, negatives if negatives is not None else targets,
-                log_q_tensor if log_q_tensor is not None else lse, loss, lse,
+                log_q_tensor if log_q_tensor is not None else lse, loss, lse, kept,
+                index_guard.flags(hidden.device),
                 **launch, BLOCK_K=config.block_k, BLOCK_D=triton.next_power_of_2(dim),
                 num_warps=config.num_warps, num_stages=config.num_stages,
             )
         ctx.save_for_backward(hidden, items, targets, negatives, log_q_tensor, lse)
         ctx.launch = launch
         ctx.config = config
-        ctx.mark_non_differentiable(lse)
-        return loss
+        ctx.mark_non_differentiable(kept)
+        return loss, kept
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx: Any, grad_loss: torch.Tensor, _grad_kept: torch.Tensor | None
+                 ) -> tuple[torch.Tensor | None, ...]:
         hidden, items, targets, negatives, log_q_tensor, lse = ctx.saved_tensors
         need_hidden, need_items = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         num_rows, dim = hidden.shape
         config: GatherConfig = ctx.config
+        if config.item_slices > 0:
+            return _slice_backward(hidden, items, targets, negatives, log_q_tensor, lse, grad_loss,
+                                   need_hidden, need_items, dict(ctx.launch), config)
         # float32 accumulation targets of the atomics; for float32 inputs they are the gradients.
         grad_hidden = (torch.zeros((num_rows, dim), dtype=torch.float32, device=hidden.device)
                        if need_hidden else None)
@@ -374,6 +479,73 @@ class _GatherLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_items, None, None, None, None, None
 
 
+def catalogue_slices(num_items: int, num_negatives: int, slices: int, *, drawn: bool
+                     ) -> list[tuple[int, int, int, int]]:
+    """(first item, end item, first column, end column) of each slice of the sliced backward.
+
+    Drawn negatives: groups of consecutive columns, whose items lie in consecutive draw slices (column k
+    is drawn from [start_k, start_(k+1)), kernels.draw), so at most K groups. Tensor negatives: C split
+    into `slices` equal item ranges (the columns differ by row: the kernel reads them from segments)."""
+    if drawn:
+        count = max(1, min(slices, num_negatives))
+        starts = slice_starts(num_items, num_negatives).tolist()
+        columns = [(i * num_negatives) // count for i in range(count + 1)]
+        return [(starts[columns[i]], starts[columns[i + 1]], columns[i], columns[i + 1])
+                for i in range(count)]
+    bounds = [(i * num_items) // slices for i in range(slices + 1)]
+    return [(bounds[i], bounds[i + 1], 0, 0) for i in range(slices)]
+
+
+def _slice_backward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+                    negatives: torch.Tensor | None, log_q_tensor: torch.Tensor | None, lse: torch.Tensor,
+                    grad_loss: torch.Tensor, need_hidden: bool, need_items: bool, launch: dict[str, Any],
+                    config: GatherConfig) -> tuple[torch.Tensor | None, ...]:
+    """Backward in catalogue slices (GatherConfig.item_slices), one launch each: the float32 item
+    gradient exists for one slice at a time (for half item tables; float32 tables accumulate in place)."""
+    num_rows, dim = hidden.shape
+    num_items = items.shape[0]
+    drawn = negatives is None
+    slices = catalogue_slices(num_items, launch["num_negatives"], config.item_slices, drawn=drawn)
+    segments = lse  # unused by drawn negatives
+    if negatives is not None:
+        negatives = sorted_rows(negatives)
+        launch["stride_neg"] = negatives.stride(0)
+        bounds = torch.tensor([lo for lo, _, _, _ in slices] + [num_items], dtype=torch.int32,
+                              device=negatives.device)
+        segments = torch.searchsorted(negatives, bounds.expand(num_rows, -1).contiguous(), out_int32=True)
+    grad_hidden = (torch.zeros((num_rows, dim), dtype=torch.float32, device=hidden.device)
+                   if need_hidden else None)
+    in_place = items.dtype == torch.float32
+    grad_items = buffer = None
+    if need_items:
+        if in_place:
+            grad_items = torch.zeros((num_items, dim), dtype=torch.float32, device=items.device)
+        else:
+            grad_items = _new_output((num_items, dim), items.dtype, items.device)
+            longest = max(hi - lo for lo, hi, _, _ in slices)
+            buffer = torch.empty((longest, dim), dtype=torch.float32, device=items.device)
+    grad_rows = grad_loss.to(torch.float32).contiguous()
+    for index, (lo, hi, first_column, end_column) in enumerate(slices):
+        if buffer is not None:
+            buffer[:hi - lo].zero_()
+        if num_rows and (need_hidden or need_items):
+            _gather_slice_backward_kernel[(triton.cdiv(num_rows, config.backward_rows),)](
+                hidden, items, targets, negatives if negatives is not None else targets, segments,
+                log_q_tensor if log_q_tensor is not None else lse, lse, grad_rows,
+                grad_hidden if grad_hidden is not None else lse,
+                (buffer if buffer is not None else grad_items) if need_items else lse,
+                num_rows, **launch, slice_index=index, num_slices=len(slices), slice_lo=lo, slice_hi=hi,
+                item_base=lo if buffer is not None else 0, first_column=first_column, end_column=end_column,
+                COMPUTE_GRAD_HIDDEN=need_hidden, COMPUTE_GRAD_ITEMS=need_items,
+                GATHER_EVICTION="evict_first" if config.evict_gathered else "",
+                ROWS=config.backward_rows, BLOCK_K=config.backward_block_k,
+                BLOCK_D=triton.next_power_of_2(dim), num_warps=config.backward_warps, num_stages=1,
+            )
+        if buffer is not None and grad_items is not None:
+            grad_items[lo:hi].copy_(buffer[:hi - lo])
+    if grad_hidden is not None and grad_hidden.dtype != hidden.dtype:
+        grad_hidden = grad_hidden.to(hidden.dtype)
+    return grad_hidden, grad_items, None, None, None, None, None
 
 
 @triton.jit
@@ -382,7 +554,10 @@ def _sort_rows_kernel(src_ptr, dst_ptr, num_negatives, stride_src, BLOCK_K: tl.c
     row = tl.program_id(0)
     ks = tl.arange(0, BLOCK_K)
     mask = ks < num_negatives
-    values = tl.load(src_ptr + row.to(tl.int64) * stride_src + ks, mask=mask, other=2147483647).to(tl.int32)
+    values = tl.load(src_ptr + row.to(tl.int64) * stride_src + ks, mask=mask, other=2147483647)
+    # Clamped before the int32 cast, so that an out-of-range int64 index stays out of range (refused by
+    # the backward kernel as by the forward) instead of wrapping into the catalogue.
+    values = tl.minimum(tl.maximum(values, -1), 2147483647).to(tl.int32)
     values = tl.sort(values, dim=0)
     tl.store(dst_ptr + row.to(tl.int64) * num_negatives + ks, values, mask=mask)
 
@@ -414,8 +589,11 @@ def sorted_rows(negatives: torch.Tensor, *, method: str = "auto") -> torch.Tenso
     order = torch.empty((min(chunk, num_rows), num_negatives), dtype=torch.int64, device=negatives.device)
     for first in range(0, num_rows, chunk):
         count = min(chunk, num_rows - first)
-        torch.sort(negatives[first:first + count].to(torch.int32), dim=1,
-                   out=(out[first:first + count], order[:count]))
+        chunk_values = negatives[first:first + count]
+        if chunk_values.dtype != torch.int32:
+            # Out-of-range int64 values stay out of range (see the kernel); `order` is the scratch space.
+            chunk_values = torch.clamp(chunk_values, -1, 2**31 - 1, out=order[:count]).to(torch.int32)
+        torch.sort(chunk_values, dim=1, out=(out[first:first + count], order[:count]))
     return out
 
 
@@ -483,11 +661,10 @@ def gather_linear_cross_entropy(
         LOG_Q_MODE=log_q_mode, REMOVE_HITS=bool(remove_accidental_hits),
     )
     config = config or default_config(dim, num_negatives, hidden.device)
-    row_losses = _GatherLinearCrossEntropy.apply(
+    row_losses, kept = _GatherLinearCrossEntropy.apply(
         hidden, items, targets, negatives, log_q_tensor, launch, config)
     if reduction == "none":
         return row_losses
     if reduction == "sum":
         return row_losses.sum()
-    kept_rows = (targets != ignore_index).sum()
-    return row_losses.sum() / kept_rows.clamp(min=1)
+    return row_losses.sum() / kept.sum().clamp(min=1.0)

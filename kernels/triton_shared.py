@@ -43,6 +43,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import index_guard
+from kernels.triton_guard import NEGATIVES_SLOT, TARGETS_SLOT, in_catalogue, report_refused
+
 SharedScheme = Literal["full", "shared", "sequence"]
 Reduction = Literal["mean", "sum", "none"]
 
@@ -119,14 +122,40 @@ def _load_rows(base_ptr, rows, row_mask, stride_row, stride_col, dcols, dmask):
 
 
 @triton.jit
-def _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL: tl.constexpr):
-    # int32 (C < 2**31): the per-element hit comparisons are then one instruction, not two.
+def _negative_indices(group_neg_ptr, cols, col_mask, num_items, FULL: tl.constexpr):
+    """(idx, ok) of a tile of negative columns: int32 item ids (C < 2**31: the per-element hit
+    comparisons are then one instruction, not two), 0 where not ok; ok: the column exists and its index
+    lies in the catalogue (kernels.index_guard: an out-of-range negative is left out, never an address)."""
     if FULL:
         idx = cols
+        ok = col_mask
     else:
-        idx = tl.load(neg_ptr + group.to(tl.int64) * stride_neg_group + cols, mask=col_mask,
-                      other=0).to(tl.int32)
-    return idx
+        raw = tl.load(group_neg_ptr + cols, mask=col_mask, other=0)
+        ok = col_mask & in_catalogue(raw, num_items)
+        idx = tl.where(ok, raw, 0).to(tl.int32)
+    return idx, ok
+
+
+@triton.jit
+def _drop_columns(x, idx, ok, safe_targets, FULL: tl.constexpr, EVEN_K: tl.constexpr,
+                  MASK_HITS: tl.constexpr):
+    """-inf where a [rows, negatives] tile's column does not count: past K, refused as out of range, or
+    (MASK_HITS) the row's own target."""
+    if FULL:
+        if not EVEN_K:
+            x = tl.where(ok[None, :], x, float("-inf"))
+    elif MASK_HITS:
+        x = tl.where((idx[None, :] == safe_targets[:, None]) | ~ok[None, :], float("-inf"), x)
+    else:
+        x = tl.where(ok[None, :], x, float("-inf"))
+    return x
+
+
+@triton.jit
+def _report_refused_negatives(flags_ptr, group_neg_ptr, cols, col_mask, ok, num_items):
+    refused = col_mask & ~ok
+    raw = tl.load(group_neg_ptr + cols, mask=refused, other=0)
+    report_refused(flags_ptr, NEGATIVES_SLOT, raw, refused, num_items)
 
 
 @triton.jit
@@ -141,11 +170,15 @@ def _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE: tl.constexpr):
 
 
 @triton.jit
-def _row_targets(targets_ptr, rows, row_mask, ignore_index):
-    """(kept, safe_targets) of a row block: kept rows, and int32 targets with 0 where not kept."""
+def _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items):
+    """(kept, safe_targets, refused, targets) of a row block: the rows that count, their int32 targets
+    (0 where not kept), the rows whose target was refused as out of range (kernels.index_guard: they
+    count as ignored) and the targets as loaded (int64)."""
     targets = tl.load(targets_ptr + rows, mask=row_mask, other=ignore_index).to(tl.int64)
-    kept = row_mask & (targets != ignore_index)
-    return kept, tl.where(kept, targets, 0).to(tl.int32)
+    labelled = row_mask & (targets != ignore_index)
+    refused = labelled & ~in_catalogue(targets, num_items)
+    kept = labelled & ~refused
+    return kept, tl.where(kept, targets, 0).to(tl.int32), refused, targets
 
 
 @triton.jit
@@ -156,25 +189,23 @@ def _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask):
 
 
 @triton.jit
-def _softmax_grad(scores, idx, col_mask, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
-                  LOGQ_MODE: tl.constexpr, EVEN_K: tl.constexpr, MASK_HITS: tl.constexpr):
-    """dLoss/dscores of a [rows, negatives] tile, g_i * p_ik, in float32 (masked columns and hits: 0)."""
+def _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
+                  LOGQ_MODE: tl.constexpr, FULL: tl.constexpr, EVEN_K: tl.constexpr, MASK_HITS: tl.constexpr):
+    """dLoss/dscores of a [rows, negatives] tile, g_i * p_ik, in float32 (dropped columns and hits: 0)."""
     if LOGQ_MODE == 0:
         shifted = scores * 1.4426950408889634 - lse2[:, None]
     else:
-        corr2 = _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE)
+        corr2 = _correction2(logq_ptr, idx, ok, logq_scalar, LOGQ_MODE)
         shifted = scores * 1.4426950408889634 - corr2[None, :] - lse2[:, None]
-    if not EVEN_K:
-        shifted = tl.where(col_mask[None, :], shifted, float("-inf"))
-    if MASK_HITS:
-        shifted = tl.where(idx[None, :] == safe_targets[:, None], float("-inf"), shifted)
+    shifted = _drop_columns(shifted, idx, ok, safe_targets, FULL, EVEN_K, MASK_HITS)
     return tl.math.exp2(shifted) * row_grad[:, None]
 
 
 @triton.jit
 def _forward_kernel(
     hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, positive_ptr, loss_ptr,
-    rows_per_group, num_negatives, dim,
+    kept_ptr, safe_targets_ptr, flags_ptr,
+    rows_per_group, num_negatives, num_items, dim,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
     logq_scalar, ignore_index,
     FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, EVEN_K: tl.constexpr,
@@ -183,13 +214,16 @@ def _forward_kernel(
 ):
     # Row blocks of one sequence are neighbours in launch order, so they share its negative tiles in L2.
     group = tl.program_id(1)
+    group_neg_ptr = neg_ptr + group.to(tl.int64) * stride_neg_group
     local_rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = local_rows < rows_per_group
     rows = group.to(tl.int64) * rows_per_group + local_rows
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < dim
     h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
-    kept, safe_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index)
+    kept, safe_targets, refused_targets, raw_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index,
+                                                                    num_items)
+    report_refused(flags_ptr, TARGETS_SLOT, raw_targets, refused_targets, num_items)
     e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, dcols,
                        dmask).to(h.dtype)
     positive = tl.sum(h.to(tl.float32) * e_pos.to(tl.float32), axis=1)
@@ -204,18 +238,18 @@ def _forward_kernel(
     for k0 in range(0, num_negatives, BLOCK_N):
         cols = k0 + tl.arange(0, BLOCK_N)
         col_mask = cols < num_negatives
-        idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
-        e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
+        idx, ok = _negative_indices(group_neg_ptr, cols, col_mask, num_items, FULL)
+        if not FULL:  # noqa: SIM102 (a constexpr test, then a run-time one)
+            if tl.program_id(0) == 0:  # one program per group reports its refused negatives
+                _report_refused_negatives(flags_ptr, group_neg_ptr, cols, col_mask, ok, num_items)
+        e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
         scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
         if LOGQ_MODE == 0:
             scores2 = scores * 1.4426950408889634
         else:
-            scores2 = scores * 1.4426950408889634 - _correction2(logq_ptr, idx, col_mask, logq_scalar,
+            scores2 = scores * 1.4426950408889634 - _correction2(logq_ptr, idx, ok, logq_scalar,
                                                                  LOGQ_MODE)[None, :]
-        if not EVEN_K:
-            scores2 = tl.where(col_mask[None, :], scores2, float("-inf"))
-        if MASK_HITS:
-            scores2 = tl.where(idx[None, :] == safe_targets[:, None], float("-inf"), scores2)
+        scores2 = _drop_columns(scores2, idx, ok, safe_targets, FULL, EVEN_K, MASK_HITS)
         new_max = tl.maximum(run_max, tl.max(scores2, axis=1))
         run_sum = run_sum * tl.math.exp2(run_max - new_max) + tl.sum(tl.math.exp2(scores2 - new_max[:, None]),
                                                                        axis=1)
@@ -224,13 +258,15 @@ def _forward_kernel(
     tl.store(lse_ptr + rows, lse, mask=row_mask)
     tl.store(positive_ptr + rows, positive, mask=row_mask)
     tl.store(loss_ptr + rows, tl.where(kept, lse - positive, 0.0), mask=row_mask)
+    tl.store(kept_ptr + rows, kept.to(tl.float32), mask=row_mask)
+    tl.store(safe_targets_ptr + rows, safe_targets.to(tl.int64), mask=row_mask)
 
 
 @triton.jit
 def _grad_hidden_kernel(
     hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
     grad_hidden_ptr,
-    rows_per_group, num_negatives, dim,
+    rows_per_group, num_negatives, num_items, dim,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
     logq_scalar, ignore_index,
     FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, EVEN_K: tl.constexpr,
@@ -239,24 +275,25 @@ def _grad_hidden_kernel(
 ):
     # Row blocks of one sequence are neighbours in launch order, so they share its negative tiles in L2.
     group = tl.program_id(1)
+    group_neg_ptr = neg_ptr + group.to(tl.int64) * stride_neg_group
     local_rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = local_rows < rows_per_group
     rows = group.to(tl.int64) * rows_per_group + local_rows
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < dim
     h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
-    _, safe_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index)
+    _, safe_targets, _, _ = _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items)
     lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for k0 in range(0, num_negatives, BLOCK_N):
         cols = k0 + tl.arange(0, BLOCK_N)
         col_mask = cols < num_negatives
-        idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
-        e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
+        idx, ok = _negative_indices(group_neg_ptr, cols, col_mask, num_items, FULL)
+        e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
         scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
-        dscores = _softmax_grad(scores, idx, col_mask, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
-                                LOGQ_MODE, EVEN_K, MASK_HITS)
+        dscores = _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
+                                LOGQ_MODE, FULL, EVEN_K, MASK_HITS)
         acc += _dot(dscores.to(h.dtype), e, PRECISION, UPCAST)
     # The positive's share, outside the loop: (p_i0 - 1) g_i E[p_i], or -g_i E[p_i] for "full", whose
     # loop already scored the target column with its softmax weight.
@@ -271,7 +308,7 @@ def _grad_hidden_kernel(
 @triton.jit
 def _grad_items_kernel(
     hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, row_grad_ptr, out_ptr,
-    rows_per_group, num_negatives, dim, num_splits, group_offset,
+    rows_per_group, num_negatives, num_items, dim, num_splits, group_offset,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
     stride_out_split, stride_out_group, stride_out_row,
     logq_scalar, ignore_index,
@@ -284,15 +321,16 @@ def _grad_items_kernel(
     split = tl.program_id(1)
     local_group = tl.program_id(2)
     group = local_group + group_offset
+    group_neg_ptr = neg_ptr + group.to(tl.int64) * stride_neg_group
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < num_negatives
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < dim
-    idx = _negative_indices(neg_ptr, group, stride_neg_group, cols, col_mask, FULL)
-    e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, dcols,
+    idx, ok = _negative_indices(group_neg_ptr, cols, col_mask, num_items, FULL)
+    e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, dcols,
                    dmask).to(hidden_ptr.dtype.element_ty)
     if LOGQ_MODE != 0:
-        corr2 = _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE)
+        corr2 = _correction2(logq_ptr, idx, ok, logq_scalar, LOGQ_MODE)
 
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for r0 in range(split * BLOCK_M, rows_per_group, num_splits * BLOCK_M):
@@ -300,15 +338,20 @@ def _grad_items_kernel(
         row_mask = local_rows < rows_per_group
         rows = group.to(tl.int64) * rows_per_group + local_rows
         h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
-        _, safe_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index)
+        _, safe_targets, _, _ = _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items)
         lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
         scores_t = _dot(e, tl.trans(h), PRECISION, UPCAST)
         if LOGQ_MODE == 0:
             shifted_t = scores_t * 1.4426950408889634 - lse2[None, :]
         else:
             shifted_t = scores_t * 1.4426950408889634 - corr2[:, None] - lse2[None, :]
-        if MASK_HITS:
-            shifted_t = tl.where(idx[:, None] == safe_targets[None, :], float("-inf"), shifted_t)
+        # Columns past K are never stored; refused ones (out of range) are stored as zero rows.
+        if not FULL:
+            if MASK_HITS:
+                shifted_t = tl.where((idx[:, None] == safe_targets[None, :]) | ~ok[:, None], float("-inf"),
+                                     shifted_t)
+            else:
+                shifted_t = tl.where(ok[:, None], shifted_t, float("-inf"))
         dscores_t = tl.math.exp2(shifted_t) * row_grad[None, :]
         if FULL:
             dscores_t -= tl.where(idx[:, None] == safe_targets[None, :], row_grad[None, :], 0.0)
@@ -316,6 +359,7 @@ def _grad_items_kernel(
 
     out_mask = col_mask[:, None] & dmask[None, :]
     if ATOMIC:
+        out_mask = ok[:, None] & dmask[None, :]
         # Sequences may share negatives, so programs of different sequences can hit the same item row.
         out_ptrs = out_ptr + idx.to(tl.int64)[:, None] * stride_out_row + dcols[None, :]
         tl.atomic_add(out_ptrs, acc, mask=out_mask)
@@ -331,7 +375,7 @@ def _grad_items_kernel(
 def _fused_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
     grad_hidden_ptr, tile_grad_ptr,
-    num_rows, num_negatives, dim,
+    num_rows, num_negatives, num_items, dim,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col,
     logq_scalar, ignore_index,
     LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, EVEN_K: tl.constexpr,
@@ -347,7 +391,7 @@ def _fused_backward_kernel(
     dcols = tl.arange(0, BLOCK_D)
     dmask = dcols < dim
     h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
-    _, safe_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index)
+    _, safe_targets, _, _ = _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items)
     lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
 
     num_tiles = tl.cdiv(num_negatives, BLOCK_N)
@@ -357,11 +401,11 @@ def _fused_backward_kernel(
         tile = (first_tile + step) % num_tiles
         cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
         col_mask = cols < num_negatives
-        idx = tl.load(neg_ptr + cols, mask=col_mask, other=0).to(tl.int32)
-        e = _load_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
+        idx, ok = _negative_indices(neg_ptr, cols, col_mask, num_items, False)
+        e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
         scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
-        dscores = _softmax_grad(scores, idx, col_mask, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
-                                LOGQ_MODE, EVEN_K, MASK_HITS).to(h.dtype)
+        dscores = _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
+                                LOGQ_MODE, False, EVEN_K, MASK_HITS).to(h.dtype)
         acc += _dot(dscores, e, PRECISION, UPCAST)
         tile_part = _dot(tl.trans(dscores), h, PRECISION, UPCAST)
         out = tile_grad_ptr + cols.to(tl.int64)[:, None] * dim + dcols[None, :]
@@ -379,6 +423,7 @@ class _Plan:
     """Everything about a call that is not a tensor: how rows group and how negatives are scored."""
 
     scheme: SharedScheme
+    num_items: int
     num_groups: int
     rows_per_group: int
     num_negatives: int
@@ -419,17 +464,23 @@ def _common_args(hidden: torch.Tensor, items: torch.Tensor, negatives: torch.Ten
 
 
 def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None,
-             log_q: torch.Tensor | None, plan: _Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             log_q: torch.Tensor | None, plan: _Plan) -> tuple[torch.Tensor, ...]:
+    """(lse, positive logit, loss, kept, safe targets) per row: float32 [N] but safe targets, int64 [N]
+    (0 where the row does not count); kept is 1.0 on rows with a target in range, 0.0 elsewhere."""
     num_rows, dim = hidden.shape
     lse = _empty((num_rows,), torch.float32, hidden.device)
     positive = _empty((num_rows,), torch.float32, hidden.device)
     loss = _empty((num_rows,), torch.float32, hidden.device)
+    kept = _empty((num_rows,), torch.float32, hidden.device)
+    safe_targets = _empty((num_rows,), torch.int64, hidden.device)
     config = plan.configs.forward
     grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
     _forward_kernel[grid](
         hidden, items, targets, negatives if negatives is not None else targets,
-        log_q if log_q is not None else lse, lse, positive, loss,
-        plan.rows_per_group, plan.num_negatives, dim, *_common_args(hidden, items, negatives, plan),
+        log_q if log_q is not None else lse, lse, positive, loss, kept, safe_targets,
+        index_guard.flags(hidden.device),
+        plan.rows_per_group, plan.num_negatives, plan.num_items, dim,
+        *_common_args(hidden, items, negatives, plan),
         plan.logq_scalar, plan.ignore_index,
         FULL=plan.full, LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits,
         EVEN_K=plan.num_negatives % config.block_n == 0,
@@ -437,7 +488,7 @@ def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, n
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    return lse, positive, loss
+    return lse, positive, loss, kept, safe_targets
 
 
 def _grad_hidden(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
@@ -450,7 +501,8 @@ def _grad_hidden(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tenso
     _grad_hidden_kernel[grid](
         hidden, items, targets, negatives if negatives is not None else targets,
         log_q if log_q is not None else lse, lse, row_grad, positive_coef, grad_hidden,
-        plan.rows_per_group, plan.num_negatives, dim, *_common_args(hidden, items, negatives, plan),
+        plan.rows_per_group, plan.num_negatives, plan.num_items, dim,
+        *_common_args(hidden, items, negatives, plan),
         plan.logq_scalar, plan.ignore_index,
         FULL=plan.full, LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits,
         EVEN_K=plan.num_negatives % config.block_n == 0,
@@ -471,7 +523,7 @@ def _launch_grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch
     _grad_items_kernel[grid](
         hidden, items, targets, negatives if negatives is not None else targets,
         log_q if log_q is not None else lse, lse, row_grad, out,
-        plan.rows_per_group, plan.num_negatives, dim, num_splits, group_offset,
+        plan.rows_per_group, plan.num_negatives, plan.num_items, dim, num_splits, group_offset,
         *_common_args(hidden, items, negatives, plan), *out_strides,
         plan.logq_scalar, plan.ignore_index,
         FULL=plan.full, LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits, ATOMIC=atomic,
@@ -528,7 +580,8 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
                 count = min(chunk, plan.num_groups - first)
                 launch(out=buffer, num_splits=1, group_offset=first,
                        num_groups=count, out_strides=(0, k * dim, dim), atomic=False)
-                grad_items.index_add_(0, negatives[first:first + count].reshape(-1),
+                # Refused (out-of-range) negatives have zero rows here; clamped, they add nothing.
+                grad_items.index_add_(0, negatives[first:first + count].reshape(-1).clamp(0, num_items - 1),
                                       buffer[:count].reshape(count * k, dim).to(items.dtype))
     _add_positive_rows(grad_items, hidden, positive_coef, safe_targets)
     return grad_items
@@ -539,7 +592,8 @@ def _shared_item_gradient(tile_grad: torch.Tensor, hidden: torch.Tensor, items: 
                           safe_targets: torch.Tensor) -> torch.Tensor:
     """The item gradient of "shared" from dE of its [K] negatives (float32, in negatives' order)."""
     grad_items = torch.zeros(tuple(items.shape), dtype=items.dtype, device=items.device)
-    grad_items.index_add_(0, negatives, tile_grad.to(items.dtype))
+    # The tile gradient's rows of refused (out-of-range) negatives are zero: clamped, they add nothing.
+    grad_items.index_add_(0, negatives.clamp(0, items.shape[0] - 1), tile_grad.to(items.dtype))
     _add_positive_rows(grad_items, hidden, positive_coef, safe_targets)
     return grad_items
 
@@ -562,7 +616,7 @@ def _fused_backward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Te
     _fused_backward_kernel[(triton.cdiv(num_rows, config.block_m),)](
         hidden, items, targets, negatives, log_q if log_q is not None else lse, lse, row_grad, positive_coef,
         grad_hidden, tile_grad,
-        num_rows, plan.num_negatives, dim,
+        num_rows, plan.num_negatives, plan.num_items, dim,
         hidden.stride(0), hidden.stride(1), items.stride(0), items.stride(1),
         plan.logq_scalar, plan.ignore_index,
         LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits, EVEN_K=plan.num_negatives % config.block_n == 0,
@@ -580,14 +634,12 @@ class _SharedLinearCrossEntropy(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx, hidden: torch.Tensor, items: torch.Tensor,
         targets: torch.Tensor, negatives: torch.Tensor | None, log_q: torch.Tensor | None, plan: _Plan,
     ) -> torch.Tensor:
-        lse, positive, loss = _forward(hidden, items, targets, negatives, log_q, plan)
-        kept = targets != plan.ignore_index
+        lse, positive, loss, kept, safe_targets = _forward(hidden, items, targets, negatives, log_q, plan)
         # d loss / d loss_i for a unit upstream gradient; few small ops, since at K ~ 4096 the host's
         # launch time is comparable to the kernels'.
-        row_weight = kept.to(torch.float32)
-        safe_targets = torch.where(kept, targets, 0)
+        row_weight = kept
         if plan.reduction == "mean":
-            count = kept.sum().clamp(min=1)
+            count = kept.sum().clamp(min=1.0)
             row_weight = row_weight / count
             result = loss.sum() / count
         else:
@@ -694,7 +746,8 @@ def shared_linear_cross_entropy(
     else:
         logq_mode, logq_scalar = LOGQ_CONSTANT, log_k + float(log_q)
     plan = _Plan(
-        scheme=scheme, num_groups=num_groups, rows_per_group=rows_per_group, num_negatives=num_negatives,
+        scheme=scheme, num_items=num_items, num_groups=num_groups, rows_per_group=rows_per_group,
+        num_negatives=num_negatives,
         logq_mode=logq_mode, logq_scalar=logq_scalar, mask_hits=remove_accidental_hits and scheme != "full",
         ignore_index=ignore_index, reduction=reduction,
         configs=configs if configs is not None else default_configs(hidden.device, hidden.shape[1]),

@@ -116,13 +116,14 @@ class SASRec(nn.Module):
             x = block(x)
         return self.final_norm(x)
 
-    def last_hidden(self, inputs: torch.Tensor) -> torch.Tensor:
+    def last_hidden(self, inputs: torch.Tensor, *, check_lengths: bool = True) -> torch.Tensor:
         """Hidden state at each sequence's last real (non-zero) position: [B, hidden].
 
-        Every row must hold at least one item.
+        Every row must hold at least one item. check_lengths=False skips that check (it reads a flag back
+        from the device) for a caller that checked its rows already.
         """
         lengths = (inputs != 0).sum(dim=1)
-        if bool((lengths == 0).any()):
+        if check_lengths and bool((lengths == 0).any()):
             raise ValueError("inputs: a row has no items (all padding); it has no last position")
         hidden = self.forward(inputs)
         rows = torch.arange(inputs.shape[0], device=inputs.device)

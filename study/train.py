@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from kernels import check_index_errors
 from models.sasrec import SASRec
 from study.config import ConfigError, TrainConfig
-from study.evaluate import evaluate_model, evaluate_popularity
+from study.evaluate import evaluate_model, evaluate_popularity, prepare_evaluation
 from study.record import EpochRecord, TrialRecord, steady_state_seconds
 
 EARLY_STOPPING_METRIC = "ndcg@10"
@@ -109,13 +110,18 @@ def _train_and_evaluate(
 ) -> None:
     config, device = context.config, context.device
 
+    # Each evaluation set is laid out once (windows, targets, seen items) and evaluated every epoch.
+    prepared = {id(evalset): prepare_evaluation(evalset, num_items=split.num_items, max_len=config.max_len,
+                                                device=device, exclude_seen=config.exclude_seen)
+                for evalset in (split.validation, split.test)}
+
     def popularity_metrics(evalset: Any) -> dict[str, float]:
-        return evaluate_popularity(split.item_counts, evalset, max_len=config.max_len,
+        return evaluate_popularity(split.item_counts, prepared[id(evalset)], max_len=config.max_len,
                                    batch_size=config.eval_batch_size, device=device,
                                    exclude_seen=config.exclude_seen)
 
     def model_metrics(evalset: Any) -> dict[str, float]:
-        return evaluate_model(model, evalset, num_items=split.num_items, max_len=config.max_len,
+        return evaluate_model(model, prepared[id(evalset)], num_items=split.num_items, max_len=config.max_len,
                               batch_size=config.eval_batch_size, device=device,
                               exclude_seen=config.exclude_seen, autocast=context.autocast)
 
@@ -214,6 +220,9 @@ def _train_epoch(
         if not pending:
             return
         values = torch.stack(pending).float().cpu()
+        # The read-back above waited for the GPU: hear here of an out-of-range index that the fused
+        # kernels refused in these steps (kernels.index_guard), not only at the next loss call.
+        check_index_errors(context.device)
         finite = torch.isfinite(values)
         if not bool(finite.all()):
             first_bad = int((~finite).nonzero()[0])

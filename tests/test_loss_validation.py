@@ -234,3 +234,62 @@ def test_bench_module_entry_point_prints_one_line_and_exits_2(monkeypatch, capsy
     assert bench_loss.main(["--scheme", "nope"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and "CUDA" in lines[0] and "--scheme" in lines[1]
+
+
+def test_bench_design_preset_covers_the_design_table():
+    from study.bench_loss import build_cases, case_impls, output_path
+
+    args = bench_args("--preset", "design", "--out", "somewhere")
+    cases = build_cases(args)
+    assert len(cases) == 14 and all(c.catalogue == 1_000_000 and c.dtype == "bf16" for c in cases)
+    by_key = {(c.scheme, c.hidden_dim, c.negatives): c for c in cases}
+    assert by_key[("position", 256, 511)].rows == 65_536 and by_key[("shared", 64, 4096)].rows == 51_200
+    assert case_impls(by_key[("position", 64, 2047)], args) == ["public", "triton", "torch", "published"]
+    assert case_impls(by_key[("full", 256, 1_000_000)], args) == ["public", "triton", "cce", "cce-exact"]
+    assert "compile" in case_impls(by_key[("sequence", 256, 16384)], args)
+    assert all("public" in case_impls(c, args) and "triton" in case_impls(c, args) for c in cases)
+    assert str(output_path(args)) == "somewhere/loss-bench.json"
+    with pytest.raises(ValueError, match="^--out:"):
+        output_path(bench_args("--preset", "design"))
+    assert str(output_path(bench_args("--out", "x.json"))) == "x.json"
+
+
+def test_bench_loads_the_published_kernel_under_its_own_name(tmp_path, monkeypatch):
+    """The published package is also called cut_cross_entropy: it must not replace Apple's."""
+    import sys
+    import types
+
+    from study.bench_loss import load_published
+
+    package = tmp_path / "cut_cross_entropy"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "utils.py").write_text(
+        "def _build_flat_valids(targets, ignore_index, shift):\n    return None\n")
+    (package / "cce.py").write_text(
+        "from cut_cross_entropy.utils import _build_flat_valids\n"
+        "class CCEParams:\n    pass\n"
+        "class LinearCrossEntropyFunction:\n    @staticmethod\n"
+        "    def apply(*args):\n        return 'published'\n")
+    apple = types.ModuleType("cut_cross_entropy")
+    monkeypatch.setitem(sys.modules, "cut_cross_entropy", apple)
+    published = load_published(tmp_path)
+    assert published.apply() == "published" and published.build_flat_valids(None, -100, 0) is None
+    assert sys.modules["cut_cross_entropy"] is apple
+    assert "published_cce.cce" in sys.modules and "cut_cross_entropy.cce" not in sys.modules
+    assert str(tmp_path) not in sys.path
+    for name in [n for n in sys.modules if n.startswith("published_cce")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert load_published(tmp_path / "missing") is None
+
+
+def test_bench_summary_gives_public_over_bare_and_speed_ups():
+    from study.bench_loss import Case, Measurement, summary_lines
+
+    case = Case("position", 51_200, 64, 1_000_000, 2047, 200, "bf16")
+    lines = summary_lines([Measurement(case, "torch", time_ms=128.0),
+                           Measurement(case, "triton", time_ms=16.0),
+                           Measurement(case, "public", time_ms=16.8),
+                           Measurement(case, "published", time_ms=32.0)])
+    assert "public/bare 1.050" in lines[-1] and "vs torch 8.00x" in lines[-1]
+    assert "vs published 2.00x" in lines[-1]

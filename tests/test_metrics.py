@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from models.sasrec import SASRec
 from study.data import EvalSet, Sequences
-from study.evaluate import _History, evaluate_model, evaluate_popularity
+from study.evaluate import evaluate_model, evaluate_popularity, exclude_seen_items, prepare_evaluation
 from study.metrics import RankingAccumulator, metrics_from_ranks, target_ranks, top_k_items
 
 
@@ -83,18 +82,24 @@ def test_bad_targets_name_the_argument():
 
 def test_history_exclusion_masks_seen_items_but_keeps_the_target():
     # users: 0 saw items 1, 3; 1 saw 2, 2, 5 (repeat); 2 saw 4. Item ids are 1-based, columns 0-based.
-    sequences = SimpleNamespace(offsets=torch.tensor([0, 2, 5, 6]), items=torch.tensor([1, 3, 2, 2, 5, 4]))
-    history = _History(sequences)
-    scores = torch.rand(3, 5, generator=torch.Generator().manual_seed(1)) + 0.1
+    evalset = eval_set([[1, 3], [2, 2, 5], [4]], [1, 5, 1])  # user 0's target (item 1) is in its history
+    prepared = prepare_evaluation(evalset, num_items=5, max_len=2, device="cpu")
+    assert prepared.seen_offsets == [0, 2, 5, 6]
+    scores = torch.rand(2, 5, generator=torch.Generator().manual_seed(1)) + 0.1
     original = scores.clone()
-    rows = torch.tensor([2, 0, 1])  # chunk rows in a different order from the evaluation set
-    targets = torch.tensor([0, 0, 4])  # user 0's target (item 1) is in its history: stays rankable
-    history.exclude(scores, rows, targets)
+    # rows 1..2 of the evaluation set as one chunk
+    first, last = prepared.seen_offsets[1], prepared.seen_offsets[3]
+    exclude_seen_items(scores, prepared.seen_rows[first:last] - 1, prepared.seen_columns[first:last],
+                       prepared.target_columns[1:3])
     inf = float("-inf")
     expected = original.clone()
-    expected[0, 3] = inf  # user 2: item 4
-    expected[1, 2] = inf  # user 0: item 3 (item 1 is the target)
-    expected[2, 1] = inf  # user 1: items 2, 5 -> item 5 is the target
+    expected[0, 1] = inf  # user 1: items 2, 5 -> item 5 is the target
+    expected[1, 3] = inf  # user 2: item 4
+    assert torch.equal(scores, expected)
+    scores = torch.rand(1, 5, generator=torch.Generator().manual_seed(2)) + 0.1
+    expected = scores.clone()
+    exclude_seen_items(scores, prepared.seen_rows[:2], prepared.seen_columns[:2], prepared.target_columns[:1])
+    expected[0, 2] = inf  # user 0: item 3 (item 1 is the target)
     assert torch.equal(scores, expected)
 
 
@@ -157,3 +162,54 @@ def test_model_evaluation_matches_a_float64_brute_force_ranking():
         assert out[key] == pytest.approx(value, abs=1e-12), key
     assert out["coverage@5"] == pytest.approx(len(recommended) / num_items)
     assert not model.training
+
+
+def brute_force_metrics(scores: torch.Tensor, targets: torch.Tensor, ks: tuple[int, ...]) -> dict[str, float]:
+    """Ranks and coverage by sorting every row in Python (score descending, NaN lowest, index ascending)."""
+    ranks, recommended = [], {k: set() for k in ks}
+    for row, target in zip(scores.tolist(), targets.tolist()):
+        order = brute_force_order(row)
+        ranks.append(order.index(target))
+        for k in ks:
+            recommended[k].update(j for j in order[:k] if row[j] > -math.inf)
+    out = metrics_from_ranks(torch.tensor(ranks), ks)
+    out.update({f"coverage@{k}": len(recommended[k]) / scores.shape[1] for k in ks})
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_accumulator_matches_sorting_on_tie_heavy_chunks_with_special_values(dtype: torch.dtype):
+    generator = torch.Generator().manual_seed(11)
+    num_items, ks = 37, (1, 5, 10, 50)
+    accumulator = RankingAccumulator(num_items, ks)
+    all_scores, all_targets = [], []
+    for rows in (9, 1, 14):  # chunks of different sizes
+        scores = (torch.randint(-3, 4, (rows, num_items), generator=generator) / 4.0).to(dtype)
+        scores[0, :5] = torch.tensor([float("nan"), float("inf"), -0.0, 0.0, float("-inf")]).to(dtype)
+        scores[-1] = float("-inf")  # a row with every item excluded
+        targets = torch.randint(0, num_items, (rows,), generator=generator)
+        all_scores.append(scores.clone())
+        all_targets.append(targets)
+        accumulator.add(scores, targets, consume=True)
+    expected = brute_force_metrics(torch.cat(all_scores).double(), torch.cat(all_targets), ks)
+    assert accumulator.result() == expected
+
+
+def test_popularity_on_real_data_matches_sorting(shared_data):
+    """ml-100k, whose popularity counts tie often: every rank and top-k list exact, seen items excluded."""
+    from study.data import load_dataset, make_split
+
+    split = make_split(load_dataset(str(shared_data / "ml-100k")), "loo", seed=0)
+    counts = split.item_counts[1:].to(torch.float32)
+    evalset = split.validation
+    scores = counts.expand(len(evalset), -1).clone()
+    targets = evalset.targets - 1
+    for row in range(len(evalset)):
+        history = evalset.history.items[evalset.history.offsets[row]:evalset.history.offsets[row + 1]] - 1
+        scores[row, history] = float("-inf")
+        scores[row, targets[row]] = counts[targets[row]]
+    ks = (1, 5, 10, 20, 100)
+    expected = brute_force_metrics(scores, targets, ks)
+    out = evaluate_popularity(split.item_counts, evalset, max_len=50, batch_size=100, ks=ks,
+                              max_scores=30_000)
+    assert out == expected

@@ -321,3 +321,58 @@ def test_sorted_rows_torch_path_in_chunks(monkeypatch):
     assert torch.equal(triton_gather.sorted_rows(negatives), expected)
     with pytest.raises(ValueError, match="method"):
         triton_gather.sorted_rows(negatives, method="bubble")
+
+
+SLICED_CASES = [
+    # scheme, N, K, C, d, hidden dtype, items dtype, log_q, reduction, slices, backward rows
+    ("position", 37, 23, 61, 16, torch.float32, torch.float32, None, "mean", 3, 1),
+    ("position", 29, 33, 150, 48, torch.bfloat16, torch.bfloat16, "tensor", "sum", 5, 2),
+    ("position", 27, 31, 120, 64, torch.bfloat16, torch.float32, "float", "none", 4, 3),
+    ("position", 21, 17, 7, 32, torch.float16, torch.float16, None, "mean", 9, 1),  # more slices than items
+    ("drawn", 35, 29, 40, 16, torch.float32, torch.float32, "float", "mean", 4, 1),
+    ("drawn", 25, 18, 30, 128, torch.bfloat16, torch.bfloat16, None, "sum", 3, 2),
+    ("drawn", 31, 27, 50, 48, torch.bfloat16, torch.float32, "tensor", "none", 40, 1),  # more slices than K
+]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "num_rows", "num_negatives", "num_items", "dim", "hidden_dtype", "items_dtype", "log_q_kind",
+     "reduction", "slices", "backward_rows"),
+    SLICED_CASES,
+)
+def test_sliced_backward_matches_float64_reference(scheme, num_rows, num_negatives, num_items, dim,
+                                                   hidden_dtype, items_dtype, log_q_kind, reduction, slices,
+                                                   backward_rows, monkeypatch):
+    """GatherConfig.item_slices: the backward in catalogue slices, each with its own item-gradient buffer
+    (poisoned outputs: every item row must be written by exactly one slice)."""
+    def poisoned(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(triton_gather, "_new_output", poisoned)
+    seed = 2000 + num_rows * 7 + dim
+    hidden, items, targets, negatives, log_q = make_case(
+        num_rows, num_negatives, num_items, dim, hidden_dtype, items_dtype, scheme=scheme, seed=seed,
+        log_q_kind=log_q_kind)
+    config = GatherConfig(block_k=16, num_warps=1, num_stages=1, backward_block_k=8,
+                          backward_rows=backward_rows, backward_warps=1, item_slices=slices)
+    check_against_reference(hidden, items, targets, negatives, log_q, scheme=scheme, seed=seed,
+                            reduction=reduction, config=config)
+
+
+@pytest.mark.parametrize("drawn", [False, True])
+def test_catalogue_slices_partition_the_catalogue(drawn):
+    for num_items, num_negatives, slices in [(1_000_003, 511, 16), (50, 7, 3), (7, 5, 9), (40, 29, 40)]:
+        parts = triton_gather.catalogue_slices(num_items, num_negatives, slices, drawn=drawn)
+        assert parts[0][0] == 0 and parts[-1][1] == num_items
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        if drawn:
+            assert len(parts) == min(slices, num_negatives) and parts[-1][3] == num_negatives
+            starts = kernels_slice_starts(num_items, num_negatives)
+            for lo, hi, first, end in parts:
+                assert (lo, hi) == (starts[first], starts[end])
+
+
+def kernels_slice_starts(num_items, num_negatives):
+    from kernels.draw import slice_starts
+
+    return slice_starts(num_items, num_negatives).tolist()

@@ -27,10 +27,12 @@ TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 @pytest.fixture(autouse=True)
 def poison_kernel_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every buffer a kernel must overwrite starts as NaN, so an unwritten element fails the comparison."""
+    """Every buffer a kernel must overwrite starts as NaN (integer ones as -1, an index out of every
+    range), so an unwritten element fails the comparison or the index_add_ that reads it."""
 
     def nan_filled(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        poison = float("nan") if dtype.is_floating_point else -1
+        return torch.full(shape, poison, dtype=dtype, device=device)
 
     monkeypatch.setattr(triton_shared, "_empty", nan_filled)
 
@@ -228,7 +230,8 @@ def test_row_splits_of_item_gradient() -> None:
     """Many rows and few negatives make grad_items split the rows into several partial sums."""
     case = make_case("shared", num_rows=70, num_items=50, num_negatives=11, dim=16, seed=13)
     plan_configs = triton_shared.default_configs(torch.device("cpu"), 16)
-    plan = triton_shared._Plan(scheme="shared", num_groups=1, rows_per_group=70, num_negatives=11,
+    plan = triton_shared._Plan(scheme="shared", num_items=50, num_groups=1, rows_per_group=70,
+                               num_negatives=11,
                                logq_mode=0, logq_scalar=0.0, mask_hits=True, ignore_index=IGNORE,
                                reduction="mean", configs=plan_configs)
     assert triton_shared._row_splits(plan, 70) > 1

@@ -1,0 +1,363 @@
+"""Issue 13's kernel variants on one GPU: which beats the defaults at d = 256 (and per position at d = 64).
+
+1. gather: fwd+bwd of the per-position loss, C = 10^6, bf16, K=511 d=256 N=65,536 and K=2047 d=64
+   N=51,200, tensor and drawn negatives: the default against the sliced backward (GatherConfig.item_slices
+   in {8, 16, 32}) x backward tiles; peak extra memory beside each. The published CCE- kernel took
+   38.8 ms / 0.76 GiB at d=256 and 32.6 ms at d=64 (DESIGN).
+2. dense: each dense kernel alone (forward, grad_hidden, grad_items) over tile shapes at d=256, bf16,
+   N=51,200: the full catalogue (C = 10^6) and shared K=16384; then fwd+bwd of the per-kernel winners
+   combined against the default configs (full, shared K=4096 and 16384).
+A winner must also pass a float64 check at a moderate size (loss, dH, dE relative L2; per position
+tensor and drawn negatives, bf16 and float32, with log q and accidental hits): the fastest variant that
+passes (and at d=256 per position stays within the published kernel's 0.76 GiB) wins. Prints the
+winners last; every number goes to OUT/dev_speed.json. About 3-4 minutes on an H200:
+
+    PYTHONPATH=. python3 benchmarks/dev_speed.py --out OUT [--sections gather,dense]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import triton
+from triton.testing import do_bench
+
+import kernels.triton_shared as ts
+from kernels.draw import draw_negatives
+from kernels.triton_gather import GatherConfig, default_config, gather_linear_cross_entropy
+from kernels.triton_shared import BlockConfig, KernelConfigs, default_configs, shared_linear_cross_entropy
+
+IGNORE = -100
+GIB = 2**30
+C = 1_000_000
+DEVICE = "cuda"
+# (name, N, K, d) of the per-position timings; CHECK_SIZE (N, K, C) of the float64 checks.
+GATHER_CASES = (("K511d256", 65_536, 511, 256), ("K2047d64", 51_200, 2047, 64))
+CHECK_SIZE = (3001, 257, 40_000)
+DENSE_SIZE = (51_200, 16_384, 4096)  # N, the K of the per-kernel sweep, the other K timed
+PUBLISHED = {"K511d256": (38.8, 0.76), "K2047d64": (32.6, 0.91)}  # ms, GiB (DESIGN, H200)
+RESULTS: dict = {"check": [], "gather": [], "dense_kernels": [], "dense": [], "winners": []}
+STARTED = time.monotonic()
+
+
+def save(out: str) -> None:
+    with open(os.path.join(out, "dev_speed.json"), "w") as handle:
+        json.dump(RESULTS, handle, indent=1)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30))
+
+
+def peak_extra(fn) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def backward_of(loss_function, *args) -> None:
+    loss_function(*args).backward()
+
+
+def timed(fn, grads, rep=150) -> tuple[float, int]:
+    for g in grads:
+        g.grad = None
+    fn()
+    for g in grads:
+        g.grad = None
+    memory = peak_extra(fn)
+    ms = do_bench(fn, warmup=25, rep=rep, grad_to_none=grads, return_mode="median")
+    for g in grads:
+        g.grad = None
+    return float(ms), memory
+
+
+# --- per position --------------------------------------------------------------------------------
+
+def gather_variants(dim: int, k: int) -> list[tuple[str, GatherConfig]]:
+    base = default_config(dim, k, torch.device(DEVICE))
+    variants = [("default", base)]
+    if dim > 128:
+        blocks, slice_counts = [(16, 1, 2), (16, 2, 4), (32, 1, 4)], (8, 16, 32)
+    else:
+        blocks, slice_counts = [(128, 1, 4), (64, 1, 4)], (16, 32)
+    for slices in slice_counts:
+        for block_k, rows, warps in blocks:
+            variants.append((f"slices={slices} bk={block_k} rows={rows} w={warps}", dataclasses.replace(
+                base, item_slices=slices, backward_block_k=block_k, backward_rows=rows, backward_warps=warps)))
+    return variants
+
+
+def gather_loss(hidden, items, targets, negatives, scheme, k, config, log_q=None):
+    return gather_linear_cross_entropy(hidden, items, targets, negatives if scheme == "position" else None,
+                                       scheme=scheme, num_negatives=k, seed=99, log_q=log_q,
+                                       remove_accidental_hits=True, ignore_index=IGNORE, reduction="mean",
+                                       config=config)
+
+
+def check_gather(dim: int, scheme: str, hidden_dtype, items_dtype, label: str, config: GatherConfig) -> bool:
+    n, k, c = CHECK_SIZE
+    gen = torch.Generator(device=DEVICE).manual_seed(dim)
+    hidden = (torch.randn(n, dim, device=DEVICE, generator=gen) * 0.5).to(hidden_dtype)
+    items = (torch.randn(c, dim, device=DEVICE, generator=gen) * 0.5).to(items_dtype)
+    targets = torch.randint(0, c, (n,), device=DEVICE, generator=gen)
+    targets[::9] = IGNORE
+    if scheme == "drawn":  # the kernel's own draws (seed 99, as gather_loss passes)
+        negatives = draw_negatives(99, n, k, c, device=DEVICE)
+    else:
+        negatives = torch.randint(0, c, (n, k), device=DEVICE, generator=gen)
+        negatives[::7, 3] = targets[::7].clamp(min=0)  # accidental hits
+    log_q = torch.log_softmax(torch.randn(c, device=DEVICE, generator=gen), 0)
+    h, e = hidden.clone().requires_grad_(), items.clone().requires_grad_()
+    loss = gather_loss(h, e, targets, negatives, scheme, k, config, log_q)
+    loss.backward()
+    h64, e64 = hidden.double().requires_grad_(), items.double().requires_grad_()
+    e_used = e64 + (items.to(hidden_dtype).double() - e64).detach()
+    kept = targets != IGNORE
+    safe = torch.where(kept, targets, 0)
+    positive = (h64 * e_used[safe]).sum(-1)
+    scores = torch.einsum("nd,nkd->nk", h64, e_used[negatives]) - math.log(k) - log_q.double()[negatives]
+    scores = scores.masked_fill(negatives == safe[:, None], float("-inf"))
+    expected = ((torch.logsumexp(torch.cat([positive[:, None], scores], 1), 1) - positive) * kept).sum() / kept.sum()
+    expected.backward()
+    errors = (rel(loss.detach(), expected.detach()), rel(h.grad, h64.grad), rel(e.grad, e64.grad))
+    limit = 1e-4 if hidden_dtype == torch.float32 and items_dtype == torch.float32 else 2e-2
+    ok = max(errors) < limit and bool(torch.isfinite(h.grad).all() and torch.isfinite(e.grad).all())
+    RESULTS["check"].append(dict(kind="gather", case=label, loss=errors[0], grad_hidden=errors[1],
+                                 grad_items=errors[2], ok=ok))
+    print(f"check {label:60s} loss {errors[0]:.1e} dH {errors[1]:.1e} dE {errors[2]:.1e} "
+          f"{'ok' if ok else 'FAIL'}", flush=True)
+    return ok
+
+
+def gather_section(out: str, deadline: float) -> None:
+    for name, n, k, d in GATHER_CASES:
+        torch.manual_seed(1)
+        hidden = (torch.randn(n, d, device=DEVICE) * 0.3).to(torch.bfloat16).requires_grad_()
+        items = (torch.randn(C, d, device=DEVICE) * 0.3).to(torch.bfloat16).requires_grad_()
+        targets = torch.randint(0, C, (n,), device=DEVICE)
+        negatives = torch.randint(0, C, (n, k), device=DEVICE)
+        published_ms, published_gib = PUBLISHED[name]
+        for scheme in ("position", "drawn"):
+            rows = []
+            for label, config in gather_variants(d, k):
+                if time.monotonic() > deadline:
+                    print(f"{name} {scheme} {label}: skipped (time budget)", flush=True)
+                    continue
+                step = functools.partial(backward_of, gather_loss, hidden, items, targets, negatives, scheme, k,
+                                         config)
+                try:
+                    ms, memory = timed(step, [hidden, items])
+                except Exception as error:
+                    print(f"{name} {scheme} {label}: {type(error).__name__}: {str(error)[:100]}", flush=True)
+                    continue
+                row = dict(case=name, scheme=scheme, variant=label, ms=ms, peak_extra_gib=memory / GIB,
+                           vs_published=published_ms / ms)
+                rows.append(row)
+                RESULTS["gather"].append(row)
+                print(f"{name} {scheme:8s} {label:36s} {ms:8.2f} ms {memory / GIB:6.3f} GiB "
+                      f"{published_ms / ms:5.2f}x published", flush=True)
+            limit = published_gib if d == 256 else float("inf")
+            variants = dict(gather_variants(d, k))
+            best = None
+            for row in sorted(rows, key=lambda r: (r["peak_extra_gib"] > limit, r["ms"])):
+                config = variants[row["variant"]]
+                if all(check_gather(d, checked, hd, idt, f"{name} {checked} {row['variant']} "
+                                                         f"{str(hd)[6:]}/{str(idt)[6:]}", config)
+                       for checked, hd, idt in ((scheme, torch.bfloat16, torch.bfloat16),
+                                                (scheme, torch.float32, torch.float32))):
+                    best = row
+                    break
+            if best is not None:
+                default = next((r for r in rows if r["variant"] == "default"), None)
+                RESULTS["winners"].append(dict(case=f"{name} {scheme}", winner=best["variant"], ms=best["ms"],
+                                               peak_extra_gib=best["peak_extra_gib"],
+                                               default_ms=default and default["ms"],
+                                               default_gib=default and default["peak_extra_gib"]))
+            save(out)
+        del hidden, items, negatives
+        torch.cuda.empty_cache()
+
+
+# --- dense ---------------------------------------------------------------------------------------
+
+# (BM, BN, warps, stages); each costs three compilations (~10 s) per scheme, so few.
+DENSE_TILES_256 = [(64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2), (64, 64, 8, 3),
+                   (128, 32, 8, 3)]
+
+
+def dense_inputs(scheme: str, k: int, dim: int, n: int | None = None, c: int | None = None, seed: int = 0):
+    n = DENSE_SIZE[0] if n is None else n
+    c = C if c is None else c
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    hidden = (torch.randn(n, dim, device=DEVICE, generator=gen) * 0.5).to(torch.bfloat16)
+    items = (torch.randn(c, dim, device=DEVICE, generator=gen) * dim**-0.5).to(torch.bfloat16)
+    targets = torch.randint(0, c, (n,), device=DEVICE, generator=gen)
+    targets[1::11] = IGNORE
+    negatives = torch.randint(0, c, (k,), device=DEVICE, generator=gen) if scheme == "shared" else None
+    return hidden, items, targets, negatives
+
+
+def dense_loss(hidden, items, targets, negatives, scheme, configs=None):
+    k = items.shape[0] if scheme == "full" else negatives.shape[0]
+    return shared_linear_cross_entropy(hidden, items, targets, negatives, scheme=scheme, num_negatives=k,
+                                       rows_per_sequence=1, log_q=None, remove_accidental_hits=True,
+                                       ignore_index=IGNORE, reduction="mean", configs=configs)
+
+
+def uniform_configs(tile: tuple[int, int, int, int], base: KernelConfigs) -> KernelConfigs:
+    block = BlockConfig(*tile)
+    return dataclasses.replace(base, forward=block, grad_hidden=block, grad_items=block, fused_backward=None)
+
+
+def check_dense(configs: KernelConfigs, scheme: str) -> bool:
+    n, k, c = CHECK_SIZE
+    hidden, items, targets, negatives = dense_inputs(scheme, k, 256, n=n, c=c, seed=3)
+    tile = (configs.forward, configs.grad_hidden, configs.grad_items)
+    h, e = hidden.clone().requires_grad_(), items.clone().requires_grad_()
+    try:
+        loss = dense_loss(h, e, targets, negatives, scheme, configs)
+        loss.backward()
+    except Exception as error:  # out of shared memory for this tile shape
+        print(f"check dense {scheme} {tile}: {type(error).__name__}", flush=True)
+        return False
+    h64, e64 = hidden.double().requires_grad_(), items.double().requires_grad_()
+    kept = targets != IGNORE
+    safe = torch.where(kept, targets, 0)
+    positive = (h64 * e64[safe]).sum(-1)
+    if scheme == "full":
+        lse = torch.logsumexp(h64 @ e64.T, 1)
+    else:
+        scores = (h64 @ e64[negatives].T).masked_fill(negatives[None, :] == safe[:, None], float("-inf"))
+        lse = torch.logsumexp(torch.cat([positive[:, None], scores], 1), 1)
+    expected = ((lse - positive) * kept).sum() / kept.sum()
+    expected.backward()
+    errors = (rel(loss.detach(), expected.detach()), rel(h.grad, h64.grad), rel(e.grad, e64.grad))
+    ok = max(errors) < 2e-2 and bool(torch.isfinite(h.grad).all() and torch.isfinite(e.grad).all())
+    RESULTS["check"].append(dict(kind="dense", case=f"{scheme} {tile}", loss=errors[0], grad_hidden=errors[1],
+                                 grad_items=errors[2], ok=ok))
+    print(f"check dense {scheme:6s} per-kernel winners: loss {errors[0]:.1e} dH {errors[1]:.1e} "
+          f"dE {errors[2]:.1e} {'ok' if ok else 'FAIL'}", flush=True)
+    return ok
+
+
+def kernel_times(scheme: str, k: int, tile, base: KernelConfigs) -> dict[str, float]:
+    hidden, items, targets, negatives = DENSE_CACHE[(scheme, k)]
+    configs = uniform_configs(tile, base)
+    num_negatives = items.shape[0] if scheme == "full" else k
+    plan = ts._Plan(scheme=scheme, num_items=items.shape[0], num_groups=1, rows_per_group=hidden.shape[0],
+                    num_negatives=num_negatives, logq_mode=0, logq_scalar=0.0, mask_hits=scheme != "full",
+                    ignore_index=IGNORE, reduction="mean", configs=configs)
+    lse, positive, _, kept, safe_targets = ts._forward(hidden, items, targets, negatives, None, plan)
+    row_grad = kept / hidden.shape[0]
+    coef = -row_grad if scheme == "full" else row_grad * torch.expm1(positive - lse)
+    backward_args = (hidden, items, targets, negatives, None, lse, row_grad, coef)
+    kernels = {
+        "forward": functools.partial(ts._forward, hidden, items, targets, negatives, None, plan),
+        "grad_hidden": functools.partial(ts._grad_hidden, *backward_args, plan),
+        "grad_items": functools.partial(ts._grad_items, *backward_args, safe_targets, plan),
+    }
+    times = {}
+    for name, fn in kernels.items():
+        try:
+            times[name] = float(do_bench(fn, warmup=10, rep=60, return_mode="median"))
+        except Exception as error:  # out of shared memory or registers for this tile shape
+            times[name] = float("nan")
+            print(f"   {scheme} {name} {tile}: {type(error).__name__}", flush=True)
+    return times
+
+
+DENSE_CACHE: dict = {}
+
+
+def dense_section(out: str, deadline: float) -> None:
+    base = default_configs(torch.device(DEVICE), 256)
+    for scheme, k in (("full", C), ("shared", DENSE_SIZE[1])):
+        DENSE_CACHE[(scheme, k)] = dense_inputs(scheme, k, 256)
+        best: dict[str, tuple[float, tuple]] = {}
+        for tile in DENSE_TILES_256:
+            if time.monotonic() > deadline:
+                print(f"dense {scheme} {tile}: skipped (time budget)", flush=True)
+                continue
+            times = kernel_times(scheme, k, tile, base)
+            RESULTS["dense_kernels"].append(dict(scheme=scheme, k=k, tile=tile, **times))
+            print(f"dense {scheme:6s} d=256 BM={tile[0]:3d} BN={tile[1]:3d} w={tile[2]} s={tile[3]}: "
+                  f"fwd {times['forward']:.3f} dH {times['grad_hidden']:.3f} dE {times['grad_items']:.3f} ms",
+                  flush=True)
+            for name, ms in times.items():
+                if not math.isnan(ms) and (name not in best or ms < best[name][0]):
+                    best[name] = (ms, tile)
+        save(out)
+        del DENSE_CACHE[(scheme, k)]
+        torch.cuda.empty_cache()
+        if len(best) < 3:
+            continue
+        combined = dataclasses.replace(base, forward=BlockConfig(*best["forward"][1]),
+                                       grad_hidden=BlockConfig(*best["grad_hidden"][1]),
+                                       grad_items=BlockConfig(*best["grad_items"][1]))
+        if combined != base and not check_dense(combined, scheme):
+            continue
+        for k_case in ((C,) if scheme == "full" else (DENSE_SIZE[2], DENSE_SIZE[1])):
+            hidden, items, targets, negatives = dense_inputs(scheme, k_case, 256)
+            h, e = hidden.requires_grad_(), items.requires_grad_()
+            for label, configs in (("default", base), ("per-kernel winners", combined)):
+                if time.monotonic() > deadline:
+                    continue
+                step = functools.partial(backward_of, dense_loss, h, e, targets, negatives, scheme, configs)
+                ms, memory = timed(step, [h, e], rep=100 if scheme == "full" else 150)
+                row = dict(scheme=scheme, k=k_case, variant=label, ms=ms, peak_extra_gib=memory / GIB,
+                           configs=dataclasses.asdict(configs))
+                RESULTS["dense"].append(row)
+                print(f"dense {scheme:6s} d=256 K={k_case:7d} {label:20s} {ms:8.2f} ms {memory / GIB:6.3f} GiB",
+                      flush=True)
+            pair = [r for r in RESULTS["dense"] if r["scheme"] == scheme and r["k"] == k_case]
+            if pair:
+                winner = min(pair, key=lambda r: r["ms"])
+                RESULTS["winners"].append(dict(case=f"{scheme} d=256 K={k_case}", winner=winner["variant"],
+                                               ms=winner["ms"], configs=winner["configs"]))
+            del h, e, hidden, items
+            torch.cuda.empty_cache()
+            save(out)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="gather,dense")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--budget-seconds", type=float, default=225.0,
+                        help="stop starting new timings after this many seconds")
+    args = parser.parse_args()
+    sections = args.sections.split(",")
+    deadline = STARTED + args.budget_seconds
+    props = torch.cuda.get_device_properties(0)
+    RESULTS["device"] = dict(name=props.name, sms=props.multi_processor_count, torch=torch.__version__,
+                             triton=triton.__version__, python=sys.version.split()[0])
+    print(RESULTS["device"], flush=True)
+    if "gather" in sections:
+        gather_section(args.out, deadline)
+    if "dense" in sections:
+        dense_section(args.out, deadline)
+    print("\n== winners (fastest correct variant; per position d=256 within the published 0.76 GiB) ==")
+    for row in RESULTS["winners"]:
+        extra = (f", default {row['default_ms']:.2f} ms / {row['default_gib']:.3f} GiB"
+                 if row.get("default_ms") else "")
+        memory = f" {row['peak_extra_gib']:.3f} GiB" if "peak_extra_gib" in row else ""
+        print(f"{row['case']:24s} {row['winner']:40s} {row['ms']:8.2f} ms{memory}{extra}")
+    print(f"total {time.monotonic() - STARTED:.0f} s")
+    save(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

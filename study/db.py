@@ -87,6 +87,10 @@ _RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("started_at", "TEXT"),
     ("finished_at", "TEXT"),
     ("record_json", "TEXT"),  # the whole TrialRecord, for an exact round trip
+    ("resumed_from_epoch", "INTEGER"),
+    ("model_path", "TEXT"),
+    ("checkpoint_seconds", "REAL"),
+    ("checkpoint_bytes", "INTEGER"),
 )
 
 TRIAL_COLUMNS: dict[str, str] = {
@@ -171,6 +175,10 @@ def trial_row(trial_id: str, sweep: str, record: TrialRecord) -> dict[str, Any]:
         started_at=record.started_at,
         finished_at=record.finished_at,
         record_json=json.dumps(record.to_dict(), sort_keys=True, allow_nan=True),
+        resumed_from_epoch=record.resumed_from_epoch,
+        model_path=record.model_path,
+        checkpoint_seconds=record.checkpoint_seconds,
+        checkpoint_bytes=record.checkpoint_bytes,
     )
     if record.device is not None:
         row["device"] = record.device  # what actually ran ("cuda:0"), rather than the requested "auto"

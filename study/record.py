@@ -86,6 +86,13 @@ class TrialRecord:
     git_commit: str | None = None
     started_at: str | None = None  # ISO 8601, UTC
     finished_at: str | None = None
+    # Checkpoints (study.checkpoint): the epoch of the checkpoint this trial last continued from after an
+    # interruption (None: it ran in one go); where its best-validation model was kept (None: not kept);
+    # the time spent saving checkpoints over all attempts, and the size of the last one written.
+    resumed_from_epoch: int | None = None
+    model_path: str | None = None
+    checkpoint_seconds: float | None = None
+    checkpoint_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "best": ("study.analysis_cli", "best configuration under a memory budget, from a results database"),
     "pareto": ("study.analysis_cli", "memory-quality Pareto figures from a results database"),
     "report": ("study.analysis_cli", "Markdown report with tables and figures from a results database"),
+    "export": ("study.export", "write the kept model of a trial, or of the best trial under a budget"),
 }
 
 

@@ -51,13 +51,14 @@ def model_payload(model: SASRec, config: TrainConfig, item_ids: Any, record: Tri
         "item_ids": labels,
         "trial": {
             "best_epoch": record.best_epoch,
-            "val_metrics": dict(record.val_metrics),
-            "test_metrics": dict(record.test_metrics),
+            "val_metrics": {name: float(value) for name, value in record.val_metrics.items()},
+            "test_metrics": {name: float(value) for name, value in record.test_metrics.items()},
             "num_users": record.num_users,
             "num_items": record.num_items,
             "num_interactions": record.num_interactions,
             "git_commit": record.git_commit,
-            "versions": dict(record.versions),
+            # plain str: torch.__version__ is a str subclass that weights-only loading refuses
+            "versions": {name: str(value) for name, value in record.versions.items()},
         },
     }
 

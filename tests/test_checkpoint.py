@@ -189,3 +189,27 @@ def test_the_checkpoint_size_estimate_matches_a_written_state(tmp_path: Path) ->
     # the estimate leaves out what does not grow with the model: RNG states (~26 KiB), the epoch
     # records, and ~350 bytes of file bookkeeping per tensor (~110 tensors here)
     assert estimate <= record.checkpoint_bytes <= estimate + 128 * 1024
+
+
+def test_train_command_continues_from_its_checkpoint_dir_and_keeps_the_model(
+        log_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from study import cli
+
+    folder = tmp_path / "ck"
+    argv = ["train", "--dataset", str(log_file), "--loss", "ce-neg", "--negatives", "8", "--max-len", "10",
+            "--hidden", "16", "--blocks", "1", "--batch-size", "16", "--epochs", "4", "--patience", "4",
+            "--device", "cpu", "--no-progress", "--checkpoint-dir", str(folder),
+            "--checkpoint-every-minutes", "0"]
+    from study.train_cli import config_from_args
+
+    parser = cli.build_parser()
+    config = config_from_args(parser.parse_args(argv))
+    with pytest.raises(Stopped):  # as if the command had been killed after epoch 2
+        train.run_trial(config, checkpointer=StopAfter(folder, 2))
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "best epoch" in out and "of 4 (continued after epoch 2 from its checkpoint)" in out
+    assert f"best model kept in {(folder / checkpoint.MODEL_FILE).resolve()}" in out
+    assert sorted(p.name for p in folder.iterdir()) == [checkpoint.MODEL_FILE]
+    assert cli.main([*argv[:-1], "-1"]) == 2
+    assert "--checkpoint-every-minutes: must be a number >= 0" in capsys.readouterr().err

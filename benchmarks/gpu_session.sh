@@ -6,10 +6,11 @@
 # Then, through the device tool, carrying .gpu-wheels and .gpu-data:
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh bench        (~5 min: issue 3)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh training     (~5 min: issues 3, 4, 5)
+#   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh checkpoint   (~3 min: issue 15)
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|checkpoint}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .gpu-wheels/*.whl \
@@ -73,7 +74,15 @@ case "$part" in
     bench --scheme full --catalogue 1000000 --hidden-dim 64 --impls triton,cce --out "$work/full-d64.json"
     bench --scheme full --catalogue 1000000 --hidden-dim 256 --impls triton,cce --out "$work/full-d256.json"
     ;;
-  *) echo "unknown part: $part (dev, bench, training or final)" >&2; exit 2 ;;
+  checkpoint)
+    # One study-sized trial (ml-1m, per-position K=1024, batch 256, L=200, fused loss) killed after
+    # epoch 20 of 40 and resumed by Tune from its checkpoint, then the same trial uninterrupted;
+    # plus the save/load time of a 1M-item model's checkpoint (issue 15).
+    timeout 500 python3 benchmarks/checkpoint_resume.py --out "$work/checkpoint" --large-items 1000000 \
+      2>&1 | tee "$work/checkpoint.log"
+    rm -rf "$work/checkpoint/storage"  # the kept models (a few MiB each): not needed in the archive
+    ;;
+  *) echo "unknown part: $part (dev, bench, training, final or checkpoint)" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
 tar czf "$out/$part.tgz" -C "$work" .

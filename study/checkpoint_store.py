@@ -144,6 +144,15 @@ class CheckpointStore:
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.delete_dir(checkpoint_path)
 
+    def checkpointed_trials(self) -> set[str]:
+        """Ids of the trials that hold at least one checkpoint, in any run."""
+        found = set()
+        for run_path in self._children(self.path, RUN_PREFIX):
+            for trial_path in self._children(run_path, ""):
+                if self._children(trial_path, CHECKPOINT_PREFIX):
+                    found.add(trial_path.rsplit("/", 1)[-1].rsplit("-", 1)[0])
+        return found
+
     def remove_finished_runs(self, *, keep: str | None = None) -> None:
         """Delete the run folders (but `keep`) that hold no checkpoint any more: Tune's files of runs
         whose every trial has finished."""

@@ -580,6 +580,10 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
         param_space = {"axes": {name: tune.choice(list(values)) for name, values in spec.axes}}
         searcher = make_optuna_search(spec, load_trials(db.path, sweep=spec.name))
         _fit(spec, param_space, settings, db, progress, num_samples=num_samples, search_alg=searcher)
+    # The search is complete: checkpoints of samples it never recorded (their run was interrupted and
+    # the sampler did not propose them again) can no longer be continued.
+    store.delete_checkpoints(store.checkpointed_trials() - db.trial_ids(spec.name))
+    store.remove_finished_runs()
 
 
 def _grid_search(points: list[dict[str, Any]]) -> Any:
@@ -684,7 +688,7 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
         def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             failures = getattr(trial, "num_failures", "?")
             self.progress.line(f"{trial_point(trial.config, self.settings)[0]} worker died (failure "
-                               f"{failures}): restarting it from its last checkpoint")
+                               f"{failures}): restarting the trial, from its last checkpoint if it has one")
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             error = None

@@ -24,7 +24,7 @@ from study.sweep import TuneCheckpointer
 from study.train import run_trial
 
 KILL_AFTER_EPOCH = 3
-SLOW_EPOCH_SECONDS = 1.0
+SLOW_EPOCH_SECONDS = 0.5
 OnEpoch = Callable[[EpochRecord], None] | None
 
 

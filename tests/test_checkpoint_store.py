@@ -48,6 +48,7 @@ def test_the_store_finds_prunes_and_measures_checkpoints_by_trial_id(tmp_path: P
     assert usage.checkpoint_bytes == sum(p.stat().st_size for p in sweep.glob("run-*/*/checkpoint_*/*"))
     assert usage.model_bytes == (sweep / "models" / "sw-bbbb" / "model.pt").stat().st_size
 
+    assert store.checkpointed_trials() == {"sw-aaaa", "sw-bbbb"}
     store.delete_checkpoints({"sw-aaaa"})
     assert store.latest_checkpoint("sw-aaaa") is None and store.latest_checkpoint("sw-bbbb") is not None
     store.remove_finished_runs(keep="run-3")

@@ -6,6 +6,7 @@ the kept model of a sweep, exported, reproduces the trial's test NDCG@10.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import torch
 from checkpoint_faults import KILL_AFTER_EPOCH
 from sweep_faults import wait_for_ray_gone
@@ -162,12 +164,18 @@ def test_a_killed_driver_resumes_its_running_trials_from_their_checkpoints(tmp_p
             if all(f is not None and f.epoch >= 2 for f in found):
                 break
             time.sleep(0.3)
+        # The driver's Ray and the trials' workers would outlive it for a while, and the workers go on
+        # saving checkpoints; the driver dies with its whole local cluster, as when its node is lost.
+        family = psutil.Process(driver.pid).children(recursive=True)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
+        for process in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(signal.SIGKILL)
+        psutil.wait_procs(family, timeout=30)
     finally:
         if driver.poll() is None:
             driver.kill()
-    # the driver's Ray (and the trials' workers) outlive it for a while; end them before resuming
     wait_for_ray_gone(first_ray, timeout=60, kill_after=3)
     assert not db.exists() or not load_trials(db, sweep="slowck").shape[0]
     saved = {t: store.latest_checkpoint(t) for t in trial_ids}

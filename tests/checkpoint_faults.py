@@ -1,7 +1,7 @@
 """Trial functions for the checkpoint tests under Ray (same signature as `study.train.run_trial`).
 
 `killed_after_checkpoint` runs the real trainer and SIGKILLs its own worker right after saving the
-checkpoint of epoch KILL_AFTER_EPOCH, the first time only: a marker file beside the sweep's storage
+checkpoint of epoch KILL_AFTER_EPOCH, the first time only: a marker file in the sweep's storage folder
 says it happened (a Ray worker started before the test cannot be handed an environment variable).
 `slow_trial` is the real trainer with SLOW_EPOCH_SECONDS of sleep after each epoch, so that a test can
 kill the driver while a trial is in the middle of its epochs.
@@ -29,7 +29,8 @@ OnEpoch = Callable[[EpochRecord], None] | None
 
 
 def kill_marker(checkpointer: TuneCheckpointer) -> Path:
-    return Path(checkpointer.store.root) / f"killed-{checkpointer.trial}"
+    """In the sweep's folder of the storage (local in the tests, also when given as a file:// URI)."""
+    return Path(checkpointer.store.path) / f"killed-{checkpointer.trial}"
 
 
 def killed_after_checkpoint(config: TrainConfig, *, on_epoch: OnEpoch = None,

@@ -85,21 +85,23 @@ def test_a_killed_worker_resumes_after_its_checkpoint_and_ends_as_if_never_kille
         trial_function = "tests.checkpoint_faults:killed_after_checkpoint"
     """))
     db = tmp_path / "results.sqlite"
-    assert sweep.run(sweep_args(spec, db)) == 0
+    storage = tmp_path / "storage"  # given as a URI, as for object storage on a cluster
+    assert sweep.run(sweep_args(spec, db, storage=f"file://{storage}")) == 0
     row = load_trials(db).iloc[0]
     assert row["status"] == "ok", row["error"]
-    storage = tmp_path / "checkpoints"
-    assert (storage / f"killed-{row['trial_id']}").is_file(), "the worker was never killed"
+    marker = storage / "killed" / f"killed-{row['trial_id']}"
+    assert marker.is_file(), "the worker was never killed"
+    marker.unlink()
     assert row["resumed_from_epoch"] == KILL_AFTER_EPOCH == 3 and row["epochs_run"] == 6
     with ResultsDB(db) as reader:
         record = reader.load_record(row["trial_id"])
     config = load_spec(spec).grid()[0]
     assert_same_training(record, uninterrupted(config))
     # finished: its checkpoints are gone with Tune's run folder, its best model stays
-    usage = CheckpointStore(storage, "killed").disk_usage()
+    usage = CheckpointStore(f"file://{storage}", "killed").disk_usage()
     assert usage.checkpoint_bytes == 0 and usage.models == 1
     assert sorted(p.name for p in (storage / "killed").iterdir()) == ["models"]
-    assert row["model_path"] == str(storage / "killed" / "models" / row["trial_id"] / "model.pt")
+    assert row["model_path"] == f"file://{storage}/killed/models/{row['trial_id']}/model.pt"
 
     # the best trial under a budget, exported, scores its test set as the trial did
     out = tmp_path / "exported" / "model.pt"

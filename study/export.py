@@ -161,7 +161,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("loo", "temporal"), help="with --budget: only this split")
     parser.add_argument("--metric", default="ndcg@10",
                         help="with --budget: validation metric to maximise, NAME@K (default ndcg@10)")
-    parser.add_argument("--memory-field", default="peak_bytes",
+    from study.analysis import MEMORY_FIELDS
+
+    parser.add_argument("--memory-field", default="peak_bytes", choices=MEMORY_FIELDS,
                         help="with --budget: measured memory that must fit (default peak_bytes)")
     parser.add_argument("--storage", default=None,
                         help="look for the model under this storage root instead of where the database "
@@ -210,11 +212,7 @@ def _chosen_trial(args: argparse.Namespace) -> Any:
         raise UserError(f"--{exc}") from exc
     trials = load_selected(args)
     (budget,) = parse_budget_list(args.budget, trials, option="--budget")
-    try:
-        best, _ = analysis.best_under_budget(trials, budget, metric=args.metric,
-                                             memory_field=args.memory_field)
-    except (KeyError, ValueError) as exc:
-        raise UserError(f"--memory-field {args.memory_field}: {exc}") from exc
+    best, _ = analysis.best_under_budget(trials, budget, metric=args.metric, memory_field=args.memory_field)
     if best is None:
         raise UserError(f"--budget {args.budget}: no ok trial in {args.db} fits it")
     return best

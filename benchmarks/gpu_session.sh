@@ -6,6 +6,7 @@
 # Then, through the device tool, carrying .gpu-wheels and .gpu-data:
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh bench        (~5 min: issue 3)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh training     (~5 min: issues 3, 4, 5)
+#   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh checkpoint   (~3 min: issue 15)
 # Issue 13 (three calls): speed (~4 min), loss (< 8 min), eval (< 10 min). loss also needs
 #   .cache/published-cce (the published CCE- kernel: .cache/published-cce/SOURCE.md says how to lay it out)
 # and eval needs .cache/eval-before (the tree before the evaluation change) and gowalla in .gpu-data:
@@ -14,7 +15,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 # The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
@@ -99,7 +100,15 @@ case "$part" in
       --datasets ml-1m,gowalla --mode epoch,eval --epochs 2 --repeats 2 --device cuda --timeout 240 \
       --out "$work" 2>&1 | tee "$work/eval_split.log"
     ;;
-  *) echo "unknown part: $part (dev, bench, training, final, speed, loss or eval)" >&2; exit 2 ;;
+  checkpoint)
+    # One study-sized trial (ml-1m, per-position K=1024, batch 256, L=200, fused loss) killed after
+    # epoch 20 of 40 and resumed by Tune from its checkpoint, then the same trial uninterrupted;
+    # plus the save/load time of a 1M-item model's checkpoint (issue 15).
+    timeout 500 python3 benchmarks/checkpoint_resume.py --out "$work/checkpoint" --large-items 1000000 \
+      2>&1 | tee "$work/checkpoint.log"
+    rm -rf "$work/checkpoint/storage"  # the kept models (a few MiB each): not needed in the archive
+    ;;
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval or checkpoint)" >&2; exit 2 ;;
 esac
 mkdir -p "$out"
 tar czf "$out/$part.tgz" -C "$work" .

@@ -93,6 +93,10 @@ _RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("host", "TEXT"),
     ("dataset_source", "TEXT"),
     ("dataset_sha256", "TEXT"),
+    ("resumed_from_epoch", "INTEGER"),
+    ("model_path", "TEXT"),
+    ("checkpoint_seconds", "REAL"),
+    ("checkpoint_bytes", "INTEGER"),
 )
 
 TRIAL_COLUMNS: dict[str, str] = {
@@ -183,6 +187,10 @@ def trial_row(trial_id: str, sweep: str, record: TrialRecord) -> dict[str, Any]:
         host=record.host,
         dataset_source=record.dataset_source,
         dataset_sha256=record.dataset_sha256,
+        resumed_from_epoch=record.resumed_from_epoch,
+        model_path=record.model_path,
+        checkpoint_seconds=record.checkpoint_seconds,
+        checkpoint_bytes=record.checkpoint_bytes,
     )
     if record.device is not None:
         row["device"] = record.device  # what actually ran ("cuda:0"), rather than the requested "auto"

@@ -218,7 +218,8 @@ def convergence_summary(trials: pd.DataFrame) -> pd.DataFrame:
         ok = group[group["status"] == "ok"]
         capped = ok[ok["stop"] == "time_limit"]
         rows.append({
-            "dataset": dataset, "impl": IMPL_LABELS.get(str(impl), str(impl)), "trials": len(group), "ok": len(ok),
+            "dataset": dataset, "impl": IMPL_LABELS.get(str(impl), str(impl)), "trials": len(group),
+            "ok": len(ok),
             "early stopping": int((ok["stop"] == "early_stopping").sum()),
             "epoch limit": int((ok["stop"] == "max_epochs").sum()), "time cap": len(capped),
             "time-capped (K, B, L)": ", ".join(_point(row) for _, row in capped.iterrows()) or "-",

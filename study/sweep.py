@@ -1,15 +1,17 @@
 """`cce-study sweep`: run a sweep specification with Ray Tune under a memory budget into the results database.
 
-Every trial runs in its own Ray worker process (function trainable, no actor reuse, no retries), so GPU
-memory is returned between trials. The driver alone writes the database, from a Tune callback: the
-trainable reports per-epoch progress and one final result that carries the serialised TrialRecord.
-Trials never fail as far as Tune is concerned: the trainable turns every exception into a record
-(`failed`, `oom`, `over_budget`), and anything that still escapes (a worker that died) becomes a `failed`
-row from the callback. Configurations the memory model predicts over budget are recorded as
-`predicted_over_budget` without launching.
+Every trial runs in its own Ray worker process (function trainable, no actor reuse), so GPU memory is
+returned between trials. The driver alone writes the database, from a Tune callback: the trainable
+reports per-epoch progress and one final result that carries the serialised TrialRecord. Trials never
+fail as far as Tune is concerned: the trainable turns every exception into a record (`failed`, `oom`,
+`over_budget`). A worker that dies (killed, node lost) is restarted by Tune up to `[checkpoint]
+max_retries` times, from the trial's last checkpoint; beyond that the callback records a `failed` row.
+Configurations the memory model predicts over budget are recorded as `predicted_over_budget` without
+launching.
 
 Trial ids are a hash of the sweep name and the full configuration, so `--resume` skips exactly the trials
-already recorded, after a crash, a SIGKILL of the driver, or Ctrl-C.
+already recorded, after a crash, a SIGKILL of the driver, or Ctrl-C, and continues each unfinished trial
+from the last checkpoint it saved under the sweep's storage (study.checkpoint_store).
 
 Ray is imported lazily: `cce-study` builds every command's parser on start and Ray takes seconds to import.
 """
@@ -18,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -34,15 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from study.checkpoint import Checkpointer, CheckpointPolicy, TrainingState, load_state, save_state
+from study.checkpoint_store import CheckpointStore
 from study.config import TrainConfig
 from study.db import ResultsDB, load_trials, metric_column
 from study.record import EpochRecord, MemoryReport, TrialRecord, TrialStatus
-from study.sweep_spec import SweepSpec, load_spec, trial_id
+from study.sweep_spec import CheckpointSpec, SweepSpec, load_spec, trial_id
 
 QUALITY_METRIC = "ndcg@10"
 # Keys of the final result a trainable reports; the quality/memory pair are Optuna's objectives.
 RECORD_KEY = "record_json"
 TRIAL_ID_KEY = "cce_trial_id"
+CHECKPOINT_EPOCH_KEY = "checkpoint_epoch"  # the report that carries a checkpoint: its epoch
 QUALITY_KEY = "objective_val_ndcg_10"
 MEMORY_KEY = "objective_peak_gib"
 CONSTRAINT_KEY = "memory_over_budget_gib"
@@ -79,11 +84,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=parse_duration, default=None, metavar="DURATION",
                         help="start no trial after this long (e.g. 3600, 45m, 2h); trials already running "
                              "finish, the rest are left for --resume (for time-limited jobs)")
+    parser.add_argument("--storage", default=None,
+                        help="where trials keep checkpoints and best models: a folder or a URI such as "
+                             "s3://bucket/prefix (default: [checkpoint] storage of the spec, else "
+                             "checkpoints/ beside the database)")
 
 
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
     db_path = Path(args.db) if args.db is not None else Path("results") / spec.name / "results.sqlite"
+    storage = storage_root(spec, db_path, getattr(args, "storage", None))
     resolve_trial_function(spec.run.trial_function)  # fail now rather than in every worker
     card_bytes = spec.resources.gpu_memory_bytes or _local_card_bytes()
     budget_bytes = budget_of(spec.memory_budget, card_bytes, spec.name)
@@ -101,13 +111,15 @@ def run(args: argparse.Namespace) -> int:
             )
         deadline = None if args.stop_after is None else time.time() + args.stop_after
         try:
-            execute_sweep(spec, plan, db, card_bytes=card_bytes, address=args.address, deadline=deadline)
+            execute_sweep(spec, plan, db, card_bytes=card_bytes, address=args.address, deadline=deadline,
+                          storage=storage)
         except KeyboardInterrupt:
             counts = db.status_counts(spec.name)
             print(f"[{spec.name}] interrupted: {sum(counts.values())} trial(s) recorded in {db_path}; "
                   f"run the same command with --resume to finish", file=sys.stderr, flush=True)
             raise
-        print_summary(spec, db, db_path, budget_bytes, plan, file=sys.stdout)
+        print_summary(spec, db, db_path, budget_bytes, plan, file=sys.stdout,
+                      store=CheckpointStore(storage, spec.name))
     return 0
 
 
@@ -124,6 +136,14 @@ def parse_duration(text: str) -> float:
     if not math.isfinite(seconds) or seconds <= 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite duration")
     return seconds
+
+
+def storage_root(spec: SweepSpec, db_path: Path, option: str | None = None) -> str:
+    """Where the sweep's checkpoints and models go: --storage, else the spec's [checkpoint] storage, else
+    `checkpoints/` beside the database (a local folder made absolute, or a URI as given)."""
+    from study.checkpoint_store import absolute_root
+
+    return absolute_root(option or spec.checkpoint.storage or db_path.parent / "checkpoints")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -292,6 +312,12 @@ class TrialSettings:
     skip_predicted_over_budget: bool = True
     # --stop-after: a trial whose worker starts after this time.time() runs nothing and leaves no row
     start_deadline: float | None = None
+    # checkpoint settings with `storage` resolved to the absolute root; None or not enabled: none
+    checkpoint: CheckpointSpec | None = None
+
+    @property
+    def checkpoints(self) -> CheckpointSpec | None:
+        return self.checkpoint if self.checkpoint is not None and self.checkpoint.enabled else None
 
     def budget_bytes(self, config_values: dict[str, Any]) -> int | None:
         budget = config_values.get("memory_budget")
@@ -330,8 +356,10 @@ def trial_point(tune_config: dict[str, Any], settings: TrialSettings) -> tuple[s
 
 
 def execute_trial(config_values: dict[str, Any], settings: TrialSettings,
-                  on_epoch: Callable[[EpochRecord], None] | None = None) -> TrialRecord:
-    """Run one trial through the trial function; never raises (but KeyboardInterrupt / SystemExit)."""
+                  on_epoch: Callable[[EpochRecord], None] | None = None,
+                  checkpointer: Checkpointer | None = None) -> TrialRecord:
+    """Run one trial through the trial function; never raises (but KeyboardInterrupt / SystemExit).
+    The checkpointer goes to trial functions that take a `checkpointer` argument (run_trial does)."""
     try:
         config = TrainConfig.from_dict(config_values)
     except Exception as exc:
@@ -344,7 +372,10 @@ def execute_trial(config_values: dict[str, Any], settings: TrialSettings,
                                             settings.num_items.get((config.dataset, config.kcore)))
     try:
         function = resolve_trial_function(settings.trial_function)
-        result = function(config, on_epoch=on_epoch)
+        options: dict[str, Any] = {"on_epoch": on_epoch}
+        if checkpointer is not None and _takes_argument(function, "checkpointer"):
+            options["checkpointer"] = checkpointer
+        result = function(config, **options)
         if not isinstance(result, TrialRecord):
             raise TypeError(f"{settings.trial_function} returned {type(result).__name__}, not a TrialRecord")
         record = result
@@ -355,6 +386,16 @@ def execute_trial(config_values: dict[str, Any], settings: TrialSettings,
     if record.memory.budget_bytes is None:
         record.memory.budget_bytes = budget_bytes
     return record
+
+
+def _takes_argument(function: Callable[..., Any], name: str) -> bool:
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _worker_prediction(config: TrainConfig, settings: TrialSettings) -> int | None:
@@ -429,7 +470,8 @@ def epoch_result(trial: str, epoch: EpochRecord) -> dict[str, Any]:
 
 
 def sweep_trainable(tune_config: dict[str, Any], settings: TrialSettings) -> None:
-    """The Ray Tune function trainable: one trial, per-epoch reports, one final report with the record."""
+    """The Ray Tune function trainable: one trial, per-epoch reports, checkpoints (each its own report),
+    one final report with the record."""
     from ray import tune
 
     trial, config_values = trial_point(tune_config, settings)
@@ -440,8 +482,55 @@ def sweep_trainable(tune_config: dict[str, Any], settings: TrialSettings) -> Non
     def report_epoch(epoch: EpochRecord) -> None:
         tune.report(epoch_result(trial, epoch))
 
-    record = execute_trial(config_values, settings, on_epoch=report_epoch)
+    checkpoints = settings.checkpoints
+    checkpointer = TuneCheckpointer(trial, settings.sweep, checkpoints) if checkpoints is not None else None
+    record = execute_trial(config_values, settings, on_epoch=report_epoch, checkpointer=checkpointer)
     tune.report(final_result(trial, record))
+
+
+class TuneCheckpointer(Checkpointer):
+    """A trial's checkpoints through Ray Tune's own mechanism.
+
+    Saved with `tune.report(..., checkpoint=...)` into the trial's folder of this run under the sweep's
+    storage (Tune keeps the latest only). Loaded from `tune.get_checkpoint()` when Tune restarted the
+    trial after its worker died, else from the trial's latest checkpoint of an earlier run of the sweep
+    (found by trial id: the sweep was resumed after its driver died). The best model goes to
+    `<storage>/<sweep>/models/<trial id>/model.pt`. Pruning is the driver's job (`RecordingCallback`).
+    """
+
+    def __init__(self, trial: str, sweep: str, settings: CheckpointSpec) -> None:
+        super().__init__(CheckpointPolicy(settings.every_epochs, settings.every_minutes),
+                         keep_model=settings.keep_best_model)
+        assert settings.storage is not None, "the driver resolves the storage root"
+        self.trial = trial
+        self.store = CheckpointStore(settings.storage, sweep)
+
+    def load(self) -> TrainingState | None:
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                return load_state(folder)
+        found = self.store.latest_checkpoint(self.trial)
+        if found is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="cce-study-checkpoint-") as folder:
+            self.store.download(found, folder)
+            return load_state(folder)
+
+    def _write(self, state: TrainingState) -> int:
+        from ray import tune
+
+        with tempfile.TemporaryDirectory(prefix="cce-study-checkpoint-") as folder:
+            size = save_state(state, folder)
+            # the report copies the folder into the trial's storage before it returns
+            tune.report({TRIAL_ID_KEY: self.trial, CHECKPOINT_EPOCH_KEY: state.epoch},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+        return size
+
+    def _keep(self, payload: dict[str, Any]) -> str:
+        return self.store.put_model(payload, self.trial)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -482,11 +571,19 @@ class Progress:
 
 
 def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, *,
-                  card_bytes: int | None, address: str | None, deadline: float | None = None) -> None:
+                  card_bytes: int | None, address: str | None, deadline: float | None = None,
+                  storage: str | None = None) -> None:
     """Record predicted-over-budget trials, then run the rest with Ray Tune (skipping recorded ones).
-    With a `deadline` (time.time()), trials not started by then are left unrecorded for --resume."""
+    With a `deadline` (time.time()), trials not started by then are left unrecorded for --resume.
+    Checkpoints and models go under `storage` (default: `checkpoints/` beside the database)."""
     done = db.trial_ids(spec.name)
     skip = spec.run.skip_predicted_over_budget
+    root = storage_root(spec, db.path, storage)
+    checkpoint = dataclasses.replace(spec.checkpoint, storage=root)
+    store = CheckpointStore(root, spec.name)
+    # what an earlier run left of trials recorded since (a driver killed after the row, before pruning)
+    store.delete_checkpoints(done)
+    store.remove_finished_runs()
     if spec.search.kind == "grid":
         for trial in plan:
             record = None
@@ -510,7 +607,8 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
             return
         progress.line(f"{len(to_run)} trial(s) to run, {len(done)} already recorded")
         settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
-                                 skip_predicted_over_budget=skip, start_deadline=deadline)
+                                 skip_predicted_over_budget=skip, start_deadline=deadline,
+                                 checkpoint=checkpoint)
         param_space = {"point": _grid_search([
             {"trial_id": t.trial_id, "config": t.config.to_dict(), "gpus": gpu_share(spec, t, card_bytes)}
             for t in to_run])}
@@ -527,13 +625,18 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
     num_items = {(t.config.dataset, t.config.kcore): t.num_items for t in plan if t.num_items is not None}
     settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
                              base_settings=spec.base_settings(spec.datasets[0]), num_items=num_items,
-                             skip_predicted_over_budget=skip, start_deadline=deadline)
+                             skip_predicted_over_budget=skip, start_deadline=deadline,
+                             checkpoint=checkpoint)
     with ray_session(address):
         from ray import tune
 
         param_space = {"axes": {name: tune.choice(list(values)) for name, values in spec.axes}}
         searcher = make_optuna_search(spec, load_trials(db.path, sweep=spec.name))
         _fit(spec, param_space, settings, db, progress, num_samples=num_samples, search_alg=searcher)
+    # The search is complete: checkpoints of samples it never recorded (their run was interrupted and
+    # the sampler did not propose them again) can no longer be continued.
+    store.delete_checkpoints(store.checkpointed_trials() - db.trial_ids(spec.name))
+    store.remove_finished_runs()
 
 
 GPU_SHARE_STEP = 16  # card shares are whole sixteenths: few distinct placement-group shapes
@@ -556,12 +659,10 @@ def _grid_search(points: list[dict[str, Any]]) -> Any:
     return tune.grid_search(points)
 
 
-def _trial_dirname(trial: Any) -> str:
-    return str(trial.trial_id)
-
-
 def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings, db: ResultsDB,
          progress: Progress, *, num_samples: int, search_alg: Any) -> None:
+    """One Tune run: an experiment folder `run-<time>-<pid>` under `<storage>/<sweep>/`, one trial folder
+    `<trial id>-<Tune's id>` each (so a later run finds a trial's checkpoints by its id)."""
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
@@ -575,7 +676,12 @@ def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings, 
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, settings=settings), resources)
     # Tune's own result files are switched off; after fit it would warn that they are missing.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    storage = tempfile.mkdtemp(prefix=f"cce-study-{spec.name}-")
+    assert settings.checkpoint is not None and settings.checkpoint.storage is not None
+    store = CheckpointStore(settings.checkpoint.storage, spec.name)
+
+    def trial_dirname(trial: Any) -> str:
+        return store.trial_dirname(trial_point(trial.config, settings)[0], str(trial.trial_id))
+
     try:
         tuner = tune.Tuner(
             trainable,
@@ -583,17 +689,20 @@ def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings, 
             tune_config=tune.TuneConfig(
                 num_samples=num_samples, search_alg=search_alg, reuse_actors=False,
                 max_concurrent_trials=spec.resources.max_concurrent,
-                trial_name_creator=_trial_dirname, trial_dirname_creator=_trial_dirname,
+                trial_name_creator=trial_dirname, trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=storage, verbose=0, stop=make_deadline_stopper(progress),
-                callbacks=[make_recording_callback(db, settings, progress)],
-                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                name=store.new_run_name(), storage_path=store.location, verbose=0,
+                stop=make_deadline_stopper(progress),
+                callbacks=[make_recording_callback(db, settings, progress, store)],
+                failure_config=tune.FailureConfig(max_failures=spec.checkpoint.max_retries, fail_fast=False),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
         tuner.fit()
     finally:
-        shutil.rmtree(storage, ignore_errors=True)
+        # Tune's files of this run go when every trial of it has finished (no checkpoint left)
+        store.remove_finished_runs()
 
 
 def _check_cluster_resources(spec: SweepSpec) -> None:
@@ -633,16 +742,21 @@ def make_deadline_stopper(progress: Progress) -> Any:
     return DeadlineStopper(progress)
 
 
-def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Progress) -> Any:
-    """A Tune callback that writes every trial's row (built here: Ray is imported lazily)."""
+def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Progress,
+                            store: CheckpointStore | None = None) -> Any:
+    """A Tune callback that writes every trial's row (built here: Ray is imported lazily) and deletes the
+    checkpoints of trials that reported their record (a trial whose worker died keeps its last one)."""
     from ray import tune
 
     class RecordingCallback(tune.Callback):  # type: ignore[misc]
-        def __init__(self, db: ResultsDB, settings: TrialSettings, progress: Progress) -> None:
+        def __init__(self, db: ResultsDB, settings: TrialSettings, progress: Progress,
+                     store: CheckpointStore | None) -> None:
             self.db: ResultsDB | None = db
             self.settings = settings
             self.progress = progress
+            self.store = store
             self.recorded: set[str] = set()  # Tune's trial ids whose row is written
+            self.reported: set[str] = set()  # ... of those, the ones whose record came from the trial
 
         def __getstate__(self) -> dict[str, Any]:
             # Tune pickles its run config for Tuner.restore, which sweeps never use (they resume from the
@@ -668,15 +782,25 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
                 return
             record = TrialRecord.from_dict(json.loads(result[RECORD_KEY]))
             self.write(trial, result[TRIAL_ID_KEY], record)
+            self.reported.add(trial.trial_id)
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self.finish(trial, "the trial ended without reporting its record")
+            if trial.trial_id in self.reported and self.store is not None:
+                self.store.delete_checkpoints({trial_point(trial.config, self.settings)[0]})
+
+        def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            failures = getattr(trial, "num_failures", "?")
+            self.progress.line(f"{trial_point(trial.config, self.settings)[0]} worker died (failure "
+                               f"{failures}): restarting the trial, from its last checkpoint if it has one")
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             error = None
             with contextlib.suppress(Exception):
                 error = trial.get_error()
-            self.finish(trial, f"the trial's worker failed: {error or 'unknown error'}")
+            attempts = getattr(trial, "num_failures", None)
+            tried = f" ({attempts} attempt(s))" if attempts else ""
+            self.finish(trial, f"the trial's worker failed{tried}: {error or 'unknown error'}")
 
         def finish(self, trial: Any, error: str) -> None:
             self.progress.running_trials.discard(trial.trial_id)
@@ -697,7 +821,7 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
             self.progress.statuses[record.status] += 1
             self.progress.line(f"{trial_key} {describe_record(record)}")
 
-    return RecordingCallback(db, settings, progress)
+    return RecordingCallback(db, settings, progress, store)
 
 
 def describe_record(record: TrialRecord) -> str:
@@ -711,6 +835,8 @@ def describe_record(record: TrialRecord) -> str:
         parts.append(f"predicted {_gib(record.predicted_peak_bytes)}")
     if record.total_seconds is not None:
         parts.append(f"{record.total_seconds:.0f} s")
+    if record.resumed_from_epoch is not None:
+        parts.append(f"resumed after epoch {record.resumed_from_epoch}")
     if record.status != "ok" and record.error:
         parts.append(record.error.splitlines()[0][:200])
     return ", ".join(parts)
@@ -798,6 +924,9 @@ def configure_ray_environment(*, local: bool) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
     # per-epoch reports carry no objectives (Optuna only reads the final one of a multi-objective trial)
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Tune snapshots its experiment state at each checkpoint (num_to_keep is set) and warns when that
+    # happens often; sweeps never restore from that state (they resume from the database)
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if local:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -840,13 +969,18 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 
 def print_summary(spec: SweepSpec, db: ResultsDB, db_path: Path, budget_bytes: int | None,
-                  plan: Sequence[PlannedTrial], *, file: Any) -> None:
+                  plan: Sequence[PlannedTrial], *, file: Any, store: CheckpointStore | None = None) -> None:
     counts = db.status_counts(spec.name)
     total = sum(counts.values())
     by_status = ", ".join(f"{status} {count}" for status, count in sorted(counts.items()))
     print(f"sweep {spec.name}: {total} trial(s) recorded in {db_path} ({by_status})", file=file)
     if spec.search.kind == "grid" and total < len(plan):
         print(f"  {len(plan) - total} trial(s) have no row yet: run again with --resume", file=file)
+    if store is not None:
+        usage = store.disk_usage()
+        print(f"  storage {store.location}: {_gib(usage.total_bytes)} (best models of {usage.models} "
+              f"trial(s) {_gib(usage.model_bytes)}, checkpoints of {usage.trials_with_checkpoints} "
+              f"unfinished trial(s) {_gib(usage.checkpoint_bytes)})", file=file)
     if budget_bytes is None:
         return
     try:

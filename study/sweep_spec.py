@@ -3,8 +3,9 @@
 A specification names the sweep, its dataset(s) and split, the fixed trial settings (`[trial]`, any
 TrainConfig field), the axes (`[axes]`, lists over TrainConfig fields), optional extra trial points
 (`[[extra_trials]]`), the search (`[search]`: a full grid or a multi-objective Optuna search), the memory
-budget, per-trial resources and time limit, the number of repeats (seeds) and the trial function.
-See `sweeps/demo.toml` for a commented example.
+budget, per-trial resources and time limit, the number of repeats (seeds), the trial function, and
+where and how often trials save checkpoints (`[checkpoint]`). See `sweeps/demo.toml` for a commented
+example.
 """
 
 from __future__ import annotations
@@ -81,6 +82,20 @@ class RunSpec:
 
 
 @dataclass(frozen=True)
+class CheckpointSpec:
+    """How trials survive interruption (see study.checkpoint and docs/checkpoints.md)."""
+
+    enabled: bool = True  # False: no checkpoints and no kept models (a restarted worker starts over)
+    # Storage root (a folder or a URI such as s3://bucket/prefix); None: `checkpoints/` beside the
+    # results database. `cce-study sweep --storage` overrides it.
+    storage: str | None = None
+    every_epochs: int = 1  # save at most every this many epochs ...
+    every_minutes: float = 5.0  # ... and at most every this many minutes
+    keep_best_model: bool = True  # keep each ok trial's best-validation model for `cce-study export`
+    max_retries: int = 2  # restarts of a trial whose worker died, each from its last checkpoint
+
+
+@dataclass(frozen=True)
 class SweepSpec:
     name: str
     datasets: tuple[str, ...]
@@ -91,6 +106,7 @@ class SweepSpec:
     search: SearchSpec = field(default_factory=SearchSpec)
     resources: ResourceSpec = field(default_factory=ResourceSpec)
     run: RunSpec = field(default_factory=RunSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     memory_budget: str | None = None
     time_limit_s: float | None = None
     repeats: int = 1
@@ -201,7 +217,7 @@ class _SpecParser:
     def parse(self, values: Mapping[str, Any]) -> SweepSpec:
         top = self.table(values, "", {
             "name", "description", "datasets", "dataset", "split", "memory_budget", "time_limit_s",
-            "repeats", "trial", "axes", "extra_trials", "search", "resources", "run",
+            "repeats", "trial", "axes", "extra_trials", "search", "resources", "run", "checkpoint",
         })
         name = top.get("name")
         if not isinstance(name, str) or not _NAME_PATTERN.match(name):
@@ -235,6 +251,7 @@ class _SpecParser:
         search = self.search(top.get("search", {}))
         resources = self.resources(top.get("resources", {}))
         run = self.run(top.get("run", {}))
+        checkpoint = self.checkpoint(top.get("checkpoint", {}))
         if search.kind == "optuna":
             if len(datasets) != 1:
                 raise self.error("datasets", "an optuna search takes exactly one dataset")
@@ -245,8 +262,8 @@ class _SpecParser:
         spec = SweepSpec(
             name=name, datasets=datasets, split=split, trial=types.MappingProxyType(dict(trial)),
             axes=axes, extra_trials=tuple(types.MappingProxyType(dict(e)) for e in extras), search=search,
-            resources=resources, run=run, memory_budget=memory_budget, time_limit_s=time_limit_s,
-            repeats=repeats, description=description, source=self.source,
+            resources=resources, run=run, checkpoint=checkpoint, memory_budget=memory_budget,
+            time_limit_s=time_limit_s, repeats=repeats, description=description, source=self.source,
         )
         self.check_configs(spec)
         return spec
@@ -425,6 +442,30 @@ class _SpecParser:
             raise self.error("run.skip_predicted_over_budget", f"must be true or false, got {skip!r}")
         return RunSpec(trial_function=function, skip_predicted_over_budget=skip)
 
+    def checkpoint(self, values: Any) -> CheckpointSpec:
+        table = self.table(values, "checkpoint", {"enabled", "storage", "every_epochs", "every_minutes",
+                                                  "keep_best_model", "max_retries"})
+        defaults = CheckpointSpec()
+        for key in ("enabled", "keep_best_model"):
+            if not isinstance(table.get(key, True), bool):
+                raise self.error(f"checkpoint.{key}", f"must be true or false, got {table[key]!r}")
+        storage = table.get("storage")
+        if storage is not None and (not isinstance(storage, str) or not storage.strip()):
+            raise self.error("checkpoint.storage", f"must be a folder or a URI, got {storage!r}")
+        every_epochs = table.get("every_epochs", defaults.every_epochs)
+        if not isinstance(every_epochs, int) or isinstance(every_epochs, bool) or every_epochs < 1:
+            raise self.error("checkpoint.every_epochs", f"must be a positive integer, got {every_epochs!r}")
+        every_minutes = table.get("every_minutes", defaults.every_minutes)
+        if isinstance(every_minutes, bool) or not isinstance(every_minutes, int | float) \
+                or not every_minutes >= 0:
+            raise self.error("checkpoint.every_minutes", f"must be a number >= 0, got {every_minutes!r}")
+        max_retries = table.get("max_retries", defaults.max_retries)
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise self.error("checkpoint.max_retries", f"must be an integer >= 0, got {max_retries!r}")
+        return CheckpointSpec(enabled=table.get("enabled", True), storage=storage, every_epochs=every_epochs,
+                              every_minutes=float(every_minutes),
+                              keep_best_model=table.get("keep_best_model", True), max_retries=max_retries)
+
     def check_configs(self, spec: SweepSpec) -> None:
         """Every trial point must make a valid TrainConfig (cross-field rules like hidden % heads);
         the grid built here is kept by the spec."""
@@ -432,6 +473,6 @@ class _SpecParser:
 
 
 __all__ = [
-    "SweepSpec", "SearchSpec", "ResourceSpec", "RunSpec", "SpecError", "load_spec", "parse_spec",
-    "trial_id", "REQUIRED_AXES", "DEFAULT_TRIAL_FUNCTION",
+    "SweepSpec", "SearchSpec", "ResourceSpec", "RunSpec", "CheckpointSpec", "SpecError", "load_spec",
+    "parse_spec", "trial_id", "REQUIRED_AXES", "DEFAULT_TRIAL_FUNCTION",
 ]

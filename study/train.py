@@ -3,12 +3,15 @@
 One trial end to end: load and split the data, build the model and loss, train with Adam and early
 stopping on validation NDCG@10, evaluate the best epoch's weights on the test set, and measure time
 and memory. Out-of-memory and non-finite losses end the trial with a status instead of an exception;
-any other error propagates to the caller. No Ray and no database here: the caller records the result.
+any other error propagates to the caller. With a `study.checkpoint.Checkpointer` the trial saves its
+whole training state between epochs, continues from a saved state, and keeps its best model.
+No Ray and no database here: the caller records the result.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import importlib.util
 import itertools
@@ -31,6 +34,7 @@ from tqdm import tqdm
 
 from kernels import check_index_errors
 from models.sasrec import SASRec
+from study.checkpoint import Checkpointer, TrainingState, capture_rng, check_same_config, restore_rng
 from study.config import ConfigError, TrainConfig
 from study.evaluate import evaluate_model, evaluate_popularity, prepare_evaluation
 from study.record import EpochRecord, TrialRecord, steady_state_seconds
@@ -53,11 +57,30 @@ class _Context:
     config: TrainConfig
     device: torch.device
     autocast: Callable[[], contextlib.AbstractContextManager[Any]]
-    started: float  # time.perf_counter() at the start of the trial
+    # time.perf_counter() at the start of the trial; for a trial continued from a checkpoint, moved back
+    # by the time the trial had run up to that checkpoint (time limit and total_seconds count it)
+    started: float
+    checkpointer: Checkpointer | None = None
+    item_ids: Any = None  # raw id of each item: item_ids[i - 1] is item i's (for the kept model)
 
 
-def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | None = None) -> TrialRecord:
-    """Run one trial; `on_epoch` is called after every epoch with its record (e.g. to report to Ray)."""
+@dataclass
+class _Loop:
+    """The training loop's own state: with the model, optimiser and generators, what a checkpoint holds."""
+
+    epoch: int = 0  # epochs completed
+    global_step: int = 0
+    best_score: float = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    stale_epochs: int = 0
+    checkpoint_seconds: float = 0.0
+
+
+def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | None = None,
+              checkpointer: Checkpointer | None = None) -> TrialRecord:
+    """Run one trial; `on_epoch` is called after every epoch with its record (e.g. to report to Ray);
+    `checkpointer` saves the training state between epochs, gives the state to continue from, and keeps
+    the best model (see study.checkpoint)."""
     started = time.perf_counter()
     record = TrialRecord(status="ok", config=config.to_dict(), started_at=_utc_now(),
                          versions=collect_versions(), git_commit=git_commit(), host=socket.gethostname())
@@ -85,7 +108,8 @@ def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | 
     if config.memory_budget is not None:
         budget_bytes = memory.parse_budget(config.memory_budget, _device_total_bytes(device))
         memory.apply_budget(budget_bytes, device)
-    context = _Context(config, device, _autocast_factory(config.precision, device), started)
+    context = _Context(config, device, _autocast_factory(config.precision, device), started,
+                       checkpointer, data.item_labels)
     probe = memory.MemoryProbe(device, budget_bytes=budget_bytes)
     with probe:
         try:
@@ -101,7 +125,9 @@ def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | 
             _synchronize(device)
     record.memory = probe.report()
     record.finished_at = _utc_now()
-    record.total_seconds = time.perf_counter() - started
+    record.total_seconds = time.perf_counter() - context.started
+    if checkpointer is not None:
+        checkpointer.finish()
     return record
 
 
@@ -136,22 +162,29 @@ def _train_and_evaluate(
     model = SASRec(split.num_items, max_len=config.max_len, hidden=config.hidden, blocks=config.blocks,
                    heads=config.heads, dropout=config.dropout).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    loss_function = build_loss(config, model, split.item_counts, device)
-    shuffle_generator = torch.Generator().manual_seed(config.seed)
+    generators = {"shuffle": torch.Generator().manual_seed(config.seed),
+                  "sampler": torch.Generator(device=device).manual_seed(config.seed + 1)}
+    loss_function = build_loss(config, model, split.item_counts, device, generator=generators["sampler"])
 
-    best_score, best_state, global_step = -math.inf, None, 0
+    loop = _Loop()
+    checkpointer = context.checkpointer
+    if checkpointer is not None:
+        state = checkpointer.load()
+        if state is not None:
+            _resume(state, context, model, optimizer, generators, loop, record)
+        checkpointer.start(loop.epoch)
     record.stop_reason = "max_epochs"
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(loop.epoch + 1, config.epochs + 1):
         epoch_start = time.perf_counter()
-        batch_iterator = batches.iterate(config.batch_size, shuffle=True, generator=shuffle_generator,
+        batch_iterator = batches.iterate(config.batch_size, shuffle=True, generator=generators["shuffle"],
                                          device=device)
         steps_in_epoch = math.ceil(len(batches) / config.batch_size)
         if config.max_steps_per_epoch is not None:
             steps_in_epoch = min(steps_in_epoch, config.max_steps_per_epoch)
         train_loss, steps, sequences, out_of_time = _train_epoch(
-            context, model, optimizer, loss_function, batch_iterator, epoch, global_step, steps_in_epoch
+            context, model, optimizer, loss_function, batch_iterator, epoch, loop.global_step, steps_in_epoch
         )
-        global_step += steps
+        loop.global_step += steps
         _synchronize(device)
         epoch_seconds = time.perf_counter() - epoch_start
 
@@ -173,27 +206,82 @@ def _train_and_evaluate(
         if on_epoch is not None:
             on_epoch(epoch_record)
 
-        if evaluate and val_metrics[EARLY_STOPPING_METRIC] > best_score:
-            best_score = val_metrics[EARLY_STOPPING_METRIC]
-            best_state = {name: value.detach().to("cpu", copy=True)
-                          for name, value in model.state_dict().items()}
+        if evaluate and val_metrics[EARLY_STOPPING_METRIC] > loop.best_score:
+            loop.best_score = val_metrics[EARLY_STOPPING_METRIC]
+            loop.best_state = {name: value.detach().to("cpu", copy=True)
+                               for name, value in model.state_dict().items()}
             record.best_epoch, record.val_metrics = epoch, val_metrics
+        # Patience counts epochs since the best one, so it means the same whatever `eval_every` is.
+        loop.stale_epochs = epoch - (record.best_epoch or 0)
+        loop.epoch = epoch
         if out_of_time:
             record.stop_reason = "time_limit"
             break
-        # Patience counts epochs since the best one, so it means the same whatever `eval_every` is.
-        if evaluate and epoch - (record.best_epoch or 0) >= config.patience:
+        if evaluate and loop.stale_epochs >= config.patience:
             record.stop_reason = "early_stopping"
             break
+        if checkpointer is not None and epoch < config.epochs and checkpointer.due(epoch):
+            _save_checkpoint(checkpointer, context, model, optimizer, generators, loop, record)
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
     record.test_metrics = model_metrics(split.test)
     train_seconds = sum(e.epoch_seconds for e in record.epochs)
     record.mean_epoch_seconds = train_seconds / len(record.epochs)
     record.steady_epoch_seconds = steady_state_seconds([e.epoch_seconds for e in record.epochs])
     total_sequences = sum(e.sequences_per_second * e.epoch_seconds for e in record.epochs)
     record.sequences_per_second = total_sequences / train_seconds if train_seconds > 0 else 0.0
+    if checkpointer is not None and checkpointer.keeps_model:
+        record.model_path = _keep_model(checkpointer, model, context, record)
+
+
+def _save_checkpoint(checkpointer: Checkpointer, context: _Context, model: SASRec,
+                     optimizer: torch.optim.Optimizer, generators: dict[str, torch.Generator], loop: _Loop,
+                     record: TrialRecord) -> None:
+    began = time.perf_counter()
+    state = TrainingState(
+        config=context.config.to_dict(), epoch=loop.epoch, global_step=loop.global_step,
+        model=model.state_dict(), optimizer=optimizer.state_dict(), rng=capture_rng(generators),
+        epochs=[dataclasses.asdict(e) for e in record.epochs], best_score=loop.best_score,
+        best_epoch=record.best_epoch, best_val_metrics=dict(record.val_metrics), best_model=loop.best_state,
+        stale_epochs=loop.stale_epochs, elapsed_seconds=began - context.started,
+        checkpoint_seconds=loop.checkpoint_seconds, started_at=record.started_at,
+    )
+    record.checkpoint_bytes = checkpointer.save(state)
+    loop.checkpoint_seconds += time.perf_counter() - began
+    record.checkpoint_seconds = loop.checkpoint_seconds
+
+
+def _resume(state: TrainingState, context: _Context, model: SASRec, optimizer: torch.optim.Optimizer,
+            generators: dict[str, torch.Generator], loop: _Loop, record: TrialRecord) -> None:
+    """Continue from `state`: everything the rest of the trial depends on is put back as it was."""
+    check_same_config(state.config, context.config.to_dict(), "checkpoint")
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    restore_rng(state.rng, generators)
+    loop.epoch, loop.global_step, loop.stale_epochs = state.epoch, state.global_step, state.stale_epochs
+    loop.best_score, loop.best_state = state.best_score, state.best_model
+    loop.checkpoint_seconds = state.checkpoint_seconds
+    record.epochs = [EpochRecord(**values) for values in state.epochs]
+    record.best_epoch, record.val_metrics = state.best_epoch, dict(state.best_val_metrics)
+    record.resumed_from_epoch = state.epoch
+    record.checkpoint_seconds = state.checkpoint_seconds
+    record.started_at = state.started_at or record.started_at
+    context.started -= state.elapsed_seconds
+
+
+def _keep_model(checkpointer: Checkpointer, model: SASRec, context: _Context,
+                record: TrialRecord) -> str | None:
+    """Hand the best model to the checkpointer; a storage that fails costs the model, not the trial."""
+    from study.export import model_payload
+
+    payload = model_payload(model, context.config, context.item_ids, record)
+    try:
+        return checkpointer.keep_model(payload)
+    except OSError as exc:
+        print(f"warning: the trial's best model could not be kept ({type(exc).__name__}: {exc})",
+              file=sys.stderr, flush=True)
+        return None
 
 
 def _train_epoch(
@@ -259,11 +347,13 @@ def _train_epoch(
 
 
 def build_loss(
-    config: TrainConfig, model: SASRec, item_counts: torch.Tensor, device: torch.device
+    config: TrainConfig, model: SASRec, item_counts: torch.Tensor, device: torch.device, *,
+    generator: torch.Generator | None = None,
 ) -> LossFunction:
     """loss(hidden [B, L, d], targets [B, L] item ids with 0 = no target, global step) -> scalar.
 
     The loss sees the catalogue without padding: items = embedding rows 1.., targets shifted by one.
+    Sampled negatives are drawn from `generator` (on `device`; default: one seeded with config.seed + 1).
     """
     import kernels
 
@@ -299,10 +389,12 @@ def build_loss(
     scope = config.negative_scope
     assert scope != "drawn"  # handled above; check_loss_settings refuses it for the binary losses
     popularity = config.sampling == "popularity"
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(config.seed + 1)
     sampler = kernels.NegativeSampler(
         num_items, config.num_negatives, distribution=config.sampling, scope=scope,
         item_counts=item_counts[1:].to(device) if popularity else None, device=device,
-        generator=torch.Generator(device=device).manual_seed(config.seed + 1),
+        generator=generator,
     )
     # the kernel takes log q as "uniform" (-log C) or a per-item tensor
     sampler_log_q = sampler.log_q if isinstance(sampler.log_q, torch.Tensor) else "uniform"

@@ -5,6 +5,8 @@ converted here, so a bad value gives one line naming the option instead of a usa
 the final TrialRecord is printed as one JSON object on stdout and everything else goes to stderr;
 otherwise a short summary is printed. Exit status: 0 when the trial finished with status "ok", 1 when it
 ended with another status (oom, over_budget, failed), 2 for bad input (reported by `study.cli`).
+With `--checkpoint-dir DIR` the trial saves its state there between epochs, continues from a state it
+finds there (the same command after an interruption), and keeps its best model in DIR/model.pt.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Literal
 
 from study.config import TrainConfig, config_fields
@@ -76,13 +79,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar on stderr")
     parser.add_argument("--json", dest="json", action="store_true",
                         help="print the trial record as one JSON object on stdout (all else on stderr)")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
+                        help="save the training state here between epochs and continue from it; keep the "
+                             "best model in DIR/model.pt")
+    parser.add_argument("--checkpoint-every-epochs", default="1", metavar="N",
+                        help="with --checkpoint-dir: save at most every N epochs (default: 1)")
+    parser.add_argument("--checkpoint-every-minutes", default="5", metavar="X",
+                        help="with --checkpoint-dir: ... and at most every X minutes (default: 5)")
 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    checkpointer = checkpointer_from_args(args)
     from study.train import run_trial
 
-    record = run_trial(config)
+    record = run_trial(config, checkpointer=checkpointer)
     if args.json:
         print(json.dumps(_finite_or_none(record.to_dict())), flush=True)
     else:
@@ -102,6 +113,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values["exclude_seen"] = not args.include_seen
     values["progress"] = not args.no_progress
     return TrainConfig(**values)
+
+
+def checkpointer_from_args(args: argparse.Namespace) -> Any:
+    """A FolderCheckpointer for --checkpoint-dir, or None; ValueError naming the option for a bad value."""
+    folder = getattr(args, "checkpoint_dir", None)
+    if folder is None:
+        return None
+    from study.checkpoint import CheckpointPolicy, FolderCheckpointer
+
+    every_epochs = convert_option("--checkpoint-every-epochs", args.checkpoint_every_epochs, int)
+    every_minutes = convert_option("--checkpoint-every-minutes", args.checkpoint_every_minutes, float)
+    try:
+        policy = CheckpointPolicy(every_epochs=every_epochs, every_minutes=every_minutes)
+    except ValueError as exc:
+        field, message = str(exc).split(": ", 1)
+        raise ValueError(f"--checkpoint-{field.replace('_', '-')}: {message}") from None
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--checkpoint-dir: {folder} is not a folder")
+    return FolderCheckpointer(folder, policy)
 
 
 def convert_option(flag: str, text: str, hint: Any) -> Any:
@@ -146,7 +176,9 @@ def summary(record: TrialRecord) -> str:
         f"loss {config['loss']} ({record.loss_impl}) on {record.device}",
     ]
     if record.epochs:
-        lines.append(f"best epoch {record.best_epoch} of {len(record.epochs)}")
+        resumed = (f" (continued after epoch {record.resumed_from_epoch} from its checkpoint)"
+                   if record.resumed_from_epoch is not None else "")
+        lines.append(f"best epoch {record.best_epoch} of {len(record.epochs)}{resumed}")
     for name, metrics, popularity in (("validation", record.val_metrics, record.popularity_val_metrics),
                                       ("test", record.test_metrics, record.popularity_test_metrics)):
         if metrics or popularity:
@@ -170,6 +202,8 @@ def summary(record: TrialRecord) -> str:
     if record.sequences_per_second is not None:
         time_line += f", {record.sequences_per_second:.0f} sequences/s"
     lines.append(time_line)
+    if record.model_path is not None:
+        lines.append(f"best model kept in {record.model_path}")
     return "\n".join(lines)
 
 
@@ -204,4 +238,5 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
-__all__ = ["configure", "run", "config_from_args", "convert_option", "summary", "OPTIONS"]
+__all__ = ["configure", "run", "config_from_args", "checkpointer_from_args", "convert_option", "summary",
+           "OPTIONS"]

@@ -558,11 +558,38 @@ def predict_peak_bytes(
     )
 
 
+@dataclass(frozen=True)
+class DatasetSize:
+    """What the memory model needs to know about a trial's dataset: the catalogue (items without
+    padding) and the number of users, which caps every batch (a batch never holds more sequences)."""
+
+    num_items: int
+    num_users: int | None = None
+
+    @classmethod
+    def of(cls, data: object) -> DatasetSize:
+        """From a loaded dataset (`study.data.Interactions`, or anything with num_items / num_users)."""
+        return cls(int(data.num_items), int(data.num_users))  # type: ignore[attr-defined]
+
+
+def predict_trial_memory(
+    config: TrainConfig, dataset: DatasetSize, *, gpu_total: int | None = None, device: str | None = None
+) -> MemoryPrediction:
+    """The prediction `cce-study plan`, `cce-study sweep` (planning and its workers) and the trainer's
+    record all make, so that the same configuration on the same dataset gets the same number of bytes
+    everywhere: the catalogue and the users of the loaded dataset, the card's memory where known
+    (recorded, it changes nothing), `device` as predict_peak_bytes takes it."""
+    return predict_peak_bytes(config, dataset.num_items, num_users=dataset.num_users, gpu_total=gpu_total,
+                              device=device)
+
+
 __all__ = [
+    "DatasetSize",
     "MemoryPrediction",
     "TrialShape",
     "phase_terms",
     "predict_peak_bytes",
+    "predict_trial_memory",
     "resolve_shape",
     "parameter_count",
 ]

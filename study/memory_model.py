@@ -23,9 +23,10 @@ Assumptions, stated where they matter:
 - The item gradient passes through three table-sized buffers: the loss's gradient for the view
   `weight[1:]`, the slice backward's full-size gradient (alive until the embedding lookup's gradient
   is added to it at the very end of backward), and the lookup's own dense gradient.
-- The PyTorch reference losses (kernels/reference.py, kernels/sampled_losses.py) keep 10 to 17
+- The PyTorch reference losses (kernels/reference.py, kernels/sampled_losses.py) keep 9 to 17
   bytes per logit at their peak (see TORCH_*_BYTES_PER_LOGIT). Per-position negatives also gather a
-  [N, K, d] table (saved in the hidden's dtype) and its gradient.
+  [N, K, d] table (saved in the hidden's dtype) and its gradient. Their item gradient forms only when
+  the gathered rows' gradient is scattered back, after the logits' gradients are freed.
 - The fused Triton kernels keep O(N*d + K*d) besides the index tensor they are handed (and, for
   per-position tensor negatives at d <= 128, a sorted int32 copy of it during backward); their item
   gradient is one float32 [C, d] buffer.
@@ -44,32 +45,46 @@ BFLOAT16 = 2
 INT32 = 4
 INT64 = 8
 
-# The caching allocator's peak reserved memory exceeds the peak allocated memory when freed blocks
-# cannot serve later requests: a large buffer requested anew each step after smaller requests have
-# split its cached block, buffers whose size varies from step to step (rows kept after padding), and
-# evaluation blocks larger than anything training cached. Fitted on 23 trials on one H200 (torch
-# 2.11, default allocator settings; benchmarks/memory_validation.py), then checked on 33 configurations
-# predicted before they were measured (results/h200-2026-11-26b, BENCHMARKS.md section 3): the excess is the
-# larger of 1.1x the step's largest transient buffer and 256 MiB (about the evaluation working set
-# with default settings). PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True did not remove the excess:
-# it shrank it for some trials and tripled it for the PyTorch per-position loss.
+# The caching allocator's peak reserved memory exceeds the peak allocated memory when a freed block
+# cannot serve a later request: smaller requests split it in between (best fit takes the smallest free
+# block that is large enough, and splits off the rest), or the request is larger than any free block.
+# Buffers of one size requested in the same order every step find their blocks whole (the item-table
+# sized ones, the negative indices; see largest_step_buffer_bytes); blocks of a class that several
+# buffers of different lifetimes share get split. The excess is the larger of 1.1x the step's largest
+# such transient buffer and 256 MiB (about the evaluation working set with default settings), from 33
+# configurations on one H200 (torch 2.11, default allocator settings: large-block pool, blocks rounded
+# to 512 B, segments of large requests to 2 MiB, expandable segments off; results/h200-2026-11-26b,
+# BENCHMARKS.md section 3) and training steps traced on CPU with CUDA's allocation pattern and replayed
+# through a model of that allocator at 10^6 and 5 * 10^6 items (benchmarks/memory_trace.py).
+# PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True did not remove the excess on the H200: it shrank it
+# for some trials and tripled it for the PyTorch per-position loss.
 ALLOCATOR_REREQUEST_FACTOR = 1.1
 ALLOCATOR_MIN_EXCESS = 256 * MiB
-# The PyTorch per-position losses request their [N, K, d] gather in the table's dtype (float32 in
-# autocast training) in forward and its float32 gradient in backward; the cache held up to two such
-# blocks beyond the allocated peak. Measured on H200 (9b82f7d), reserved minus allocated over that
-# gather: CE- K=256 d=128 C=10^5 1.98x, BCE K=256 d=64 1.98x, CE- K=511 d=64 C=10^6 0.91x. The model
-# charges the upper one.
-TORCH_GATHER_REREQUEST_FACTOR = 2.0
+# The PyTorch per-position losses request their [N, K, d] gather G in the table's dtype (float32 in
+# autocast training), its bf16 cast, the cast's gradient and G's float32 gradient. In the first step
+# the bf16 gradient splits G's freed block, so the float32 gradient needs a segment of its own: one
+# extra G beyond the allocated peak, always. A second one appears when blocks of tens to hundreds of
+# MiB (the [N, K] indices and logits) land in the G-sized segments between two requests of G, which
+# depends on the placement of every smaller block: replaying traced steps with the small blocks'
+# sizes perturbed by +-30% flipped between the two outcomes. Measured on the H200, reserved minus
+# allocated over G: 1.98 (CE- K=256 d=128 C=10^5), 1.98 (BCE K=256), 0.91 (CE- K=511 C=10^6), 1.10
+# (drawn K=512), 1.01 (K=128 d=256 L=512), and about 0.93 for issue 11's K=2048 at 10^6 items. Where G
+# dominates the peak no single factor puts both outcomes within -10%..+25% of the measurement; 1.62
+# sits at the band's edges for both (all six in the model's sample).
+TORCH_GATHER_REREQUEST_FACTOR = 1.62
 # Bytes per logit at the peak of the PyTorch reference losses (kernels/reference.py,
-# kernels/sampled_losses.py), forward and backward; measured on H200 within a few percent:
-# CE- keeps the float32 logits, the accidental-hit mask, the concatenation with the positive and
-# logsumexp's two float32 temporaries (17 B); its backward the saved concatenation and mask plus
-# two float32 gradients (13 B). Full CE: bf16 logits, their float32 copy and the log-softmax (10 B);
+# kernels/sampled_losses.py), forward and backward. CE- (read off the allocations of a training step,
+# traced on CPU with the profiler): the forward holds the float32 logits, the accidental-hit mask and
+# logsumexp's one float32 temporary (9 B; the bf16 logits are freed once copied to float32). Its
+# backward holds the saved logits and mask while logsumexp's backward, `grad * (self - result).exp()`,
+# keeps all three float32 temporaries of that one C++ expression alive until it ends, and then while
+# masked_fill_'s backward on the reshaped view (CopySlices) makes three float32 copies (17 B). On the
+# H200, trained with autocast, CE- peaked at 16.7-16.8 B per logit (1m-batch-torch-k16384,
+# 100k-batch-torch-k8192-b512). Full CE: bf16 logits, their float32 copy and the log-softmax (10 B);
 # backward the saved log-softmax and two float32 gradients (12 B, which DESIGN section 4 also
 # measures). BCE / gBCE: logits, negated logits and logsigmoid (12 B both ways).
-TORCH_SAMPLED_FORWARD_BYTES_PER_LOGIT = 17
-TORCH_SAMPLED_BACKWARD_BYTES_PER_LOGIT = 13
+TORCH_SAMPLED_FORWARD_BYTES_PER_LOGIT = 9
+TORCH_SAMPLED_BACKWARD_BYTES_PER_LOGIT = 17
 TORCH_FULL_FORWARD_BYTES_PER_LOGIT = 10
 TORCH_FULL_BACKWARD_BYTES_PER_LOGIT = 12
 TORCH_BINARY_BYTES_PER_LOGIT = 12
@@ -79,6 +94,10 @@ TORCH_BINARY_BYTES_PER_LOGIT = 12
 SORT_MAX_DIM = 128
 SORT_CHUNK_ELEMENTS = 1 << 22
 SORT_IN_TRITON_MAX_NEGATIVES = 512  # up to this K a Triton program sorts a row in registers, no buffers
+# CUDA's index_put_ with accumulate=True (the backward of the PyTorch losses' item-row gathers) sorts
+# the indices: a linear index, the sorted copy, the original order and an arange (int64 each), and cub's
+# alternate key and value buffers (two more), per gathered index.
+INDEX_PUT_SORT_BYTES_PER_INDEX = 6 * INT64
 # Live [N, d] temporaries the fused kernels' backward makes for the positive items' gradient.
 TRITON_BACKWARD_ROW_COPIES = 2
 # Float32 copies of one chunk of evaluation scores alive at once: scores, the clone masked for seen
@@ -342,22 +361,61 @@ def loss_forward_bytes(shape: TrialShape) -> int:
         return 4 * n * FLOAT32  # loss, logsumexp, positive logit, kept mask
     per_logit = {"ce": TORCH_FULL_FORWARD_BYTES_PER_LOGIT, "ce-neg": TORCH_SAMPLED_FORWARD_BYTES_PER_LOGIT}
     logits = torch_logits_bytes(shape, per_logit.get(shape.loss, TORCH_BINARY_BYTES_PER_LOGIT))
-    return logits + torch_gathered_bytes(shape, backward=False)
+    gathered = torch_gathered_bytes(shape, backward=False)
+    if shape.scope in ("position", "drawn"):
+        # The [N, K, d] gather and its cast coexist before any logit exists; the gather is freed once
+        # cast, so the logits meet only the cast rows (which the batched product saves).
+        return max(gathered, torch_saved_rows_bytes(shape) + logits)
+    return logits + gathered
 
 
 def loss_backward_bytes(shape: TrialShape) -> int:
     """The loss layer's peak during its backward (saved tensors, gradients, temporaries), besides its
-    index tensor, hidden copy and item gradient."""
+    index tensor and hidden copy. The fused kernels' item gradient is a term of its own (its buffer
+    exists through their whole backward); the PyTorch losses' item gradient appears only at the end
+    of their backward, in the stage that scatters the gathered rows' gradient (`torch_scatter_bytes`)."""
     n, d, k, a = shape.rows, shape.hidden, shape.negatives, shape.activation_bytes
     if shape.impl == "triton":
         grad_hidden = n * d * a
         rows_copies = TRITON_BACKWARD_ROW_COPIES * n * d * FLOAT32
-        partial_tiles = max(n, k) * d * FLOAT32 if shape.scope in ("batch", "full") else 0
+        # "batch" sums per-row-range partial tile gradients; "full" writes the item gradient directly.
+        partial_tiles = max(n, k) * d * FLOAT32 if shape.scope == "batch" else 0
         sorting = sorted_negatives_bytes(shape) + sort_buffer_bytes(shape) if shape.scope == "position" else 0
         return 4 * n * FLOAT32 + grad_hidden + rows_copies + partial_tiles + sorting
     per_logit = {"ce": TORCH_FULL_BACKWARD_BYTES_PER_LOGIT, "ce-neg": TORCH_SAMPLED_BACKWARD_BYTES_PER_LOGIT}
     logits = torch_logits_bytes(shape, per_logit.get(shape.loss, TORCH_BINARY_BYTES_PER_LOGIT))
-    return logits + torch_gathered_bytes(shape, backward=True)
+    gathered = torch_gathered_bytes(shape, backward=True)
+    if shape.scope == "full":
+        return logits + gathered + loss_item_gradient_bytes(shape)
+    if shape.scope in ("position", "drawn"):
+        # The logits' backward meets the saved cast rows; the gather's gradients come after it.
+        return max(torch_saved_rows_bytes(shape) + logits, gathered, torch_scatter_bytes(shape))
+    return max(logits + gathered, torch_scatter_bytes(shape))
+
+
+def torch_saved_rows_bytes(shape: TrialShape) -> int:
+    """The per-position gathered rows the PyTorch reference's batched product saves ([N, K, d], hidden's
+    dtype)."""
+    return shape.rows * shape.negatives * shape.hidden * shape.activation_bytes
+
+
+def index_elements(shape: TrialShape) -> int:
+    """How many negative indices the PyTorch reference gathers item rows with: K, B x K or N x K."""
+    groups = {"batch": 1, "sequence": shape.batch}.get(shape.scope, shape.rows)
+    return groups * shape.negatives
+
+
+def torch_scatter_bytes(shape: TrialShape) -> int:
+    """The PyTorch losses' last backward stage: the gathered rows' gradient is scattered into a zeroed
+    [C, d] item gradient by CUDA's sort-based index_put_ (INDEX_PUT_SORT_BYTES_PER_INDEX of buffers),
+    then the positives' gather makes a second [C, d] gradient that is added to the first. Per position,
+    the float32 gradient of the [N, K, d] rows is alive during the first scatter."""
+    table = loss_item_gradient_bytes(shape)
+    sort = index_elements(shape) * INDEX_PUT_SORT_BYTES_PER_INDEX
+    rows_gradient = 0
+    if shape.scope in ("position", "drawn"):
+        rows_gradient = torch_position_gather_bytes(shape)
+    return max(rows_gradient + sort + table, 2 * table)
 
 
 def sorted_negatives_bytes(shape: TrialShape) -> int:
@@ -419,19 +477,18 @@ def lookup_gradient_bytes(shape: TrialShape) -> int:
 
 
 def evaluation_bytes(shape: TrialShape) -> int:
-    """Full-catalogue scoring: chunks of at most DEFAULT_MAX_SCORES scores (one row at a time beyond
-    that), EVAL_SCORE_COPIES float32 copies of a chunk, and the encoder's no-grad forward.
-
-    The forward is charged for a whole evaluation batch although study/evaluate.py runs it per chunk
-    (fewer rows once E * C exceeds DEFAULT_MAX_SCORES): an upper bound that keeps the prediction
-    monotonic in the catalogue size."""
+    """Full-catalogue scoring (study/evaluate.py): each evaluation batch of E users is scored a chunk of
+    at most DEFAULT_MAX_SCORES // C users at a time (one user at a time from C = DEFAULT_MAX_SCORES on):
+    the chunk's encoder forward (no grad) and EVAL_SCORE_COPIES float32 copies of its scores, besides
+    the batch's int64 inputs. At 10^7 items a chunk is one user: its scores are 40 MB, its forward
+    nothing; charging the forward for the whole batch (as before) overstated evaluation at 10^5-10^6
+    items, where it can be the peak phase."""
     c = shape.num_items
-    score_elements = min(shape.eval_batch * c, max(DEFAULT_MAX_SCORES, c))
-    scores = EVAL_SCORE_COPIES * score_elements * FLOAT32
-    forward_rows = shape.eval_batch * shape.length
-    encoder = EVAL_FORWARD_COPIES * forward_rows * shape.hidden * FLOAT32
+    chunk_rows = min(shape.eval_batch, max(1, DEFAULT_MAX_SCORES // c))
+    scores = EVAL_SCORE_COPIES * chunk_rows * c * FLOAT32
+    encoder = EVAL_FORWARD_COPIES * chunk_rows * shape.length * shape.hidden * FLOAT32
     if not shape.on_cuda:
-        encoder += 2 * shape.eval_batch * shape.heads * shape.length * shape.length * FLOAT32
+        encoder += 2 * chunk_rows * shape.heads * shape.length * shape.length * FLOAT32
     return scores + encoder + 2 * shape.eval_batch * shape.length * INT64
 
 
@@ -439,14 +496,23 @@ def evaluation_bytes(shape: TrialShape) -> int:
 
 
 def largest_step_buffer_bytes(shape: TrialShape) -> int:
-    """The largest buffer a training step allocates and frees: an [N, d] float32 activation, an
-    item-table-sized gradient, the host-drawn negative indices, or the PyTorch loss's float32 logits."""
+    """The largest buffer of a size class whose blocks the cache reshuffles within a step: an [N, d]
+    float32 activation, or the PyTorch loss's float32 [N, K] logits and their copies (and its [N, K, d]
+    gathers, see TORCH_GATHER_REREQUEST_FACTOR).
+
+    Not the item-table-sized buffers, although from 10^6 items they are a step's largest: parameters,
+    two Adam states, the loss's, the slice's and the lookup's gradients and Adam's temporary are all
+    [C(+1), d] float32, rounded to the same 2 MiB multiple; from the second step each request finds one
+    of the segments the first step made, so they leave nothing beyond the allocated peak (replayed in
+    a model of the caching allocator: at 5 * 10^6 items, exactly as many table-sized segments as
+    tables alive at the peak). Nor the negative indices and the fused backward's sorted copy of them:
+    requested once a step at the same point, each finds its previous block whole (a fused
+    per-position trial with a 1 GiB index tensor kept 17 MiB beyond its allocated peak on the H200,
+    2k-position-triton-k512-b512-l512)."""
     n, d, k = shape.rows, shape.hidden, shape.negatives
-    candidates = [n * d * FLOAT32, shape.num_items * d * FLOAT32, negative_index_bytes(shape)]
+    candidates = [n * d * FLOAT32]
     if shape.impl == "torch":
-        candidates += [n * k * FLOAT32, torch_position_gather_bytes(shape)]
-    elif shape.scope == "position":
-        candidates.append(sorted_negatives_bytes(shape))
+        candidates.append(n * k * FLOAT32)
     return max(candidates)
 
 
@@ -492,7 +558,8 @@ def phase_terms(shape: TrialShape) -> dict[str, dict[str, int]]:
         "loss_backward": {
             **state, **step_inputs,
             "loss_backward": loss_backward_bytes(shape),
-            "loss_item_gradient": loss_item_gradient_bytes(shape),
+            # the fused kernels' item gradient exists through their backward (see loss_backward_bytes)
+            "loss_item_gradient": loss_item_gradient_bytes(shape) if shape.impl == "triton" else 0,
         },
         "item_slice_backward": {
             **state, **step_inputs,
@@ -558,11 +625,38 @@ def predict_peak_bytes(
     )
 
 
+@dataclass(frozen=True)
+class DatasetSize:
+    """What the memory model needs to know about a trial's dataset: the catalogue (items without
+    padding) and the number of users, which caps every batch (a batch never holds more sequences)."""
+
+    num_items: int
+    num_users: int | None = None
+
+    @classmethod
+    def of(cls, data: object) -> DatasetSize:
+        """From a loaded dataset (`study.data.Interactions`, or anything with num_items / num_users)."""
+        return cls(int(data.num_items), int(data.num_users))  # type: ignore[attr-defined]
+
+
+def predict_trial_memory(
+    config: TrainConfig, dataset: DatasetSize, *, gpu_total: int | None = None, device: str | None = None
+) -> MemoryPrediction:
+    """The prediction `cce-study plan`, `cce-study sweep` (planning and its workers) and the trainer's
+    record all make, so that the same configuration on the same dataset gets the same number of bytes
+    everywhere: the catalogue and the users of the loaded dataset, the card's memory where known
+    (recorded, it changes nothing), `device` as predict_peak_bytes takes it."""
+    return predict_peak_bytes(config, dataset.num_items, num_users=dataset.num_users, gpu_total=gpu_total,
+                              device=device)
+
+
 __all__ = [
+    "DatasetSize",
     "MemoryPrediction",
     "TrialShape",
     "phase_terms",
     "predict_peak_bytes",
+    "predict_trial_memory",
     "resolve_shape",
     "parameter_count",
 ]

@@ -21,7 +21,7 @@ import pandas as pd
 
 from study.config import ConfigError, TrainConfig, config_fields
 from study.memory import format_bytes, parse_budget
-from study.memory_model import MemoryPrediction, predict_peak_bytes
+from study.memory_model import DatasetSize, MemoryPrediction, predict_trial_memory
 
 
 @dataclass(frozen=True)
@@ -87,9 +87,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     for axis in AXES:
         parser.add_argument(axis.flag, dest=axis.field, metavar="A,B,...",
                             help=f"comma list of {axis.help} (default: {getattr(defaults, axis.field)})")
-    parser.add_argument("--gpu-total",
-                        help="the card's memory, e.g. 80GiB (default: the visible GPU, if any); needed for "
-                             "fractional budgets")
+    parser.add_argument("--gpu-memory", "--gpu-total", dest="gpu_memory", metavar="SIZE",
+                        help="memory of one card, e.g. 80GiB, as a sweep's resources.gpu_memory (default: "
+                             "the visible GPU, if any); needed for fractional budgets")
     parser.add_argument("--all", dest="show_all", action="store_true",
                         help="also list the points that do not fit")
     parser.add_argument("--json", action="store_true", help="print the plan as one JSON object")
@@ -105,9 +105,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
-    gpu_total = _gpu_total(args.gpu_total)
+    gpu_total = _gpu_total(args.gpu_memory)
     budget_bytes = parse_budget(args.budget, gpu_total)
-    num_items, num_users = _catalogue(args)
+    dataset = _catalogue(args)
+    num_items, num_users = dataset.num_items, dataset.num_users
     grid = _grid(args)
     axes = tuple(field for field in (axis.field for axis in AXES) if field in grid)
     base = {"dataset": args.dataset or "ml-100k", "kcore": args.kcore}
@@ -126,7 +127,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         if key in seen:
             continue
         seen.add(key)
-        prediction = predict_peak_bytes(config, num_items, num_users=num_users, gpu_total=gpu_total)
+        prediction = predict_trial_memory(config, dataset, gpu_total=gpu_total)
         points.append(PlannedPoint(config, prediction, prediction.fits(budget_bytes)))
     points.sort(key=lambda point: point.prediction.total_bytes, reverse=True)
     return Plan(budget_bytes, gpu_total, num_items, num_users, axes, points, skipped)
@@ -234,16 +235,17 @@ def _identity(config: TrainConfig) -> tuple[Any, ...]:
     return tuple(sorted(values.items()))
 
 
-def _catalogue(args: argparse.Namespace) -> tuple[int, int | None]:
+def _catalogue(args: argparse.Namespace) -> DatasetSize:
     if args.num_items is not None:
-        return args.num_items, args.num_users
+        return DatasetSize(args.num_items, args.num_users)
     if not args.dataset:
         raise ValueError("--dataset: give a dataset (or --num-items) to know the catalogue size")
     from study.data import load_dataset
 
     print(f"loading {args.dataset} for its catalogue size...", file=sys.stderr)
     data = load_dataset(args.dataset, kcore=args.kcore, progress=False)
-    return data.num_items, args.num_users if args.num_users is not None else data.num_users
+    loaded = DatasetSize.of(data)
+    return loaded if args.num_users is None else DatasetSize(loaded.num_items, args.num_users)
 
 
 def _gpu_total(text: str | None) -> int | None:
@@ -251,7 +253,7 @@ def _gpu_total(text: str | None) -> int | None:
         try:
             return parse_budget(text, None)
         except ValueError as exc:
-            raise ValueError(f"--gpu-total: {exc}") from None
+            raise ValueError(f"--gpu-memory: {exc}") from None
     import torch
 
     if torch.cuda.is_available():

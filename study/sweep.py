@@ -157,6 +157,7 @@ class PlannedTrial:
     budget_bytes: int | None = None
     predicted_peak_bytes: int | None = None
     num_items: int | None = None
+    num_users: int | None = None
     dataset_source: str | None = None  # what the driver read for this trial's dataset (file or spec)
     dataset_sha256: str | None = None
 
@@ -208,43 +209,55 @@ def _local_card_bytes() -> int | None:
 def plan_trials(spec: SweepSpec, card_bytes: int | None) -> list[PlannedTrial]:
     """Every grid point (for Optuna: every candidate) with its budget and predicted peak memory where a
     memory model is available. Loads each dataset once, on the driver, to know the catalogue size."""
-    predictor = _MemoryPredictor(spec.name)
+    predictor = _MemoryPredictor(spec.name, card_bytes)
     plan = []
     for config in spec.grid():
-        predicted, num_items = predictor.predict(config)
+        predicted, size = predictor.predict(config)
         budget = budget_of(config.memory_budget, card_bytes, spec.name)
         source, sha256 = predictor.identity.get((config.dataset, config.kcore), (None, None))
-        plan.append(PlannedTrial(trial_id(spec.name, config), config, budget, predicted, num_items,
+        plan.append(PlannedTrial(trial_id(spec.name, config), config, budget, predicted,
+                                 size.num_items if size else None, size.num_users if size else None,
                                  dataset_source=source, dataset_sha256=sha256))
     return plan
 
 
 class _MemoryPredictor:
-    def __init__(self, sweep_name: str) -> None:
+    """The memory model's prediction (`predict_trial_memory`, as `cce-study plan` makes it) for each
+    planned trial; each dataset is loaded once, for its catalogue and its users."""
+
+    def __init__(self, sweep_name: str, card_bytes: int | None) -> None:
         self.sweep_name = sweep_name
-        self.num_items: dict[tuple[str, int], int] = {}
+        self.card_bytes = card_bytes
+        self.sizes: dict[tuple[str, int], Any] = {}
         self.identity: dict[tuple[str, int], tuple[str, str]] = {}  # (source, sha256) of what was read
+        self.loaded: dict[tuple[str, int], Any] = {}  # the datasets, while planning
         try:
-            from study.memory_model import predict_peak_bytes
+            from study.memory_model import predict_trial_memory
         except ImportError:
             _note(sweep_name, "no memory model (study.memory_model): nothing is ruled out by prediction")
-            self.predict_peak_bytes: Callable[..., Any] | None = None
+            self.predict_trial_memory: Callable[..., Any] | None = None
         else:
-            self.predict_peak_bytes = predict_peak_bytes
+            self.predict_trial_memory = predict_trial_memory
 
-    def predict(self, config: TrainConfig) -> tuple[int | None, int | None]:
+    def predict(self, config: TrainConfig) -> tuple[int | None, Any]:
+        """(predicted peak bytes, the dataset's DatasetSize), or (None, DatasetSize) without a memory
+        model. Each dataset is loaded once; a split it cannot support (a temporal split of positional
+        time stamps) is refused here, before any worker starts."""
+        from study.data import check_split, load_dataset
+
         key = (config.dataset, config.kcore)
-        if key not in self.num_items:
-            from study.data import check_split, load_dataset
+        if key not in self.sizes:
+            from study.memory_model import DatasetSize
 
             data = load_dataset(config.dataset, kcore=config.kcore, progress=False)
-            check_split(data, config.split)  # e.g. a temporal split of positional time stamps
-            self.num_items[key] = int(data.num_items)
+            self.sizes[key] = DatasetSize.of(data)
             self.identity[key] = (data.source, data.sha256)
-        if self.predict_peak_bytes is None:
-            return None, None
-        num_items = self.num_items[key]
-        return int(self.predict_peak_bytes(config, num_items).total_bytes), num_items
+            self.loaded[key] = data
+        check_split(self.loaded[key], config.split)
+        size = self.sizes[key]
+        if self.predict_trial_memory is None:
+            return None, size
+        return int(self.predict_trial_memory(config, size, gpu_total=self.card_bytes).total_bytes), size
 
 
 def _recorded_ids(db_path: Path, sweep: str) -> set[str]:
@@ -309,6 +322,7 @@ class TrialSettings:
     # (dataset, kcore) so the worker can rule out a sample predicted over budget.
     base_settings: dict[str, Any] | None = None
     num_items: dict[tuple[str, int], int] = field(default_factory=dict)
+    num_users: dict[tuple[str, int], int] = field(default_factory=dict)
     skip_predicted_over_budget: bool = True
     # --stop-after: a trial whose worker starts after this time.time() runs nothing and leaves no row
     start_deadline: float | None = None
@@ -399,14 +413,16 @@ def _takes_argument(function: Callable[..., Any], name: str) -> bool:
 
 
 def _worker_prediction(config: TrainConfig, settings: TrialSettings) -> int | None:
-    num_items = settings.num_items.get((config.dataset, config.kcore))
+    key = (config.dataset, config.kcore)
+    num_items = settings.num_items.get(key)
     if num_items is None:
         return None
     try:
-        from study.memory_model import predict_peak_bytes
+        from study.memory_model import DatasetSize, predict_trial_memory
     except ImportError:
         return None
-    return int(predict_peak_bytes(config, num_items).total_bytes)
+    size = DatasetSize(num_items, settings.num_users.get(key))
+    return int(predict_trial_memory(config, size, gpu_total=settings.card_bytes).total_bytes)
 
 
 def record_from_exception(config: TrainConfig, exc: BaseException, budget_bytes: int | None) -> TrialRecord:
@@ -623,9 +639,10 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
         return
     progress.line(f"{num_samples} sample(s) to run, {len(done)} already recorded")
     num_items = {(t.config.dataset, t.config.kcore): t.num_items for t in plan if t.num_items is not None}
+    num_users = {(t.config.dataset, t.config.kcore): t.num_users for t in plan if t.num_users is not None}
     settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
                              base_settings=spec.base_settings(spec.datasets[0]), num_items=num_items,
-                             skip_predicted_over_budget=skip, start_deadline=deadline,
+                             num_users=num_users, skip_predicted_over_budget=skip, start_deadline=deadline,
                              checkpoint=checkpoint)
     with ray_session(address):
         from ray import tune

@@ -100,7 +100,7 @@ def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | 
         raise ConfigError(
             f"num_negatives: {config.num_negatives} exceeds the catalogue of {split.num_items} items"
         )
-    record.predicted_peak_bytes = _predicted_peak_bytes(config, device, split.num_items, len(split.train))
+    record.predicted_peak_bytes = _predicted_peak_bytes(config, device, data)
 
     from study import memory
 
@@ -482,12 +482,13 @@ def git_commit() -> str | None:
     return commit if result.returncode == 0 and commit else None
 
 
-def _predicted_peak_bytes(config: TrainConfig, device: torch.device, num_items: int, num_users: int) -> int:
-    from study.memory_model import predict_peak_bytes
+def _predicted_peak_bytes(config: TrainConfig, device: torch.device, data: Any) -> int:
+    from study.memory_model import DatasetSize, predict_trial_memory
 
-    # the resolved device: the model takes "auto" as CUDA, even on a CPU host
-    prediction = predict_peak_bytes(config, num_items, num_users=num_users,
-                                    gpu_total=_device_total_bytes(device), device=device.type)
+    # as `cce-study plan` and the sweep predict it, on the device the trial resolved (the model takes
+    # "auto" as CUDA, even on a CPU host)
+    prediction = predict_trial_memory(config, DatasetSize.of(data), gpu_total=_device_total_bytes(device),
+                                      device=device.type)
     return int(prediction.total_bytes)
 
 

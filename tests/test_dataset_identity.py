@@ -107,3 +107,16 @@ def test_fields_added_later_keep_the_ids_of_trials_recorded_before_them() -> Non
     canonical = json.dumps({"sweep": "s", "config": before}, sort_keys=True)
     assert trial_id("s", config) == f"s-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
     assert trial_id("s", config.replace(eval_every=2)) != trial_id("s", config)
+
+
+def test_a_sweep_refuses_a_temporal_split_of_positions_before_any_worker(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from study import cli
+
+    log = write_log(tmp_path / "positions.csv", positional_rows())
+    spec = tmp_path / "temporal.toml"
+    spec.write_text(f'name = "t"\ndatasets = ["{log}"]\nsplit = "temporal"\n[axes]\nnum_negatives = [4]\n'
+                    'batch_size = [4]\nmax_len = [4]\n')
+    assert cli.main(["sweep", str(spec), "--dry-run", "--db", str(tmp_path / "r.sqlite")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "split: 'temporal' needs real time stamps" in err[0]

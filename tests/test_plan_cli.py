@@ -123,7 +123,7 @@ def test_catalogue_read_from_dataset_file(capsys: pytest.CaptureFixture[str], tm
         (["--budget", "40GiB", "--num-items", "1000", "--batch-size", "8,,16"], "--batch-size: empty entry"),
         (["--budget", "40 XB", "--num-items", "1000"], "memory_budget: unknown unit"),
         (["--budget", "0.5", "--num-items", "1000"], "memory_budget: '0.5' is a fraction of the card"),
-        (["--budget", "40GiB", "--num-items", "1000", "--gpu-total", "0.5"], "--gpu-total: memory_budget"),
+        (["--budget", "40GiB", "--num-items", "1000", "--gpu-memory", "0.5"], "--gpu-memory: memory_budget"),
         (["--budget", "40GiB"], "--dataset: give a dataset (or --num-items)"),
         (["--budget", "40GiB", "--num-items", "1000", "--hidden", "0"],
          "--hidden: hidden: must be a positive"),
@@ -135,3 +135,46 @@ def test_bad_input_is_one_line_and_exit_two(
     code, out, err = run_plan(capsys, *args)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and fragment in err, err
+
+
+def test_plan_and_sweep_dry_run_predict_the_same_bytes(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """One prediction everywhere: `plan` and the sweep's planning (what `sweep --dry-run` prints) give
+    every grid point the same predicted peak, to the byte, with the dataset's users capping the batch
+    (batch 512 > 40 users here; the sweep ignored the users before, 1.25 vs 1.23 GiB on ml-100k)."""
+    from study import sweep
+    from study.sweep_spec import load_spec
+
+    dataset = "synthetic:users=40,items=3000,mean_len=30,seed=3"
+    spec_path = tmp_path / "agree.toml"
+    spec_path.write_text(f"""
+name = "agree"
+datasets = ["{dataset}"]
+memory_budget = "0.5"
+[trial]
+loss = "ce-neg"
+negative_scope = "position"
+hidden = 32
+[axes]
+num_negatives = [64, 512]
+batch_size = [16, 512]
+max_len = [50]
+[resources]
+gpu_memory = "80GiB"
+""")
+    spec = load_spec(spec_path)
+    planned = sweep.plan_trials(spec, spec.resources.gpu_memory_bytes)
+    code, out, _ = run_plan(capsys, "--budget", "0.5", "--gpu-memory", "80GiB", "--dataset", dataset,
+                            "--loss", "ce-neg", "--negative-scope", "position", "--hidden", "32",
+                            "--negatives", "64,512", "--batch-size", "16,512", "--max-len", "50",
+                            "--json", "--all")
+    assert code == 0
+    fields = ("num_negatives", "batch_size")
+    from_plan = {tuple(p["config"][f] for f in fields): p["predicted_peak_bytes"]
+                 for p in json.loads(out)["points"]}
+    from_sweep = {tuple(getattr(t.config, f) for f in fields): t.predicted_peak_bytes for t in planned}
+    assert len(from_sweep) == 4 and from_plan == from_sweep
+    uncapped = predict_peak_bytes(planned[0].config.replace(batch_size=512), planned[0].num_items or 0)
+    assert from_sweep[(64, 512)] < uncapped.total_bytes
+    budgets = {t.budget_bytes for t in planned}
+    assert budgets == {json.loads(out)["budget_bytes"]} == {40 * GiB}

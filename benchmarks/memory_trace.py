@@ -1,0 +1,510 @@
+"""Trace a trial's GPU allocations on CPU and replay them through a model of CUDA's caching allocator.
+
+    python3 benchmarks/memory_trace.py '{"loss": "ce", "loss_impl": "triton", "batch_size": 64}' 5000000
+        [--steps 5] [--eval-users 64] [--perturb 40] [--show MiB]
+
+A development tool for study/memory_model.py where no GPU is at hand. It runs what a trial runs on the
+card (the popularity baseline's evaluation, `--steps` training steps of the trainer's code path with
+bf16 autocast, then the model's evaluation) on random batches of the given catalogue size, on CPU, and
+records every tensor allocation and free with torch's profiler. Where CUDA allocates differently from
+the CPU kernels, the step is patched to allocate as CUDA does (the numbers are not computed, only the
+buffers): dropout keeps a bool mask, attention is flash attention (no L x L matrix; its backward makes
+a float32 dq accumulator), item-row gathers scatter their gradient with CUDA's sort-based index_put_
+(int64 sort buffers), the embedding's backward sorts its ids, Adam is the foreach implementation, and
+the fused Triton losses allocate what kernels/triton_shared.py and kernels/triton_gather.py allocate.
+
+The trace is then replayed through `CachingAllocatorModel`, which follows the rules of PyTorch's CUDA
+caching allocator with default settings: requests rounded up to 512 B; up to 1 MiB from a small pool
+of 2 MiB segments, larger ones from the large pool, 1-10 MiB requests in 20 MiB segments, larger ones
+in segments rounded up to 2 MiB; best fit (the smallest free block that is large enough), a block
+split when more than 1 MiB (small pool: 512 B) would remain; freed blocks merged with free neighbours
+of their segment; segments never returned. Its peak reserved memory against the trace's peak gives
+the cache's excess; `--perturb N` replays N more times with the sizes of blocks under 64 MiB scaled by
+a random factor in [0.7, 1.3], to see whether the excess depends on where small blocks land.
+
+Prints the trace's peak allocated memory, the modelled peak reserved memory, and the memory model's
+prediction of both for the same configuration. The CPU's kernels and these patches are not CUDA: use it
+to find which buffers coexist and how the cache behaves, and check the model on a GPU
+(benchmarks/memory_validation.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import random
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+# --- the caching allocator ---------------------------------------------------------------------------
+
+MIN_BLOCK = 512
+SMALL_SIZE = 1 << 20
+SMALL_BUFFER = 2 << 20
+MIN_LARGE_ALLOC = 10 << 20
+ROUND_LARGE = 2 << 20
+LARGE_BUFFER = 20 << 20
+
+
+def round_size(size: int) -> int:
+    return MIN_BLOCK if size < MIN_BLOCK else MIN_BLOCK * ((size + MIN_BLOCK - 1) // MIN_BLOCK)
+
+
+def segment_size(size: int) -> int:
+    if size <= SMALL_SIZE:
+        return SMALL_BUFFER
+    if size < MIN_LARGE_ALLOC:
+        return LARGE_BUFFER
+    return ROUND_LARGE * ((size + ROUND_LARGE - 1) // ROUND_LARGE)
+
+
+class Block:
+    __slots__ = ("address", "size", "free", "previous", "next", "small")
+
+    def __init__(self, address: int, size: int, small: bool) -> None:
+        self.address, self.size, self.small = address, size, small
+        self.free = True
+        self.previous: Block | None = None
+        self.next: Block | None = None
+
+
+class CachingAllocatorModel:
+    """Allocations and frees by key; `reserved`, `allocated` and their peaks, in bytes."""
+
+    def __init__(self) -> None:
+        self.pools: dict[bool, list[tuple[int, int, Block]]] = {True: [], False: []}
+        self.next_address = 0
+        self.reserved = self.allocated = self.peak_reserved = self.peak_allocated = 0
+        self.live: dict[Any, Block] = {}
+
+    def _insert(self, block: Block) -> None:
+        bisect.insort(self.pools[block.small], (block.size, block.address, block), key=lambda e: e[:2])
+
+    def _remove(self, block: Block) -> None:
+        pool = self.pools[block.small]
+        index = bisect.bisect_left(pool, (block.size, block.address), key=lambda e: e[:2])
+        assert pool[index][2] is block
+        pool.pop(index)
+
+    def malloc(self, key: Any, requested: int) -> None:
+        size = round_size(requested)
+        small = size <= SMALL_SIZE
+        pool = self.pools[small]
+        index = bisect.bisect_left(pool, (size, -1), key=lambda e: e[:2])
+        if index < len(pool):
+            block = pool.pop(index)[2]
+        else:
+            segment = segment_size(size)
+            block = Block(self.next_address, segment, small)
+            self.next_address += segment + (1 << 40)  # segments are never adjacent
+            self.reserved += segment
+            self.peak_reserved = max(self.peak_reserved, self.reserved)
+        remaining = block.size - size
+        if (remaining >= MIN_BLOCK) if small else (remaining > SMALL_SIZE):
+            rest = Block(block.address + size, remaining, small)
+            rest.previous, rest.next = block, block.next
+            if block.next is not None:
+                block.next.previous = rest
+            block.next, block.size = rest, size
+            self._insert(rest)
+        block.free = False
+        self.allocated += block.size
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+        self.live[key] = block
+
+    def free(self, key: Any) -> None:
+        block = self.live.pop(key)
+        self.allocated -= block.size
+        block.free = True
+        previous, following = block.previous, block.next
+        if previous is not None and previous.free:
+            self._remove(previous)
+            previous.size += block.size
+            previous.next = following
+            if following is not None:
+                following.previous = previous
+            block = previous
+        if following is not None and following.free:
+            self._remove(following)
+            block.size += following.size
+            block.next = following.next
+            if following.next is not None:
+                following.next.previous = block
+        self._insert(block)
+
+
+def replay(events: Iterable[tuple[int, Any]]) -> CachingAllocatorModel:
+    """events: (+bytes, key) allocates, (-bytes, key) frees; a key allocated again is freed first (the CPU
+    allocator reuses an address whose free the profiler recorded out of order)."""
+    model = CachingAllocatorModel()
+    for size, key in events:
+        replay_one(model, size, key)
+    return model
+
+
+def replay_one(model: CachingAllocatorModel, size: int, key: Any) -> None:
+    if size > 0:
+        if key in model.live:
+            model.free(key)
+        model.malloc(key, size)
+    elif key in model.live:
+        model.free(key)
+
+
+def perturbed(events: list[tuple[int, Any]], seed: int) -> list[tuple[int, Any]]:
+    """The same trace with blocks under 64 MiB resized by a factor in [0.7, 1.3]."""
+    rng = random.Random(seed)
+    sizes: dict[Any, int] = {}
+    out = []
+    for size, key in events:
+        if size > 0:
+            sizes[key] = int(size * rng.uniform(0.7, 1.3)) if size < 64 * MiB else size
+            out.append((sizes[key], key))
+        else:
+            out.append((-sizes.get(key, -size), key))
+    return out
+
+
+# --- tracing ------------------------------------------------------------------------------------------
+
+
+def allocation_trace(work: Callable[[], None]) -> list[tuple[int, Any, str]]:
+    """(+bytes | -bytes, address, innermost op) of every CPU allocation and free that `work` makes."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        work()
+    events: list[tuple[int, int, Any, str]] = []
+
+    def walk(node: Any, op: str) -> None:
+        if node.tag == _EventType.Allocation:
+            events.append((node.start_time_ns, node.extra_fields.alloc_size, node.extra_fields.ptr, op))
+        else:
+            op = node.name
+        for child in node.children:
+            walk(child, op)
+
+    for root in prof.profiler.kineto_results.experimental_event_tree():
+        walk(root, "")
+    events.sort(key=lambda event: event[0])
+    return [(size, address, op) for _, size, address, op in events]
+
+
+# --- CUDA's allocation pattern on CPU ----------------------------------------------------------------------
+
+
+class _Dropout(torch.autograd.Function):
+    """CUDA's fused dropout: the output and a bool mask saved for backward."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:  # type: ignore[override]
+        mask = torch.empty(x.shape, dtype=torch.bool).bernoulli_(1 - p)
+        ctx.save_for_backward(mask)
+        ctx.scale = 1 / (1 - p)
+        return (x * mask).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (mask,) = ctx.saved_tensors
+        return (grad * mask).mul_(ctx.scale), None
+
+
+class _FlashAttention(torch.autograd.Function):
+    """Flash attention: output [B, L, H, dh] and a float32 logsumexp [B, H, L] saved; backward makes
+    dq, dk, dv, a float32 [B, H, L] and a float32 dq accumulator [B, L, H, dh]."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        b, h, length, dh = q.shape
+        out = torch.zeros(b, length, h, dh, dtype=q.dtype)
+        lse = torch.empty(b, h, length, dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        q = ctx.saved_tensors[0]
+        b, h, length, dh = q.shape
+        grads = [torch.zeros(b, length, h, dh, dtype=q.dtype) for _ in range(3)]
+        scratch = (torch.empty(b, h, length, dtype=torch.float32),
+                   torch.empty(b, length, h, dh, dtype=torch.float32))
+        del scratch
+        return tuple(g.transpose(1, 2) for g in grads)
+
+
+class _Gather(torch.autograd.Function):
+    """items[index] whose backward allocates as CUDA's index_put_(accumulate=True): a zeroed [C, d]
+    gradient, then four int64 index buffers and cub's two alternate buffers."""
+
+    @staticmethod
+    def forward(ctx: Any, items: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.shape, ctx.dtype = items.shape, items.dtype
+        return items[index]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        out = torch.zeros(ctx.shape, dtype=ctx.dtype)
+        count = index.numel()
+        buffers = [torch.empty(count, dtype=torch.int64) for _ in range(6)]
+        out.index_add_(0, index.reshape(-1), grad.reshape(count, -1).to(ctx.dtype))
+        del buffers
+        return out, None
+
+
+class _Embedding(torch.autograd.Function):
+    """CUDA's embedding backward: sorts the N ids (int64 buffers) into a zeroed [C + 1, d] gradient,
+    through float32 partial sums of at most [N, d]."""
+
+    @staticmethod
+    def forward(ctx: Any, ids: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(ids)
+        ctx.shape = weight.shape
+        return weight[ids]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor]:  # type: ignore[override]
+        (ids,) = ctx.saved_tensors
+        count = ids.numel()
+        buffers = [torch.empty(count, dtype=torch.int64) for _ in range(6)]
+        out = torch.zeros(ctx.shape, dtype=grad.dtype)
+        partial = torch.empty(count, ctx.shape[1], dtype=torch.float32)
+        out.index_add_(0, ids.reshape(-1), grad.reshape(count, -1))
+        del buffers, partial
+        return None, out
+
+
+class _FusedShared(torch.autograd.Function):
+    """kernels/triton_shared.py's buffers: per-row results in forward; in backward the hidden gradient,
+    the item gradient ([C, d]; for "shared" through a [splits, K, d] partial or a [K, d] tile) and the
+    positive rows' float32 contributions."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+        negatives: torch.Tensor | None, scheme: str, num_negatives: int,
+    ) -> torch.Tensor:
+        rows = hidden.shape[0]
+        lse, positive, loss = (torch.zeros(rows, dtype=torch.float32) for _ in range(3))
+        kept = targets != -100
+        count = kept.sum().clamp(min=1)
+        row_weight = kept.to(torch.float32) / count
+        safe = torch.where(kept, targets, 0)
+        ctx.save_for_backward(hidden, items, negatives, lse, positive, row_weight, safe)
+        ctx.scheme, ctx.num_negatives = scheme, num_negatives
+        return loss.sum() / count
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        hidden, items, negatives, lse, positive, row_weight, safe = ctx.saved_tensors
+        rows, dim = hidden.shape
+        k = ctx.num_negatives
+        row_grad = grad.to(torch.float32) * row_weight
+        coef = -row_grad if ctx.scheme == "full" else row_grad * torch.expm1(positive - lse)
+        grad_hidden = torch.zeros(rows, dim, dtype=hidden.dtype)
+        grad_items = torch.zeros(items.shape, dtype=items.dtype)
+        if ctx.scheme == "shared":
+            if dim <= 64 and k <= 8192:
+                tile = torch.zeros(k, dim, dtype=torch.float32)
+            else:
+                splits = max(1, min(-(-4 * 132 // -(-k // 128)), rows // k, -(-rows // 128)))
+                partial = torch.zeros(splits, k, dim, dtype=torch.float32)
+                tile = partial.sum(dim=0) if splits > 1 else partial[0]
+            grad_items.index_add_(0, negatives, tile)
+        if ctx.scheme != "full":
+            grad_items.index_add_(0, safe, coef[:, None] * hidden.to(torch.float32))
+        return grad_hidden, grad_items, None, None, None, None
+
+
+class _FusedGather(torch.autograd.Function):
+    """kernels/triton_gather.py's buffers: per-row results in forward; in backward float32 zeroed hidden
+    and item gradients, the rows of negatives sorted into int32 (d <= 128; torch.sort's chunk buffers
+    beyond K = 512), and the hidden gradient cast back."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+        negatives: torch.Tensor | None, num_negatives: int,
+    ) -> torch.Tensor:
+        rows = hidden.shape[0]
+        loss, lse = torch.zeros(rows, dtype=torch.float32), torch.zeros(rows, dtype=torch.float32)
+        ctx.save_for_backward(hidden, items, negatives, lse)
+        ctx.num_negatives = num_negatives
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        from kernels.triton_gather import SORT_CHUNK_ELEMENTS, SORT_IN_TRITON_MAX_NEGATIVES, SORT_MAX_DIM
+
+        hidden, items, negatives, lse = ctx.saved_tensors
+        rows, dim = hidden.shape
+        k = ctx.num_negatives
+        grad_hidden = torch.zeros(rows, dim, dtype=torch.float32)
+        grad_items = torch.zeros(items.shape[0], dim, dtype=torch.float32)
+        if negatives is not None and dim <= SORT_MAX_DIM:
+            ordered = torch.empty(rows, k, dtype=torch.int32)
+            if k > SORT_IN_TRITON_MAX_NEGATIVES:
+                chunk = max(1, SORT_CHUNK_ELEMENTS // k)
+                order = torch.empty(min(chunk, rows), k, dtype=torch.int64)
+                for first in range(0, rows, chunk):
+                    copy = negatives[first:first + chunk].to(torch.int32)
+                    del copy
+                del order
+            del ordered
+        grad.to(torch.float32).contiguous()
+        return grad_hidden.to(hidden.dtype), grad_items.to(items.dtype), None, None, None
+
+
+def _fused_loss(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+                negatives: torch.Tensor | None, *, scheme: str, num_negatives: int, ignore_index: int,
+                **_: Any) -> torch.Tensor:
+    if scheme in ("full", "shared", "sequence"):
+        if scheme == "sequence" and negatives is not None:
+            negatives = negatives.contiguous()
+        return _FusedShared.apply(hidden, items, targets, negatives, scheme, num_negatives)
+    tensor_negatives = negatives if scheme == "position" else None
+    rows = _FusedGather.apply(hidden.contiguous(), items, targets, tensor_negatives, num_negatives)
+    return rows.sum() / (targets != ignore_index).sum().clamp(min=1)
+
+
+def install_cuda_allocation_pattern() -> None:
+    """Patch this process (and only it) to allocate as the CUDA step does; see the module docstring."""
+    import kernels.reference as reference
+    import kernels.triton_dispatch as dispatch
+    import models.sasrec as sasrec
+
+    def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True,
+                inplace: bool = False) -> torch.Tensor:
+        return _Dropout.apply(x, p) if training and p > 0 else x
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any,
+                  **kwargs: Any) -> torch.Tensor:
+        if q.requires_grad:
+            return _FlashAttention.apply(q, k, v)
+        b, h, length, dh = q.shape
+        return torch.zeros(b, length, h, dh, dtype=q.dtype).transpose(1, 2)
+
+    def gather_rows(items: torch.Tensor, index: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        rows = _Gather.apply(items, index)
+        return rows if rows.dtype == dtype else rows.to(dtype)
+
+    def embedding(ids: torch.Tensor, weight: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return _Embedding.apply(ids, weight)
+
+    F.dropout = dropout  # type: ignore[assignment]
+    F.embedding = embedding  # type: ignore[assignment]
+    sasrec.F.scaled_dot_product_attention = attention  # type: ignore[assignment]
+    reference._gather_rows = gather_rows
+    dispatch.triton_linear_cross_entropy = _fused_loss
+
+
+def trace_trial(config: Any, num_items: int, *, steps: int, eval_users: int) -> list[tuple[int, Any, str]]:
+    """The allocations of what a trial runs on the card, for `config` on `num_items` items."""
+    from models.sasrec import SASRec
+    from study.data.sequences import EvalSet, Sequences
+    from study.evaluate import evaluate_model, evaluate_popularity
+    from study.train import build_loss
+
+    generator = torch.Generator().manual_seed(0)
+    batch, length = config.batch_size, config.max_len
+    offsets = torch.arange(eval_users + 1, dtype=torch.int64) * length
+    histories = torch.randint(1, num_items + 1, (eval_users * length,), generator=generator)
+    targets = torch.randint(1, num_items + 1, (eval_users,), generator=generator)
+    evalset = EvalSet(Sequences(offsets, histories), targets, torch.arange(eval_users))
+    counts = torch.ones(num_items + 1, dtype=torch.int64)
+    counts[0] = 0
+    device = torch.device("cpu")
+    bf16 = config.precision != "fp32"
+
+    def autocast() -> Any:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    def work() -> None:
+        for _ in range(2):
+            evaluate_popularity(counts, evalset, max_len=length, batch_size=config.eval_batch_size,
+                                device=device)
+        model = SASRec(num_items, max_len=length, hidden=config.hidden, blocks=config.blocks,
+                       heads=config.heads, dropout=config.dropout)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                     foreach=True)
+        loss_function = build_loss(config, model, counts, device)
+        for step in range(steps):
+            rows = torch.randint(1, num_items + 1, (batch, length + 1), generator=generator)
+            targets = rows[:, 1:]
+            inputs = rows[:, :-1] * (targets != 0)
+            with autocast():
+                loss = loss_function(model(inputs), targets, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            del loss, rows, targets, inputs
+        for _ in range(2):
+            evaluate_model(model, evalset, num_items=num_items, max_len=length,
+                           batch_size=config.eval_batch_size, device=device, autocast=autocast)
+
+    return allocation_trace(work)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("config", help="TrainConfig settings as JSON (device and precision are set here)")
+    parser.add_argument("num_items", type=int, help="catalogue size")
+    parser.add_argument("--steps", type=int, default=5, help="training steps (default 5, as the validation)")
+    parser.add_argument("--eval-users", type=int, default=64, help="users of each evaluation (default 64)")
+    parser.add_argument("--perturb", type=int, default=0,
+                        help="replays with small blocks resized (default 0)")
+    parser.add_argument("--show", type=float, default=None,
+                        help="print every event of at least this many MiB")
+    args = parser.parse_args(argv)
+
+    from study.config import TrainConfig
+    from study.memory_model import predict_peak_bytes
+
+    settings = json.loads(args.config)
+    config = TrainConfig.from_dict({**settings, "device": "cpu", "precision": "bf16"})
+    if config.loss_impl == "auto":
+        config = config.replace(loss_impl="triton")
+    install_cuda_allocation_pattern()
+    trace = trace_trial(config, args.num_items, steps=args.steps, eval_users=args.eval_users)
+    events = [(size, address) for size, address, _ in trace]
+    if args.show is not None:
+        model, current = CachingAllocatorModel(), 0
+        for size, address, op in trace:
+            current += size
+            replay_one(model, size, address)
+            if abs(size) >= args.show * MiB:
+                print(f"{size / MiB:+10.1f} MiB  allocated {current / MiB:9.1f}  "
+                      f"reserved {model.reserved / MiB:9.1f}  {op}")
+    model = replay(events)
+    prediction = predict_peak_bytes(config.replace(device="cuda", precision="auto"), args.num_items)
+    print(f"traced: allocated {model.peak_allocated / GiB:.3f} GiB, cache model reserved "
+          f"{model.peak_reserved / GiB:.3f} GiB "
+          f"(excess {(model.peak_reserved - model.peak_allocated) / GiB:.3f})")
+    print(f"memory model: allocated {prediction.torch_max_allocated / GiB:.3f} GiB, reserved "
+          f"{prediction.torch_max_reserved / GiB:.3f} GiB (peak phase {prediction.peak_phase})")
+    if args.perturb:
+        excess = sorted(round((m.peak_reserved - m.peak_allocated) / GiB, 3)
+                        for m in (replay(perturbed(events, seed)) for seed in range(args.perturb)))
+        print(f"excess with small blocks resized, {args.perturb} replays (GiB): {excess}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

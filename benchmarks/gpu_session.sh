@@ -7,6 +7,7 @@
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh bench        (~5 min: issue 3)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh training     (~5 min: issues 3, 4, 5)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh checkpoint   (~3 min: issue 15)
+#   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh memory       (~7 min on one card: issue 11)
 # Issue 13 (three calls): speed (~4 min), loss (< 8 min), eval (< 10 min). loss also needs
 #   .cache/published-cce (the published CCE- kernel: .cache/published-cce/SOURCE.md says how to lay it out)
 # and eval needs .cache/eval-before (the tree before the evaluation change) and gowalla in .gpu-data:
@@ -15,7 +16,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 # The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
@@ -108,7 +109,15 @@ case "$part" in
       2>&1 | tee "$work/checkpoint.log"
     rm -rf "$work/checkpoint/storage"  # the kept models (a few MiB each): not needed in the archive
     ;;
-  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval or checkpoint)" >&2; exit 2 ;;
+  memory)
+    # Issue 11: the catalogue-scale memory validation (41 configurations at 10^5-10^7 items, predicted
+    # before measuring in results/memory-catalogue/), every visible card, one process per configuration.
+    cards=$(python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))')
+    timeout 540 python3 benchmarks/memory_validation.py --set catalogue --gpus "$cards" \
+      --deadline "${MEMORY_DEADLINE:-480}" --out "$work/memory-catalogue" 2>&1 | tee "$work/memory-catalogue.log"
+    ;;
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint or memory)" >&2
+     exit 2 ;;
 esac
 mkdir -p "$out"
 tar czf "$out/$part.tgz" -C "$work" .

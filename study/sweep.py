@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
                 f"{db_path} already holds {len(done)} trial(s) of sweep {spec.name!r}: pass --resume to "
                 f"finish that sweep, or --db to write a new database"
             )
-        deadline = None if args.stop_after is None else time.time() + args.stop_after
+        stop_after = getattr(args, "stop_after", None)  # callers building a Namespace may leave it out
+        deadline = None if stop_after is None else time.time() + stop_after
         try:
             execute_sweep(spec, plan, db, card_bytes=card_bytes, address=args.address, deadline=deadline,
                           storage=storage)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from sweep_faults import hold_write_lock
 
 from study.config import METRIC_KS, TrainConfig
 from study.db import (
@@ -342,22 +343,6 @@ def test_rows_survive_a_sigkilled_writer(tmp_path: Path) -> None:
     with ResultsDB(path) as db:
         assert db.trial_ids("s") == {f"t{i}" for i in range(5)}
     assert len(load_epochs(path)) == 5 * 3
-
-
-def hold_write_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
-    """Another process (as a notebook or `sqlite3` would) holding the database's write lock; returns
-    once the lock is held."""
-    script = textwrap.dedent(f"""
-        import sqlite3, sys, time
-        connection = sqlite3.connect({str(path)!r}, isolation_level=None)
-        connection.execute("BEGIN IMMEDIATE")
-        print("locked", flush=True)
-        time.sleep({seconds})
-        connection.rollback()
-    """)
-    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-    return holder
 
 
 def test_a_write_waits_for_another_process_lock_and_then_succeeds(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 from sweep_faults import DYING_WORDS, FAULTS, ray_processes, stop_ray, wait_for_ray_gone
 
-from study import sweep
+from study import cli, sweep
 from study.config import TrainConfig
 from study.db import ResultsDB, load_epochs, load_trials
 from study.record import MemoryReport, TrialRecord
@@ -83,6 +84,12 @@ def test_grid_sweep_of_real_trials_writes_one_row_each(local_ray: str, tmp_path:
     out, err = capsys.readouterr()
     assert "sweep grid4: 4 trial(s) recorded" in out and "ok 4" in out
     assert "4/4 done" in err
+    # the figures command it prints runs as printed
+    printed = next(line for line in out.splitlines() if "figures:" in line).split("figures:", 1)[1]
+    argv = shlex.split(printed)
+    assert argv[0] == "cce-study"
+    assert cli.main(argv[1:]) == 0
+    assert (db.parent / "figures" / "pareto_synthetic-users-40-items-60-mean_len-8-seed-3_loo.png").is_file()
 
 
 def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path) -> None:

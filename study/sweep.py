@@ -316,7 +316,7 @@ def print_plan(spec: SweepSpec, plan: Sequence[PlannedTrial], budget_bytes: int 
             action = "run (predicted over budget)"
         else:
             action = "run"
-        values = [str(getattr(trial.config, name)) for name in names]
+        values = [_config_text(trial.config, name) for name in names]
         predicted = _gib(trial.predicted_peak_bytes) if trial.predicted_peak_bytes is not None else "-"
         rows.append([trial.trial_id, *values, predicted, action])
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
@@ -914,11 +914,19 @@ def print_summary(spec: SweepSpec, db: ResultsDB, db_path: Path, budget_bytes: i
     print(f"  figures: {shlex.join(command)}", file=file)
 
 
+def _config_text(config: TrainConfig, name: str) -> str:
+    if name == "num_negatives" and config.loss == "ce":
+        return "full"  # full-catalogue CE has no number of negatives
+    return str(getattr(config, name))
+
+
 def _setting_text(row: Any, name: str) -> str:
-    value = row[name]
+    value = _python_value(row[name])
     if name == "num_negatives" and row.get("loss") == "ce":
         return "full"  # full-catalogue CE has no number of negatives
-    return str(_python_value(value))
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # an integer column with NULLs (full CE's negatives) reads as floats
+    return str(value)
 
 
 def _gib(num_bytes: float | None) -> str:

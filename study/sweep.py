@@ -125,13 +125,13 @@ def run(args: argparse.Namespace) -> int:
                                   writable=not args.dry_run)
     resolve_trial_function(spec.run.trial_function)  # fail now rather than in every worker
     card_bytes = spec.resources.gpu_memory_bytes or _local_card_bytes()
-    check_fractional_budgets(spec, card_bytes, address=args.address)
     budget_bytes = budget_of(spec.memory_budget, card_bytes, spec.name)
-    if args.dry_run:
+    if args.dry_run:  # planning a GPU sweep elsewhere is fine: a fractional budget only gets a note
         plan = plan_trials(spec, card_bytes)
         done = _recorded_ids(db_path, spec.name)
         print_plan(spec, plan, budget_bytes, done, file=sys.stdout)
         return 0
+    check_fractional_budgets(spec, card_bytes, address=args.address)
     if args.address is not None:
         check_cluster_answers(args.address, connect_timeout)
     try:

@@ -112,6 +112,8 @@ def test_fractional_budget_without_a_gpu_is_refused_up_front(capsys: pytest.Capt
     db = tmp_path / "r.sqlite"
     one_line_error(capsys, ["sweep", str(spec), "--db", str(db)], "memory_budget", "'0.5'", "every trial")
     assert not db.exists()
+    assert cli.main(["sweep", str(spec), "--db", str(db), "--dry-run"]) == 0  # planning it is fine
+    assert "budget 0.5" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-5", "-inf"])

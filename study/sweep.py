@@ -46,7 +46,7 @@ from study.db import (
 )
 from study.driver_lock import DriverLock
 from study.record import EpochRecord, MemoryReport, TrialRecord, TrialStatus
-from study.run_folders import run_folder
+from study.run_folders import remove_stale_run_folders, run_folder
 from study.sweep_preflight import (
     DEFAULT_CONNECT_TIMEOUT_S,
     RETRYABLE_STATUSES,
@@ -139,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise SweepError(f"{db_path}: cannot create its folder ({exc.strerror or exc})") from exc
     with DriverLock(db_path):
+        remove_stale_run_folders()  # Tune's scratch folders of drivers that were killed
         plan = plan_trials(spec, card_bytes)
         with ResultsDB(db_path, busy_timeout_s=busy_timeout) as db:
             try:
@@ -173,6 +174,7 @@ def _report_unwritten(spec: SweepSpec, db: ResultsDB, writer: db_spool.SpoolingW
     """The sweep stopped because the database stayed locked: write what was kept if the lock is gone by
     now, else say which trials wait in the spool. Exit code 1."""
     spooled = list(dict.fromkeys(writer.spooled))
+    db.busy_timeout_s = min(db.busy_timeout_s, 5.0)  # one last short try: the sweep has waited already
     with contextlib.suppress(DatabaseBusyError):
         db_spool.replay(db, lambda message: _note(spec.name, message))
         spooled = []

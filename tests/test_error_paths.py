@@ -194,3 +194,14 @@ def test_address_of_a_cluster_that_does_not_answer(tmp_path: Path, kind: str,
     assert completed.returncode == 2, completed.stderr
     assert len(lines) == 1 and address in lines[0], completed.stderr
     assert took < 30, f"took {took:.0f} s"
+
+
+def test_output_cut_short_by_the_reader_is_not_a_traceback() -> None:
+    """`cce-study ... | head` (here `| true`, a reader gone before the first write)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env.pop("CCE_STUDY_DEBUG", None)
+    command = (f"{sys.executable} -m study.cli plan --budget 40GiB --num-items 1000000 --loss ce-neg "
+               "--negatives 64,256 --batch-size 64,256 | true")
+    done = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr

@@ -8,6 +8,7 @@ start time and command, which a refused driver prints.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -17,6 +18,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+# flock failing with these means the filesystem does not do locks (some network or FUSE filesystems).
+_LOCKS_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
 class DriverLockError(ValueError):
@@ -53,7 +57,12 @@ class DriverLock:
                                   f"({holder}); wait for it to end or stop it, then run again") from None
         except OSError as exc:
             os.close(fd)
-            raise DriverLockError(f"{self.db_path}: cannot lock {self.path} ({exc.strerror or exc})") from exc
+            if exc.errno not in _LOCKS_UNSUPPORTED:
+                reason = exc.strerror or str(exc)
+                raise DriverLockError(f"{self.db_path}: cannot lock {self.path} ({reason})") from exc
+            print(f"note: {self.path}: this filesystem has no file locks ({exc.strerror or exc}); a second "
+                  "driver on this database would not be refused", file=sys.stderr, flush=True)
+            return
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "command": shlex.join(sys.argv)}

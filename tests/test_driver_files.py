@@ -83,3 +83,17 @@ def test_run_folders_of_killed_drivers_are_removed_and_live_ones_kept(tmp_path: 
         kill(live)
     assert remove_stale_run_folders(tmp_path) == [live_folder]
     assert sorted(os.listdir(tmp_path)) == ["cce-study-not-ours"]
+
+
+def test_a_filesystem_without_locks_gets_a_note_not_a_refusal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with DriverLock(tmp_path / "r.sqlite"):
+        pass
+    assert "has no file locks" in capsys.readouterr().err

@@ -3,12 +3,13 @@ a file checked out read-only, a database a sweep is writing right now.
 
 A WAL database normally needs its `-shm` side file to be writable, even for reading. In order:
 
-1. `mode=ro`: reads through the WAL (recent commits included) and never writes the database; works
-   when the `-shm` can be created or already exists.
-2. When that fails (the folder is not writable and there is no usable `-shm`):
-   - a `-wal` with content (commits not yet checkpointed into the main file) is copied with the
-     database into a private temporary folder and read there, so those commits are not lost;
-   - otherwise `immutable=1`: SQLite reads the main file as it is, with no side files at all.
+1. No `-wal` (nor rollback `-journal`) next to the file: nobody has it open for writing and every
+   commit is in the main file, which is read `immutable=1`, creating no side files (a read-only
+   connection would leave an empty `-wal` and a `-shm` behind, e.g. next to a committed database).
+2. Else `mode=ro`: reads through the WAL (recent commits included) and never writes the database;
+   works when the `-shm` can be created or already exists.
+3. When that fails (the folder is not writable and there is no usable `-shm`), the database and its
+   `-wal` are copied into a private temporary folder and read there, so no commit is lost.
 """
 
 from __future__ import annotations
@@ -30,33 +31,30 @@ def open_readonly(path: str | Path) -> Iterator[sqlite3.Connection]:
     db_path = Path(path).resolve()
     if not db_path.is_file():
         raise FileNotFoundError(f"{path}: no results database there")
-    try:
-        connection = _connect(db_path, "mode=ro")
-    except sqlite3.OperationalError:
-        connection = None
+    wal = db_path.with_name(db_path.name + "-wal")
+    journal = db_path.with_name(db_path.name + "-journal")
+    connection = None
+    if not wal.exists() and not journal.exists():
+        connection = _connect(db_path, "immutable=1")
+    else:
+        with contextlib.suppress(sqlite3.OperationalError):  # cannot create the -shm here
+            connection = _connect(db_path, "mode=ro")
     if connection is not None:
         try:
             yield connection
         finally:
             connection.close()
         return
-    wal = db_path.with_name(db_path.name + "-wal")
-    if wal.is_file() and wal.stat().st_size > 0:
-        with tempfile.TemporaryDirectory(prefix="cce-study-read-") as folder:
-            copy = Path(folder) / db_path.name
-            shutil.copyfile(db_path, copy)
+    with tempfile.TemporaryDirectory(prefix="cce-study-read-") as folder:
+        copy = Path(folder) / db_path.name
+        shutil.copyfile(db_path, copy)
+        if wal.is_file():
             shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
-            connection = _connect(copy, "mode=ro")
-            try:
-                yield connection
-            finally:
-                connection.close()
-        return
-    connection = _connect(db_path, "immutable=1")
-    try:
-        yield connection
-    finally:
-        connection.close()
+        connection = _connect(copy, "mode=ro")
+        try:
+            yield connection
+        finally:
+            connection.close()
 
 
 def _connect(path: Path, options: str) -> sqlite3.Connection:

@@ -217,3 +217,5 @@ def test_load_trials_never_writes_the_file(tmp_path: Path) -> None:
     load_trials(db)
     load_epochs(db)
     assert (db.stat().st_mtime_ns, db.read_bytes()) == before
+    # and leaves no side files next to it (a committed database stays a clean checkout)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["r.sqlite"]

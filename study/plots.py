@@ -236,8 +236,8 @@ def heatmap_figure(table: pd.DataFrame, *, metric: str, memory_field: str, title
                         axes.text(j, i, fmt.format(shown[i, j]), ha="center", va="center", fontsize=7,
                                   color="white" if dark else "black")
                     elif (k, b) in tried_cells:
-                        label, color = _cell_label(at_len, k, b)
-                        axes.text(j, i, label, ha="center", va="center", fontsize=7, color=color)
+                        cell_text, cell_color = _cell_label(at_len, k, b)
+                        axes.text(j, i, cell_text, ha="center", va="center", fontsize=7, color=cell_color)
             axes.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
             axes.set_yticks(range(len(negatives)), [str(k) for k in negatives])
             axes.set_xlabel("batch size")

@@ -153,6 +153,8 @@ def test_trials_never_run_are_labelled_as_predicted_over_budget_not_failed(trial
     cell_texts = [t.get_text() for t in heatmap.axes[0].texts]
     assert sum("not run" in t and "predicted" in t for t in cell_texts) == 1
     assert "oom" in cell_texts and "failed" not in cell_texts
+    titles = [axes.get_title() for axes in heatmap.axes if axes.get_title()]
+    assert titles == ["max length 50: best validation NDCG@10", "max length 50: least peak memory (GiB)"]
 
     pareto = plots.pareto_figure(table, metric="ndcg@10", memory_field="peak_bytes")
     assert not isinstance(pareto, str)

@@ -31,6 +31,8 @@ import pandas as pd
 
 from study import db
 from study.config import METRIC_KS, TrainConfig
+from study.units import GiB as GIB  # analysis.GIB: the name the analysis modules use
+from study.units import format_gib
 
 MEMORY_FIELDS: tuple[str, ...] = ("peak_bytes", "torch_max_reserved", "nvml_process_peak",
                                   "torch_max_allocated")
@@ -40,7 +42,6 @@ STEADY_TIME_COLUMN = "steady_epoch_seconds"
 MEAN_TIME_COLUMN = "mean_epoch_seconds"
 TIME_COLUMN = "epoch_time_seconds"  # added by pareto_table and fused_vs_torch: see `epoch_time`
 TIME_LABEL = "time per epoch (steady state, s)"
-GIB = 2**30
 
 # Columns added by `pareto_table`.
 QUALITY = "quality"
@@ -378,12 +379,6 @@ def gpu_total_bytes(trials: pd.DataFrame) -> int | None:
         return None
     totals = pd.to_numeric(trials["gpu_total"], errors="coerce").dropna()
     return int(totals.min()) if len(totals) else None
-
-
-def format_gib(num_bytes: float | None) -> str:
-    if num_bytes is None or (isinstance(num_bytes, float) and math.isnan(num_bytes)):
-        return "-"
-    return f"{num_bytes / GIB:.3g} GiB"
 
 
 def _groups(trials: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:

@@ -16,6 +16,7 @@ import pandas as pd
 from study import analysis
 from study.analysis import GIB, MEMORY_FIELDS
 from study.cli import UserError
+from study.units import parse_budget
 
 DEFAULT_BUDGETS_TEXT = "8GiB,16GiB,40GiB"
 # Where `pareto` and `report` write without --out: folders next to the database.
@@ -114,8 +115,6 @@ def load_selected(args: argparse.Namespace) -> pd.DataFrame:
 
 def parse_budget_list(text: str, trials: pd.DataFrame, *, option: str) -> list[int]:
     """Comma-separated budgets to bytes; fractions ('0.5') are of the trials' card (`gpu_total`)."""
-    from study.memory import parse_budget
-
     budgets = []
     for part in text.split(","):
         if not part.strip():

@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from study.units import GiB
+
 SCHEMES = ("full", "shared", "sequence", "position", "drawn")
 IMPLS = ("triton", "torch", "compile", "public", "published", "cce", "cce-exact")
 # Run order within a case: the references first, so the others are compared with them.
@@ -51,7 +53,6 @@ DEFAULT_PUBLISHED_CCE = Path(".cache/published-cce")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FLOP_FORMULA = ("FLOPs = 6 * N * K * d (2NKd forward + 4NKd backward: grad of hidden and of items); "
                 "K = C for the full catalogue")
-GIB = 2**30
 DRAW_SEED = 12345
 
 
@@ -88,7 +89,7 @@ class Measurement:
     def as_json(self) -> dict[str, Any]:
         row = asdict(self)
         row.update(row.pop("case"))
-        row["peak_extra_gib"] = None if self.peak_extra_bytes is None else self.peak_extra_bytes / GIB
+        row["peak_extra_gib"] = None if self.peak_extra_bytes is None else self.peak_extra_bytes / GiB
         return row
 
 
@@ -324,7 +325,7 @@ def table_row(m: Measurement) -> str:
     def number(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    extra_gib = None if m.peak_extra_bytes is None else m.peak_extra_bytes / GIB
+    extra_gib = None if m.peak_extra_bytes is None else m.peak_extra_bytes / GiB
     grad_diffs = [diff for diff in (m.rel_diff_grad_hidden, m.rel_diff_grad_items) if diff is not None]
     grad_diff = max(grad_diffs) if grad_diffs else None
     status = m.status if m.error is None else f"{m.status}: {m.error}"

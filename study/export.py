@@ -27,6 +27,7 @@ from models.sasrec import SASRec
 from study.cli import UserError
 from study.config import TrainConfig
 from study.record import TrialRecord
+from study.units import format_bytes
 
 FORMAT = "cce-study-model"
 FORMAT_VERSION = 1
@@ -183,8 +184,6 @@ def run(args: argparse.Namespace) -> int:
     payload["trial"] = {**payload.get("trial", {}), "trial_id": trial_id, "sweep": sweep}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, args.out)
-    from study.memory import format_bytes
-
     metrics = payload["trial"]
     print(f"wrote {args.out}: trial {trial_id} (best epoch {metrics.get('best_epoch')}, "
           f"val ndcg@10 {metrics['val_metrics'].get('ndcg@10', math.nan):.4f}, "

@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 
 from study.config import ConfigError, TrainConfig, config_fields
-from study.memory import format_bytes, parse_budget
 from study.memory_model import DatasetSize, MemoryPrediction, predict_trial_memory
+from study.units import format_bytes, parse_budget
 
 
 @dataclass(frozen=True)

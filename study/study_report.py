@@ -34,6 +34,7 @@ from study import analysis
 from study.analysis import GIB
 from study.db import load_trials
 from study.report import markdown_table
+from study.units import parse_budget
 
 IMPL_LABELS = {"triton": "fused (Triton)", "torch": "PyTorch"}
 IMPL_STYLE = {"triton": ("o", "tab:green"), "torch": ("^", "tab:gray")}
@@ -404,8 +405,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from study.memory import parse_budget
-
     for path in args.db:
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no results database there")

@@ -65,6 +65,7 @@ from study.sweep_preflight import (
     resolve_spec_version,
 )
 from study.sweep_spec import CheckpointSpec, SweepSpec, load_spec, trial_id
+from study.units import GiB, format_bytes, parse_budget
 from study.worker_death import describe_worker_death, session_dir_of
 
 QUALITY_METRIC = "ndcg@10"
@@ -76,7 +77,6 @@ QUALITY_KEY = "objective_val_ndcg_10"
 MEMORY_KEY = "objective_peak_gib"
 CONSTRAINT_KEY = "memory_over_budget_gib"
 DEFERRED_KEY = "deferred_past_stop_after"
-GIB = 2**30
 # Environment the driver passes to Ray workers (made absolute: workers do not share the driver's cwd).
 PASS_THROUGH_PATH_VARIABLES = ("CCE_STUDY_DATA_PATH", "CCE_STUDY_CACHE")
 PASS_THROUGH_VARIABLES = ("TRITON_INTERPRET",)
@@ -267,8 +267,6 @@ def budget_of(memory_budget: str | None, card_bytes: int | None, sweep: str | No
     an unknown card (workers still enforce it on their card; nothing is ruled out by prediction)."""
     if memory_budget is None:
         return None
-    from study.memory import parse_budget
-
     try:
         return parse_budget(memory_budget, card_bytes)
     except ValueError:
@@ -362,7 +360,7 @@ def axis_names(spec: SweepSpec) -> list[str]:
 def print_plan(spec: SweepSpec, plan: Sequence[PlannedTrial], budget_bytes: int | None, done: set[str],
                *, file: Any) -> None:
     names = axis_names(spec)
-    budget_text = _gib(budget_bytes) if budget_bytes is not None else (spec.memory_budget or "none")
+    budget_text = format_bytes(budget_bytes) if budget_bytes is not None else (spec.memory_budget or "none")
     kind = ("grid" if spec.search.kind == "grid"
             else f"optuna, {spec.search.num_samples} samples drawn from these candidates")
     print(f"sweep {spec.name}: {len(plan)} trial(s) ({kind}); budget {budget_text}; "
@@ -381,7 +379,7 @@ def print_plan(spec: SweepSpec, plan: Sequence[PlannedTrial], budget_bytes: int 
         else:
             action = "run"
         values = [_config_text(trial.config, name) for name in names]
-        predicted = _gib(trial.predicted_peak_bytes) if trial.predicted_peak_bytes is not None else "-"
+        predicted = format_bytes(trial.predicted_peak_bytes)
         rows.append([trial.trial_id, *values, predicted, action])
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
     for row in [header, *rows]:
@@ -523,7 +521,8 @@ def predicted_over_budget_record(config: TrainConfig, predicted: int, budget_byt
                                  num_items: int | None) -> TrialRecord:
     return TrialRecord(
         status="predicted_over_budget", config=config.to_dict(),
-        error=f"predicted peak {_gib(predicted)} exceeds the budget of {_gib(budget_bytes)}; not launched",
+        error=(f"predicted peak {format_bytes(predicted)} exceeds the budget of "
+               f"{format_bytes(budget_bytes)}; not launched"),
         predicted_peak_bytes=predicted, memory=MemoryReport(budget_bytes=budget_bytes), num_items=num_items,
         finished_at=_utc_now(),
     )
@@ -544,9 +543,9 @@ def final_result(trial: str, record: TrialRecord) -> dict[str, Any]:
     if quality is None or not math.isfinite(quality):
         quality = 0.0
     if record.status != "ok":
-        over = 1.0 + max(0.0, (peak - (budget_bytes or 0)) / GIB)
+        over = 1.0 + max(0.0, (peak - (budget_bytes or 0)) / GiB)
     elif budget_bytes is not None:
-        over = (peak - budget_bytes) / GIB
+        over = (peak - budget_bytes) / GiB
     else:
         over = -1.0
     return {
@@ -554,7 +553,7 @@ def final_result(trial: str, record: TrialRecord) -> dict[str, Any]:
         RECORD_KEY: json.dumps(record.to_dict(), sort_keys=True),
         "status": record.status,
         QUALITY_KEY: float(quality),
-        MEMORY_KEY: peak / GIB,
+        MEMORY_KEY: peak / GiB,
         CONSTRAINT_KEY: float(over),
     }
 
@@ -998,9 +997,9 @@ def describe_record(record: TrialRecord) -> str:
     if quality is not None:
         parts.append(f"val {QUALITY_METRIC} {quality:.4f}")
     if record.memory.peak_bytes is not None:
-        parts.append(f"peak {_gib(record.memory.peak_bytes)}")
+        parts.append(f"peak {format_bytes(record.memory.peak_bytes)}")
     elif record.predicted_peak_bytes is not None:
-        parts.append(f"predicted {_gib(record.predicted_peak_bytes)}")
+        parts.append(f"predicted {format_bytes(record.predicted_peak_bytes)}")
     if record.total_seconds is not None:
         parts.append(f"{record.total_seconds:.0f} s")
     if record.resumed_from_epoch is not None:
@@ -1149,9 +1148,10 @@ def print_summary(spec: SweepSpec, db: ResultsDB, db_path: Path, budget_bytes: i
         print(f"  {len(plan) - total} trial(s) have no row yet: run again with --resume", file=file)
     if store is not None:
         usage = store.disk_usage()
-        print(f"  storage {store.location}: {_gib(usage.total_bytes)} (best models of {usage.models} "
-              f"trial(s) {_gib(usage.model_bytes)}, checkpoints of {usage.trials_with_checkpoints} "
-              f"unfinished trial(s) {_gib(usage.checkpoint_bytes)})", file=file)
+        print(f"  storage {store.location}: {format_bytes(usage.total_bytes)} (best models of "
+              f"{usage.models} trial(s) {format_bytes(usage.model_bytes)}, checkpoints of "
+              f"{usage.trials_with_checkpoints} unfinished trial(s) {format_bytes(usage.checkpoint_bytes)})",
+              file=file)
     if budget_bytes is None:
         return
     try:
@@ -1162,13 +1162,13 @@ def print_summary(spec: SweepSpec, db: ResultsDB, db_path: Path, budget_bytes: i
     for dataset in spec.datasets:
         best, _ = best_under_budget(trials, budget_bytes, QUALITY_METRIC, dataset=dataset, split=spec.split)
         if best is None:
-            print(f"  {dataset}: no ok trial under {_gib(budget_bytes)}", file=file)
+            print(f"  {dataset}: no ok trial under {format_bytes(budget_bytes)}", file=file)
             continue
         names = [n for n in axis_names(spec) if n != "dataset"]
         setting = ", ".join(f"{n}={_setting_text(best, n)}" for n in names if n in best.index)
-        print(f"  best under {_gib(budget_bytes)} on {dataset}: {best['trial_id']} ({setting}): "
+        print(f"  best under {format_bytes(budget_bytes)} on {dataset}: {best['trial_id']} ({setting}): "
               f"val {QUALITY_METRIC} {best[metric_column(QUALITY_METRIC)]:.4f}, "
-              f"peak {_gib(best['peak_bytes'])}", file=file)
+              f"peak {format_bytes(best['peak_bytes'])}", file=file)
     command = ["cce-study", "pareto", "--db", str(db_path), "--out", str(db_path.parent / "figures")]
     if spec.memory_budget is not None:
         command += ["--budgets", spec.memory_budget]
@@ -1188,12 +1188,6 @@ def _setting_text(row: Any, name: str) -> str:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # an integer column with NULLs (full CE's negatives) reads as floats
     return str(value)
-
-
-def _gib(num_bytes: float | None) -> str:
-    from study.memory import format_bytes
-
-    return "-" if num_bytes is None else format_bytes(num_bytes)
 
 
 def _note(sweep: str, message: str) -> None:

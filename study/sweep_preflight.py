@@ -15,6 +15,7 @@ from pathlib import Path
 from study.db import ResultsDB, SpecVersion
 from study.record import TRIAL_STATUSES
 from study.sweep_spec import SweepSpec, spec_changes, spec_content, spec_hash
+from study.units import parse_budget
 
 RETRYABLE_STATUSES: tuple[str, ...] = tuple(s for s in TRIAL_STATUSES if s != "ok")
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
@@ -51,8 +52,6 @@ def parse_seconds(option: str, text: str | float) -> float:
 
 
 def _is_fraction(budget: str) -> bool:
-    from study.memory import parse_budget
-
     try:
         parse_budget(budget, None)
     except ValueError:

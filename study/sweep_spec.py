@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from study.config import ConfigError, TrainConfig, config_fields
-from study.memory import parse_budget
+from study.units import parse_budget
 
 SearchKind = Literal["grid", "optuna"]
 OptunaSampler = Literal["tpe", "nsga2"]

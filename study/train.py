@@ -38,6 +38,7 @@ from study.checkpoint import Checkpointer, TrainingState, capture_rng, check_sam
 from study.config import ConfigError, TrainConfig
 from study.evaluate import evaluate_model, evaluate_popularity, prepare_evaluation
 from study.record import EpochRecord, TrialRecord, steady_state_seconds
+from study.units import parse_budget
 
 EARLY_STOPPING_METRIC = "ndcg@10"
 # On CUDA, step losses stay on the device and are checked for finiteness (and shown) every this many
@@ -135,7 +136,7 @@ def _run_trial(config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | No
 
     budget_bytes = None
     if config.memory_budget is not None:
-        budget_bytes = memory.parse_budget(config.memory_budget, _device_total_bytes(device))
+        budget_bytes = parse_budget(config.memory_budget, _device_total_bytes(device))
         memory.apply_budget(budget_bytes, device)
     context = _Context(config, device, _autocast_factory(config.precision, device), started,
                        checkpointer, data.item_labels)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from study.config import TrainConfig, config_fields
 from study.record import TrialRecord
+from study.units import format_bytes
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,6 @@ def convert_option(flag: str, text: str, hint: Any) -> Any:
 
 def summary(record: TrialRecord) -> str:
     """A few lines for people: status, data, validation/test quality against popularity, memory, time."""
-    from study.memory import format_bytes
-
     config = record.config
     lines = [
         f"status {record.status}" + (f": {record.error}" if record.error else ""),

@@ -1,13 +1,28 @@
-"""The typed configuration of one training trial, parsed once at the edge (CLI or sweep spec)."""
+"""The typed configuration of one training trial, parsed once at the edge (CLI or sweep spec).
+
+Every rule about a trial's settings is stated here, once:
+- each field's type and range (`check_field`), checked for every field when a TrainConfig is made;
+- the rules between fields (`check_combinations`), checked when a TrainConfig is made, so that no
+  entry point (`train`, `plan`, a sweep specification, a sweep's worker) can hold a configuration the
+  trainer would refuse;
+- the rule that needs the catalogue size, known once the dataset is loaded (`check_for_catalogue`).
+
+Each field also carries its command-line flag and help (`OPTIONS`, from the field's metadata): the
+options of `cce-study train` and the axes of `cce-study plan` are built from them. `FieldType`,
+`checked_value` and `value_from_text` unwrap a field's type hint and convert values for every parser.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from study.units import TiB, parse_budget
 
 LossName = Literal["ce", "ce-neg", "bce", "gbce"]
 SplitName = Literal["loo", "temporal"]
@@ -21,79 +36,86 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
 
 METRIC_KS: tuple[int, ...] = (1, 5, 10, 20, 100)
+BINARY_LOSSES: tuple[str, ...] = ("bce", "gbce")
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
 
 
+class FieldError(ConfigError):
+    """One field's value is invalid on its own: `field` and `reason` for parsers that name it their way."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _option(default: Any, flag: str, help: str, *, sets: bool | None = None) -> Any:
+    """A field with its command-line option. `sets`: for a boolean field, the value its flag (which
+    takes no argument) sets."""
+    metadata: dict[str, Any] = {"flag": flag, "help": help}
+    if sets is not None:
+        metadata["sets"] = sets
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # data
-    dataset: str = "ml-100k"
-    split: SplitName = "loo"
-    kcore: int = 0  # 0: no k-core filtering; k: iterate until every user and item has >= k interactions
+    dataset: str = _option("ml-100k", "--dataset",
+                           "dataset name, folder or interaction file (CSV / CSV.gz / Parquet)")
+    split: SplitName = _option("loo", "--split", "evaluation split")
+    # k: iterate until every user and item has >= k interactions
+    kcore: int = _option(0, "--kcore", "k-core filter (0: none)")
     # loss
-    loss: LossName = "ce"
-    num_negatives: int = 256
-    sampling: SamplingName = "uniform"
-    negative_scope: NegativeScope = "batch"
-    logq_correction: bool = False
-    gbce_t: float = 0.75
-    loss_impl: LossImpl = "auto"
+    loss: LossName = _option("ce", "--loss", "training loss")
+    num_negatives: int = _option(256, "--negatives", "negatives per row for ce-neg, bce and gbce")
+    sampling: SamplingName = _option("uniform", "--sampling", "how negatives are sampled")
+    negative_scope: NegativeScope = _option("batch", "--negative-scope",
+                                            "who shares a set of negatives (drawn: inside the kernel)")
+    logq_correction: bool = _option(False, "--logq", "apply the logQ correction to sampled negatives",
+                                    sets=True)
+    gbce_t: float = _option(0.75, "--gbce-t", "gBCE calibration parameter t")
+    loss_impl: LossImpl = _option("auto", "--impl",
+                                  "loss implementation for ce and ce-neg (auto: triton on CUDA)")
     # model
-    max_len: int = 200
-    hidden: int = 64
-    blocks: int = 2
-    heads: int = 1
-    dropout: float = 0.1
+    max_len: int = _option(200, "--max-len", "sequence length (most recent items)")
+    hidden: int = _option(64, "--hidden", "embedding and hidden size")
+    blocks: int = _option(2, "--blocks", "transformer blocks")
+    heads: int = _option(1, "--heads", "attention heads")
+    dropout: float = _option(0.1, "--dropout", "dropout rate")
     # optimisation
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    epochs: int = 100
-    patience: int = 10  # stop once this many epochs passed since the best validation NDCG@10
-    time_limit_s: float | None = None
-    max_steps_per_epoch: int | None = None
+    batch_size: int = _option(128, "--batch-size", "training sequences per step")
+    lr: float = _option(1e-3, "--lr", "Adam learning rate")
+    weight_decay: float = _option(0.0, "--weight-decay", "Adam weight decay")
+    epochs: int = _option(100, "--epochs", "maximum number of epochs")
+    patience: int = _option(10, "--patience", "epochs without a better validation NDCG@10 before stopping")
+    time_limit_s: float | None = _option(None, "--time-limit", "wall-clock limit of the trial in seconds")
+    max_steps_per_epoch: int | None = _option(None, "--max-steps-per-epoch",
+                                              "cap on training steps per epoch")
     # evaluation
-    eval_batch_size: int = 512
-    eval_every: int = 1  # validate every this many epochs (and always at the last epoch trained)
-    exclude_seen: bool = True
+    eval_batch_size: int = _option(512, "--eval-batch-size", "users per evaluation batch")
+    eval_every: int = _option(1, "--eval-every", "validate every N epochs (and at the last epoch trained)")
+    exclude_seen: bool = _option(True, "--include-seen",
+                                 "keep items of a user's history in the ranking (default: excluded)",
+                                 sets=False)
     # runtime
-    device: DeviceName = "auto"
-    precision: Precision = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    seed: int = 0
-    memory_budget: str | None = None  # "40GiB", "8000MiB", "0.5" (fraction of the card)
-    progress: bool = True
+    device: DeviceName = _option("auto", "--device", "where to train")
+    precision: Precision = _option("auto", "--precision",
+                                   "numeric precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
+    seed: int = _option(0, "--seed", "random seed: on CPU the same seed, data, versions and thread count "
+                        "(torch.get_num_threads(), e.g. OMP_NUM_THREADS) give the same losses and metrics; "
+                        "CUDA runs are not bit-reproducible")
+    memory_budget: str | None = _option(None, "--memory-budget",
+                                        "GPU memory budget, e.g. 40GiB, 8000MiB or 0.5 of the card")
+    progress: bool = _option(True, "--no-progress", "no progress bar on stderr", sets=False)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            allowed = _literal_values(f.name)
-            if allowed is not None and value not in allowed:
-                raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(map(str, allowed))}")
-            if isinstance(value, float) and not math.isfinite(value):  # nan would pass every range check
-                raise ConfigError(f"{f.name}: must be a finite number, got {value!r}")
-        positive = ("num_negatives", "max_len", "hidden", "blocks", "heads", "batch_size", "epochs",
-                    "patience", "eval_batch_size", "eval_every")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
-        if self.hidden % self.heads:
-            raise ConfigError(f"heads: hidden={self.hidden} is not divisible by heads={self.heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr: must be positive, got {self.lr!r}")
-        if self.kcore < 0:
-            raise ConfigError(f"kcore: must be >= 0, got {self.kcore!r}")
-        if self.time_limit_s is not None and self.time_limit_s <= 0:
-            raise ConfigError(f"time_limit_s: must be positive, got {self.time_limit_s!r}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ConfigError(f"max_steps_per_epoch: must be >= 1, got {self.max_steps_per_epoch!r}")
-        if not 0.0 <= self.gbce_t <= 1.0:
-            raise ConfigError(f"gbce_t: must be in [0, 1], got {self.gbce_t!r}")
+            check_field(f.name, getattr(self, f.name))
+        check_combinations(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,17 +132,171 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+# ----------------------------------------------------------------------------------------------------
+# the rules
+
+
+_POSITIVE_INTEGERS = ("num_negatives", "max_len", "hidden", "blocks", "heads", "batch_size", "epochs",
+                      "patience", "eval_batch_size", "eval_every")
+
+
+def check_field(name: str, value: Any) -> Any:
+    """`value` as field `name` holds it, if the field may take it whatever the other fields are (its type,
+    allowed values and range; an int given for a float field becomes a float); FieldError otherwise."""
+    try:
+        value = checked_value(_type_hints()[name], value)
+    except ConfigError as exc:
+        raise FieldError(name, str(exc)) from None
+    reason = _range_error(name, value)
+    if reason is not None:
+        raise FieldError(name, reason)
+    return value
+
+
+def _range_error(name: str, value: Any) -> str | None:
+    if name in _POSITIVE_INTEGERS and value < 1:
+        return f"must be a positive integer, got {value!r}"
+    if name == "dropout" and not 0.0 <= value < 1.0:
+        return f"must be in [0, 1), got {value!r}"
+    if name == "lr" and not value > 0:
+        return f"must be positive, got {value!r}"
+    if name == "kcore" and value < 0:
+        return f"must be >= 0, got {value!r}"
+    if name == "time_limit_s" and value is not None and value <= 0:
+        return f"must be positive, got {value!r}"
+    if name == "max_steps_per_epoch" and value is not None and value < 1:
+        return f"must be >= 1, got {value!r}"
+    if name == "gbce_t" and not 0.0 <= value <= 1.0:
+        return f"must be in [0, 1], got {value!r}"
+    if name == "memory_budget" and value is not None:
+        try:
+            parse_budget(value, TiB)  # any card: a fraction is resolved on the trial's card
+        except ValueError as exc:
+            return str(exc).removeprefix("memory_budget: ")
+    return None
+
+
+def check_combinations(config: TrainConfig) -> None:
+    """The rules between fields (TrainConfig checks them when it is made); ConfigError naming a field.
+
+    Settings of sampled negatives (num_negatives, sampling, negative_scope, logq_correction) are
+    ignored by the full-catalogue "ce", which samples nothing; the binary losses take no logQ correction.
+    """
+    if config.hidden % config.heads:
+        raise ConfigError(f"heads: hidden={config.hidden} is not divisible by heads={config.heads}")
+    if config.logq_correction and config.loss in BINARY_LOSSES:
+        raise ConfigError(f"logq_correction: applies to the softmax loss ce-neg, not to {config.loss!r}")
+    if config.negative_scope == "drawn" and config.loss in BINARY_LOSSES:
+        raise ConfigError(f"negative_scope: 'drawn' negatives exist only inside the fused ce-neg loss, "
+                          f"not for loss {config.loss!r}; use batch, sequence or position")
+    if config.negative_scope == "drawn" and config.loss == "ce-neg" and config.sampling != "uniform":
+        raise ConfigError("sampling: the kernel draws 'drawn' negatives uniformly; "
+                          f"{config.sampling!r} sampling needs negative_scope batch, sequence or position")
+
+
+def check_for_catalogue(config: TrainConfig, num_items: int) -> None:
+    """The rule that needs the catalogue size: sampled losses draw at most `num_items` negatives."""
+    if config.loss != "ce" and config.num_negatives > num_items:
+        raise ConfigError(f"num_negatives: {config.num_negatives} exceeds the catalogue of {num_items} items")
+
+
+# ----------------------------------------------------------------------------------------------------
+# types and values, for the parsers (command line, sweep specification)
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """A type hint unwrapped: `base` is bool, int, float or str (for a Literal, the type of its values),
+    `choices` a Literal's values, `optional` whether None is allowed (`X | None`)."""
+
+    base: type
+    choices: tuple[Any, ...] | None = None
+    optional: bool = False
+
+    @property
+    def metavar(self) -> str:
+        """How `--help` shows a value: "{a,b}" for choices, N for an int, X for a float, else TEXT."""
+        if self.choices is not None:
+            return "{" + ",".join(map(str, self.choices)) + "}"
+        return {int: "N", float: "X"}.get(self.base, "TEXT")
+
+
+@functools.cache
+def unwrap(hint: Any) -> FieldType:
+    """The FieldType of a type hint: int, float, str, bool, a Literal, or one of them | None (a FieldType
+    is returned as it is)."""
+    if isinstance(hint, FieldType):
+        return hint
+    optional = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        if len(args) != 1 or len(args) == len(typing.get_args(hint)):
+            raise TypeError(f"no conversion for type {hint!r}")
+        hint, optional = args[0], True
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        return FieldType(type(choices[0]), choices, optional)
+    if hint not in (bool, int, float, str):
+        raise TypeError(f"no conversion for type {hint!r}")
+    return FieldType(hint, None, optional)
+
+
+def field_type(name: str) -> FieldType:
+    """The FieldType of TrainConfig field `name`."""
+    return unwrap(_type_hints()[name])
+
+
+def checked_value(hint: Any, value: Any) -> Any:
+    """`value` if it has type `hint` (an int is accepted for a float and returned as a float);
+    ConfigError with the reason otherwise (the caller names the field, option or key)."""
+    kind = unwrap(hint)
+    if value is None and kind.optional:
+        return None
+    if kind.choices is not None:
+        if isinstance(value, bool) or value not in kind.choices:
+            raise ConfigError(f"{value!r} is not one of {', '.join(map(str, kind.choices))}")
+        return value
+    if kind.base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"must be true or false, got {value!r}")
+        return value
+    if kind.base is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"must be an integer, got {value!r}")
+        return value
+    if kind.base is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"must be a number, got {value!r}")
+        if not math.isfinite(value):  # nan would pass every range check
+            raise ConfigError(f"must be a finite number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"must be a string, got {value!r}")
+    return value
+
+
+def value_from_text(hint: Any, text: str) -> Any:
+    """Command-line text converted to type `hint` and checked (see `checked_value`); "none" is None
+    for an optional type."""
+    kind = unwrap(hint)
+    if kind.optional and text.strip().lower() == "none":
+        return None
+    value: Any = text
+    if kind.choices is None and kind.base in (int, float):
+        try:
+            value = kind.base(text)
+        except ValueError:
+            noun = "an integer" if kind.base is int else "a number"
+            raise ConfigError(f"must be {noun}, got {text!r}") from None
+    elif kind.base is bool:
+        raise ConfigError(f"a switch without a value, got {text!r}")
+    return checked_value(hint, value)
+
+
 @functools.cache
 def _type_hints() -> dict[str, Any]:
     # Resolving the hints costs ~1 ms per field; specs build thousands of configs.
     return typing.get_type_hints(TrainConfig)
-
-
-def _literal_values(name: str) -> tuple[Any, ...] | None:
-    hint = _type_hints()[name]
-    if typing.get_origin(hint) is Literal:
-        return typing.get_args(hint)
-    return None
 
 
 def config_fields() -> dict[str, Any]:
@@ -128,4 +304,40 @@ def config_fields() -> dict[str, Any]:
     return dict(_type_hints())
 
 
-__all__ = ["TrainConfig", "ConfigError", "METRIC_KS", "config_fields"]
+# ----------------------------------------------------------------------------------------------------
+# command-line options
+
+
+@dataclass(frozen=True)
+class Option:
+    """The command-line option of a TrainConfig field. `sets`: for a boolean field, the value its flag
+    (which takes no argument) sets; None for an option that takes a value."""
+
+    flag: str
+    field: str
+    help: str
+    sets: bool | None = None
+
+    @property
+    def default(self) -> Any:
+        return TrainConfig.__dataclass_fields__[self.field].default
+
+
+# Every TrainConfig field, in declaration order (the order `--help` lists them).
+OPTIONS: tuple[Option, ...] = tuple(
+    Option(f.metadata["flag"], f.name, f.metadata["help"], f.metadata.get("sets"))
+    for f in dataclasses.fields(TrainConfig)
+)
+
+
+def option_for(field: str) -> Option:
+    """The command-line option of TrainConfig field `field`."""
+    for option in OPTIONS:
+        if option.field == field:
+            return option
+    raise KeyError(field)
+
+
+__all__ = ["TrainConfig", "ConfigError", "FieldError", "METRIC_KS", "BINARY_LOSSES", "config_fields",
+           "check_field", "check_combinations", "check_for_catalogue", "FieldType", "unwrap", "field_type",
+           "checked_value", "value_from_text", "Option", "OPTIONS", "option_for"]

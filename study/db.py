@@ -17,8 +17,6 @@ import os
 import sqlite3
 import sys
 import time
-import types
-import typing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +25,7 @@ from typing import Any, Literal, TypeVar
 
 import pandas as pd
 
-from study.config import METRIC_KS, TrainConfig
+from study.config import METRIC_KS, TrainConfig, field_type
 from study.record import TrialRecord, steady_state_seconds
 from study.sqlite_readonly import open_readonly
 
@@ -61,23 +59,18 @@ def _metric_columns(split: str) -> list[str]:
     return [metric_column(f"{name}@{k}", split) for name in METRIC_NAMES for k in METRIC_KS]
 
 
-def _sql_type(hint: Any) -> str:
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-        hint = args[0]
-    if typing.get_origin(hint) is typing.Literal:
-        hint = type(typing.get_args(hint)[0])
-    if hint is bool or hint is int:
+def _sql_type(field: str) -> str:
+    base = field_type(field).base
+    if base is bool or base is int:
         return "INTEGER"
-    if hint is float:
+    if base is float:
         return "REAL"
     return "TEXT"
 
 
-_CONFIG_HINTS: dict[str, Any] = typing.get_type_hints(TrainConfig)
 CONFIG_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig))
 _BOOL_CONFIG_COLUMNS: tuple[str, ...] = tuple(
-    name for name in CONFIG_COLUMNS if _CONFIG_HINTS[name] is bool
+    name for name in CONFIG_COLUMNS if field_type(name).base is bool
 )
 _MEMORY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("peak_bytes", "INTEGER"),
@@ -124,7 +117,7 @@ TRIAL_COLUMNS: dict[str, str] = {
     "error": "TEXT",
     "spec_hash": "TEXT",  # content hash of the sweep specification that recorded the row
     "spec_version": "INTEGER",  # that specification's version number within the sweep (1, 2, ...)
-    **{name: _sql_type(_CONFIG_HINTS[name]) for name in CONFIG_COLUMNS},
+    **{name: _sql_type(name) for name in CONFIG_COLUMNS},
     "config_json": "TEXT NOT NULL",
     "loss_impl_used": "TEXT",
     **{column: "REAL" for split in METRIC_SPLITS for column in _metric_columns(split)},

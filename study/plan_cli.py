@@ -19,32 +19,25 @@ from typing import Any
 
 import pandas as pd
 
-from study.config import ConfigError, TrainConfig, config_fields
+from study.config import (
+    ConfigError,
+    Option,
+    TrainConfig,
+    check_field,
+    check_for_catalogue,
+    field_type,
+    option_for,
+    value_from_text,
+)
 from study.memory_model import DatasetSize, MemoryPrediction, predict_trial_memory
 from study.units import format_bytes, parse_budget
 
-
-@dataclass(frozen=True)
-class Axis:
-    flag: str
-    field: str
-    help: str
-
-
-AXES: tuple[Axis, ...] = (
-    Axis("--loss", "loss", "training losses"),
-    Axis("--impl", "loss_impl", "loss implementations (auto: triton on CUDA)"),
-    Axis("--negative-scope", "negative_scope", "negative scopes (drawn: inside the kernel)"),
-    Axis("--sampling", "sampling", "negative sampling distributions"),
-    Axis("--negatives", "num_negatives", "negatives per row"),
-    Axis("--batch-size", "batch_size", "training sequences per step"),
-    Axis("--max-len", "max_len", "sequence lengths"),
-    Axis("--hidden", "hidden", "hidden sizes"),
-    Axis("--blocks", "blocks", "transformer blocks"),
-    Axis("--heads", "heads", "attention heads"),
-    Axis("--eval-batch-size", "eval_batch_size", "users per evaluation batch"),
-    Axis("--precision", "precision", "precisions (auto: bf16 autocast on CUDA)"),
-)
+Axis = Option  # an axis is a TrainConfig field's command-line option (flag and help: study/config.py)
+# The fields a plan can vary, in the order of its table's columns.
+AXES: tuple[Option, ...] = tuple(option_for(field) for field in (
+    "loss", "loss_impl", "negative_scope", "sampling", "num_negatives", "batch_size", "max_len", "hidden",
+    "blocks", "heads", "eval_batch_size", "precision",
+))
 # Fields that do not change a full-catalogue CE trial: points differing only here are one point.
 NEGATIVE_FIELDS = ("negative_scope", "sampling", "num_negatives")
 
@@ -83,10 +76,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="number of users (caps batch sizes); read from the dataset when loaded")
     parser.add_argument("--kcore", type=_positive_int("--kcore", allow_zero=True), default=0,
                         help="k-core filter applied when loading the dataset (default: 0)")
-    defaults = TrainConfig()
     for axis in AXES:
         parser.add_argument(axis.flag, dest=axis.field, metavar="A,B,...",
-                            help=f"comma list of {axis.help} (default: {getattr(defaults, axis.field)})")
+                            help=f"{axis.help}; one or more, comma-separated (default: {axis.default})")
     parser.add_argument("--gpu-memory", "--gpu-total", dest="gpu_memory", metavar="SIZE",
                         help="memory of one card, e.g. 80GiB, as a sweep's resources.gpu_memory (default: "
                              "the visible GPU, if any); needed for fractional budgets")
@@ -119,7 +111,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         chosen = dict(zip(grid, values))
         try:
             config = TrainConfig(**base, **chosen)
-            _check_trial(config, num_items)
+            check_for_catalogue(config, num_items)
         except ConfigError as exc:
             skipped.append((chosen, str(exc)))
             continue
@@ -192,7 +184,6 @@ def _row(point: PlannedPoint, axes: tuple[str, ...], *, show_all: bool) -> dict[
 def _grid(args: argparse.Namespace) -> dict[str, list[Any]]:
     from study.train_cli import convert_option
 
-    hints = config_fields()
     grid: dict[str, list[Any]] = {}
     for axis in AXES:
         text = getattr(args, axis.field)
@@ -201,30 +192,14 @@ def _grid(args: argparse.Namespace) -> dict[str, list[Any]]:
         items = [item.strip() for item in text.split(",")]
         if not all(items):
             raise ValueError(f"{axis.flag}: empty entry in the comma list {text!r}")
-        values = [convert_option(axis.flag, item, hints[axis.field]) for item in items]
-        for value in values:
-            _check_alone(axis, value)
+        values = [convert_option(axis.flag, item, field_type(axis.field)) for item in items]
+        for value in values:  # a value no grid point could use is bad input; combinations are per point
+            try:
+                check_field(axis.field, value)
+            except ConfigError as exc:
+                raise ValueError(f"{axis.flag}: {exc}") from None
         grid[axis.field] = list(dict.fromkeys(values))
     return grid
-
-
-def _check_alone(axis: Axis, value: Any) -> None:
-    """A value no grid point could use is bad input (combinations are checked per point)."""
-    alone: dict[str, Any] = {axis.field: value}
-    if axis.field == "heads" and isinstance(value, int):
-        alone["hidden"] = max(value, 1)  # divisibility depends on --hidden: checked per point
-    try:
-        TrainConfig(**alone)
-    except ConfigError as exc:
-        raise ValueError(f"{axis.flag}: {exc}") from None
-
-
-def _check_trial(config: TrainConfig, num_items: int) -> None:
-    from study.train import check_loss_settings
-
-    check_loss_settings(config)
-    if config.loss != "ce" and config.num_negatives > num_items:
-        raise ConfigError(f"num_negatives: {config.num_negatives} exceeds the catalogue of {num_items} items")
 
 
 def _identity(config: TrainConfig) -> tuple[Any, ...]:
@@ -264,9 +239,9 @@ def _gpu_total(text: str | None) -> int | None:
 def _positive_int(flag: str, *, allow_zero: bool = False) -> Any:
     def convert(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag}: expected a whole number, got {text!r}") from None
+            value: int = value_from_text(int, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{flag}: {exc}") from None
         if value < (0 if allow_zero else 1):
             bound = ">= 0" if allow_zero else ">= 1"
             raise argparse.ArgumentTypeError(f"{flag}: must be {bound}, got {value}")

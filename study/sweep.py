@@ -41,7 +41,7 @@ from typing import Any
 from study import db_spool
 from study.checkpoint import Checkpointer, CheckpointPolicy, TrainingState, load_state, save_state
 from study.checkpoint_store import CheckpointStore
-from study.config import TrainConfig
+from study.config import ConfigError, TrainConfig, check_for_catalogue
 from study.db import (
     DEFAULT_BUSY_TIMEOUT_S,
     DatabaseBusyError,
@@ -252,11 +252,16 @@ class PlannedTrial:
     @property
     def invalid_reason(self) -> str | None:
         """Why the trial cannot run on its dataset (known once the catalogue size is), else None."""
-        config = self.config
-        if self.num_items is not None and config.loss != "ce" and config.num_negatives > self.num_items:
-            return (f"num_negatives: {self.config.num_negatives} exceeds the catalogue of {self.num_items} "
-                    f"items of {self.config.dataset}; not launched")
-        return None
+        return None if self.num_items is None else catalogue_error(self.config, self.num_items)
+
+
+def catalogue_error(config: TrainConfig, num_items: int) -> str | None:
+    """Why `config` cannot run on a catalogue of `num_items` items (`check_for_catalogue`), else None."""
+    try:
+        check_for_catalogue(config, num_items)
+    except ConfigError as exc:
+        return f"{exc} of {config.dataset}; not launched"
+    return None
 
 
 _warned_fractions: set[str] = set()
@@ -460,6 +465,11 @@ def execute_trial(config_values: dict[str, Any], settings: TrialSettings,
     except Exception as exc:
         return TrialRecord(status="failed", config=config_values, error=_error_text(exc))
     budget_bytes = settings.budget_bytes(config_values)
+    num_items = settings.num_items.get((config.dataset, config.kcore))
+    invalid = None if num_items is None else catalogue_error(config, num_items)
+    if invalid is not None:  # an Optuna sample (grid trials like it are recorded by the driver)
+        return TrialRecord(status="failed", config=config.to_dict(), error=invalid, num_items=num_items,
+                           memory=MemoryReport(budget_bytes=budget_bytes), finished_at=_utc_now())
     predicted = _worker_prediction(config, settings)
     if (settings.skip_predicted_over_budget and predicted is not None and budget_bytes is not None
             and predicted > budget_bytes):

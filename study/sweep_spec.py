@@ -15,17 +15,15 @@ import functools
 import hashlib
 import itertools
 import json
-import math
 import re
 import tomllib
 import types
-import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from study.config import ConfigError, TrainConfig, config_fields
+from study.config import ConfigError, FieldError, TrainConfig, check_field, config_fields
 from study.units import parse_budget
 
 SearchKind = Literal["grid", "optuna"]
@@ -48,8 +46,6 @@ SWEEP_TRIAL_DEFAULTS: dict[str, Any] = {"progress": False}
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FUNCTION_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-# Any card size: a fractional budget is only checked for range at load time, resolved per card later.
-_ANY_CARD_BYTES = 2**40
 
 
 class SpecError(ValueError):
@@ -268,7 +264,7 @@ def parse_spec(values: Mapping[str, Any], *, source: str = "<spec>") -> SweepSpe
 class _SpecParser:
     def __init__(self, source: str) -> None:
         self.source = source
-        self.hints = config_fields()
+        self.fields = set(config_fields())
 
     def error(self, key: str, message: str) -> SpecError:
         return SpecError(f"{self.source}: {key}: {message}")
@@ -301,8 +297,6 @@ class _SpecParser:
         time_limit_s = None
         if "time_limit_s" in top:
             time_limit_s = self.setting("time_limit_s", "time_limit_s", top["time_limit_s"])
-            if time_limit_s <= 0:
-                raise self.error("time_limit_s", f"must be positive, got {time_limit_s!r}")
         repeats = top.get("repeats", 1)
         if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
             raise self.error("repeats", f"must be a positive integer, got {repeats!r}")
@@ -357,75 +351,39 @@ class _SpecParser:
         return tuple(raw)
 
     def budget(self, value: Any, key: str = "memory_budget") -> str:
+        """A memory budget as TrainConfig holds it: text (a fraction may be written as a TOML number)."""
         if isinstance(value, bool) or not isinstance(value, str | float):
             raise self.error(key, f"must be a string like \"40GiB\" or a fraction, got {value!r}")
         text = value.strip() if isinstance(value, str) else str(value)
         try:
-            parse_budget(text, _ANY_CARD_BYTES)
-        except ValueError as exc:
-            raise self.error(key, str(exc).removeprefix("memory_budget: ")) from None
-        return text
+            return str(check_field("memory_budget", text))
+        except FieldError as exc:
+            raise self.error(key, exc.reason) from None
 
     def setting(self, key: str, name: str, value: Any) -> Any:
-        """Check one value against the TrainConfig field's type; ints are accepted for floats."""
+        """One value of TrainConfig field `name` checked alone (type, allowed values, range: study.config);
+        ints are accepted for floats. Rules between fields are checked on each whole trial (`grid`)."""
         if name == "memory_budget":
             return self.budget(value, key)
-        hint = self.hints[name]
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
-            hint = args[0]
-        if typing.get_origin(hint) is Literal:
-            allowed = typing.get_args(hint)
-            if value not in allowed or isinstance(value, bool):
-                raise self.error(key, f"{value!r} is not one of {', '.join(map(str, allowed))}")
-            return value
-        if hint is bool:
-            if not isinstance(value, bool):
-                raise self.error(key, f"must be true or false, got {value!r}")
-            return value
-        if hint is int:
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise self.error(key, f"must be an integer, got {value!r}")
-            return value
-        if hint is float:
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise self.error(key, f"must be a number, got {value!r}")
-            if not math.isfinite(value):  # TOML has nan and inf
-                raise self.error(key, f"must be a finite number, got {value!r}")
-            return float(value)
-        if hint is str:
-            if not isinstance(value, str):
-                raise self.error(key, f"must be a string, got {value!r}")
-            return value
-        raise self.error(key, f"cannot be set from a sweep specification (type {hint})")
+        try:
+            return check_field(name, value)
+        except FieldError as exc:
+            raise self.error(key, exc.reason) from None
 
     def settings(self, values: Any, key: str, *, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-        table = self.table(values, key, set(self.hints))
+        table = self.table(values, key, self.fields)
         checked = {}
         for name, value in table.items():
             if name in TOP_LEVEL_SETTINGS and name not in overrides:
                 raise self.error(f"{key}.{name}",
                                  f"set it with the top-level `{TOP_LEVEL_SETTINGS[name]}` key")
             checked[name] = self.setting(f"{key}.{name}", name, value)
-            self.check_field(f"{key}.{name}", name, checked[name])
         return checked
-
-    def check_field(self, key: str, name: str, value: Any) -> None:
-        """Field-level checks of TrainConfig (ranges), reported under the spec's key."""
-        try:
-            TrainConfig().replace(**{name: value})
-        except ConfigError as exc:
-            message = str(exc)
-            if message.startswith(f"{name}: "):
-                message = message[len(name) + 2:]
-            if name in ("hidden", "heads") and "divisible" in message:
-                return  # depends on the other field: checked on whole configurations
-            raise self.error(key, message) from None
 
     def axes(self, values: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
         if values is None:
             raise self.error("axes", f"missing (lists over at least {', '.join(REQUIRED_AXES)})")
-        table = self.table(values, "axes", set(self.hints))
+        table = self.table(values, "axes", self.fields)
         axes = []
         for name, raw in table.items():
             key = f"axes.{name}"
@@ -436,7 +394,6 @@ class _SpecParser:
             checked = []
             for i, value in enumerate(raw):
                 checked.append(self.setting(f"{key}[{i}]", name, value))
-                self.check_field(f"{key}[{i}]", name, checked[-1])
             if len(set(map(repr, checked))) != len(checked):
                 raise self.error(key, "lists a value twice")
             axes.append((name, tuple(checked)))
@@ -537,8 +494,9 @@ class _SpecParser:
                               keep_best_model=table.get("keep_best_model", True), max_retries=max_retries)
 
     def check_configs(self, spec: SweepSpec) -> None:
-        """Every trial point must make a valid TrainConfig (cross-field rules like hidden % heads);
-        the grid built here is kept by the spec."""
+        """Every trial point must make a valid TrainConfig (the rules between fields, e.g. hidden % heads
+        or drawn negatives only for ce-neg): a spec the trainer would refuse is refused here, before any
+        dataset is loaded or worker started. The grid built here is kept by the spec."""
         spec.grid()
 
 

@@ -35,7 +35,8 @@ from tqdm import tqdm
 from kernels import check_index_errors
 from models.sasrec import SASRec
 from study.checkpoint import Checkpointer, TrainingState, capture_rng, check_same_config, restore_rng
-from study.config import ConfigError, TrainConfig
+from study.config import ConfigError, TrainConfig, check_for_catalogue
+from study.config import check_combinations as check_loss_settings  # the old name of the rules, kept
 from study.evaluate import evaluate_model, evaluate_popularity, prepare_evaluation
 from study.record import EpochRecord, TrialRecord, steady_state_seconds
 from study.units import parse_budget
@@ -114,7 +115,6 @@ def _run_trial(config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | No
     started = time.perf_counter()
     record = TrialRecord(status="ok", config=config.to_dict(), started_at=_utc_now(),
                          versions=collect_versions(), git_commit=git_commit(), host=socket.gethostname())
-    check_loss_settings(config)
     device = resolve_device(config.device)
     record.device = _device_label(device)
     record.loss_impl = resolve_loss_impl(config, device)
@@ -126,10 +126,7 @@ def _run_trial(config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | No
     split = make_split(data, config.split, seed=config.seed)
     record.num_users, record.num_items, record.num_interactions = data.num_users, data.num_items, len(data)
     record.dataset_source, record.dataset_sha256 = data.source or None, data.sha256 or None
-    if config.loss != "ce" and config.num_negatives > split.num_items:
-        raise ConfigError(
-            f"num_negatives: {config.num_negatives} exceeds the catalogue of {split.num_items} items"
-        )
+    check_for_catalogue(config, split.num_items)
     record.predicted_peak_bytes = _predicted_peak_bytes(config, device, data)
 
     from study import memory
@@ -417,7 +414,7 @@ def build_loss(
         return drawn_ce
 
     scope = config.negative_scope
-    assert scope != "drawn"  # handled above; check_loss_settings refuses it for the binary losses
+    assert scope != "drawn"  # handled above; TrainConfig refuses it for the binary losses
     popularity = config.sampling == "popularity"
     if generator is None:
         generator = torch.Generator(device=device).manual_seed(config.seed + 1)
@@ -447,22 +444,6 @@ def build_loss(
         return kernels.gbce_loss(hidden, items, shifted, negatives,
                                  ignore_index=IGNORE_INDEX, t=config.gbce_t)
     return binary
-
-
-def check_loss_settings(config: TrainConfig) -> None:
-    """Combinations of loss settings that TrainConfig's per-field checks cannot see.
-
-    Settings of sampled negatives (num_negatives, sampling, negative_scope, logq_correction) are
-    ignored by the full-catalogue "ce", which samples nothing; the binary losses take no logQ correction.
-    """
-    if config.logq_correction and config.loss in ("bce", "gbce"):
-        raise ConfigError(f"logq_correction: applies to the softmax loss ce-neg, not to {config.loss!r}")
-    if config.negative_scope == "drawn" and config.loss in ("bce", "gbce"):
-        raise ConfigError(f"negative_scope: 'drawn' negatives exist only inside the fused ce-neg loss, "
-                          f"not for loss {config.loss!r}; use batch, sequence or position")
-    if config.negative_scope == "drawn" and config.loss == "ce-neg" and config.sampling != "uniform":
-        raise ConfigError("sampling: the kernel draws 'drawn' negatives uniformly; "
-                          f"{config.sampling!r} sampling needs negative_scope batch, sequence or position")
 
 
 def resolve_device(name: str) -> torch.device:

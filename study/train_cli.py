@@ -14,72 +14,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import types
-import typing
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from study.config import TrainConfig, config_fields
+from study.config import OPTIONS, TrainConfig, field_type, value_from_text
 from study.record import TrialRecord
 from study.units import format_bytes
 
 
-@dataclass(frozen=True)
-class Option:
-    flag: str
-    field: str
-    help: str
-
-
-# Every TrainConfig field a user sets, in the order `--help` lists them. Boolean fields have their own flags.
-OPTIONS: tuple[Option, ...] = (
-    Option("--dataset", "dataset", "dataset name, folder or interaction file (CSV / CSV.gz / Parquet)"),
-    Option("--split", "split", "evaluation split"),
-    Option("--kcore", "kcore", "k-core filter (0: none)"),
-    Option("--loss", "loss", "training loss"),
-    Option("--negatives", "num_negatives", "negatives per row for ce-neg, bce and gbce"),
-    Option("--sampling", "sampling", "how negatives are sampled"),
-    Option("--negative-scope", "negative_scope", "who shares a set of negatives (drawn: inside the kernel)"),
-    Option("--gbce-t", "gbce_t", "gBCE calibration parameter t"),
-    Option("--impl", "loss_impl", "loss implementation for ce and ce-neg (auto: triton on CUDA)"),
-    Option("--max-len", "max_len", "sequence length (most recent items)"),
-    Option("--hidden", "hidden", "embedding and hidden size"),
-    Option("--blocks", "blocks", "transformer blocks"),
-    Option("--heads", "heads", "attention heads"),
-    Option("--dropout", "dropout", "dropout rate"),
-    Option("--batch-size", "batch_size", "training sequences per step"),
-    Option("--lr", "lr", "Adam learning rate"),
-    Option("--weight-decay", "weight_decay", "Adam weight decay"),
-    Option("--epochs", "epochs", "maximum number of epochs"),
-    Option("--patience", "patience", "epochs without a better validation NDCG@10 before stopping"),
-    Option("--time-limit", "time_limit_s", "wall-clock limit of the trial in seconds"),
-    Option("--max-steps-per-epoch", "max_steps_per_epoch", "cap on training steps per epoch"),
-    Option("--eval-batch-size", "eval_batch_size", "users per evaluation batch"),
-    Option("--eval-every", "eval_every", "validate every N epochs (and at the last epoch trained)"),
-    Option("--device", "device", "where to train"),
-    Option("--precision", "precision", "auto: bf16 autocast on CUDA, fp32 on CPU"),
-    Option("--seed", "seed", "random seed: on CPU the same seed, data, versions and thread count "
-           "(torch.get_num_threads(), e.g. OMP_NUM_THREADS) give the same losses and metrics; CUDA runs "
-           "are not bit-reproducible"),
-    Option("--memory-budget", "memory_budget", "GPU memory budget, e.g. 40GiB, 8000MiB or 0.5 of the card"),
-)
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    hints = config_fields()
-    for option in OPTIONS:
-        choices = _choices(hints[option.field])
-        metavar = "{" + ",".join(map(str, choices)) + "}" if choices else _metavar(hints[option.field])
-        parser.add_argument(option.flag, dest=option.field, default=None, metavar=metavar,
-                            help=f"{option.help} (default: {defaults[option.field]})")
-    parser.add_argument("--logq", dest="logq_correction", action="store_true",
-                        help="apply the logQ correction to sampled negatives")
-    parser.add_argument("--include-seen", dest="include_seen", action="store_true",
-                        help="keep items of a user's history in the ranking (default: excluded)")
-    parser.add_argument("--no-progress", dest="no_progress", action="store_true",
-                        help="no progress bar on stderr")
+    for option in OPTIONS:  # every TrainConfig field, with its flag and help (study/config.py)
+        if option.sets is not None:
+            parser.add_argument(option.flag, dest=option.field, action="store_const", const=option.sets,
+                                default=None, help=option.help)
+        else:
+            parser.add_argument(option.flag, dest=option.field, default=None,
+                                metavar=field_type(option.field).metavar,
+                                help=f"{option.help} (default: {option.default})")
     parser.add_argument("--json", dest="json", action="store_true",
                         help="print the trial record as one JSON object on stdout (all else on stderr)")
     parser.add_argument("--checkpoint-dir", type=Path, default=None, metavar="DIR",
@@ -106,15 +57,13 @@ def run(args: argparse.Namespace) -> int:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """TrainConfig from the parsed options; ValueError naming the option for a bad value."""
-    hints = config_fields()
     values: dict[str, Any] = {}
     for option in OPTIONS:
-        text = getattr(args, option.field)
-        if text is not None:
-            values[option.field] = convert_option(option.flag, text, hints[option.field])
-    values["logq_correction"] = bool(args.logq_correction)
-    values["exclude_seen"] = not args.include_seen
-    values["progress"] = not args.no_progress
+        given = getattr(args, option.field)
+        if given is None:
+            continue
+        values[option.field] = given if option.sets is not None else convert_option(
+            option.flag, given, field_type(option.field))
     return TrainConfig(**values)
 
 
@@ -138,32 +87,12 @@ def checkpointer_from_args(args: argparse.Namespace) -> Any:
 
 
 def convert_option(flag: str, text: str, hint: Any) -> Any:
-    """Convert option text to the field's type (int, float, str, a Literal, or one of them | None)."""
-    if _is_optional(hint):
-        if text.strip().lower() == "none":
-            return None
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    choices = _choices(hint)
-    if choices is not None:
-        if text not in choices:
-            raise ValueError(f"{flag}: {text!r} is not one of {', '.join(map(str, choices))}")
-        return text
-    if hint is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"{flag}: expected a whole number, got {text!r}") from None
-    if hint is float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"{flag}: expected a number, got {text!r}") from None
-        if not math.isfinite(value):
-            raise ValueError(f"{flag}: expected a finite number, got {text!r}")
-        return value
-    if hint is str:
-        return text
-    raise TypeError(f"{flag}: no conversion for type {hint!r}")
+    """Option text converted to `hint` (int, float, str, a Literal, one of them | None, or a FieldType);
+    ValueError naming the option."""
+    try:
+        return value_from_text(hint, text)
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 def summary(record: TrialRecord) -> str:
@@ -210,22 +139,6 @@ def summary(record: TrialRecord) -> str:
 
 def _metric(metrics: dict[str, float], name: str) -> str:
     return f"{metrics[name]:.4f}" if name in metrics else "-"
-
-
-def _metavar(hint: Any) -> str:
-    if _is_optional(hint):
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return {int: "N", float: "X"}.get(hint, "TEXT")
-
-
-def _is_optional(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
-
-
-def _choices(hint: Any) -> tuple[Any, ...] | None:
-    if _is_optional(hint):
-        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -118,7 +118,7 @@ def test_catalogue_read_from_dataset_file(capsys: pytest.CaptureFixture[str], tm
     ("args", "fragment"),
     [
         (["--budget", "40GiB", "--num-items", "1000", "--negatives", "64,abc"],
-         "--negatives: expected a whole"),
+         "--negatives: must be an integer"),
         (["--budget", "40GiB", "--num-items", "1000", "--loss", "ce,xent"], "--loss: 'xent' is not one of"),
         (["--budget", "40GiB", "--num-items", "1000", "--batch-size", "8,,16"], "--batch-size: empty entry"),
         (["--budget", "40 XB", "--num-items", "1000"], "memory_budget: unknown unit"),

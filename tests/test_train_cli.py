@@ -64,9 +64,9 @@ def test_every_option_maps_to_its_config_field():
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--loss", "softmax"], "--loss: 'softmax' is not one of ce, ce-neg, bce, gbce"),
-    (["--batch-size", "big"], "--batch-size: expected a whole number, got 'big'"),
-    (["--lr", "fast"], "--lr: expected a number, got 'fast'"),
-    (["--dropout", "nan"], "--dropout: expected a finite number"),
+    (["--batch-size", "big"], "--batch-size: must be an integer, got 'big'"),
+    (["--lr", "fast"], "--lr: must be a number, got 'fast'"),
+    (["--dropout", "nan"], "--dropout: must be a finite number"),
     (["--heads", "3"], "heads: hidden=64 is not divisible by heads=3"),
 ])
 def test_bad_option_values_name_the_option(argv: list[str], message: str):

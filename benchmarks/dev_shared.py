@@ -28,6 +28,9 @@ from triton.testing import do_bench
 import kernels.triton_shared as ts
 from kernels.triton_shared import BlockConfig, KernelConfigs, default_configs, shared_linear_cross_entropy
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from loss_oracle import oracle_with_grads, relative_error  # noqa: E402  (the tests' float64 oracle)
+
 IGNORE = -100
 RESULTS: dict = {}
 
@@ -54,32 +57,6 @@ def make_inputs(scheme, *, num_rows, num_items, k, dim, length, dtype, items_dty
     return hidden, items, targets, negatives
 
 
-def reference64(hidden, items, targets, negatives, scheme, length):
-    """float64 loss of DESIGN section 3 from the inputs as the kernel sees them (items in hidden's dtype)."""
-    h = hidden.double()
-    e = items.to(hidden.dtype).double()
-    kept = targets != IGNORE
-    safe = torch.where(kept, targets, 0)
-    positive = (h * e[safe]).sum(-1)
-    if scheme == "full":
-        lse = torch.logsumexp(h @ e.T, 1)
-    else:
-        if scheme == "shared":
-            scores = h @ e[negatives].T
-            hits = negatives[None, :] == safe[:, None]
-        else:
-            num_seq = negatives.shape[0]
-            scores = torch.bmm(h.view(num_seq, length, -1), e[negatives].transpose(1, 2)).view(h.shape[0], -1)
-            hits = negatives.repeat_interleave(length, 0) == safe[:, None]
-        scores = scores.masked_fill(hits, float("-inf"))
-        lse = torch.logsumexp(torch.cat([positive[:, None], scores], 1), 1)
-    return ((lse - positive) * kept).sum() / kept.sum()
-
-
-def rel(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm())
-
-
 def run_fused(hidden, items, targets, negatives, scheme, length, configs=None):
     k = items.shape[0] if scheme == "full" else negatives.shape[-1]
     return shared_linear_cross_entropy(hidden, items, targets, negatives, scheme=scheme, num_negatives=k,
@@ -97,11 +74,9 @@ def check_case(scheme, dim, dtype, items_dtype, *, num_rows, num_items, k, label
     e = items.clone().requires_grad_(True)
     loss = run_fused(h, e, targets, negatives, scheme, length, configs)
     loss.backward()
-    h64 = hidden.double().requires_grad_(True)
-    e64 = items.double().requires_grad_(True)
-    ref = reference64(h64, e64, targets, negatives, scheme, length)
-    ref.backward()
-    errors = (rel(loss, ref), rel(h.grad, h64.grad), rel(e.grad, e64.grad))
+    # float64 from the inputs as the kernel sees them (items in hidden's dtype)
+    reference = oracle_with_grads(hidden, items, targets, negatives, ignore_index=IGNORE, items_as=dtype)
+    errors = tuple(relative_error(got, want) for got, want in zip((loss, h.grad, e.grad), reference))
     finite = bool(torch.isfinite(h.grad).all() and torch.isfinite(e.grad).all())
     name = f"{label} d={dim} {str(dtype)[6:]}/{str(items_dtype)[6:]}"
     limit = 1e-4 if dtype == torch.float32 else 2e-2

@@ -35,6 +35,10 @@ from kernels.draw import draw_negatives
 from kernels.triton_gather import GatherConfig, default_config, gather_linear_cross_entropy
 from kernels.triton_shared import BlockConfig, KernelConfigs, default_configs, shared_linear_cross_entropy
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
+from loss_oracle import oracle_loss  # noqa: E402  (the tests' float64 oracle)
+from loss_oracle import relative_error as rel  # noqa: E402
+
 IGNORE = -100
 GIB = 2**30
 C = 1_000_000
@@ -51,10 +55,6 @@ STARTED = time.monotonic()
 def save(out: str) -> None:
     with open(os.path.join(out, "dev_speed.json"), "w") as handle:
         json.dump(RESULTS, handle, indent=1)
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30))
 
 
 def peak_extra(fn) -> int:
@@ -123,13 +123,8 @@ def check_gather(dim: int, scheme: str, hidden_dtype, items_dtype, label: str, c
     loss = gather_loss(h, e, targets, negatives, scheme, k, config, log_q)
     loss.backward()
     h64, e64 = hidden.double().requires_grad_(), items.double().requires_grad_()
-    e_used = e64 + (items.to(hidden_dtype).double() - e64).detach()
-    kept = targets != IGNORE
-    safe = torch.where(kept, targets, 0)
-    positive = (h64 * e_used[safe]).sum(-1)
-    scores = torch.einsum("nd,nkd->nk", h64, e_used[negatives]) - math.log(k) - log_q.double()[negatives]
-    scores = scores.masked_fill(negatives == safe[:, None], float("-inf"))
-    expected = ((torch.logsumexp(torch.cat([positive[:, None], scores], 1), 1) - positive) * kept).sum() / kept.sum()
+    expected = oracle_loss(h64, e64, targets, negatives, log_q=log_q, ignore_index=IGNORE,
+                           items_as=hidden_dtype)
     expected.backward()
     errors = (rel(loss.detach(), expected.detach()), rel(h.grad, h64.grad), rel(e.grad, e64.grad))
     limit = 1e-4 if hidden_dtype == torch.float32 and items_dtype == torch.float32 else 2e-2
@@ -233,15 +228,7 @@ def check_dense(configs: KernelConfigs, scheme: str) -> bool:
         print(f"check dense {scheme} {tile}: {type(error).__name__}", flush=True)
         return False
     h64, e64 = hidden.double().requires_grad_(), items.double().requires_grad_()
-    kept = targets != IGNORE
-    safe = torch.where(kept, targets, 0)
-    positive = (h64 * e64[safe]).sum(-1)
-    if scheme == "full":
-        lse = torch.logsumexp(h64 @ e64.T, 1)
-    else:
-        scores = (h64 @ e64[negatives].T).masked_fill(negatives[None, :] == safe[:, None], float("-inf"))
-        lse = torch.logsumexp(torch.cat([positive[:, None], scores], 1), 1)
-    expected = ((lse - positive) * kept).sum() / kept.sum()
+    expected = oracle_loss(h64, e64, targets, negatives, ignore_index=IGNORE)  # negatives None: full
     expected.backward()
     errors = (rel(loss.detach(), expected.detach()), rel(h.grad, h64.grad), rel(e.grad, e64.grad))
     ok = max(errors) < 2e-2 and bool(torch.isfinite(h.grad).all() and torch.isfinite(e.grad).all())

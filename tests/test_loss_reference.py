@@ -1,4 +1,5 @@
-"""The PyTorch reference loss (impl="torch") against an independent float64 formula, loss and gradients."""
+"""The PyTorch reference loss (impl="torch") against the float64 oracle (tests/loss_oracle.py), loss and
+gradients."""
 
 from __future__ import annotations
 
@@ -8,50 +9,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_oracle import oracle_with_grads, relative_error
 
 from kernels import linear_cross_entropy
 
 IGNORE = -100
-
-
-def float64_row_losses(hidden, items, targets, negatives_of_row, log_q, remove_hits):
-    """DESIGN section 3 written out row by row: explicit loops and an explicit max-shifted logsumexp.
-
-    negatives_of_row(i) -> list of item ids; log_q: None, a float64 tensor [C], or a float.
-    Returns a list of (row, loss) for the kept rows.
-    """
-    losses = []
-    for row in range(hidden.shape[0]):
-        target = int(targets[row])
-        if target == IGNORE:
-            continue
-        positive = torch.dot(hidden[row], items[target])
-        logits = [positive]
-        negatives = negatives_of_row(row)
-        for item in negatives:
-            if remove_hits and item == target:
-                continue
-            logit = torch.dot(hidden[row], items[item])
-            if log_q is not None:
-                item_log_q = log_q[item] if isinstance(log_q, torch.Tensor) else log_q
-                logit = logit - (math.log(len(negatives)) + item_log_q)
-            logits.append(logit)
-        stacked = torch.stack(logits)
-        top = stacked.max().detach()
-        losses.append((row, top + torch.log(torch.exp(stacked - top).sum()) - positive))
-    return losses
-
-
-def reduce_float64(row_losses, num_rows, reduction):
-    if reduction == "none":
-        out = torch.zeros(num_rows, dtype=torch.float64)
-        for row, loss in row_losses:
-            out = out + F.one_hot(torch.tensor(row), num_rows).to(torch.float64) * loss
-        return out
-    total = sum((loss for _, loss in row_losses), torch.zeros((), dtype=torch.float64))
-    if reduction == "sum":
-        return total
-    return total / max(len(row_losses), 1)
 
 
 def random_problem(generator, batch=3, seq_len=5, dim=7, num_items=23, num_ignored=3):
@@ -64,50 +26,41 @@ def random_problem(generator, batch=3, seq_len=5, dim=7, num_items=23, num_ignor
 
 
 def make_negatives(scheme, generator, targets, num_items, num_negatives):
-    """Negatives for a scheme, with accidental hits planted, and the row -> negatives map."""
+    """Negatives for a scheme, with accidental hits planted."""
     batch, seq_len = targets.shape
     kept_targets = targets[targets != IGNORE]
     if scheme == "shared":
         negatives = torch.randint(0, num_items, (num_negatives,), generator=generator)
         negatives[0] = kept_targets[0]
-        return negatives, lambda row: negatives.tolist()
+        return negatives
     if scheme == "sequence":
         negatives = torch.randint(0, num_items, (batch, num_negatives), generator=generator)
         for b in range(batch):
             row_targets = targets[b][targets[b] != IGNORE]
             negatives[b, 1] = row_targets[-1]
-        return negatives, lambda row: negatives[row // seq_len].tolist()
+        return negatives
     negatives = torch.randint(0, num_items, (batch, seq_len, num_negatives), generator=generator)
     negatives[..., 2] = targets.clamp(min=0)  # every row has one hit
     negatives[0, 0, 3] = targets[0, 0].clamp(min=0)  # and one row two
-    flat = negatives.reshape(batch * seq_len, num_negatives)
     if scheme == "position_flat":
-        return flat, lambda row: flat[row].tolist()
-    return negatives, lambda row: flat[row].tolist()
+        return negatives.reshape(batch * seq_len, num_negatives)
+    return negatives
 
 
-def run_both(hidden, items, targets, negatives, negatives_of_row, log_q, remove_hits, reduction):
-    """Loss and gradients of impl="torch" (float32) and of the float64 formula on the same values."""
+def run_both(hidden, items, targets, negatives, log_q, remove_hits, reduction):
+    """Loss and gradients of impl="torch" (float32) and of the float64 oracle on the same values."""
     hidden32 = hidden.clone().requires_grad_(True)
     items32 = items.clone().requires_grad_(True)
     loss = linear_cross_entropy(hidden32, items32, targets, negatives, log_q=log_q,
                                 remove_accidental_hits=remove_hits, ignore_index=IGNORE,
                                 reduction=reduction, impl="torch")
-    hidden64 = hidden.double().reshape(-1, hidden.shape[-1]).requires_grad_(True)
-    items64 = items.double().requires_grad_(True)
-    if isinstance(log_q, torch.Tensor):
-        log_q64 = log_q.double()
-    elif log_q == "uniform":
-        log_q64 = -math.log(items.shape[0])
-    else:
-        log_q64 = None
-    rows = float64_row_losses(hidden64, items64, targets.reshape(-1), negatives_of_row, log_q64, remove_hits)
-    expected = reduce_float64(rows, hidden64.shape[0], reduction)
     # A random upstream gradient so that per-row ("none") gradients are all checked.
-    upstream = torch.rand(expected.shape, dtype=torch.float64) + 0.5
-    (loss.double().reshape(expected.shape) * upstream).sum().backward()
-    (expected * upstream).sum().backward()
-    return loss, expected, (hidden32.grad, items32.grad), (hidden64.grad, items64.grad)
+    upstream = torch.rand(loss.shape, dtype=torch.float64) + 0.5
+    (loss.double() * upstream).sum().backward()
+    expected, *expected_grads = oracle_with_grads(
+        hidden, items, targets, negatives, upstream=upstream, remove_accidental_hits=remove_hits,
+        log_q=-math.log(items.shape[0]) if isinstance(log_q, str) else log_q, reduction=reduction)
+    return loss, expected, (hidden32.grad, items32.grad), expected_grads
 
 
 @pytest.mark.parametrize("scheme", ["shared", "sequence", "position", "position_flat"])
@@ -118,14 +71,14 @@ def test_sampled_schemes_match_float64_formula(scheme, log_q_kind, reduction, re
     generator = torch.Generator().manual_seed(hash((scheme, log_q_kind, reduction, remove_hits)) % 2**31)
     hidden, items, targets = random_problem(generator)
     num_items = items.shape[0]
-    negatives, negatives_of_row = make_negatives(scheme, generator, targets, num_items, num_negatives=6)
+    negatives = make_negatives(scheme, generator, targets, num_items, num_negatives=6)
     log_q = None
     if log_q_kind == "tensor":
         log_q = torch.log_softmax(torch.randn(num_items, generator=generator), dim=0)
     elif log_q_kind == "uniform":
         log_q = "uniform"
-    loss, expected, grads, expected_grads = run_both(hidden, items, targets, negatives, negatives_of_row,
-                                                     log_q, remove_hits, reduction)
+    loss, expected, grads, expected_grads = run_both(hidden, items, targets, negatives, log_q, remove_hits,
+                                                     reduction)
     assert loss.dtype == torch.float32
     assert loss.shape == (targets.shape if reduction == "none" else ())
     torch.testing.assert_close(loss.double().reshape(expected.shape), expected.detach(), rtol=1e-5, atol=1e-5)
@@ -138,7 +91,7 @@ def test_sampled_schemes_match_float64_formula(scheme, log_q_kind, reduction, re
 def test_accidental_hit_removal_changes_the_loss():
     generator = torch.Generator().manual_seed(1)
     hidden, items, targets = random_problem(generator, num_ignored=0)
-    negatives, _ = make_negatives("position", generator, targets, items.shape[0], num_negatives=4)
+    negatives = make_negatives("position", generator, targets, items.shape[0], num_negatives=4)
     removed = linear_cross_entropy(hidden, items, targets, negatives, impl="torch")
     kept = linear_cross_entropy(hidden, items, targets, negatives, remove_accidental_hits=False, impl="torch")
     assert kept > removed + 1e-3
@@ -224,22 +177,10 @@ def test_float32_item_gradient_accumulates_in_float32_when_rows_repeat(scheme):
     negatives = torch.randint(0, num_items, shape, generator=generator)
     items_bf16 = items.clone().requires_grad_(True)
     linear_cross_entropy(hidden, items_bf16, targets, negatives, impl="torch", reduction="sum").backward()
-    # The same loss on the bf16-rounded values in float64 (vectorised DESIGN section 3 formula).
-    items64 = items.to(torch.bfloat16).double().requires_grad_(True)
-    rows = batch * seq_len
-    flat_targets = targets.reshape(rows)
-    if scheme == "shared":
-        row_negatives = negatives.expand(rows, num_negatives)
-    elif scheme == "sequence":
-        row_negatives = negatives.repeat_interleave(seq_len, dim=0)
-    else:
-        row_negatives = negatives.reshape(rows, num_negatives)
-    hidden64 = hidden.double().reshape(rows, dim)
-    positive = (hidden64 * items64[flat_targets]).sum(-1)
-    negative = torch.einsum("nd,nkd->nk", hidden64, items64[row_negatives])
-    negative = negative.masked_fill(row_negatives == flat_targets[:, None], float("-inf"))
-    (torch.logaddexp(positive, torch.logsumexp(negative, -1)) - positive).sum().backward()
-    error = (items_bf16.grad.double() - items64.grad).norm() / items64.grad.norm()
+    # The same loss in float64 on the bf16-rounded items.
+    _, _, items_grad = oracle_with_grads(hidden, items, targets, negatives, items_as=torch.bfloat16,
+                                         reduction="sum")
+    error = relative_error(items_bf16.grad, items_grad)
     assert error < 4e-3, f"item gradient relative error {error:.2e}"
 
 

@@ -13,34 +13,13 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
+from loss_oracle import oracle_loss, oracle_with_grads, relative_error
 
 import kernels.triton_gather as triton_gather
 from kernels.draw import draw_negatives
 from kernels.triton_gather import GatherConfig, gather_linear_cross_entropy
 
 IGNORE = -100
-
-
-def reference_loss(hidden, items, targets, negatives, log_q, remove_hits, reduction):
-    """Float64 CE- of DESIGN section 3 with explicit logits; items are used in hidden's precision."""
-    used_items = items + (items.to(hidden.dtype).to(items.dtype) - items).detach()
-    h, e = hidden.double(), used_items.double()
-    kept = targets != IGNORE
-    safe_targets = torch.where(kept, targets, 0)
-    positive = (h * e[safe_targets]).sum(-1)
-    negative = torch.einsum("nd,nkd->nk", h, e[negatives])
-    if log_q is not None:
-        log_k = math.log(negatives.shape[1])
-        negative = negative - log_k - (log_q.double()[negatives] if torch.is_tensor(log_q) else log_q)
-    if remove_hits:
-        negative = negative.masked_fill(negatives == safe_targets[:, None], float("-inf"))
-    row_loss = torch.logsumexp(torch.cat([positive[:, None], negative], 1), 1) - positive
-    row_loss = torch.where(kept, row_loss, torch.zeros_like(row_loss))
-    if reduction == "none":
-        return row_loss
-    if reduction == "sum":
-        return row_loss.sum()
-    return row_loss.sum() / kept.sum().clamp(min=1)
 
 
 def make_case(num_rows, num_negatives, num_items, dim, hidden_dtype, items_dtype, *, scheme, seed,
@@ -80,10 +59,6 @@ def run_kernel(hidden, items, targets, negatives, log_q, *, scheme, seed, remove
         remove_accidental_hits=remove_hits, ignore_index=IGNORE, reduction=reduction, config=config)
 
 
-def relative_error(actual, expected):
-    return float((actual.double() - expected.double()).norm() / expected.double().norm().clamp(min=1e-30))
-
-
 def tolerance_for(dtype):
     return FP32_TOLERANCE if dtype == torch.float32 else HALF_TOLERANCE
 
@@ -95,22 +70,19 @@ def check_against_reference(hidden, items, targets, negatives, log_q, *, scheme,
     kernel_items = items.clone().requires_grad_()
     loss = run_kernel(kernel_hidden, kernel_items, targets, negatives, log_q, scheme=scheme, seed=seed,
                       remove_hits=remove_hits, reduction=reduction, config=config)
-    ref_hidden = hidden.double().requires_grad_()
-    ref_items = items.double().requires_grad_()
-    # The reference rounds items to hidden's precision the same way, on float64 leaves.
-    rounded_items = ref_items + (items.to(hidden.dtype).double() - ref_items).detach()
-    expected = reference_loss(ref_hidden, rounded_items, targets.long(), negatives.long(), log_q,
-                              remove_hits, reduction)
+    upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(seed + 1)) + 0.5
+    # The oracle rounds items to hidden's precision as the kernel does.
+    expected, expected_hidden_grad, expected_items_grad = oracle_with_grads(
+        hidden, items, targets, negatives, upstream=upstream, log_q=log_q, remove_accidental_hits=remove_hits,
+        ignore_index=IGNORE, reduction=reduction, items_as=hidden.dtype)
     assert loss.dtype == torch.float32
     assert loss.shape == expected.shape
     assert torch.isfinite(loss).all()
-    assert relative_error(loss.detach(), expected.detach()) < FP32_TOLERANCE
-    upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(seed + 1)) + 0.5
+    assert relative_error(loss.detach(), expected) < FP32_TOLERANCE
     (loss * upstream).sum().backward()
-    (expected * upstream.double()).sum().backward()
     assert kernel_hidden.grad.dtype == hidden.dtype and kernel_items.grad.dtype == items.dtype
-    assert relative_error(kernel_hidden.grad, ref_hidden.grad) < tolerance_for(hidden.dtype)
-    assert relative_error(kernel_items.grad, ref_items.grad) < tolerance_for(items.dtype)
+    assert relative_error(kernel_hidden.grad, expected_hidden_grad) < tolerance_for(hidden.dtype)
+    assert relative_error(kernel_items.grad, expected_items_grad) < tolerance_for(items.dtype)
     ignored = targets == IGNORE
     assert kernel_hidden.grad[ignored].abs().max() == 0
     return loss
@@ -265,16 +237,13 @@ def test_public_api_position_negatives_per_sequence_layout():
     loss = linear_cross_entropy(hidden, items, targets.reshape(4, 9), negatives.reshape(4, 9, 19),
                                 log_q=log_q, reduction="none", impl="triton")
     assert loss.shape == (4, 9)
-    ref_hidden = hidden.detach().double().requires_grad_()
-    ref_items = items.detach().double().requires_grad_()
-    rounded_items = ref_items + (items.detach().to(torch.bfloat16).double() - ref_items).detach()
-    expected = reference_loss(ref_hidden.reshape(36, 48), rounded_items, targets, negatives, log_q,
-                              True, "none")
-    assert relative_error(loss.detach().flatten(), expected.detach()) < FP32_TOLERANCE
+    expected, expected_hidden_grad, expected_items_grad = oracle_with_grads(
+        hidden, items, targets, negatives, log_q=log_q, ignore_index=IGNORE, reduction="none",
+        items_as=torch.bfloat16)
+    assert relative_error(loss.detach(), expected) < FP32_TOLERANCE
     loss.sum().backward()
-    expected.sum().backward()
-    assert relative_error(hidden.grad, ref_hidden.grad) < HALF_TOLERANCE
-    assert relative_error(items.grad, ref_items.grad) < FP32_TOLERANCE
+    assert relative_error(hidden.grad, expected_hidden_grad) < HALF_TOLERANCE
+    assert relative_error(items.grad, expected_items_grad) < FP32_TOLERANCE
 
 
 def test_public_api_drawn_negatives_with_uniform_log_q():
@@ -283,7 +252,7 @@ def test_public_api_drawn_negatives_with_uniform_log_q():
     hidden, items, targets, negatives, _ = make_case(33, 23, 40, 16, torch.float32, torch.float32,
                                                      scheme="drawn", seed=41, log_q_kind=None)
     loss = linear_cross_entropy(hidden, items, targets, 23, seed=41, log_q="uniform", impl="triton")
-    expected = reference_loss(hidden, items, targets, negatives, -math.log(40), True, "mean")
+    expected = oracle_loss(hidden, items, targets, negatives, log_q=-math.log(40), ignore_index=IGNORE)
     assert relative_error(loss, expected) < FP32_TOLERANCE
 
 

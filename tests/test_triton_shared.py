@@ -15,6 +15,7 @@ import math  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from loss_oracle import oracle_with_grads, relative_error  # noqa: E402
 
 import kernels.triton_shared as triton_shared  # noqa: E402
 from kernels.triton_shared import shared_linear_cross_entropy  # noqa: E402
@@ -35,39 +36,6 @@ def poison_kernel_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
         return torch.full(shape, poison, dtype=dtype, device=device)
 
     monkeypatch.setattr(triton_shared, "_empty", nan_filled)
-
-
-def reference_loss(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
-                   negatives: torch.Tensor | None, *, scheme: str, rows_per_sequence: int,
-                   log_q: torch.Tensor | float | None, remove_accidental_hits: bool,
-                   reduction: str) -> torch.Tensor:
-    """DESIGN section 3 written out with explicit float64 logits (differentiable)."""
-    kept = targets != IGNORE
-    safe_targets = torch.where(kept, targets, torch.zeros_like(targets)).long()
-    positive = (hidden * items[safe_targets]).sum(dim=1)
-    if scheme == "full":
-        lse = torch.logsumexp(hidden @ items.T, dim=1)
-    else:
-        assert negatives is not None
-        num_negatives = negatives.shape[-1]
-        if scheme == "shared":
-            row_negatives = negatives.long().expand(hidden.shape[0], num_negatives)
-        else:
-            row_negatives = negatives.long().repeat_interleave(rows_per_sequence, dim=0)
-        scores = torch.einsum("nd,nkd->nk", hidden, items[row_negatives])
-        if isinstance(log_q, torch.Tensor):
-            scores = scores - (math.log(num_negatives) + log_q.double()[row_negatives])
-        elif log_q is not None:
-            scores = scores - (math.log(num_negatives) + log_q)
-        if remove_accidental_hits:
-            scores = scores.masked_fill(row_negatives == safe_targets[:, None], float("-inf"))
-        lse = torch.logsumexp(torch.cat([positive[:, None], scores], dim=1), dim=1)
-    loss = torch.where(kept, lse - positive, torch.zeros_like(lse))
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    return loss.sum() / kept.sum().clamp(min=1)
 
 
 def make_case(scheme: str, *, num_rows: int, num_items: int, num_negatives: int, dim: int,
@@ -108,12 +76,10 @@ def run_both(case: dict, *, scheme: str, rows_per_sequence: int = 1,
                                        **kwargs)
     upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(seed)) + 0.5
     (loss * upstream).sum().backward()
-
-    hidden64 = case["hidden"].double().requires_grad_(True)
-    items64 = case["items"].double().requires_grad_(True)
-    ref = reference_loss(hidden64, items64, case["targets"], case["negatives"], **kwargs)
-    (ref * upstream.double()).sum().backward()
-    return (loss, hidden.grad, items.grad), (ref.detach(), hidden64.grad, items64.grad)
+    reference = oracle_with_grads(case["hidden"], case["items"], case["targets"], case["negatives"],
+                                  upstream=upstream, log_q=log_q, ignore_index=IGNORE, reduction=reduction,
+                                  remove_accidental_hits=remove_accidental_hits)
+    return (loss, hidden.grad, items.grad), reference
 
 
 def fused_configs() -> triton_shared.KernelConfigs:
@@ -124,7 +90,7 @@ def fused_configs() -> triton_shared.KernelConfigs:
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, what: str) -> None:
     assert actual.dtype != torch.float64
     assert torch.isfinite(actual).all(), f"{what}: non-finite values (unwritten or NaN)"
-    error = (actual.double() - expected).norm() / expected.norm().clamp(min=1e-30)
+    error = relative_error(actual, expected)
     assert error < tolerance, f"{what}: relative error {error:.2e} >= {tolerance:.0e}"
 
 
@@ -268,12 +234,9 @@ def test_strided_items_view_and_int32_indices() -> None:
     assert weight.grad is not None and hidden.grad is not None
     assert (weight.grad[0] == 0).all()
     kernel = (loss, hidden.grad, weight.grad[1:])
-    hidden64 = case["hidden"].double().requires_grad_(True)
-    items64 = case["items"].double().requires_grad_(True)
-    ref = reference_loss(hidden64, items64, case["targets"], case["negatives"], scheme="sequence",
-                         rows_per_sequence=17, log_q=None, remove_accidental_hits=True, reduction="sum")
-    ref.backward()
-    assert_matches(kernel, (ref.detach(), hidden64.grad, items64.grad), TOLERANCE[torch.float32])
+    reference = oracle_with_grads(case["hidden"], case["items"], case["targets"], case["negatives"],
+                                  ignore_index=IGNORE, reduction="sum")
+    assert_matches(kernel, reference, TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
@@ -348,15 +311,12 @@ def test_public_api_dispatches_to_these_kernels(scheme: str) -> None:
     upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(2)) + 0.5
     (loss * upstream).sum().backward()
 
-    hidden64 = case["hidden"].double().requires_grad_(True)
-    items64 = case["items"].double().requires_grad_(True)
-    ref = reference_loss(hidden64, items64, case["targets"], case["negatives"], scheme=scheme,
-                         rows_per_sequence=length, log_q=None if log_q is None else -math.log(num_items),
-                         remove_accidental_hits=True, reduction="none")
-    (ref * upstream.double().reshape(-1)).sum().backward()
+    reference = oracle_with_grads(case["hidden"], case["items"], case["targets"], case["negatives"],
+                                  upstream=upstream, log_q=None if log_q is None else -math.log(num_items),
+                                  ignore_index=IGNORE, reduction="none")
     assert hidden.grad is not None
     kernel = (loss.reshape(-1), hidden.grad.reshape(-1, dim), items.grad)
-    assert_matches(kernel, (ref.detach(), hidden64.grad, items64.grad), TOLERANCE[torch.float32])
+    assert_matches(kernel, reference, TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize("scheme", ["full", "shared", FUSED, "sequence"])

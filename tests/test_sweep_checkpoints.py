@@ -19,7 +19,7 @@ import psutil
 import torch
 from checkpoint_faults import KILL_AFTER_EPOCH
 from sweep_faults import wait_for_ray_gone
-from test_sweep import local_ray, sweep_args, write_spec  # noqa: F401  (local_ray: a fixture)
+from test_sweep import sweep_args, write_spec
 
 from study import cli, sweep
 from study.checkpoint_store import CheckpointStore

@@ -939,8 +939,7 @@ def make_recording_callback(writer: db_spool.SpoolingWriter, settings: TrialSett
             attempts = getattr(trial, "num_failures", None)
             message = describe_worker_death(_trial_error_text(trial), _session_dir(trial))
             if attempts:  # Tune restarted the trial up to [checkpoint] max_retries times
-                first, newline, rest = message.partition("\n")
-                message = f"{first} ({attempts} attempt(s)){newline}{rest}"
+                message = f"{attempts} attempt(s), the last: {message}"
             self.finish(trial, message)
 
         def finish(self, trial: Any, error: str) -> None:

@@ -388,7 +388,8 @@ def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_pat
     # Ray's processes outlive a killed driver by 15-30 s; these are this test's own, so end them.
     wait_for_ray_gone(first_ray, timeout=60, kill_after=3)
 
-    left_behind = list(scratch.glob("cce-study-slow-*"))
+    runs = tmp_path / "checkpoints" / "slow"  # Tune's run folders live in the sweep's storage
+    left_behind = list(runs.glob("run-*"))
     assert left_behind, "the killed driver's run folder should still be there"
     refused = subprocess.run(command, cwd=REPO_ROOT, env={**env, "RAY_TMPDIR": first_ray},
                              capture_output=True, text=True, timeout=120)
@@ -416,7 +417,8 @@ def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_pat
     assert {int(s) for s in runs_after_kill} | seeds_recorded_before == {0, 1, 2, 3}
     assert f"{len(recorded)} already recorded" in resumed.stderr
     assert not any(folder.exists() for folder in left_behind), "the resumed sweep removed the dead run folder"
-    assert not list(scratch.glob("cce-study-slow-*"))  # and its own
+    assert not list(runs.glob("run-*"))  # and its own
+    assert not list(scratch.glob("cce-study-*"))  # nothing in the temp folder either
     wait_for_ray_gone(cluster_ray, timeout=30)
 
 

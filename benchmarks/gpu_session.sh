@@ -64,7 +64,7 @@ case "$part" in
   final)
     # Issue 4's validation, then issue 3's benchmark, in one call under one deadline (FINAL_SECONDS
     # after the start) so the archive below is always written: all 33 memory configurations, five
-    # processes at a time, then the loss at the DESIGN sizes, most needed first (per-position cases
+    # processes at a time, then the loss at the design sizes, most needed first (per-position cases
     # without torch.compile, which no target needs). A step cut off by the deadline keeps what it wrote.
     deadline=$(( $(date +%s) + ${FINAL_SECONDS:-555} ))
     left() { local n=$(( deadline - $(date +%s) )); echo $(( n < $1 ? (n > 1 ? n : 1) : $1 )); }
@@ -88,9 +88,9 @@ case "$part" in
     timeout 290 python3 benchmarks/dev_speed.py --out "$work" 2>&1 | tee "$work/dev_speed.log"
     ;;
   loss)
-    # Issue 13: every DESIGN case, public call and bare kernel next to eager, compile, the published CCE-
-    # kernel (carried in .cache/published-cce) and cut-cross-entropy (its wheel in .gpu-wheels), plus the
-    # setup section on the shared K=4096 d=64 case (one call, under 8 min).
+    # Issue 13: every case of docs/design.md#numbers-to-beat, public call and bare kernel next to eager,
+    # compile, the published CCE- kernel (carried in .cache/published-cce) and cut-cross-entropy (its
+    # wheel in .gpu-wheels), plus the setup section on the shared K=4096 d=64 case (one call, under 8 min).
     timeout 470 python3 -m study.bench_loss --preset design --sections setup,loss --warmup-ms 50 --rep-ms 300 \
       --deadline-seconds 420 --published-cce .cache/published-cce --out "$work" 2>&1 | tee "$work/bench.log"
     ;;

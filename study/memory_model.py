@@ -81,8 +81,9 @@ TORCH_GATHER_REREQUEST_FACTOR = 1.62
 # masked_fill_'s backward on the reshaped view (CopySlices) makes three float32 copies (17 B). On the
 # H200, trained with autocast, CE- peaked at 16.7-16.8 B per logit (1m-batch-torch-k16384,
 # 100k-batch-torch-k8192-b512). Full CE: bf16 logits, their float32 copy and the log-softmax (10 B);
-# backward the saved log-softmax and two float32 gradients (12 B, which DESIGN section 4 also
-# measures). BCE / gBCE: logits, negated logits and logsigmoid (12 B both ways).
+# backward the saved log-softmax and two float32 gradients (12 B, which the founding measurements of
+# docs/design.md#numbers-to-beat match). BCE / gBCE: logits, negated logits and logsigmoid (12 B both
+# ways).
 TORCH_SAMPLED_FORWARD_BYTES_PER_LOGIT = 9
 TORCH_SAMPLED_BACKWARD_BYTES_PER_LOGIT = 17
 TORCH_FULL_FORWARD_BYTES_PER_LOGIT = 10
@@ -151,8 +152,8 @@ class TrialShape:
     dropout: bool
     popularity: bool
     weight_decay: bool
-    # The item table's dtype size: float32 parameters in training. The loss benchmarks of DESIGN
-    # section 4 hand the loss bf16 tables (2), which no cast then copies.
+    # The item table's dtype size: float32 parameters in training. The loss benchmarks of
+    # docs/design.md#numbers-to-beat hand the loss bf16 tables (2), which no cast then copies.
     item_bytes: int = 4
 
     @property

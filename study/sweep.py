@@ -1084,7 +1084,8 @@ def worker_environment() -> dict[str, str]:
 
 
 def configure_ray_environment(*, local: bool) -> None:
-    """Settings that must be in place before Ray starts (see DESIGN section 8)."""
+    """Settings that must be in place before Ray starts
+    (docs/design.md#pitfalls-seen-with-ray-optuna-and-nvml)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the database is the record
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: KeyboardInterrupt, then shutdown

@@ -1,6 +1,7 @@
 """The analytic memory model: structure (parts sum to total), monotonicity in every axis, and its
 terms checked against real tensors: SASRec's parameter count, the activations autograd saves
-(saved-tensor hooks on CPU), and DESIGN section 4's measured peaks of the PyTorch losses."""
+(saved-tensor hooks on CPU), and the measured peaks of the PyTorch losses
+(docs/design.md#numbers-to-beat)."""
 
 from __future__ import annotations
 
@@ -211,8 +212,8 @@ def design_loss_shape(*, rows_per_sequence: int, batch: int, hidden: int, negati
 def test_pytorch_loss_terms_match_design_measurements(
     scope: str, batch: int, length: int, hidden: int, negatives: int, num_items: int, measured_gib: float
 ) -> None:
-    """DESIGN section 4 (one H200, bf16, fwd+bwd of the loss alone): peak extra memory of the PyTorch
-    losses. The model's loss backward working set plus its index tensor should land within 12%."""
+    """docs/design.md#numbers-to-beat (one H200, bf16, fwd+bwd of the loss alone): peak extra memory of
+    the PyTorch losses. The model's loss backward working set plus its index tensor should land within 12%."""
     shape = design_loss_shape(rows_per_sequence=length, batch=batch, hidden=hidden, negatives=negatives,
                               scope=scope, num_items=num_items)
     modelled = memory_model.loss_backward_bytes(shape) + memory_model.negative_index_bytes(shape)

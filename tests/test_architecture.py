@@ -1,0 +1,90 @@
+"""ARCHITECTURE.md names every module and every top-level folder; no code cites the design note outside the
+repository (docs/design.md replaces it)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHITECTURE = ROOT / "ARCHITECTURE.md"
+# Folders whose modules must each appear in ARCHITECTURE.md by their path (`study/data/splits.py`).
+MODULE_FOLDERS = ("kernels", "models", "study", "benchmarks", "tools")
+MODULE_SUFFIXES = (".py", ".sh")
+# Never part of the repository, whatever a checkout holds (build outputs, caches, virtual environments).
+LOCAL_FOLDERS = re.compile(r"^(\.|_)|\.egg-info$|^(build|dist)$")
+
+
+def tracked_files() -> list[str] | None:
+    """The repository's files (relative paths; tracked, or new and not ignored); None outside git."""
+    try:
+        listing = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                 cwd=ROOT, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return [name for name in listing.stdout.decode().split("\0") if name]
+
+
+def repository_modules(files: list[str] | None) -> list[str]:
+    if files is None:
+        files = [str(path.relative_to(ROOT)) for folder in MODULE_FOLDERS
+                 for path in (ROOT / folder).rglob("*") if path.is_file()]
+    return sorted(
+        name for name in files
+        if name.split("/")[0] in MODULE_FOLDERS and name.endswith(MODULE_SUFFIXES)
+        and Path(name).name != "__init__.py" and "__pycache__" not in name
+    )
+
+
+def top_level_folders(files: list[str] | None) -> list[str]:
+    if files is None:
+        names = {path.name for path in ROOT.iterdir() if path.is_dir()}
+    else:
+        names = {name.split("/")[0] for name in files if "/" in name}
+    return sorted(name for name in names if not LOCAL_FOLDERS.search(name))
+
+
+def missing_from_architecture(text: str, files: list[str] | None) -> list[str]:
+    missing = [module for module in repository_modules(files) if f"`{module}`" not in text]
+    missing += [f"{folder}/" for folder in top_level_folders(files) if f"`{folder}/`" not in text]
+    return missing
+
+
+def test_architecture_names_every_module_and_top_level_folder() -> None:
+    files = tracked_files()
+    assert len(repository_modules(files)) > 50, "the module listing found too few modules to be right"
+    missing = missing_from_architecture(ARCHITECTURE.read_text(), files)
+    assert not missing, f"ARCHITECTURE.md does not name: {', '.join(missing)}"
+
+
+def test_the_check_reports_a_module_or_folder_left_out() -> None:
+    files = tracked_files()
+    text = ARCHITECTURE.read_text()
+    assert missing_from_architecture(text.replace("`study/data/splits.py`", "splits"), files) == [
+        "study/data/splits.py"]
+    assert missing_from_architecture(text.replace("`notes/`", "notes"), files) == ["notes/"]
+
+
+def test_the_flow_is_drawn_once() -> None:
+    text = ARCHITECTURE.read_text()
+    stages = ("dataset", "batches", "model", "loss", "trainer", "TrialRecord", "database", "analysis")
+    drawings = re.findall(r"^```\n(.*?)^```", text, flags=re.S | re.M)
+    flows = [block for block in drawings
+             if all(re.search(rf"^{stage}\b", block, flags=re.M) for stage in stages)]
+    assert len(flows) == 1, "ARCHITECTURE.md should draw the flow dataset -> ... -> analysis exactly once"
+    order = [re.search(rf"^{stage}\b", flows[0], flags=re.M).start() for stage in stages]  # type: ignore[union-attr]
+    assert order == sorted(order), "the flow's stages are out of order"
+
+
+@pytest.mark.parametrize("pattern", [r"DESIGN section \d", r"shared/DESIGN\.md"])
+def test_no_code_cites_the_design_note_outside_the_repository(pattern: str) -> None:
+    files = tracked_files()
+    if files is None:
+        pytest.skip("not a git checkout")
+    texts = [name for name in files if name.endswith((".py", ".sh", ".toml"))
+             or name in ("README.md", "ARCHITECTURE.md", "BENCHMARKS.md")]
+    citing = [name for name in texts if re.search(pattern, (ROOT / name).read_text(errors="replace"))]
+    assert not citing, f"cite docs/design.md instead of the design note outside the repository: {citing}"

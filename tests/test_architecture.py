@@ -88,3 +88,37 @@ def test_no_code_cites_the_design_note_outside_the_repository(pattern: str) -> N
              or name in ("README.md", "ARCHITECTURE.md", "BENCHMARKS.md")]
     citing = [name for name in texts if re.search(pattern, (ROOT / name).read_text(errors="replace"))]
     assert not citing, f"cite docs/design.md instead of the design note outside the repository: {citing}"
+
+
+# Pages whose cited repository paths must exist (notes and the results index cite raw-output folders).
+PAGES_WITH_PATHS = ("ARCHITECTURE.md", "docs/design.md", "results/README.md", "notes/kernel-shared.md",
+                    "notes/kernel-gather.md")
+
+
+def cited_paths(text: str, folders: list[str]) -> list[str]:
+    """Repository paths the text names (`results/h200-2026-11-26b/run6-sort-d8bc2d9/`, in backticks or not;
+    globs allowed). A placeholder (`results/<name>/`) is cut at the placeholder."""
+    folder_names = "|".join(re.escape(folder) for folder in folders)
+    pattern = re.compile(rf"(?<![\w/.-])((?:{folder_names})/[\w./*-]*)")
+    return [match.group(1).rstrip(".").rstrip("/") for match in pattern.finditer(text)]
+
+
+def git_ignores(path: str) -> bool:
+    """Whether .gitignore covers the path, as a file or as a folder."""
+    return any(subprocess.run(["git", "check-ignore", "-q", name], cwd=ROOT).returncode == 0
+               for name in (path, path + "/"))
+
+
+def test_paths_cited_by_the_docs_and_notes_exist() -> None:
+    files = tracked_files()
+    if files is None:
+        pytest.skip("not a git checkout (git decides which cited paths are local outputs)")
+    missing = []
+    for page in PAGES_WITH_PATHS:
+        here = (ROOT / page).parent  # a Markdown link is relative to its page
+        for path in cited_paths((ROOT / page).read_text(), top_level_folders(files)):
+            if list(ROOT.glob(path)) or list(here.glob(path)):
+                continue
+            if not git_ignores(path):  # local outputs (results/demo/, ...) exist where a command wrote them
+                missing.append(f"{page}: {path}")
+    assert not missing, "cited paths that do not exist: " + "; ".join(missing)

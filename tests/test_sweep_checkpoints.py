@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import torch
 from checkpoint_faults import KILL_AFTER_EPOCH
 from sweep_faults import wait_for_ray_gone
@@ -31,6 +32,8 @@ from study.export import load_model
 from study.record import TrialRecord
 from study.sweep_spec import load_spec
 from study.train import run_trial
+
+pytestmark = pytest.mark.slow  # every test here starts Ray
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,6 +8,7 @@
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh training     (~5 min: issues 3, 4, 5)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh checkpoint   (~3 min: issue 15)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh memory       (~7 min on one card: issue 11)
+#   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh cuda         (the `pytest -m cuda` tests)
 # Issue 13 (three calls): speed (~4 min), loss (< 8 min), eval (< 10 min). loss also needs
 #   .cache/published-cce (the published CCE- kernel: .cache/published-cce/SOURCE.md says how to lay it out)
 # and eval needs .cache/eval-before (the tree before the evaluation change) and gowalla in .gpu-data:
@@ -16,7 +17,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|cuda}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 # The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
@@ -116,7 +117,18 @@ case "$part" in
     timeout 540 python3 benchmarks/memory_validation.py --set catalogue --gpus "$cards" \
       --deadline "${MEMORY_DEADLINE:-480}" --out "$work/memory-catalogue" 2>&1 | tee "$work/memory-catalogue.log"
     ;;
-  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint or memory)" >&2
+  cuda)
+    # The suite's own GPU tests (`pytest -m cuda`: tests/test_cuda_kernels.py, every kernel path compiled for
+    # this card against the float64 loss). pytest is pure Python: carry its wheels if the host lacks it
+    # (pip download --no-deps -d .gpu-wheels pytest pluggy iniconfig).
+    if ! python3 -c 'import pytest' 2>/dev/null; then
+      echo "pytest is not installed on this host: carry its wheels in .gpu-wheels" >&2
+      exit 2
+    fi
+    timeout 540 python3 -m pytest -m cuda -q -rs --durations=20 -p no:cacheprovider tests/test_cuda_kernels.py \
+      --junitxml "$work/cuda-tests.xml" 2>&1 | tee "$work/cuda-tests.log"
+    ;;
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory or cuda)" >&2
      exit 2 ;;
 esac
 mkdir -p "$out"

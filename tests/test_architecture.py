@@ -122,3 +122,22 @@ def test_paths_cited_by_the_docs_and_notes_exist() -> None:
             if not git_ignores(path):  # local outputs (results/demo/, ...) exist where a command wrote them
                 missing.append(f"{page}: {path}")
     assert not missing, "cited paths that do not exist: " + "; ".join(missing)
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", markdown, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", heading).strip().lower().replace(" ", "-") for heading in headings}
+
+
+def test_citations_of_the_design_page_name_its_sections() -> None:
+    files = tracked_files()
+    if files is None:
+        pytest.skip("not a git checkout")
+    anchors = heading_anchors((ROOT / "docs" / "design.md").read_text())
+    assert {"the-loss", "numbers-to-beat", "public-kernel-api"} <= anchors
+    cited = {(name, anchor) for name in files if name.endswith((".py", ".sh", ".md"))
+             for anchor in re.findall(r"design\.md#([\w-]+)", (ROOT / name).read_text(errors="replace"))}
+    assert cited, "nothing cites docs/design.md by section"
+    broken = sorted(f"{name}: #{anchor}" for name, anchor in cited if anchor not in anchors)
+    assert not broken, f"citations of docs/design.md sections that do not exist: {broken}"

@@ -442,6 +442,41 @@ def test_catalogue_set_is_what_issue_11_asks() -> None:
     assert all(c.device == "cuda" and c.precision == "auto" for c in configs)  # bf16 autocast
 
 
+def test_validation_cards_count_within_the_inherited_visible_devices() -> None:
+    """--gpus 0 in a process given card 3 (CUDA_VISIBLE_DEVICES=3) is card 3 for the trials, not the host's
+    card 0: the run of 2026-11-28 measured on another benchmark's card that way."""
+    physical_cards = validation_module().physical_cards
+    assert physical_cards(["0", "1"], "3,2") == ["3", "2"]
+    assert physical_cards(["0"], None) == ["0"] and physical_cards(["0"], "") == ["0"]
+    assert physical_cards(["GPU-5e1f"], "1") == ["GPU-5e1f"]
+    assert physical_cards(["1"], "GPU-a,GPU-b") == ["GPU-b"]
+    with pytest.raises(ValueError, match="sees 1 card"):
+        physical_cards(["1"], "3")
+
+
+def test_validation_leaves_out_trials_whose_allocator_retried() -> None:
+    """A trial whose caching allocator gave memory back to retry a failed cudaMalloc (a full card) is a row
+    with alloc_retries > 0, listed in the summary and left out of the criterion."""
+    module = validation_module()
+    case = {"name": "a", "config": {"loss": "ce", "loss_impl": "triton", "batch_size": 8, "max_len": 10}}
+
+    def result(measured: int, retries: int) -> dict[str, Any]:
+        memory = {"torch_max_allocated": measured // 2, "torch_max_reserved": measured - 100,
+                  "nvml_process_peak": measured, "gpu_name": "card"}
+        return {"record": {"status": "ok", "memory": memory, "num_items": 10, "num_users": 5},
+                "allocator": {"num_alloc_retries": retries, "num_ooms": 0},
+                "prediction": {"total_bytes": 1000, "torch_max_allocated": 400, "torch_max_reserved": 900,
+                               "peak_phase": "forward"}}
+
+    good = module.row_from_result(case, result(1000, 0))
+    retried = module.row_from_result({**case, "name": "b"}, result(500, 3))
+    assert (good["alloc_retries"], retried["alloc_retries"]) == (0, 3)
+    summary = module.summarise([good, retried])
+    assert summary["retried"] == ["b"] and summary["compared"] == 1 and summary["criterion_met"]
+    legacy = module.row_from_result(case, {k: v for k, v in result(1000, 0).items() if k != "allocator"})
+    assert legacy["alloc_retries"] is None
+
+
 def load_benchmark(name: str) -> Any:
     path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)

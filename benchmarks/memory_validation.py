@@ -1,6 +1,6 @@
 """Validate the analytic memory model (study/memory_model.py) against measured GPU memory.
 
-    python3 benchmarks/memory_validation.py --out DIR [--set base|catalogue] [--gpus 0,1] [--jobs N]
+    python3 benchmarks/memory_validation.py --out DIR [--set base|catalogue|catalogue2] [--gpus 0,1] [--jobs N]
         [--deadline S] [--timeout S] [--only NAME,...]
     python3 benchmarks/memory_validation.py --set catalogue --predict-only CSV   (no GPU; commit it first)
     python3 benchmarks/memory_validation.py --set catalogue --list                (cases, time estimates)
@@ -15,6 +15,8 @@ exit and each trial must start from an empty allocator:
   full CE where it fits one 139 GiB card), K up to 4096, batch up to 1024, length up to 512, d 64 to
   256, bf16 autocast; plus the two points issue 11 cites (in the model's sample: they were measured
   before the model was fixed).
+- `catalogue2`: 36 more at those sizes on new logs (2,100 users), none of them a configuration of
+  `catalogue`: out of the sample of the model fixed after `catalogue` was measured.
 
 Each catalogue is generated once per run (`--data-cache`, a pickled `Interactions`) and the trials
 of the catalogue set evaluate at most `eval_users` users of each evaluation set: what evaluation
@@ -766,7 +768,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--set", choices=sorted(SETS), default="base",
-                        help="which configurations: base (issue 4's 33) or catalogue (issue 11's)")
+                        help="which configurations: base (issue 4's 33), catalogue (issue 11's 41) or "
+                             "catalogue2 (36 more, out of the fixed model's sample)")
     parser.add_argument("--quick", action="store_true", help=f"only {len(QUICK)} representative base cases")
     parser.add_argument("--only", help="comma list of configuration names to run")
     parser.add_argument("--gpus", default="0",

@@ -442,6 +442,33 @@ def test_catalogue_set_is_what_issue_11_asks() -> None:
     assert all(c.device == "cuda" and c.precision == "auto" for c in configs)  # bf16 autocast
 
 
+def test_catalogue2_set_is_new_and_varies_like_the_first() -> None:
+    """The out-of-sample set: at least 30 configurations at 10^5, 10^6 and 10^7 items, none of them (as
+    settings, whatever its dataset) a configuration of the catalogue set; fused and PyTorch in every scope
+    and full CE; K up to 4096, batch up to 1024, length up to 512, d 64, 128 and 256; bf16 autocast."""
+    module = validation_module()
+    cases = module.SETS["catalogue2"]
+    assert len(cases) >= 30 and len({case["name"] for case in cases}) == len(cases)
+    assert not {case["name"] for case in cases} & {case["name"] for case in module.CATALOGUE_CASES}
+
+    def settings(case: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(sorted((k, v) for k, v in case["config"].items() if k != "dataset"))
+
+    assert not {settings(case) for case in cases} & {settings(case) for case in module.CATALOGUE_CASES}
+    configs = [TrainConfig.from_dict(case["config"]) for case in cases]
+    sizes = {case["catalogue"]: case["config"]["dataset"] for case in cases}
+    assert sorted(sizes) == ["c2-100k", "c2-10m", "c2-1m"]
+    assert all(f"items={items}," in sizes[name]
+               for name, items in (("c2-100k", 100000), ("c2-1m", 1000000), ("c2-10m", 10000000)))
+    for impl in ("triton", "torch"):
+        scopes = {c.negative_scope if c.loss == "ce-neg" else "full" for c in configs if c.loss_impl == impl}
+        assert scopes == {"batch", "sequence", "position", "drawn", "full"}, impl
+    assert max(c.num_negatives for c in configs if c.loss == "ce-neg") == 4096
+    assert max(c.batch_size for c in configs) == 1024 and max(c.max_len for c in configs) == 512
+    assert {c.hidden for c in configs} == {64, 128, 256}
+    assert all(c.device == "cuda" and c.precision == "auto" for c in configs)
+
+
 def test_validation_cards_count_within_the_inherited_visible_devices() -> None:
     """--gpus 0 in a process given card 3 (CUDA_VISIBLE_DEVICES=3) is card 3 for the trials, not the host's
     card 0: the run of 2026-11-28 measured on another benchmark's card that way."""

@@ -398,7 +398,7 @@ def test_catalogue_measurements_in_sample() -> None:
 
 
 # --set catalogue2: predicted by the fixed model and committed before any GPU measured it.
-CATALOGUE2_MODEL_COMMIT = None  # set in the commit that adds predictions-<commit>.csv
+CATALOGUE2_MODEL_COMMIT: str | None = "1ee330c"  # predictions-1ee330c.csv, committed before measuring
 
 
 def test_catalogue2_meets_the_criterion_out_of_sample() -> None:

@@ -113,13 +113,15 @@ TORCH_BINARY_BYTES_PER_LOGIT = 12
 # PyTorch full CE's cache excess. Its bf16 logits [N, C] are freed once copied to float32, and no later
 # request of the step has their size (the float32 ones are twice it): their segment stays beyond the
 # allocated peak, half a float32 [N, C] buffer. Measured on the H200: 0.59 (100k-full-torch-b32), 0.52
-# (c100k-full-torch-b128), 0.48 (c1m-full-torch-b16) float32 buffers; replayed at 10^6 items with small
-# tables, exactly 0.5. The model charged 1.1 (the step's largest buffer rule), over-predicting the last
-# two by 16-18%. If the table-sized buffers that the first step makes after its logits are freed (the
-# item gradient, Adam's two states and its temporary: four tables at once) do not fit in that bf16
-# segment, they split the float32 logits' segments, and the next step needs one more float32 [N, C]
-# segment (replayed at 1.2 * 10^6 items, N = 400, d = 64: 1.4 float32 buffers; c10m-full-torch-b4-l100-d64
-# measured 1.2).
+# (c100k-full-torch-b128), 0.48 (c1m-full-torch-b16) float32 buffers; in a replay at 10^6 items with small
+# tables, the only logits-sized segment beyond the allocated peak. The model charged 1.1 (the step's largest
+# buffer rule), over-predicting the last two by 16-18%. If what the first step allocates after its logits
+# are freed (its encoder's gradients, then the item gradient, Adam's two states and its temporary: four
+# tables at once) does not fit in that smallest logits segment, it splits the float32 ones, and the next
+# step needs one more float32 [N, C] segment: replayed at 1.2 * 10^6 items (N = 400, d = 64), 1.4 float32
+# buffers; measured 1.2 in c10m-full-torch-b4-l100-d64 (9.1 GiB of tables against a 7.1 GiB segment) and
+# 1.48 in 2k-full-torch-b256 (0.2 GiB of encoder activations against a 0.19 GiB segment). In float32 the
+# product's output is the float32 logits, which a gradient reuses: no bf16 segment.
 TORCH_FULL_LOGITS_SEGMENT_BYTES_PER_LOGIT = BFLOAT16
 TABLES_AT_ADAM_STEP = 4
 # The fused per-position backward sorts each row of tensor negatives when d <= SORT_MAX_DIM, torch.sort
@@ -559,9 +561,9 @@ def largest_step_buffer_bytes(shape: TrialShape) -> int:
 
 
 def full_ce_logits_excess_bytes(shape: TrialShape) -> int:
-    """PyTorch full CE: the bf16 logits' segment, and one more float32 [N, C] segment when the four
-    table-sized buffers of Adam's first step do not fit in it (see TORCH_FULL_LOGITS_SEGMENT_BYTES_PER_LOGIT);
-    0 for other losses."""
+    """PyTorch full CE: the bf16 logits' segment, and one more float32 [N, C] segment when what the first
+    step allocates after its logits are freed (encoder gradients, four table-sized buffers) does not fit
+    in it (see TORCH_FULL_LOGITS_SEGMENT_BYTES_PER_LOGIT); 0 for other losses."""
     if shape.impl != "torch" or shape.scope != "full":
         return 0
     logits = shape.rows * shape.num_items

@@ -1,7 +1,7 @@
 """Validate the analytic memory model (study/memory_model.py) against measured GPU memory.
 
-    python3 benchmarks/memory_validation.py --out DIR [--set base|catalogue|catalogue2] [--gpus 0,1] [--jobs N]
-        [--deadline S] [--timeout S] [--only NAME,...]
+    python3 benchmarks/memory_validation.py --out DIR [--set base|catalogue|catalogue2] [--gpus 0,1]
+        [--jobs N] [--deadline S] [--timeout S] [--only NAME,...]
     python3 benchmarks/memory_validation.py --set catalogue --predict-only CSV   (no GPU; commit it first)
     python3 benchmarks/memory_validation.py --set catalogue --list                (cases, time estimates)
 
@@ -311,7 +311,8 @@ def format_summary(summary: dict[str, Any], env: dict[str, Any]) -> str:
     if summary.get("retried"):
         lines.append(f"left out (the allocator retried after a failed cudaMalloc: the card was full): "
                      f"{', '.join(summary['retried'])}")
-    for card, used in (env.get("memory_used_by_others") or {}).items():
+    used_by_others = env.get("memory_used_by_others")
+    for card, used in (used_by_others.items() if isinstance(used_by_others, dict) else ()):
         if used > GiB:
             lines.append(f"warning: card {card} had {used / GiB:.1f} GiB in use by other processes "
                          "at the start")
@@ -650,12 +651,17 @@ def environment(cards: list[Card]) -> dict[str, Any]:
         env["gpus"] = [f"{card.name}: {pynvml.nvmlDeviceGetName(card.nvml_handle)} "
                        f"({int(pynvml.nvmlDeviceGetMemoryInfo(card.nvml_handle).total)} bytes)"
                        for card in cards]
+    except Exception as exc:
+        env["gpus"] = f"unknown ({exc})"
+    try:  # before any trial starts: whatever runs on the cards is another process's
+        import pynvml
+
         env["memory_used_by_others"] = {
             card.name: sum(int(process.usedGpuMemory or 0)
                            for process in pynvml.nvmlDeviceGetComputeRunningProcesses(card.nvml_handle))
             for card in cards}
     except Exception as exc:
-        env["gpus"] = f"unknown ({exc})"
+        env["memory_used_by_others"] = f"unknown ({exc})"
     result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                             check=False)
     env["git_commit"] = result.stdout.strip() or None

@@ -20,12 +20,16 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 demo: $(STAMP)
 	$(BIN)/cce-study sweep sweeps/demo.toml --resume
 	$(BIN)/cce-study pareto --db results/demo/results.sqlite --out results/demo/figures --budgets 1.2GiB
+	@echo
+	@echo "To run the README's commands in this shell:"
+	@echo "  source $(VENV)/bin/activate"
+	@$(if $(CCE_STUDY_DATA_PATH),echo "  export CCE_STUDY_DATA_PATH=$(CCE_STUDY_DATA_PATH)",true)
 
 lint: $(STAMP)
-	$(BIN)/ruff check kernels models study tests
+	$(BIN)/ruff check kernels models study tests tools
 
 typecheck: $(STAMP)
-	$(BIN)/mypy kernels models study
+	$(BIN)/mypy kernels models study tools
 
 pytest: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q

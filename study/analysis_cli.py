@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from study.analysis import GIB, MEMORY_FIELDS
 from study.cli import UserError
 
 DEFAULT_BUDGETS_TEXT = "8GiB,16GiB,40GiB"
+# Where `pareto` and `report` write without --out: folders next to the database.
+FIGURES_DIR = "figures"
+REPORT_DIR = "report"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +32,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                         help="validation metric to maximise, NAME@K (default ndcg@10)")
     parser.add_argument("--memory-field", default="peak_bytes", choices=MEMORY_FIELDS,
                         help="measured memory to minimise (default peak_bytes: NVML process memory)")
+    parser.add_argument("--spec-version", default="latest", metavar="latest|all|N",
+                        help="which version of each sweep's specification: the trials of the latest "
+                             "(default), of all, or of version N (see `sweep --new-spec-version`)")
 
 
 def configure_best(parser: argparse.ArgumentParser) -> None:
@@ -39,14 +46,44 @@ def configure_best(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_pareto(parser: argparse.ArgumentParser) -> None:
+    _add_outputs(parser, f"folder for the figures, PNG and SVG (default: {FIGURES_DIR}/ next to the "
+                         "database)")
+
+
+def configure_report(parser: argparse.ArgumentParser) -> None:
+    _add_outputs(parser, f"folder for report.md and its figures (default: {REPORT_DIR}/ next to the "
+                         "database)")
+
+
+def _add_outputs(parser: argparse.ArgumentParser, out_help: str) -> None:
     _add_common(parser)
-    parser.add_argument("--out", required=True, type=Path, help="folder for the figures (PNG and SVG)")
+    parser.add_argument("--out", type=Path, default=None, help=out_help)
     parser.add_argument("--budgets", default=DEFAULT_BUDGETS_TEXT,
                         help=f"budget lines, comma-separated (default {DEFAULT_BUDGETS_TEXT})")
 
 
-def configure_report(parser: argparse.ArgumentParser) -> None:
-    configure_pareto(parser)  # the same options; --out receives report.md and figures/
+def output_folder(args: argparse.Namespace, default_name: str) -> Path:
+    """--out, or a folder next to the database; created here so that a place that cannot be written is
+    one line naming it."""
+    out: Path = args.out if args.out is not None else args.db.parent / default_name
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        hint = "" if args.out is not None else " (next to the database; give --out)"
+        raise UserError(f"--out {out}: cannot create it{hint}: {exc.strerror or exc}") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        hint = "" if args.out is not None else " (next to the database; give --out)"
+        raise UserError(f"--out {out}: cannot write there{hint}")
+    return out
+
+
+def spec_version_choice(text: str) -> Any:
+    """--spec-version: 'latest', 'all' or a version number."""
+    if text in ("latest", "all"):
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise UserError(f"--spec-version: {text!r} is not latest, all or a version number")
 
 
 def load_selected(args: argparse.Namespace) -> pd.DataFrame:
@@ -56,7 +93,10 @@ def load_selected(args: argparse.Namespace) -> pd.DataFrame:
     db_path: Path = args.db
     if not db_path.is_file():
         raise UserError(f"--db {db_path}: no such results database")
-    trials = load_trials(db_path, sweep=args.sweep)
+    try:
+        trials = load_trials(db_path, sweep=args.sweep, spec_version=spec_version_choice(args.spec_version))
+    except ValueError as exc:
+        raise UserError(f"--db {db_path}: {exc}") from exc
     selection = f" of sweep {args.sweep!r}" if args.sweep else ""
     if trials.empty:
         raise UserError(f"--db {db_path}: no trials{selection}")
@@ -132,7 +172,8 @@ def run_pareto(args: argparse.Namespace) -> int:
     _check_metric(args.metric)
     trials = load_selected(args)
     budgets = parse_budget_list(args.budgets, trials, option="--budgets")
-    written = plots.write_figures(trials, args.out, metric=args.metric, memory_field=args.memory_field,
+    out = output_folder(args, FIGURES_DIR)
+    written = plots.write_figures(trials, out, metric=args.metric, memory_field=args.memory_field,
                                   budgets=budgets, note=_note)
     if not written:
         raise UserError(f"--db {args.db}: the trials support no figure")
@@ -147,7 +188,8 @@ def run_report(args: argparse.Namespace) -> int:
     _check_metric(args.metric)
     trials = load_selected(args)
     budgets = parse_budget_list(args.budgets, trials, option="--budgets")
-    path = report.write_report(trials, args.out, metric=args.metric, memory_field=args.memory_field,
+    out = output_folder(args, REPORT_DIR)
+    path = report.write_report(trials, out, metric=args.metric, memory_field=args.memory_field,
                                budgets=budgets, source=str(args.db), note=_note)
     print(path)
     return 0
@@ -165,7 +207,8 @@ def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse
     shown = pd.DataFrame({
         "budget": [f"{b / GIB:g} GiB" for b in table["budget_bytes"]],
         "best trial": table["trial_id"].fillna("(none fits)"),
-        "K": table["num_negatives"].map(_count), "batch": table["batch_size"].map(_count),
+        "K": [_negatives_text(k, loss) for k, loss in zip(table["num_negatives"], table["loss"])],
+        "batch": table["batch_size"].map(_count),
         "max len": table["max_len"].map(_count),
         "impl": table["loss_impl_used"],
         f"val {args.metric}": table[analysis.QUALITY].map(_number),
@@ -226,7 +269,8 @@ def _trial_text(row: pd.Series, args: argparse.Namespace) -> str:
                        if name in row.index)
     return "\n".join([
         f"  trial    {get('trial_id')}  (sweep {get('sweep')})",
-        f"  config   {get('dataset')}/{get('split')} loss={get('loss')} negatives={get('num_negatives')} "
+        f"  config   {get('dataset')}/{get('split')} loss={get('loss')} "
+        f"negatives={_negatives_text(row.get('num_negatives'), row.get('loss'))} "
         f"scope={get('negative_scope')} batch={get('batch_size')} max_len={get('max_len')} "
         f"hidden={get('hidden')} blocks={get('blocks')} heads={get('heads')} seed={get('seed')} "
         f"impl={get('loss_impl_used')}",
@@ -239,6 +283,11 @@ def _trial_text(row: pd.Series, args: argparse.Namespace) -> str:
 
 def _steady_or_mean_time(row: pd.Series) -> Any:
     return analysis.epoch_time(row.to_frame().T).iloc[0]
+
+
+def _negatives_text(value: Any, loss: Any) -> str:
+    """K as people read it: "full" for full-catalogue CE (no sampled negatives)."""
+    return "full" if loss == "ce" else _count(value)
 
 
 def _count(value: Any) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -71,6 +72,8 @@ class TrainConfig:
             allowed = _literal_values(f.name)
             if allowed is not None and value not in allowed:
                 raise ConfigError(f"{f.name}: {value!r} is not one of {', '.join(map(str, allowed))}")
+            if isinstance(value, float) and not math.isfinite(value):  # nan would pass every range check
+                raise ConfigError(f"{f.name}: must be a finite number, got {value!r}")
         positive = ("num_negatives", "max_len", "hidden", "blocks", "heads", "batch_size", "epochs",
                     "patience", "eval_batch_size", "eval_every")
         for name in positive:

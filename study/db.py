@@ -1,26 +1,44 @@
-"""The SQLite results database: one row per trial, one row per (trial, epoch).
+"""The SQLite results database: one row per trial, one row per (trial, epoch), one row per version of
+each sweep's specification.
 
 Written only by the sweep driver (a single writer, WAL mode so readers never block it); read by the
-analysis side through `load_trials` / `load_epochs`. The schema is documented in docs/database.md.
+analysis side through `load_trials` / `load_epochs`, which open the file read-only. A write that finds
+the database locked by another process is retried with backoff for up to `busy_timeout_s`, then raises
+`DatabaseBusyError`. The schema is documented in docs/database.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import sqlite3
+import sys
+import time
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import pandas as pd
 
 from study.config import METRIC_KS, TrainConfig
 from study.record import TrialRecord, steady_state_seconds
+from study.sqlite_readonly import open_readonly
+
+T = TypeVar("T")
+# How long a write waits, in all, for another process's lock on the database before giving up.
+DEFAULT_BUSY_TIMEOUT_S = 600.0
+# Each attempt lets SQLite itself wait this long for the lock; between attempts the wait doubles.
+_ATTEMPT_TIMEOUT_S = 5.0
+_MAX_BACKOFF_S = 30.0
+# Which rows of a sweep `load_trials` returns: its latest spec version's, every row, or version N's.
+SpecVersionChoice = Literal["latest", "all"] | int
 
 METRIC_NAMES: tuple[str, ...] = ("ndcg", "hit", "mrr", "coverage")
 METRIC_SPLITS: tuple[str, ...] = ("val", "test")
@@ -104,6 +122,8 @@ TRIAL_COLUMNS: dict[str, str] = {
     "sweep": "TEXT NOT NULL",
     "status": "TEXT NOT NULL",
     "error": "TEXT",
+    "spec_hash": "TEXT",  # content hash of the sweep specification that recorded the row
+    "spec_version": "INTEGER",  # that specification's version number within the sweep (1, 2, ...)
     **{name: _sql_type(_CONFIG_HINTS[name]) for name in CONFIG_COLUMNS},
     "config_json": "TEXT NOT NULL",
     "loss_impl_used": "TEXT",
@@ -124,6 +144,69 @@ EPOCH_COLUMNS: dict[str, str] = {
 }
 
 
+SPEC_VERSION_COLUMNS: dict[str, str] = {
+    "sweep": "TEXT NOT NULL",
+    "version": "INTEGER NOT NULL",
+    "spec_hash": "TEXT NOT NULL",
+    "spec_json": "TEXT NOT NULL",  # the parsed specification (study.sweep_spec.spec_content)
+    "trial_ids_json": "TEXT NOT NULL",  # every trial id of its plan: the rows this version covers
+    "created_at": "TEXT NOT NULL",
+}
+
+
+class DatabaseBusyError(RuntimeError):
+    """The database stayed locked by another process for longer than the busy timeout."""
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return True
+    text = str(exc).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
+@dataclass(frozen=True)
+class SpecVersion:
+    """One version of a sweep's specification as recorded in the database."""
+
+    sweep: str
+    version: int
+    spec_hash: str
+    content: dict[str, Any]
+    trial_ids: frozenset[str]
+    created_at: str
+
+
+def check_database_path(path: str | os.PathLike[str], *, writable: bool) -> Path:
+    """The path of a results database, checked before anything is run: ValueError with one line when it
+    names a folder or, for writing, a place where the file cannot be created or written."""
+    db_path = Path(path)
+    if db_path.is_dir():
+        raise ValueError(f"{db_path}: is a folder, not a results database file "
+                         f"(e.g. {db_path / 'results.sqlite'})")
+    if db_path.exists() and not db_path.is_file():
+        raise ValueError(f"{db_path}: is not a regular file")
+    if not writable:
+        return db_path
+    parent = _nearest_existing_parent(db_path)
+    if not parent.is_dir():
+        raise ValueError(f"{db_path}: cannot create the database there ({parent} is not a folder)")
+    folder = db_path.parent if db_path.parent.exists() else parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{db_path}: cannot write there (no write permission on {folder})")
+    if db_path.exists() and not os.access(db_path, os.W_OK):
+        raise ValueError(f"{db_path}: the database file is not writable")
+    return db_path
+
+
+def _nearest_existing_parent(path: Path) -> Path:
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
 def _create_table_sql(table: str, columns: dict[str, str], extra: str = "") -> str:
     body = ",\n  ".join(f'"{name}" {sql_type}' for name, sql_type in columns.items())
     return f"CREATE TABLE IF NOT EXISTS {table} (\n  {body}{extra}\n)"
@@ -142,14 +225,20 @@ def _metric_values(metrics: dict[str, float], split: str) -> dict[str, float | N
     return values
 
 
-def trial_row(trial_id: str, sweep: str, record: TrialRecord) -> dict[str, Any]:
+def trial_row(trial_id: str, sweep: str, record: TrialRecord, *, spec_hash: str | None = None,
+              spec_version: int | None = None) -> dict[str, Any]:
     """The `trials` row of one record (every column present, None where unknown)."""
     row: dict[str, Any] = dict.fromkeys(TRIAL_COLUMNS)
     config = dict(record.config)
-    row.update(trial_id=trial_id, sweep=sweep, status=record.status, error=record.error)
+    row.update(trial_id=trial_id, sweep=sweep, status=record.status, error=record.error,
+               spec_hash=spec_hash, spec_version=spec_version)
     for name in CONFIG_COLUMNS:
         value = config.get(name)
         row[name] = int(value) if isinstance(value, bool) else value
+    if config.get("loss") == "ce":
+        # Full CE scores the whole catalogue: the config's num_negatives (its default) means nothing.
+        # config_json keeps it, so the TrainConfig (and the trial id) round-trips exactly.
+        row["num_negatives"] = None
     row["config_json"] = json.dumps(config, sort_keys=True)
     row["loss_impl_used"] = record.loss_impl
     row.update(_metric_values(record.val_metrics, "val"))
@@ -223,66 +312,138 @@ def _insert_sql(table: str, columns: Sequence[str], *, replace: bool) -> str:
 
 
 class ResultsDB:
-    """Writer of the results database (one per process; the sweep driver is the only writer)."""
+    """Writer of the results database (one per process; the sweep driver is the only writer).
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._connection = sqlite3.connect(self.path, timeout=30.0)
+    Every write waits for another process's lock (a notebook, `sqlite3`) with backoff for up to
+    `busy_timeout_s` seconds in all, then raises `DatabaseBusyError`; nothing is written half.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *,
+                 busy_timeout_s: float = DEFAULT_BUSY_TIMEOUT_S) -> None:
+        self.path = check_database_path(path, writable=True)
+        self.busy_timeout_s = float(busy_timeout_s)
         try:
-            mode = self._connection.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"{self.path}: cannot create its folder ({exc.strerror or exc})") from exc
+        try:
+            self._connection = sqlite3.connect(self.path,
+                                               timeout=min(_ATTEMPT_TIMEOUT_S, self.busy_timeout_s))
+        except sqlite3.Error as exc:
+            raise ValueError(f"{self.path}: cannot open the results database ({exc})") from exc
+        try:
+            mode = self._retry_busy(lambda: self._connection.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+            if str(mode).lower() != "wal":
+                raise ValueError(f"{self.path}: could not switch the database to WAL mode (got {mode!r})")
+            # NORMAL in WAL mode survives a crash or SIGKILL of the writer; only power loss can lose the
+            # last commits, which a resumed sweep then simply re-runs.
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+            self._retry_busy(self._create_schema)
         except sqlite3.DatabaseError as exc:
             self._connection.close()
+            if isinstance(exc, sqlite3.OperationalError) and not _is_busy(exc):
+                raise ValueError(f"{self.path}: cannot write the results database ({exc})") from exc
             raise ValueError(f"{self.path}: not a SQLite results database ({exc})") from exc
-        if str(mode).lower() != "wal":
+        except BaseException:
             self._connection.close()
-            raise ValueError(f"{self.path}: could not switch the database to WAL mode (got {mode!r})")
-        # NORMAL in WAL mode survives a crash or SIGKILL of the writer; only power loss can lose the
-        # last commits, which a resumed sweep then simply re-runs.
-        self._connection.execute("PRAGMA synchronous=NORMAL")
-        self._create_schema()
+            raise
 
     def _create_schema(self) -> None:
-        with self._connection:
-            self._connection.execute(_create_table_sql("trials", TRIAL_COLUMNS))
-            self._connection.execute(
-                _create_table_sql("epochs", EPOCH_COLUMNS, ",\n  PRIMARY KEY (trial_id, epoch)")
-            )
-            self._connection.execute("CREATE INDEX IF NOT EXISTS trials_by_sweep ON trials (sweep)")
-            # A database written by an older version lacks columns added since (e.g. a new
-            # TrainConfig field): add them so old and new trials live in one table.
-            for table, columns in (("trials", TRIAL_COLUMNS), ("epochs", EPOCH_COLUMNS)):
-                present = {row[1] for row in self._connection.execute(f"PRAGMA table_info({table})")}
-                for name, sql_type in columns.items():
-                    if name not in present:
-                        plain_type = sql_type.split()[0]
-                        self._connection.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {plain_type}')
+        """Create or migrate the schema; writes nothing when it is up to date, so that opening a
+        database another process holds locked does not wait for the lock."""
+        connection = self._connection
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        statements = []
+        if "trials" not in tables:
+            statements.append(_create_table_sql("trials", TRIAL_COLUMNS))
+            statements.append("CREATE INDEX IF NOT EXISTS trials_by_sweep ON trials (sweep)")
+        if "epochs" not in tables:
+            statements.append(_create_table_sql("epochs", EPOCH_COLUMNS,
+                                                ",\n  PRIMARY KEY (trial_id, epoch)"))
+        if "spec_versions" not in tables:
+            statements.append(_create_table_sql("spec_versions", SPEC_VERSION_COLUMNS,
+                                                ",\n  PRIMARY KEY (sweep, version)"))
+        # A database written by an older version lacks columns added since (e.g. a new TrainConfig
+        # field): add them so old and new trials live in one table.
+        for table, columns in (("trials", TRIAL_COLUMNS), ("epochs", EPOCH_COLUMNS)):
+            if table not in tables:
+                continue
+            present = {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+            for name, sql_type in columns.items():
+                if name not in present:
+                    plain_type = sql_type.split()[0]
+                    statements.append(f'ALTER TABLE {table} ADD COLUMN "{name}" {plain_type}')
+        full_ce_with_negatives = "trials" in tables and "loss" in {
+            row[1] for row in connection.execute("PRAGMA table_info(trials)")} and connection.execute(
+            "SELECT 1 FROM trials WHERE loss = 'ce' AND num_negatives IS NOT NULL LIMIT 1").fetchone()
+        if full_ce_with_negatives:  # rows written before full CE stored NULL there
+            statements.append("UPDATE trials SET num_negatives = NULL WHERE loss = 'ce'")
+        if not statements:
+            return
+        with connection:
+            for statement in statements:
+                connection.execute(statement)
 
-    def record_trial(self, trial_id: str, sweep: str, record: TrialRecord) -> None:
-        """Insert or replace the trial's row and all its epoch rows, atomically."""
+    def _retry_busy(self, action: Callable[[], T]) -> T:
+        """Run `action` (one transaction), retrying while another process holds the database locked."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.25
+        warned = False
+        while True:
+            try:
+                return action()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DatabaseBusyError(
+                        f"{self.path}: the database stayed locked by another process for more than "
+                        f"{self.busy_timeout_s:g} s ({exc})") from exc
+                if not warned:
+                    print(f"note: {self.path} is locked by another process (an open transaction in a "
+                          f"notebook or sqlite3?); retrying for up to {self.busy_timeout_s:g} s",
+                          file=sys.stderr, flush=True)
+                    warned = True
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+
+    def record_trial(self, trial_id: str, sweep: str, record: TrialRecord, *, spec_hash: str | None = None,
+                     spec_version: int | None = None) -> None:
+        """Insert or replace the trial's row and all its epoch rows, atomically (DatabaseBusyError when
+        the database stays locked past the busy timeout; then nothing of the trial is written)."""
         if not trial_id:
             raise ValueError("trial_id: must be a non-empty string")
         if not sweep:
             raise ValueError("sweep: must be a non-empty string")
-        row = trial_row(trial_id, sweep, record)
+        row = trial_row(trial_id, sweep, record, spec_hash=spec_hash, spec_version=spec_version)
         epochs = epoch_rows(trial_id, record)
-        with self._connection:
-            self._connection.execute(
-                _insert_sql("trials", list(row), replace=True), [row[c] for c in row]
-            )
-            self._connection.execute("DELETE FROM epochs WHERE trial_id = ?", (trial_id,))
-            if epochs:
-                columns = list(EPOCH_COLUMNS)
-                self._connection.executemany(
-                    _insert_sql("epochs", columns, replace=False), [[e[c] for c in columns] for e in epochs]
+
+        def write() -> None:
+            with self._connection:
+                self._connection.execute(
+                    _insert_sql("trials", list(row), replace=True), [row[c] for c in row]
                 )
+                self._connection.execute("DELETE FROM epochs WHERE trial_id = ?", (trial_id,))
+                if epochs:
+                    columns = list(EPOCH_COLUMNS)
+                    self._connection.executemany(
+                        _insert_sql("epochs", columns, replace=False),
+                        [[e[c] for c in columns] for e in epochs]
+                    )
+
+        self._retry_busy(write)
 
     def trial_ids(self, sweep: str | None = None) -> set[str]:
+        return set(self.trial_statuses(sweep))
+
+    def trial_statuses(self, sweep: str | None = None) -> dict[str, str]:
+        """trial id -> status of every recorded trial (of one sweep)."""
         if sweep is None:
-            cursor = self._connection.execute("SELECT trial_id FROM trials")
+            cursor = self._connection.execute("SELECT trial_id, status FROM trials")
         else:
-            cursor = self._connection.execute("SELECT trial_id FROM trials WHERE sweep = ?", (sweep,))
-        return {row[0] for row in cursor}
+            cursor = self._connection.execute("SELECT trial_id, status FROM trials WHERE sweep = ?", (sweep,))
+        return {trial_id: status for trial_id, status in cursor}
 
     def status_counts(self, sweep: str | None = None) -> dict[str, int]:
         query = "SELECT status, COUNT(*) FROM trials"
@@ -292,6 +453,27 @@ class ResultsDB:
             params = (sweep,)
         rows = self._connection.execute(query + " GROUP BY status", params)
         return {status: count for status, count in rows}
+
+    def spec_versions(self, sweep: str) -> list[SpecVersion]:
+        """The recorded versions of a sweep's specification, oldest first."""
+        return _spec_versions(self._connection, sweep)
+
+    def add_spec_version(self, sweep: str, spec_hash: str, content: dict[str, Any],
+                         trial_ids: Iterable[str]) -> SpecVersion:
+        """Record a new version of the sweep's specification (numbered after the last one)."""
+        def insert() -> SpecVersion:
+            with self._connection:
+                last = self._connection.execute(
+                    "SELECT MAX(version) FROM spec_versions WHERE sweep = ?", (sweep,)).fetchone()[0]
+                version = SpecVersion(sweep, int(last or 0) + 1, spec_hash, content, frozenset(trial_ids),
+                                      datetime.now(UTC).isoformat(timespec="seconds"))
+                self._connection.execute(
+                    _insert_sql("spec_versions", list(SPEC_VERSION_COLUMNS), replace=False),
+                    (sweep, version.version, spec_hash, json.dumps(content, sort_keys=True),
+                     json.dumps(sorted(version.trial_ids)), version.created_at))
+                return version
+
+        return self._retry_busy(insert)
 
     def load_record(self, trial_id: str) -> TrialRecord:
         """The TrialRecord exactly as recorded (KeyError if the trial is not in the database)."""
@@ -312,28 +494,84 @@ class ResultsDB:
         self.close()
 
 
-def _read_table(path: str | os.PathLike[str], table: str, sweep: str | None, order: str) -> pd.DataFrame:
+def _spec_versions(connection: sqlite3.Connection, sweep: str | None) -> list[SpecVersion]:
+    tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "spec_versions" not in tables:
+        return []
+    query = "SELECT sweep, version, spec_hash, spec_json, trial_ids_json, created_at FROM spec_versions"
+    params: tuple[str, ...] = ()
+    if sweep is not None:
+        query, params = query + " WHERE sweep = ?", (sweep,)
+    rows = connection.execute(query + " ORDER BY sweep, version", params)
+    return [SpecVersion(name, int(version), spec_hash, json.loads(content), frozenset(json.loads(ids)),
+                        created) for name, version, spec_hash, content, ids, created in rows]
+
+
+def load_spec_versions(path: str | os.PathLike[str], *, sweep: str | None = None) -> list[SpecVersion]:
+    """The recorded specification versions (of one sweep, or of all), read-only."""
+    with _reading(path) as connection:
+        return _spec_versions(connection, sweep)
+
+
+@contextlib.contextmanager
+def _reading(path: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
+    """`open_readonly` with SQLite's errors turned into ValueError naming the file."""
     db_path = Path(path)
-    if not db_path.is_file():
-        raise FileNotFoundError(f"{db_path}: no results database there")
-    connection = sqlite3.connect(db_path, timeout=30.0)
+    if db_path.is_dir():
+        raise ValueError(f"{db_path}: is a folder, not a results database file")
     try:
-        params: tuple[str, ...] = ()
-        if table == "trials":
-            query = "SELECT * FROM trials"
-            if sweep is not None:
-                query, params = query + " WHERE sweep = ?", (sweep,)
-        else:
-            query = "SELECT epochs.* FROM epochs"
-            if sweep is not None:
-                query = query + " JOIN trials USING (trial_id) WHERE trials.sweep = ?"
-                params = (sweep,)
-        try:
-            return pd.read_sql_query(f"{query} ORDER BY {order}", connection, params=params)
-        except pd.errors.DatabaseError as exc:
-            raise ValueError(f"{db_path}: not a results database ({exc})") from exc
-    finally:
-        connection.close()
+        with open_readonly(db_path) as connection:
+            yield connection
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{db_path}: not a results database ({exc})") from exc
+
+
+def _read_table(connection: sqlite3.Connection, db_path: Path, table: str, sweep: str | None,
+                order: str) -> pd.DataFrame:
+    params: tuple[str, ...] = ()
+    if table == "trials":
+        query = "SELECT * FROM trials"
+        if sweep is not None:
+            query, params = query + " WHERE sweep = ?", (sweep,)
+    else:
+        query = "SELECT epochs.* FROM epochs"
+        if sweep is not None:
+            query = query + " JOIN trials USING (trial_id) WHERE trials.sweep = ?"
+            params = (sweep,)
+    try:
+        return pd.read_sql_query(f"{query} ORDER BY {order}", connection, params=params)
+    except (pd.errors.DatabaseError, sqlite3.DatabaseError) as exc:
+        raise ValueError(f"{db_path}: not a results database ({exc})") from exc
+
+
+def _selected_ids(connection: sqlite3.Connection, trials: pd.DataFrame,
+                  spec_version: SpecVersionChoice) -> pd.Series:
+    """Which rows of `trials` belong to the chosen spec version of their sweep (see `load_trials`)."""
+    if spec_version == "all" or trials.empty or "sweep" not in trials.columns:
+        return pd.Series(True, index=trials.index)
+    if spec_version != "latest" and (isinstance(spec_version, bool) or not isinstance(spec_version, int)):
+        raise ValueError(f"spec_version: {spec_version!r} is not 'latest', 'all' or a version number")
+    versions: dict[str, list[SpecVersion]] = {}
+    for version in _spec_versions(connection, None):
+        versions.setdefault(version.sweep, []).append(version)
+    keep = pd.Series(False, index=trials.index)
+    found_any = False
+    for sweep, rows in trials.groupby("sweep", sort=False):
+        recorded = versions.get(str(sweep), [])
+        if not recorded:  # a sweep recorded before spec versions existed: every row
+            keep[rows.index] = spec_version == "latest"
+            continue
+        chosen = recorded[-1] if spec_version == "latest" else next(
+            (v for v in recorded if v.version == spec_version), None)
+        if chosen is None:
+            continue
+        found_any = True
+        keep[rows.index] = rows["trial_id"].isin(chosen.trial_ids)
+    if isinstance(spec_version, int) and not found_any:
+        present = sorted({v.version for rows in versions.values() for v in rows})
+        raise ValueError(f"spec_version: {spec_version} is not recorded for these trials "
+                         f"(versions: {', '.join(map(str, present)) or 'none'})")
+    return keep
 
 
 def _with_bools(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
@@ -343,15 +581,30 @@ def _with_bools(frame: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
     return frame
 
 
-def load_trials(path: str | os.PathLike[str], *, sweep: str | None = None) -> pd.DataFrame:
+def load_trials(path: str | os.PathLike[str], *, sweep: str | None = None,
+                spec_version: SpecVersionChoice = "latest") -> pd.DataFrame:
     """One row per trial (columns as in docs/database.md); booleans as pandas' nullable boolean.
 
-    `steady_epoch_seconds` is always a float column: trials recorded before it existed get it from
-    their rows in `epochs` (same rule as `study.record.steady_state_seconds`), where they have a
-    `mean_epoch_seconds` and complete epoch times; else it is NaN. The file is never written.
+    `spec_version`: "latest" (default) keeps, for each sweep, the trials its latest specification
+    version covers (every trial of its plan that is recorded, whichever version ran it), so rows of an
+    edited-away configuration do not mix with the current ones; sweeps recorded before spec versions
+    existed keep every row. "all": every row. An integer N: the trials version N of each sweep covers.
+
+    `num_negatives` is NULL (NaN) for full-catalogue CE (`loss == "ce"`), also in rows written before it
+    was stored that way. `steady_epoch_seconds` is always a float column: trials recorded before it
+    existed get it from their rows in `epochs` (same rule as `study.record.steady_state_seconds`), where
+    they have a `mean_epoch_seconds` and complete epoch times; else it is NaN.
+
+    The file is opened read-only (see `study.sqlite_readonly`): it is never written, and a database in a
+    folder the user cannot write is read as well.
     """
-    frame = _read_table(path, "trials", sweep, "trial_id")
-    frame = _with_steady_epoch_seconds(frame, path, sweep)
+    db_path = Path(path)
+    with _reading(db_path) as connection:
+        frame = _read_table(connection, db_path, "trials", sweep, "trial_id")
+        frame = frame[_selected_ids(connection, frame, spec_version)].reset_index(drop=True)
+        if {"loss", "num_negatives"} <= set(frame.columns):
+            frame.loc[frame["loss"] == "ce", "num_negatives"] = None
+        frame = _with_steady_epoch_seconds(frame, connection, db_path, sweep)
     frame = _with_dataset_identity(frame)
     return _with_bools(frame, _BOOL_CONFIG_COLUMNS)
 
@@ -373,9 +626,8 @@ def _with_dataset_identity(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _with_steady_epoch_seconds(
-    frame: pd.DataFrame, path: str | os.PathLike[str], sweep: str | None
-) -> pd.DataFrame:
+def _with_steady_epoch_seconds(frame: pd.DataFrame, connection: sqlite3.Connection, db_path: Path,
+                               sweep: str | None) -> pd.DataFrame:
     if STEADY_COLUMN not in frame.columns:  # a database no sweep has opened since the column came
         columns = list(frame.columns)
         at = columns.index("mean_epoch_seconds") + 1 if "mean_epoch_seconds" in columns else len(columns)
@@ -387,7 +639,7 @@ def _with_steady_epoch_seconds(
     if not missing.any():
         return frame
     try:
-        epochs = _read_table(path, "epochs", sweep, "epochs.trial_id, epochs.epoch")
+        epochs = _read_table(connection, db_path, "epochs", sweep, "epochs.trial_id, epochs.epoch")
     except ValueError:
         return frame  # no epochs table: nothing to fill from
     if not {"trial_id", "epoch_seconds"} <= set(epochs.columns):
@@ -404,15 +656,29 @@ def _with_steady_epoch_seconds(
     return frame
 
 
-def load_epochs(path: str | os.PathLike[str], *, sweep: str | None = None) -> pd.DataFrame:
-    """One row per (trial, epoch), ordered by trial then epoch."""
-    return _read_table(path, "epochs", sweep, "epochs.trial_id, epochs.epoch")
+def load_epochs(path: str | os.PathLike[str], *, sweep: str | None = None,
+                spec_version: SpecVersionChoice = "latest") -> pd.DataFrame:
+    """One row per (trial, epoch), ordered by trial then epoch, of the trials `load_trials` returns for
+    the same `sweep` and `spec_version`; read-only like it."""
+    db_path = Path(path)
+    with _reading(db_path) as connection:
+        epochs = _read_table(connection, db_path, "epochs", sweep, "epochs.trial_id, epochs.epoch")
+        if spec_version == "all" or epochs.empty:
+            return epochs
+        trials = _read_table(connection, db_path, "trials", sweep, "trial_id")
+        chosen = trials.loc[_selected_ids(connection, trials, spec_version), "trial_id"]
+    return epochs[epochs["trial_id"].isin(chosen)].reset_index(drop=True)
 
 
 __all__ = [
     "ResultsDB",
+    "DatabaseBusyError",
+    "SpecVersion",
+    "check_database_path",
     "load_trials",
     "load_epochs",
+    "load_spec_versions",
+    "DEFAULT_BUSY_TIMEOUT_S",
     "metric_column",
     "trial_row",
     "epoch_rows",

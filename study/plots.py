@@ -139,12 +139,21 @@ def pareto_figure(
     quality_high = candidates[QUALITY].max()
     pad = 0.08 * max(quality_high - quality_low, abs(quality_high) * 0.05, 1e-6)
     floor = quality_low - pad
-    infeasible = table[~table[CANDIDATE]]
+    # Trials that ran but did not finish ok, and trials never run because the memory model predicted
+    # them over the budget (placed at their predicted memory): two different stories.
+    not_run_mask = _not_run(table)
+    infeasible = table[~table[CANDIDATE] & ~not_run_mask]
     infeasible_x = _memory_reached(infeasible) / GIB
     shown = infeasible_x.notna()
     infeasible_y = infeasible[QUALITY].where(infeasible[QUALITY].notna(), floor)
     axes.scatter(infeasible_x[shown], infeasible_y[shown], marker="x", color=_INFEASIBLE_COLOR, s=40,
                  zorder=2)
+    not_run = table[not_run_mask]
+    not_run_x = _memory_reached(not_run) / GIB
+    not_run_shown = not_run_x.notna()
+    if not not_run.empty:
+        axes.scatter(not_run_x[not_run_shown], np.full(int(not_run_shown.sum()), floor), marker="^",
+                     facecolors="none", edgecolors=_INFEASIBLE_COLOR, s=40, zorder=2)
 
     for budget in budgets:
         if low <= budget / GIB <= high:
@@ -165,9 +174,15 @@ def pareto_figure(
     not_placed = int((~shown).sum())
     handles = [Line2D([], [], color="crimson", label=f"Pareto frontier ({len(frontier)} trials)")]
     if len(infeasible):
+        present = set(infeasible["status"])
+        kinds = " / ".join(word for status, word in _STATUS_WORDS.items() if status in present)
         handles.append(Line2D([], [], marker="x", linestyle="", color=_INFEASIBLE_COLOR,
-                              label=f"not ok ({len(infeasible)}: oom / over budget / failed)"
+                              label=f"ran, not ok ({len(infeasible)}: {kinds or 'failed'})"
                                     + (f", {not_placed} without memory not shown" if not_placed else "")))
+    if len(not_run):
+        handles.append(Line2D([], [], marker="^", linestyle="", markerfacecolor="none",
+                              markeredgecolor=_INFEASIBLE_COLOR,
+                              label=f"not run: predicted over budget ({len(not_run)}), at predicted memory"))
     if not full_catalogue.empty:
         handles.append(Line2D([], [], marker="s", linestyle="", markerfacecolor="white",
                               markeredgecolor="black", label=f"full-catalogue CE ({len(full_catalogue)})"))
@@ -183,7 +198,8 @@ def pareto_figure(
 
 def heatmap_figure(table: pd.DataFrame, *, metric: str, memory_field: str, title: str = "") -> Figure | str:
     """Best quality and the least memory over (negatives x batch size), one row of panels per max length.
-    Cells with only failed trials are marked; cells never tried stay blank."""
+    Cells without an ok trial say why (failed, oom, over budget, or "not run" when the memory model
+    predicted every trial there over the budget); cells never tried stay blank."""
     tried = table.dropna(subset=["num_negatives", "batch_size", "max_len"])
     tried = tried[analysis.samples_negatives(tried)]
     if not tried[CANDIDATE].any():
@@ -220,7 +236,8 @@ def heatmap_figure(table: pd.DataFrame, *, metric: str, memory_field: str, title
                         axes.text(j, i, fmt.format(shown[i, j]), ha="center", va="center", fontsize=7,
                                   color="white" if dark else "black")
                     elif (k, b) in tried_cells:
-                        axes.text(j, i, "failed", ha="center", va="center", fontsize=7, color="crimson")
+                        cell_text, cell_color = _cell_label(at_len, k, b)
+                        axes.text(j, i, cell_text, ha="center", va="center", fontsize=7, color=cell_color)
             axes.set_xticks(range(len(batch_sizes)), [str(b) for b in batch_sizes])
             axes.set_yticks(range(len(negatives)), [str(k) for k in negatives])
             axes.set_xlabel("batch size")
@@ -308,6 +325,27 @@ def fused_vs_torch_figure(table: pd.DataFrame, *, memory_field: str, title: str 
     figure.legend(*time_axes.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8)
     figure.suptitle(f"{title}: fused vs PyTorch loss at equal configurations (labels: PyTorch / fused)")
     return figure
+
+
+_STATUS_WORDS = {"oom": "oom", "over_budget": "over budget", "failed": "failed"}
+NOT_RUN_STATUS = "predicted_over_budget"
+
+
+def _not_run(table: pd.DataFrame) -> pd.Series:
+    """Trials never run: the memory model predicted them over the budget."""
+    return table["status"] == NOT_RUN_STATUS
+
+
+def _cell_label(rows: pd.DataFrame, negatives: int, batch_size: int) -> tuple[str, str]:
+    """Text and colour of a heatmap cell whose trials include no ok one."""
+    in_cell = ((rows["num_negatives"].astype(int) == negatives)
+               & (rows["batch_size"].astype(int) == batch_size))
+    statuses = set(rows.loc[in_cell, "status"])
+    if statuses == {NOT_RUN_STATUS}:
+        return "not run\n(predicted\nover budget)", _INFEASIBLE_COLOR
+    ran = statuses - {NOT_RUN_STATUS}
+    words = [_STATUS_WORDS[status] for status in _STATUS_WORDS if status in ran] or sorted(ran)
+    return " / ".join(words), "crimson"
 
 
 def _memory_reached(rows: pd.DataFrame) -> pd.Series:

@@ -42,6 +42,12 @@ def markdown_table(frame: pd.DataFrame, *, digits: int = 4) -> str:
     return "\n".join([header, rule, *body])
 
 
+def negatives_column(negatives: pd.Series, loss: pd.Series) -> pd.Series:
+    """K for tables: whole numbers, "full" for full-catalogue CE (no sampled negatives)."""
+    shown = negatives.map(lambda k: "-" if pd.isna(k) else str(int(k)))
+    return shown.where(loss != "ce", "full")
+
+
 def frontier_summary(trials: pd.DataFrame, *, metric: str, memory_field: str) -> pd.DataFrame:
     """The frontier in columns people read: configuration, metrics, memory in GiB, time per epoch
     (steady state where recorded, see `analysis.epoch_time`)."""
@@ -50,6 +56,8 @@ def frontier_summary(trials: pd.DataFrame, *, metric: str, memory_field: str) ->
                "num_negatives": "K", "negative_scope": "scope", "batch_size": "batch", "max_len": "max len",
                "loss_impl_used": "impl", QUALITY: f"val {metric}", TEST_QUALITY: f"test {metric}"}
     summary = frontier[[c for c in columns if c in frontier.columns]].rename(columns=columns)
+    if "K" in summary.columns and "loss" in frontier.columns:
+        summary["K"] = negatives_column(frontier["num_negatives"], frontier["loss"])
     summary[f"{memory_field} GiB"] = frontier[MEMORY] / GIB
     summary[TIME_LABEL] = frontier[TIME_COLUMN]
     return summary
@@ -79,7 +87,8 @@ def budget_summary(trials: pd.DataFrame, budgets: Sequence[int], *, metric: str,
         return table
     return pd.DataFrame({
         "dataset": table["dataset"], "split": table["split"], "budget GiB": table["budget_gib"],
-        "feasible": table["feasible_trials"], "best trial": table["trial_id"], "K": table["num_negatives"],
+        "feasible": table["feasible_trials"], "best trial": table["trial_id"],
+        "K": negatives_column(table["num_negatives"], table["loss"]),
         "scope": table["negative_scope"], "batch": table["batch_size"], "max len": table["max_len"],
         "impl": table["loss_impl_used"], f"val {metric}": table[QUALITY],
         f"test {metric}": table[TEST_QUALITY], f"{memory_field} GiB": table["memory_gib"],

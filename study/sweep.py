@@ -21,11 +21,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import faulthandler
 import importlib
 import json
 import logging
 import math
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -36,12 +38,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from study import db_spool
 from study.checkpoint import Checkpointer, CheckpointPolicy, TrainingState, load_state, save_state
 from study.checkpoint_store import CheckpointStore
 from study.config import TrainConfig
-from study.db import ResultsDB, load_trials, metric_column
+from study.db import (
+    DEFAULT_BUSY_TIMEOUT_S,
+    DatabaseBusyError,
+    ResultsDB,
+    check_database_path,
+    load_trials,
+    metric_column,
+)
+from study.driver_lock import DriverLock
 from study.record import EpochRecord, MemoryReport, TrialRecord, TrialStatus
+from study.run_folders import remove_stale_run_folders
+from study.sweep_preflight import (
+    DEFAULT_CONNECT_TIMEOUT_S,
+    RETRYABLE_STATUSES,
+    PreflightError,
+    check_cluster_answers,
+    check_fractional_budgets,
+    default_db_path,
+    parse_retry,
+    parse_seconds,
+    resolve_spec_version,
+)
 from study.sweep_spec import CheckpointSpec, SweepSpec, load_spec, trial_id
+from study.worker_death import describe_worker_death, session_dir_of
 
 QUALITY_METRIC = "ndcg@10"
 # Keys of the final result a trainable reports; the quality/memory pair are Optuna's objectives.
@@ -59,7 +83,7 @@ PASS_THROUGH_VARIABLES = ("TRITON_INTERPRET",)
 MAX_ERROR_CHARS = 8000
 
 
-class SweepError(ValueError):
+class SweepError(PreflightError):
     """A sweep cannot start or continue for a reason the user can fix; printed as one line by the CLI."""
 
 
@@ -77,8 +101,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="results database (default: results/<sweep name>/results.sqlite)")
     parser.add_argument("--address", default=None,
                         help="join a running Ray cluster at this address (default: start a local one)")
+    parser.add_argument("--connect-timeout", default=DEFAULT_CONNECT_TIMEOUT_S, metavar="SECONDS",
+                        help="with --address: give up when the cluster does not answer within this time "
+                             f"(default {DEFAULT_CONNECT_TIMEOUT_S:g})")
     parser.add_argument("--resume", action="store_true",
-                        help="finish a sweep whose database already holds some of its trials")
+                        help="finish a sweep whose database already holds some of its trials (recorded "
+                             "trials are not run again)")
+    parser.add_argument("--retry", metavar="STATUSES", default=None,
+                        help="with --resume: also run again the recorded trials with these statuses, "
+                             f"comma-separated ({', '.join(RETRYABLE_STATUSES)}); grid searches only")
+    parser.add_argument("--new-spec-version", action="store_true",
+                        help="when the specification changed since the database's trials of the sweep were "
+                             "recorded, run it as a new version of the sweep (trials of unchanged "
+                             "configurations are kept) instead of refusing")
+    parser.add_argument("--db-busy-timeout", default=DEFAULT_BUSY_TIMEOUT_S, metavar="SECONDS",
+                        help="how long a write waits for another process's lock on the database before "
+                             "the sweep stops, keeping unwritten trials for --resume "
+                             f"(default {DEFAULT_BUSY_TIMEOUT_S:g})")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the trials with their predicted memory and exit")
     parser.add_argument("--stop-after", type=parse_duration, default=None, metavar="DURATION",
@@ -92,36 +131,79 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)
-    db_path = Path(args.db) if args.db is not None else Path("results") / spec.name / "results.sqlite"
+    retry = parse_retry(args.retry)
+    busy_timeout = parse_seconds("--db-busy-timeout", args.db_busy_timeout)
+    connect_timeout = parse_seconds("--connect-timeout", args.connect_timeout)
+    if retry and spec.search.kind != "grid":
+        raise SweepError("--retry: only a grid search retries trials (an optuna search draws new samples)")
+    db_path = check_database_path(Path(args.db) if args.db is not None else default_db_path(spec),
+                                  writable=not args.dry_run)
     storage = storage_root(spec, db_path, getattr(args, "storage", None))
     resolve_trial_function(spec.run.trial_function)  # fail now rather than in every worker
     card_bytes = spec.resources.gpu_memory_bytes or _local_card_bytes()
     budget_bytes = budget_of(spec.memory_budget, card_bytes, spec.name)
-    plan = plan_trials(spec, card_bytes)
-    if args.dry_run:
+    if args.dry_run:  # planning a GPU sweep elsewhere is fine: a fractional budget only gets a note
+        plan = plan_trials(spec, card_bytes)
         done = _recorded_ids(db_path, spec.name)
         print_plan(spec, plan, budget_bytes, done, file=sys.stdout)
         return 0
-    with ResultsDB(db_path) as db:
-        done = db.trial_ids(spec.name)
-        if done and not args.resume:
-            raise SweepError(
-                f"{db_path} already holds {len(done)} trial(s) of sweep {spec.name!r}: pass --resume to "
-                f"finish that sweep, or --db to write a new database"
-            )
-        stop_after = getattr(args, "stop_after", None)  # callers building a Namespace may leave it out
-        deadline = None if stop_after is None else time.time() + stop_after
-        try:
-            execute_sweep(spec, plan, db, card_bytes=card_bytes, address=args.address, deadline=deadline,
-                          storage=storage)
-        except KeyboardInterrupt:
-            counts = db.status_counts(spec.name)
-            print(f"[{spec.name}] interrupted: {sum(counts.values())} trial(s) recorded in {db_path}; "
-                  f"run the same command with --resume to finish", file=sys.stderr, flush=True)
-            raise
-        print_summary(spec, db, db_path, budget_bytes, plan, file=sys.stdout,
-                      store=CheckpointStore(storage, spec.name))
+    check_fractional_budgets(spec, card_bytes, address=args.address)
+    if args.address is not None:
+        check_cluster_answers(args.address, connect_timeout)
+    try:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SweepError(f"{db_path}: cannot create its folder ({exc.strerror or exc})") from exc
+    with DriverLock(db_path):
+        remove_stale_run_folders()  # Tune's scratch folders of drivers that were killed
+        plan = plan_trials(spec, card_bytes)
+        with ResultsDB(db_path, busy_timeout_s=busy_timeout) as db:
+            try:
+                db_spool.replay(db, lambda message: _note(spec.name, message))
+            except DatabaseBusyError as exc:
+                spool = db_spool.spool_path(db_path)
+                raise SweepError(f"{exc}; the unwritten trials stay in {spool}") from exc
+            done = db.trial_ids(spec.name)
+            if done and not (args.resume or retry):
+                raise SweepError(
+                    f"{db_path} already holds {len(done)} trial(s) of sweep {spec.name!r}: pass --resume to "
+                    f"finish that sweep, or --db to write a new database"
+                )
+            version = resolve_spec_version(db, spec, [t.trial_id for t in plan],
+                                           new_version=args.new_spec_version)
+            writer = db_spool.SpoolingWriter(db, spec_hash=version.spec_hash, spec_version=version.version)
+            stop_after = getattr(args, "stop_after", None)  # callers building a Namespace may leave it out
+            deadline = None if stop_after is None else time.time() + stop_after
+            try:
+                execute_sweep(spec, plan, db, card_bytes=card_bytes, address=args.address, writer=writer,
+                              retry=retry, deadline=deadline, storage=storage)
+            except KeyboardInterrupt:
+                counts = db.status_counts(spec.name)
+                print(f"[{spec.name}] interrupted: {sum(counts.values())} trial(s) recorded in {db_path}; "
+                      f"run the same command with --resume to finish", file=sys.stderr, flush=True)
+                raise
+            if writer.stopped is not None:
+                return _report_unwritten(spec, db, writer)
+            print_summary(spec, db, db_path, budget_bytes, plan, file=sys.stdout,
+                          store=CheckpointStore(storage, spec.name))
     return 0
+
+
+def _report_unwritten(spec: SweepSpec, db: ResultsDB, writer: db_spool.SpoolingWriter) -> int:
+    """The sweep stopped because the database stayed locked: write what was kept if the lock is gone by
+    now, else say which trials wait in the spool. Exit code 1."""
+    spooled = list(dict.fromkeys(writer.spooled))
+    db.busy_timeout_s = min(db.busy_timeout_s, 5.0)  # one last short try: the sweep has waited already
+    with contextlib.suppress(DatabaseBusyError):
+        db_spool.replay(db, lambda message: _note(spec.name, message))
+        spooled = []
+    print(f"[{spec.name}] stopped: {writer.stopped}", file=sys.stderr, flush=True)
+    if spooled:
+        print(f"[{spec.name}] {len(spooled)} finished trial(s) could not be written: {', '.join(spooled)}; "
+              f"they are kept in {writer.path} and the next run writes them first", file=sys.stderr)
+    print(f"[{spec.name}] once the lock is released, run the same command with --resume to finish the sweep",
+          file=sys.stderr, flush=True)
+    return 1
 
 
 def parse_duration(text: str) -> float:
@@ -264,7 +346,7 @@ class _MemoryPredictor:
 def _recorded_ids(db_path: Path, sweep: str) -> set[str]:
     if not db_path.is_file():
         return set()
-    return set(load_trials(db_path, sweep=sweep)["trial_id"])
+    return set(load_trials(db_path, sweep=sweep, spec_version="all")["trial_id"])
 
 
 def axis_names(spec: SweepSpec) -> list[str]:
@@ -298,7 +380,7 @@ def print_plan(spec: SweepSpec, plan: Sequence[PlannedTrial], budget_bytes: int 
             action = "run (predicted over budget)"
         else:
             action = "run"
-        values = [str(getattr(trial.config, name)) for name in names]
+        values = [_config_text(trial.config, name) for name in names]
         predicted = _gib(trial.predicted_peak_bytes) if trial.predicted_peak_bytes is not None else "-"
         rows.append([trial.trial_id, *values, predicted, action])
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
@@ -491,6 +573,9 @@ def sweep_trainable(tune_config: dict[str, Any], settings: TrialSettings) -> Non
     one final report with the record."""
     from ray import tune
 
+    # A crash by a fatal signal (SIGSEGV, SIGABRT, ...) then leaves its name and a traceback in the
+    # worker's log, which the driver quotes in the trial's error (study.worker_death).
+    faulthandler.enable()
     trial, config_values = trial_point(tune_config, settings)
     if settings.start_deadline is not None and time.time() > settings.start_deadline:
         tune.report({TRIAL_ID_KEY: trial, DEFERRED_KEY: True})  # no row: --resume runs it
@@ -588,12 +673,25 @@ class Progress:
 
 
 def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, *,
-                  card_bytes: int | None, address: str | None, deadline: float | None = None,
-                  storage: str | None = None) -> None:
-    """Record predicted-over-budget trials, then run the rest with Ray Tune (skipping recorded ones).
-    With a `deadline` (time.time()), trials not started by then are left unrecorded for --resume.
-    Checkpoints and models go under `storage` (default: `checkpoints/` beside the database)."""
-    done = db.trial_ids(spec.name)
+                  card_bytes: int | None, address: str | None,
+                  writer: db_spool.SpoolingWriter | None = None, retry: frozenset[str] = frozenset(),
+                  deadline: float | None = None, storage: str | None = None) -> None:
+    """Record predicted-over-budget trials, then run the rest with Ray Tune (skipping recorded ones, but
+    those whose status is in `retry`). Trials are written through `writer` (default: straight to `db`);
+    once it has stopped (the database stayed locked), nothing more is launched. With a `deadline`
+    (time.time()), trials not started by then are left unrecorded for --resume. Checkpoints and models go
+    under `storage` (default: `checkpoints/` beside the database)."""
+    writer = writer or db_spool.SpoolingWriter(db)
+    planned = {t.trial_id for t in plan}
+
+    def recorded() -> dict[str, str]:
+        """Status of every recorded trial of this plan (a new spec version keeps unchanged trials)."""
+        return {key: status for key, status in db.trial_statuses(spec.name).items() if key in planned}
+
+    def done_ids() -> set[str]:
+        return {key for key, status in recorded().items() if status not in retry}
+
+    done = done_ids()
     skip = spec.run.skip_predicted_over_budget
     root = storage_root(spec, db.path, storage)
     checkpoint = dataclasses.replace(spec.checkpoint, storage=root)
@@ -615,14 +713,16 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
                     trial.config, trial.predicted_peak_bytes, trial.budget_bytes, trial.num_items)
             if record is not None:
                 record.dataset_source, record.dataset_sha256 = trial.dataset_source, trial.dataset_sha256
-                db.record_trial(trial.trial_id, spec.name, record)
-        done = db.trial_ids(spec.name)
+                writer.write(trial.trial_id, spec.name, record)
+        done = done_ids() | set(writer.spooled)
         to_run = [t for t in plan if t.trial_id not in done]
-        progress = Progress(spec.name, total=len(plan), statuses=Counter(db.status_counts(spec.name)),
-                            deadline=deadline)
-        if not to_run:
+        progress = Progress(spec.name, total=len(plan), statuses=Counter(
+            status for key, status in recorded().items() if key in done), deadline=deadline)
+        if not to_run or writer.stopped is not None:
             return
-        progress.line(f"{len(to_run)} trial(s) to run, {len(done)} already recorded")
+        again = len([t for t in to_run if t.trial_id in recorded()])
+        progress.line(f"{len(to_run)} trial(s) to run" + (f" ({again} again: --retry)" if again else "")
+                      + f", {len(done)} already recorded")
         settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
                                  skip_predicted_over_budget=skip, start_deadline=deadline,
                                  checkpoint=checkpoint)
@@ -630,12 +730,12 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
             {"trial_id": t.trial_id, "config": t.config.to_dict(), "gpus": gpu_share(spec, t, card_bytes)}
             for t in to_run])}
         with ray_session(address):
-            _fit(spec, param_space, settings, db, progress, num_samples=1, search_alg=None)
+            _fit(spec, param_space, settings, writer, progress, num_samples=1, search_alg=None)
         return
 
     num_samples = (spec.search.num_samples or 0) - len(done)
-    progress = Progress(spec.name, total=spec.search.num_samples or 0,
-                        statuses=Counter(db.status_counts(spec.name)), deadline=deadline)
+    progress = Progress(spec.name, total=spec.search.num_samples or 0, statuses=Counter(recorded().values()),
+                        deadline=deadline)
     if num_samples <= 0:
         return
     progress.line(f"{num_samples} sample(s) to run, {len(done)} already recorded")
@@ -650,7 +750,7 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
 
         param_space = {"axes": {name: tune.choice(list(values)) for name, values in spec.axes}}
         searcher = make_optuna_search(spec, load_trials(db.path, sweep=spec.name))
-        _fit(spec, param_space, settings, db, progress, num_samples=num_samples, search_alg=searcher)
+        _fit(spec, param_space, settings, writer, progress, num_samples=num_samples, search_alg=searcher)
     # The search is complete: checkpoints of samples it never recorded (their run was interrupted and
     # the sampler did not propose them again) can no longer be continued.
     store.delete_checkpoints(store.checkpointed_trials() - db.trial_ids(spec.name))
@@ -677,12 +777,13 @@ def _grid_search(points: list[dict[str, Any]]) -> Any:
     return tune.grid_search(points)
 
 
-def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings, db: ResultsDB,
-         progress: Progress, *, num_samples: int, search_alg: Any) -> None:
+def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings,
+         writer: db_spool.SpoolingWriter, progress: Progress, *, num_samples: int, search_alg: Any) -> None:
     """One Tune run: an experiment folder `run-<time>-<pid>` under `<storage>/<sweep>/`, one trial folder
     `<trial id>-<Tune's id>` each (so a later run finds a trial's checkpoints by its id)."""
     from ray import tune
     from ray.tune import PlacementGroupFactory
+    from ray.tune.stopper import CombinedStopper
 
     _check_cluster_resources(spec)
     cpus, default_gpus = spec.resources.cpus, spec.resources.gpus
@@ -711,8 +812,8 @@ def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings, 
             ),
             run_config=tune.RunConfig(
                 name=store.new_run_name(), storage_path=store.location, verbose=0,
-                stop=make_deadline_stopper(progress),
-                callbacks=[make_recording_callback(db, settings, progress, store)],
+                stop=CombinedStopper(make_deadline_stopper(progress), make_stopper(writer)),
+                callbacks=[make_recording_callback(writer, settings, progress, store)],
                 failure_config=tune.FailureConfig(max_failures=spec.checkpoint.max_retries, fail_fast=False),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
@@ -721,6 +822,28 @@ def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings, 
     finally:
         # Tune's files of this run go when every trial of it has finished (no checkpoint left)
         store.remove_finished_runs()
+
+
+def make_stopper(writer: db_spool.SpoolingWriter) -> Any:
+    """A Tune stopper that ends the whole run once the database has stayed locked past its timeout."""
+    from ray.tune.stopper import Stopper
+
+    class DatabaseLockedStopper(Stopper):  # type: ignore[misc]
+        def __init__(self, writer: db_spool.SpoolingWriter) -> None:
+            self.writer: db_spool.SpoolingWriter | None = writer
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return self.writer is not None and self.writer.stopped is not None
+
+        def __getstate__(self) -> dict[str, Any]:
+            # Pickled with the run config (for Tuner.restore, which sweeps never use); a database
+            # connection cannot be pickled.
+            return {"writer": None}
+
+    return DatabaseLockedStopper(writer)
 
 
 def _check_cluster_resources(spec: SweepSpec) -> None:
@@ -760,16 +883,16 @@ def make_deadline_stopper(progress: Progress) -> Any:
     return DeadlineStopper(progress)
 
 
-def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Progress,
+def make_recording_callback(writer: db_spool.SpoolingWriter, settings: TrialSettings, progress: Progress,
                             store: CheckpointStore | None = None) -> Any:
     """A Tune callback that writes every trial's row (built here: Ray is imported lazily) and deletes the
     checkpoints of trials that reported their record (a trial whose worker died keeps its last one)."""
     from ray import tune
 
     class RecordingCallback(tune.Callback):  # type: ignore[misc]
-        def __init__(self, db: ResultsDB, settings: TrialSettings, progress: Progress,
+        def __init__(self, writer: db_spool.SpoolingWriter, settings: TrialSettings, progress: Progress,
                      store: CheckpointStore | None) -> None:
-            self.db: ResultsDB | None = db
+            self.writer: db_spool.SpoolingWriter | None = writer
             self.settings = settings
             self.progress = progress
             self.store = store
@@ -779,7 +902,7 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
         def __getstate__(self) -> dict[str, Any]:
             # Tune pickles its run config for Tuner.restore, which sweeps never use (they resume from the
             # database); a database connection cannot be pickled.
-            return {**self.__dict__, "db": None}
+            return {**self.__dict__, "writer": None}
 
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self.progress.running_trials.add(trial.trial_id)
@@ -813,17 +936,18 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
                                f"{failures}): restarting the trial, from its last checkpoint if it has one")
 
         def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-            error = None
-            with contextlib.suppress(Exception):
-                error = trial.get_error()
             attempts = getattr(trial, "num_failures", None)
-            tried = f" ({attempts} attempt(s))" if attempts else ""
-            self.finish(trial, f"the trial's worker failed{tried}: {error or 'unknown error'}")
+            message = describe_worker_death(_trial_error_text(trial), _session_dir(trial))
+            if attempts:  # Tune restarted the trial up to [checkpoint] max_retries times
+                message = f"{attempts} attempt(s), the last: {message}"
+            self.finish(trial, message)
 
         def finish(self, trial: Any, error: str) -> None:
             self.progress.running_trials.discard(trial.trial_id)
             if trial.trial_id in self.recorded or trial.trial_id in self.progress.deferred_trials:
                 return
+            if self.writer is not None and self.writer.stopped is not None:
+                return  # stopped by the sweep (database locked), not failed: --resume runs it again
             trial_key, values = trial_point(trial.config, self.settings)
             budget = MemoryReport(budget_bytes=self.settings.budget_bytes(values))
             record = TrialRecord(status="failed", config=values, error=error, memory=budget)
@@ -832,14 +956,39 @@ def make_recording_callback(db: ResultsDB, settings: TrialSettings, progress: Pr
         def write(self, trial: Any, trial_key: str, record: TrialRecord) -> None:
             if trial.trial_id in self.recorded:
                 return
-            assert self.db is not None, "a restored callback has no database"
-            self.db.record_trial(trial_key, self.settings.sweep, record)
+            assert self.writer is not None, "a restored callback has no database"
+            written = self.writer.write(trial_key, self.settings.sweep, record)
             self.recorded.add(trial.trial_id)
             self.progress.running_trials.discard(trial.trial_id)
             self.progress.statuses[record.status] += 1
-            self.progress.line(f"{trial_key} {describe_record(record)}")
+            where = "" if written else f" (database locked: kept in {self.writer.path})"
+            self.progress.line(f"{trial_key} {describe_record(record)}{where}")
 
-    return RecordingCallback(db, settings, progress, store)
+    return RecordingCallback(writer, settings, progress, store)
+
+
+def _trial_error_text(trial: Any) -> str | None:
+    """The error Tune saved for a failed trial (its error file on the driver's disk)."""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        with contextlib.suppress(OSError):
+            return Path(path).read_text(encoding="utf-8", errors="replace")
+    with contextlib.suppress(Exception):
+        return trial.get_error()  # type: ignore[no-any-return]
+    return None
+
+
+def _session_dir(trial: Any) -> Path | None:
+    """The Ray session folder, where the workers' logs are: the trial's local folder lies in it."""
+    found = session_dir_of(getattr(trial, "local_path", None))
+    if found is None:
+        with contextlib.suppress(Exception):
+            import ray
+
+            node = ray._private.worker.global_worker.node  # no public API names the session folder
+            if node is not None:
+                found = session_dir_of(node.get_session_dir_path())
+    return found
 
 
 def describe_record(record: TrialRecord) -> str:
@@ -880,7 +1029,8 @@ def make_optuna_search(spec: SweepSpec, recorded: Any) -> Any:
             super()._setup_study(mode)
             space: Any = self._space  # a dict of Optuna distributions, converted from the param space
             for _, row in recorded.iterrows():
-                params = {f"axes/{name}": _python_value(row[name]) for name in axes}
+                config = json.loads(row["config_json"])  # the columns may differ (full CE: no negatives)
+                params = {f"axes/{name}": config.get(name) for name in axes}
                 if any(value not in axes[key.split("/", 1)[1]] for key, value in params.items()):
                     continue  # recorded under an older version of the spec's axes
                 record = TrialRecord.from_dict(json.loads(row["record_json"]))
@@ -988,7 +1138,9 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 def print_summary(spec: SweepSpec, db: ResultsDB, db_path: Path, budget_bytes: int | None,
                   plan: Sequence[PlannedTrial], *, file: Any, store: CheckpointStore | None = None) -> None:
-    counts = db.status_counts(spec.name)
+    planned = {t.trial_id for t in plan}
+    statuses = db.trial_statuses(spec.name)
+    counts = Counter(status for key, status in statuses.items() if key in planned)
     total = sum(counts.values())
     by_status = ", ".join(f"{status} {count}" for status, count in sorted(counts.items()))
     print(f"sweep {spec.name}: {total} trial(s) recorded in {db_path} ({by_status})", file=file)
@@ -1012,11 +1164,29 @@ def print_summary(spec: SweepSpec, db: ResultsDB, db_path: Path, budget_bytes: i
             print(f"  {dataset}: no ok trial under {_gib(budget_bytes)}", file=file)
             continue
         names = [n for n in axis_names(spec) if n != "dataset"]
-        setting = ", ".join(f"{n}={best[n]}" for n in names if n in best.index)
+        setting = ", ".join(f"{n}={_setting_text(best, n)}" for n in names if n in best.index)
         print(f"  best under {_gib(budget_bytes)} on {dataset}: {best['trial_id']} ({setting}): "
               f"val {QUALITY_METRIC} {best[metric_column(QUALITY_METRIC)]:.4f}, "
               f"peak {_gib(best['peak_bytes'])}", file=file)
-    print(f"  figures: cce-study pareto --db {db_path}", file=file)
+    command = ["cce-study", "pareto", "--db", str(db_path), "--out", str(db_path.parent / "figures")]
+    if spec.memory_budget is not None:
+        command += ["--budgets", spec.memory_budget]
+    print(f"  figures: {shlex.join(command)}", file=file)
+
+
+def _config_text(config: TrainConfig, name: str) -> str:
+    if name == "num_negatives" and config.loss == "ce":
+        return "full"  # full-catalogue CE has no number of negatives
+    return str(getattr(config, name))
+
+
+def _setting_text(row: Any, name: str) -> str:
+    value = _python_value(row[name])
+    if name == "num_negatives" and row.get("loss") == "ce":
+        return "full"  # full-catalogue CE has no number of negatives
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # an integer column with NULLs (full CE's negatives) reads as floats
+    return str(value)
 
 
 def _gib(num_bytes: float | None) -> str:

@@ -10,10 +10,12 @@ example.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import itertools
 import json
+import math
 import re
 import tomllib
 import types
@@ -180,13 +182,79 @@ def trial_id(sweep_name: str, config: TrainConfig) -> str:
     return f"{sweep_name}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
 
 
+def spec_content(spec: SweepSpec) -> dict[str, Any]:
+    """What the specification says about its trials, as plain JSON values: everything but the
+    description, where it was read from, and how trials are packed onto the machines (resources.gpus,
+    cpus, max_concurrent), which may change between a run and its resume."""
+    return {
+        "name": spec.name,
+        "datasets": list(spec.datasets),
+        "split": spec.split,
+        "trial": dict(spec.trial),
+        "axes": {name: list(values) for name, values in spec.axes},
+        "extra_trials": [dict(extra) for extra in spec.extra_trials],
+        "search": dataclasses.asdict(spec.search),
+        "memory_budget": spec.memory_budget,
+        "time_limit_s": spec.time_limit_s,
+        "repeats": spec.repeats,
+        "run": dataclasses.asdict(spec.run),
+        "resources.gpu_memory": spec.resources.gpu_memory_bytes,
+    }
+
+
+def spec_hash(spec: SweepSpec) -> str:
+    """Content hash of the parsed specification (`spec_content`): comments, whitespace, key order and
+    the order of the axes do not change it."""
+    canonical = json.dumps(spec_content(spec), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def spec_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two `spec_content`s, one "key: old -> new" per changed key
+    (e.g. "axes.num_negatives: [32, 128] -> [32, 64]")."""
+    before, after = _flatten(old), _flatten(new)
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        if json.dumps(before.get(key), sort_keys=True) != json.dumps(after.get(key), sort_keys=True):
+            changes.append(f"{key}: {_shown(before, key)} -> {_shown(after, key)}")
+    return changes
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and key in ("trial", "axes", "search", "run"):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _shown(values: Mapping[str, Any], key: str) -> str:
+    if key not in values:
+        return "(unset)"
+    text = json.dumps(values[key], sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     """Read and validate a sweep specification file."""
     spec_path = Path(path)
     if not spec_path.is_file():
         raise FileNotFoundError(f"{spec_path}: no such sweep specification")
     try:
-        values = tomllib.loads(spec_path.read_text(encoding="utf-8"))
+        data = spec_path.read_bytes()
+    except OSError as exc:
+        raise SpecError(f"{spec_path}: cannot read the sweep specification ({exc.strerror or exc})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise SpecError(f"{spec_path}: line {line}: not UTF-8 text (byte {data[exc.start]:#04x} at offset "
+                        f"{exc.start}); TOML files must be UTF-8") from None
+    try:
+        values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{spec_path}: not valid TOML: {exc}") from exc
     return parse_spec(values, source=str(spec_path))
@@ -322,6 +390,8 @@ class _SpecParser:
         if hint is float:
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise self.error(key, f"must be a number, got {value!r}")
+            if not math.isfinite(value):  # TOML has nan and inf
+                raise self.error(key, f"must be a finite number, got {value!r}")
             return float(value)
         if hint is str:
             if not isinstance(value, str):
@@ -474,5 +544,6 @@ class _SpecParser:
 
 __all__ = [
     "SweepSpec", "SearchSpec", "ResourceSpec", "RunSpec", "CheckpointSpec", "SpecError", "load_spec",
-    "parse_spec", "trial_id", "REQUIRED_AXES", "DEFAULT_TRIAL_FUNCTION",
+    "parse_spec", "trial_id", "REQUIRED_AXES", "DEFAULT_TRIAL_FUNCTION", "spec_content", "spec_hash",
+    "spec_changes",
 ]

@@ -58,7 +58,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--eval-every", "eval_every", "validate every N epochs (and at the last epoch trained)"),
     Option("--device", "device", "where to train"),
     Option("--precision", "precision", "auto: bf16 autocast on CUDA, fp32 on CPU"),
-    Option("--seed", "seed", "random seed"),
+    Option("--seed", "seed", "random seed: on CPU the same seed, data, versions and thread count "
+           "(torch.get_num_threads(), e.g. OMP_NUM_THREADS) give the same losses and metrics; CUDA runs "
+           "are not bit-reproducible"),
     Option("--memory-budget", "memory_budget", "GPU memory budget, e.g. 40GiB, 8000MiB or 0.5 of the card"),
 )
 

@@ -7,9 +7,14 @@ appends every trial it starts to the file named by $CCE_TEST_RUN_LOG.
 
 from __future__ import annotations
 
+import ctypes
+import json
 import math
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,7 +35,10 @@ FAULTS = {
     4: "nan_loss",  # what run_trial returns for a non-finite loss
     5: "wrong_type",  # the trial function returns something that is not a TrialRecord
     6: "worker_dies",  # the worker process is killed (as by the kernel's OOM killer): only under Ray
+    7: "worker_crashes",  # the worker process dies of a segmentation fault: only under Ray
 }
+# What a dying worker writes to its stderr first (Ray keeps it in the worker's log).
+DYING_WORDS = "worker about to die for seed"
 SLEEP_SECONDS = 1.5
 
 
@@ -84,8 +92,11 @@ def faulty_trial(config: TrainConfig, *, on_epoch: OnEpoch = None) -> TrialRecor
                            epochs=[nan_epoch])
     if fault == "wrong_type":
         return {"status": "ok"}  # type: ignore[return-value]
-    if fault == "worker_dies":
-        os.kill(os.getpid(), signal.SIGKILL)
+    if fault in ("worker_dies", "worker_crashes"):
+        print(f"{DYING_WORDS} {config.seed}", file=sys.stderr, flush=True)
+        if fault == "worker_dies":
+            os.kill(os.getpid(), signal.SIGKILL)
+        ctypes.string_at(0)  # reads address 0: SIGSEGV
     return fake_record(config, on_epoch)
 
 
@@ -143,3 +154,57 @@ def stop_ray(temp_dir: str | Path, *, grace: float = 10.0) -> None:
         except psutil.NoSuchProcess:
             continue
     wait_for_ray_gone(temp_dir, timeout=grace + 20, kill_after=grace)
+
+
+def _note_run(config: TrainConfig) -> int:
+    """Append this trial's seed to `<dataset>.runs` (the dataset is a file the test wrote); returns how
+    many times this seed has run, this time included. The dataset's path is the one place a trial
+    function and its test share without Ray's help."""
+    runs = Path(f"{config.dataset}.runs")
+    with open(runs, "a") as handle:
+        handle.write(f"{config.seed}\n")
+    return runs.read_text().split().count(str(config.seed))
+
+
+def flaky_trial(config: TrainConfig, *, on_epoch: OnEpoch = None) -> TrialRecord:
+    """Fails the first time each configuration runs, succeeds after (a transient fault)."""
+    if _note_run(config) == 1:
+        raise RuntimeError(f"transient failure of seed {config.seed}")
+    return fake_record(config, on_epoch)
+
+
+HOLD_LOCK = textwrap.dedent("""
+    import sqlite3, sys, time
+    connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+    connection.execute("BEGIN IMMEDIATE")
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    connection.rollback()
+""")
+
+
+def hold_write_lock(db: str | Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding the database's write lock for `seconds` (as a notebook with an open
+    transaction would); returns once the lock is held."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(db), str(seconds)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def locking_trial(config: TrainConfig, *, on_epoch: OnEpoch = None) -> TrialRecord:
+    """A quick ok trial; the one whose seed `<dataset>.lock.json` names asks the test for a lock on the
+    results database (it creates `<dataset>.lock-request`) and returns once another process holds it
+    (`<dataset>.holder` names the holder), so that the driver finds the database locked when it
+    records the trial. The test starts the holder: Ray ends a worker's child processes with it."""
+    _note_run(config)
+    instructions = json.loads(Path(f"{config.dataset}.lock.json").read_text())
+    holder = Path(f"{config.dataset}.holder")
+    if config.seed == instructions["seed"] and not holder.exists():
+        Path(f"{config.dataset}.lock-request").touch()
+        deadline = time.monotonic() + 60
+        while not holder.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("nobody took the lock")
+            time.sleep(0.05)
+    return fake_record(config, on_epoch)

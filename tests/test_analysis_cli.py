@@ -183,3 +183,52 @@ def test_report_compares_steady_state_epoch_times(tmp_path: Path) -> None:
     assert f"1 of {len(ok)} ok trials have no steady-state time recorded" in text
     assert f"median speedup {summary['speedup (PyTorch / fused)'].median():.2f}x" in text
     assert "no steady-state time" not in report.time_note(frame.fillna({"steady_epoch_seconds": 1.0}))
+
+
+def test_pareto_and_report_write_next_to_the_database_without_out(tmp_path: Path, capsys) -> None:
+    database = tiny_database(tmp_path / "sweep" / "results.sqlite")
+    code, out, _ = run(capsys, "pareto", "--db", str(database))
+    assert code == 0 and len(out.splitlines()) == 8
+    assert all(Path(line).parent == tmp_path / "sweep" / "figures" for line in out.splitlines())
+    code, out, _ = run(capsys, "report", "--db", str(database))
+    assert code == 0 and Path(out.strip()) == tmp_path / "sweep" / "report" / "report.md"
+    a_file = tmp_path / "plain.txt"
+    a_file.write_text("x")
+    code, _, err = run(capsys, "pareto", "--db", str(database), "--out", str(a_file / "figs"))
+    assert code == 2 and err.count("\n") == 1 and "--out" in err and "plain.txt" in err
+
+
+def test_full_ce_shows_full_for_its_negatives(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(5)
+    trials = synthetic_sweep(rng, negatives=(64,), batch_sizes=(32,), max_lens=(50,), impls=("triton",))
+    best_config = trials[0].config.replace(loss="ce", num_negatives=999)  # meaningless for full CE: NULL
+    full = SyntheticTrial("full-ce", best_config, "ok", "triton", 0.9, trials[0].peak_bytes, 1.0)
+    database = build_database(tmp_path / "r.sqlite", [*trials, full])
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budgets", "40GiB")
+    assert code == 0
+    row = next(line for line in out.splitlines() if "full-ce" in line)
+    assert " full " in row and "999" not in row
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budget", "40GiB")
+    assert code == 0 and "loss=ce negatives=full" in out
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budget", "40GiB", "--json")
+    assert json.loads(out)["best"]["num_negatives"] is None
+    code, out, _ = run(capsys, "report", "--db", str(database), "--out", str(tmp_path / "rep"))
+    text = Path(out.strip()).read_text()
+    assert "| full-ce | ce | full |" in text
+
+
+def test_spec_version_selects_the_trials_of_one_version(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(7)
+    trials = synthetic_sweep(rng, negatives=(64, 256), batch_sizes=(32,), max_lens=(50,), impls=("triton",))
+    database = build_database(tmp_path / "r.sqlite", trials, sweep="test")
+    with ResultsDB(database) as db:
+        db.add_spec_version("test", "h1", {}, [t.trial_id for t in trials])
+        db.add_spec_version("test", "h2", {}, [trials[0].trial_id])
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budgets", "40GiB", "--json")
+    assert [r["trial_id"] for r in json.loads(out)["budgets"]] == [trials[0].trial_id]  # latest: one trial
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budgets", "40GiB", "--json",
+                       "--spec-version", "1")
+    best_of_both = max(trials, key=lambda t: t.quality or 0).trial_id
+    assert [r["trial_id"] for r in json.loads(out)["budgets"]] == [best_of_both]
+    code, _, err = run(capsys, "best", "--db", str(database), "--budgets", "40GiB", "--spec-version", "3")
+    assert code == 2 and "spec_version: 3 is not recorded" in err and err.count("\n") == 1

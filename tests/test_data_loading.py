@@ -187,3 +187,16 @@ def test_csv_ids_are_text_so_leading_zeros_keep_ids_apart(tmp_path: Path) -> Non
     # "7.0" is not a plain integer: the column stays text.
     (tmp_path / "floats.csv").write_text("user_id,item_id,timestamp\n1,7.0,1\n1,7,2\n")
     assert load_interactions(tmp_path / "floats.csv")["item_id"].tolist() == ["7.0", "7"]
+
+
+def test_truncated_gzip_is_a_data_error_naming_the_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    whole = tmp_path / "whole.csv.gz"
+    pd.DataFrame({"user_id": rng.integers(1, 300, 30000), "item_id": rng.integers(1, 700, 30000),
+                  "timestamp": np.arange(30000)}).to_csv(whole, index=False)
+    data = whole.read_bytes()
+    for cut_at in (len(data) // 2, 30):  # in the body; in the header line
+        cut = tmp_path / f"cut{cut_at}.csv.gz"
+        cut.write_bytes(data[:cut_at])
+        with pytest.raises(DataError, match=f"{cut.name}: cannot read.*truncated"):
+            load_interactions(cut)

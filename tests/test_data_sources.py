@@ -204,3 +204,20 @@ def test_corrupt_archive_is_a_data_error(tmp_path: Path) -> None:
     path.write_bytes(b"not a zip at all")
     with pytest.raises(DataError, match="ml-1m.zip: not a valid zip archive"):
         load_dataset(str(path))
+
+
+def test_download_failure_says_where_it_looked_and_how_to_use_local_data(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    monkeypatch.setitem(SOURCES, "ml-1m", dataclasses.replace(
+        SOURCES["ml-1m"], url=(tmp_path / "nowhere" / "ml-1m.zip").as_uri(), md5_url=None))
+    with pytest.raises(DataError) as caught:
+        load_dataset("ml-1m")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"looked in {tmp_path / 'cache' / 'ml-1m'} ($CCE_STUDY_DATA_PATH is not set)" in message
+    assert "download failed" in message
+    assert "DIR/ml-1m/interactions.csv.gz" in message and f"export {DATA_PATH_VARIABLE}=DIR" in message
+    # with the variable set, the folders searched are listed instead
+    monkeypatch.setenv(DATA_PATH_VARIABLE, str(tmp_path / "mine"))
+    with pytest.raises(DataError, match=r"looked in .*mine/ml-1m, .*cache/ml-1m\),"):
+        load_dataset("ml-1m")

@@ -10,9 +10,12 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
+from sweep_faults import hold_write_lock
 
 from study.config import METRIC_KS, TrainConfig
 from study.db import (
@@ -341,3 +344,144 @@ def test_rows_survive_a_sigkilled_writer(tmp_path: Path) -> None:
     with ResultsDB(path) as db:
         assert db.trial_ids("s") == {f"t{i}" for i in range(5)}
     assert len(load_epochs(path)) == 5 * 3
+
+
+def test_a_write_waits_for_another_process_lock_and_then_succeeds(tmp_path: Path) -> None:
+    path = tmp_path / "results.sqlite"
+    rng = random.Random(21)
+    with ResultsDB(path, busy_timeout_s=60) as db:
+        db.record_trial("before", "s", random_record(rng))
+        holder = hold_write_lock(path, 7.0)  # longer than one attempt's own wait (5 s)
+        held_from = time.monotonic()
+        try:
+            record = random_record(rng)
+            db.record_trial("during", "s", record)  # blocks until the holder lets go
+            # (the holder may still be exiting after its commit, so time the wait rather than poll it)
+            assert time.monotonic() - held_from >= 6.5, "the write went through while the lock was held"
+            assert db.load_record("during") == record
+        finally:
+            holder.kill()
+            holder.wait()
+
+
+def test_a_write_gives_up_after_the_busy_timeout_and_writes_nothing(tmp_path: Path) -> None:
+    from study.db import DatabaseBusyError
+
+    path = tmp_path / "results.sqlite"
+    ResultsDB(path).close()
+    holder = hold_write_lock(path, 60.0)
+    try:
+        # opening needs no write (the schema is there), so it does not wait
+        with (ResultsDB(path, busy_timeout_s=1.5) as db,
+              pytest.raises(DatabaseBusyError, match="results.sqlite: the database stayed locked")):
+            db.record_trial("t", "s", random_record(random.Random(1)))
+    finally:
+        holder.kill()
+        holder.wait()
+    with ResultsDB(path) as db:
+        assert db.trial_ids() == set()
+
+
+def test_a_path_that_cannot_hold_a_database_is_one_clear_error(tmp_path: Path) -> None:
+    from study.db import check_database_path
+
+    with pytest.raises(ValueError, match="is a folder"):
+        ResultsDB(tmp_path)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    with pytest.raises(ValueError, match="file.txt is not a folder"):
+        ResultsDB(a_file / "results.sqlite")
+    with pytest.raises(ValueError, match="cce-test.sqlite"):
+        ResultsDB("/proc/cce-test.sqlite")
+    with pytest.raises(ValueError, match="is a folder"):
+        load_trials(tmp_path)
+    assert check_database_path(tmp_path / "new" / "deeper" / "r.sqlite", writable=True).name == "r.sqlite"
+
+
+def test_full_ce_stores_no_number_of_negatives_and_keeps_its_trial_id(tmp_path: Path) -> None:
+    from study.sweep_spec import trial_id
+
+    path = tmp_path / "results.sqlite"
+    rng = random.Random(4)
+    ce, sampled = random_record(rng), random_record(rng)
+    ce.config.update(loss="ce", num_negatives=32)
+    sampled.config.update(loss="ce-neg", num_negatives=32)
+    ce_id = trial_id("s", TrainConfig.from_dict(ce.config))
+    with ResultsDB(path) as db:
+        db.record_trial(ce_id, "s", ce)
+        db.record_trial("sampled", "s", sampled)
+        assert db.load_record(ce_id) == ce  # the TrainConfig, default negatives and all, round-trips
+    with sqlite3.connect(path) as raw:
+        stored = dict(raw.execute("SELECT trial_id, num_negatives FROM trials").fetchall())
+    raw.close()
+    assert stored == {ce_id: None, "sampled": 32}
+    assert ce_id == trial_id("s", TrainConfig.from_dict(json.loads(load_trials(path)["config_json"][0])))
+
+
+def test_old_full_ce_rows_read_as_no_negatives_and_are_migrated_by_the_writer(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    rng = random.Random(6)
+    ce = random_record(rng)
+    ce.config.update(loss="ce", num_negatives=32)
+    with ResultsDB(path) as db:
+        db.record_trial("ce", "s", ce)
+        db.record_trial("neg", "s", random_record(rng))
+        # as an older version wrote it: the config's default in the column
+        db._connection.execute("UPDATE trials SET num_negatives = 32 WHERE trial_id = 'ce'")
+        db._connection.commit()
+    trials = load_trials(path).set_index("trial_id")
+    assert math.isnan(trials.loc["ce", "num_negatives"]) and trials.loc["neg", "num_negatives"] > 0
+    with sqlite3.connect(path) as raw:  # reading did not change the file
+        assert raw.execute("SELECT num_negatives FROM trials WHERE trial_id = 'ce'").fetchone() == (32,)
+    raw.close()
+    ResultsDB(path).close()  # a sweep opening it migrates the rows
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT num_negatives FROM trials WHERE trial_id = 'ce'").fetchone() == (None,)
+    raw.close()
+
+
+def test_spec_versions_choose_which_rows_analysis_sees(tmp_path: Path) -> None:
+    from study.db import load_spec_versions
+
+    path = tmp_path / "results.sqlite"
+    rng = random.Random(8)
+    records = {name: random_record(rng) for name in ("a", "b", "c", "other")}
+    with ResultsDB(path) as db:
+        first = db.add_spec_version("s", "hash1", {"axes": {"k": [1, 2]}}, ["a", "b"])
+        db.record_trial("a", "s", records["a"], spec_hash="hash1", spec_version=1)
+        db.record_trial("b", "s", records["b"], spec_hash="hash1", spec_version=1)
+        # version 2 keeps configuration a (same trial id) and adds c
+        second = db.add_spec_version("s", "hash2", {"axes": {"k": [1, 3]}}, ["a", "c"])
+        db.record_trial("c", "s", records["c"], spec_hash="hash2", spec_version=2)
+        db.record_trial("other", "o", records["other"])  # a sweep recorded before spec versions
+        assert [v.version for v in db.spec_versions("s")] == [1, 2]
+    assert (first.version, second.version) == (1, 2) and second.trial_ids == {"a", "c"}
+    assert sorted(load_trials(path)["trial_id"]) == ["a", "c", "other"]  # latest version of each sweep
+    assert sorted(load_trials(path, sweep="s", spec_version=1)["trial_id"]) == ["a", "b"]
+    assert sorted(load_trials(path, spec_version="all")["trial_id"]) == ["a", "b", "c", "other"]
+    assert sorted(set(load_epochs(path, sweep="s")["trial_id"])) == ["a", "c"]
+    assert sorted(set(load_epochs(path, sweep="s", spec_version=1)["trial_id"])) == ["a", "b"]
+    row = load_trials(path, sweep="s").set_index("trial_id").loc["c"]
+    assert (row["spec_hash"], row["spec_version"]) == ("hash2", 2)
+    with pytest.raises(ValueError, match="spec_version: 7 is not recorded"):
+        load_trials(path, spec_version=7)
+    assert [v.content for v in load_spec_versions(path, sweep="s")][1] == {"axes": {"k": [1, 3]}}
+
+
+def test_a_database_from_before_spec_versions_loads_and_gains_the_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    record = random_record(random.Random(9))
+    with ResultsDB(path) as db:
+        db.record_trial("old", "s", record)
+    with sqlite3.connect(path) as old:
+        old.execute("ALTER TABLE trials DROP COLUMN spec_hash")
+        old.execute("ALTER TABLE trials DROP COLUMN spec_version")
+        old.execute("DROP TABLE spec_versions")
+    old.close()
+    trials = load_trials(path)
+    assert list(trials["trial_id"]) == ["old"] and "spec_hash" not in trials.columns
+    with ResultsDB(path) as db:
+        assert db.spec_versions("s") == []
+        db.record_trial("new", "s", record, spec_hash="h", spec_version=1)
+    trials = load_trials(path).set_index("trial_id")
+    assert trials.loc["new", "spec_hash"] == "h" and pd.isna(trials.loc["old", "spec_hash"])

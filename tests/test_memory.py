@@ -188,7 +188,9 @@ def test_probe_on_cpu_fills_peak_rss_only() -> None:
     report = probe.report()
     del block
     assert not probe.sampling and not sampler_threads()
-    assert report.cpu_peak_rss is not None and report.cpu_peak_rss >= rss_inside
+    # The probe's samples need not include the instant of rss_inside: the process's RSS can shrink by a
+    # few pages (freed heap) before the next sample. The 64 MiB block must be in the peak all the same.
+    assert report.cpu_peak_rss is not None and report.cpu_peak_rss >= rss_inside - MiB
     assert report.torch_max_allocated is None and report.nvml_process_peak is None and report.gpu_name is None
     assert report.peak_bytes == report.cpu_peak_rss
 

@@ -132,3 +132,37 @@ def test_fused_vs_torch_figure_draws_steady_state_times(trials: pd.DataFrame) ->
     ratios = {t.get_text().strip() for t in time_axes.texts}
     assert ratios == {f"{r:.2f}x" for r in pairs["speedup"]}
     assert pairs["speedup"].min() > 3  # the steady state, not the mean over epochs, is compared
+
+
+def test_trials_never_run_are_labelled_as_predicted_over_budget_not_failed(trials: pd.DataFrame) -> None:
+    rng = np.random.default_rng(3)
+    # a grid where one cell was only ever predicted over the budget (never run), one only failed
+    # for real (oom), and the rest finished
+    sweep = synthetic_sweep(rng, negatives=(64, 1024), batch_sizes=(32, 1024), max_lens=(50,))
+    frame = to_frame(sweep)
+    never_run = (frame["num_negatives"] == 1024) & (frame["batch_size"] == 1024)
+    frame.loc[never_run, "status"] = "predicted_over_budget"
+    frame.loc[never_run, "predicted_peak_bytes"] = frame.loc[never_run, "peak_bytes"]
+    frame.loc[never_run, ["peak_bytes", "val_ndcg_10"]] = np.nan
+    oom = (frame["num_negatives"] == 64) & (frame["batch_size"] == 1024)
+    frame.loc[oom, "status"] = "oom"
+    table = analysis.pareto_table(frame)
+
+    heatmap = plots.heatmap_figure(table, metric="ndcg@10", memory_field="peak_bytes")
+    assert not isinstance(heatmap, str)
+    cell_texts = [t.get_text() for t in heatmap.axes[0].texts]
+    assert sum("not run" in t and "predicted" in t for t in cell_texts) == 1
+    assert "oom" in cell_texts and "failed" not in cell_texts
+    titles = [axes.get_title() for axes in heatmap.axes if axes.get_title()]
+    assert titles == ["max length 50: best validation NDCG@10", "max length 50: least peak memory (GiB)"]
+
+    pareto = plots.pareto_figure(table, metric="ndcg@10", memory_field="peak_bytes")
+    assert not isinstance(pareto, str)
+    legend = [t.get_text() for t in pareto.axes[0].get_legend().get_texts()]
+    not_run = next(t for t in legend if t.startswith("not run"))
+    assert f"predicted over budget ({int(never_run.sum())})" in not_run
+    ran = next(t for t in legend if t.startswith("ran, not ok"))
+    assert f"({int(oom.sum())}: oom)" in ran and "failed" not in ran
+    triangles = pareto.axes[0].collections[2]
+    np.testing.assert_allclose(np.sort(np.asarray(triangles.get_offsets())[:, 0]),
+                               np.sort(frame.loc[never_run, "predicted_peak_bytes"] / GIB))

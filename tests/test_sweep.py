@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,13 +18,12 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sweep_faults import FAULTS, ray_processes, stop_ray, wait_for_ray_gone
+from sweep_faults import DYING_WORDS, FAULTS, ray_processes, stop_ray, wait_for_ray_gone
 
-from study import sweep
+from study import cli, sweep
 from study.config import TrainConfig
 from study.db import ResultsDB, load_epochs, load_trials
 from study.record import MemoryReport, TrialRecord
@@ -40,29 +40,14 @@ def write_spec(path: Path, text: str) -> Path:
 
 
 def sweep_args(spec: Path, db: Path, **options: object) -> argparse.Namespace:
-    values = {"spec": spec, "db": db, "address": None, "resume": False, "dry_run": False, "stop_after": None}
-    values.update(options)
-    return argparse.Namespace(**values)
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[str]:
-    """One local Ray instance for the in-process tests (the driver reuses an initialised Ray)."""
-    import ray
-
-    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
-    saved = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = temp_dir
-    sweep.start_ray(None, num_cpus=2)
-    try:
-        yield temp_dir
-    finally:
-        ray.shutdown()
-        if saved is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = saved
-        wait_for_ray_gone(temp_dir, timeout=60, kill_after=30)
+    """The parsed command line `cce-study sweep SPEC --db DB`, with `options` set on it."""
+    parser = argparse.ArgumentParser()
+    sweep.configure(parser)
+    args = parser.parse_args([str(spec), "--db", str(db)])
+    for name, value in options.items():
+        assert hasattr(args, name), name
+        setattr(args, name, value)
+    return args
 
 
 def test_grid_sweep_of_real_trials_writes_one_row_each(local_ray: str, tmp_path: Path,
@@ -99,6 +84,12 @@ def test_grid_sweep_of_real_trials_writes_one_row_each(local_ray: str, tmp_path:
     out, err = capsys.readouterr()
     assert "sweep grid4: 4 trial(s) recorded" in out and "ok 4" in out
     assert "4/4 done" in err
+    # the figures command it prints runs as printed
+    printed = next(line for line in out.splitlines() if "figures:" in line).split("figures:", 1)[1]
+    argv = shlex.split(printed)
+    assert argv[0] == "cce-study"
+    assert cli.main(argv[1:]) == 0
+    assert (db.parent / "figures" / "pareto_synthetic-users-40-items-60-mean_len-8-seed-3_loo.png").is_file()
 
 
 def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path) -> None:
@@ -110,7 +101,7 @@ def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path
         num_negatives = [16]
         batch_size = [8]
         max_len = [20]
-        seed = [1, 3, 4, 6]  # raise, out of memory beyond the budget, NaN loss, worker killed
+        seed = [1, 3, 4, 6, 7]  # raise, out of memory beyond the budget, NaN loss, worker killed, crashed
         [[extra_trials]]
         num_negatives = 16
         batch_size = 8
@@ -127,13 +118,20 @@ def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path
     trials = load_trials(db, sweep="faults")
     by_fault = {FAULTS[seed]: row for seed, row in zip(trials["seed"], trials.itertuples())
                 if row.memory_budget == "8GiB"}
-    assert len(trials) == 5
+    assert len(trials) == 6
     assert by_fault["raise"].status == "failed" and "injected failure for seed 1" in by_fault["raise"].error
     assert "Traceback" in by_fault["raise"].error
     assert by_fault["budget_oom"].status == "over_budget" and by_fault["budget_oom"].budget_bytes == 8 * 2**30
     assert by_fault["nan_loss"].status == "failed" and "non-finite" in by_fault["nan_loss"].error
-    assert by_fault["worker_dies"].status == "failed" and "worker failed" in by_fault["worker_dies"].error
-    assert by_fault["worker_dies"].budget_bytes == 8 * 2**30
+    # a dead worker: what is known (pid, how it died, the end of its log), not "unknown error"
+    for fault, cause in (("worker_dies", "SIGKILL"), ("worker_crashes", "SIGSEGV")):
+        error = by_fault[fault].error
+        first_line = error.splitlines()[0]
+        assert by_fault[fault].status == "failed" and "worker process died (pid " in first_line, error
+        assert cause in first_line, error
+        seed = next(s for s, f in FAULTS.items() if f == fault)
+        assert f"{DYING_WORDS} {seed}" in error and "unknown error" not in error
+        assert by_fault[fault].budget_bytes == 8 * 2**30
     skipped = trials[trials["memory_budget"] == "100MiB"].iloc[0]
     assert skipped["status"] == "predicted_over_budget"
     assert skipped["predicted_peak_bytes"] > skipped["budget_bytes"] == 100 * 2**20
@@ -144,7 +142,7 @@ def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path
     with pytest.raises(sweep.SweepError, match="--resume"):
         sweep.run(sweep_args(spec, db))
     assert sweep.run(sweep_args(spec, db, resume=True)) == 0
-    assert len(load_trials(db, sweep="faults")) == 5
+    assert len(load_trials(db, sweep="faults")) == 6
 
 
 def test_a_trial_that_asks_for_no_gpu_sees_none(local_ray: str) -> None:
@@ -165,7 +163,7 @@ def test_every_fault_becomes_a_record_with_its_status() -> None:
     epochs_seen: list[float] = []
     records = {}
     for seed, fault in FAULTS.items():
-        if fault == "worker_dies":
+        if fault in ("worker_dies", "worker_crashes"):
             continue  # it would kill this process; tested under Ray above
         config = TrainConfig(dataset="synthetic:users=30,items=40", seed=seed, memory_budget="8GiB")
         records[fault] = sweep.execute_trial(config.to_dict(), settings,
@@ -351,8 +349,11 @@ def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_pat
     run_log = tmp_path / "runs.log"
     first_ray = tempfile.mkdtemp(prefix="rt", dir="/tmp")
     cluster_ray = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    scratch = tmp_path / "tmp"  # the drivers' temp folder, where each keeps its run folder
+    scratch.mkdir()
     env = {**os.environ, "CCE_TEST_RUN_LOG": str(run_log), "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT)}
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO_ROOT), "TMPDIR": str(scratch)}
+    env.pop("CCE_STUDY_DEBUG", None)
     command = [PYTHON, "-m", "study.sweep", str(spec), "--db", str(db)]
     driver = subprocess.Popen(command, cwd=REPO_ROOT, env={**env, "RAY_TMPDIR": first_ray},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -367,6 +368,15 @@ def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_pat
                 with ResultsDB(db) as reader:
                     recorded = reader.trial_ids("slow")
         assert ray_processes(first_ray), "the driver's Ray processes should be findable by their temp dir"
+        # a second driver on the same database is refused at once, naming the one that runs
+        started = time.monotonic()
+        second = subprocess.run([*command, "--resume"], cwd=REPO_ROOT, env={**env, "RAY_TMPDIR": first_ray},
+                                capture_output=True, text=True, timeout=120)
+        assert time.monotonic() - started < 60
+        lines = second.stderr.strip().splitlines()
+        assert second.returncode == 2 and len(lines) == 1, second.stderr
+        assert str(db) in lines[0] and "another sweep driver" in lines[0]
+        assert f"pid {driver.pid} on {socket.gethostname()}" in lines[0]
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
@@ -378,9 +388,12 @@ def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_pat
     # Ray's processes outlive a killed driver by 15-30 s; these are this test's own, so end them.
     wait_for_ray_gone(first_ray, timeout=60, kill_after=3)
 
+    runs = tmp_path / "checkpoints" / "slow"  # Tune's run folders live in the sweep's storage
+    left_behind = list(runs.glob("run-*"))
+    assert left_behind, "the killed driver's run folder should still be there"
     refused = subprocess.run(command, cwd=REPO_ROOT, env={**env, "RAY_TMPDIR": first_ray},
                              capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and "--resume" in refused.stderr
+    assert refused.returncode == 2 and "--resume" in refused.stderr  # the lock died with its driver
 
     port = free_port()
     started = subprocess.run(
@@ -403,6 +416,9 @@ def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_pat
     assert not seeds_recorded_before & {int(s) for s in runs_after_kill}, "a recorded trial ran again"
     assert {int(s) for s in runs_after_kill} | seeds_recorded_before == {0, 1, 2, 3}
     assert f"{len(recorded)} already recorded" in resumed.stderr
+    assert not any(folder.exists() for folder in left_behind), "the resumed sweep removed the dead run folder"
+    assert not list(runs.glob("run-*"))  # and its own
+    assert not list(scratch.glob("cce-study-*"))  # nothing in the temp folder either
     wait_for_ray_gone(cluster_ray, timeout=30)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import textwrap
 import tomllib
 from pathlib import Path
@@ -166,6 +167,10 @@ BAD_SPECS = [
     ("repeats: must be a positive integer", {"repeats": 0}),
     ("repeats: cannot be combined with axes.seed", {"repeats": 2, "axes": {"seed": [1, 2]}}),
     ("time_limit_s: must be positive", {"time_limit_s": -1}),
+    ("time_limit_s: must be a finite number, got nan", {"time_limit_s": float("nan")}),
+    ("time_limit_s: must be a finite number, got inf", {"time_limit_s": float("inf")}),
+    ("trial.lr: must be a finite number", {"trial": {"lr": float("inf")}}),
+    ("trial.weight_decay: must be a finite number", {"trial": {"weight_decay": float("nan")}}),
     ("search.kind: 'random' is not one of grid, optuna", {"search": {"kind": "random"}}),
     ("search.num_samples: an optuna search needs a positive integer", {"search": {"kind": "optuna"}}),
     ("search.num_samples: only an optuna search", {"search": {"num_samples": 3}}),
@@ -231,3 +236,26 @@ def test_packing_by_predicted_memory_needs_a_share_of_one_card() -> None:
         parse_spec({**base, "resources": {"gpus": 2, "pack_by_predicted_memory": True}})
     with pytest.raises(SpecError, match="resources.pack_by_predicted_memory: must be true or false"):
         parse_spec({**base, "resources": {"gpus": 0.5, "pack_by_predicted_memory": "yes"}})
+
+
+def test_a_non_utf8_file_is_named_with_the_line(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes('name = "demo"\ndescription = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(SpecError, match=r"latin1.toml: line 2: not UTF-8 text \(byte 0xe9"):
+        load_spec(latin1)
+
+
+def test_toml_nan_and_inf_are_refused_from_the_file(tmp_path: Path) -> None:
+    for value in ("nan", "inf", "+inf"):
+        path = tmp_path / f"limit-{value}.toml"
+        path.write_text(f"time_limit_s = {value}\n" + MINIMAL)
+        with pytest.raises(SpecError, match=re.escape(f"{path.name}: time_limit_s: must be a finite number")):
+            load_spec(path)
+
+
+def test_config_refuses_non_finite_numbers() -> None:
+    for name in ("time_limit_s", "lr", "weight_decay", "gbce_t", "dropout"):
+        with pytest.raises(ValueError, match=f"{name}: must be a finite number"):
+            TrainConfig(**{name: float("nan")})
+    with pytest.raises(ValueError, match="time_limit_s: must be a finite number"):
+        TrainConfig(time_limit_s=float("inf"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,9 @@ from study.data.errors import DataError
 
 CANONICAL_COLUMNS = ("user_id", "item_id", "timestamp")
 TABLE_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq")
+# What reading a damaged file raises besides OSError / ValueError: a truncated .gz raises EOFError,
+# a corrupt deflate stream zlib.error.
+READ_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, EOFError, zlib.error)
 
 
 def is_table_file(path: Path) -> bool:
@@ -46,8 +50,8 @@ def load_interactions(
             found = list(pq.read_schema(path).names)
         else:
             found = list(pd.read_csv(path, nrows=0).columns)
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot read the header ({error})") from error
+    except READ_ERRORS as error:
+        raise DataError(f"{path}: cannot read the header ({_describe(error)})") from error
     for column, role in ((user_col, "user_col"), (item_col, "item_col"), (time_col, "time_col")):
         if column not in found:
             raise DataError(f"{path}: missing column {column!r} ({role}); columns found: {', '.join(found)}")
@@ -58,12 +62,18 @@ def load_interactions(
             frame = pd.read_csv(path, usecols=list(wanted), dtype={user_col: str, item_col: str})
             for column in (user_col, item_col):
                 frame[column] = _integers_if_canonical(frame[column])
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot read ({error})") from error
+    except READ_ERRORS as error:
+        raise DataError(f"{path}: cannot read ({_describe(error)})") from error
     frame = frame.rename(columns=wanted)[list(CANONICAL_COLUMNS)]
     # CSV data starts on line 2 (line 1 is the header); Parquet has no lines, so report row numbers.
     return validate_interactions(frame, source=str(path), first_line=None if is_parquet else 2,
                                  column_names=(user_col, item_col, time_col))
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, EOFError):
+        return f"the file is truncated: {error}"
+    return str(error)
 
 
 def _integers_if_canonical(ids: pd.Series) -> pd.Series:

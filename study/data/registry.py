@@ -72,16 +72,32 @@ def resolve_dataset(name_or_path: str, *, cache_dir: str | Path | None = None,
         found = _folder_file(folder) if folder.is_dir() else None
         if found is not None:
             return ResolvedDataset(name, found, None)
+    looked = _where_looked(searched, data_dirs)
     source = SOURCES.get(name)
     if source is None:
-        raise DataError(f"{name}: unknown dataset; looked in {', '.join(map(str, searched))}; "
-                        f"downloadable: {', '.join(SOURCES)}")
+        raise DataError(f"{name}: unknown dataset; {looked}; downloadable: {', '.join(SOURCES)}. "
+                        f"{_how_to_point_at(name)}")
     archive = cache / name / source.filename
     if not archive.is_file():
         if not download:
-            raise DataError(f"{name}: not in {', '.join(map(str, searched))} and downloads are off")
-        archive = fetch_source(source, cache, progress=progress)
+            raise DataError(f"{name}: not found ({looked}) and downloads are off. {_how_to_point_at(name)}")
+        try:
+            archive = fetch_source(source, cache, progress=progress)
+        except DataError as error:
+            raise DataError(f"{name}: not found ({looked}), and {error}. {_how_to_point_at(name)}") from error
     return ResolvedDataset(name, archive, source)
+
+
+def _where_looked(searched: list[Path], data_dirs: list[str]) -> str:
+    where = f"looked in {', '.join(map(str, searched))}"
+    if not data_dirs:
+        where += f" (${DATA_PATH_VARIABLE} is not set)"
+    return where
+
+
+def _how_to_point_at(name: str) -> str:
+    return (f"To use local data, put it at DIR/{name}/interactions.csv.gz (columns user_id, item_id, "
+            f"timestamp) and run `export {DATA_PATH_VARIABLE}=DIR`, or pass a file path as the dataset")
 
 
 def _folder_file(folder: Path) -> Path | None:

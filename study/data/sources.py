@@ -9,6 +9,7 @@ import sys
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from study.data.errors import DataError
-from study.data.loading import validate_interactions
+from study.data.loading import READ_ERRORS, validate_interactions
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def _zip_member(path: Path, basename: str) -> bytes:
             if not names:
                 raise DataError(f"{path}: the archive has no {basename}")
             return archive.read(names[0])
-    except zipfile.BadZipFile as error:
+    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
         raise DataError(f"{path}: not a valid zip archive ({error})") from error
 
 
@@ -63,7 +64,7 @@ def _read_delimited(data: bytes | Path, *, source: str, sep: str, header: bool, 
     try:
         frame = pd.read_csv(buffer, sep=sep, header=None, skiprows=1 if header else 0, usecols=list(columns),
                             compression=compression)
-    except (OSError, ValueError) as error:
+    except READ_ERRORS as error:
         raise DataError(f"{source}: cannot parse ({error})") from error
     return frame.rename(columns=columns)
 

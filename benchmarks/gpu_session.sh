@@ -9,6 +9,8 @@
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh checkpoint   (~3 min: issue 15)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh memory       (~7 min on one card: issue 11)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh cuda         (the `pytest -m cuda` tests)
+#   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh memory2      (< 6 min on two cards: issue 11's
+#                                          out-of-sample set, results/memory-catalogue/predictions-*.csv)
 # Issue 13 (three calls): speed (~4 min), loss (< 8 min), eval (< 10 min). loss also needs
 #   .cache/published-cce (the published CCE- kernel: .cache/published-cce/SOURCE.md says how to lay it out)
 # and eval needs .cache/eval-before (the tree before the evaluation change) and gowalla in .gpu-data:
@@ -17,7 +19,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|cuda}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|cuda}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 # The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
@@ -128,7 +130,13 @@ case "$part" in
     timeout 540 python3 -m pytest -m cuda -q -rs --durations=20 -p no:cacheprovider tests/test_cuda_kernels.py \
       --junitxml "$work/cuda-tests.xml" 2>&1 | tee "$work/cuda-tests.log"
     ;;
-  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory or cuda)" >&2
+  memory2)
+    # Issue 11's out-of-sample set (36 configurations on new logs), every visible card; cut off at 330 s.
+    cards=$(python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))')
+    timeout 400 python3 benchmarks/memory_validation.py --set catalogue2 --gpus "$cards" --timeout 240 \
+      --deadline "${MEMORY_DEADLINE:-330}" --out "$work/memory-catalogue2" 2>&1 | tee "$work/memory-catalogue2.log"
+    ;;
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2 or cuda)" >&2
      exit 2 ;;
 esac
 mkdir -p "$out"

@@ -1,5 +1,6 @@
-"""The loss in float64 with explicit logits: the one oracle that the loss tests (tests/test_loss_reference.py,
-tests/test_triton_*.py) and the GPU dev benchmarks (benchmarks/dev_*.py) check every implementation against.
+"""The loss of docs/design.md#the-loss in float64 with explicit logits: the one oracle that the loss tests
+(tests/test_loss_reference.py, test_triton_*.py, test_cuda_kernels.py) and the GPU dev benchmarks
+(benchmarks/dev_*.py) check every implementation against.
 
 Row i of `hidden` scores its target t and its negatives n_1..n_K against `items` (s_ij = h_i . e_j):
     sampled (CE-):        loss_i = logsumexp(s_it, s_in_1 - c_1, ..., s_in_K - c_K) - s_it

@@ -57,9 +57,9 @@ def _event(kind: str, **values: Any) -> None:
 
 def killed_once_trial(config: Any, *, on_epoch: Callable[[Any], None] | None = None,
                       checkpointer: Any = None) -> Any:
-    """study.train.run_trial, its worker killed right after the checkpoint of epoch $CCE_BENCH_KILL_AFTER
-    on the first attempt (a 'kill' event in the events file marks that it happened)."""
-    from study.train import run_trial
+    """study.training.trainer.run_trial, its worker killed right after the checkpoint of epoch
+    $CCE_BENCH_KILL_AFTER on the first attempt (a 'kill' event in the events file marks that it happened)."""
+    from study.training.trainer import run_trial
 
     _event("start")
     kill_after = int(os.environ.get(KILL_VARIABLE, "0"))
@@ -150,7 +150,13 @@ def _large_checkpoint(items: int, device: str, folder: Path) -> dict[str, Any]:
     import torch
 
     from models.sasrec import SASRec
-    from study.checkpoint import TrainingState, capture_rng, estimate_checkpoint_bytes, load_state, save_state
+    from study.training.checkpoint import (
+        TrainingState,
+        capture_rng,
+        estimate_checkpoint_bytes,
+        load_state,
+        save_state,
+    )
 
     model = SASRec(items, max_len=200, hidden=64, blocks=2, heads=1, dropout=0.1).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -182,7 +188,7 @@ def _large_checkpoint(items: int, device: str, folder: Path) -> dict[str, Any]:
 
 def summarise(killed: dict[str, Any], reference: dict[str, Any], walls: dict[str, float],
               events: list[dict[str, Any]]) -> dict[str, Any]:
-    from study.checkpoint import estimate_checkpoint_bytes
+    from study.training.checkpoint import estimate_checkpoint_bytes
 
     starts = [e for e in events if e["event"] == "start"]
     kill = next(e for e in events if e["event"] == "kill")

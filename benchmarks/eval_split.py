@@ -7,8 +7,9 @@ change. Lay out the tree before the change once, for example:
     mkdir -p .cache/eval-before && git archive beb4e36 kernels models study | tar -x -C .cache/eval-before
 
 Modes (--mode, comma-separated):
-  epoch: `study.train.run_trial` for --epochs epochs (full CE, d=64, batch 128, L=200 by default, as in
-         issue 13's ml-1m figures); reports each epoch's training seconds and validation seconds.
+  epoch: `study.training.trainer.run_trial` for --epochs epochs (full CE, d=64, batch 128, L=200 by
+         default, as in issue 13's ml-1m figures); reports each epoch's training seconds and validation
+         seconds.
   eval:  a freshly initialised SASRec (seeded) evaluated on the validation set, --repeats times, plus
          the popularity baseline; reports seconds and the metrics, so that the trees' metrics can be
          compared exactly (the metrics must be identical: same ranks, same top-k lists).
@@ -34,7 +35,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from study.config import TrainConfig
-    from study.train import run_trial
+    from study.training.trainer import run_trial
 
     config = TrainConfig(dataset=args.dataset, loss="ce", hidden=args.hidden, batch_size=args.batch_size,
                          max_len=args.max_len, epochs=args.epochs, patience=args.epochs, device=args.device,
@@ -48,7 +49,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from models.sasrec import SASRec
     from study.data import load_dataset, make_split
-    from study.evaluate import evaluate_model, evaluate_popularity
+    from study.training.evaluate import evaluate_model, evaluate_popularity
 
     split = make_split(load_dataset(config.dataset, kcore=config.kcore, progress=False), config.split,
                        seed=config.seed)

@@ -419,8 +419,8 @@ def trace_trial(config: Any, num_items: int, *, steps: int, eval_users: int) -> 
     """The allocations of what a trial runs on the card, for `config` on `num_items` items."""
     from models.sasrec import SASRec
     from study.data.sequences import EvalSet, Sequences
-    from study.evaluate import evaluate_model, evaluate_popularity
-    from study.train import build_loss
+    from study.training.evaluate import evaluate_model, evaluate_popularity
+    from study.training.trainer import build_loss
 
     generator = torch.Generator().manual_seed(0)
     batch, length = config.batch_size, config.max_len

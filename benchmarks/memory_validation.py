@@ -5,7 +5,7 @@
     python3 benchmarks/memory_validation.py --set catalogue --predict-only CSV   (no GPU; commit it first)
     python3 benchmarks/memory_validation.py --set catalogue --list                (cases, time estimates)
 
-Two sets of configurations, each a short real trial through `study.train.run_trial` (1 epoch of 5
+Two sets of configurations, each a short real trial through `study.training.trainer.run_trial` (1 epoch of 5
 steps, then evaluation) in its OWN process, because memory goes back to the card only at process
 exit and each trial must start from an empty allocator:
 
@@ -107,7 +107,7 @@ def run_worker(config_json: str, result_path: Path, data_path: Path | None, eval
     import study.data
     from study.config import TrainConfig
     from study.memory_model import DatasetSize, predict_trial_memory
-    from study.train import run_trial
+    from study.training.trainer import run_trial
 
     threads = os.environ.get("OMP_NUM_THREADS")
     if threads:

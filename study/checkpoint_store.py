@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from study.checkpoint import INFO_FILE, MODEL_FILE, STATE_FILE
+from study.training.checkpoint import INFO_FILE, MODEL_FILE, STATE_FILE
 
 RUN_PREFIX = "run-"
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Tune's name for a trial's checkpoint folders

@@ -8,7 +8,7 @@ phase plus the allocator overhead and the context, so they sum to `total_bytes`.
 
 Notation: B sequences per batch, L = max_len positions (training batches are padded to max_len),
 N = B*L rows, d = hidden, C = catalogue size (items without padding), K = negatives, P = parameter
-count. The trainer (study/train.py) keeps parameters, gradients and Adam states in float32, runs the
+count. The trainer (study/training/) keeps parameters, gradients and Adam states in float32, runs the
 encoder under bf16 autocast on CUDA ("auto" precision), hands the loss a bf16 copy of the hidden
 states and the float32 item table view `weight[1:]`, and calls `zero_grad(set_to_none=True)`
 after the forward, so the previous step's gradients are still alive during the forward.
@@ -46,8 +46,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from study.config import TrainConfig
-from study.evaluate import DEFAULT_MAX_SCORES
 from study.memory import DEFAULT_CUDA_CONTEXT_BYTES, MiB, format_bytes
+from study.training.evaluate import DEFAULT_MAX_SCORES
 
 FLOAT32 = 4
 BFLOAT16 = 2
@@ -521,7 +521,7 @@ def lookup_gradient_bytes(shape: TrialShape) -> int:
 
 
 def evaluation_bytes(shape: TrialShape) -> int:
-    """Full-catalogue scoring (study/evaluate.py): each evaluation batch of E users is scored a chunk of
+    """Full-catalogue scoring (training/evaluate.py): each evaluation batch of E users is scored a chunk of
     at most DEFAULT_MAX_SCORES // C users at a time (one user at a time from C = DEFAULT_MAX_SCORES on):
     the chunk's encoder forward (no grad) and EVAL_SCORE_COPIES float32 copies of its scores, besides
     the batch's int64 inputs. At 10^7 items a chunk is one user: its scores are 40 MB, its forward

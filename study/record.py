@@ -101,9 +101,9 @@ class TrialRecord:
     # preprocessing) this is the dataset's identity.
     dataset_source: str | None = None
     dataset_sha256: str | None = None
-    # Checkpoints (study.checkpoint): the epoch of the checkpoint this trial last continued from after an
-    # interruption (None: it ran in one go); where its best-validation model was kept (None: not kept);
-    # the time spent saving checkpoints over all attempts, and the size of the last one written.
+    # Checkpoints (study.training.checkpoint): the epoch of the checkpoint this trial last continued from
+    # after an interruption (None: it ran in one go); where its best-validation model was kept (None: not
+    # kept); the time spent saving checkpoints over all attempts, and the size of the last one written.
     resumed_from_epoch: int | None = None
     model_path: str | None = None
     checkpoint_seconds: float | None = None

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 from study import db_spool
-from study.checkpoint import Checkpointer, CheckpointPolicy, TrainingState, load_state, save_state
 from study.checkpoint_store import CheckpointStore
 from study.config import ConfigError, TrainConfig, check_for_catalogue
 from study.db import (
@@ -65,6 +64,7 @@ from study.sweep_preflight import (
     resolve_spec_version,
 )
 from study.sweep_spec import CheckpointSpec, SweepSpec, load_spec, trial_id
+from study.training.checkpoint import Checkpointer, CheckpointPolicy, TrainingState, load_state, save_state
 from study.units import GiB, format_bytes, parse_budget
 from study.worker_death import describe_worker_death, session_dir_of
 

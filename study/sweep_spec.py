@@ -73,7 +73,8 @@ class ResourceSpec:
 
 @dataclass(frozen=True)
 class RunSpec:
-    trial_function: str = DEFAULT_TRIAL_FUNCTION  # "module:function", signature of study.train.run_trial
+    # "module:function", with the signature of study.training.trainer.run_trial
+    trial_function: str = DEFAULT_TRIAL_FUNCTION
     # True: trials the memory model predicts over their budget are recorded without running.
     # False: they run anyway and the enforced budget decides (e.g. to test enforcement itself).
     skip_predicted_over_budget: bool = True
@@ -81,7 +82,7 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class CheckpointSpec:
-    """How trials survive interruption (see study.checkpoint and docs/checkpoints.md)."""
+    """How trials survive interruption (see study.training.checkpoint and docs/checkpoints.md)."""
 
     enabled: bool = True  # False: no checkpoints and no kept models (a restarted worker starts over)
     # Storage root (a folder or a URI such as s3://bucket/prefix); None: `checkpoints/` beside the

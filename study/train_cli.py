@@ -45,7 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     checkpointer = checkpointer_from_args(args)
-    from study.train import run_trial
+    from study.training.trainer import run_trial
 
     record = run_trial(config, checkpointer=checkpointer)
     if args.json:
@@ -72,7 +72,7 @@ def checkpointer_from_args(args: argparse.Namespace) -> Any:
     folder = getattr(args, "checkpoint_dir", None)
     if folder is None:
         return None
-    from study.checkpoint import CheckpointPolicy, FolderCheckpointer
+    from study.training.checkpoint import CheckpointPolicy, FolderCheckpointer
 
     every_epochs = convert_option("--checkpoint-every-epochs", args.checkpoint_every_epochs, int)
     every_minutes = convert_option("--checkpoint-every-minutes", args.checkpoint_every_minutes, float)

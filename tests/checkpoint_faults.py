@@ -1,4 +1,4 @@
-"""Trial functions for the checkpoint tests under Ray (same signature as `study.train.run_trial`).
+"""Trial functions for the checkpoint tests under Ray (same signature as `study.training.trainer.run_trial`).
 
 `killed_after_checkpoint` runs the real trainer and SIGKILLs its own worker right after saving the
 checkpoint of epoch KILL_AFTER_EPOCH, the first time only: a marker file in the sweep's storage folder
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from study.checkpoint import Checkpointer, TrainingState
 from study.config import TrainConfig
 from study.record import EpochRecord, TrialRecord
 from study.sweep import TuneCheckpointer
-from study.train import run_trial
+from study.training.checkpoint import Checkpointer, TrainingState
+from study.training.trainer import run_trial
 
 KILL_AFTER_EPOCH = 3
 SLOW_EPOCH_SECONDS = 0.5

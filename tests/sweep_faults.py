@@ -1,4 +1,4 @@
-"""Trial functions and helpers for the sweep tests (same signature as `study.train.run_trial`).
+"""Trial functions and helpers for the sweep tests (same signature as `study.training.trainer.run_trial`).
 
 `faulty_trial` picks its behaviour from `config.seed` (see FAULTS), so one grid over seeds exercises
 every fault path; each returns instantly. `sleepy_trial` takes a while, for killing a sweep mid-way, and

@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-import study.train as train
-from study import checkpoint
-from study.checkpoint import CheckpointPolicy, FolderCheckpointer, TrainingState
+import study.training.trainer as train
 from study.config import TrainConfig
 from study.record import TrialRecord
+from study.training import checkpoint
+from study.training.checkpoint import CheckpointPolicy, FolderCheckpointer, TrainingState
 
 
 @pytest.fixture(autouse=True)

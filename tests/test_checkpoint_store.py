@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from study import checkpoint
 from study.checkpoint_store import CheckpointStore
 from study.sweep_spec import CheckpointSpec, SpecError, parse_spec
+from study.training import checkpoint
 
 
 def write_checkpoint(folder: Path, epoch: int) -> None:

@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 import torch
 
-import study.train as train
+import study.training.trainer as train
 from study import cli
-from study.checkpoint import CheckpointPolicy, FolderCheckpointer
 from study.config import TrainConfig
 from study.data import load_dataset, make_split
 from study.db import ResultsDB
-from study.evaluate import evaluate_model
-from study.export import item_index, load_model, read_payload, recommend, score
 from study.record import MemoryReport, TrialRecord
+from study.training.checkpoint import CheckpointPolicy, FolderCheckpointer
+from study.training.evaluate import evaluate_model
+from study.training.export import item_index, load_model, read_payload, recommend, score
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,13 @@ import torch
 
 from models.sasrec import SASRec
 from study.data import EvalSet, Sequences
-from study.evaluate import evaluate_model, evaluate_popularity, exclude_seen_items, prepare_evaluation
-from study.metrics import RankingAccumulator, metrics_from_ranks, target_ranks, top_k_items
+from study.training.evaluate import (
+    evaluate_model,
+    evaluate_popularity,
+    exclude_seen_items,
+    prepare_evaluation,
+)
+from study.training.metrics import RankingAccumulator, metrics_from_ranks, target_ranks, top_k_items
 
 
 def brute_force_order(row: list[float]) -> list[int]:

@@ -27,11 +27,11 @@ from study.checkpoint_store import CheckpointStore
 from study.config import TrainConfig
 from study.data import load_dataset, make_split
 from study.db import ResultsDB, load_trials
-from study.evaluate import evaluate_model
-from study.export import load_model
 from study.record import TrialRecord
 from study.sweep_spec import load_spec
-from study.train import run_trial
+from study.training.evaluate import evaluate_model
+from study.training.export import load_model
+from study.training.trainer import run_trial
 
 pytestmark = pytest.mark.slow  # every test here starts Ray
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-import study.train as train
+import study.training.trainer as train
 from study.config import ConfigError, TrainConfig
 from study.record import EpochRecord, TrialRecord, steady_state_seconds
 

@@ -170,7 +170,7 @@ def test_cpu_trials_use_deterministic_kernels_for_indexing_backward():
     inside a CPU trial (and restored after it)."""
     import torch
 
-    from study import train
+    from study.training import trainer as train
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

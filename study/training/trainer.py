@@ -3,7 +3,7 @@
 One trial end to end: load and split the data, build the model and loss, train with Adam and early
 stopping on validation NDCG@10, evaluate the best epoch's weights on the test set, and measure time
 and memory. Out-of-memory and non-finite losses end the trial with a status instead of an exception;
-any other error propagates to the caller. With a `study.checkpoint.Checkpointer` the trial saves its
+any other error propagates to the caller. With a `study.training.checkpoint.Checkpointer` the trial saves its
 whole training state between epochs, continues from a saved state, and keeps its best model.
 No Ray and no database here: the caller records the result.
 """
@@ -34,11 +34,11 @@ from tqdm import tqdm
 
 from kernels import check_index_errors
 from models.sasrec import SASRec
-from study.checkpoint import Checkpointer, TrainingState, capture_rng, check_same_config, restore_rng
 from study.config import ConfigError, TrainConfig, check_for_catalogue
 from study.config import check_combinations as check_loss_settings  # the old name of the rules, kept
-from study.evaluate import evaluate_model, evaluate_popularity, prepare_evaluation
 from study.record import EpochRecord, TrialRecord, steady_state_seconds
+from study.training.checkpoint import Checkpointer, TrainingState, capture_rng, check_same_config, restore_rng
+from study.training.evaluate import evaluate_model, evaluate_popularity, prepare_evaluation
 from study.units import parse_budget
 
 EARLY_STOPPING_METRIC = "ndcg@10"
@@ -82,7 +82,7 @@ def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | 
               checkpointer: Checkpointer | None = None) -> TrialRecord:
     """Run one trial; `on_epoch` is called after every epoch with its record (e.g. to report to Ray);
     `checkpointer` saves the training state between epochs, gives the state to continue from, and keeps
-    the best model (see study.checkpoint).
+    the best model (see study.training.checkpoint).
 
     On CPU a trial is reproducible: the same configuration (seed included), data, versions and thread
     count (`torch.get_num_threads()`) give the same record, times aside. On CUDA it is not (atomic
@@ -300,7 +300,7 @@ def _resume(state: TrainingState, context: _Context, model: SASRec, optimizer: t
 def _keep_model(checkpointer: Checkpointer, model: SASRec, context: _Context,
                 record: TrialRecord) -> str | None:
     """Hand the best model to the checkpointer; a storage that fails costs the model, not the trial."""
-    from study.export import model_payload
+    from study.training.export import model_payload
 
     payload = model_payload(model, context.config, context.item_ids, record)
     try:

@@ -4,7 +4,7 @@ Every item of the catalogue is scored for every user, never a sample. Users are 
 that at most `max_scores` scores ([chunk, num_items]) exist at a time. With `exclude_seen`, the items
 in a user's history are removed from the ranking (score -inf), except the user's target: a target
 that was already consumed stays rankable. Padding (id 0) is never a candidate: column j of the score
-matrix is item j + 1. Ordering, ties and the metric definitions are in `study.metrics`.
+matrix is item j + 1. Ordering, ties and the metric definitions are in `study.training.metrics`.
 
 An evaluation set is laid out once (`prepare_evaluation`: input windows, target columns and the
 seen-item lists in host memory, pinned on CUDA) and can be evaluated every epoch from that layout. A
@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from study.config import METRIC_KS
-from study.metrics import RankingAccumulator
+from study.training.metrics import RankingAccumulator
 
 # Scores alive at once (64 MiB in float32); ranking turns them into int64 keys in place (a 4-byte
 # temporary and the 8-byte key per score), plus a 1-byte comparison with the target's key.

@@ -4,7 +4,7 @@ A model file (`torch.save` of a dict, loadable with `weights_only=True`) holds t
 weights of one trial, its TrainConfig, what SASRec's constructor needs, and the item-id mapping:
 `item_ids[i - 1]` is the raw id (as in the interaction file) of the model's item `i` (0 is padding).
 
-    from study.export import load_model, recommend
+    from study.training.export import load_model, recommend
     model, config, item_ids = load_model("model.pt")
     recommend(model, item_ids, ["1193", "661", "914"], k=10)   # [(raw item id, score), ...]
 

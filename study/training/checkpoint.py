@@ -1,7 +1,7 @@
 """Trial checkpoints: the whole training state of a trial between two epochs, and the hook that saves it.
 
-`study.train.run_trial` builds a `TrainingState` after an epoch and hands it to a `Checkpointer`; the
-checkpointer decides where it goes (a folder for `cce-study train --checkpoint-dir`, Ray Tune's
+`study.training.trainer.run_trial` builds a `TrainingState` after an epoch and hands it to a `Checkpointer`;
+the checkpointer decides where it goes (a folder for `cce-study train --checkpoint-dir`, Ray Tune's
 checkpoints for a sweep: `study.sweep`) and when (`CheckpointPolicy`: at most every N epochs and M
 minutes). A trial given a checkpointer first asks it for a state to continue from. The state holds
 everything the rest of the trial depends on, so a trial continued from epoch k reaches the same
@@ -206,7 +206,7 @@ class Checkpointer:
         return size
 
     def keep_model(self, payload: dict[str, Any]) -> str:
-        """Keep the trial's best model (a `study.export` model payload); returns where it is."""
+        """Keep the trial's best model (a `study.training.export` model payload); returns where it is."""
         return self._keep(payload)
 
     def finish(self) -> None:

@@ -5,7 +5,7 @@
 
 Reads the CSVs that benchmarks/memory_validation.py wrote on a GPU (the measured torch max allocated,
 reserved and process peak of each configuration, of either set), predicts each configuration again
-with study/memory_model.py as it is now, and prints a Markdown table and the criterion of
+with study/memory/model.py as it is now, and prints a Markdown table and the criterion of
 memory_validation.py (median |error| <= 10%, none more than 10% under, none more than 25% over),
 over the rows measured out of the model's sample. The latest row of a configuration wins when several
 files hold it.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from memory_validation import SETS, summarise  # noqa: E402
 
 from study.config import TrainConfig  # noqa: E402
-from study.memory_model import DatasetSize, predict_trial_memory  # noqa: E402
+from study.memory.model import DatasetSize, predict_trial_memory  # noqa: E402
 
 GIB = 2**30
 

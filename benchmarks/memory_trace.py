@@ -3,7 +3,7 @@
     python3 benchmarks/memory_trace.py '{"loss": "ce", "loss_impl": "triton", "batch_size": 64}' 5000000
         [--steps 5] [--eval-users 64] [--perturb 40] [--show MiB]
 
-A development tool for study/memory_model.py where no GPU is at hand. It runs what a trial runs on the
+A development tool for study/memory/model.py where no GPU is at hand. It runs what a trial runs on the
 card (the popularity baseline's evaluation, `--steps` training steps of the trainer's code path with
 bf16 autocast, then the model's evaluation) on random batches of the given catalogue size, on CPU, and
 records every tensor allocation and free with torch's profiler. Where CUDA allocates differently from
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from study.config import TrainConfig
-    from study.memory_model import predict_peak_bytes
+    from study.memory.model import predict_peak_bytes
 
     settings = json.loads(args.config)
     config = TrainConfig.from_dict({**settings, "device": "cpu", "precision": "bf16"})

@@ -1,4 +1,4 @@
-"""Validate the analytic memory model (study/memory_model.py) against measured GPU memory.
+"""Validate the analytic memory model (study/memory/model.py) against measured GPU memory.
 
     python3 benchmarks/memory_validation.py --out DIR [--set base|catalogue|catalogue2] [--gpus 0,1]
         [--jobs N] [--deadline S] [--timeout S] [--only NAME,...]
@@ -106,7 +106,7 @@ def run_worker(config_json: str, result_path: Path, data_path: Path | None, eval
 
     import study.data
     from study.config import TrainConfig
-    from study.memory_model import DatasetSize, predict_trial_memory
+    from study.memory.model import DatasetSize, predict_trial_memory
     from study.training.trainer import run_trial
 
     threads = os.environ.get("OMP_NUM_THREADS")
@@ -277,7 +277,7 @@ def criterion_met(measure: dict[str, Any]) -> bool:
 def format_table(rows: list[dict[str, Any]]) -> str:
     import pandas as pd
 
-    from study.memory import format_bytes
+    from study.units import format_bytes
 
     def gib(value: Any) -> str:
         return "-" if value is None or value != value else format_bytes(value)
@@ -433,7 +433,7 @@ class Driver:
 
     def make_job(self, case: dict[str, Any]) -> Job:
         from study.config import TrainConfig
-        from study.memory_model import DatasetSize, predict_trial_memory
+        from study.memory.model import DatasetSize, predict_trial_memory
 
         spec = case["config"]["dataset"]
         num_items, num_users, interactions = self.sizes[spec]
@@ -673,7 +673,7 @@ def write_predictions(cases: list[dict[str, Any]], path: Path) -> None:
 
     from study.config import TrainConfig
     from study.data.registry import load_dataset
-    from study.memory_model import DatasetSize, predict_trial_memory
+    from study.memory.model import DatasetSize, predict_trial_memory
 
     sizes: dict[tuple[str, int], tuple[DatasetSize, int]] = {}
     rows = []
@@ -707,7 +707,7 @@ def plan_schedule(cases: list[dict[str, Any]], num_cards: int, card_bytes: int, 
     import heapq
 
     from study.config import TrainConfig
-    from study.memory_model import DatasetSize, predict_trial_memory
+    from study.memory.model import DatasetSize, predict_trial_memory
 
     ready: dict[str, float] = {}
     entries: list[tuple[dict[str, Any], float, int]] = []

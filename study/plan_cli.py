@@ -2,7 +2,7 @@
 
 Each grid axis is a comma list over a TrainConfig field (`--negatives 256,1024,4096 --batch-size
 128,256`); the grid is their product. Every point's peak GPU memory (the process's, as NVML reports
-it) comes from `study.memory_model`; the points that fit the budget are listed largest first.
+it) comes from `study.memory.model`; the points that fit the budget are listed largest first.
 The catalogue size comes from the dataset (loaded once; `--num-items` skips loading). Points that
 are not a valid trial (e.g. drawn negatives with BCE, more negatives than items) are reported as
 skipped. Exit status: 0 when some point fits, 1 when none does, 2 for bad input.
@@ -29,7 +29,7 @@ from study.config import (
     option_for,
     value_from_text,
 )
-from study.memory_model import DatasetSize, MemoryPrediction, predict_trial_memory
+from study.memory.model import DatasetSize, MemoryPrediction, predict_trial_memory
 from study.units import format_bytes, parse_budget
 
 Axis = Option  # an axis is a TrainConfig field's command-line option (flag and help: study/config.py)

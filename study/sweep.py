@@ -318,9 +318,9 @@ class _MemoryPredictor:
         self.identity: dict[tuple[str, int], tuple[str, str]] = {}  # (source, sha256) of what was read
         self.loaded: dict[tuple[str, int], Any] = {}  # the datasets, while planning
         try:
-            from study.memory_model import predict_trial_memory
+            from study.memory.model import predict_trial_memory
         except ImportError:
-            _note(sweep_name, "no memory model (study.memory_model): nothing is ruled out by prediction")
+            _note(sweep_name, "no memory model (study.memory.model): nothing is ruled out by prediction")
             self.predict_trial_memory: Callable[..., Any] | None = None
         else:
             self.predict_trial_memory = predict_trial_memory
@@ -333,7 +333,7 @@ class _MemoryPredictor:
 
         key = (config.dataset, config.kcore)
         if key not in self.sizes:
-            from study.memory_model import DatasetSize
+            from study.memory.model import DatasetSize
 
             data = load_dataset(config.dataset, kcore=config.kcore, progress=False)
             self.sizes[key] = DatasetSize.of(data)
@@ -509,7 +509,7 @@ def _worker_prediction(config: TrainConfig, settings: TrialSettings) -> int | No
     if num_items is None:
         return None
     try:
-        from study.memory_model import DatasetSize, predict_trial_memory
+        from study.memory.model import DatasetSize, predict_trial_memory
     except ImportError:
         return None
     size = DatasetSize(num_items, settings.num_users.get(key))
@@ -518,7 +518,7 @@ def _worker_prediction(config: TrainConfig, settings: TrialSettings) -> int | No
 
 def record_from_exception(config: TrainConfig, exc: BaseException, budget_bytes: int | None) -> TrialRecord:
     """An escaped exception as a record: out-of-memory as `oom`/`over_budget`, anything else `failed`."""
-    from study.memory import classify_out_of_memory, is_out_of_memory
+    from study.memory.probes import classify_out_of_memory, is_out_of_memory
 
     status: TrialStatus = "failed"
     if is_out_of_memory(exc):

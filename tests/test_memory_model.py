@@ -19,8 +19,9 @@ import torch
 from models.sasrec import SASRec
 from study import memory_model
 from study.config import TrainConfig
-from study.memory import DEFAULT_CUDA_CONTEXT_BYTES, GiB
-from study.memory_model import predict_peak_bytes, resolve_shape
+from study.memory.model import predict_peak_bytes, resolve_shape
+from study.memory.probes import DEFAULT_CUDA_CONTEXT_BYTES
+from study.units import GiB
 
 BASES = {
     "full_ce": TrainConfig(loss="ce", device="cuda", batch_size=64, max_len=100, hidden=64),
@@ -323,7 +324,7 @@ def test_predictions_match_h200_measurements() -> None:
 
 
 def test_sort_constants_mirror_the_gather_kernel() -> None:
-    """study/memory_model.py charges the per-position backward's sorted copy without importing Triton."""
+    """study/memory/model.py charges the per-position backward's sorted copy without importing Triton."""
     from kernels import triton_gather
 
     assert memory_model.SORT_MAX_DIM == triton_gather.SORT_MAX_DIM
@@ -336,7 +337,7 @@ def test_sort_constants_mirror_the_gather_kernel() -> None:
 # any GPU measured it) and measured at results/memory-catalogue/measured-<commit>.csv.
 CATALOGUE_RESULTS = Path(__file__).resolve().parents[1] / "results" / "memory-catalogue"
 # --set catalogue, predicted by e92b87d, measured 2026-11-28: out of sample then, in the model's sample since
-# the fix that followed (its misses are named in study/memory_model.py).
+# the fix that followed (its misses are named in study/memory/model.py).
 IN_SAMPLE_CATALOGUE = CATALOGUE_RESULTS / "measured-e92b87d.csv"
 # Measured under suspected card pressure: the run's cards were shared with another benchmark's process
 # (74.5 GiB of the card at the moment a trial of the run ran out of memory), and this trial ran while the

@@ -10,8 +10,8 @@ import torch
 
 from study.cli import main
 from study.config import TrainConfig
-from study.memory import GiB, MiB
-from study.memory_model import predict_peak_bytes
+from study.memory.model import predict_peak_bytes
+from study.units import GiB, MiB
 
 GRID = ["--num-items", "500000", "--loss", "ce-neg", "--negatives", "256,2048,8192",
         "--batch-size", "64,256", "--negative-scope", "batch,position", "--impl", "torch,triton",

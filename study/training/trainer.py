@@ -129,24 +129,24 @@ def _run_trial(config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | No
     check_for_catalogue(config, split.num_items)
     record.predicted_peak_bytes = _predicted_peak_bytes(config, device, data)
 
-    from study import memory
+    from study.memory import probes
 
     budget_bytes = None
     if config.memory_budget is not None:
         budget_bytes = parse_budget(config.memory_budget, _device_total_bytes(device))
-        memory.apply_budget(budget_bytes, device)
+        probes.apply_budget(budget_bytes, device)
     context = _Context(config, device, _autocast_factory(config.precision, device), started,
                        checkpointer, data.item_labels)
-    probe = memory.MemoryProbe(device, budget_bytes=budget_bytes)
+    probe = probes.MemoryProbe(device, budget_bytes=budget_bytes)
     with probe:
         try:
             _train_and_evaluate(context, split, record, on_epoch)
         except NonFiniteLoss as exc:
             record.status, record.error, record.stop_reason = "failed", str(exc), None
         except Exception as exc:
-            if not memory.is_out_of_memory(exc):
+            if not probes.is_out_of_memory(exc):
                 raise
-            record.status = memory.classify_out_of_memory(exc, budget_bytes)
+            record.status = probes.classify_out_of_memory(exc, budget_bytes)
             record.error, record.stop_reason = f"{type(exc).__name__}: {exc}", None
         finally:
             _synchronize(device)
@@ -494,7 +494,7 @@ def git_commit() -> str | None:
 
 
 def _predicted_peak_bytes(config: TrainConfig, device: torch.device, data: Any) -> int:
-    from study.memory_model import DatasetSize, predict_trial_memory
+    from study.memory.model import DatasetSize, predict_trial_memory
 
     # as `cce-study plan` and the sweep predict it, on the device the trial resolved (the model takes
     # "auto" as CUDA, even on a CPU host)

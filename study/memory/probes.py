@@ -25,9 +25,7 @@ import psutil
 import torch
 
 from study.record import MemoryReport
-
-# Units, budgets and byte formatting live in study.units (no torch); kept importable from here.
-from study.units import MIN_BUDGET_BYTES, GiB, KiB, MiB, TiB, format_bytes, parse_budget
+from study.units import GiB, KiB, MiB, TiB, format_bytes
 
 # Memory a CUDA process holds outside PyTorch's allocator: the context, loaded kernel modules,
 # cuBLAS handles. NVML minus torch's peak reserved was 740-744 MiB in every SASRec trial measured on
@@ -450,19 +448,13 @@ class MemoryProbe:
 
 __all__ = [
     "DEFAULT_CUDA_CONTEXT_BYTES",
-    "GiB",
-    "KiB",
-    "MIN_BUDGET_BYTES",
     "MemoryProbe",
-    "MiB",
     "NvmlProcessMemory",
     "PeakSampler",
     "allocator_limit_bytes",
     "apply_budget",
     "classify_out_of_memory",
     "cuda_device_uuid",
-    "format_bytes",
     "is_out_of_memory",
     "out_of_memory_facts",
-    "parse_budget",
 ]

@@ -46,8 +46,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from study.config import TrainConfig
-from study.memory import DEFAULT_CUDA_CONTEXT_BYTES, MiB, format_bytes
+from study.memory.probes import DEFAULT_CUDA_CONTEXT_BYTES
 from study.training.evaluate import DEFAULT_MAX_SCORES
+from study.units import MiB, format_bytes
 
 FLOAT32 = 4
 BFLOAT16 = 2

@@ -1,6 +1,6 @@
 """Pareto frontier and best configuration under a memory budget, from the trials table of a results database.
 
-Input is the DataFrame of `study.db.load_trials` (one row per trial). Choices, all tested:
+Input is the DataFrame of `study.database.results_db.load_trials` (one row per trial). Choices, all tested:
 
 - Objectives: validation quality up (default ndcg@10), measured peak memory down (default `peak_bytes`),
   optionally time per epoch down as a third objective.
@@ -29,14 +29,14 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from study import db
 from study.config import METRIC_KS, TrainConfig
+from study.database import results_db
 from study.units import GiB as GIB  # analysis.GIB: the name the analysis modules use
 from study.units import format_gib
 
 MEMORY_FIELDS: tuple[str, ...] = ("peak_bytes", "torch_max_reserved", "nvml_process_peak",
                                   "torch_max_allocated")
-METRIC_NAMES: tuple[str, ...] = db.METRIC_NAMES
+METRIC_NAMES: tuple[str, ...] = results_db.METRIC_NAMES
 GROUP_COLUMNS: tuple[str, ...] = ("dataset", "split")
 STEADY_TIME_COLUMN = "steady_epoch_seconds"
 MEAN_TIME_COLUMN = "mean_epoch_seconds"
@@ -70,7 +70,7 @@ def metric_column(metric: str, split: str = "val") -> str:
     """The trials-table column of a metric, after checking that the database records it:
     ('ndcg@10', 'val') -> 'val_ndcg_10'."""
     name, k = parse_metric(metric)
-    return db.metric_column(f"{name}@{k}", split)
+    return results_db.metric_column(f"{name}@{k}", split)
 
 
 def check_memory_field(memory_field: str) -> str:

@@ -89,7 +89,7 @@ def spec_version_choice(text: str) -> Any:
 
 def load_selected(args: argparse.Namespace) -> pd.DataFrame:
     """The trials chosen by --db, --sweep, --dataset and --split; UserError when there are none."""
-    from study.db import load_trials
+    from study.database.results_db import load_trials
 
     db_path: Path = args.db
     if not db_path.is_file():

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from study.db import DatabaseBusyError, ResultsDB
+from study.database.results_db import DatabaseBusyError, ResultsDB
 from study.record import TrialRecord
 
 

@@ -32,7 +32,7 @@ from matplotlib.lines import Line2D
 
 from study import analysis
 from study.analysis import GIB
-from study.db import load_trials
+from study.database.results_db import load_trials
 from study.report import markdown_table
 from study.units import parse_budget
 

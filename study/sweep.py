@@ -41,7 +41,7 @@ from typing import Any
 from study import db_spool
 from study.checkpoint_store import CheckpointStore
 from study.config import ConfigError, TrainConfig, check_for_catalogue
-from study.db import (
+from study.database.results_db import (
     DEFAULT_BUSY_TIMEOUT_S,
     DatabaseBusyError,
     ResultsDB,

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
-from study.db import ResultsDB, SpecVersion
+from study.database.results_db import ResultsDB, SpecVersion
 from study.record import TRIAL_STATUSES
 from study.sweep_spec import SweepSpec, spec_changes, spec_content, spec_hash
 from study.units import parse_budget

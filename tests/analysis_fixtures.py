@@ -1,5 +1,5 @@
 """Synthetic trials for the analysis tests: plain DataFrames in the trials-table schema, and real
-results databases written through `study.db.ResultsDB` from `TrialRecord`s."""
+results databases written through `study.database.results_db.ResultsDB` from `TrialRecord`s."""
 
 from __future__ import annotations
 
@@ -119,14 +119,14 @@ def to_record(trial: SyntheticTrial) -> TrialRecord:
 
 def to_frame(trials: list[SyntheticTrial], *, sweep: str = "test") -> pd.DataFrame:
     """The trials as rows of the trials table, without going through SQLite."""
-    from study.db import trial_row
+    from study.database.results_db import trial_row
 
     return pd.DataFrame([trial_row(t.trial_id, sweep, to_record(t)) for t in trials])
 
 
 def build_database(path: Path, trials: list[SyntheticTrial], *, sweep: str = "test") -> Path:
     """Write the trials through the real database API; returns the path."""
-    from study.db import ResultsDB
+    from study.database.results_db import ResultsDB
 
     with ResultsDB(path) as db:
         for trial in trials:

@@ -363,7 +363,7 @@ def test_status_counts_lists_every_status() -> None:
 def test_frontier_from_the_database_equals_the_frontier_of_the_records(tmp_path) -> None:
     from analysis_fixtures import build_database
 
-    from study.db import load_trials
+    from study.database.results_db import load_trials
 
     trials = synthetic_sweep(np.random.default_rng(5), negatives=(64, 4096), batch_sizes=(64, 1024),
                              max_lens=(50, 200), seeds=(0, 1))

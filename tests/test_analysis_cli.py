@@ -17,7 +17,7 @@ from analysis_fixtures import (
 )
 
 from study import analysis, cli
-from study.db import ResultsDB, load_trials
+from study.database.results_db import ResultsDB, load_trials
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ import pytest
 from study.config import TrainConfig
 from study.data import DataError, load_dataset, make_split
 from study.data.preprocess import timestamps_are_positions
-from study.db import ResultsDB, load_trials
+from study.database.results_db import ResultsDB, load_trials
 from study.record import TrialRecord
 from study.sweep_spec import trial_id
 

@@ -18,7 +18,7 @@ import pytest
 from sweep_faults import hold_write_lock
 
 from study.config import METRIC_KS, TrainConfig
-from study.db import (
+from study.database.results_db import (
     EPOCH_COLUMNS,
     METRIC_NAMES,
     TRIAL_COLUMNS,
@@ -331,7 +331,7 @@ def test_rows_survive_a_sigkilled_writer(tmp_path: Path) -> None:
         sys.path.insert(0, {str(REPO_ROOT)!r})
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_db import random_record
-        from study.db import ResultsDB
+        from study.database.results_db import ResultsDB
         db = ResultsDB({str(path)!r})
         rng = random.Random(3)
         for i in range(5):
@@ -365,7 +365,7 @@ def test_a_write_waits_for_another_process_lock_and_then_succeeds(tmp_path: Path
 
 
 def test_a_write_gives_up_after_the_busy_timeout_and_writes_nothing(tmp_path: Path) -> None:
-    from study.db import DatabaseBusyError
+    from study.database.results_db import DatabaseBusyError
 
     path = tmp_path / "results.sqlite"
     ResultsDB(path).close()
@@ -383,7 +383,7 @@ def test_a_write_gives_up_after_the_busy_timeout_and_writes_nothing(tmp_path: Pa
 
 
 def test_a_path_that_cannot_hold_a_database_is_one_clear_error(tmp_path: Path) -> None:
-    from study.db import check_database_path
+    from study.database.results_db import check_database_path
 
     with pytest.raises(ValueError, match="is a folder"):
         ResultsDB(tmp_path)
@@ -441,7 +441,7 @@ def test_old_full_ce_rows_read_as_no_negatives_and_are_migrated_by_the_writer(tm
 
 
 def test_spec_versions_choose_which_rows_analysis_sees(tmp_path: Path) -> None:
-    from study.db import load_spec_versions
+    from study.database.results_db import load_spec_versions
 
     path = tmp_path / "results.sqlite"
     rng = random.Random(8)

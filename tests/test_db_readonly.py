@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from analysis_fixtures import build_database, synthetic_sweep, to_record
 
-from study.db import load_epochs, load_trials
+from study.database.results_db import load_epochs, load_trials
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -39,7 +39,7 @@ def write_with_unchecked_wal(path: Path, *, checkpointed: int, in_wal: int) -> l
         import numpy as np
         sys.path[:0] = [{str(REPO_ROOT)!r}, {str(TESTS)!r}]
         from analysis_fixtures import synthetic_sweep, to_record
-        from study.db import ResultsDB
+        from study.database.results_db import ResultsDB
         trials = synthetic_sweep(np.random.default_rng(8), negatives=(64, 4096), batch_sizes=(64, 256),
                                  max_lens=(50,))[:{checkpointed + in_wal}]
         db = ResultsDB({str(path)!r})
@@ -61,7 +61,7 @@ READER = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, sys.argv[1])
     from study import cli
-    from study.db import load_epochs, load_trials
+    from study.database.results_db import load_epochs, load_trials
     results = {}
     for db, out in zip(sys.argv[2::2], sys.argv[3::2]):
         trials = load_trials(db)
@@ -99,7 +99,7 @@ def find_unprivileged_runner(probe_folder: Path) -> tuple[str, list[str], Callab
     """The first runner that can run this Python with the project and cannot write into the read-only
     `probe_folder`; skips the test (with the reasons) when there is none."""
     reasons = []
-    probe = (f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); import study.db\n"
+    probe = (f"import sys; sys.path.insert(0, {str(REPO_ROOT)!r}); import study.database.results_db\n"
              f"try:\n open({str(probe_folder / 'probe')!r}, 'w')\nexcept PermissionError:\n print('refused')")
     for description, prefix, preexec in unprivileged_runners(probe_folder):
         try:
@@ -189,7 +189,7 @@ def test_analysis_reads_databases_in_a_folder_the_user_cannot_write(shared_folde
 def test_readers_use_the_wal_copy_or_immutable_fallbacks_in_process(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The fallbacks themselves, forced by making the first (mode=ro) open fail."""
-    import study.sqlite_readonly as readonly
+    import study.database.sqlite_readonly as readonly
 
     db = tmp_path / "r.sqlite"
     ids = write_with_unchecked_wal(db, checkpointed=2, in_wal=3)

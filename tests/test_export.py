@@ -16,7 +16,7 @@ import study.training.trainer as train
 from study import cli
 from study.config import TrainConfig
 from study.data import load_dataset, make_split
-from study.db import ResultsDB
+from study.database.results_db import ResultsDB
 from study.record import MemoryReport, TrialRecord
 from study.training.checkpoint import CheckpointPolicy, FolderCheckpointer
 from study.training.evaluate import evaluate_model

@@ -11,7 +11,7 @@ from analysis_fixtures import tiny_database
 from nbclient import NotebookClient
 
 from study import analysis
-from study.db import load_trials
+from study.database.results_db import load_trials
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "pareto.ipynb"

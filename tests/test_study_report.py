@@ -11,7 +11,7 @@ import pytest
 
 from study import cli
 from study.config import TrainConfig
-from study.db import ResultsDB
+from study.database.results_db import ResultsDB
 from study.record import MemoryReport, TrialRecord
 from study.study_report import (
     best_under_budgets,

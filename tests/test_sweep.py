@@ -25,7 +25,7 @@ from sweep_faults import DYING_WORDS, FAULTS, ray_processes, stop_ray, wait_for_
 
 from study import cli, sweep
 from study.config import TrainConfig
-from study.db import ResultsDB, load_epochs, load_trials
+from study.database.results_db import ResultsDB, load_epochs, load_trials
 from study.record import MemoryReport, TrialRecord
 from study.sweep_spec import load_spec, parse_spec
 

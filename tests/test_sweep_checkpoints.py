@@ -26,7 +26,7 @@ from study import cli, sweep
 from study.checkpoint_store import CheckpointStore
 from study.config import TrainConfig
 from study.data import load_dataset, make_split
-from study.db import ResultsDB, load_trials
+from study.database.results_db import ResultsDB, load_trials
 from study.record import TrialRecord
 from study.sweep_spec import load_spec
 from study.training.evaluate import evaluate_model

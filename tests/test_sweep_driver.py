@@ -20,7 +20,7 @@ import pytest
 from sweep_faults import hold_write_lock
 
 from study import db_spool, sweep
-from study.db import ResultsDB, load_spec_versions, load_trials
+from study.database.results_db import ResultsDB, load_spec_versions, load_trials
 
 pytestmark = pytest.mark.slow  # every test here starts Ray
 

@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
 def _chosen_trial(args: argparse.Namespace) -> Any:
     from study import analysis
     from study.analysis_cli import load_selected, parse_budget_list
-    from study.db import load_trials
+    from study.database.results_db import load_trials
 
     if args.trial is not None:
         if not args.db.is_file():

@@ -26,8 +26,8 @@ from typing import Any, Literal, TypeVar
 import pandas as pd
 
 from study.config import METRIC_KS, TrainConfig, field_type
+from study.database.sqlite_readonly import open_readonly
 from study.record import TrialRecord, steady_state_seconds
-from study.sqlite_readonly import open_readonly
 
 T = TypeVar("T")
 # How long a write waits, in all, for another process's lock on the database before giving up.
@@ -588,8 +588,8 @@ def load_trials(path: str | os.PathLike[str], *, sweep: str | None = None,
     existed get it from their rows in `epochs` (same rule as `study.record.steady_state_seconds`), where
     they have a `mean_epoch_seconds` and complete epoch times; else it is NaN.
 
-    The file is opened read-only (see `study.sqlite_readonly`): it is never written, and a database in a
-    folder the user cannot write is read as well.
+    The file is opened read-only (see `study.database.sqlite_readonly`): it is never written, and a
+    database in a folder the user cannot write is read as well.
     """
     db_path = Path(path)
     with _reading(db_path) as connection:

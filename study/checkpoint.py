@@ -1,4 +1,4 @@
-"""Moved to study/training/checkpoint.py; the old name `study.checkpoint` still imports that module."""
+"""Moved to study/training/checkpoint.py; the old name `study.checkpoint` imports that module."""
 
 import sys
 from typing import TYPE_CHECKING

@@ -1,4 +1,4 @@
-"""Moved to study/training/evaluate.py; the old name `study.evaluate` still imports that module."""
+"""Moved to study/training/evaluate.py; the old name `study.evaluate` imports that module."""
 
 import sys
 from typing import TYPE_CHECKING

@@ -1,4 +1,4 @@
-"""Moved to study/training/export.py; the old name `study.export` still imports that module."""
+"""Moved to study/training/export.py; the old name `study.export` imports that module."""
 
 import sys
 from typing import TYPE_CHECKING

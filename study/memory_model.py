@@ -1,4 +1,4 @@
-"""Moved to study/memory/model.py; the old name `study.memory_model` still imports that module."""
+"""Moved to study/memory/model.py; the old name `study.memory_model` imports that module."""
 
 import sys
 from typing import TYPE_CHECKING

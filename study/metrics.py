@@ -1,4 +1,4 @@
-"""Moved to study/training/metrics.py; the old name `study.metrics` still imports that module."""
+"""Moved to study/training/metrics.py; the old name `study.metrics` imports that module."""
 
 import sys
 from typing import TYPE_CHECKING

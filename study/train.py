@@ -1,4 +1,4 @@
-"""Moved to study/training/trainer.py; the old name `study.train` still imports that module."""
+"""Moved to study/training/trainer.py; the old name `study.train` imports that module."""
 
 import sys
 from typing import TYPE_CHECKING

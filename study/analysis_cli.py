@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from study import analysis
-from study.analysis import GIB, MEMORY_FIELDS
+from study.analysis import pareto
+from study.analysis.pareto import GIB, MEMORY_FIELDS
 from study.cli import UserError
 from study.units import parse_budget
 
@@ -120,7 +120,7 @@ def parse_budget_list(text: str, trials: pd.DataFrame, *, option: str) -> list[i
         if not part.strip():
             raise UserError(f"{option}: empty budget in {text!r}")
         try:
-            budgets.append(parse_budget(part.strip(), analysis.gpu_total_bytes(trials)))
+            budgets.append(parse_budget(part.strip(), pareto.gpu_total_bytes(trials)))
         except ValueError as exc:
             raise UserError(f"{option}: {str(exc).removeprefix('memory_budget: ')}") from exc
     return budgets
@@ -129,7 +129,7 @@ def parse_budget_list(text: str, trials: pd.DataFrame, *, option: str) -> list[i
 def _check_metric(metric: str) -> None:
     """A bad --metric fails before the database is read."""
     try:
-        analysis.metric_column(metric)
+        pareto.metric_column(metric)
     except ValueError as exc:
         raise UserError(f"--{exc}") from exc
 
@@ -140,13 +140,13 @@ def run_best(args: argparse.Namespace) -> int:
     _check_metric(args.metric)
     trials = load_selected(args)
     try:
-        scoped = analysis.scope(trials, dataset=args.dataset, split=args.split)
+        scoped = pareto.scope(trials, dataset=args.dataset, split=args.split)
     except ValueError as exc:
         raise UserError(f"{exc} with --dataset / --split") from exc
     if args.budgets is not None:
         return _print_budget_table(scoped, parse_budget_list(args.budgets, scoped, option="--budgets"), args)
     (budget,) = parse_budget_list(args.budget, scoped, option="--budget")
-    best, runner_up = analysis.best_under_budget(scoped, budget, metric=args.metric,
+    best, runner_up = pareto.best_under_budget(scoped, budget, metric=args.metric,
                                                  memory_field=args.memory_field)
     if best is None:
         raise UserError(_nothing_fits(scoped, budget, args))
@@ -166,7 +166,7 @@ def run_best(args: argparse.Namespace) -> int:
 
 
 def run_pareto(args: argparse.Namespace) -> int:
-    from study import plots
+    from study.analysis import plots
 
     _check_metric(args.metric)
     trials = load_selected(args)
@@ -182,7 +182,7 @@ def run_pareto(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from study import report
+    from study.analysis import report
 
     _check_metric(args.metric)
     trials = load_selected(args)
@@ -195,7 +195,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse.Namespace) -> int:
-    table = analysis.best_per_budget(trials, budgets, metric=args.metric, memory_field=args.memory_field)
+    table = pareto.best_per_budget(trials, budgets, metric=args.metric, memory_field=args.memory_field)
     if table.empty or table["trial_id"].isna().all():
         raise UserError(_nothing_fits(trials, max(budgets), args))
     if args.json:
@@ -210,8 +210,8 @@ def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse
         "batch": table["batch_size"].map(_count),
         "max len": table["max_len"].map(_count),
         "impl": table["loss_impl_used"],
-        f"val {args.metric}": table[analysis.QUALITY].map(_number),
-        f"test {args.metric}": table[analysis.TEST_QUALITY].map(_number),
+        f"val {args.metric}": table[pareto.QUALITY].map(_number),
+        f"test {args.metric}": table[pareto.TEST_QUALITY].map(_number),
         "memory GiB": table["memory_gib"].map(_number),
         "runner-up": table["runner_up_trial_id"],
     })
@@ -224,11 +224,11 @@ def _note(message: str) -> None:
 
 
 def _nothing_fits(trials: pd.DataFrame, budget: int, args: argparse.Namespace) -> str:
-    table = analysis.pareto_table(trials, metric=args.metric, memory_field=args.memory_field)
-    candidates = table[table[analysis.CANDIDATE]]
+    table = pareto.pareto_table(trials, metric=args.metric, memory_field=args.memory_field)
+    candidates = table[table[pareto.CANDIDATE]]
     if candidates.empty:
         return f"no ok trial has both validation {args.metric} and {args.memory_field} recorded"
-    smallest = candidates[analysis.MEMORY].min()
+    smallest = candidates[pareto.MEMORY].min()
     return (f"no ok trial fits {budget / GIB:.3g} GiB of {args.memory_field} "
             f"({len(candidates)} ok trials; the smallest needed {smallest / GIB:.3g} GiB)")
 
@@ -252,7 +252,7 @@ def _trial_json(row: pd.Series, args: argparse.Namespace) -> dict[str, Any]:
         if name in _INTEGER_FIELDS and isinstance(value, float) and value.is_integer():
             out[name] = int(value)
     for split in ("val", "test"):
-        out[f"{split}_{args.metric}"] = _plain(row.get(analysis.metric_column(args.metric, split)))
+        out[f"{split}_{args.metric}"] = _plain(row.get(pareto.metric_column(args.metric, split)))
     if isinstance(row.get("config_json"), str):
         out["config"] = json.loads(row["config_json"])
     return out
@@ -262,9 +262,9 @@ def _trial_text(row: pd.Series, args: argparse.Namespace) -> str:
     def get(name: str) -> Any:
         return row.get(name, "-")
 
-    val = row.get(analysis.metric_column(args.metric, "val"))
-    test = row.get(analysis.metric_column(args.metric, "test"))
-    memory = ", ".join(f"{name} {analysis.format_gib(_plain(row.get(name)))}" for name in MEMORY_FIELDS
+    val = row.get(pareto.metric_column(args.metric, "val"))
+    test = row.get(pareto.metric_column(args.metric, "test"))
+    memory = ", ".join(f"{name} {pareto.format_gib(_plain(row.get(name)))}" for name in MEMORY_FIELDS
                        if name in row.index)
     return "\n".join([
         f"  trial    {get('trial_id')}  (sweep {get('sweep')})",
@@ -281,7 +281,7 @@ def _trial_text(row: pd.Series, args: argparse.Namespace) -> str:
 
 
 def _steady_or_mean_time(row: pd.Series) -> Any:
-    return analysis.epoch_time(row.to_frame().T).iloc[0]
+    return pareto.epoch_time(row.to_frame().T).iloc[0]
 
 
 def _negatives_text(value: Any, loss: Any) -> str:

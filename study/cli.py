@@ -21,7 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "best": ("study.analysis_cli", "best configuration under a memory budget, from a results database"),
     "pareto": ("study.analysis_cli", "memory-quality Pareto figures from a results database"),
     "report": ("study.analysis_cli", "Markdown report with tables and figures from a results database"),
-    "study-report": ("study.study_report", "the study's report from several databases, seeds aggregated"),
+    "study-report": ("study.analysis.study_report",
+                     "the study's report from several databases, seeds aggregated"),
     "export": ("study.training.export",
                "write the kept model of a trial, or of the best trial under a budget"),
 }

@@ -1165,7 +1165,7 @@ def print_summary(spec: SweepSpec, db: ResultsDB, db_path: Path, budget_bytes: i
     if budget_bytes is None:
         return
     try:
-        from study.analysis import best_under_budget
+        from study.analysis.pareto import best_under_budget
     except ImportError:
         return
     trials = load_trials(db_path, sweep=spec.name)

@@ -153,7 +153,7 @@ def test_report_embeds_tables_and_existing_figures(database: Path, tmp_path: Pat
 def test_report_compares_steady_state_epoch_times(tmp_path: Path) -> None:
     from analysis_fixtures import to_frame
 
-    from study import report
+    from study.analysis import report
 
     trials = synthetic_sweep(np.random.default_rng(3), negatives=(64, 1024), batch_sizes=(64, 256),
                              max_lens=(50,))

@@ -11,7 +11,8 @@ import pytest
 from analysis_fixtures import GIB, SyntheticTrial, synthetic_sweep, to_frame
 from matplotlib.image import imread
 
-from study import analysis, plots
+from study import analysis
+from study.analysis import plots
 
 
 @pytest.fixture(scope="module")

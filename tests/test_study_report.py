@@ -10,10 +10,7 @@ import pandas as pd
 import pytest
 
 from study import cli
-from study.config import TrainConfig
-from study.database.results_db import ResultsDB
-from study.record import MemoryReport, TrialRecord
-from study.study_report import (
+from study.analysis.study_report import (
     best_under_budgets,
     configurations,
     differs,
@@ -22,6 +19,9 @@ from study.study_report import (
     scope_comparison,
     seed_candidates,
 )
+from study.config import TrainConfig
+from study.database.results_db import ResultsDB
+from study.record import MemoryReport, TrialRecord
 
 GIB = 2**30
 

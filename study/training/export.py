@@ -162,7 +162,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("loo", "temporal"), help="with --budget: only this split")
     parser.add_argument("--metric", default="ndcg@10",
                         help="with --budget: validation metric to maximise, NAME@K (default ndcg@10)")
-    from study.analysis import MEMORY_FIELDS
+    from study.analysis.pareto import MEMORY_FIELDS
 
     parser.add_argument("--memory-field", default="peak_bytes", choices=MEMORY_FIELDS,
                         help="with --budget: measured memory that must fit (default peak_bytes)")
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _chosen_trial(args: argparse.Namespace) -> Any:
-    from study import analysis
+    from study.analysis import pareto
     from study.analysis_cli import load_selected, parse_budget_list
     from study.database.results_db import load_trials
 
@@ -209,12 +209,12 @@ def _chosen_trial(args: argparse.Namespace) -> Any:
             raise UserError(f"--trial {args.trial}: no such trial in {args.db}")
         return found.iloc[0]
     try:
-        analysis.metric_column(args.metric)
+        pareto.metric_column(args.metric)
     except ValueError as exc:
         raise UserError(f"--{exc}") from exc
     trials = load_selected(args)
     (budget,) = parse_budget_list(args.budget, trials, option="--budget")
-    best, _ = analysis.best_under_budget(trials, budget, metric=args.metric, memory_field=args.memory_field)
+    best, _ = pareto.best_under_budget(trials, budget, metric=args.metric, memory_field=args.memory_field)
     if best is None:
         raise UserError(f"--budget {args.budget}: no ok trial in {args.db} fits it")
     return best

@@ -30,10 +30,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from study import analysis
-from study.analysis import GIB
+from study.analysis import pareto
+from study.analysis.pareto import GIB
+from study.analysis.report import markdown_table
 from study.database.results_db import load_trials
-from study.report import markdown_table
 from study.units import parse_budget
 
 IMPL_LABELS = {"triton": "fused (Triton)", "torch": "PyTorch"}
@@ -60,13 +60,13 @@ def configurations(trials: pd.DataFrame, *, metric: str = "ndcg@10") -> pd.DataF
     `val_mean`, `val_sd`, `test_mean`, `test_sd` of `metric`, `seeds`, `memory_bytes` (the largest peak
     of its seeds), `epoch_seconds` (mean steady-state time per epoch), `time_capped` (seeds cut by the
     time limit), `trial_ids`."""
-    val_column, test_column = analysis.metric_column(metric, "val"), analysis.metric_column(metric, "test")
+    val_column, test_column = pareto.metric_column(metric, "val"), pareto.metric_column(metric, "test")
     ok = trials[trials["status"] == "ok"].copy()
-    ok["epoch_seconds"] = analysis.epoch_time(ok)
+    ok["epoch_seconds"] = pareto.epoch_time(ok)
     ok["time_capped"] = ok.get("stop_reason", pd.Series(index=ok.index, dtype=object)) == "time_limit"
-    keys = [c for c in analysis.config_key_columns(ok, exclude=("gpu_name",))
+    keys = [c for c in pareto.config_key_columns(ok, exclude=("gpu_name",))
             if c not in ("device", "memory_budget")]
-    keys += [c for c in analysis.GROUP_COLUMNS if c not in keys]
+    keys += [c for c in pareto.GROUP_COLUMNS if c not in keys]
     if ok.empty:
         return pd.DataFrame(columns=[*keys, "val_mean", "val_sd", "test_mean", "test_sd", "seeds",
                                      "memory_bytes", "epoch_seconds", "time_capped", "trial_ids"])
@@ -199,7 +199,7 @@ def speed_summary(trials: pd.DataFrame) -> pd.DataFrame:
     ok = trials[trials["status"] == "ok"]
     if ok.empty:
         return pd.DataFrame()
-    pairs = analysis.fused_vs_torch(ok)
+    pairs = pareto.fused_vs_torch(ok)
     rows = []
     for dataset, group in pairs.groupby("dataset", sort=True):
         rows.append({"dataset": dataset, "pairs": len(group),
@@ -236,7 +236,7 @@ def seed_candidates(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFra
     wanted = []
     for (_, _, _), group in configs.groupby(["dataset", "split", "loss_impl_used"], sort=True):
         objectives = group[["val_mean", "memory_bytes"]].to_numpy(dtype=float)
-        wanted += list(group.index[analysis.non_dominated(objectives, [True, False])])
+        wanted += list(group.index[pareto.non_dominated(objectives, [True, False])])
         for budget in budgets:
             fits = group[group["memory_bytes"] <= budget]
             if not fits.empty:
@@ -263,7 +263,7 @@ def frontier_by_impl_figure(configs: pd.DataFrame, budgets: Sequence[int], title
         axes.errorbar(memory, rows["val_mean"], yerr=rows["val_sd"].fillna(0), fmt=marker, color=color,
                       markersize=6, alpha=0.8, capsize=2, linestyle="none",
                       label=f"{IMPL_LABELS[impl]} ({len(rows)} configurations)")
-        mask = analysis.non_dominated(rows[["val_mean", "memory_bytes"]].to_numpy(dtype=float), [True, False])
+        mask = pareto.non_dominated(rows[["val_mean", "memory_bytes"]].to_numpy(dtype=float), [True, False])
         frontier = rows[mask].sort_values("memory_bytes")
         axes.step(np.append(frontier["memory_bytes"] / GIB, memory.max() * 1.5),
                   np.append(frontier["val_mean"], frontier["val_mean"].iloc[-1]), where="post", color=color,

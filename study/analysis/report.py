@@ -1,5 +1,5 @@
 """Markdown report of a results database: status counts, frontier, best per budget, fused vs PyTorch
-ratios, and the figures of `study.plots` embedded by relative path."""
+ratios, and the figures of `study.analysis.plots` embedded by relative path."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from study import analysis, plots
-from study.analysis import GIB, MEMORY, QUALITY, TEST_QUALITY, TIME_COLUMN, TIME_LABEL
+from study.analysis import pareto, plots
+from study.analysis.pareto import GIB, MEMORY, QUALITY, TEST_QUALITY, TIME_COLUMN, TIME_LABEL
 
 FIGURES_DIR = "figures"
 REPORT_NAME = "report.md"
@@ -50,8 +50,8 @@ def negatives_column(negatives: pd.Series, loss: pd.Series) -> pd.Series:
 
 def frontier_summary(trials: pd.DataFrame, *, metric: str, memory_field: str) -> pd.DataFrame:
     """The frontier in columns people read: configuration, metrics, memory in GiB, time per epoch
-    (steady state where recorded, see `analysis.epoch_time`)."""
-    frontier = analysis.pareto_frontier(trials, metric=metric, memory_field=memory_field)
+    (steady state where recorded, see `pareto.epoch_time`)."""
+    frontier = pareto.pareto_frontier(trials, metric=metric, memory_field=memory_field)
     columns = {"dataset": "dataset", "split": "split", "trial_id": "trial", "loss": "loss",
                "num_negatives": "K", "negative_scope": "scope", "batch_size": "batch", "max_len": "max len",
                "loss_impl_used": "impl", QUALITY: f"val {metric}", TEST_QUALITY: f"test {metric}"}
@@ -65,15 +65,15 @@ def frontier_summary(trials: pd.DataFrame, *, metric: str, memory_field: str) ->
 
 def time_note(trials: pd.DataFrame) -> str:
     """One sentence saying what time per epoch means here, and how many `ok` trials lack the steady
-    state and show the mean over all epochs instead (`analysis.epoch_time`)."""
+    state and show the mean over all epochs instead (`pareto.epoch_time`)."""
     text = ("Time per epoch is the steady state: the median training time of the epochs after the first "
             "(which includes kernel compilation), or the only epoch's time.")
-    if "status" not in trials.columns or not analysis.has_epoch_time(trials):
+    if "status" not in trials.columns or not pareto.has_epoch_time(trials):
         return text
     ok = trials[trials["status"] == "ok"]
-    steady = (pd.to_numeric(ok[analysis.STEADY_TIME_COLUMN], errors="coerce")
-              if analysis.STEADY_TIME_COLUMN in ok.columns else pd.Series(math.nan, index=ok.index))
-    fallback = int((steady.isna() & analysis.epoch_time(ok).notna()).sum())
+    steady = (pd.to_numeric(ok[pareto.STEADY_TIME_COLUMN], errors="coerce")
+              if pareto.STEADY_TIME_COLUMN in ok.columns else pd.Series(math.nan, index=ok.index))
+    fallback = int((steady.isna() & pareto.epoch_time(ok).notna()).sum())
     if fallback:
         text += (f" {fallback} of {len(ok)} ok trials have no steady-state time recorded and show the mean "
                  "over all epochs, first included.")
@@ -82,7 +82,7 @@ def time_note(trials: pd.DataFrame) -> str:
 
 def budget_summary(trials: pd.DataFrame, budgets: Sequence[int], *, metric: str,
                    memory_field: str) -> pd.DataFrame:
-    table = analysis.best_per_budget(trials, budgets, metric=metric, memory_field=memory_field)
+    table = pareto.best_per_budget(trials, budgets, metric=metric, memory_field=memory_field)
     if table.empty:
         return table
     return pd.DataFrame({
@@ -97,7 +97,7 @@ def budget_summary(trials: pd.DataFrame, budgets: Sequence[int], *, metric: str,
 
 
 def fused_summary(trials: pd.DataFrame, *, memory_field: str) -> pd.DataFrame:
-    pairs = analysis.fused_vs_torch(trials, memory_field=memory_field)
+    pairs = pareto.fused_vs_torch(trials, memory_field=memory_field)
     columns = {"dataset": "dataset", "num_negatives": "K", "negative_scope": "scope", "batch_size": "batch",
                "max_len": "max len", f"triton_{TIME_COLUMN}": f"fused {TIME_LABEL}",
                f"torch_{TIME_COLUMN}": f"PyTorch {TIME_LABEL}", "speedup": "speedup (PyTorch / fused)",
@@ -132,7 +132,7 @@ def write_report(
         "",
         "## Trial status",
         "",
-        markdown_table(analysis.status_counts(trials)),
+        markdown_table(pareto.status_counts(trials)),
         "",
         "## Pareto frontier (validation quality up, memory down)",
         "",

@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
-from study import analysis
-from study.analysis import CANDIDATE, GIB, MEMORY, ON_FRONTIER, QUALITY, TIME_COLUMN, TIME_LABEL
+from study.analysis import pareto
+from study.analysis.pareto import CANDIDATE, GIB, MEMORY, ON_FRONTIER, QUALITY, TIME_COLUMN, TIME_LABEL
 
 DEFAULT_BUDGETS: tuple[int, ...] = (8 * GIB, 16 * GIB, 40 * GIB)
 FORMATS: tuple[str, ...] = ("png", "svg")
@@ -35,7 +35,7 @@ _MEMORY_LABELS = {
 
 
 def metric_label(metric: str) -> str:
-    name, k = analysis.parse_metric(metric)
+    name, k = pareto.parse_metric(metric)
     pretty = {"ndcg": "NDCG", "hit": "HitRate", "mrr": "MRR", "coverage": "Coverage"}[name]
     return f"{pretty}@{k}"
 
@@ -52,9 +52,9 @@ def write_figures(
     """Every figure for every (dataset, split) in `trials`; returns the files written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = analysis.pareto_table(trials, metric=metric, memory_field=memory_field)
+    table = pareto.pareto_table(trials, metric=metric, memory_field=memory_field)
     written: list[Path] = []
-    for (dataset, split), group in table.groupby(list(analysis.GROUP_COLUMNS), dropna=False, sort=True):
+    for (dataset, split), group in table.groupby(list(pareto.GROUP_COLUMNS), dropna=False, sort=True):
         tag = _file_tag(f"{dataset}_{split}")
         where = f"{dataset} ({split})"
         figures: list[tuple[str, Figure | str]] = [
@@ -90,7 +90,7 @@ def pareto_figure(
     budgets: Sequence[int] = DEFAULT_BUDGETS,
     title: str = "",
 ) -> Figure | str:
-    """Memory (GiB) vs validation quality of one (dataset, split) from `analysis.pareto_table`: the
+    """Memory (GiB) vs validation quality of one (dataset, split) from `pareto.pareto_table`: the
     frontier as a step line, points coloured by negatives and sized by batch size, infeasible trials as
     grey crosses along the bottom, and budget lines. Returns a reason instead when nothing can be drawn."""
     candidates = table[table[CANDIDATE]]
@@ -98,8 +98,8 @@ def pareto_figure(
         return "no ok trial with both quality and memory"
     figure = Figure(figsize=(8.5, 5.5), layout="constrained")
     axes = figure.add_subplot()
-    sampled = candidates[analysis.samples_negatives(candidates)]
-    full_catalogue = candidates[~analysis.samples_negatives(candidates)]
+    sampled = candidates[pareto.samples_negatives(candidates)]
+    full_catalogue = candidates[~pareto.samples_negatives(candidates)]
     if not sampled.empty:
         negatives = sampled["num_negatives"].astype(float)
         norm = LogNorm(vmin=negatives.min(), vmax=max(negatives.max(), negatives.min() * 2))
@@ -201,7 +201,7 @@ def heatmap_figure(table: pd.DataFrame, *, metric: str, memory_field: str, title
     Cells without an ok trial say why (failed, oom, over budget, or "not run" when the memory model
     predicted every trial there over the budget); cells never tried stay blank."""
     tried = table.dropna(subset=["num_negatives", "batch_size", "max_len"])
-    tried = tried[analysis.samples_negatives(tried)]
+    tried = tried[pareto.samples_negatives(tried)]
     if not tried[CANDIDATE].any():
         return "no ok trial with sampled negatives and both quality and memory"
     if tried["num_negatives"].nunique() * tried["batch_size"].nunique() < 2:
@@ -257,10 +257,10 @@ def scaling_figure(
 ) -> Figure | str:
     """For each budget, the best validation quality reachable at each number of negatives, with the batch
     size that reaches it written beside the point."""
-    sampled = table[table[CANDIDATE] & analysis.samples_negatives(table)]
+    sampled = table[table[CANDIDATE] & pareto.samples_negatives(table)]
     if sampled["num_negatives"].nunique() < 2:
         return "fewer than two numbers of negatives among ok trials with sampled negatives"
-    scaling = analysis.scaling_table(table, budgets, metric=metric, memory_field=memory_field)
+    scaling = pareto.scaling_table(table, budgets, metric=metric, memory_field=memory_field)
     if scaling.empty:
         return "no ok trial fits any of the budgets"
     figure = Figure(figsize=(8, 5), layout="constrained")
@@ -292,11 +292,11 @@ def scaling_figure(
 
 def fused_vs_torch_figure(table: pd.DataFrame, *, memory_field: str, title: str = "") -> Figure | str:
     """Paired horizontal bars, fused (Triton) vs PyTorch loss, for time per epoch (steady state: the
-    first epoch's compilation left out, see `analysis.epoch_time`) and memory at equal configurations,
+    first epoch's compilation left out, see `pareto.epoch_time`) and memory at equal configurations,
     each pair labelled with the ratio PyTorch / fused."""
     if not {"num_negatives", "batch_size", "max_len"} <= set(table.columns):
         return "the trials lack num_negatives, batch_size or max_len"
-    pairs = analysis.fused_vs_torch(table, memory_field=memory_field)
+    pairs = pareto.fused_vs_torch(table, memory_field=memory_field)
     pairs = pairs.dropna(subset=[f"triton_{TIME_COLUMN}", f"torch_{TIME_COLUMN}"], how="all")
     if pairs.empty:
         return "no configuration ran with both the fused (triton) and the PyTorch loss"

@@ -200,7 +200,7 @@ def test_train_command_continues_from_its_checkpoint_dir_and_keeps_the_model(
             "--hidden", "16", "--blocks", "1", "--batch-size", "16", "--epochs", "4", "--patience", "4",
             "--device", "cpu", "--no-progress", "--checkpoint-dir", str(folder),
             "--checkpoint-every-minutes", "0"]
-    from study.train_cli import config_from_args
+    from study.cli.train import config_from_args
 
     parser = cli.build_parser()
     config = config_from_args(parser.parse_args(argv))

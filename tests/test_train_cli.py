@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import study.cli as cli
-import study.train_cli as train_cli
+import study.cli.train as train_cli
 from study.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _chosen_trial(args: argparse.Namespace) -> Any:
     from study.analysis import pareto
-    from study.analysis_cli import load_selected, parse_budget_list
+    from study.cli.analysis import load_selected, parse_budget_list
     from study.database.results_db import load_trials
 
     if args.trial is not None:

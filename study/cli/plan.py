@@ -182,7 +182,7 @@ def _row(point: PlannedPoint, axes: tuple[str, ...], *, show_all: bool) -> dict[
 
 
 def _grid(args: argparse.Namespace) -> dict[str, list[Any]]:
-    from study.train_cli import convert_option
+    from study.cli.train import convert_option
 
     grid: dict[str, list[Any]] = {}
     for axis in AXES:

@@ -14,13 +14,13 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("study.train_cli", "train and evaluate SASRec for one configuration"),
+    "train": ("study.cli.train", "train and evaluate SASRec for one configuration"),
     "bench-loss": ("study.bench_loss", "benchmark the fused loss against PyTorch baselines (GPU)"),
-    "plan": ("study.plan_cli", "list the grid points that fit a memory budget, without running them"),
+    "plan": ("study.cli.plan", "list the grid points that fit a memory budget, without running them"),
     "sweep": ("study.sweep", "run a sweep specification (TOML) with Ray Tune into a results database"),
-    "best": ("study.analysis_cli", "best configuration under a memory budget, from a results database"),
-    "pareto": ("study.analysis_cli", "memory-quality Pareto figures from a results database"),
-    "report": ("study.analysis_cli", "Markdown report with tables and figures from a results database"),
+    "best": ("study.cli.analysis", "best configuration under a memory budget, from a results database"),
+    "pareto": ("study.cli.analysis", "memory-quality Pareto figures from a results database"),
+    "report": ("study.cli.analysis", "Markdown report with tables and figures from a results database"),
     "study-report": ("study.analysis.study_report",
                      "the study's report from several databases, seeds aggregated"),
     "export": ("study.training.export",
@@ -77,10 +77,3 @@ def _run(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
-
-if __name__ == "__main__":
-    # Run through the importable module, so that `python -m study.cli` raises and catches the same
-    # `study.cli.UserError` class that the command modules import.
-    from study.cli import main as _main
-
-    sys.exit(_main())

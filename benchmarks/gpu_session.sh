@@ -45,7 +45,7 @@ case "$part" in
       | tee "$work/gpu-smoke.log"
     ;;
   bench)
-    bench() { python3 -m study.bench_loss "$@" 2>&1 | tee -a "$work/bench.log"; }
+    bench() { python3 -m study.benchmarks.loss "$@" 2>&1 | tee -a "$work/bench.log"; }
     bench --scheme shared,sequence --negatives 4096,16384 --hidden-dim 64 --out "$work/dense-d64.json"
     bench --scheme shared,sequence --negatives 4096,16384 --hidden-dim 256 --out "$work/dense-d256.json"
     bench --scheme position,drawn --negatives 2047 --hidden-dim 64 --out "$work/position-d64.json"
@@ -74,7 +74,7 @@ case "$part" in
     timeout "$(left 300)" python3 benchmarks/memory_validation.py --out "$work/memory-validation" \
       --jobs 5 --timeout 240 2>&1 | tee "$work/memory-validation.log"
     bench() {
-      timeout "$(left 150)" python3 -m study.bench_loss --warmup-ms 50 --rep-ms 300 "$@" 2>&1 \
+      timeout "$(left 150)" python3 -m study.benchmarks.loss --warmup-ms 50 --rep-ms 300 "$@" 2>&1 \
         | tee -a "$work/bench.log"
     }
     bench --scheme position,drawn --negatives 2047 --hidden-dim 64 --impls triton,torch \
@@ -94,7 +94,7 @@ case "$part" in
     # Issue 13: every case of docs/design.md#numbers-to-beat, public call and bare kernel next to eager,
     # compile, the published CCE- kernel (carried in .cache/published-cce) and cut-cross-entropy (its
     # wheel in .gpu-wheels), plus the setup section on the shared K=4096 d=64 case (one call, under 8 min).
-    timeout 470 python3 -m study.bench_loss --preset design --sections setup,loss --warmup-ms 50 --rep-ms 300 \
+    timeout 470 python3 -m study.benchmarks.loss --preset design --sections setup,loss --warmup-ms 50 --rep-ms 300 \
       --deadline-seconds 420 --published-cce .cache/published-cce --out "$work" 2>&1 | tee "$work/bench.log"
     ;;
   eval)

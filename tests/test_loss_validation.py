@@ -147,7 +147,7 @@ def test_valid_schemes_are_accepted(negatives):
 def bench_args(*argv):
     import argparse
 
-    from study import bench_loss
+    from study.benchmarks import loss as bench_loss
 
     parser = argparse.ArgumentParser()
     bench_loss.configure(parser)
@@ -155,7 +155,7 @@ def bench_args(*argv):
 
 
 def test_bench_defaults_match_the_design_case():
-    from study.bench_loss import available_impls, build_cases
+    from study.benchmarks.loss import available_impls, build_cases
 
     args = bench_args()
     (case,) = build_cases(args)
@@ -166,7 +166,7 @@ def test_bench_defaults_match_the_design_case():
 
 
 def test_bench_lists_expand_to_cases_with_full_once():
-    from study.bench_loss import available_impls, build_cases
+    from study.benchmarks.loss import available_impls, build_cases
 
     args = bench_args("--scheme", "full,position,sequence", "--negatives", "511,2047", "--rows", "4000",
                       "--seq-len", "200", "--catalogue", "100000", "--dtype", "fp16")
@@ -186,21 +186,21 @@ def test_bench_lists_expand_to_cases_with_full_once():
     (("--rows", "0"), "--rows"),
 ])
 def test_bench_bad_option_is_named(argv, option):
-    from study.bench_loss import build_cases
+    from study.benchmarks.loss import build_cases
 
     with pytest.raises(ValueError, match=f"^{option}:"):
         build_cases(bench_args(*argv))
 
 
 def test_bench_bad_impl_is_named():
-    from study.bench_loss import available_impls
+    from study.benchmarks.loss import available_impls
 
     with pytest.raises(ValueError, match="^--impls:.*liger"):
         available_impls("torch,liger")
 
 
 def test_bench_without_cuda_is_a_one_line_user_error(monkeypatch, tmp_path):
-    from study import bench_loss
+    from study.benchmarks import loss as bench_loss
     from study.cli import UserError
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -212,7 +212,7 @@ def test_bench_without_cuda_is_a_one_line_user_error(monkeypatch, tmp_path):
 
 
 def test_bench_table_row_shows_oom_and_numbers():
-    from study.bench_loss import Case, Measurement, table_row
+    from study.benchmarks.loss import Case, Measurement, table_row
 
     case = Case("position", 1024, 64, 5000, 511, 200, "bf16")
     oom = table_row(Measurement(case, "torch", status="OOM"))
@@ -227,7 +227,7 @@ def test_bench_table_row_shows_oom_and_numbers():
 
 
 def test_bench_module_entry_point_prints_one_line_and_exits_2(monkeypatch, capsys):
-    from study import bench_loss
+    from study.benchmarks import loss as bench_loss
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench_loss.main(["--scheme", "shared"]) == 2
@@ -237,7 +237,7 @@ def test_bench_module_entry_point_prints_one_line_and_exits_2(monkeypatch, capsy
 
 
 def test_bench_design_preset_covers_the_design_table():
-    from study.bench_loss import build_cases, case_impls, output_path
+    from study.benchmarks.loss import build_cases, case_impls, output_path
 
     args = bench_args("--preset", "design", "--out", "somewhere")
     cases = build_cases(args)
@@ -259,7 +259,7 @@ def test_bench_loads_the_published_kernel_under_its_own_name(tmp_path, monkeypat
     import sys
     import types
 
-    from study.bench_loss import load_published
+    from study.benchmarks.loss import load_published
 
     package = tmp_path / "cut_cross_entropy"
     package.mkdir()
@@ -284,7 +284,7 @@ def test_bench_loads_the_published_kernel_under_its_own_name(tmp_path, monkeypat
 
 
 def test_bench_summary_gives_public_over_bare_and_speed_ups():
-    from study.bench_loss import Case, Measurement, summary_lines
+    from study.benchmarks.loss import Case, Measurement, summary_lines
 
     case = Case("position", 51_200, 64, 1_000_000, 2047, 200, "bf16")
     lines = summary_lines([Measurement(case, "torch", time_ms=128.0),

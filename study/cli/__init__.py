@@ -15,7 +15,7 @@ import sys
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("study.cli.train", "train and evaluate SASRec for one configuration"),
-    "bench-loss": ("study.bench_loss", "benchmark the fused loss against PyTorch baselines (GPU)"),
+    "bench-loss": ("study.benchmarks.loss", "benchmark the fused loss against PyTorch baselines (GPU)"),
     "plan": ("study.cli.plan", "list the grid points that fit a memory budget, without running them"),
     "sweep": ("study.sweep", "run a sweep specification (TOML) with Ray Tune into a results database"),
     "best": ("study.cli.analysis", "best configuration under a memory budget, from a results database"),

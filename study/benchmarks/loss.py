@@ -733,7 +733,7 @@ def free_memory() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m study.bench_loss ...`: the same command without the rest of the CLI's imports."""
+    """`python -m study.benchmarks.loss ...`: the same command without the rest of the CLI's imports."""
     from study.cli import main_for
 
     return main_for("bench-loss", argv)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.checkpoint_store import CheckpointStore
-from study.sweep_spec import CheckpointSpec, SpecError, parse_spec
+from study.sweep.checkpoint_store import CheckpointStore
+from study.sweep.spec import CheckpointSpec, SpecError, parse_spec
 from study.training import checkpoint
 
 

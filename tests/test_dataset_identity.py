@@ -16,7 +16,7 @@ from study.data import DataError, load_dataset, make_split
 from study.data.preprocess import timestamps_are_positions
 from study.database.results_db import ResultsDB, load_trials
 from study.record import TrialRecord
-from study.sweep_spec import trial_id
+from study.sweep.spec import trial_id
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

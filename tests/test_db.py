@@ -399,7 +399,7 @@ def test_a_path_that_cannot_hold_a_database_is_one_clear_error(tmp_path: Path) -
 
 
 def test_full_ce_stores_no_number_of_negatives_and_keeps_its_trial_id(tmp_path: Path) -> None:
-    from study.sweep_spec import trial_id
+    from study.sweep.spec import trial_id
 
     path = tmp_path / "results.sqlite"
     rng = random.Random(4)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from study.driver_lock import DriverLock, DriverLockError, lock_path
-from study.run_folders import LOCK_NAME, remove_stale_run_folders, run_folder
+from study.sweep.driver_lock import DriverLock, DriverLockError, lock_path
+from study.sweep.run_folders import LOCK_NAME, remove_stale_run_folders, run_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def kill(process: subprocess.Popen[str]) -> None:
 def test_a_second_driver_is_refused_until_the_first_is_killed(tmp_path: Path) -> None:
     db = tmp_path / "results.sqlite"
     first = holding(f"""
-        from study.driver_lock import DriverLock
+        from study.sweep.driver_lock import DriverLock
         lock = DriverLock({str(db)!r})
         lock.acquire()
     """)
@@ -57,12 +57,12 @@ def test_a_second_driver_is_refused_until_the_first_is_killed(tmp_path: Path) ->
 
 def test_run_folders_of_killed_drivers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
     live = holding(f"""
-        from study.run_folders import run_folder
+        from study.sweep.run_folders import run_folder
         context = run_folder("alive", root={str(tmp_path)!r})
         context.__enter__()
     """)
     dead = holding(f"""
-        from study.run_folders import run_folder
+        from study.sweep.run_folders import run_folder
         context = run_folder("dead", root={str(tmp_path)!r})
         context.__enter__()
     """)

@@ -143,7 +143,7 @@ def test_plan_and_sweep_dry_run_predict_the_same_bytes(tmp_path: Path,
     every grid point the same predicted peak, to the byte, with the dataset's users capping the batch
     (batch 512 > 40 users here; the sweep ignored the users before, 1.25 vs 1.23 GiB on ml-100k)."""
     from study import sweep
-    from study.sweep_spec import load_spec
+    from study.sweep.spec import load_spec
 
     dataset = "synthetic:users=40,items=3000,mean_len=30,seed=3"
     spec_path = tmp_path / "agree.toml"

@@ -27,7 +27,7 @@ from study import cli, sweep
 from study.config import TrainConfig
 from study.database.results_db import ResultsDB, load_epochs, load_trials
 from study.record import MemoryReport, TrialRecord
-from study.sweep_spec import load_spec, parse_spec
+from study.sweep.spec import load_spec, parse_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable

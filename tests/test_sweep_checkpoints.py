@@ -23,12 +23,12 @@ from sweep_faults import wait_for_ray_gone
 from test_sweep import sweep_args, write_spec
 
 from study import cli, sweep
-from study.checkpoint_store import CheckpointStore
 from study.config import TrainConfig
 from study.data import load_dataset, make_split
 from study.database.results_db import ResultsDB, load_trials
 from study.record import TrialRecord
-from study.sweep_spec import load_spec
+from study.sweep.checkpoint_store import CheckpointStore
+from study.sweep.spec import load_spec
 from study.training.evaluate import evaluate_model
 from study.training.export import load_model
 from study.training.trainer import run_trial

@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 from sweep_faults import hold_write_lock
 
-from study import db_spool, sweep
+from study import sweep
 from study.database.results_db import ResultsDB, load_spec_versions, load_trials
+from study.sweep import db_spool
 
 pytestmark = pytest.mark.slow  # every test here starts Ray
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from study.config import TrainConfig
-from study.sweep_spec import FIELDS_ADDED_LATER, SpecError, load_spec, parse_spec, trial_id
+from study.sweep.spec import FIELDS_ADDED_LATER, SpecError, load_spec, parse_spec, trial_id
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ def test_parsing_budgets_and_specs_does_not_import_torch() -> None:
     script = textwrap.dedent("""
         import sys
         from study.units import parse_budget
-        from study.sweep_spec import parse_spec
+        from study.sweep.spec import parse_spec
 
         assert parse_budget("40GiB", None) == 40 * 2**30
         spec = parse_spec({"name": "s", "datasets": ["ml-100k"], "memory_budget": "8GiB",

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("study.cli.train", "train and evaluate SASRec for one configuration"),
     "bench-loss": ("study.benchmarks.loss", "benchmark the fused loss against PyTorch baselines (GPU)"),
     "plan": ("study.cli.plan", "list the grid points that fit a memory budget, without running them"),
-    "sweep": ("study.sweep", "run a sweep specification (TOML) with Ray Tune into a results database"),
+    "sweep": ("study.sweep.driver", "run a sweep specification (TOML) with Ray Tune into a results database"),
     "best": ("study.cli.analysis", "best configuration under a memory budget, from a results database"),
     "pareto": ("study.cli.analysis", "memory-quality Pareto figures from a results database"),
     "report": ("study.cli.analysis", "Markdown report with tables and figures from a results database"),

@@ -141,7 +141,7 @@ SPEC_VERSION_COLUMNS: dict[str, str] = {
     "sweep": "TEXT NOT NULL",
     "version": "INTEGER NOT NULL",
     "spec_hash": "TEXT NOT NULL",
-    "spec_json": "TEXT NOT NULL",  # the parsed specification (study.sweep_spec.spec_content)
+    "spec_json": "TEXT NOT NULL",  # the parsed specification (study.sweep.spec.spec_content)
     "trial_ids_json": "TEXT NOT NULL",  # every trial id of its plan: the rows this version covers
     "created_at": "TEXT NOT NULL",
 }

@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     row = _chosen_trial(args)
     trial_id, sweep = str(row["trial_id"]), str(row["sweep"])
     location = _model_location(row, args)
-    from study.checkpoint_store import read_bytes
+    from study.sweep.checkpoint_store import read_bytes
 
     try:
         payload = read_payload(read_bytes(location))
@@ -225,7 +225,7 @@ def _model_location(row: Any, args: argparse.Namespace) -> str:
     if row["status"] != "ok":
         raise UserError(f"trial {trial_id}: status {row['status']}, only ok trials keep a model")
     if args.storage is not None:
-        from study.checkpoint_store import CheckpointStore
+        from study.sweep.checkpoint_store import CheckpointStore
 
         return CheckpointStore(args.storage, str(row["sweep"])).model_location(trial_id)
     location = row.get("model_path")

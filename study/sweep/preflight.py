@@ -14,7 +14,7 @@ from pathlib import Path
 
 from study.database.results_db import ResultsDB, SpecVersion
 from study.record import TRIAL_STATUSES
-from study.sweep_spec import SweepSpec, spec_changes, spec_content, spec_hash
+from study.sweep.spec import SweepSpec, spec_changes, spec_content, spec_hash
 from study.units import parse_budget
 
 RETRYABLE_STATUSES: tuple[str, ...] = tuple(s for s in TRIAL_STATUSES if s != "ok")

@@ -11,7 +11,7 @@ launching.
 
 Trial ids are a hash of the sweep name and the full configuration, so `--resume` skips exactly the trials
 already recorded, after a crash, a SIGKILL of the driver, or Ctrl-C, and continues each unfinished trial
-from the last checkpoint it saved under the sweep's storage (study.checkpoint_store).
+from the last checkpoint it saved under the sweep's storage (study.sweep.checkpoint_store).
 
 Ray is imported lazily: `cce-study` builds every command's parser on start and Ray takes seconds to import.
 """
@@ -38,8 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study import db_spool
-from study.checkpoint_store import CheckpointStore
 from study.config import ConfigError, TrainConfig, check_for_catalogue
 from study.database.results_db import (
     DEFAULT_BUSY_TIMEOUT_S,
@@ -49,10 +47,11 @@ from study.database.results_db import (
     load_trials,
     metric_column,
 )
-from study.driver_lock import DriverLock
 from study.record import EpochRecord, MemoryReport, TrialRecord, TrialStatus
-from study.run_folders import remove_stale_run_folders
-from study.sweep_preflight import (
+from study.sweep import db_spool
+from study.sweep.checkpoint_store import CheckpointStore
+from study.sweep.driver_lock import DriverLock
+from study.sweep.preflight import (
     DEFAULT_CONNECT_TIMEOUT_S,
     RETRYABLE_STATUSES,
     PreflightError,
@@ -63,10 +62,11 @@ from study.sweep_preflight import (
     parse_seconds,
     resolve_spec_version,
 )
-from study.sweep_spec import CheckpointSpec, SweepSpec, load_spec, trial_id
+from study.sweep.run_folders import remove_stale_run_folders
+from study.sweep.spec import CheckpointSpec, SweepSpec, load_spec, trial_id
+from study.sweep.worker_death import describe_worker_death, session_dir_of
 from study.training.checkpoint import Checkpointer, CheckpointPolicy, TrainingState, load_state, save_state
 from study.units import GiB, format_bytes, parse_budget
-from study.worker_death import describe_worker_death, session_dir_of
 
 QUALITY_METRIC = "ndcg@10"
 # Keys of the final result a trainable reports; the quality/memory pair are Optuna's objectives.
@@ -224,7 +224,7 @@ def parse_duration(text: str) -> float:
 def storage_root(spec: SweepSpec, db_path: Path, option: str | None = None) -> str:
     """Where the sweep's checkpoints and models go: --storage, else the spec's [checkpoint] storage, else
     `checkpoints/` beside the database (a local folder made absolute, or a URI as given)."""
-    from study.checkpoint_store import absolute_root
+    from study.sweep.checkpoint_store import absolute_root
 
     return absolute_root(option or spec.checkpoint.storage or db_path.parent / "checkpoints")
 
@@ -583,7 +583,7 @@ def sweep_trainable(tune_config: dict[str, Any], settings: TrialSettings) -> Non
     from ray import tune
 
     # A crash by a fatal signal (SIGSEGV, SIGABRT, ...) then leaves its name and a traceback in the
-    # worker's log, which the driver quotes in the trial's error (study.worker_death).
+    # worker's log, which the driver quotes in the trial's error (study.sweep.worker_death).
     faulthandler.enable()
     trial, config_values = trial_point(tune_config, settings)
     if settings.start_deadline is not None and time.time() > settings.start_deadline:

@@ -1,0 +1,7 @@
+"""`python -m study.sweep SPEC.toml ...`: the sweep command alone (same arguments and exit codes)."""
+
+import sys
+
+from study.sweep import main
+
+sys.exit(main())

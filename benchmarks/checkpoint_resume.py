@@ -128,8 +128,8 @@ def _spec(name: str, args: argparse.Namespace, trial_function: str) -> str:
 
 
 def _sweep(out: Path, name: str, spec_text: str) -> tuple[dict[str, Any], float]:
-    from study import sweep
     from study.database.results_db import ResultsDB, load_trials
+    from study.sweep import command as sweep
 
     spec = out / f"{name}.toml"
     spec.write_text(spec_text)

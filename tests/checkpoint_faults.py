@@ -19,7 +19,7 @@ import torch
 
 from study.config import TrainConfig
 from study.record import EpochRecord, TrialRecord
-from study.sweep import TuneCheckpointer
+from study.sweep.trial import TuneCheckpointer
 from study.training.checkpoint import Checkpointer, TrainingState
 from study.training.trainer import run_trial
 

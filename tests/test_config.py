@@ -14,7 +14,9 @@ import torch
 
 from study import cli, config, sweep
 from study.config import ConfigError, FieldError, TrainConfig, check_field, check_for_catalogue
+from study.sweep import command as sweep_command
 from study.sweep import driver as sweep_driver
+from study.sweep import trial as sweep_trial
 
 # Each rule between fields: (settings that break it, the field its error names, part of its message).
 CROSS_FIELD_RULES: dict[str, tuple[dict[str, Any], str, str]] = {
@@ -84,7 +86,7 @@ def test_a_sweep_spec_breaking_a_rule_is_refused_before_ray_starts(
 
     monkeypatch.setattr(sweep_driver, "start_ray", must_not_run)
     monkeypatch.setattr(sweep_driver, "ray_session", must_not_run)
-    monkeypatch.setattr(sweep_driver, "plan_trials", must_not_run)  # loads the datasets
+    monkeypatch.setattr(sweep_command, "plan_trials", must_not_run)  # loads the datasets
     db = tmp_path / "results.sqlite"
     for dry_run in (["--dry-run"], []):
         line = one_line_error(capsys, ["sweep", str(spec), "--db", str(db), *dry_run])
@@ -144,7 +146,7 @@ def test_the_catalogue_rule_is_one_function_used_by_every_entry_point(
     def trial_function(*args: object, **kwargs: object) -> None:
         raise AssertionError("a trial over the catalogue must not be launched")
 
-    monkeypatch.setattr(sweep_driver, "resolve_trial_function", lambda reference: trial_function)
+    monkeypatch.setattr(sweep_trial, "resolve_trial_function", lambda reference: trial_function)
     settings = sweep.TrialSettings("s", "any:function", card_bytes=None,
                                    num_items={(SYNTHETIC, 0): 40}, num_users={(SYNTHETIC, 0): 30})
     record = sweep.execute_trial(sampled.to_dict(), settings)

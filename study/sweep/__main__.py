@@ -2,6 +2,6 @@
 
 import sys
 
-from study.sweep import main
+from study.sweep.command import main
 
 sys.exit(main())

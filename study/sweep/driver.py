@@ -1,4 +1,4 @@
-"""`cce-study sweep`: run a sweep specification with Ray Tune under a memory budget into the results database.
+"""The Ray driver of a sweep: it runs the planned trials with Ray Tune and writes their records.
 
 Every trial runs in its own Ray worker process (function trainable, no actor reuse), so GPU memory is
 returned between trials. The driver alone writes the database, from a Tune callback: the trainable
@@ -7,218 +7,56 @@ fail as far as Tune is concerned: the trainable turns every exception into a rec
 `over_budget`). A worker that dies (killed, node lost) is restarted by Tune up to `[checkpoint]
 max_retries` times, from the trial's last checkpoint; beyond that the callback records a `failed` row.
 Configurations the memory model predicts over budget are recorded as `predicted_over_budget` without
-launching.
-
-Trial ids are a hash of the sweep name and the full configuration, so `--resume` skips exactly the trials
-already recorded, after a crash, a SIGKILL of the driver, or Ctrl-C, and continues each unfinished trial
-from the last checkpoint it saved under the sweep's storage (study.sweep.checkpoint_store).
+launching. A grid search runs the planned trials; an Optuna search draws from them (multi-objective,
+the budget as a constraint).
 
 Ray is imported lazily: `cce-study` builds every command's parser on start and Ray takes seconds to import.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import faulthandler
-import importlib
 import json
 import logging
 import math
 import os
-import shlex
 import sys
-import tempfile
 import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study.config import ConfigError, TrainConfig, check_for_catalogue
-from study.database.results_db import (
-    DEFAULT_BUSY_TIMEOUT_S,
-    DatabaseBusyError,
-    ResultsDB,
-    check_database_path,
-    load_trials,
-    metric_column,
-)
-from study.record import EpochRecord, MemoryReport, TrialRecord, TrialStatus
+from study.database.results_db import ResultsDB, load_trials, metric_column
+from study.record import MemoryReport, TrialRecord
 from study.sweep import db_spool
 from study.sweep.checkpoint_store import CheckpointStore
-from study.sweep.driver_lock import DriverLock
-from study.sweep.preflight import (
-    DEFAULT_CONNECT_TIMEOUT_S,
-    RETRYABLE_STATUSES,
-    PreflightError,
-    check_cluster_answers,
-    check_fractional_budgets,
-    default_db_path,
-    parse_retry,
-    parse_seconds,
-    resolve_spec_version,
+from study.sweep.planning import PlannedTrial
+from study.sweep.preflight import SweepError
+from study.sweep.spec import SweepSpec
+from study.sweep.trial import (
+    CONSTRAINT_KEY,
+    DEFERRED_KEY,
+    MEMORY_KEY,
+    QUALITY_KEY,
+    QUALITY_METRIC,
+    RECORD_KEY,
+    TRIAL_ID_KEY,
+    TrialSettings,
+    final_result,
+    predicted_over_budget_record,
+    sweep_trainable,
+    trial_point,
+    utc_now,
 )
-from study.sweep.run_folders import remove_stale_run_folders
-from study.sweep.spec import CheckpointSpec, SweepSpec, load_spec, trial_id
 from study.sweep.worker_death import describe_worker_death, session_dir_of
-from study.training.checkpoint import Checkpointer, CheckpointPolicy, TrainingState, load_state, save_state
-from study.units import GiB, format_bytes, parse_budget
+from study.units import format_bytes
 
-QUALITY_METRIC = "ndcg@10"
-# Keys of the final result a trainable reports; the quality/memory pair are Optuna's objectives.
-RECORD_KEY = "record_json"
-TRIAL_ID_KEY = "cce_trial_id"
-CHECKPOINT_EPOCH_KEY = "checkpoint_epoch"  # the report that carries a checkpoint: its epoch
-QUALITY_KEY = "objective_val_ndcg_10"
-MEMORY_KEY = "objective_peak_gib"
-CONSTRAINT_KEY = "memory_over_budget_gib"
-DEFERRED_KEY = "deferred_past_stop_after"
 # Environment the driver passes to Ray workers (made absolute: workers do not share the driver's cwd).
 PASS_THROUGH_PATH_VARIABLES = ("CCE_STUDY_DATA_PATH", "CCE_STUDY_CACHE")
 PASS_THROUGH_VARIABLES = ("TRITON_INTERPRET",)
-MAX_ERROR_CHARS = 8000
-
-
-class SweepError(PreflightError):
-    """A sweep cannot start or continue for a reason the user can fix; printed as one line by the CLI."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# command line
-
-
-# study.cli looks for `configure_sweep` / `run_sweep` before `configure` / `run`: no function here may
-# take those names.
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", type=Path, help="sweep specification (TOML), e.g. sweeps/demo.toml")
-    parser.add_argument("--db", type=Path, default=None,
-                        help="results database (default: results/<sweep name>/results.sqlite)")
-    parser.add_argument("--address", default=None,
-                        help="join a running Ray cluster at this address (default: start a local one)")
-    parser.add_argument("--connect-timeout", default=DEFAULT_CONNECT_TIMEOUT_S, metavar="SECONDS",
-                        help="with --address: give up when the cluster does not answer within this time "
-                             f"(default {DEFAULT_CONNECT_TIMEOUT_S:g})")
-    parser.add_argument("--resume", action="store_true",
-                        help="finish a sweep whose database already holds some of its trials (recorded "
-                             "trials are not run again)")
-    parser.add_argument("--retry", metavar="STATUSES", default=None,
-                        help="with --resume: also run again the recorded trials with these statuses, "
-                             f"comma-separated ({', '.join(RETRYABLE_STATUSES)}); grid searches only")
-    parser.add_argument("--new-spec-version", action="store_true",
-                        help="when the specification changed since the database's trials of the sweep were "
-                             "recorded, run it as a new version of the sweep (trials of unchanged "
-                             "configurations are kept) instead of refusing")
-    parser.add_argument("--db-busy-timeout", default=DEFAULT_BUSY_TIMEOUT_S, metavar="SECONDS",
-                        help="how long a write waits for another process's lock on the database before "
-                             "the sweep stops, keeping unwritten trials for --resume "
-                             f"(default {DEFAULT_BUSY_TIMEOUT_S:g})")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the trials with their predicted memory and exit")
-    parser.add_argument("--stop-after", type=parse_duration, default=None, metavar="DURATION",
-                        help="start no trial after this long (e.g. 3600, 45m, 2h); trials already running "
-                             "finish, the rest are left for --resume (for time-limited jobs)")
-    parser.add_argument("--storage", default=None,
-                        help="where trials keep checkpoints and best models: a folder or a URI such as "
-                             "s3://bucket/prefix (default: [checkpoint] storage of the spec, else "
-                             "checkpoints/ beside the database)")
-
-
-def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
-    retry = parse_retry(args.retry)
-    busy_timeout = parse_seconds("--db-busy-timeout", args.db_busy_timeout)
-    connect_timeout = parse_seconds("--connect-timeout", args.connect_timeout)
-    if retry and spec.search.kind != "grid":
-        raise SweepError("--retry: only a grid search retries trials (an optuna search draws new samples)")
-    db_path = check_database_path(Path(args.db) if args.db is not None else default_db_path(spec),
-                                  writable=not args.dry_run)
-    storage = storage_root(spec, db_path, getattr(args, "storage", None))
-    resolve_trial_function(spec.run.trial_function)  # fail now rather than in every worker
-    card_bytes = spec.resources.gpu_memory_bytes or _local_card_bytes()
-    budget_bytes = budget_of(spec.memory_budget, card_bytes, spec.name)
-    if args.dry_run:  # planning a GPU sweep elsewhere is fine: a fractional budget only gets a note
-        plan = plan_trials(spec, card_bytes)
-        done = _recorded_ids(db_path, spec.name)
-        print_plan(spec, plan, budget_bytes, done, file=sys.stdout)
-        return 0
-    check_fractional_budgets(spec, card_bytes, address=args.address)
-    if args.address is not None:
-        check_cluster_answers(args.address, connect_timeout)
-    try:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SweepError(f"{db_path}: cannot create its folder ({exc.strerror or exc})") from exc
-    with DriverLock(db_path):
-        remove_stale_run_folders()  # Tune's scratch folders of drivers that were killed
-        plan = plan_trials(spec, card_bytes)
-        with ResultsDB(db_path, busy_timeout_s=busy_timeout) as db:
-            try:
-                db_spool.replay(db, lambda message: _note(spec.name, message))
-            except DatabaseBusyError as exc:
-                spool = db_spool.spool_path(db_path)
-                raise SweepError(f"{exc}; the unwritten trials stay in {spool}") from exc
-            done = db.trial_ids(spec.name)
-            if done and not (args.resume or retry):
-                raise SweepError(
-                    f"{db_path} already holds {len(done)} trial(s) of sweep {spec.name!r}: pass --resume to "
-                    f"finish that sweep, or --db to write a new database"
-                )
-            version = resolve_spec_version(db, spec, [t.trial_id for t in plan],
-                                           new_version=args.new_spec_version)
-            writer = db_spool.SpoolingWriter(db, spec_hash=version.spec_hash, spec_version=version.version)
-            stop_after = getattr(args, "stop_after", None)  # callers building a Namespace may leave it out
-            deadline = None if stop_after is None else time.time() + stop_after
-            try:
-                execute_sweep(spec, plan, db, card_bytes=card_bytes, address=args.address, writer=writer,
-                              retry=retry, deadline=deadline, storage=storage)
-            except KeyboardInterrupt:
-                counts = db.status_counts(spec.name)
-                print(f"[{spec.name}] interrupted: {sum(counts.values())} trial(s) recorded in {db_path}; "
-                      f"run the same command with --resume to finish", file=sys.stderr, flush=True)
-                raise
-            if writer.stopped is not None:
-                return _report_unwritten(spec, db, writer)
-            print_summary(spec, db, db_path, budget_bytes, plan, file=sys.stdout,
-                          store=CheckpointStore(storage, spec.name))
-    return 0
-
-
-def _report_unwritten(spec: SweepSpec, db: ResultsDB, writer: db_spool.SpoolingWriter) -> int:
-    """The sweep stopped because the database stayed locked: write what was kept if the lock is gone by
-    now, else say which trials wait in the spool. Exit code 1."""
-    spooled = list(dict.fromkeys(writer.spooled))
-    db.busy_timeout_s = min(db.busy_timeout_s, 5.0)  # one last short try: the sweep has waited already
-    with contextlib.suppress(DatabaseBusyError):
-        db_spool.replay(db, lambda message: _note(spec.name, message))
-        spooled = []
-    print(f"[{spec.name}] stopped: {writer.stopped}", file=sys.stderr, flush=True)
-    if spooled:
-        print(f"[{spec.name}] {len(spooled)} finished trial(s) could not be written: {', '.join(spooled)}; "
-              f"they are kept in {writer.path} and the next run writes them first", file=sys.stderr)
-    print(f"[{spec.name}] once the lock is released, run the same command with --resume to finish the sweep",
-          file=sys.stderr, flush=True)
-    return 1
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from "90", "90s", "45m" or "2h" (argparse type: a bad value is one line, exit 2)."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
-    value = text.strip().lower()
-    scale = units.get(value[-1:])
-    number = value[:-1] if scale is not None else value
-    try:
-        seconds = float(number) * (scale or 1.0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 3600, 45m, 2h)") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive, finite duration")
-    return seconds
 
 
 def storage_root(spec: SweepSpec, db_path: Path, option: str | None = None) -> str:
@@ -227,425 +65,6 @@ def storage_root(spec: SweepSpec, db_path: Path, option: str | None = None) -> s
     from study.sweep.checkpoint_store import absolute_root
 
     return absolute_root(option or spec.checkpoint.storage or db_path.parent / "checkpoints")
-
-
-# ----------------------------------------------------------------------------------------------------
-# planning: which trials, and which the memory model rules out
-
-
-@dataclass(frozen=True)
-class PlannedTrial:
-    trial_id: str
-    config: TrainConfig
-    budget_bytes: int | None = None
-    predicted_peak_bytes: int | None = None
-    num_items: int | None = None
-    num_users: int | None = None
-    dataset_source: str | None = None  # what the driver read for this trial's dataset (file or spec)
-    dataset_sha256: str | None = None
-
-    @property
-    def over_budget(self) -> bool:
-        return (self.budget_bytes is not None and self.predicted_peak_bytes is not None
-                and self.predicted_peak_bytes > self.budget_bytes)
-
-    @property
-    def invalid_reason(self) -> str | None:
-        """Why the trial cannot run on its dataset (known once the catalogue size is), else None."""
-        return None if self.num_items is None else catalogue_error(self.config, self.num_items)
-
-
-def catalogue_error(config: TrainConfig, num_items: int) -> str | None:
-    """Why `config` cannot run on a catalogue of `num_items` items (`check_for_catalogue`), else None."""
-    try:
-        check_for_catalogue(config, num_items)
-    except ConfigError as exc:
-        return f"{exc} of {config.dataset}; not launched"
-    return None
-
-
-_warned_fractions: set[str] = set()
-
-
-def budget_of(memory_budget: str | None, card_bytes: int | None, sweep: str | None = None) -> int | None:
-    """A budget in bytes as far as it can be known here: None without a budget, or for a fraction of
-    an unknown card (workers still enforce it on their card; nothing is ruled out by prediction)."""
-    if memory_budget is None:
-        return None
-    try:
-        return parse_budget(memory_budget, card_bytes)
-    except ValueError:
-        if card_bytes is not None:
-            raise
-        if sweep is not None and memory_budget not in _warned_fractions:
-            _warned_fractions.add(memory_budget)
-            _note(sweep, f"memory_budget {memory_budget!r} is a fraction of an unknown card: set "
-                         "resources.gpu_memory to rule out configurations predicted over it")
-        return None
-
-
-def _local_card_bytes() -> int | None:
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return int(torch.cuda.get_device_properties(0).total_memory)
-
-
-def plan_trials(spec: SweepSpec, card_bytes: int | None) -> list[PlannedTrial]:
-    """Every grid point (for Optuna: every candidate) with its budget and predicted peak memory where a
-    memory model is available. Loads each dataset once, on the driver, to know the catalogue size."""
-    predictor = _MemoryPredictor(spec.name, card_bytes)
-    plan = []
-    for config in spec.grid():
-        predicted, size = predictor.predict(config)
-        budget = budget_of(config.memory_budget, card_bytes, spec.name)
-        source, sha256 = predictor.identity.get((config.dataset, config.kcore), (None, None))
-        plan.append(PlannedTrial(trial_id(spec.name, config), config, budget, predicted,
-                                 size.num_items if size else None, size.num_users if size else None,
-                                 dataset_source=source, dataset_sha256=sha256))
-    return plan
-
-
-class _MemoryPredictor:
-    """The memory model's prediction (`predict_trial_memory`, as `cce-study plan` makes it) for each
-    planned trial; each dataset is loaded once, for its catalogue and its users."""
-
-    def __init__(self, sweep_name: str, card_bytes: int | None) -> None:
-        self.sweep_name = sweep_name
-        self.card_bytes = card_bytes
-        self.sizes: dict[tuple[str, int], Any] = {}
-        self.identity: dict[tuple[str, int], tuple[str, str]] = {}  # (source, sha256) of what was read
-        self.loaded: dict[tuple[str, int], Any] = {}  # the datasets, while planning
-        try:
-            from study.memory.model import predict_trial_memory
-        except ImportError:
-            _note(sweep_name, "no memory model (study.memory.model): nothing is ruled out by prediction")
-            self.predict_trial_memory: Callable[..., Any] | None = None
-        else:
-            self.predict_trial_memory = predict_trial_memory
-
-    def predict(self, config: TrainConfig) -> tuple[int | None, Any]:
-        """(predicted peak bytes, the dataset's DatasetSize), or (None, DatasetSize) without a memory
-        model. Each dataset is loaded once; a split it cannot support (a temporal split of positional
-        time stamps) is refused here, before any worker starts."""
-        from study.data import check_split, load_dataset
-
-        key = (config.dataset, config.kcore)
-        if key not in self.sizes:
-            from study.memory.model import DatasetSize
-
-            data = load_dataset(config.dataset, kcore=config.kcore, progress=False)
-            self.sizes[key] = DatasetSize.of(data)
-            self.identity[key] = (data.source, data.sha256)
-            self.loaded[key] = data
-        check_split(self.loaded[key], config.split)
-        size = self.sizes[key]
-        if self.predict_trial_memory is None:
-            return None, size
-        return int(self.predict_trial_memory(config, size, gpu_total=self.card_bytes).total_bytes), size
-
-
-def _recorded_ids(db_path: Path, sweep: str) -> set[str]:
-    if not db_path.is_file():
-        return set()
-    return set(load_trials(db_path, sweep=sweep, spec_version="all")["trial_id"])
-
-
-def axis_names(spec: SweepSpec) -> list[str]:
-    names = ["dataset"] if len(spec.datasets) > 1 else []
-    names += [name for name, _ in spec.axes]
-    for extra in spec.extra_trials:
-        names += [name for name in extra if name not in names]
-    if spec.repeats > 1 and "seed" not in names:
-        names.append("seed")
-    return names
-
-
-def print_plan(spec: SweepSpec, plan: Sequence[PlannedTrial], budget_bytes: int | None, done: set[str],
-               *, file: Any) -> None:
-    names = axis_names(spec)
-    budget_text = format_bytes(budget_bytes) if budget_bytes is not None else (spec.memory_budget or "none")
-    kind = ("grid" if spec.search.kind == "grid"
-            else f"optuna, {spec.search.num_samples} samples drawn from these candidates")
-    print(f"sweep {spec.name}: {len(plan)} trial(s) ({kind}); budget {budget_text}; "
-          f"trial function {spec.run.trial_function}", file=file)
-    header = ["trial_id", *names, "predicted", "action"]
-    rows = []
-    for trial in plan:
-        if trial.trial_id in done:
-            action = "recorded"
-        elif trial.invalid_reason is not None:
-            action = "failed (num_negatives > items)"
-        elif trial.over_budget and spec.run.skip_predicted_over_budget:
-            action = "predicted_over_budget"
-        elif trial.over_budget:
-            action = "run (predicted over budget)"
-        else:
-            action = "run"
-        values = [_config_text(trial.config, name) for name in names]
-        predicted = format_bytes(trial.predicted_peak_bytes)
-        rows.append([trial.trial_id, *values, predicted, action])
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip(), file=file)
-    actions = Counter(row[-1] for row in rows)
-    print("  " + ", ".join(f"{action}: {count}" for action, count in sorted(actions.items())), file=file)
-
-
-# ----------------------------------------------------------------------------------------------------
-# the trial, as it runs in a Ray worker
-
-
-@dataclass(frozen=True)
-class TrialSettings:
-    """What a worker needs besides its configuration; sent once through `tune.with_parameters`."""
-
-    sweep: str
-    trial_function: str
-    card_bytes: int | None  # memory of one card as the driver knows it (for fractional budgets)
-    # Optuna only: the fixed settings the sampled axes are merged into, and catalogue sizes by
-    # (dataset, kcore) so the worker can rule out a sample predicted over budget.
-    base_settings: dict[str, Any] | None = None
-    num_items: dict[tuple[str, int], int] = field(default_factory=dict)
-    num_users: dict[tuple[str, int], int] = field(default_factory=dict)
-    skip_predicted_over_budget: bool = True
-    # --stop-after: a trial whose worker starts after this time.time() runs nothing and leaves no row
-    start_deadline: float | None = None
-    # checkpoint settings with `storage` resolved to the absolute root; None or not enabled: none
-    checkpoint: CheckpointSpec | None = None
-
-    @property
-    def checkpoints(self) -> CheckpointSpec | None:
-        return self.checkpoint if self.checkpoint is not None and self.checkpoint.enabled else None
-
-    def budget_bytes(self, config_values: dict[str, Any]) -> int | None:
-        budget = config_values.get("memory_budget")
-        try:
-            return budget_of(budget, self.card_bytes or _local_card_bytes())
-        except ValueError:
-            return None
-
-
-def resolve_trial_function(reference: str) -> Callable[..., Any]:
-    """Import "package.module:function" (the driver's working directory is importable, as for workers)."""
-    module_name, _, attribute = reference.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SweepError(f"run.trial_function: cannot import {module_name!r} ({exc})") from exc
-    function = getattr(module, attribute, None)
-    if not callable(function):
-        raise SweepError(f"run.trial_function: {module_name!r} has no function {attribute!r}")
-    return function
-
-
-def trial_point(tune_config: dict[str, Any], settings: TrialSettings) -> tuple[str, dict[str, Any]]:
-    """(trial id, TrainConfig dict) of a Tune trial: a grid point carries both, an Optuna sample
-    carries the sampled axes only."""
-    if "point" in tune_config:
-        point = tune_config["point"]
-        return point["trial_id"], dict(point["config"])
-    if settings.base_settings is None:
-        raise ValueError("tune_config: neither a grid point nor sampled axes with base settings")
-    values = {**settings.base_settings, **tune_config.get("axes", {})}
-    # every combination of the axes was validated with the spec, so this config is valid
-    return trial_id(settings.sweep, TrainConfig.from_dict(values)), values
-
-
-def execute_trial(config_values: dict[str, Any], settings: TrialSettings,
-                  on_epoch: Callable[[EpochRecord], None] | None = None,
-                  checkpointer: Checkpointer | None = None) -> TrialRecord:
-    """Run one trial through the trial function; never raises (but KeyboardInterrupt / SystemExit).
-    The checkpointer goes to trial functions that take a `checkpointer` argument (run_trial does)."""
-    try:
-        config = TrainConfig.from_dict(config_values)
-    except Exception as exc:
-        return TrialRecord(status="failed", config=config_values, error=_error_text(exc))
-    budget_bytes = settings.budget_bytes(config_values)
-    num_items = settings.num_items.get((config.dataset, config.kcore))
-    invalid = None if num_items is None else catalogue_error(config, num_items)
-    if invalid is not None:  # an Optuna sample (grid trials like it are recorded by the driver)
-        return TrialRecord(status="failed", config=config.to_dict(), error=invalid, num_items=num_items,
-                           memory=MemoryReport(budget_bytes=budget_bytes), finished_at=_utc_now())
-    predicted = _worker_prediction(config, settings)
-    if (settings.skip_predicted_over_budget and predicted is not None and budget_bytes is not None
-            and predicted > budget_bytes):
-        return predicted_over_budget_record(config, predicted, budget_bytes,
-                                            settings.num_items.get((config.dataset, config.kcore)))
-    try:
-        function = resolve_trial_function(settings.trial_function)
-        options: dict[str, Any] = {"on_epoch": on_epoch}
-        if checkpointer is not None and _takes_argument(function, "checkpointer"):
-            options["checkpointer"] = checkpointer
-        result = function(config, **options)
-        if not isinstance(result, TrialRecord):
-            raise TypeError(f"{settings.trial_function} returned {type(result).__name__}, not a TrialRecord")
-        record = result
-    except Exception as exc:
-        record = record_from_exception(config, exc, budget_bytes)
-    if record.predicted_peak_bytes is None:
-        record.predicted_peak_bytes = predicted
-    if record.memory.budget_bytes is None:
-        record.memory.budget_bytes = budget_bytes
-    return record
-
-
-def _takes_argument(function: Callable[..., Any], name: str) -> bool:
-    import inspect
-
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-
-
-def _worker_prediction(config: TrainConfig, settings: TrialSettings) -> int | None:
-    key = (config.dataset, config.kcore)
-    num_items = settings.num_items.get(key)
-    if num_items is None:
-        return None
-    try:
-        from study.memory.model import DatasetSize, predict_trial_memory
-    except ImportError:
-        return None
-    size = DatasetSize(num_items, settings.num_users.get(key))
-    return int(predict_trial_memory(config, size, gpu_total=settings.card_bytes).total_bytes)
-
-
-def record_from_exception(config: TrainConfig, exc: BaseException, budget_bytes: int | None) -> TrialRecord:
-    """An escaped exception as a record: out-of-memory as `oom`/`over_budget`, anything else `failed`."""
-    from study.memory.probes import classify_out_of_memory, is_out_of_memory
-
-    status: TrialStatus = "failed"
-    if is_out_of_memory(exc):
-        status = classify_out_of_memory(exc, budget_bytes)
-    return TrialRecord(status=status, config=config.to_dict(), error=_error_text(exc),
-                       memory=MemoryReport(budget_bytes=budget_bytes))
-
-
-def predicted_over_budget_record(config: TrainConfig, predicted: int, budget_bytes: int,
-                                 num_items: int | None) -> TrialRecord:
-    return TrialRecord(
-        status="predicted_over_budget", config=config.to_dict(),
-        error=(f"predicted peak {format_bytes(predicted)} exceeds the budget of "
-               f"{format_bytes(budget_bytes)}; not launched"),
-        predicted_peak_bytes=predicted, memory=MemoryReport(budget_bytes=budget_bytes), num_items=num_items,
-        finished_at=_utc_now(),
-    )
-
-
-def _error_text(exc: BaseException) -> str:
-    """The exception on the first line (what summaries show), then the end of its traceback."""
-    trace = "".join(traceback.format_exception(exc)).strip()
-    return f"{type(exc).__name__}: {exc}\n{trace[-MAX_ERROR_CHARS:]}"
-
-
-def final_result(trial: str, record: TrialRecord) -> dict[str, Any]:
-    """The last result a trainable reports: the record, and the objectives and constraint for Optuna
-    (finite numbers for every status: a trial that did not finish counts as quality 0, infeasible)."""
-    budget_bytes = record.memory.budget_bytes
-    peak = record.memory.peak_bytes or record.predicted_peak_bytes or budget_bytes or 0
-    quality = record.val_metrics.get(QUALITY_METRIC) if record.status == "ok" else None
-    if quality is None or not math.isfinite(quality):
-        quality = 0.0
-    if record.status != "ok":
-        over = 1.0 + max(0.0, (peak - (budget_bytes or 0)) / GiB)
-    elif budget_bytes is not None:
-        over = (peak - budget_bytes) / GiB
-    else:
-        over = -1.0
-    return {
-        TRIAL_ID_KEY: trial,
-        RECORD_KEY: json.dumps(record.to_dict(), sort_keys=True),
-        "status": record.status,
-        QUALITY_KEY: float(quality),
-        MEMORY_KEY: peak / GiB,
-        CONSTRAINT_KEY: float(over),
-    }
-
-
-def epoch_result(trial: str, epoch: EpochRecord) -> dict[str, Any]:
-    result: dict[str, Any] = {TRIAL_ID_KEY: trial, "epoch": epoch.epoch, "train_loss": epoch.train_loss,
-                              "epoch_seconds": epoch.epoch_seconds}
-    for metric, value in epoch.val_metrics.items():
-        with contextlib.suppress(ValueError):
-            result[metric_column(metric, "val")] = value
-    return result
-
-
-def sweep_trainable(tune_config: dict[str, Any], settings: TrialSettings) -> None:
-    """The Ray Tune function trainable: one trial, per-epoch reports, checkpoints (each its own report),
-    one final report with the record."""
-    from ray import tune
-
-    # A crash by a fatal signal (SIGSEGV, SIGABRT, ...) then leaves its name and a traceback in the
-    # worker's log, which the driver quotes in the trial's error (study.sweep.worker_death).
-    faulthandler.enable()
-    trial, config_values = trial_point(tune_config, settings)
-    if settings.start_deadline is not None and time.time() > settings.start_deadline:
-        tune.report({TRIAL_ID_KEY: trial, DEFERRED_KEY: True})  # no row: --resume runs it
-        return
-
-    def report_epoch(epoch: EpochRecord) -> None:
-        tune.report(epoch_result(trial, epoch))
-
-    checkpoints = settings.checkpoints
-    checkpointer = TuneCheckpointer(trial, settings.sweep, checkpoints) if checkpoints is not None else None
-    record = execute_trial(config_values, settings, on_epoch=report_epoch, checkpointer=checkpointer)
-    tune.report(final_result(trial, record))
-
-
-class TuneCheckpointer(Checkpointer):
-    """A trial's checkpoints through Ray Tune's own mechanism.
-
-    Saved with `tune.report(..., checkpoint=...)` into the trial's folder of this run under the sweep's
-    storage (Tune keeps the latest only). Loaded from `tune.get_checkpoint()` when Tune restarted the
-    trial after its worker died, else from the trial's latest checkpoint of an earlier run of the sweep
-    (found by trial id: the sweep was resumed after its driver died). The best model goes to
-    `<storage>/<sweep>/models/<trial id>/model.pt`. Pruning is the driver's job (`RecordingCallback`).
-    """
-
-    def __init__(self, trial: str, sweep: str, settings: CheckpointSpec) -> None:
-        super().__init__(CheckpointPolicy(settings.every_epochs, settings.every_minutes),
-                         keep_model=settings.keep_best_model)
-        assert settings.storage is not None, "the driver resolves the storage root"
-        self.trial = trial
-        self.store = CheckpointStore(settings.storage, sweep)
-
-    def load(self) -> TrainingState | None:
-        from ray import tune
-
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                return load_state(folder)
-        found = self.store.latest_checkpoint(self.trial)
-        if found is None:
-            return None
-        with tempfile.TemporaryDirectory(prefix="cce-study-checkpoint-") as folder:
-            self.store.download(found, folder)
-            return load_state(folder)
-
-    def _write(self, state: TrainingState) -> int:
-        from ray import tune
-
-        with tempfile.TemporaryDirectory(prefix="cce-study-checkpoint-") as folder:
-            size = save_state(state, folder)
-            # the report copies the folder into the trial's storage before it returns
-            tune.report({TRIAL_ID_KEY: self.trial, CHECKPOINT_EPOCH_KEY: state.epoch},
-                        checkpoint=tune.Checkpoint.from_directory(folder))
-        return size
-
-    def _keep(self, payload: dict[str, Any]) -> str:
-        return self.store.put_model(payload, self.trial)
-
-
-# ----------------------------------------------------------------------------------------------------
-# the driver
 
 
 @dataclass
@@ -715,7 +134,7 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
                 record = TrialRecord(
                     status="failed", config=trial.config.to_dict(), error=trial.invalid_reason,
                     num_items=trial.num_items, predicted_peak_bytes=trial.predicted_peak_bytes,
-                    memory=MemoryReport(budget_bytes=trial.budget_bytes), finished_at=_utc_now())
+                    memory=MemoryReport(budget_bytes=trial.budget_bytes), finished_at=utc_now())
             elif trial.trial_id not in done and skip and trial.over_budget:
                 assert trial.predicted_peak_bytes is not None and trial.budget_bytes is not None
                 record = predicted_over_budget_record(
@@ -1063,14 +482,6 @@ def make_optuna_search(spec: SweepSpec, recorded: Any) -> Any:
     return ConstrainedOptunaSearch(metric=[QUALITY_KEY, MEMORY_KEY], mode=["max", "min"], sampler=sampler)
 
 
-def _python_value(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
-
-
-# ----------------------------------------------------------------------------------------------------
-# Ray
-
-
 def worker_environment() -> dict[str, str]:
     """Environment variables for Ray workers: the project and the driver's cwd importable, data paths."""
     import study
@@ -1142,87 +553,6 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-# ----------------------------------------------------------------------------------------------------
-# summary
-
-
-def print_summary(spec: SweepSpec, db: ResultsDB, db_path: Path, budget_bytes: int | None,
-                  plan: Sequence[PlannedTrial], *, file: Any, store: CheckpointStore | None = None) -> None:
-    planned = {t.trial_id for t in plan}
-    statuses = db.trial_statuses(spec.name)
-    counts = Counter(status for key, status in statuses.items() if key in planned)
-    total = sum(counts.values())
-    by_status = ", ".join(f"{status} {count}" for status, count in sorted(counts.items()))
-    print(f"sweep {spec.name}: {total} trial(s) recorded in {db_path} ({by_status})", file=file)
-    if spec.search.kind == "grid" and total < len(plan):
-        print(f"  {len(plan) - total} trial(s) have no row yet: run again with --resume", file=file)
-    if store is not None:
-        usage = store.disk_usage()
-        print(f"  storage {store.location}: {format_bytes(usage.total_bytes)} (best models of "
-              f"{usage.models} trial(s) {format_bytes(usage.model_bytes)}, checkpoints of "
-              f"{usage.trials_with_checkpoints} unfinished trial(s) {format_bytes(usage.checkpoint_bytes)})",
-              file=file)
-    if budget_bytes is None:
-        return
-    try:
-        from study.analysis.pareto import best_under_budget
-    except ImportError:
-        return
-    trials = load_trials(db_path, sweep=spec.name)
-    for dataset in spec.datasets:
-        best, _ = best_under_budget(trials, budget_bytes, QUALITY_METRIC, dataset=dataset, split=spec.split)
-        if best is None:
-            print(f"  {dataset}: no ok trial under {format_bytes(budget_bytes)}", file=file)
-            continue
-        names = [n for n in axis_names(spec) if n != "dataset"]
-        setting = ", ".join(f"{n}={_setting_text(best, n)}" for n in names if n in best.index)
-        print(f"  best under {format_bytes(budget_bytes)} on {dataset}: {best['trial_id']} ({setting}): "
-              f"val {QUALITY_METRIC} {best[metric_column(QUALITY_METRIC)]:.4f}, "
-              f"peak {format_bytes(best['peak_bytes'])}", file=file)
-    command = ["cce-study", "pareto", "--db", str(db_path), "--out", str(db_path.parent / "figures")]
-    if spec.memory_budget is not None:
-        command += ["--budgets", spec.memory_budget]
-    print(f"  figures: {shlex.join(command)}", file=file)
-
-
-def _config_text(config: TrainConfig, name: str) -> str:
-    if name == "num_negatives" and config.loss == "ce":
-        return "full"  # full-catalogue CE has no number of negatives
-    return str(getattr(config, name))
-
-
-def _setting_text(row: Any, name: str) -> str:
-    value = _python_value(row[name])
-    if name == "num_negatives" and row.get("loss") == "ce":
-        return "full"  # full-catalogue CE has no number of negatives
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # an integer column with NULLs (full CE's negatives) reads as floats
-    return str(value)
-
-
-def _note(sweep: str, message: str) -> None:
-    print(f"[{sweep}] note: {message}", file=sys.stderr, flush=True)
-
-
-def _utc_now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-__all__ = [
-    "configure", "run", "execute_sweep", "plan_trials", "PlannedTrial", "TrialSettings", "execute_trial",
-    "record_from_exception", "final_result", "sweep_trainable", "start_ray", "ray_session",
-    "worker_environment", "make_optuna_search", "resolve_trial_function", "SweepError", "main",
-]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m study.sweep ...`: the sweep command alone (same arguments and exit codes)."""
-    from study.cli import main_for
-
-    return main_for("sweep", None if argv is None else list(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["execute_sweep", "storage_root", "gpu_share", "make_optuna_search", "make_recording_callback",
+           "make_stopper", "make_deadline_stopper", "describe_record", "Progress", "worker_environment",
+           "configure_ray_environment", "start_ray", "ray_session"]

@@ -29,6 +29,10 @@ class PreflightError(ValueError):
     """A sweep cannot start for a reason the user can fix; one line."""
 
 
+class SweepError(PreflightError):
+    """A sweep cannot start or continue for a reason the user can fix; printed as one line by the CLI."""
+
+
 def parse_retry(text: str | None) -> frozenset[str]:
     """`--retry failed,oom` -> the statuses whose recorded trials run again."""
     if text is None:
@@ -137,6 +141,6 @@ def default_db_path(spec: SweepSpec) -> Path:
     return Path("results") / spec.name / "results.sqlite"
 
 
-__all__ = ["PreflightError", "parse_retry", "parse_seconds", "check_fractional_budgets",
+__all__ = ["PreflightError", "SweepError", "parse_retry", "parse_seconds", "check_fractional_budgets",
            "check_cluster_answers", "resolve_spec_version", "RETRYABLE_STATUSES",
            "DEFAULT_CONNECT_TIMEOUT_S", "default_db_path"]

@@ -139,7 +139,7 @@ def test_the_catalogue_rule_is_one_function_used_by_every_entry_point(
     check_for_catalogue(sampled, 41)
     check_for_catalogue(sampled.replace(loss="ce"), 40)  # full CE samples nothing
     # the sweep driver's plan and the Optuna worker say the same
-    planned = sweep.PlannedTrial("t", sampled, num_items=40)
+    planned = sweep.PlannedTrial(sweep.trial_id("s", sampled), sampled, num_items=40)
     assert planned.invalid_reason == f"num_negatives: 41 exceeds the catalogue of 40 items of {SYNTHETIC}; " \
                                      "not launched"
 
@@ -147,8 +147,7 @@ def test_the_catalogue_rule_is_one_function_used_by_every_entry_point(
         raise AssertionError("a trial over the catalogue must not be launched")
 
     monkeypatch.setattr(sweep_trial, "resolve_trial_function", lambda reference: trial_function)
-    settings = sweep.TrialSettings("s", "any:function", card_bytes=None,
-                                   num_items={(SYNTHETIC, 0): 40}, num_users={(SYNTHETIC, 0): 30})
+    settings = sweep.TrialSettings("s", "any:function", card_bytes=None, planned={planned.trial_id: planned})
     record = sweep.execute_trial(sampled.to_dict(), settings)
     assert record.status == "failed" and record.error == planned.invalid_reason
     assert record.num_items == 40

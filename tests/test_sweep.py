@@ -26,6 +26,7 @@ from sweep_faults import DYING_WORDS, FAULTS, ray_processes, stop_ray, wait_for_
 from study import cli, sweep
 from study.config import TrainConfig
 from study.database.results_db import ResultsDB, load_epochs, load_trials
+from study.memory.model import MemoryPrediction
 from study.record import MemoryReport, TrialRecord
 from study.sweep.spec import load_spec, parse_spec
 
@@ -159,6 +160,53 @@ def test_a_trial_that_asks_for_no_gpu_sees_none(local_ray: str) -> None:
         return os.environ.get("CUDA_VISIBLE_DEVICES")
 
     assert ray.get(visible_devices.remote(), timeout=60) == ""
+
+
+def test_each_trial_is_predicted_once_on_the_driver_and_its_worker_uses_that(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Optuna sample in its worker: the catalogue and the prediction come from the driver's plan, which
+    predicted each candidate once; the trial function is handed that prediction."""
+    from study.memory import model as memory_model
+    from study.sweep import trial as sweep_trial
+
+    predicted: list[TrainConfig] = []
+    predict = memory_model.predict_trial_memory
+    monkeypatch.setattr(memory_model, "predict_trial_memory",
+                        lambda config, *args, **kw: predicted.append(config) or predict(config, *args, **kw))
+    dataset = "synthetic:users=30,items=40,seed=1"
+    spec = parse_spec({"name": "once", "datasets": [dataset], "memory_budget": "1GiB",
+                       "trial": {"epochs": 1, "loss": "ce-neg", "negative_scope": "batch"},
+                       "axes": {"num_negatives": [4, 41], "batch_size": [4], "max_len": [5],
+                                "device": ["cpu", "auto"]},
+                       "search": {"kind": "optuna", "num_samples": 3}})
+    plan = sweep.plan_trials(spec, None)
+    assert len(predicted) == len(plan) == 4
+    handed: list[object] = []
+
+    def trial_function(config: TrainConfig, *, on_epoch: object = None,
+                       prediction: object = None) -> TrialRecord:
+        handed.append(prediction)
+        return TrialRecord(status="ok", config=config.to_dict())
+
+    monkeypatch.setattr(sweep_trial, "resolve_trial_function", lambda reference: trial_function)
+    settings = sweep.TrialSettings("once", "any:function", card_bytes=None,
+                                   base_settings=spec.base_settings(dataset),
+                                   planned={t.trial_id: t for t in plan})
+    planned_by_id = {t.trial_id: t for t in plan}
+    records = {}
+    for negatives, device in ((4, "cpu"), (41, "cpu"), (4, "auto")):
+        axes = {"num_negatives": negatives, "batch_size": 4, "max_len": 5, "device": device}
+        trial, values = sweep.trial_point({"axes": axes}, settings)
+        records[trial] = sweep.execute_trial(values, settings)
+    fits, too_many, over = (planned_by_id[trial] for trial in records)
+    assert records[fits.trial_id].status == "ok" and handed == [fits.prediction]
+    assert records[fits.trial_id].predicted_peak_bytes == fits.predicted_peak_bytes
+    assert records[too_many.trial_id].status == "failed"  # 41 negatives of 40 items, as the plan says
+    assert records[too_many.trial_id].error == too_many.invalid_reason
+    # predicted for CUDA with its context, over the 1 GiB budget: recorded without running
+    assert over.over_budget and records[over.trial_id].status == "predicted_over_budget"
+    assert records[over.trial_id].predicted_peak_bytes == over.predicted_peak_bytes
+    assert len(predicted) == 4  # the worker predicted nothing
 
 
 def test_every_fault_becomes_a_record_with_its_status() -> None:
@@ -428,6 +476,15 @@ def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_pat
     wait_for_ray_gone(cluster_ray, timeout=30)
 
 
+def prediction_of(total_bytes: int | None) -> MemoryPrediction | None:
+    """A memory prediction of `total_bytes` in all (None: no prediction)."""
+    if total_bytes is None:
+        return None
+    return MemoryPrediction(total_bytes=total_bytes, parts={"parameters": total_bytes},
+                            torch_max_allocated=total_bytes, torch_max_reserved=total_bytes,
+                            peak_phase="forward")
+
+
 def test_packing_asks_for_the_share_of_a_card_the_prediction_needs() -> None:
     spec = parse_spec({"name": "p", "datasets": ["ml-1m"], "axes": {"num_negatives": [8], "batch_size": [8],
                        "max_len": [8]}, "resources": {"gpus": 0.125, "pack_by_predicted_memory": True}})
@@ -435,7 +492,7 @@ def test_packing_asks_for_the_share_of_a_card_the_prediction_needs() -> None:
     card = 160 * 2**30
 
     def share(predicted: int | None) -> float:
-        return sweep.gpu_share(spec, sweep.PlannedTrial("t", config, None, predicted), card)
+        return sweep.gpu_share(spec, sweep.PlannedTrial("t", config, None, prediction_of(predicted)), card)
 
     assert share(None) == 0.125  # no prediction: the spec's share
     assert share(2**30) == 0.125  # small trials keep the minimum share
@@ -443,4 +500,5 @@ def test_packing_asks_for_the_share_of_a_card_the_prediction_needs() -> None:
     assert share(150 * 2**30) == 1.0  # never more than one card
     plain = parse_spec({"name": "p", "datasets": ["ml-1m"], "axes": {"num_negatives": [8], "batch_size": [8],
                         "max_len": [8]}, "resources": {"gpus": 0.25}})
-    assert sweep.gpu_share(plain, sweep.PlannedTrial("t", config, None, 100 * 2**30), card) == 0.25
+    huge = sweep.PlannedTrial("t", config, None, prediction_of(100 * 2**30))
+    assert sweep.gpu_share(plain, huge, card) == 0.25

@@ -324,3 +324,30 @@ def test_fused_and_reference_losses_train_the_same_steps(tiny_log: Path, scope: 
         losses[impl] = values
     assert losses["torch"][-1] != losses["torch"][0]  # the model did train
     assert losses["triton"] == pytest.approx(losses["torch"], rel=1e-5, abs=1e-6)
+
+
+def test_the_callers_prediction_is_recorded_when_it_was_made_for_the_trials_device(
+        tiny_log: Path, monkeypatch: pytest.MonkeyPatch):
+    import dataclasses
+
+    from study.data import load_dataset
+    from study.memory import model as memory_model
+
+    config = tiny_config(tiny_log, epochs=1)
+    size = memory_model.DatasetSize.of(load_dataset(config.dataset, kcore=config.kcore, progress=False))
+    own = memory_model.predict_trial_memory(config, size)  # device "cpu", as the trial runs
+    assert own.device == "cpu"
+    calls = []
+    predict = memory_model.predict_trial_memory
+    monkeypatch.setattr(memory_model, "predict_trial_memory",
+                        lambda *args, **kwargs: calls.append(args) or predict(*args, **kwargs))
+    # a sweep's plan made it for this device: recorded as it is (a value the model would not give, to see
+    # which one was recorded), the trainer predicts nothing
+    given = dataclasses.replace(own, total_bytes=own.total_bytes + 12_345)
+    assert train.run_trial(config, prediction=given).predicted_peak_bytes == given.total_bytes
+    assert calls == []
+    # made for CUDA (how the model reads device "auto"): the trainer predicts for the CPU it runs on
+    for_cuda = predict(config.replace(device="auto"), size)
+    assert for_cuda.device == "cuda" and for_cuda.total_bytes != own.total_bytes
+    assert train.run_trial(config, prediction=for_cuda).predicted_peak_bytes == own.total_bytes
+    assert len(calls) == 1

@@ -158,6 +158,7 @@ class MemoryPrediction:
     peak_phase: str
     phases: dict[str, int] = field(default_factory=dict)  # allocated bytes of each phase
     gpu_total: int | None = None
+    device: str = "cuda"  # what it was predicted for: "cuda", or "cpu" (no CUDA context)
 
     def fits(self, budget_bytes: int) -> bool:
         return self.total_bytes <= budget_bytes
@@ -689,6 +690,7 @@ def predict_peak_bytes(
         peak_phase=peak_phase,
         phases=allocated,
         gpu_total=gpu_total,
+        device="cuda" if shape.on_cuda else "cpu",
     )
 
 

@@ -110,11 +110,11 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
     (time.time()), trials not started by then are left unrecorded for --resume. Checkpoints and models go
     under `storage` (default: `checkpoints/` beside the database)."""
     writer = writer or db_spool.SpoolingWriter(db)
-    planned = {t.trial_id for t in plan}
+    planned_ids = {t.trial_id for t in plan}
 
     def recorded() -> dict[str, str]:
         """Status of every recorded trial of this plan (a new spec version keeps unchanged trials)."""
-        return {key: status for key, status in db.trial_statuses(spec.name).items() if key in planned}
+        return {key: status for key, status in db.trial_statuses(spec.name).items() if key in planned_ids}
 
     def done_ids() -> set[str]:
         return {key for key, status in recorded().items() if status not in retry}
@@ -152,8 +152,8 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
         progress.line(f"{len(to_run)} trial(s) to run" + (f" ({again} again: --retry)" if again else "")
                       + f", {len(done)} already recorded")
         settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
-                                 skip_predicted_over_budget=skip, start_deadline=deadline,
-                                 checkpoint=checkpoint)
+                                 planned={t.trial_id: t for t in to_run}, skip_predicted_over_budget=skip,
+                                 start_deadline=deadline, checkpoint=checkpoint)
         param_space = {"point": _grid_search([
             {"trial_id": t.trial_id, "config": t.config.to_dict(), "gpus": gpu_share(spec, t, card_bytes)}
             for t in to_run])}
@@ -167,12 +167,11 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
     if num_samples <= 0:
         return
     progress.line(f"{num_samples} sample(s) to run, {len(done)} already recorded")
-    num_items = {(t.config.dataset, t.config.kcore): t.num_items for t in plan if t.num_items is not None}
-    num_users = {(t.config.dataset, t.config.kcore): t.num_users for t in plan if t.num_users is not None}
+    # every sample the search may draw is a planned candidate, predicted already
     settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
-                             base_settings=spec.base_settings(spec.datasets[0]), num_items=num_items,
-                             num_users=num_users, skip_predicted_over_budget=skip, start_deadline=deadline,
-                             checkpoint=checkpoint)
+                             base_settings=spec.base_settings(spec.datasets[0]),
+                             planned={t.trial_id: t for t in plan}, skip_predicted_over_budget=skip,
+                             start_deadline=deadline, checkpoint=checkpoint)
     with ray_session(address):
         from ray import tune
 

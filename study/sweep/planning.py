@@ -9,25 +9,35 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from study.config import ConfigError, TrainConfig, check_for_catalogue
 from study.sweep.spec import SweepSpec, trial_id
 from study.units import format_bytes, parse_budget
 
+if TYPE_CHECKING:
+    from study.memory.model import DatasetSize, MemoryPrediction
+
 
 @dataclass(frozen=True)
 class PlannedTrial:
+    """One trial of the plan. Its `prediction` is made here, once; the worker that runs the trial and the
+    trial function (`run_trial(prediction=...)`) are handed it rather than predicting again."""
+
     trial_id: str
     config: TrainConfig
     budget_bytes: int | None = None
-    predicted_peak_bytes: int | None = None
+    prediction: MemoryPrediction | None = None
     num_items: int | None = None
     num_users: int | None = None
     dataset_source: str | None = None  # what the driver read for this trial's dataset (file or spec)
     dataset_sha256: str | None = None
+
+    @property
+    def predicted_peak_bytes(self) -> int | None:
+        return None if self.prediction is None else self.prediction.total_bytes
 
     @property
     def over_budget(self) -> bool:
@@ -65,7 +75,7 @@ def budget_of(memory_budget: str | None, card_bytes: int | None, sweep: str | No
         if sweep is not None and memory_budget not in _warned_fractions:
             _warned_fractions.add(memory_budget)
             note(sweep, f"memory_budget {memory_budget!r} is a fraction of an unknown card: set "
-                         "resources.gpu_memory to rule out configurations predicted over it")
+                        "resources.gpu_memory to rule out configurations predicted over it")
         return None
 
 
@@ -78,17 +88,16 @@ def local_card_bytes() -> int | None:
 
 
 def plan_trials(spec: SweepSpec, card_bytes: int | None) -> list[PlannedTrial]:
-    """Every grid point (for Optuna: every candidate) with its budget and predicted peak memory where a
-    memory model is available. Loads each dataset once, on the driver, to know the catalogue size."""
-    predictor = _MemoryPredictor(spec.name, card_bytes)
+    """Every grid point (for Optuna: every candidate) with its budget and its predicted peak memory.
+    Loads each dataset once, on the driver, to know the catalogue size."""
+    predictor = _MemoryPredictor(card_bytes)
     plan = []
     for config in spec.grid():
-        predicted, size = predictor.predict(config)
+        prediction, size = predictor.predict(config)
         budget = budget_of(config.memory_budget, card_bytes, spec.name)
-        source, sha256 = predictor.identity.get((config.dataset, config.kcore), (None, None))
-        plan.append(PlannedTrial(trial_id(spec.name, config), config, budget, predicted,
-                                 size.num_items if size else None, size.num_users if size else None,
-                                 dataset_source=source, dataset_sha256=sha256))
+        source, sha256 = predictor.identity[(config.dataset, config.kcore)]
+        plan.append(PlannedTrial(trial_id(spec.name, config), config, budget, prediction, size.num_items,
+                                 size.num_users, dataset_source=source, dataset_sha256=sha256))
     return plan
 
 
@@ -96,39 +105,27 @@ class _MemoryPredictor:
     """The memory model's prediction (`predict_trial_memory`, as `cce-study plan` makes it) for each
     planned trial; each dataset is loaded once, for its catalogue and its users."""
 
-    def __init__(self, sweep_name: str, card_bytes: int | None) -> None:
-        self.sweep_name = sweep_name
+    def __init__(self, card_bytes: int | None) -> None:
         self.card_bytes = card_bytes
-        self.sizes: dict[tuple[str, int], Any] = {}
+        self.sizes: dict[tuple[str, int], DatasetSize] = {}
         self.identity: dict[tuple[str, int], tuple[str, str]] = {}  # (source, sha256) of what was read
         self.loaded: dict[tuple[str, int], Any] = {}  # the datasets, while planning
-        try:
-            from study.memory.model import predict_trial_memory
-        except ImportError:
-            note(sweep_name, "no memory model (study.memory.model): nothing is ruled out by prediction")
-            self.predict_trial_memory: Callable[..., Any] | None = None
-        else:
-            self.predict_trial_memory = predict_trial_memory
 
-    def predict(self, config: TrainConfig) -> tuple[int | None, Any]:
-        """(predicted peak bytes, the dataset's DatasetSize), or (None, DatasetSize) without a memory
-        model. Each dataset is loaded once; a split it cannot support (a temporal split of positional
-        time stamps) is refused here, before any worker starts."""
+    def predict(self, config: TrainConfig) -> tuple[MemoryPrediction, DatasetSize]:
+        """The trial's prediction and its dataset's size. Each dataset is loaded once; a split it cannot
+        support (a temporal split of positional time stamps) is refused here, before any worker starts."""
         from study.data import check_split, load_dataset
+        from study.memory.model import DatasetSize, predict_trial_memory
 
         key = (config.dataset, config.kcore)
         if key not in self.sizes:
-            from study.memory.model import DatasetSize
-
             data = load_dataset(config.dataset, kcore=config.kcore, progress=False)
             self.sizes[key] = DatasetSize.of(data)
             self.identity[key] = (data.source, data.sha256)
             self.loaded[key] = data
         check_split(self.loaded[key], config.split)
         size = self.sizes[key]
-        if self.predict_trial_memory is None:
-            return None, size
-        return int(self.predict_trial_memory(config, size, gpu_total=self.card_bytes).total_bytes), size
+        return predict_trial_memory(config, size, gpu_total=self.card_bytes), size
 
 
 def axis_names(spec: SweepSpec) -> list[str]:

@@ -35,10 +35,8 @@ def print_summary(spec: SweepSpec, db: ResultsDB, db_path: Path, budget_bytes: i
               file=file)
     if budget_bytes is None:
         return
-    try:
-        from study.analysis.pareto import best_under_budget
-    except ImportError:
-        return
+    from study.analysis.pareto import best_under_budget
+
     trials = load_trials(db_path, sweep=spec.name)
     for dataset in spec.datasets:
         best, _ = best_under_budget(trials, budget_bytes, QUALITY_METRIC, dataset=dataset, split=spec.split)

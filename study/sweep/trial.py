@@ -24,7 +24,7 @@ from study.config import TrainConfig
 from study.database.results_db import metric_column
 from study.record import EpochRecord, MemoryReport, TrialRecord, TrialStatus
 from study.sweep.checkpoint_store import CheckpointStore
-from study.sweep.planning import budget_of, catalogue_error, local_card_bytes
+from study.sweep.planning import PlannedTrial, budget_of, local_card_bytes
 from study.sweep.preflight import SweepError
 from study.sweep.spec import CheckpointSpec, trial_id
 from study.training.checkpoint import Checkpointer, CheckpointPolicy, TrainingState, load_state, save_state
@@ -49,11 +49,11 @@ class TrialSettings:
     sweep: str
     trial_function: str
     card_bytes: int | None  # memory of one card as the driver knows it (for fractional budgets)
-    # Optuna only: the fixed settings the sampled axes are merged into, and catalogue sizes by
-    # (dataset, kcore) so the worker can rule out a sample predicted over budget.
+    # Optuna only: the fixed settings the sampled axes are merged into
     base_settings: dict[str, Any] | None = None
-    num_items: dict[tuple[str, int], int] = field(default_factory=dict)
-    num_users: dict[tuple[str, int], int] = field(default_factory=dict)
+    # the planned trials this run may launch, by trial id (for Optuna every candidate): each one's
+    # catalogue and the prediction the driver made, which the worker uses instead of predicting again
+    planned: dict[str, PlannedTrial] = field(default_factory=dict)
     skip_predicted_over_budget: bool = True
     # --stop-after: a trial whose worker starts after this time.time() runs nothing and leaves no row
     start_deadline: float | None = None
@@ -104,27 +104,31 @@ def execute_trial(config_values: dict[str, Any], settings: TrialSettings,
                   on_epoch: Callable[[EpochRecord], None] | None = None,
                   checkpointer: Checkpointer | None = None) -> TrialRecord:
     """Run one trial through the trial function; never raises (but KeyboardInterrupt / SystemExit).
-    The checkpointer goes to trial functions that take a `checkpointer` argument (run_trial does)."""
+    The checkpointer goes to trial functions that take a `checkpointer` argument (run_trial does), the
+    plan's memory prediction to those that take a `prediction` argument (run_trial does)."""
     try:
         config = TrainConfig.from_dict(config_values)
     except Exception as exc:
         return TrialRecord(status="failed", config=config_values, error=_error_text(exc))
     budget_bytes = settings.budget_bytes(config_values)
-    num_items = settings.num_items.get((config.dataset, config.kcore))
-    invalid = None if num_items is None else catalogue_error(config, num_items)
+    planned = settings.planned.get(trial_id(settings.sweep, config))
+    num_items = planned.num_items if planned is not None else None
+    invalid = planned.invalid_reason if planned is not None else None
     if invalid is not None:  # an Optuna sample (grid trials like it are recorded by the driver)
         return TrialRecord(status="failed", config=config.to_dict(), error=invalid, num_items=num_items,
                            memory=MemoryReport(budget_bytes=budget_bytes), finished_at=utc_now())
-    predicted = _worker_prediction(config, settings)
+    prediction = planned.prediction if planned is not None else None
+    predicted = prediction.total_bytes if prediction is not None else None
     if (settings.skip_predicted_over_budget and predicted is not None and budget_bytes is not None
             and predicted > budget_bytes):
-        return predicted_over_budget_record(config, predicted, budget_bytes,
-                                            settings.num_items.get((config.dataset, config.kcore)))
+        return predicted_over_budget_record(config, predicted, budget_bytes, num_items)
     try:
         function = resolve_trial_function(settings.trial_function)
         options: dict[str, Any] = {"on_epoch": on_epoch}
         if checkpointer is not None and _takes_argument(function, "checkpointer"):
             options["checkpointer"] = checkpointer
+        if prediction is not None and _takes_argument(function, "prediction"):
+            options["prediction"] = prediction
         result = function(config, **options)
         if not isinstance(result, TrialRecord):
             raise TypeError(f"{settings.trial_function} returned {type(result).__name__}, not a TrialRecord")
@@ -146,19 +150,6 @@ def _takes_argument(function: Callable[..., Any], name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-
-
-def _worker_prediction(config: TrainConfig, settings: TrialSettings) -> int | None:
-    key = (config.dataset, config.kcore)
-    num_items = settings.num_items.get(key)
-    if num_items is None:
-        return None
-    try:
-        from study.memory.model import DatasetSize, predict_trial_memory
-    except ImportError:
-        return None
-    size = DatasetSize(num_items, settings.num_users.get(key))
-    return int(predict_trial_memory(config, size, gpu_total=settings.card_bytes).total_bytes)
 
 
 def record_from_exception(config: TrainConfig, exc: BaseException, budget_bytes: int | None) -> TrialRecord:

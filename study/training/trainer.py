@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from study.record import EpochRecord, TrialRecord, steady_state_seconds
 from study.training.checkpoint import Checkpointer, TrainingState, capture_rng, check_same_config, restore_rng
 from study.training.evaluate import evaluate_model, evaluate_popularity, prepare_evaluation
 from study.units import parse_budget
+
+if TYPE_CHECKING:
+    from study.memory.model import MemoryPrediction
 
 EARLY_STOPPING_METRIC = "ndcg@10"
 # On CUDA, step losses stay on the device and are checked for finiteness (and shown) every this many
@@ -79,16 +82,19 @@ class _Loop:
 
 
 def run_trial(config: TrainConfig, *, on_epoch: Callable[[EpochRecord], None] | None = None,
-              checkpointer: Checkpointer | None = None) -> TrialRecord:
+              checkpointer: Checkpointer | None = None,
+              prediction: MemoryPrediction | None = None) -> TrialRecord:
     """Run one trial; `on_epoch` is called after every epoch with its record (e.g. to report to Ray);
     `checkpointer` saves the training state between epochs, gives the state to continue from, and keeps
-    the best model (see study.training.checkpoint).
+    the best model (see study.training.checkpoint). `prediction` is the memory model's prediction for
+    this configuration and dataset made by the caller (a sweep's plan): recorded as it is when it was made
+    for the device the trial runs on, else the trainer predicts for that device.
 
     On CPU a trial is reproducible: the same configuration (seed included), data, versions and thread
     count (`torch.get_num_threads()`) give the same record, times aside. On CUDA it is not (atomic
     accumulation in the Triton backward kernels and cuBLAS)."""
     with _deterministic_on_cpu(config.device):
-        return _run_trial(config, on_epoch, checkpointer)
+        return _run_trial(config, on_epoch, checkpointer, prediction)
 
 
 @contextlib.contextmanager
@@ -111,7 +117,7 @@ def _deterministic_on_cpu(device_name: str) -> Iterator[None]:
 
 
 def _run_trial(config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | None,
-               checkpointer: Checkpointer | None) -> TrialRecord:
+               checkpointer: Checkpointer | None, prediction: MemoryPrediction | None) -> TrialRecord:
     started = time.perf_counter()
     record = TrialRecord(status="ok", config=config.to_dict(), started_at=_utc_now(),
                          versions=collect_versions(), git_commit=git_commit(), host=socket.gethostname())
@@ -127,7 +133,7 @@ def _run_trial(config: TrainConfig, on_epoch: Callable[[EpochRecord], None] | No
     record.num_users, record.num_items, record.num_interactions = data.num_users, data.num_items, len(data)
     record.dataset_source, record.dataset_sha256 = data.source or None, data.sha256 or None
     check_for_catalogue(config, split.num_items)
-    record.predicted_peak_bytes = _predicted_peak_bytes(config, device, data)
+    record.predicted_peak_bytes = _predicted_peak_bytes(config, device, data, prediction)
 
     from study.memory import probes
 
@@ -493,7 +499,10 @@ def git_commit() -> str | None:
     return commit if result.returncode == 0 and commit else None
 
 
-def _predicted_peak_bytes(config: TrainConfig, device: torch.device, data: Any) -> int:
+def _predicted_peak_bytes(config: TrainConfig, device: torch.device, data: Any,
+                          given: MemoryPrediction | None) -> int:
+    if given is not None and given.device == device.type:
+        return int(given.total_bytes)  # the caller's, for this device: not predicted a second time
     from study.memory.model import DatasetSize, predict_trial_memory
 
     # as `cce-study plan` and the sweep predict it, on the device the trial resolved (the model takes

@@ -40,6 +40,8 @@ TOP_LEVEL_SETTINGS: dict[str, str] = {
 PER_TRIAL_OVERRIDES: tuple[str, ...] = ("memory_budget",)
 # The axes a spec must sweep (the study is about negatives x batch size x sequence length).
 REQUIRED_AXES: tuple[str, ...] = ("num_negatives", "batch_size", "max_len")
+# The old name of study.training.trainer:run_trial, kept: the default is part of every spec's content hash,
+# so changing it would make every recorded sweep a changed specification.
 DEFAULT_TRIAL_FUNCTION = "study.train:run_trial"
 # Sweeps run many trials in worker processes whose output nobody reads: no progress bars there.
 SWEEP_TRIAL_DEFAULTS: dict[str, Any] = {"progress": False}

@@ -189,8 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return main_for("sweep", None if argv is None else list(argv))
 
 
+__all__ = ["configure", "run", "parse_duration", "main"]
+
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["configure", "run", "parse_duration", "main"]

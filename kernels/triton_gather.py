@@ -342,7 +342,10 @@ def _gather_slice_backward_kernel(
     for r in range(ROWS):
         row = tl.program_id(0) * ROWS + r
         if row < num_rows:
-            target, kept, _ = _row_target(targets_ptr, row, ignore_index, num_items)
+            # Not `_` for the unused flag: the loop below assigns `_` a block, and a name set before a
+            # loop and again inside it is loop-carried, which must keep its type (the compiler refuses
+            # this kernel otherwise; the interpreter does not check).
+            target, kept, _target_refused = _row_target(targets_ptr, row, ignore_index, num_items)
             grad_row = tl.where(kept, tl.load(grad_loss_ptr + row), 0.0)
             lse = tl.load(lse_ptr + row)
             hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)

@@ -46,7 +46,7 @@ import triton.language as tl
 
 from kernels import index_guard
 from kernels.draw import MAX_ITEMS, MAX_ROWS, seed_key, slice_starts, slice_step
-from kernels.triton_dispatch import Reduction, Scheme
+from kernels.schemes import Reduction, Scheme
 from kernels.triton_guard import NEGATIVES_SLOT, TARGETS_SLOT, in_catalogue, report_refused
 
 _LOG_Q_NONE, _LOG_Q_CONSTANT, _LOG_Q_TENSOR = 0, 1, 2

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
 import re
@@ -37,10 +38,12 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
+import kernels.triton_common as triton_common  # noqa: E402
 import kernels.triton_gather as tg  # noqa: E402
 import kernels.triton_shared as ts  # noqa: E402
 
 IGNORE = -100
+DEBUG_LABEL = re.compile(r"\$L__tmp\d+:")
 
 
 class _CompileOnlyDriver:
@@ -95,8 +98,8 @@ def compile_only(target: GPUTarget, record: Callable[[str, object], None], *, fr
                (torch.cuda, "get_device_properties",
                 lambda device=None: types.SimpleNamespace(multi_processor_count=132)),
                (ts, "_upcast", lambda hidden: False)]  # as on CUDA
-    patches += [(module, name, lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
-                for module in (ts, tg) for name in ("_empty", "_new_output", "new_output")
+    zeros = lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
+    patches += [(module, name, zeros) for module, name in ((triton_common, "new_output"), (tg, "_new_output"))
                 if hasattr(module, name)]
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     for owner, name, value in patches:
@@ -180,11 +183,11 @@ def run_case(case: dict) -> None:
             negatives = torch.randint(0, num_items, (k,), generator=generator)
         else:
             negatives = torch.randint(0, num_items, (sequences, k), generator=generator)
-        configs = ts.default_configs(torch.device("cuda"), case["dim"])
+        config = ts.default_config(torch.device("cuda"), case["dim"])
         loss = ts.shared_linear_cross_entropy(
             hidden, items, targets, negatives, scheme=case["scheme"], num_negatives=k,
             rows_per_sequence=rows // sequences, log_q=log_q, remove_accidental_hits=case["hits"],
-            ignore_index=IGNORE, reduction="mean", configs=configs)
+            ignore_index=IGNORE, reduction="mean", config=config)
     else:
         negatives = (torch.randint(0, num_items, (rows, k), generator=generator)
                      if case["scheme"] == "position" else None)
@@ -207,12 +210,13 @@ def other_launches() -> None:
 
 
 def normalise(ptx: str, name: str) -> str:
-    """PTX without debug info, comments and the kernel's name (which renaming would change)."""
+    """PTX without debug info (sections, .loc/.file lines and the $L__tmpN labels that only the line
+    table refers to: a helper inlined elsewhere renumbers them), comments and the kernel's name."""
     ptx = re.sub(r"\.section\s+\.debug_\w+\s*\{.*?\n\s*\}", "", ptx, flags=re.S)
     lines = []
     for line in ptx.splitlines():
         stripped = line.strip()
-        if stripped.startswith((".loc", ".file", "//")) or not stripped:
+        if not stripped or stripped.startswith((".loc", ".file", "//")) or DEBUG_LABEL.fullmatch(stripped):
             continue
         lines.append(line.split("//")[0].rstrip())
     return "\n".join(lines).replace(name, "KERNEL") + "\n"
@@ -284,14 +288,21 @@ def compare(old: Path, new: Path) -> int:
     for a, b in zip(old_index, new_index, strict=False):
         where = f"{a['case'][:90]} #{a['launch']} {a['kernel']}"
         if "error" in a or "error" in b:
-            verdict = f"old: {a.get('error', 'ok')[:80]!r} new: {b.get('error', 'ok')[:80]!r}"
+            print(f"old: {a.get('error', 'ok')[:80]!r} new: {b.get('error', 'ok')[:80]!r} {where}")
             differ |= ("error" in a) != ("error" in b)
-        elif (old / a["file"]).read_text() == (new / b["file"]).read_text():
-            verdict = "identical"
-        else:
-            verdict = "DIFFERENT"
-            differ = 1
-        print(f"{verdict:10s} {where} -> {b['kernel']}")
+            continue
+        # Normalised again: dumps written before a rule of `normalise` was added compare as well.
+        before = normalise((old / a["file"]).read_text(), a["kernel"]).splitlines()
+        after = normalise((new / b["file"]).read_text(), b["kernel"]).splitlines()
+        if before == after:
+            print(f"identical  {where} -> {b['kernel']}")
+            continue
+        differ = 1
+        changed = [line for line in difflib.unified_diff(before, after, lineterm="", n=0)
+                   if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+        print(f"DIFFERENT  {where} -> {b['kernel']}: {len(changed)} lines")
+        for line in changed[:8]:
+            print(f"    {line.strip()}")
     return differ
 
 

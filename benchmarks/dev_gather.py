@@ -88,7 +88,7 @@ def check_correctness(device, results):
         loss = gather_linear_cross_entropy(
             h1, w1[1:], targets, negatives if scheme == "position" else None, scheme=scheme,
             num_negatives=k, seed=seed, log_q=log_q, remove_accidental_hits=True, ignore_index=IGNORE,
-            reduction="mean", config=dataclasses.replace(default_config(dim, k, torch.device(device)),
+            reduction="mean", config=dataclasses.replace(default_config(torch.device(device), dim, k),
                                                          evict_gathered=evict, sort_negatives=sort,
                                                          backward_rows=backward_rows))
         loss.backward()
@@ -213,19 +213,19 @@ def main():
     c = 1_000_000
     cuda = torch.device("cuda")
     if args.quick:
-        cases = [("K2047d64", 51_200, 2047, 64, c, [default_config(64, 2047, cuda)], [])]
+        cases = [("K2047d64", 51_200, 2047, 64, c, [default_config(cuda, 64, 2047)], [])]
     elif args.defaults:
         # Default configs (twice, for the run-to-run spread), then smaller catalogues: with the item
         # gradient resident in L2 the scatter-add cost separates DRAM traffic from atomic throughput.
         cases = [
-            ("K2047d64", 51_200, 2047, 64, c, [default_config(64, 2047, cuda)] * 2, []),
-            ("K511d256", 65_536, 511, 256, c, [default_config(256, 511, cuda)] * 2, []),
-            ("C20k", 51_200, 2047, 64, 20_000, [default_config(64, 2047, cuda)], []),
-            ("C200k", 51_200, 2047, 64, 200_000, [default_config(64, 2047, cuda)], []),
+            ("K2047d64", 51_200, 2047, 64, c, [default_config(cuda, 64, 2047)] * 2, []),
+            ("K511d256", 65_536, 511, 256, c, [default_config(cuda, 256, 511)] * 2, []),
+            ("C20k", 51_200, 2047, 64, 20_000, [default_config(cuda, 64, 2047)], []),
+            ("C200k", 51_200, 2047, 64, 200_000, [default_config(cuda, 64, 2047)], []),
         ]
     else:
         def sweep(dim, k, variants):
-            base = default_config(dim, k, cuda)
+            base = default_config(cuda, dim, k)
             return [dataclasses.replace(base, backward_block_k=bk, backward_rows=rows, backward_warps=warps,
                                         evict_gathered=evict, sort_negatives=sort)
                     for bk, rows, warps, evict, sort in variants]

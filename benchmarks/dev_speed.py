@@ -86,7 +86,7 @@ def timed(fn, grads, rep=150) -> tuple[float, int]:
 # --- per position --------------------------------------------------------------------------------
 
 def gather_variants(dim: int, k: int) -> list[tuple[str, GatherConfig]]:
-    base = default_config(dim, k, torch.device(DEVICE))
+    base = default_config(torch.device(DEVICE), dim, k)
     variants = [("default", base)]
     if dim > 128:
         blocks, slice_counts = [(16, 1, 2), (16, 2, 4), (32, 1, 4)], (8, 16, 32)

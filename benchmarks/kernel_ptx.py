@@ -98,9 +98,8 @@ def compile_only(target: GPUTarget, record: Callable[[str, object], None], *, fr
                (torch.cuda, "get_device_properties",
                 lambda device=None: types.SimpleNamespace(multi_processor_count=132)),
                (ts, "_upcast", lambda hidden: False)]  # as on CUDA
-    zeros = lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
-    patches += [(module, name, zeros) for module, name in ((triton_common, "new_output"), (tg, "_new_output"))
-                if hasattr(module, name)]
+    patches.append((triton_common, "new_output",
+                    lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device)))
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     for owner, name, value in patches:
         setattr(owner, name, value)
@@ -191,7 +190,7 @@ def run_case(case: dict) -> None:
     else:
         negatives = (torch.randint(0, num_items, (rows, k), generator=generator)
                      if case["scheme"] == "position" else None)
-        config = tg.default_config(case["dim"], k, torch.device("cuda"))
+        config = tg.default_config(torch.device("cuda"), case["dim"], k)
         if case["slices"]:
             config = type(config)(**{**config.__dict__, "item_slices": case["slices"],
                                      "backward_rows": case["rows"]})

@@ -14,6 +14,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
+import kernels.triton_common as triton_common
 import kernels.triton_gather as triton_gather
 from kernels.draw import draw_negatives
 from kernels.triton_gather import GatherConfig, gather_linear_cross_entropy
@@ -201,7 +202,7 @@ def test_every_output_element_is_written(monkeypatch):
     def poisoned(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(triton_gather, "_new_output", poisoned)
+    monkeypatch.setattr(triton_common, "new_output", poisoned)
     hidden, items, targets, negatives, _ = make_case(22, 17, 33, 48, torch.bfloat16, torch.bfloat16,
                                                      scheme="position", seed=5, log_q_kind=None)
     hidden.requires_grad_()
@@ -348,7 +349,7 @@ def test_sliced_backward_matches_float64_reference(scheme, num_rows, num_negativ
     def poisoned(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(triton_gather, "_new_output", poisoned)
+    monkeypatch.setattr(triton_common, "new_output", poisoned)
     seed = 2000 + num_rows * 7 + dim
     hidden, items, targets, negatives, log_q = make_case(
         num_rows, num_negatives, num_items, dim, hidden_dtype, items_dtype, scheme=scheme, seed=seed,

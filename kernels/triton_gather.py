@@ -64,27 +64,28 @@ class GatherConfig:
     """Launch parameters of the gather kernels.
 
     Forward: one program per row, BLOCK_K = block_k negatives per chunk (a power of two).
-    Backward: one program per (backward_rows rows, backward_block_k negatives), column blocks the
-    slow grid axis (see _gather_backward_kernel). sort_negatives: backward walks a copy of tensor
-    negatives sorted within each row (int32 [N, K]), so that a column block lies in one part of the
-    catalogue as the drawn negatives' do by construction.
+    Backward: one program per (row, backward_block_k negatives), column blocks the slow grid axis
+    (see _gather_backward_kernel). sort_negatives: backward walks a copy of tensor negatives sorted
+    within each row (int32 [N, K]), so that a column block lies in one part of the catalogue as the
+    drawn negatives' do by construction.
     """
 
     block_k: int
     num_warps: int = 4
     num_stages: int = 2
     backward_block_k: int = 16
-    backward_rows: int = 1
     backward_warps: int = 4
     sort_negatives: bool = True
-    # Backward: gathered item rows marked evict-first in L2, to leave L2 to the scatter-add targets.
-    evict_gathered: bool = False
     # Backward in this many catalogue slices, one launch each (0: one launch over all column blocks).
     # Each launch visits only the negatives inside its slice (tensor negatives sorted within rows first;
     # drawn ones by columns), accumulates their item gradient in a float32 buffer of that slice alone
     # and writes it into the gradient: for half item tables the float32 accumulator is C/item_slices rows
-    # instead of C, and the concurrent scatter-adds stay inside one slice. backward_rows rows per program.
+    # instead of C, and the concurrent scatter-adds stay inside one slice. Not the default: not timed yet
+    # (benchmarks/dev_speed.py); the way to the memory target of half item tables (notes/kernel-gather.md).
     item_slices: int = 0
+    # Sliced backward only: rows per program (each row brings only its negatives in one slice). The
+    # column-block backward takes one: 2 or 4 rows per program were slower on an H200.
+    backward_rows: int = 1
 
 
 def default_config(device: torch.device, dim: int, num_negatives: int) -> GatherConfig:
@@ -92,8 +93,8 @@ def default_config(device: torch.device, dim: int, num_negatives: int) -> Gather
     sort = dim <= SORT_MAX_DIM
     if device.type != "cuda":
         # The interpreter runs every element in numpy: small tiles keep tests fast.
-        return GatherConfig(block_k=16, num_warps=1, num_stages=1, backward_block_k=16, backward_rows=4,
-                            backward_warps=1, sort_negatives=sort)
+        return GatherConfig(block_k=16, num_warps=1, num_stages=1, backward_block_k=16, backward_warps=1,
+                            sort_negatives=sort)
     # Measured on H200 (notes/kernel-gather.md), forward: 128 at d <= 64, 16 at d = 256. Backward at
     # N=51,200 K=2047 d=64: column blocks of 128 rows, 4 warps, sorted: 15.5 ms (unsorted 24.0; the sort
     # alone 3.9). At N=65,536 K=511 d=256 sorting gained nothing (33.8 vs 33.6 ms: the slice of the item
@@ -108,8 +109,8 @@ def default_config(device: torch.device, dim: int, num_negatives: int) -> Gather
     else:
         backward_block_k, backward_warps = 4096 // block_d, 2
     return GatherConfig(block_k=min(block_k, small), num_warps=4, num_stages=2,
-                        backward_block_k=min(backward_block_k, small), backward_rows=1,
-                        backward_warps=backward_warps, sort_negatives=sort, evict_gathered=False)
+                        backward_block_k=min(backward_block_k, small), backward_warps=backward_warps,
+                        sort_negatives=sort)
 
 
 # --- the in-kernel draw: kernels.draw written in uint32 (keep the two identical) -----------------
@@ -182,7 +183,7 @@ def _positive_row(items_ptr, target, kept, stride_item, d_offs, d_mask, hidden_r
 def _negative_logits(
     hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, column_end, d_offs, d_mask,
     row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, log_q_scalar,
-    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
+    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
 ):
     """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits,
     the columns that count, the columns refused as out of range). Negatives of a row that is not kept
@@ -192,16 +193,14 @@ def _negative_logits(
         item_ids = _draw_items(row_state, ks, num_items, num_negatives, slice_step)
         refused = ks < 0  # drawn items lie in the catalogue by construction
     else:
-        item_ids = tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=k_mask, other=0,
-                           eviction_policy=GATHER_EVICTION)
+        item_ids = tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=k_mask, other=0)
         item_ids = item_ids.to(tl.int64)
         # kernels.index_guard: an out-of-range negative is left out, never turned into an address.
         refused = k_mask & ~in_catalogue(item_ids, num_items)
         k_mask = k_mask & ~refused
         item_ids = tl.where(refused, 0, item_ids)
     tile_mask = k_mask[:, None] & d_mask[None, :]
-    rows = tl.load(items_ptr + item_ids[:, None] * stride_item + d_offs[None, :], mask=tile_mask, other=0.0,
-                   eviction_policy=GATHER_EVICTION)
+    rows = tl.load(items_ptr + item_ids[:, None] * stride_item + d_offs[None, :], mask=tile_mask, other=0.0)
     # Autocast semantics: an fp32 table is used in hidden's precision, cast on load (no table copy).
     rows = rows.to(hidden_row.dtype).to(tl.float32)
     logits = tl.sum(rows * hidden_row.to(tl.float32)[None, :], axis=1)
@@ -237,7 +236,7 @@ def _gather_forward_kernel(
         _, _, logits, _, refused = _negative_logits(
             hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, num_negatives, d_offs,
             d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, log_q_scalar,
-            DRAWN, LOG_Q_MODE, REMOVE_HITS, "",
+            DRAWN, LOG_Q_MODE, REMOVE_HITS,
         )
         if not DRAWN:
             report_refused(flags_ptr, NEGATIVES_SLOT,
@@ -278,13 +277,13 @@ def _positive_share(items_ptr, target, kept, stride_item, d_offs, d_mask, hidden
 def _gather_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, row_grad_ptr,
     grad_hidden_ptr, grad_items_ptr,
-    num_rows, num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, log_q_scalar,
+    num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, log_q_scalar,
     ignore_index,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
-    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One column block of negatives (axis 1, the slow one) for ROWS rows (axis 0).
+    """One column block of negatives (axis 1, the slow one) of one row (axis 0).
 
     Programs run roughly in launch order, so at any moment the GPU works on one column block of
     every row. The negatives of a column block lie in one slice of the catalogue (drawn negatives by
@@ -292,39 +291,37 @@ def _gather_backward_kernel(
     hit an L2-sized slice of the item gradient instead of the whole of it. dH_i is summed over column
     blocks with float32 atomics into grad_hidden_ptr (a float32 [N, d] buffer, zeroed).
     """
+    row = tl.program_id(0)
     chunk = tl.program_id(1)
     ks = chunk * BLOCK_K + tl.arange(0, BLOCK_K)
     d_offs = tl.arange(0, BLOCK_D)
     d_mask = d_offs < dim
-    for r in range(ROWS):
-        row = tl.program_id(0) * ROWS + r
-        if row < num_rows:
-            target, kept, row_grad, lse, hidden_row, hidden_f32, row_state = _backward_row(
-                hidden_ptr, targets_ptr, lse_ptr, row_grad_ptr, row, dim, stream_key, ignore_index, num_items,
-                d_offs, d_mask)
-            item_ids, rows, logits, k_mask, _ = _negative_logits(
-                hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, num_negatives, d_offs,
-                d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg,
-                log_q_scalar, DRAWN, LOG_Q_MODE, REMOVE_HITS, GATHER_EVICTION,
-            )
-            coef = row_grad * tl.exp(logits - lse)
-            if COMPUTE_GRAD_ITEMS:
-                # Atomic scatter-add: negatives of different rows (and of one row) may repeat.
-                tl.atomic_add(grad_items_ptr + item_ids[:, None] * dim + d_offs[None, :],
-                              coef[:, None] * hidden_f32[None, :],
-                              mask=k_mask[:, None] & d_mask[None, :], sem="relaxed")
-            grad_hidden = tl.sum(coef[:, None] * rows, axis=0)
-            if chunk == 0:
-                # The positive's share, once per row (atomic into dE: the positive may be any row's item).
-                positive, positive_coef = _positive_share(items_ptr, target, kept, stride_item, d_offs,
-                                                          d_mask, hidden_row, row_grad, lse)
-                grad_hidden += positive_coef * positive
-                if COMPUTE_GRAD_ITEMS:
-                    tl.atomic_add(grad_items_ptr + target * dim + d_offs, positive_coef * hidden_f32,
-                                  mask=tl.where(kept, d_mask, False), sem="relaxed")
-            if COMPUTE_GRAD_HIDDEN:
-                tl.atomic_add(grad_hidden_ptr + row.to(tl.int64) * dim + d_offs, grad_hidden, mask=d_mask,
-                              sem="relaxed")
+    target, kept, row_grad, lse, hidden_row, hidden_f32, row_state = _backward_row(
+        hidden_ptr, targets_ptr, lse_ptr, row_grad_ptr, row, dim, stream_key, ignore_index, num_items,
+        d_offs, d_mask)
+    item_ids, rows, logits, k_mask, _ = _negative_logits(
+        hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, num_negatives, d_offs,
+        d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg,
+        log_q_scalar, DRAWN, LOG_Q_MODE, REMOVE_HITS,
+    )
+    coef = row_grad * tl.exp(logits - lse)
+    if COMPUTE_GRAD_ITEMS:
+        # Atomic scatter-add: negatives of different rows (and of one row) may repeat.
+        tl.atomic_add(grad_items_ptr + item_ids[:, None] * dim + d_offs[None, :],
+                      coef[:, None] * hidden_f32[None, :],
+                      mask=k_mask[:, None] & d_mask[None, :], sem="relaxed")
+    grad_hidden = tl.sum(coef[:, None] * rows, axis=0)
+    if chunk == 0:
+        # The positive's share, once per row (atomic into dE: the positive may be any row's item).
+        positive, positive_coef = _positive_share(items_ptr, target, kept, stride_item, d_offs,
+                                                  d_mask, hidden_row, row_grad, lse)
+        grad_hidden += positive_coef * positive
+        if COMPUTE_GRAD_ITEMS:
+            tl.atomic_add(grad_items_ptr + target * dim + d_offs, positive_coef * hidden_f32,
+                          mask=tl.where(kept, d_mask, False), sem="relaxed")
+    if COMPUTE_GRAD_HIDDEN:
+        tl.atomic_add(grad_hidden_ptr + row.to(tl.int64) * dim + d_offs, grad_hidden, mask=d_mask,
+                      sem="relaxed")
 
 
 @triton.jit
@@ -334,7 +331,7 @@ def _gather_slice_backward_kernel(
     num_rows, num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, log_q_scalar,
     ignore_index, slice_index, num_slices, slice_lo, slice_hi, item_base, first_column, end_column,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
-    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
+    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Backward of ROWS rows restricted to the negatives in catalogue slice [slice_lo, slice_hi).
@@ -369,7 +366,7 @@ def _gather_slice_backward_kernel(
                 item_ids, rows, logits, k_mask, _ = _negative_logits(
                     hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, end, d_offs,
                     d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg,
-                    log_q_scalar, DRAWN, LOG_Q_MODE, REMOVE_HITS, GATHER_EVICTION,
+                    log_q_scalar, DRAWN, LOG_Q_MODE, REMOVE_HITS,
                 )
                 coef = row_grad * tl.exp(logits - lse)
                 if COMPUTE_GRAD_ITEMS:
@@ -483,19 +480,16 @@ class _GatherLinearCrossEntropy(torch.autograd.Function):
             negatives = sorted_rows(negatives)
         if num_rows and (need_hidden or need_items):
             # At least one column block: its programs also add the positive's share.
-            grid = (triton.cdiv(num_rows, config.backward_rows),
-                    max(1, triton.cdiv(plan.num_negatives, config.backward_block_k)))
+            grid = (num_rows, max(1, triton.cdiv(plan.num_negatives, config.backward_block_k)))
             _gather_backward_kernel[grid](
                 hidden, items, targets, negatives if negatives is not None else targets,
                 log_q_tensor if log_q_tensor is not None else lse, lse, row_grad,
                 grad_hidden if grad_hidden is not None else lse,
                 grad_items if grad_items is not None else lse,
-                num_rows, *_common_args(items, negatives, dim, plan),
+                *_common_args(items, negatives, dim, plan),
                 DRAWN=plan.drawn, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
                 COMPUTE_GRAD_HIDDEN=need_hidden, COMPUTE_GRAD_ITEMS=need_items,
-                GATHER_EVICTION="evict_first" if config.evict_gathered else "",
-                ROWS=config.backward_rows, BLOCK_K=config.backward_block_k,
-                BLOCK_D=triton.next_power_of_2(dim),
+                BLOCK_K=config.backward_block_k, BLOCK_D=triton.next_power_of_2(dim),
                 num_warps=config.backward_warps, num_stages=1,
             )
         if grad_hidden is not None and grad_hidden.dtype != hidden.dtype:
@@ -562,7 +556,6 @@ def _slice_backward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Te
                 index, len(slices), lo, hi, lo if buffer is not None else 0, first_column, end_column,
                 DRAWN=plan.drawn, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
                 COMPUTE_GRAD_HIDDEN=need_hidden, COMPUTE_GRAD_ITEMS=need_items,
-                GATHER_EVICTION="evict_first" if config.evict_gathered else "",
                 ROWS=config.backward_rows, BLOCK_K=config.backward_block_k,
                 BLOCK_D=triton.next_power_of_2(dim), num_warps=config.backward_warps, num_stages=1,
             )

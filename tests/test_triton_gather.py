@@ -151,12 +151,12 @@ def test_matches_float64_reference(scheme, num_rows, num_negatives, num_items, d
 
 
 @pytest.mark.parametrize(("scheme", "block_k"), [("position", 32), ("drawn", 8)])
-def test_other_block_sizes_and_eviction_hint(scheme, block_k):
+def test_other_block_sizes(scheme, block_k):
     hidden, items, targets, negatives, log_q = make_case(
         29, 21, 47, 48, torch.bfloat16, torch.float32, scheme=scheme, seed=21, log_q_kind="tensor")
-    # Backward tiles of the same width, 3 rows per program (29 rows: ragged), unsorted tensor negatives.
+    # Backward tiles of the same width, unsorted tensor negatives.
     config = GatherConfig(block_k=block_k, num_warps=1, num_stages=1, backward_block_k=block_k,
-                          backward_rows=3, backward_warps=1, sort_negatives=False, evict_gathered=True)
+                          backward_warps=1, sort_negatives=False)
     check_against_reference(hidden, items, targets, negatives, log_q, scheme=scheme, seed=21,
                             reduction="sum", config=config)
 

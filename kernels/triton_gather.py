@@ -274,6 +274,31 @@ def _positive_share(items_ptr, target, kept, stride_item, d_offs, d_mask, hidden
 
 
 @triton.jit
+def _negatives_backward(
+    hidden_row, hidden_f32, items_ptr, negatives_ptr, log_q_ptr, grad_items_ptr, row, target, kept, ks,
+    column_end, d_offs, d_mask, row_state, row_grad, lse, item_base, num_negatives, num_items, slice_step,
+    dim, stride_item, stride_neg, log_q_scalar,
+    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
+    COMPUTE_GRAD_ITEMS: tl.constexpr,
+):
+    """Backward of one chunk of a row's negatives (columns ks, up to column_end): scatter-adds
+    dE[n_ik] += g_i p_ik h_i into row n_ik - item_base of grad_items_ptr (float32; atomic: negatives of
+    different rows, and of one row, may repeat) and returns the chunk's share of dH_i,
+    g_i sum_k p_ik E[n_ik]."""
+    item_ids, rows, logits, k_mask, _ = _negative_logits(
+        hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, column_end, d_offs, d_mask,
+        row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, log_q_scalar,
+        DRAWN, LOG_Q_MODE, REMOVE_HITS,
+    )
+    coef = row_grad * tl.exp(logits - lse)
+    if COMPUTE_GRAD_ITEMS:
+        tl.atomic_add(grad_items_ptr + (item_ids - item_base)[:, None] * dim + d_offs[None, :],
+                      coef[:, None] * hidden_f32[None, :], mask=k_mask[:, None] & d_mask[None, :],
+                      sem="relaxed")
+    return tl.sum(coef[:, None] * rows, axis=0)
+
+
+@triton.jit
 def _gather_backward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, row_grad_ptr,
     grad_hidden_ptr, grad_items_ptr,
@@ -299,18 +324,11 @@ def _gather_backward_kernel(
     target, kept, row_grad, lse, hidden_row, hidden_f32, row_state = _backward_row(
         hidden_ptr, targets_ptr, lse_ptr, row_grad_ptr, row, dim, stream_key, ignore_index, num_items,
         d_offs, d_mask)
-    item_ids, rows, logits, k_mask, _ = _negative_logits(
-        hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, num_negatives, d_offs,
-        d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg,
-        log_q_scalar, DRAWN, LOG_Q_MODE, REMOVE_HITS,
+    grad_hidden = _negatives_backward(
+        hidden_row, hidden_f32, items_ptr, negatives_ptr, log_q_ptr, grad_items_ptr, row, target, kept, ks,
+        num_negatives, d_offs, d_mask, row_state, row_grad, lse, 0, num_negatives, num_items, slice_step, dim,
+        stride_item, stride_neg, log_q_scalar, DRAWN, LOG_Q_MODE, REMOVE_HITS, COMPUTE_GRAD_ITEMS,
     )
-    coef = row_grad * tl.exp(logits - lse)
-    if COMPUTE_GRAD_ITEMS:
-        # Atomic scatter-add: negatives of different rows (and of one row) may repeat.
-        tl.atomic_add(grad_items_ptr + item_ids[:, None] * dim + d_offs[None, :],
-                      coef[:, None] * hidden_f32[None, :],
-                      mask=k_mask[:, None] & d_mask[None, :], sem="relaxed")
-    grad_hidden = tl.sum(coef[:, None] * rows, axis=0)
     if chunk == 0:
         # The positive's share, once per row (atomic into dE: the positive may be any row's item).
         positive, positive_coef = _positive_share(items_ptr, target, kept, stride_item, d_offs,
@@ -348,8 +366,6 @@ def _gather_slice_backward_kernel(
     for r in range(ROWS):
         row = tl.program_id(0) * ROWS + r
         if row < num_rows:
-            # The column loop below binds `_` to a block: bound here too (to a scalar), it would be a
-            # loop-carried variable changing type, which the compiler refuses (the interpreter does not).
             target, kept, row_grad, lse, hidden_row, hidden_f32, row_state = _backward_row(
                 hidden_ptr, targets_ptr, lse_ptr, row_grad_ptr, row, dim, stream_key, ignore_index, num_items,
                 d_offs, d_mask)
@@ -363,17 +379,12 @@ def _gather_slice_backward_kernel(
             grad_hidden = tl.zeros([BLOCK_D], dtype=tl.float32)
             for k0 in range(start, end, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
-                item_ids, rows, logits, k_mask, _ = _negative_logits(
-                    hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, end, d_offs,
-                    d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg,
-                    log_q_scalar, DRAWN, LOG_Q_MODE, REMOVE_HITS,
+                grad_hidden += _negatives_backward(
+                    hidden_row, hidden_f32, items_ptr, negatives_ptr, log_q_ptr, slice_grad_ptr, row, target,
+                    kept, ks, end, d_offs, d_mask, row_state, row_grad, lse, item_base, num_negatives,
+                    num_items, slice_step, dim, stride_item, stride_neg, log_q_scalar, DRAWN, LOG_Q_MODE,
+                    REMOVE_HITS, COMPUTE_GRAD_ITEMS,
                 )
-                coef = row_grad * tl.exp(logits - lse)
-                if COMPUTE_GRAD_ITEMS:
-                    tl.atomic_add(slice_grad_ptr + (item_ids - item_base)[:, None] * dim + d_offs[None, :],
-                                  coef[:, None] * hidden_f32[None, :],
-                                  mask=k_mask[:, None] & d_mask[None, :], sem="relaxed")
-                grad_hidden += tl.sum(coef[:, None] * rows, axis=0)
             # The positive's share: of dH once per row (slice 0), of dE[p_i] in the launch whose slice
             # holds the target; its row is read only in those launches.
             in_slice = kept & (target >= slice_lo) & (target < slice_hi)

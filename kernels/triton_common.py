@@ -4,6 +4,10 @@
 negatives, a gather) use the same words for the same things: LOG_Q_MODE / log_q_ptr / log_q_scalar for
 the logQ correction, REMOVE_HITS for masking accidental hits, a frozen `_Plan` for a call's non-tensor
 arguments and `new_output` for the buffers their kernels overwrite.
+
+A rule of both families' kernels that only the compiler checks: a name bound before a loop and again
+inside it is loop-carried and must keep its type, so `_` is not reused for a scalar before a loop and a
+block inside it (the interpreter accepts it; tests/test_kernel_compile.py compiles every variant).
 """
 
 from __future__ import annotations

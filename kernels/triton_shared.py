@@ -179,6 +179,23 @@ def _report_refused_negatives(flags_ptr, group_negatives_ptr, cols, col_mask, ok
 
 
 @triton.jit
+def _score_tile(h, items_ptr, group_negatives_ptr, flags_ptr, first_col, num_negatives, num_items,
+                stride_item_row, stride_item_col, d_offs, d_mask, FULL: tl.constexpr, REPORT: tl.constexpr,
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The negative tile of columns [first_col, first_col + BLOCK_N) against a row block h: (cols, col_mask,
+    idx, ok as _negative_indices gives them, the tile's item rows e in h's dtype, the logits h e^T).
+    REPORT (forward): program 0 of each group records the tile's refused negatives (flags_ptr)."""
+    cols = first_col + tl.arange(0, BLOCK_N)
+    col_mask = cols < num_negatives
+    idx, ok = _negative_indices(group_negatives_ptr, cols, col_mask, num_items, FULL)
+    if REPORT and not FULL:  # noqa: SIM102 (constexpr tests, then a run-time one)
+        if tl.program_id(0) == 0:  # one program per group reports its refused negatives
+            _report_refused_negatives(flags_ptr, group_negatives_ptr, cols, col_mask, ok, num_items)
+    e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, d_offs, d_mask).to(h.dtype)
+    return cols, col_mask, idx, ok, e, _dot(h, tl.trans(e), PRECISION, UPCAST)
+
+
+@triton.jit
 def _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items):
     """(kept, safe_targets, refused, targets) of a row block: the rows that count, their int32 targets
     (0 where not kept), the rows whose target was refused as out of range (kernels.index_guard: they
@@ -255,14 +272,9 @@ def _forward_kernel(
     else:
         run_sum = tl.zeros([BLOCK_M], dtype=tl.float32) + 1.0
     for k0 in range(0, num_negatives, BLOCK_N):
-        cols = k0 + tl.arange(0, BLOCK_N)
-        col_mask = cols < num_negatives
-        idx, ok = _negative_indices(group_negatives_ptr, cols, col_mask, num_items, FULL)
-        if not FULL:  # noqa: SIM102 (a constexpr test, then a run-time one)
-            if tl.program_id(0) == 0:  # one program per group reports its refused negatives
-                _report_refused_negatives(flags_ptr, group_negatives_ptr, cols, col_mask, ok, num_items)
-        e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, d_offs, d_mask).to(h.dtype)
-        scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
+        cols, col_mask, idx, ok, e, scores = _score_tile(
+            h, items_ptr, group_negatives_ptr, flags_ptr, k0, num_negatives, num_items, stride_item_row,
+            stride_item_col, d_offs, d_mask, FULL, True, PRECISION, UPCAST, BLOCK_N)
         if LOG_Q_MODE == LOG_Q_NONE:
             scores2 = scores * LOG2E
         else:
@@ -300,11 +312,9 @@ def _grad_hidden_kernel(
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for k0 in range(0, num_negatives, BLOCK_N):
-        cols = k0 + tl.arange(0, BLOCK_N)
-        col_mask = cols < num_negatives
-        idx, ok = _negative_indices(group_negatives_ptr, cols, col_mask, num_items, FULL)
-        e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, d_offs, d_mask).to(h.dtype)
-        scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
+        cols, col_mask, idx, ok, e, scores = _score_tile(
+            h, items_ptr, group_negatives_ptr, None, k0, num_negatives, num_items, stride_item_row,
+            stride_item_col, d_offs, d_mask, FULL, False, PRECISION, UPCAST, BLOCK_N)
         dscores = _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, log_q_ptr, log_q_scalar,
                                 LOG_Q_MODE, FULL, EVEN_K, REMOVE_HITS)
         acc += _dot(dscores.to(h.dtype), e, PRECISION, UPCAST)
@@ -407,11 +417,9 @@ def _fused_backward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for step in range(0, num_tiles):
         tile = (first_tile + step) % num_tiles
-        cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_mask = cols < num_negatives
-        idx, ok = _negative_indices(negatives_ptr, cols, col_mask, num_items, False)
-        e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, d_offs, d_mask).to(h.dtype)
-        scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
+        cols, col_mask, idx, ok, e, scores = _score_tile(
+            h, items_ptr, negatives_ptr, None, tile * BLOCK_N, num_negatives, num_items, stride_item_row,
+            stride_item_col, d_offs, d_mask, False, False, PRECISION, UPCAST, BLOCK_N)
         dscores = _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, log_q_ptr, log_q_scalar,
                                 LOG_Q_MODE, False, EVEN_K, REMOVE_HITS).to(h.dtype)
         acc += _dot(dscores, e, PRECISION, UPCAST)

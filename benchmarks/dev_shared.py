@@ -55,7 +55,8 @@ def make_inputs(scheme, *, num_rows, num_items, k, dim, length, dtype, items_dty
 
 
 def reference64(hidden, items, targets, negatives, scheme, length):
-    """float64 loss of DESIGN section 3 from the inputs as the kernel sees them (items in hidden's dtype)."""
+    """float64 loss of docs/design.md#the-loss from the inputs as the kernel sees them (items in
+    hidden's dtype)."""
     h = hidden.double()
     e = items.to(hidden.dtype).double()
     kept = targets != IGNORE

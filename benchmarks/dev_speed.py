@@ -3,7 +3,7 @@
 1. gather: fwd+bwd of the per-position loss, C = 10^6, bf16, K=511 d=256 N=65,536 and K=2047 d=64
    N=51,200, tensor and drawn negatives: the default against the sliced backward (GatherConfig.item_slices
    in {8, 16, 32}) x backward tiles; peak extra memory beside each. The published CCE- kernel took
-   38.8 ms / 0.76 GiB at d=256 and 32.6 ms at d=64 (DESIGN).
+   38.8 ms / 0.76 GiB at d=256 and 32.6 ms at d=64 (docs/design.md#numbers-to-beat).
 2. dense: each dense kernel alone (forward, grad_hidden, grad_items) over tile shapes at d=256, bf16,
    N=51,200: the full catalogue (C = 10^6) and shared K=16384; then fwd+bwd of the per-kernel winners
    combined against the default configs (full, shared K=4096 and 16384).
@@ -43,7 +43,8 @@ DEVICE = "cuda"
 GATHER_CASES = (("K511d256", 65_536, 511, 256), ("K2047d64", 51_200, 2047, 64))
 CHECK_SIZE = (3001, 257, 40_000)
 DENSE_SIZE = (51_200, 16_384, 4096)  # N, the K of the per-kernel sweep, the other K timed
-PUBLISHED = {"K511d256": (38.8, 0.76), "K2047d64": (32.6, 0.91)}  # ms, GiB (DESIGN, H200)
+# ms, GiB on an H200 (docs/design.md#numbers-to-beat)
+PUBLISHED = {"K511d256": (38.8, 0.76), "K2047d64": (32.6, 0.91)}
 RESULTS: dict = {"check": [], "gather": [], "dense_kernels": [], "dense": [], "winners": []}
 STARTED = time.monotonic()
 

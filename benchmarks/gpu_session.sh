@@ -8,6 +8,9 @@
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh training     (~5 min: issues 3, 4, 5)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh checkpoint   (~3 min: issue 15)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh memory       (~7 min on one card: issue 11)
+#   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh cuda         (the `pytest -m cuda` tests)
+#   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh memory2      (< 6 min on two cards: issue 11's
+#                                          out-of-sample set, results/memory-catalogue/predictions-*.csv)
 # Issue 13 (three calls): speed (~4 min), loss (< 8 min), eval (< 10 min). loss also needs
 #   .cache/published-cce (the published CCE- kernel: .cache/published-cce/SOURCE.md says how to lay it out)
 # and eval needs .cache/eval-before (the tree before the evaluation change) and gowalla in .gpu-data:
@@ -16,7 +19,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|cuda}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 # The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
@@ -64,7 +67,7 @@ case "$part" in
   final)
     # Issue 4's validation, then issue 3's benchmark, in one call under one deadline (FINAL_SECONDS
     # after the start) so the archive below is always written: all 33 memory configurations, five
-    # processes at a time, then the loss at the DESIGN sizes, most needed first (per-position cases
+    # processes at a time, then the loss at the design sizes, most needed first (per-position cases
     # without torch.compile, which no target needs). A step cut off by the deadline keeps what it wrote.
     deadline=$(( $(date +%s) + ${FINAL_SECONDS:-555} ))
     left() { local n=$(( deadline - $(date +%s) )); echo $(( n < $1 ? (n > 1 ? n : 1) : $1 )); }
@@ -88,9 +91,9 @@ case "$part" in
     timeout 290 python3 benchmarks/dev_speed.py --out "$work" 2>&1 | tee "$work/dev_speed.log"
     ;;
   loss)
-    # Issue 13: every DESIGN case, public call and bare kernel next to eager, compile, the published CCE-
-    # kernel (carried in .cache/published-cce) and cut-cross-entropy (its wheel in .gpu-wheels), plus the
-    # setup section on the shared K=4096 d=64 case (one call, under 8 min).
+    # Issue 13: every case of docs/design.md#numbers-to-beat, public call and bare kernel next to eager,
+    # compile, the published CCE- kernel (carried in .cache/published-cce) and cut-cross-entropy (its
+    # wheel in .gpu-wheels), plus the setup section on the shared K=4096 d=64 case (one call, under 8 min).
     timeout 470 python3 -m study.bench_loss --preset design --sections setup,loss --warmup-ms 50 --rep-ms 300 \
       --deadline-seconds 420 --published-cce .cache/published-cce --out "$work" 2>&1 | tee "$work/bench.log"
     ;;
@@ -116,7 +119,24 @@ case "$part" in
     timeout 540 python3 benchmarks/memory_validation.py --set catalogue --gpus "$cards" \
       --deadline "${MEMORY_DEADLINE:-480}" --out "$work/memory-catalogue" 2>&1 | tee "$work/memory-catalogue.log"
     ;;
-  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint or memory)" >&2
+  cuda)
+    # The suite's own GPU tests (`pytest -m cuda`: tests/test_cuda_kernels.py, every kernel path compiled for
+    # this card against the float64 loss). pytest is pure Python: carry its wheels if the host lacks it
+    # (pip download --no-deps -d .gpu-wheels pytest pluggy iniconfig).
+    if ! python3 -c 'import pytest' 2>/dev/null; then
+      echo "pytest is not installed on this host: carry its wheels in .gpu-wheels" >&2
+      exit 2
+    fi
+    timeout 540 python3 -m pytest -m cuda -q -rs --durations=20 -p no:cacheprovider tests/test_cuda_kernels.py \
+      --junitxml "$work/cuda-tests.xml" 2>&1 | tee "$work/cuda-tests.log"
+    ;;
+  memory2)
+    # Issue 11's out-of-sample set (36 configurations on new logs), every visible card; cut off at 330 s.
+    cards=$(python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))')
+    timeout 400 python3 benchmarks/memory_validation.py --set catalogue2 --gpus "$cards" --timeout 240 \
+      --deadline "${MEMORY_DEADLINE:-330}" --out "$work/memory-catalogue2" 2>&1 | tee "$work/memory-catalogue2.log"
+    ;;
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2 or cuda)" >&2
      exit 2 ;;
 esac
 mkdir -p "$out"

@@ -1,9 +1,10 @@
 """The configurations benchmarks/memory_validation.py measures, and how long each takes.
 
-Two sets: `base`, the 33 configurations of issue 4 (catalogues of 2,000 to 10^6 items, every loss), and
-`catalogue`, issue 11's set at 10^5, 10^6 and 10^7 items (see memory_validation.py). A case is a dict:
-name, set, config (TrainConfig settings), and for the catalogue set its catalogue, the users each
-evaluation scores (eval_users) and whether it is in the model's sample (in_sample).
+Three sets: `base`, the 33 configurations of issue 4 (catalogues of 2,000 to 10^6 items, every loss),
+`catalogue`, issue 11's set at 10^5, 10^6 and 10^7 items (see memory_validation.py), and `catalogue2`,
+36 more at those sizes on new logs, out of the sample of the model fixed after `catalogue` was measured.
+A case is a dict: name, set, config (TrainConfig settings), and for the catalogue sets its catalogue, the
+users each evaluation scores (eval_users) and whether it is in the model's sample (in_sample).
 """
 
 from __future__ import annotations
@@ -200,7 +201,84 @@ CATALOGUE_CASES: list[dict[str, Any]] = [
     {**_scale("c1m-issue11-batch-torch-k16384-b256-l200-d64", "c1m",
               **_torch("batch", 16384, 256, 200, 64)), "in_sample": True},
 ]
-SETS = {"base": CASES, "catalogue": CATALOGUE_CASES}
+
+# --- the second catalogue set (issue 11, out of sample for the model fixed after the first) -------------
+
+# New logs (other seeds), three interactions per item as before, but 2,100 users: batches of 1,024 then
+# repeat a full batch with Adam's states alive, as a sweep's steps do (with 1,100 users the only full
+# batch of such a trial was its first step). Sequences are shorter than L at 10^5 items; training
+# batches are padded to max_len all the same.
+SCALE2_CATALOGUES = {
+    "c2-100k": "synthetic:users=2100,items=100000,mean_len=143,alpha=0,seed=21",
+    "c2-1m": "synthetic:users=2100,items=1000000,mean_len=1429,alpha=0,seed=23",
+    "c2-10m": "synthetic:users=2100,items=10000000,mean_len=14286,alpha=0,seed=25",
+}
+SCALE2_EVAL_USERS = {"c2-100k": 200, "c2-1m": 100, "c2-10m": 100}
+
+# None of these is a configuration of the catalogue set. Besides its kinds of variation (every scope, fused
+# and PyTorch, K up to 4096, B up to 1024, L up to 512, d 64/128/256), the set probes what the fixed model
+# is least sure of: the PyTorch per-position cache (one or two extra gathers: K=128, 256 and 512), PyTorch
+# full CE at 10^7 items with d=128 (Adam's tables spilling into the logits' segments) and the split
+# item-table segment at 10^7 items with small and large transients.
+_SCALE2_GRID: dict[str, list[tuple[str, str, int, int, int, int]]] = {
+    "c2-100k": [
+        ("triton", "full", 0, 512, 200, 128),
+        ("triton", "batch", 2048, 256, 512, 64),
+        ("triton", "sequence", 4096, 1024, 200, 64),
+        ("triton", "position", 1024, 512, 200, 128),
+        ("triton", "position", 4096, 128, 200, 256),
+        ("triton", "drawn", 2048, 256, 512, 256),
+        ("torch", "position", 256, 256, 200, 64),
+        ("torch", "position", 128, 256, 512, 128),
+        ("torch", "drawn", 512, 512, 200, 64),
+        ("torch", "batch", 2048, 512, 512, 128),
+        ("torch", "sequence", 1024, 256, 200, 64),
+        ("torch", "full", 0, 64, 512, 64),
+        ("torch", "full", 0, 256, 200, 128),
+    ],
+    "c2-1m": [
+        ("triton", "full", 0, 128, 200, 128),
+        ("triton", "batch", 1024, 1024, 200, 256),
+        ("triton", "sequence", 4096, 256, 200, 128),
+        ("triton", "position", 2048, 512, 200, 64),
+        ("triton", "position", 256, 256, 512, 128),
+        ("triton", "drawn", 4096, 512, 200, 128),
+        ("triton", "drawn", 512, 1024, 512, 64),
+        ("torch", "position", 256, 128, 200, 128),
+        ("torch", "drawn", 1024, 192, 200, 64),
+        ("torch", "batch", 2048, 1024, 200, 64),
+        ("torch", "sequence", 512, 512, 200, 128),
+        ("torch", "full", 0, 32, 128, 128),
+    ],
+    "c2-10m": [
+        ("triton", "full", 0, 128, 200, 64),
+        ("triton", "batch", 2048, 512, 200, 128),
+        ("triton", "sequence", 512, 1024, 200, 64),
+        ("triton", "position", 512, 256, 512, 64),
+        ("triton", "position", 2048, 256, 200, 256),
+        ("triton", "drawn", 1024, 512, 200, 128),
+        ("torch", "position", 256, 256, 200, 64),
+        ("torch", "drawn", 512, 512, 200, 64),
+        ("torch", "batch", 1024, 512, 200, 128),
+        ("torch", "sequence", 2048, 256, 200, 64),
+        ("torch", "full", 0, 4, 64, 128),
+    ],
+}
+
+
+def _scale2(name: str, catalogue: str, **settings: Any) -> dict[str, Any]:
+    return {"name": name, "set": "catalogue2", "catalogue": catalogue,
+            "eval_users": SCALE2_EVAL_USERS[catalogue],
+            "config": {**COMMON, "dataset": SCALE2_CATALOGUES[catalogue], **settings}}
+
+
+CATALOGUE2_CASES: list[dict[str, Any]] = [
+    _scale2(_scale_name(catalogue, impl, scope, k, b, length, d), catalogue,
+            **(_fused if impl == "triton" else _torch)(scope, k, b, length, d))
+    for catalogue, grid in _SCALE2_GRID.items()
+    for impl, scope, k, b, length, d in grid
+]
+SETS = {"base": CASES, "catalogue": CATALOGUE_CASES, "catalogue2": CATALOGUE2_CASES}
 
 
 # --- how long a configuration takes (for scheduling and for the deadline) --------------------------

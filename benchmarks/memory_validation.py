@@ -1,7 +1,7 @@
 """Validate the analytic memory model (study/memory_model.py) against measured GPU memory.
 
-    python3 benchmarks/memory_validation.py --out DIR [--set base|catalogue] [--gpus 0,1] [--jobs N]
-        [--deadline S] [--timeout S] [--only NAME,...]
+    python3 benchmarks/memory_validation.py --out DIR [--set base|catalogue|catalogue2] [--gpus 0,1]
+        [--jobs N] [--deadline S] [--timeout S] [--only NAME,...]
     python3 benchmarks/memory_validation.py --set catalogue --predict-only CSV   (no GPU; commit it first)
     python3 benchmarks/memory_validation.py --set catalogue --list                (cases, time estimates)
 
@@ -15,6 +15,8 @@ exit and each trial must start from an empty allocator:
   full CE where it fits one 139 GiB card), K up to 4096, batch up to 1024, length up to 512, d 64 to
   256, bf16 autocast; plus the two points issue 11 cites (in the model's sample: they were measured
   before the model was fixed).
+- `catalogue2`: 36 more at those sizes on new logs (2,100 users), none of them a configuration of
+  `catalogue`: out of the sample of the model fixed after `catalogue` was measured.
 
 Each catalogue is generated once per run (`--data-cache`, a pickled `Interactions`) and the trials
 of the catalogue set evaluate at most `eval_users` users of each evaluation set: what evaluation
@@ -25,8 +27,12 @@ took longer than the training). The memory model sees the full dataset's users e
 Processes are spread over the cards of `--gpus` (CUDA_VISIBLE_DEVICES per process), at most
 `--jobs` at a time, and a card only takes a configuration when the predicted peaks of what runs
 there, with a margin, fit its memory: should a card fill up, the caching allocator would give memory
-back and retry, and the measured peak would no longer be the trial's own. NVML's per-process memory
-is measured by each trial itself (`TrialRecord.memory.peak_bytes`, the peak the sweep records).
+back and retry, and the measured peak would no longer be the trial's own. Each trial records how often
+that happened (`alloc_retries`, torch's num_alloc_retries); rows where it did are left out of the
+criterion. `--gpus` indices count among the cards this process was given (its CUDA_VISIBLE_DEVICES), and
+the memory other processes use on each card at the start is recorded (a warning in summary.txt): the
+cards must be the run's alone. NVML's per-process memory is measured by each trial itself
+(`TrialRecord.memory.peak_bytes`, the peak the sweep records).
 
 Output, rewritten after every configuration so that a cut-off run keeps what finished:
 
@@ -113,6 +119,11 @@ def run_worker(config_json: str, result_path: Path, data_path: Path | None, eval
         _cap_evaluation_users(study.data, eval_users)
     started = time.perf_counter()
     record = run_trial(config)
+    allocator = None
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        stats = torch.cuda.memory_stats()
+        allocator = {"num_alloc_retries": int(stats.get("num_alloc_retries", 0)),
+                     "num_ooms": int(stats.get("num_ooms", 0))}
     prediction = None
     if record.num_items is not None and record.num_users is not None:
         prediction = predict_trial_memory(config, DatasetSize(record.num_items, record.num_users),
@@ -121,6 +132,9 @@ def run_worker(config_json: str, result_path: Path, data_path: Path | None, eval
         "record": record.to_dict(),
         "seconds": time.perf_counter() - started,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        # How often a cudaMalloc failed and the caching allocator gave its cached segments back to retry:
+        # then the card was full (other processes) and the reserved peak is not the trial's own.
+        "allocator": allocator,
         "prediction": None if prediction is None else {
             "total_bytes": prediction.total_bytes,
             "torch_max_allocated": prediction.torch_max_allocated,
@@ -204,6 +218,8 @@ def row_from_result(case: dict[str, Any], result: dict[str, Any]) -> dict[str, A
                gpu=result.get("cuda_visible_devices"), gpu_name=memory.get("gpu_name"))
     if record.get("loss_impl"):
         row["loss_impl"] = record["loss_impl"]
+    allocator = result.get("allocator") or {}
+    row["alloc_retries"] = allocator.get("num_alloc_retries")
     row["torch_max_allocated"] = memory.get("torch_max_allocated")
     row["torch_max_reserved"] = memory.get("torch_max_reserved")
     row["nvml_process_peak"] = memory.get("nvml_process_peak")
@@ -226,12 +242,15 @@ def row_from_result(case: dict[str, Any], result: dict[str, Any]) -> dict[str, A
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per measure: trials compared, median |relative error|, worst under- and over-prediction; and the
-    criterion on the measured peak, over the rows measured out of the model's sample."""
-    summary: dict[str, Any] = {"trials": len(rows), "compared": 0, "measures": {}}
+    criterion on the measured peak, over the rows measured out of the model's sample. Rows whose allocator
+    retried a failed cudaMalloc (alloc_retries > 0: the card was full) measured a peak that is not the
+    trial's own; they are listed under "retried" and left out."""
+    summary: dict[str, Any] = {"trials": len(rows), "compared": 0, "measures": {},
+                               "retried": sorted(row["name"] for row in rows if row.get("alloc_retries"))}
     for measured, _ in MEASURES:
         errors = [row[f"error_{measured}"] for row in rows
                   if row.get("status") == "ok" and row.get(f"error_{measured}") is not None
-                  and not row.get("in_sample")]
+                  and not row.get("in_sample") and not row.get("alloc_retries")]
         if not errors:
             continue
         summary["measures"][measured] = {
@@ -289,6 +308,14 @@ def format_summary(summary: dict[str, Any], env: dict[str, Any]) -> str:
                      f"{100 * values['median_abs_error']:.1f}%, worst under-prediction "
                      f"{100 * values['worst_under_prediction']:+.1f}%, worst over-prediction "
                      f"{100 * values['worst_over_prediction']:+.1f}%")
+    if summary.get("retried"):
+        lines.append(f"left out (the allocator retried after a failed cudaMalloc: the card was full): "
+                     f"{', '.join(summary['retried'])}")
+    used_by_others = env.get("memory_used_by_others")
+    for card, used in (used_by_others.items() if isinstance(used_by_others, dict) else ()):
+        if used > GiB:
+            lines.append(f"warning: card {card} had {used / GiB:.1f} GiB in use by other processes "
+                         "at the start")
     verdicts = {True: "MET", False: "NOT MET", None: "not evaluated (no successful trial)"}
     lines.append("criterion (measured peak, out of sample: median |error| <= 10%, none more than 10% under, "
                  f"none more than 25% over): {verdicts[summary['criterion_met']]}")
@@ -573,13 +600,33 @@ class Driver:
         return write_outputs(self.out_dir, rows, env)
 
 
+def physical_cards(names: list[str], inherited: str | None) -> list[str]:
+    """--gpus as the trials' CUDA_VISIBLE_DEVICES must give them: an index counts among the cards this
+    process was given (its own CUDA_VISIBLE_DEVICES, as torch numbers them), not among all of the host's.
+    Overriding a child's CUDA_VISIBLE_DEVICES with the bare index put the run of 2026-11-28, given card 3,
+    on card 0, which another benchmark was using (a trial ran out of memory there)."""
+    visible = [entry.strip() for entry in (inherited or "").split(",") if entry.strip()]
+    if not visible:
+        return list(names)
+    out = []
+    for name in names:
+        if name.isdigit():
+            if int(name) >= len(visible):
+                raise ValueError(f"card {name}: this process sees {len(visible)} card(s) "
+                                 f"(CUDA_VISIBLE_DEVICES={inherited})")
+            out.append(visible[int(name)])
+        else:
+            out.append(name)
+    return out
+
+
 def discover_cards(names: list[str]) -> list[Card]:
     """The cards of --gpus with their memory, through NVML (the driver makes no CUDA context)."""
     import pynvml
 
     pynvml.nvmlInit()
     cards = []
-    for name in names:
+    for name in physical_cards(names, os.environ.get("CUDA_VISIBLE_DEVICES")):
         handle = (pynvml.nvmlDeviceGetHandleByUUID(name) if name.startswith(("GPU-", "MIG-"))
                   else pynvml.nvmlDeviceGetHandleByIndex(int(name)))
         total = int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)
@@ -606,6 +653,15 @@ def environment(cards: list[Card]) -> dict[str, Any]:
                        for card in cards]
     except Exception as exc:
         env["gpus"] = f"unknown ({exc})"
+    try:  # before any trial starts: whatever runs on the cards is another process's
+        import pynvml
+
+        env["memory_used_by_others"] = {
+            card.name: sum(int(process.usedGpuMemory or 0)
+                           for process in pynvml.nvmlDeviceGetComputeRunningProcesses(card.nvml_handle))
+            for card in cards}
+    except Exception as exc:
+        env["memory_used_by_others"] = f"unknown ({exc})"
     result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
                             check=False)
     env["git_commit"] = result.stdout.strip() or None
@@ -718,13 +774,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--set", choices=sorted(SETS), default="base",
-                        help="which configurations: base (issue 4's 33) or catalogue (issue 11's)")
+                        help="which configurations: base (issue 4's 33), catalogue (issue 11's 41) or "
+                             "catalogue2 (36 more, out of the fixed model's sample)")
     parser.add_argument("--quick", action="store_true", help=f"only {len(QUICK)} representative base cases")
     parser.add_argument("--only", help="comma list of configuration names to run")
     parser.add_argument("--gpus", default="0",
-                        help="cards to spread the trials over, as CUDA_VISIBLE_DEVICES takes them "
-                             "(PCI order), "
-                             "e.g. 0,1 (default 0)")
+                        help="cards to spread the trials over, e.g. 0,1 (default 0): indices among the "
+                             "cards this process sees (within its own CUDA_VISIBLE_DEVICES, if set; PCI "
+                             "order otherwise), or GPU UUIDs")
     parser.add_argument("--jobs", type=int, default=None,
                         help="trials at once over all cards (default: 4 per card); a card also takes "
                              "one only "
@@ -779,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cards = discover_cards(gpus)
     except Exception as exc:
-        print(f"memory_validation: --gpus {args.gpus}: no such card through NVML ({exc})", file=sys.stderr)
+        print(f"memory_validation: --gpus {args.gpus}: no such card ({exc})", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "trials").mkdir(exist_ok=True)

@@ -1,6 +1,7 @@
 """The public loss entry point: validate, normalise, then dispatch to an implementation.
 
-`linear_cross_entropy` is the only function the harness and the tests call (DESIGN section 3).
+`linear_cross_entropy` is the only function the harness and the tests call
+(docs/design.md#public-kernel-api).
 Validation raises `ValueError` naming the offending argument, and a bad index never becomes an
 illegal memory access. Shapes, dtypes and devices are checked before the call. Index ranges are
 checked before the call too, except on the fused path on CUDA: there a host check would read a flag

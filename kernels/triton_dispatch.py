@@ -35,7 +35,7 @@ def triton_linear_cross_entropy(
     ignore_index: int,
     reduction: Reduction,
 ) -> torch.Tensor:
-    """Loss of DESIGN section 3 for already validated inputs.
+    """The loss of docs/design.md#the-loss for already validated inputs.
 
     hidden [N, d] (contiguous), items [C, d] (row-major), targets [N] int64 (ignore_index allowed).
     negatives: None for "full" and "drawn"; [K] for "shared"; [B, K] for "sequence" (row i uses

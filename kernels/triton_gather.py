@@ -641,7 +641,7 @@ def gather_linear_cross_entropy(
     reduction: Reduction,
     config: GatherConfig | None = None,
 ) -> torch.Tensor:
-    """CCE- with per-row negatives (DESIGN section 3), fused in Triton.
+    """CCE- with per-row negatives (docs/design.md#the-loss), fused in Triton.
 
     hidden [N, d] (float32/bf16/fp16), items [C, d] (last dim contiguous; any row stride, e.g. the
     view `weight[1:]`), targets [N] int64/int32 (ignore_index allowed).

@@ -705,7 +705,8 @@ def shared_linear_cross_entropy(
     reduction: Reduction,
     config: SharedConfig | None = None,
 ) -> torch.Tensor:
-    """Loss of DESIGN section 3 for negatives shared by many rows; inputs as `triton_dispatch` describes.
+    """The loss (docs/design.md#the-loss) for negatives shared by many rows; inputs as `triton_dispatch`
+    describes.
 
     scheme "full": negatives None, every item scored once (F.cross_entropy; log_q must be None).
     "shared": negatives [K] for every row. "sequence": negatives [B, K], row i uses

@@ -18,9 +18,9 @@ backward produces before accumulating them). An out-of-memory case is recorded a
 "validate" times `normalise_inputs` with its host index-range check (what the public call did before
 the check moved into the kernels).
 
-`--preset design` runs every case of DESIGN's table in one process under a deadline, and `--sections
-setup` adds the measurements that tell which setting moves the shared K=4096 d=64 case (host time,
-gradient buffers, index dtype, which gradients are needed, CUDA-graph replay, SM clock).
+`--preset design` runs every case of docs/design.md#numbers-to-beat in one process under a deadline, and
+`--sections setup` adds the measurements that tell which setting moves the shared K=4096 d=64 case (host
+time, gradient buffers, index dtype, which gradients are needed, CUDA-graph replay, SM clock).
 """
 
 from __future__ import annotations
@@ -108,8 +108,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="JSON results file, or a folder (written as FOLDER/loss-bench.json; the default "
                              "with --preset) (default results/bench/loss-<UTC time>.json)")
     parser.add_argument("--preset", choices=("design",), default=None,
-                        help="design: every case of DESIGN's table, each with the impls its targets need "
-                             "(replaces --scheme, --negatives, --rows, --hidden-dim, --catalogue, --impls)")
+                        help="design: every case of the design's table (docs/design.md), each with the impls "
+                             "its targets need (replaces --scheme, --negatives, --rows, --hidden-dim, "
+                             "--catalogue, --impls)")
     parser.add_argument("--sections", default="loss",
                         help="comma-separated: loss (the cases), setup (what moves the shared K=4096 d=64 "
                              "case: host time, gradient buffers, index dtype, graph replay, clocks)")
@@ -140,10 +141,11 @@ def parse_negatives(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-# DESIGN's table (scheme, rows N, d, K) with the impls its targets compare: eager and compile for dense
-# negatives, eager and the published kernel per position, cut-cross-entropy (default and exact) for the
-# full catalogue; the public call and the bare kernel everywhere. C = 10^6 items, bf16. Ordered so that a
-# deadline cuts torch.compile of the d=256 dense cases (compilation takes tens of seconds) before the rest.
+# The table of docs/design.md#numbers-to-beat (scheme, rows N, d, K) with the impls its targets compare:
+# eager and compile for dense negatives, eager and the published kernel per position, cut-cross-entropy
+# (default and exact) for the full catalogue; the public call and the bare kernel everywhere. C = 10^6
+# items, bf16. Ordered so that a deadline cuts torch.compile of the d=256 dense cases (compilation takes
+# tens of seconds) before the rest.
 DESIGN_CATALOGUE = 1_000_000
 DESIGN_CASES: tuple[tuple[str, int, int, int, tuple[str, ...]], ...] = (
     ("position", 51_200, 64, 2047, ("public", "triton", "torch", "published")),
@@ -188,7 +190,8 @@ def build_cases(args: argparse.Namespace) -> list[Case]:
 
 
 def case_impls(case: Case, args: argparse.Namespace) -> list[str]:
-    """The impls to run on a case: DESIGN's for --preset design, else --impls (default: all available)."""
+    """The impls to run on a case: the design table's for --preset design, else --impls (default: all
+    available)."""
     if getattr(args, "preset", None) == "design":
         for scheme, rows, d, k, impls in DESIGN_CASES:
             if (scheme, rows, d, k) == (case.scheme, case.rows, case.hidden_dim, case.negatives):

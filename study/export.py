@@ -165,6 +165,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--memory-field", default="peak_bytes", choices=MEMORY_FIELDS,
                         help="with --budget: measured memory that must fit (default peak_bytes)")
+    parser.add_argument("--spec-version", default="latest", metavar="latest|all|N",
+                        help="with --budget: among the trials of each sweep's latest specification version "
+                             "(default), of all, or of version N")
     parser.add_argument("--storage", default=None,
                         help="look for the model under this storage root instead of where the database "
                              "says it is (the storage moved); a folder or a URI")

@@ -36,7 +36,7 @@ MIN_BUDGET_BYTES = MiB
 
 # Memory a CUDA process holds outside PyTorch's allocator: the context, loaded kernel modules,
 # cuBLAS handles. NVML minus torch's peak reserved was 740-744 MiB in every SASRec trial measured on
-# one H200 (torch 2.11, CUDA 13; benchmarks/memory_validation.py); DESIGN section 5 says 0.5-0.7 GiB.
+# one H200 (torch 2.11, CUDA 13; benchmarks/memory_validation.py); see docs/design.md#memory-measurement.
 DEFAULT_CUDA_CONTEXT_BYTES = 768 * MiB
 
 _BINARY_UNITS = {"kib": KiB, "mib": MiB, "gib": GiB, "tib": 2**40}

@@ -30,6 +30,15 @@ Assumptions, stated where they matter:
 - The fused Triton kernels keep O(N*d + K*d) besides the index tensor they are handed (and, for
   per-position tensor negatives at d <= 128, a sorted int32 copy of it during backward); their item
   gradient is one float32 [C, d] buffer.
+- Autograd releases what a node saved once it has run: the negative indices are gone by the time the
+  item table's slice backward runs.
+- The peak is that of a steady step (Adam's states and the previous step's gradients alive, a full
+  batch). A trial whose only full batch is its first step (one epoch of fewer than two batches, e.g.
+  1,100 users in batches of 1,024) allocates less (the first step has no Adam states) but, when fused,
+  reserves about as much: the first step's segments stay cached while Adam's states get segments of
+  their own (five such fused trials on the H200: allocated over-predicted by up to 27%, reserved within
+  -2%..+4%). The PyTorch sampled losses then also miss their re-requested logits (ALLOCATOR_REREQUEST_FACTOR
+  needs a second full step): c100k-batch-torch-k4096-b1024 reserved 17% less than predicted.
 """
 
 from __future__ import annotations
@@ -60,6 +69,19 @@ INT64 = 8
 # for some trials and tripled it for the PyTorch per-position loss.
 ALLOCATOR_REREQUEST_FACTOR = 1.1
 ALLOCATOR_MIN_EXCESS = 256 * MiB
+# One more item-table-sized segment, in about half the trials: Adam's sqrt temporary is freed at the end
+# of every step, and during the next step's forward it is the only free table-sized block. When a
+# transient request of that step finds no room in the previous step's transient segments (which
+# depends on where the small blocks land), best fit splits the table-sized block, and the step's
+# second table-sized gradient then needs a new segment. Replaying traced steps with small block sizes
+# perturbed by +-30% (benchmarks/memory_trace.py --perturb 20) gave one extra table in 9 and 11 of 20
+# replays at 10^6 items and d=256; measured on the H200 (measured-e92b87d.csv), 1.0-1.07 tables in
+# c1m-full-triton-b64-l512-d256, c1m-drawn-triton-k1024-b256-l200-d256, c10m-drawn-triton-k4096-b256-
+# l512-d64 and c10m-position-triton-k4096-b512-l200-d128, none in five other fused trials at 10^7.
+# The model charged nothing (under-predicting those four by 10.7-14.2%). The peak holds at least
+# five tables (parameters, two Adam states, two gradients), so one table is at most a fifth of it:
+# charging 0.75 of a table keeps both outcomes within -5%..+15% from this term alone.
+TABLE_SPLIT_FACTOR = 0.75
 # The PyTorch per-position losses request their [N, K, d] gather G in the table's dtype (float32 in
 # autocast training), its bf16 cast, the cast's gradient and G's float32 gradient. In the first step
 # the bf16 gradient splits G's freed block, so the float32 gradient needs a segment of its own: one
@@ -81,13 +103,28 @@ TORCH_GATHER_REREQUEST_FACTOR = 1.62
 # masked_fill_'s backward on the reshaped view (CopySlices) makes three float32 copies (17 B). On the
 # H200, trained with autocast, CE- peaked at 16.7-16.8 B per logit (1m-batch-torch-k16384,
 # 100k-batch-torch-k8192-b512). Full CE: bf16 logits, their float32 copy and the log-softmax (10 B);
-# backward the saved log-softmax and two float32 gradients (12 B, which DESIGN section 4 also
-# measures). BCE / gBCE: logits, negated logits and logsigmoid (12 B both ways).
+# backward the saved log-softmax and two float32 gradients (12 B, which the founding measurements of
+# docs/design.md#numbers-to-beat match). BCE / gBCE: logits, negated logits and logsigmoid (12 B both
+# ways).
 TORCH_SAMPLED_FORWARD_BYTES_PER_LOGIT = 9
 TORCH_SAMPLED_BACKWARD_BYTES_PER_LOGIT = 17
 TORCH_FULL_FORWARD_BYTES_PER_LOGIT = 10
 TORCH_FULL_BACKWARD_BYTES_PER_LOGIT = 12
 TORCH_BINARY_BYTES_PER_LOGIT = 12
+# PyTorch full CE's cache excess. Its bf16 logits [N, C] are freed once copied to float32, and no later
+# request of the step has their size (the float32 ones are twice it): their segment stays beyond the
+# allocated peak, half a float32 [N, C] buffer. Measured on the H200: 0.59 (100k-full-torch-b32), 0.52
+# (c100k-full-torch-b128), 0.48 (c1m-full-torch-b16) float32 buffers; in a replay at 10^6 items with small
+# tables, the only logits-sized segment beyond the allocated peak. The model charged 1.1 (the step's largest
+# buffer rule), over-predicting the last two by 16-18%. If what the first step allocates after its logits
+# are freed (its encoder's gradients, then the item gradient, Adam's two states and its temporary: four
+# tables at once) does not fit in that smallest logits segment, it splits the float32 ones, and the next
+# step needs one more float32 [N, C] segment: replayed at 1.2 * 10^6 items (N = 400, d = 64), 1.4 float32
+# buffers; measured 1.2 in c10m-full-torch-b4-l100-d64 (9.1 GiB of tables against a 7.1 GiB segment) and
+# 1.48 in 2k-full-torch-b256 (0.2 GiB of encoder activations against a 0.19 GiB segment). In float32 the
+# product's output is the float32 logits, which a gradient reuses: no bf16 segment.
+TORCH_FULL_LOGITS_SEGMENT_BYTES_PER_LOGIT = BFLOAT16
+TABLES_AT_ADAM_STEP = 4
 # The fused per-position backward sorts each row of tensor negatives when d <= SORT_MAX_DIM, torch.sort
 # a chunk of SORT_CHUNK_ELEMENTS indices at a time (kernels/triton_gather.py; a test checks that the two
 # stay equal, without this module importing Triton).
@@ -151,8 +188,8 @@ class TrialShape:
     dropout: bool
     popularity: bool
     weight_decay: bool
-    # The item table's dtype size: float32 parameters in training. The loss benchmarks of DESIGN
-    # section 4 hand the loss bf16 tables (2), which no cast then copies.
+    # The item table's dtype size: float32 parameters in training. The loss benchmarks of
+    # docs/design.md#numbers-to-beat hand the loss bf16 tables (2), which no cast then copies.
     item_bytes: int = 4
 
     @property
@@ -386,7 +423,14 @@ def loss_backward_bytes(shape: TrialShape) -> int:
     logits = torch_logits_bytes(shape, per_logit.get(shape.loss, TORCH_BINARY_BYTES_PER_LOGIT))
     gathered = torch_gathered_bytes(shape, backward=True)
     if shape.scope == "full":
-        return logits + gathered + loss_item_gradient_bytes(shape)
+        # The item table's gradients form in the product's backward, after the float32 logits' gradients
+        # are freed (their bf16 cast, 2 B per logit, is what that backward gets): the saved cast table
+        # with the bf16 gradient, then the float32 one. Charged next to LogSoftmax's 12 B per logit (as
+        # before), they over-predicted c10m-full-torch-b4-l100-d64's allocated peak by 3.3 GiB (6.6%).
+        cast = torch_gathered_bytes(shape, backward=False)
+        product_backward = max(torch_logits_bytes(shape, BFLOAT16) + gathered,
+                               cast + loss_item_gradient_bytes(shape))
+        return max(logits + cast, product_backward)
     if shape.scope in ("position", "drawn"):
         # The logits' backward meets the saved cast rows; the gather's gradients come after it.
         return max(torch_saved_rows_bytes(shape) + logits, gathered, torch_scatter_bytes(shape))
@@ -497,23 +541,38 @@ def evaluation_bytes(shape: TrialShape) -> int:
 
 def largest_step_buffer_bytes(shape: TrialShape) -> int:
     """The largest buffer of a size class whose blocks the cache reshuffles within a step: an [N, d]
-    float32 activation, or the PyTorch loss's float32 [N, K] logits and their copies (and its [N, K, d]
-    gathers, see TORCH_GATHER_REREQUEST_FACTOR).
+    float32 activation, or the PyTorch sampled losses' float32 [N, K] logits and their copies (and
+    their [N, K, d] gathers, see TORCH_GATHER_REREQUEST_FACTOR). PyTorch full CE's [N, C] logits leave
+    their own excess (full_ce_logits_excess_bytes).
 
-    Not the item-table-sized buffers, although from 10^6 items they are a step's largest: parameters,
-    two Adam states, the loss's, the slice's and the lookup's gradients and Adam's temporary are all
-    [C(+1), d] float32, rounded to the same 2 MiB multiple; from the second step each request finds one
-    of the segments the first step made, so they leave nothing beyond the allocated peak (replayed in
-    a model of the caching allocator: at 5 * 10^6 items, exactly as many table-sized segments as
-    tables alive at the peak). Nor the negative indices and the fused backward's sorted copy of them:
-    requested once a step at the same point, each finds its previous block whole (a fused
-    per-position trial with a 1 GiB index tensor kept 17 MiB beyond its allocated peak on the H200,
-    2k-position-triton-k512-b512-l512)."""
+    The item-table-sized buffers, although from 10^6 items they are a step's largest, are mostly not
+    re-requested: parameters, two Adam states, the loss's, the slice's and the lookup's gradients and
+    Adam's temporary are all [C(+1), d] float32, rounded to the same 2 MiB multiple; from the second
+    step each request finds one of the segments the first step made (replayed in a model of the caching
+    allocator: at 5 * 10^6 items, exactly as many table-sized segments as tables alive at the peak),
+    except in about half the trials one more (TABLE_SPLIT_FACTOR). Nor the negative indices and the fused
+    backward's sorted copy of them: requested once a step at the same point, each finds its previous
+    block whole (a fused per-position trial with a 1 GiB index tensor kept 17 MiB beyond its allocated
+    peak on the H200, 2k-position-triton-k512-b512-l512)."""
     n, d, k = shape.rows, shape.hidden, shape.negatives
     candidates = [n * d * FLOAT32]
-    if shape.impl == "torch":
+    if shape.impl == "torch" and shape.scope != "full":
         candidates.append(n * k * FLOAT32)
     return max(candidates)
+
+
+def full_ce_logits_excess_bytes(shape: TrialShape) -> int:
+    """PyTorch full CE: the bf16 logits' segment, and one more float32 [N, C] segment when what the first
+    step allocates after its logits are freed (encoder gradients, four table-sized buffers) does not fit
+    in it (see TORCH_FULL_LOGITS_SEGMENT_BYTES_PER_LOGIT); 0 for other losses."""
+    if shape.impl != "torch" or shape.scope != "full":
+        return 0
+    logits = shape.rows * shape.num_items
+    # In float32 the product's output is the float32 logits themselves, which a gradient reuses.
+    segment = logits * shape.activation_bytes if shape.activation_bytes != FLOAT32 else 0
+    smallest = segment or logits * FLOAT32
+    landing = TABLES_AT_ADAM_STEP * item_table_bytes(shape) + encoder_activations_bytes(shape)
+    return segment + (logits * FLOAT32 if landing > smallest else 0)
 
 
 def torch_position_gather_bytes(shape: TrialShape) -> int:
@@ -525,11 +584,14 @@ def torch_position_gather_bytes(shape: TrialShape) -> int:
 
 
 def allocator_overhead_bytes(shape: TrialShape) -> int:
-    """Peak reserved minus peak allocated memory (see ALLOCATOR_REREQUEST_FACTOR and
-    TORCH_GATHER_REREQUEST_FACTOR)."""
+    """Peak reserved minus peak allocated memory: the step's re-requested buffers (ALLOCATOR_REREQUEST_FACTOR,
+    TORCH_GATHER_REREQUEST_FACTOR, PyTorch full CE's logits) and the table-sized segment a split of
+    Adam's freed temporary costs (TABLE_SPLIT_FACTOR), at least ALLOCATOR_MIN_EXCESS."""
     rerequested = max(round(ALLOCATOR_REREQUEST_FACTOR * largest_step_buffer_bytes(shape)),
-                      round(TORCH_GATHER_REREQUEST_FACTOR * torch_position_gather_bytes(shape)))
-    return max(rerequested, ALLOCATOR_MIN_EXCESS)
+                      round(TORCH_GATHER_REREQUEST_FACTOR * torch_position_gather_bytes(shape)),
+                      full_ce_logits_excess_bytes(shape))
+    table_split = round(TABLE_SPLIT_FACTOR * item_table_bytes(shape))
+    return max(rerequested + table_split, ALLOCATOR_MIN_EXCESS)
 
 
 # --- phases and the prediction ------------------------------------------------------------------------
@@ -561,14 +623,18 @@ def phase_terms(shape: TrialShape) -> dict[str, dict[str, int]]:
             # the fused kernels' item gradient exists through their backward (see loss_backward_bytes)
             "loss_item_gradient": loss_item_gradient_bytes(shape) if shape.impl == "triton" else 0,
         },
+        # The loss's node has run: autograd has released what it saved, the negative indices among
+        # them (counted here as before, they over-predicted c10m-position-triton-k4096-b512-l200-d128's
+        # allocated peak by its 3.1 GiB index tensor); its bf16 copy of the hidden states is replaced by
+        # their gradient, of the same size.
         "item_slice_backward": {
             **state, **step_inputs,
+            "negative_indices": 0,
             "loss_item_gradient": loss_item_gradient_bytes(shape),
             "slice_gradient": slice_gradient_bytes(shape),
         },
         "embedding_backward": {
             **state,
-            "negative_indices": negative_index_bytes(shape),
             "slice_gradient": slice_gradient_bytes(shape),
             "lookup_gradient": lookup_gradient_bytes(shape),
             "encoder_gradients": gradients_bytes(shape) - item_table_bytes(shape),

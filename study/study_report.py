@@ -136,7 +136,7 @@ def scaling_claim(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFrame
             group = group[group["negative_scope"] == "position"]
         if group.empty:
             continue
-        smallest_batch, fewest_negatives = group["batch_size"].min(), group["num_negatives"].min()
+        smallest_batch, fewest_negatives = int(group["batch_size"].min()), int(group["num_negatives"].min())
         for budget in budgets:
             fits = group[group["memory_bytes"] <= budget].sort_values(["val_mean", "memory_bytes"],
                                                                       ascending=[False, True])

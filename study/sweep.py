@@ -927,8 +927,7 @@ def make_recording_callback(writer: db_spool.SpoolingWriter, settings: TrialSett
             attempts = getattr(trial, "num_failures", None)
             message = describe_worker_death(_trial_error_text(trial), _session_dir(trial))
             if attempts:  # Tune restarted the trial up to [checkpoint] max_retries times
-                first, newline, rest = message.partition("\n")
-                message = f"{first} ({attempts} attempt(s)){newline}{rest}"
+                message = f"{attempts} attempt(s), the last: {message}"
             self.finish(trial, message)
 
         def finish(self, trial: Any, error: str) -> None:
@@ -1073,7 +1072,8 @@ def worker_environment() -> dict[str, str]:
 
 
 def configure_ray_environment(*, local: bool) -> None:
-    """Settings that must be in place before Ray starts (see DESIGN section 8)."""
+    """Settings that must be in place before Ray starts
+    (docs/design.md#pitfalls-seen-with-ray-optuna-and-nvml)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the database is the record
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C: KeyboardInterrupt, then shutdown

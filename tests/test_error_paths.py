@@ -174,6 +174,7 @@ def silent_server() -> Iterator[int]:
         server.close()
 
 
+@pytest.mark.slow  # waits for a Ray cluster
 @pytest.mark.parametrize("kind", ["refused", "silent"])
 def test_address_of_a_cluster_that_does_not_answer(tmp_path: Path, kind: str,
                                                    request: pytest.FixtureRequest) -> None:

@@ -15,7 +15,7 @@ IGNORE = -100
 
 
 def float64_row_losses(hidden, items, targets, negatives_of_row, log_q, remove_hits):
-    """DESIGN section 3 written out row by row: explicit loops and an explicit max-shifted logsumexp.
+    """docs/design.md#the-loss written out row by row: explicit loops and an explicit max-shifted logsumexp.
 
     negatives_of_row(i) -> list of item ids; log_q: None, a float64 tensor [C], or a float.
     Returns a list of (row, loss) for the kept rows.
@@ -224,7 +224,7 @@ def test_float32_item_gradient_accumulates_in_float32_when_rows_repeat(scheme):
     negatives = torch.randint(0, num_items, shape, generator=generator)
     items_bf16 = items.clone().requires_grad_(True)
     linear_cross_entropy(hidden, items_bf16, targets, negatives, impl="torch", reduction="sum").backward()
-    # The same loss on the bf16-rounded values in float64 (vectorised DESIGN section 3 formula).
+    # The same loss on the bf16-rounded values in float64 (docs/design.md#the-loss, vectorised).
     items64 = items.to(torch.bfloat16).double().requires_grad_(True)
     rows = batch * seq_len
     flat_targets = targets.reshape(rows)

@@ -1,6 +1,7 @@
 """The analytic memory model: structure (parts sum to total), monotonicity in every axis, and its
 terms checked against real tensors: SASRec's parameter count, the activations autograd saves
-(saved-tensor hooks on CPU), and DESIGN section 4's measured peaks of the PyTorch losses."""
+(saved-tensor hooks on CPU), and the measured peaks of the PyTorch losses
+(docs/design.md#numbers-to-beat)."""
 
 from __future__ import annotations
 
@@ -211,8 +212,8 @@ def design_loss_shape(*, rows_per_sequence: int, batch: int, hidden: int, negati
 def test_pytorch_loss_terms_match_design_measurements(
     scope: str, batch: int, length: int, hidden: int, negatives: int, num_items: int, measured_gib: float
 ) -> None:
-    """DESIGN section 4 (one H200, bf16, fwd+bwd of the loss alone): peak extra memory of the PyTorch
-    losses. The model's loss backward working set plus its index tensor should land within 12%."""
+    """docs/design.md#numbers-to-beat (one H200, bf16, fwd+bwd of the loss alone): peak extra memory of
+    the PyTorch losses. The model's loss backward working set plus its index tensor should land within 12%."""
     shape = design_loss_shape(rows_per_sequence=length, batch=batch, hidden=hidden, negatives=negatives,
                               scope=scope, num_items=num_items)
     modelled = memory_model.loss_backward_bytes(shape) + memory_model.negative_index_bytes(shape)
@@ -314,9 +315,11 @@ def test_predictions_match_h200_measurements() -> None:
     assert statistics.median(abs(e) for e in process_errors.values()) <= 0.10
     under = {name: error for name, error in process_errors.items() if error < -0.10}
     assert not under, under
-    # No bound above here: 1m-position-torch-k511 (the cache kept one extra gather) is 25.5% over, so that
-    # 100k-position-torch-k256-d128 and 100k-bce-position-k256 (two extra) stay within 10% under.
-    assert max(process_errors.values()) <= 0.26
+    # No bound above here: 1m-position-torch-k511 (the cache kept one extra gather) is 26.5% over, so that
+    # 100k-position-torch-k256-d128 and 100k-bce-position-k256 (two extra) stay within 10% under. It was
+    # 25.5% before the model charged 0.75 of an item table for Adam's split temporary (TABLE_SPLIT_FACTOR:
+    # 0.17 GiB of its 17.2 GiB), which the catalogue-scale measurements need.
+    assert max(process_errors.values()) <= 0.27
 
 
 def test_sort_constants_mirror_the_gather_kernel() -> None:
@@ -328,50 +331,97 @@ def test_sort_constants_mirror_the_gather_kernel() -> None:
     assert memory_model.SORT_IN_TRITON_MAX_NEGATIVES == triton_gather.SORT_IN_TRITON_MAX_NEGATIVES
 
 
-# The catalogue-scale validation (issue 11): benchmarks/memory_validation.py --set catalogue, run on
-# GPUs; its CSV is committed here. Until it holds measured rows, the test skips.
-CATALOGUE_MEASUREMENTS = (Path(__file__).resolve().parents[1] / "results" / "memory-catalogue"
-                          / "memory_validation.csv")
+# The catalogue-scale validation (issue 11): benchmarks/memory_validation.py, run on H200s. Each set was
+# predicted by the model of one commit (results/memory-catalogue/predictions-<commit>.csv, committed before
+# any GPU measured it) and measured at results/memory-catalogue/measured-<commit>.csv.
+CATALOGUE_RESULTS = Path(__file__).resolve().parents[1] / "results" / "memory-catalogue"
+# --set catalogue, predicted by e92b87d, measured 2026-11-28: out of sample then, in the model's sample since
+# the fix that followed (its misses are named in study/memory_model.py).
+IN_SAMPLE_CATALOGUE = CATALOGUE_RESULTS / "measured-e92b87d.csv"
+# Measured under suspected card pressure: the run's cards were shared with another benchmark's process
+# (74.5 GiB of the card at the moment a trial of the run ran out of memory), and this trial ran while the
+# run's own trials held up to 86 GiB. A 12.5 GiB gather request fails whenever less is free, and the
+# caching allocator then gives its cached segments back and retries, lowering the reserved peak: it kept
+# 0.55 of its [N, K, d] gather beyond the allocated peak, where every other PyTorch per-position trial
+# kept 0.91-1.98 and a replay of a scaled-down copy of its step 1.58. The trials did not record
+# num_alloc_retries then (they do now), so this cannot be proven from the run's files.
+SUSPECT_MEASUREMENTS = {"c10m-drawn-torch-k1024-b256-l200-d64"}
 
 
-def catalogue_rows() -> list[dict[str, str]]:
-    if not CATALOGUE_MEASUREMENTS.is_file():
-        return []
-    with open(CATALOGUE_MEASUREMENTS, newline="") as handle:
+def measured_rows(path: Path) -> list[dict[str, str]]:
+    """The successful trials of a measured CSV whose allocator never gave memory back to retry (rows
+    without the alloc_retries column predate it)."""
+    with open(path, newline="") as handle:
         return [row for row in csv.DictReader(handle)
-                if row.get("status") == "ok" and row.get("measured_peak_bytes") and row.get("num_items")]
+                if row.get("status") == "ok" and row.get("measured_peak_bytes") and row.get("num_items")
+                and not float(row.get("alloc_retries") or 0)]
 
 
-def catalogue_errors(rows: list[dict[str, str]]) -> dict[str, float]:
-    """(current prediction - measured peak) / measured peak of each measured row out of the model's
-    sample."""
-    module = validation_module()
-    cases = {case["name"]: case for case in module.CATALOGUE_CASES}
+def current_errors(rows: list[dict[str, str]], measure: str = "measured_peak_bytes"
+                   ) -> dict[str, float]:
+    """(prediction of the current model - measured) / measured for each row, by configuration name."""
+    cases = {case["name"]: case for cases in validation_module().SETS.values() for case in cases}
     errors = {}
     for row in rows:
-        case = cases[row["name"]]
-        if case.get("in_sample"):
-            continue
         size = memory_model.DatasetSize(int(row["num_items"]), int(row["num_users"]))
-        config = TrainConfig.from_dict(case["config"])
-        predicted = memory_model.predict_trial_memory(config, size, device="cuda")
-        measured = float(row["measured_peak_bytes"])
-        errors[row["name"]] = (predicted.total_bytes - measured) / measured
+        prediction = memory_model.predict_trial_memory(TrainConfig.from_dict(cases[row["name"]]["config"]),
+                                                       size, device="cuda")
+        predicted_value = {"measured_peak_bytes": prediction.total_bytes,
+                           "torch_max_allocated": prediction.torch_max_allocated}[measure]
+        measured = float(row[measure])
+        errors[row["name"]] = (predicted_value - measured) / measured
     return errors
 
 
-def test_predictions_meet_the_criterion_at_catalogue_scale() -> None:
-    """Issue 11's criterion, computed from the committed measurements: median |error| <= 10%, none
-    under-predicted by more than 10%, none over-predicted by more than 25%."""
-    rows = catalogue_rows()
-    if not rows:
-        pytest.skip(f"no measured rows in {CATALOGUE_MEASUREMENTS} yet")
-    errors = catalogue_errors(rows)
-    assert errors, "every measured row is in the model's sample"
-    assert statistics.median(abs(e) for e in errors.values()) <= 0.10, errors
-    under = {name: e for name, e in errors.items() if e < -0.10}
-    over = {name: e for name, e in errors.items() if e > 0.25}
-    assert not under and not over, {"under": under, "over": over}
+def test_catalogue_measurements_in_sample() -> None:
+    """The 40 successful trials of the catalogue set (e92b87d's predictions, measured 2026-11-28), in the
+    model's sample now. The fixed model meets on them: process peak median |error| 5.6%, all within
+    -7.0%..+24.9% but the suspect row; allocated median |error| 0.7%. (The model of e92b87d: median 3.4%,
+    -17.7%..+36.6%.) The out-of-sample criterion applies to a set measured after the fix (below)."""
+    rows = measured_rows(IN_SAMPLE_CATALOGUE)
+    # The 41st, issue 11's shared K=16384 point, ran out of card memory (another benchmark's process held
+    # 74.5 GiB of the card): its row says oom, and it measures nothing of the model.
+    assert len(rows) == 40
+    errors = current_errors(rows)
+    assert statistics.median(abs(e) for e in errors.values()) <= 0.06
+    outside = {name: e for name, e in errors.items() if not -0.10 <= e <= 0.25}
+    assert set(outside) <= SUSPECT_MEASUREMENTS, outside
+    allocated = current_errors(rows, "torch_max_allocated")
+    assert statistics.median(abs(e) for e in allocated.values()) <= 0.02
+    # Over by up to 27%: the trials of one full batch (1,100 users in batches of 1,024) never run a full
+    # batch next to Adam's states (see the module docstring). Under by more than 5% only in two small
+    # fused trials at 10^5 items whose evaluation is (or nearly is) the peak: c100k-full-triton-b256
+    # allocated 80 MiB (17%) more than the model's evaluation working set and than a CPU trace of the
+    # current evaluation, c100k-batch-triton-k4096-b512 45 MiB (7%); their process peaks are within 1%.
+    low = {name: e for name, e in allocated.items() if e < -0.05}
+    assert set(low) <= {"c100k-full-triton-b256-l200-d64", "c100k-batch-triton-k4096-b512-l200-d64"}, low
+    assert min(allocated.values()) >= -0.18
+
+
+# --set catalogue2: predicted by the fixed model and committed before any GPU measured it.
+CATALOGUE2_MODEL_COMMIT: str | None = "1ee330c"  # predictions-1ee330c.csv, committed before measuring
+
+
+def test_catalogue2_meets_the_criterion_out_of_sample() -> None:
+    """Issue 11's criterion on a set the model had not seen: median |error| <= 10%, none under-predicted by
+    more than 10%, none over-predicted by more than 25% (process peak), from the committed predictions
+    and the measurements, once measured; the current model must meet it too."""
+    if CATALOGUE2_MODEL_COMMIT is None:
+        pytest.skip("no predictions committed for --set catalogue2 yet")
+    path = CATALOGUE_RESULTS / f"measured-{CATALOGUE2_MODEL_COMMIT}.csv"
+    if not path.is_file():
+        pytest.skip(f"{path.name} not measured yet")
+    with open(CATALOGUE_RESULTS / f"predictions-{CATALOGUE2_MODEL_COMMIT}.csv", newline="") as handle:
+        committed = {row["name"]: float(row["predicted_peak_bytes"]) for row in csv.DictReader(handle)}
+    rows = [row for row in measured_rows(path) if row["name"] in committed]
+    assert len(rows) >= 30, f"only {len(rows)} usable measured rows in {path.name}"
+    for errors in ({row["name"]: (committed[row["name"]] - float(row["measured_peak_bytes"]))
+                    / float(row["measured_peak_bytes"]) for row in rows},
+                   current_errors(rows)):
+        assert statistics.median(abs(e) for e in errors.values()) <= 0.10, errors
+        under = {name: e for name, e in errors.items() if e < -0.10}
+        over = {name: e for name, e in errors.items() if e > 0.25}
+        assert not under and not over, {"under": under, "over": over}
 
 
 def test_catalogue_set_is_what_issue_11_asks() -> None:
@@ -391,6 +441,68 @@ def test_catalogue_set_is_what_issue_11_asks() -> None:
     assert max(c.batch_size for c in configs) == 1024 and max(c.max_len for c in configs) == 512
     assert {64, 256} <= {c.hidden for c in configs}
     assert all(c.device == "cuda" and c.precision == "auto" for c in configs)  # bf16 autocast
+
+
+def test_catalogue2_set_is_new_and_varies_like_the_first() -> None:
+    """The out-of-sample set: at least 30 configurations at 10^5, 10^6 and 10^7 items, none of them (as
+    settings, whatever its dataset) a configuration of the catalogue set; fused and PyTorch in every scope
+    and full CE; K up to 4096, batch up to 1024, length up to 512, d 64, 128 and 256; bf16 autocast."""
+    module = validation_module()
+    cases = module.SETS["catalogue2"]
+    assert len(cases) >= 30 and len({case["name"] for case in cases}) == len(cases)
+    assert not {case["name"] for case in cases} & {case["name"] for case in module.CATALOGUE_CASES}
+
+    def settings(case: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(sorted((k, v) for k, v in case["config"].items() if k != "dataset"))
+
+    assert not {settings(case) for case in cases} & {settings(case) for case in module.CATALOGUE_CASES}
+    configs = [TrainConfig.from_dict(case["config"]) for case in cases]
+    sizes = {case["catalogue"]: case["config"]["dataset"] for case in cases}
+    assert sorted(sizes) == ["c2-100k", "c2-10m", "c2-1m"]
+    assert all(f"items={items}," in sizes[name]
+               for name, items in (("c2-100k", 100000), ("c2-1m", 1000000), ("c2-10m", 10000000)))
+    for impl in ("triton", "torch"):
+        scopes = {c.negative_scope if c.loss == "ce-neg" else "full" for c in configs if c.loss_impl == impl}
+        assert scopes == {"batch", "sequence", "position", "drawn", "full"}, impl
+    assert max(c.num_negatives for c in configs if c.loss == "ce-neg") == 4096
+    assert max(c.batch_size for c in configs) == 1024 and max(c.max_len for c in configs) == 512
+    assert {c.hidden for c in configs} == {64, 128, 256}
+    assert all(c.device == "cuda" and c.precision == "auto" for c in configs)
+
+
+def test_validation_cards_count_within_the_inherited_visible_devices() -> None:
+    """--gpus 0 in a process given card 3 (CUDA_VISIBLE_DEVICES=3) is card 3 for the trials, not the host's
+    card 0: the run of 2026-11-28 measured on another benchmark's card that way."""
+    physical_cards = validation_module().physical_cards
+    assert physical_cards(["0", "1"], "3,2") == ["3", "2"]
+    assert physical_cards(["0"], None) == ["0"] and physical_cards(["0"], "") == ["0"]
+    assert physical_cards(["GPU-5e1f"], "1") == ["GPU-5e1f"]
+    assert physical_cards(["1"], "GPU-a,GPU-b") == ["GPU-b"]
+    with pytest.raises(ValueError, match="sees 1 card"):
+        physical_cards(["1"], "3")
+
+
+def test_validation_leaves_out_trials_whose_allocator_retried() -> None:
+    """A trial whose caching allocator gave memory back to retry a failed cudaMalloc (a full card) is a row
+    with alloc_retries > 0, listed in the summary and left out of the criterion."""
+    module = validation_module()
+    case = {"name": "a", "config": {"loss": "ce", "loss_impl": "triton", "batch_size": 8, "max_len": 10}}
+
+    def result(measured: int, retries: int) -> dict[str, Any]:
+        memory = {"torch_max_allocated": measured // 2, "torch_max_reserved": measured - 100,
+                  "nvml_process_peak": measured, "gpu_name": "card"}
+        return {"record": {"status": "ok", "memory": memory, "num_items": 10, "num_users": 5},
+                "allocator": {"num_alloc_retries": retries, "num_ooms": 0},
+                "prediction": {"total_bytes": 1000, "torch_max_allocated": 400, "torch_max_reserved": 900,
+                               "peak_phase": "forward"}}
+
+    good = module.row_from_result(case, result(1000, 0))
+    retried = module.row_from_result({**case, "name": "b"}, result(500, 3))
+    assert (good["alloc_retries"], retried["alloc_retries"]) == (0, 3)
+    summary = module.summarise([good, retried])
+    assert summary["retried"] == ["b"] and summary["compared"] == 1 and summary["criterion_met"]
+    legacy = module.row_from_result(case, {k: v for k, v in result(1000, 0).items() if k != "allocator"})
+    assert legacy["alloc_retries"] is None
 
 
 def load_benchmark(name: str) -> Any:
@@ -432,13 +544,66 @@ def test_caching_allocator_model_follows_the_allocators_rules() -> None:
 
 
 @pytest.mark.parametrize("loss_impl", ["triton", "torch"])
-def test_item_table_sized_buffers_leave_no_cache_excess(loss_impl: str) -> None:
+def test_item_table_sized_buffers_cost_at_most_a_split_table(loss_impl: str) -> None:
     """From 10^6 items the table-sized buffers are a step's largest, but they find the segments of the
-    first step again: the allocator's excess does not grow with the catalogue (it was 1.1 tables)."""
+    first step again: the allocator's excess grows with the catalogue only by the share of one table that
+    a split of Adam's freed temporary costs (TABLE_SPLIT_FACTOR; it was 1.1 tables before e92b87d, none in
+    e92b87d, which under-predicted four catalogue-scale trials by 10.7-14.2%)."""
     config = BASES["batch_negatives"].replace(loss_impl=loss_impl, num_negatives=4096)
-    overheads = {memory_model.allocator_overhead_bytes(resolve_shape(config, size))
-                 for size in (10**5, 10**6, 10**7)}
-    assert len(overheads) == 1
+    rest = set()
+    for size in (5 * 10**6, 10**7, 2 * 10**7):
+        shape = resolve_shape(config, size)
+        split = round(memory_model.TABLE_SPLIT_FACTOR * memory_model.item_table_bytes(shape))
+        assert split >= memory_model.item_table_bytes(shape) // 2
+        rest.add(memory_model.allocator_overhead_bytes(shape) - split)
+    assert len(rest) == 1
+
+
+def test_negative_indices_are_released_before_the_slice_backward() -> None:
+    """Autograd frees what the loss saved once its backward has run: the fused per-position trial's 3.1 GiB
+    index tensor is not alive when the item table's slice backward runs (counted there, it put
+    c10m-position-triton-k4096-b512-l200-d128's allocated peak 2.8 GiB, 11.8%, over the measurement)."""
+    config = TrainConfig(loss="ce-neg", negative_scope="position", num_negatives=4096, loss_impl="triton",
+                         batch_size=512, max_len=200, hidden=128, device="cuda")
+    shape = resolve_shape(config, 9_538_334)
+    phases = memory_model.phase_terms(shape)
+    assert phases["loss_backward"]["negative_indices"] == 512 * 200 * 4096 * 8
+    assert not phases["item_slice_backward"].get("negative_indices")
+    assert "negative_indices" not in phases["embedding_backward"]
+    measured_allocated = 25_616_506_368  # torch_max_allocated on the H200 (measured-e92b87d.csv)
+    allocated = predict_peak_bytes(config, 9_538_334, num_users=1100).torch_max_allocated
+    assert abs(allocated - measured_allocated) / measured_allocated < 0.02
+
+
+@pytest.mark.parametrize(
+    ("batch", "length", "num_items", "float32_logit_buffers"),
+    [(128, 200, 94_615, 0.5), (16, 200, 956_306, 0.5), (4, 100, 9_538_334, 1.5)],
+)
+def test_pytorch_full_ce_cache_keeps_its_bf16_logits_segment(
+    batch: int, length: int, num_items: int, float32_logit_buffers: float
+) -> None:
+    """PyTorch full CE's cache excess: the bf16 logits' segment (half a float32 [N, C] buffer; measured
+    0.48-0.59), and a float32 [N, C] segment more when Adam's four table-sized buffers of the first step do
+    not fit in it (10^7 items, N = 400: measured 1.2). The old rule charged 1.1 float32 buffers."""
+    config = TrainConfig(loss="ce", loss_impl="torch", batch_size=batch, max_len=length, device="cuda")
+    shape = resolve_shape(config, num_items)
+    logits = shape.rows * num_items * memory_model.FLOAT32
+    assert memory_model.full_ce_logits_excess_bytes(shape) == round(float32_logit_buffers * logits)
+    assert memory_model.allocator_overhead_bytes(shape) < (float32_logit_buffers + 0.2) * logits
+
+
+def test_pytorch_full_ce_item_gradients_form_after_the_logits_gradients() -> None:
+    """The [C, d] gradients of PyTorch full CE appear in the product's backward, when only the bf16 cast of
+    the logits' gradient is left: at 10^7 items they are not added to LogSoftmax's 12 B per logit (which
+    over-predicted c10m-full-torch-b4-l100-d64's allocated peak by 3.3 GiB)."""
+    config = TrainConfig(loss="ce", loss_impl="torch", batch_size=4, max_len=100, device="cuda")
+    shape = resolve_shape(config, 9_538_334)
+    n, c, d = shape.rows, shape.num_items, shape.hidden
+    cast_table = c * d * 2
+    assert memory_model.loss_backward_bytes(shape) == n * c * 12 + 3 * n * d * 4 + cast_table
+    measured_allocated = 54_401_007_616  # torch_max_allocated on the H200 (measured-e92b87d.csv)
+    allocated = predict_peak_bytes(config, 9_538_334, num_users=1100).torch_max_allocated
+    assert abs(allocated - measured_allocated) / measured_allocated < 0.01
 
 
 def test_fused_full_catalogue_counts_its_item_gradient_once() -> None:

@@ -50,6 +50,7 @@ def sweep_args(spec: Path, db: Path, **options: object) -> argparse.Namespace:
     return args
 
 
+@pytest.mark.slow  # starts Ray
 def test_grid_sweep_of_real_trials_writes_one_row_each(local_ray: str, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     spec = write_spec(tmp_path / "grid.toml", """
@@ -92,6 +93,7 @@ def test_grid_sweep_of_real_trials_writes_one_row_each(local_ray: str, tmp_path:
     assert (db.parent / "figures" / "pareto_synthetic-users-40-items-60-mean_len-8-seed-3_loo.png").is_file()
 
 
+@pytest.mark.slow  # starts Ray
 def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "faults.toml", """
         name = "faults"
@@ -145,6 +147,7 @@ def test_faults_become_rows_and_the_sweep_goes_on(local_ray: str, tmp_path: Path
     assert len(load_trials(db, sweep="faults")) == 6
 
 
+@pytest.mark.slow  # starts Ray
 def test_a_trial_that_asks_for_no_gpu_sees_none(local_ray: str) -> None:
     # Ray leaves CUDA_VISIBLE_DEVICES unset for a worker that requested 0 GPUs, so on a GPU node a
     # `resources.gpus = 0` trial with device "auto" would train on GPU 0 behind the scheduler's back
@@ -206,6 +209,7 @@ def test_dry_run_lists_trials_and_predictions_without_running(tmp_path: Path,
     assert not db.exists()
 
 
+@pytest.mark.slow  # starts Ray
 def test_past_stop_after_no_trial_starts_and_resume_runs_them(local_ray: str, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     spec = write_spec(tmp_path / "deadline.toml", """
@@ -258,6 +262,7 @@ def test_bad_durations_are_refused(text: str) -> None:
         sweep.parse_duration(text)
 
 
+@pytest.mark.slow  # starts Ray
 def test_optuna_search_runs_its_samples_under_the_constraint(local_ray: str, tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "optuna.toml", """
         name = "opt"
@@ -331,6 +336,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.slow  # starts Ray
 def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_path: Path) -> None:
     spec = write_spec(tmp_path / "slow.toml", """
         name = "slow"
@@ -388,7 +394,8 @@ def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_pat
     # Ray's processes outlive a killed driver by 15-30 s; these are this test's own, so end them.
     wait_for_ray_gone(first_ray, timeout=60, kill_after=3)
 
-    left_behind = list(scratch.glob("cce-study-slow-*"))
+    runs = tmp_path / "checkpoints" / "slow"  # Tune's run folders live in the sweep's storage
+    left_behind = list(runs.glob("run-*"))
     assert left_behind, "the killed driver's run folder should still be there"
     refused = subprocess.run(command, cwd=REPO_ROOT, env={**env, "RAY_TMPDIR": first_ray},
                              capture_output=True, text=True, timeout=120)
@@ -416,7 +423,8 @@ def test_sigkilled_sweep_resumes_on_a_cluster_without_loss_or_duplicates(tmp_pat
     assert {int(s) for s in runs_after_kill} | seeds_recorded_before == {0, 1, 2, 3}
     assert f"{len(recorded)} already recorded" in resumed.stderr
     assert not any(folder.exists() for folder in left_behind), "the resumed sweep removed the dead run folder"
-    assert not list(scratch.glob("cce-study-slow-*"))  # and its own
+    assert not list(runs.glob("run-*"))  # and its own
+    assert not list(scratch.glob("cce-study-*"))  # nothing in the temp folder either
     wait_for_ray_gone(cluster_ray, timeout=30)
 
 

@@ -22,6 +22,8 @@ from sweep_faults import hold_write_lock
 from study import db_spool, sweep
 from study.db import ResultsDB, load_spec_versions, load_trials
 
+pytestmark = pytest.mark.slow  # every test here starts Ray
+
 
 def sweep_args(spec: Path, db: Path, *options: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()

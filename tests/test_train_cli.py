@@ -142,6 +142,7 @@ def test_console_run_keeps_stdout_for_the_json_record(small_log: Path):
     assert "cannot be enforced" in result.stderr  # the CPU budget warning, on stderr
 
 
+@pytest.mark.slow  # two training processes
 def test_seeded_cpu_runs_with_two_threads_are_reproducible():
     """Two processes, same seed, two threads each: the same losses and metrics to the last bit (the
     backward of advanced indexing used to sum in a thread-dependent order)."""

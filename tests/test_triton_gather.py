@@ -23,7 +23,7 @@ IGNORE = -100
 
 
 def reference_loss(hidden, items, targets, negatives, log_q, remove_hits, reduction):
-    """Float64 CE- of DESIGN section 3 with explicit logits; items are used in hidden's precision."""
+    """Float64 CE- of docs/design.md#the-loss with explicit logits; items are used in hidden's precision."""
     used_items = items + (items.to(hidden.dtype).to(items.dtype) - items).detach()
     h, e = hidden.double(), used_items.double()
     kept = targets != IGNORE

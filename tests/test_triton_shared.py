@@ -42,7 +42,7 @@ def reference_loss(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Ten
                    negatives: torch.Tensor | None, *, scheme: str, rows_per_sequence: int,
                    log_q: torch.Tensor | float | None, remove_accidental_hits: bool,
                    reduction: str) -> torch.Tensor:
-    """DESIGN section 3 written out with explicit float64 logits (differentiable)."""
+    """docs/design.md#the-loss written out with explicit float64 logits (differentiable)."""
     kept = targets != IGNORE
     safe_targets = torch.where(kept, targets, torch.zeros_like(targets)).long()
     positive = (hidden * items[safe_targets]).sum(dim=1)

@@ -293,8 +293,8 @@ def _local_card_bytes() -> int | None:
 
 
 def plan_trials(spec: SweepSpec, card_bytes: int | None) -> list[PlannedTrial]:
-    """Every grid point (for Optuna: every candidate) with its budget and predicted peak memory where a
-    memory model is available. Loads each dataset once, on the driver, to know the catalogue size."""
+    """Every grid point (for Optuna: every candidate) with its budget and predicted peak memory. Loads each
+    dataset once, on the driver, to know the catalogue size."""
     predictor = _MemoryPredictor(spec.name, card_bytes)
     plan = []
     for config in spec.grid():
@@ -317,33 +317,23 @@ class _MemoryPredictor:
         self.sizes: dict[tuple[str, int], Any] = {}
         self.identity: dict[tuple[str, int], tuple[str, str]] = {}  # (source, sha256) of what was read
         self.loaded: dict[tuple[str, int], Any] = {}  # the datasets, while planning
-        try:
-            from study.memory_model import predict_trial_memory
-        except ImportError:
-            _note(sweep_name, "no memory model (study.memory_model): nothing is ruled out by prediction")
-            self.predict_trial_memory: Callable[..., Any] | None = None
-        else:
-            self.predict_trial_memory = predict_trial_memory
 
-    def predict(self, config: TrainConfig) -> tuple[int | None, Any]:
-        """(predicted peak bytes, the dataset's DatasetSize), or (None, DatasetSize) without a memory
-        model. Each dataset is loaded once; a split it cannot support (a temporal split of positional
-        time stamps) is refused here, before any worker starts."""
+    def predict(self, config: TrainConfig) -> tuple[int, Any]:
+        """(predicted peak bytes, the dataset's DatasetSize). Each dataset is loaded once; a split it
+        cannot support (a temporal split of positional time stamps) is refused here, before any worker
+        starts."""
         from study.data import check_split, load_dataset
+        from study.memory_model import DatasetSize, predict_trial_memory
 
         key = (config.dataset, config.kcore)
         if key not in self.sizes:
-            from study.memory_model import DatasetSize
-
             data = load_dataset(config.dataset, kcore=config.kcore, progress=False)
             self.sizes[key] = DatasetSize.of(data)
             self.identity[key] = (data.source, data.sha256)
             self.loaded[key] = data
         check_split(self.loaded[key], config.split)
         size = self.sizes[key]
-        if self.predict_trial_memory is None:
-            return None, size
-        return int(self.predict_trial_memory(config, size, gpu_total=self.card_bytes).total_bytes), size
+        return int(predict_trial_memory(config, size, gpu_total=self.card_bytes).total_bytes), size
 
 
 def _recorded_ids(db_path: Path, sweep: str) -> set[str]:
@@ -508,10 +498,8 @@ def _worker_prediction(config: TrainConfig, settings: TrialSettings) -> int | No
     num_items = settings.num_items.get(key)
     if num_items is None:
         return None
-    try:
-        from study.memory_model import DatasetSize, predict_trial_memory
-    except ImportError:
-        return None
+    from study.memory_model import DatasetSize, predict_trial_memory
+
     size = DatasetSize(num_items, settings.num_users.get(key))
     return int(predict_trial_memory(config, size, gpu_total=settings.card_bytes).total_bytes)
 
@@ -1164,10 +1152,8 @@ def print_summary(spec: SweepSpec, db: ResultsDB, db_path: Path, budget_bytes: i
               file=file)
     if budget_bytes is None:
         return
-    try:
-        from study.analysis import best_under_budget
-    except ImportError:
-        return
+    from study.analysis import best_under_budget
+
     trials = load_trials(db_path, sweep=spec.name)
     for dataset in spec.datasets:
         best, _ = best_under_budget(trials, budget_bytes, QUALITY_METRIC, dataset=dataset, split=spec.split)

@@ -48,14 +48,14 @@ def eager_ce_negatives(hidden, items, targets, negatives, remove_hits=True):
 def check_correctness(device, results):
     torch.manual_seed(0)
     rows = []
-    for scheme, dim, hdt, idt, log_q_on, evict, sort, backward_rows in [
-        ("position", 64, torch.bfloat16, torch.bfloat16, False, False, True, 1),
-        ("position", 48, torch.float32, torch.float32, True, False, False, 2),
-        ("position", 256, torch.bfloat16, torch.float32, True, False, True, 4),
-        ("drawn", 64, torch.bfloat16, torch.float32, False, False, True, 1),
-        ("drawn", 128, torch.float32, torch.float32, True, False, True, 2),
-        ("position", 64, torch.bfloat16, torch.float32, True, True, True, 1),
-        ("drawn", 64, torch.float32, torch.float32, False, True, True, 4),
+    for scheme, dim, hdt, idt, log_q_on, sort in [
+        ("position", 64, torch.bfloat16, torch.bfloat16, False, True),
+        ("position", 48, torch.float32, torch.float32, True, False),
+        ("position", 256, torch.bfloat16, torch.float32, True, True),
+        ("drawn", 64, torch.bfloat16, torch.float32, False, True),
+        ("drawn", 128, torch.float32, torch.float32, True, True),
+        ("position", 64, torch.bfloat16, torch.float32, True, True),
+        ("drawn", 64, torch.float32, torch.float32, False, True),
     ]:
         n, k, c = CHECK_SIZE
         hidden = (torch.randn(n, dim, device=device) * 0.5).to(hdt)
@@ -73,15 +73,13 @@ def check_correctness(device, results):
         loss = gather_linear_cross_entropy(
             h1, w1[1:], targets, negatives if scheme == "position" else None, scheme=scheme,
             num_negatives=k, seed=seed, log_q=log_q, remove_accidental_hits=True, ignore_index=IGNORE,
-            reduction="mean", config=dataclasses.replace(default_config(dim, k, torch.device(device)),
-                                                         evict_gathered=evict, sort_negatives=sort,
-                                                         backward_rows=backward_rows))
+            reduction="mean", config=dataclasses.replace(default_config(torch.device(device), dim, k),
+                                                         sort_negatives=sort))
         loss.backward()
         h2, w2 = hidden.double().requires_grad_(), weight.double().requires_grad_()
         expected = oracle_loss(h2, w2[1:], targets, negatives, log_q=log_q, ignore_index=IGNORE, items_as=hdt)
         expected.backward()
-        row = dict(scheme=scheme, d=dim, evict=evict, sort=sort, rows=backward_rows, hidden=str(hdt),
-                   items=str(idt),
+        row = dict(scheme=scheme, d=dim, sort=sort, hidden=str(hdt), items=str(idt),
                    loss_rel=rel(loss.detach(), expected.detach()),
                    dh_rel=rel(h1.grad, h2.grad), de_rel=rel(w1.grad, w2.grad))
         rows.append(row)
@@ -146,8 +144,7 @@ def time_case(name, n, k, d, c, configs, drawn_configs, results, eager=True, fp3
 
     def label(scheme, config):
         sort = f" sort={int(config.sort_negatives)}" if scheme == "position" else ""
-        return (f"{scheme} bwd bk={config.backward_block_k} rows={config.backward_rows} "
-                f"w={config.backward_warps} evict={int(config.evict_gathered)}{sort}")
+        return f"{scheme} bwd bk={config.backward_block_k} w={config.backward_warps}{sort}"
 
     for config in configs:
         record(label("position", config), ours("position", config))
@@ -174,9 +171,6 @@ def time_case(name, n, k, d, c, configs, drawn_configs, results, eager=True, fp3
         items32 = items.detach().float().requires_grad_()
         record("position fp32 items (autocast) best cfg", ours("position", best_config, e=items32),
                grad_to_none=[hidden, items32])
-        flipped = dataclasses.replace(best_config, evict_gathered=not best_config.evict_gathered)
-        record(f"position fp32 items, evict={int(flipped.evict_gathered)}",
-               ours("position", flipped, e=items32), grad_to_none=[hidden, items32])
         del items32
     results.setdefault("timings", []).extend(table)
     hidden.grad = items.grad = None
@@ -197,35 +191,31 @@ def main():
     c = 1_000_000
     cuda = torch.device("cuda")
     if args.quick:
-        cases = [("K2047d64", 51_200, 2047, 64, c, [default_config(64, 2047, cuda)], [])]
+        cases = [("K2047d64", 51_200, 2047, 64, c, [default_config(cuda, 64, 2047)], [])]
     elif args.defaults:
         # Default configs (twice, for the run-to-run spread), then smaller catalogues: with the item
         # gradient resident in L2 the scatter-add cost separates DRAM traffic from atomic throughput.
         cases = [
-            ("K2047d64", 51_200, 2047, 64, c, [default_config(64, 2047, cuda)] * 2, []),
-            ("K511d256", 65_536, 511, 256, c, [default_config(256, 511, cuda)] * 2, []),
-            ("C20k", 51_200, 2047, 64, 20_000, [default_config(64, 2047, cuda)], []),
-            ("C200k", 51_200, 2047, 64, 200_000, [default_config(64, 2047, cuda)], []),
+            ("K2047d64", 51_200, 2047, 64, c, [default_config(cuda, 64, 2047)] * 2, []),
+            ("K511d256", 65_536, 511, 256, c, [default_config(cuda, 256, 511)] * 2, []),
+            ("C20k", 51_200, 2047, 64, 20_000, [default_config(cuda, 64, 2047)], []),
+            ("C200k", 51_200, 2047, 64, 200_000, [default_config(cuda, 64, 2047)], []),
         ]
     else:
         def sweep(dim, k, variants):
-            base = default_config(dim, k, cuda)
-            return [dataclasses.replace(base, backward_block_k=bk, backward_rows=rows, backward_warps=warps,
-                                        evict_gathered=evict, sort_negatives=sort)
-                    for bk, rows, warps, evict, sort in variants]
+            base = default_config(cuda, dim, k)
+            return [dataclasses.replace(base, backward_block_k=bk, backward_warps=warps, sort_negatives=sort)
+                    for bk, warps, sort in variants]
+        # Rows per program and the evict-first hint on gathered rows, also swept in runs 3-5
+        # (notes/kernel-gather.md), were slower or within noise and left the kernels.
         cases = [
             ("K2047d64", 51_200, 2047, 64, c,
-             sweep(64, 2047, [(128, 1, 4, False, True), (64, 1, 4, False, True), (256, 1, 4, False, True),
-                              (128, 2, 4, False, True), (64, 4, 4, False, True), (128, 1, 8, False, True),
-                              (128, 1, 4, True, True), (128, 1, 4, False, False)]),
-             sweep(64, 2047, [(128, 1, 4, False, True), (64, 1, 4, False, True), (256, 1, 4, False, True),
-                              (64, 4, 4, False, True), (128, 1, 4, True, True)])),
+             sweep(64, 2047, [(128, 4, True), (64, 4, True), (256, 4, True), (128, 8, True),
+                              (128, 4, False)]),
+             sweep(64, 2047, [(128, 4, True), (64, 4, True), (256, 4, True)])),
             ("K511d256", 65_536, 511, 256, c,
-             sweep(256, 511, [(16, 1, 4, False, True), (8, 1, 4, False, True), (32, 1, 4, False, True),
-                              (8, 4, 4, False, True), (16, 2, 4, False, True), (16, 1, 2, False, True),
-                              (16, 1, 4, True, True), (16, 1, 4, False, False)]),
-             sweep(256, 511, [(16, 1, 4, False, True), (8, 1, 4, False, True), (32, 1, 4, False, True),
-                              (8, 4, 4, False, True), (16, 1, 4, True, True)])),
+             sweep(256, 511, [(16, 4, True), (8, 4, True), (32, 4, True), (16, 2, True), (16, 4, False)]),
+             sweep(256, 511, [(16, 4, True), (8, 4, True), (32, 4, True)])),
         ]
     for name, n, k, d, catalogue, configs, drawn_configs in cases:
         time_case(name, n, k, d, catalogue, configs, drawn_configs, results, eager=catalogue == c)

@@ -61,7 +61,7 @@ def run_fused(hidden, items, targets, negatives, scheme, length, configs=None):
     k = items.shape[0] if scheme == "full" else negatives.shape[-1]
     return shared_linear_cross_entropy(hidden, items, targets, negatives, scheme=scheme, num_negatives=k,
                                        rows_per_sequence=length, log_q=None, remove_accidental_hits=True,
-                                       ignore_index=IGNORE, reduction="mean", configs=configs)
+                                       ignore_index=IGNORE, reduction="mean", config=configs)
 
 
 def check_case(scheme, dim, dtype, items_dtype, *, num_rows, num_items, k, label, configs=None) -> dict:
@@ -157,8 +157,8 @@ def sweep_dim(dim: int) -> list[dict]:
         configs = KernelConfigs(forward=cfg, grad_hidden=cfg, grad_items=cfg,
                                 target_programs=base.target_programs)
         plan = ts._Plan(scheme="shared", num_items=items.shape[0], num_groups=1,
-                        rows_per_group=hidden.shape[0], num_negatives=k, logq_mode=0, logq_scalar=0.0,
-                        mask_hits=True, ignore_index=IGNORE, reduction="mean", configs=configs)
+                        rows_per_group=hidden.shape[0], num_negatives=k, log_q_mode=0, log_q_scalar=0.0,
+                        remove_hits=True, ignore_index=IGNORE, reduction="mean", config=configs)
         lse, positive, _, kept, safe_targets = ts._forward(hidden, items, targets, negatives, None, plan)
         row_grad = kept / hidden.shape[0]
         coef = row_grad * (torch.exp(positive - lse) - 1)

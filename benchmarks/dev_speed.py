@@ -87,7 +87,7 @@ def timed(fn, grads, rep=150) -> tuple[float, int]:
 # --- per position --------------------------------------------------------------------------------
 
 def gather_variants(dim: int, k: int) -> list[tuple[str, GatherConfig]]:
-    base = default_config(dim, k, torch.device(DEVICE))
+    base = default_config(torch.device(DEVICE), dim, k)
     variants = [("default", base)]
     if dim > 128:
         blocks, slice_counts = [(16, 1, 2), (16, 2, 4), (32, 1, 4)], (8, 16, 32)
@@ -209,7 +209,7 @@ def dense_loss(hidden, items, targets, negatives, scheme, configs=None):
     k = items.shape[0] if scheme == "full" else negatives.shape[0]
     return shared_linear_cross_entropy(hidden, items, targets, negatives, scheme=scheme, num_negatives=k,
                                        rows_per_sequence=1, log_q=None, remove_accidental_hits=True,
-                                       ignore_index=IGNORE, reduction="mean", configs=configs)
+                                       ignore_index=IGNORE, reduction="mean", config=configs)
 
 
 def uniform_configs(tile: tuple[int, int, int, int], base: KernelConfigs) -> KernelConfigs:
@@ -245,8 +245,8 @@ def kernel_times(scheme: str, k: int, tile, base: KernelConfigs) -> dict[str, fl
     configs = uniform_configs(tile, base)
     num_negatives = items.shape[0] if scheme == "full" else k
     plan = ts._Plan(scheme=scheme, num_items=items.shape[0], num_groups=1, rows_per_group=hidden.shape[0],
-                    num_negatives=num_negatives, logq_mode=0, logq_scalar=0.0, mask_hits=scheme != "full",
-                    ignore_index=IGNORE, reduction="mean", configs=configs)
+                    num_negatives=num_negatives, log_q_mode=0, log_q_scalar=0.0, remove_hits=scheme != "full",
+                    ignore_index=IGNORE, reduction="mean", config=configs)
     lse, positive, _, kept, safe_targets = ts._forward(hidden, items, targets, negatives, None, plan)
     row_grad = kept / hidden.shape[0]
     coef = -row_grad if scheme == "full" else row_grad * torch.expm1(positive - lse)

@@ -19,13 +19,12 @@ from typing import Literal
 import torch
 
 from kernels import index_guard
-from kernels.triton_dispatch import Reduction, Scheme
+from kernels.schemes import REDUCTIONS, Reduction, Scheme
 
 Impl = Literal["auto", "torch", "triton"]
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-REDUCTIONS: tuple[Reduction, ...] = ("mean", "sum", "none")
 IMPLS: tuple[Impl, ...] = ("auto", "torch", "triton")
 
 

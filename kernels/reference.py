@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from kernels.triton_dispatch import Reduction, Scheme
+from kernels.schemes import Reduction, Scheme
 
 
 def reference_linear_cross_entropy(

@@ -11,12 +11,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Scheme = Literal["full", "shared", "sequence", "position", "drawn"]
-Reduction = Literal["mean", "sum", "none"]
+from kernels.schemes import GATHER_SCHEMES, SHARED_SCHEMES, Reduction, Scheme
+from kernels.triton_gather import gather_linear_cross_entropy
+from kernels.triton_shared import shared_linear_cross_entropy
+
+__all__ = ["Reduction", "Scheme", "triton_linear_cross_entropy"]
 
 
 def triton_linear_cross_entropy(
@@ -46,17 +47,15 @@ def triton_linear_cross_entropy(
     (0 for ignored rows).
     """
     if scheme in ("full", "shared", "sequence"):
-        from kernels.triton_shared import shared_linear_cross_entropy
-
         return shared_linear_cross_entropy(
             hidden, items, targets, negatives, scheme=scheme, num_negatives=num_negatives,
             rows_per_sequence=rows_per_sequence, log_q=log_q,
             remove_accidental_hits=remove_accidental_hits, ignore_index=ignore_index, reduction=reduction,
         )
-    from kernels.triton_gather import gather_linear_cross_entropy
-
-    return gather_linear_cross_entropy(
-        hidden, items, targets, negatives, scheme=scheme, num_negatives=num_negatives, seed=seed,
-        log_q=log_q, remove_accidental_hits=remove_accidental_hits, ignore_index=ignore_index,
-        reduction=reduction,
-    )
+    if scheme in ("position", "drawn"):
+        return gather_linear_cross_entropy(
+            hidden, items, targets, negatives, scheme=scheme, num_negatives=num_negatives, seed=seed,
+            log_q=log_q, remove_accidental_hits=remove_accidental_hits, ignore_index=ignore_index,
+            reduction=reduction,
+        )
+    raise ValueError(f"scheme: expected one of {', '.join(SHARED_SCHEMES + GATHER_SCHEMES)}, got {scheme!r}")

@@ -36,7 +36,6 @@ Drawn negatives are regenerated in backward from the seed: no index memory at al
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,12 +43,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import index_guard
+from kernels import index_guard, triton_common
 from kernels.draw import MAX_ITEMS, MAX_ROWS, seed_key, slice_starts, slice_step
-from kernels.triton_dispatch import Reduction, Scheme
+from kernels.schemes import GatherScheme, Reduction
+from kernels.triton_common import LOG_Q_NONE, check_reduction, log_q_correction, parse_log_q
 from kernels.triton_guard import NEGATIVES_SLOT, TARGETS_SLOT, in_catalogue, report_refused
 
-_LOG_Q_NONE, _LOG_Q_CONSTANT, _LOG_Q_TENSOR = 0, 1, 2
 # Backward sorts each row of tensor negatives (see GatherConfig.sort_negatives) when d <= SORT_MAX_DIM;
 # study/memory_model.py charges the int32 copy and torch.sort's buffers (SORT_CHUNK_ELEMENTS at a time).
 SORT_MAX_DIM = 128
@@ -60,46 +59,42 @@ SORT_CHUNK_ELEMENTS = 1 << 22
 SORT_IN_TRITON_MAX_NEGATIVES = 512
 
 
-def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Allocates a buffer the kernels overwrite completely (tests replace it to poison outputs)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 @dataclass(frozen=True)
 class GatherConfig:
     """Launch parameters of the gather kernels.
 
     Forward: one program per row, BLOCK_K = block_k negatives per chunk (a power of two).
-    Backward: one program per (backward_rows rows, backward_block_k negatives), column blocks the
-    slow grid axis (see _gather_backward_kernel). sort_negatives: backward walks a copy of tensor
-    negatives sorted within each row (int32 [N, K]), so that a column block lies in one part of the
-    catalogue as the drawn negatives' do by construction.
+    Backward: one program per (row, backward_block_k negatives), column blocks the slow grid axis
+    (see _gather_backward_kernel). sort_negatives: backward walks a copy of tensor negatives sorted
+    within each row (int32 [N, K]), so that a column block lies in one part of the catalogue as the
+    drawn negatives' do by construction.
     """
 
     block_k: int
     num_warps: int = 4
     num_stages: int = 2
     backward_block_k: int = 16
-    backward_rows: int = 1
     backward_warps: int = 4
     sort_negatives: bool = True
-    # Backward: gathered item rows marked evict-first in L2, to leave L2 to the scatter-add targets.
-    evict_gathered: bool = False
     # Backward in this many catalogue slices, one launch each (0: one launch over all column blocks).
     # Each launch visits only the negatives inside its slice (tensor negatives sorted within rows first;
     # drawn ones by columns), accumulates their item gradient in a float32 buffer of that slice alone
     # and writes it into the gradient: for half item tables the float32 accumulator is C/item_slices rows
-    # instead of C, and the concurrent scatter-adds stay inside one slice. backward_rows rows per program.
+    # instead of C, and the concurrent scatter-adds stay inside one slice. Not the default: not timed yet
+    # (benchmarks/dev_speed.py); the way to the memory target of half item tables (notes/kernel-gather.md).
     item_slices: int = 0
+    # Sliced backward only: rows per program (each row brings only its negatives in one slice). The
+    # column-block backward takes one: 2 or 4 rows per program were slower on an H200.
+    backward_rows: int = 1
 
 
-def default_config(dim: int, num_negatives: int, device: torch.device) -> GatherConfig:
+def default_config(device: torch.device, dim: int, num_negatives: int) -> GatherConfig:
     block_d = triton.next_power_of_2(dim)
     sort = dim <= SORT_MAX_DIM
     if device.type != "cuda":
         # The interpreter runs every element in numpy: small tiles keep tests fast.
-        return GatherConfig(block_k=16, num_warps=1, num_stages=1, backward_block_k=16, backward_rows=4,
-                            backward_warps=1, sort_negatives=sort)
+        return GatherConfig(block_k=16, num_warps=1, num_stages=1, backward_block_k=16, backward_warps=1,
+                            sort_negatives=sort)
     # Measured on H200 (notes/kernel-gather.md), forward: 128 at d <= 64, 16 at d = 256. Backward at
     # N=51,200 K=2047 d=64: column blocks of 128 rows, 4 warps, sorted: 15.5 ms (unsorted 24.0; the sort
     # alone 3.9). At N=65,536 K=511 d=256 sorting gained nothing (33.8 vs 33.6 ms: the slice of the item
@@ -114,8 +109,8 @@ def default_config(dim: int, num_negatives: int, device: torch.device) -> Gather
     else:
         backward_block_k, backward_warps = 4096 // block_d, 2
     return GatherConfig(block_k=min(block_k, small), num_warps=4, num_stages=2,
-                        backward_block_k=min(backward_block_k, small), backward_rows=1,
-                        backward_warps=backward_warps, sort_negatives=sort, evict_gathered=False)
+                        backward_block_k=min(backward_block_k, small), backward_warps=backward_warps,
+                        sort_negatives=sort)
 
 
 # --- the in-kernel draw: kernels.draw written in uint32 (keep the two identical) -----------------
@@ -187,8 +182,8 @@ def _positive_row(items_ptr, target, kept, stride_item, d_offs, d_mask, hidden_r
 @triton.jit
 def _negative_logits(
     hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, column_end, d_offs, d_mask,
-    row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
-    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
+    row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, log_q_scalar,
+    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
 ):
     """Gathers one chunk of negatives of a row: (item ids, item rows fp32 [BLOCK_K, BLOCK_D], logits,
     the columns that count, the columns refused as out of range). Negatives of a row that is not kept
@@ -198,24 +193,19 @@ def _negative_logits(
         item_ids = _draw_items(row_state, ks, num_items, num_negatives, slice_step)
         refused = ks < 0  # drawn items lie in the catalogue by construction
     else:
-        item_ids = tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=k_mask, other=0,
-                           eviction_policy=GATHER_EVICTION)
+        item_ids = tl.load(negatives_ptr + row.to(tl.int64) * stride_neg + ks, mask=k_mask, other=0)
         item_ids = item_ids.to(tl.int64)
         # kernels.index_guard: an out-of-range negative is left out, never turned into an address.
         refused = k_mask & ~in_catalogue(item_ids, num_items)
         k_mask = k_mask & ~refused
         item_ids = tl.where(refused, 0, item_ids)
     tile_mask = k_mask[:, None] & d_mask[None, :]
-    rows = tl.load(items_ptr + item_ids[:, None] * stride_item + d_offs[None, :], mask=tile_mask, other=0.0,
-                   eviction_policy=GATHER_EVICTION)
+    rows = tl.load(items_ptr + item_ids[:, None] * stride_item + d_offs[None, :], mask=tile_mask, other=0.0)
     # Autocast semantics: an fp32 table is used in hidden's precision, cast on load (no table copy).
     rows = rows.to(hidden_row.dtype).to(tl.float32)
     logits = tl.sum(rows * hidden_row.to(tl.float32)[None, :], axis=1)
-    if LOG_Q_MODE == 1:
-        logits = logits - correction
-    elif LOG_Q_MODE == 2:
-        log_q = tl.load(log_q_ptr + item_ids, mask=k_mask, other=0.0)
-        logits = logits - (correction + log_q)
+    if LOG_Q_MODE != LOG_Q_NONE:
+        logits = logits - log_q_correction(log_q_ptr, item_ids, k_mask, log_q_scalar, LOG_Q_MODE, 1.0)
     if REMOVE_HITS:
         k_mask = k_mask & (item_ids != target)
     logits = tl.where(k_mask, logits, float("-inf"))
@@ -225,7 +215,8 @@ def _negative_logits(
 @triton.jit
 def _gather_forward_kernel(
     hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, loss_ptr, lse_ptr, kept_ptr, flags_ptr,
-    num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, correction, ignore_index,
+    num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, log_q_scalar,
+    ignore_index,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -244,8 +235,8 @@ def _gather_forward_kernel(
         ks = k0 + tl.arange(0, BLOCK_K)
         _, _, logits, _, refused = _negative_logits(
             hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, num_negatives, d_offs,
-            d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
-            DRAWN, LOG_Q_MODE, REMOVE_HITS, "",
+            d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, log_q_scalar,
+            DRAWN, LOG_Q_MODE, REMOVE_HITS,
         )
         if not DRAWN:
             report_refused(flags_ptr, NEGATIVES_SLOT,
@@ -261,16 +252,63 @@ def _gather_forward_kernel(
 
 
 @triton.jit
+def _backward_row(hidden_ptr, targets_ptr, lse_ptr, row_grad_ptr, row, dim, stream_key, ignore_index,
+                  num_items, d_offs, d_mask):
+    """What backward needs of a row: (target, kept, upstream gradient g_i (0 if not kept), lse, the hidden
+    row as stored and as float32, the draw's row state)."""
+    target, kept, _ = _row_target(targets_ptr, row, ignore_index, num_items)
+    row_grad = tl.where(kept, tl.load(row_grad_ptr + row), 0.0)
+    lse = tl.load(lse_ptr + row)
+    hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
+    hidden_f32 = hidden_row.to(tl.float32)
+    row_state = _row_state(row, stream_key)
+    return target, kept, row_grad, lse, hidden_row, hidden_f32, row_state
+
+
+@triton.jit
+def _positive_share(items_ptr, target, kept, stride_item, d_offs, d_mask, hidden_row, row_grad, lse):
+    """(E[p_i] as float32, g_i (p_i0 - 1)): the positive's row and its coefficient in both gradients,
+    dH_i += g_i (p_i0 - 1) E[p_i] and dE[p_i] += g_i (p_i0 - 1) h_i."""
+    positive, positive_logit = _positive_row(items_ptr, target, kept, stride_item, d_offs, d_mask, hidden_row)
+    return positive, row_grad * (tl.exp(positive_logit - lse) - 1.0)
+
+
+@triton.jit
+def _negatives_backward(
+    hidden_row, hidden_f32, items_ptr, negatives_ptr, log_q_ptr, grad_items_ptr, row, target, kept, ks,
+    column_end, d_offs, d_mask, row_state, row_grad, lse, item_base, num_negatives, num_items, slice_step,
+    dim, stride_item, stride_neg, log_q_scalar,
+    DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
+    COMPUTE_GRAD_ITEMS: tl.constexpr,
+):
+    """Backward of one chunk of a row's negatives (columns ks, up to column_end): scatter-adds
+    dE[n_ik] += g_i p_ik h_i into row n_ik - item_base of grad_items_ptr (float32; atomic: negatives of
+    different rows, and of one row, may repeat) and returns the chunk's share of dH_i,
+    g_i sum_k p_ik E[n_ik]."""
+    item_ids, rows, logits, k_mask, _ = _negative_logits(
+        hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, column_end, d_offs, d_mask,
+        row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, log_q_scalar,
+        DRAWN, LOG_Q_MODE, REMOVE_HITS,
+    )
+    coef = row_grad * tl.exp(logits - lse)
+    if COMPUTE_GRAD_ITEMS:
+        tl.atomic_add(grad_items_ptr + (item_ids - item_base)[:, None] * dim + d_offs[None, :],
+                      coef[:, None] * hidden_f32[None, :], mask=k_mask[:, None] & d_mask[None, :],
+                      sem="relaxed")
+    return tl.sum(coef[:, None] * rows, axis=0)
+
+
+@triton.jit
 def _gather_backward_kernel(
-    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, row_grad_ptr,
     grad_hidden_ptr, grad_items_ptr,
-    num_rows, num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, correction,
+    num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, log_q_scalar,
     ignore_index,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
-    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
-    ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr,
+    BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One column block of negatives (axis 1, the slow one) for ROWS rows (axis 0).
+    """One column block of negatives (axis 1, the slow one) of one row (axis 0).
 
     Programs run roughly in launch order, so at any moment the GPU works on one column block of
     every row. The negatives of a column block lie in one slice of the catalogue (drawn negatives by
@@ -278,54 +316,40 @@ def _gather_backward_kernel(
     hit an L2-sized slice of the item gradient instead of the whole of it. dH_i is summed over column
     blocks with float32 atomics into grad_hidden_ptr (a float32 [N, d] buffer, zeroed).
     """
+    row = tl.program_id(0)
     chunk = tl.program_id(1)
     ks = chunk * BLOCK_K + tl.arange(0, BLOCK_K)
     d_offs = tl.arange(0, BLOCK_D)
     d_mask = d_offs < dim
-    for r in range(ROWS):
-        row = tl.program_id(0) * ROWS + r
-        if row < num_rows:
-            target, kept, _ = _row_target(targets_ptr, row, ignore_index, num_items)
-            grad_row = tl.where(kept, tl.load(grad_loss_ptr + row), 0.0)
-            lse = tl.load(lse_ptr + row)
-            hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
-            hidden_f32 = hidden_row.to(tl.float32)
-            row_state = _row_state(row, stream_key)
-            item_ids, rows, logits, k_mask, _ = _negative_logits(
-                hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, num_negatives, d_offs,
-                d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg, correction,
-                DRAWN, LOG_Q_MODE, REMOVE_HITS, GATHER_EVICTION,
-            )
-            coef = grad_row * tl.exp(logits - lse)
-            if COMPUTE_GRAD_ITEMS:
-                # Atomic scatter-add: negatives of different rows (and of one row) may repeat.
-                tl.atomic_add(grad_items_ptr + item_ids[:, None] * dim + d_offs[None, :],
-                              coef[:, None] * hidden_f32[None, :],
-                              mask=k_mask[:, None] & d_mask[None, :], sem="relaxed")
-            grad_hidden = tl.sum(coef[:, None] * rows, axis=0)
-            if chunk == 0:
-                # The positive's share, once per row: dH_i += g_i (p_i0 - 1) E[p_i], and
-                # dE[p_i] += g_i (p_i0 - 1) h_i (atomic: the positive may be any row's item too).
-                positive, positive_logit = _positive_row(items_ptr, target, kept, stride_item, d_offs, d_mask,
-                                                         hidden_row)
-                positive_coef = grad_row * (tl.exp(positive_logit - lse) - 1.0)
-                grad_hidden += positive_coef * positive
-                if COMPUTE_GRAD_ITEMS:
-                    tl.atomic_add(grad_items_ptr + target * dim + d_offs, positive_coef * hidden_f32,
-                                  mask=tl.where(kept, d_mask, False), sem="relaxed")
-            if COMPUTE_GRAD_HIDDEN:
-                tl.atomic_add(grad_hidden_ptr + row.to(tl.int64) * dim + d_offs, grad_hidden, mask=d_mask,
-                              sem="relaxed")
+    target, kept, row_grad, lse, hidden_row, hidden_f32, row_state = _backward_row(
+        hidden_ptr, targets_ptr, lse_ptr, row_grad_ptr, row, dim, stream_key, ignore_index, num_items,
+        d_offs, d_mask)
+    grad_hidden = _negatives_backward(
+        hidden_row, hidden_f32, items_ptr, negatives_ptr, log_q_ptr, grad_items_ptr, row, target, kept, ks,
+        num_negatives, d_offs, d_mask, row_state, row_grad, lse, 0, num_negatives, num_items, slice_step, dim,
+        stride_item, stride_neg, log_q_scalar, DRAWN, LOG_Q_MODE, REMOVE_HITS, COMPUTE_GRAD_ITEMS,
+    )
+    if chunk == 0:
+        # The positive's share, once per row (atomic into dE: the positive may be any row's item).
+        positive, positive_coef = _positive_share(items_ptr, target, kept, stride_item, d_offs,
+                                                  d_mask, hidden_row, row_grad, lse)
+        grad_hidden += positive_coef * positive
+        if COMPUTE_GRAD_ITEMS:
+            tl.atomic_add(grad_items_ptr + target * dim + d_offs, positive_coef * hidden_f32,
+                          mask=tl.where(kept, d_mask, False), sem="relaxed")
+    if COMPUTE_GRAD_HIDDEN:
+        tl.atomic_add(grad_hidden_ptr + row.to(tl.int64) * dim + d_offs, grad_hidden, mask=d_mask,
+                      sem="relaxed")
 
 
 @triton.jit
 def _gather_slice_backward_kernel(
-    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, segments_ptr, log_q_ptr, lse_ptr, grad_loss_ptr,
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, segments_ptr, log_q_ptr, lse_ptr, row_grad_ptr,
     grad_hidden_ptr, slice_grad_ptr,
-    num_rows, num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, correction,
+    num_rows, num_negatives, num_items, slice_step, dim, stride_item, stride_neg, stream_key, log_q_scalar,
     ignore_index, slice_index, num_slices, slice_lo, slice_hi, item_base, first_column, end_column,
     DRAWN: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr,
-    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr, GATHER_EVICTION: tl.constexpr,
+    COMPUTE_GRAD_HIDDEN: tl.constexpr, COMPUTE_GRAD_ITEMS: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Backward of ROWS rows restricted to the negatives in catalogue slice [slice_lo, slice_hi).
@@ -342,12 +366,9 @@ def _gather_slice_backward_kernel(
     for r in range(ROWS):
         row = tl.program_id(0) * ROWS + r
         if row < num_rows:
-            target, kept, _ = _row_target(targets_ptr, row, ignore_index, num_items)
-            grad_row = tl.where(kept, tl.load(grad_loss_ptr + row), 0.0)
-            lse = tl.load(lse_ptr + row)
-            hidden_row = tl.load(hidden_ptr + row.to(tl.int64) * dim + d_offs, mask=d_mask, other=0.0)
-            hidden_f32 = hidden_row.to(tl.float32)
-            row_state = _row_state(row, stream_key)
+            target, kept, row_grad, lse, hidden_row, hidden_f32, row_state = _backward_row(
+                hidden_ptr, targets_ptr, lse_ptr, row_grad_ptr, row, dim, stream_key, ignore_index, num_items,
+                d_offs, d_mask)
             if DRAWN:
                 start = first_column
                 end = end_column
@@ -358,24 +379,18 @@ def _gather_slice_backward_kernel(
             grad_hidden = tl.zeros([BLOCK_D], dtype=tl.float32)
             for k0 in range(start, end, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
-                item_ids, rows, logits, k_mask, _ = _negative_logits(
-                    hidden_row, items_ptr, negatives_ptr, log_q_ptr, row, target, kept, ks, end, d_offs,
-                    d_mask, row_state, num_negatives, num_items, slice_step, stride_item, stride_neg,
-                    correction, DRAWN, LOG_Q_MODE, REMOVE_HITS, GATHER_EVICTION,
+                grad_hidden += _negatives_backward(
+                    hidden_row, hidden_f32, items_ptr, negatives_ptr, log_q_ptr, slice_grad_ptr, row, target,
+                    kept, ks, end, d_offs, d_mask, row_state, row_grad, lse, item_base, num_negatives,
+                    num_items, slice_step, dim, stride_item, stride_neg, log_q_scalar, DRAWN, LOG_Q_MODE,
+                    REMOVE_HITS, COMPUTE_GRAD_ITEMS,
                 )
-                coef = grad_row * tl.exp(logits - lse)
-                if COMPUTE_GRAD_ITEMS:
-                    tl.atomic_add(slice_grad_ptr + (item_ids - item_base)[:, None] * dim + d_offs[None, :],
-                                  coef[:, None] * hidden_f32[None, :],
-                                  mask=k_mask[:, None] & d_mask[None, :], sem="relaxed")
-                grad_hidden += tl.sum(coef[:, None] * rows, axis=0)
             # The positive's share: of dH once per row (slice 0), of dE[p_i] in the launch whose slice
             # holds the target; its row is read only in those launches.
             in_slice = kept & (target >= slice_lo) & (target < slice_hi)
             if (slice_index == 0) | in_slice:
-                positive, positive_logit = _positive_row(items_ptr, target, kept, stride_item, d_offs,
-                                                         d_mask, hidden_row)
-                positive_coef = grad_row * (tl.exp(positive_logit - lse) - 1.0)
+                positive, positive_coef = _positive_share(items_ptr, target, kept, stride_item, d_offs,
+                                                          d_mask, hidden_row, row_grad, lse)
                 if slice_index == 0:
                     grad_hidden += positive_coef * positive
                 if COMPUTE_GRAD_ITEMS:
@@ -399,40 +414,59 @@ def draw_in_kernel(seed: int, num_rows: int, num_negatives: int, num_items: int,
     return out
 
 
-def _log_q_args(log_q: torch.Tensor | float | None, num_negatives: int, device: torch.device
-                ) -> tuple[int, torch.Tensor | None, float]:
-    if log_q is None:
-        return _LOG_Q_NONE, None, 0.0
-    log_k = math.log(num_negatives) if num_negatives > 0 else 0.0
-    if isinstance(log_q, torch.Tensor):
-        return _LOG_Q_TENSOR, log_q.to(device=device, dtype=torch.float32).contiguous(), log_k
-    return _LOG_Q_CONSTANT, None, log_k + float(log_q)
+@dataclass(frozen=True)
+class _Plan:
+    """Everything about a call that is not a tensor: the kernels' scalar and constexpr arguments."""
+
+    scheme: GatherScheme
+    num_items: int
+    num_negatives: int
+    slice_step: int  # kernels.draw: C / K in 32.32 fixed point
+    stream_key: int  # kernels.draw: the seed's key ("drawn"; 0 for "position")
+    log_q_mode: int  # LOG_Q_NONE, LOG_Q_CONSTANT or LOG_Q_TENSOR (kernels.triton_common)
+    log_q_scalar: float
+    remove_hits: bool
+    ignore_index: int
+    config: GatherConfig
+
+    @property
+    def drawn(self) -> bool:
+        return self.scheme == "drawn"
+
+
+def _common_args(items: torch.Tensor, negatives: torch.Tensor | None, dim: int,
+                 plan: _Plan) -> tuple[int | float, ...]:
+    """The kernels' arguments from num_negatives to ignore_index, in their order (strides of the tensors
+    launched with: backward may walk a sorted copy of the negatives)."""
+    stride_neg = negatives.stride(0) if negatives is not None else 0
+    return (plan.num_negatives, plan.num_items, plan.slice_step, dim, items.stride(0), stride_neg,
+            plan.stream_key, plan.log_q_scalar, plan.ignore_index)
 
 
 class _GatherLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
-        negatives: torch.Tensor | None, log_q_tensor: torch.Tensor | None, launch: dict[str, Any],
-        config: GatherConfig,
+        negatives: torch.Tensor | None, log_q_tensor: torch.Tensor | None, plan: _Plan,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss [N], kept [N]): the row losses and 1.0 on the rows that count (a labelled target in
         range), 0.0 elsewhere, for the mean's count."""
         num_rows, dim = hidden.shape
-        loss = _new_output((num_rows,), torch.float32, hidden.device)
-        lse = _new_output((num_rows,), torch.float32, hidden.device)
-        kept = _new_output((num_rows,), torch.float32, hidden.device)
+        config = plan.config
+        loss = triton_common.new_output((num_rows,), torch.float32, hidden.device)
+        lse = triton_common.new_output((num_rows,), torch.float32, hidden.device)
+        kept = triton_common.new_output((num_rows,), torch.float32, hidden.device)
         if num_rows:
             _gather_forward_kernel[(num_rows,)](
                 hidden, items, targets, negatives if negatives is not None else targets,
                 log_q_tensor if log_q_tensor is not None else lse, loss, lse, kept,
-                index_guard.flags(hidden.device),
-                **launch, BLOCK_K=config.block_k, BLOCK_D=triton.next_power_of_2(dim),
+                index_guard.flags(hidden.device), *_common_args(items, negatives, dim, plan),
+                DRAWN=plan.drawn, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
+                BLOCK_K=config.block_k, BLOCK_D=triton.next_power_of_2(dim),
                 num_warps=config.num_warps, num_stages=config.num_stages,
             )
         ctx.save_for_backward(hidden, items, targets, negatives, log_q_tensor, lse)
-        ctx.launch = launch
-        ctx.config = config
+        ctx.plan = plan
         ctx.mark_non_differentiable(kept)
         return loss, kept
 
@@ -442,41 +476,38 @@ class _GatherLinearCrossEntropy(torch.autograd.Function):
         hidden, items, targets, negatives, log_q_tensor, lse = ctx.saved_tensors
         need_hidden, need_items = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         num_rows, dim = hidden.shape
-        config: GatherConfig = ctx.config
+        plan: _Plan = ctx.plan
+        config = plan.config
+        row_grad = grad_loss.to(torch.float32).contiguous()
         if config.item_slices > 0:
-            return _slice_backward(hidden, items, targets, negatives, log_q_tensor, lse, grad_loss,
-                                   need_hidden, need_items, dict(ctx.launch), config)
+            return _slice_backward(hidden, items, targets, negatives, log_q_tensor, lse, row_grad,
+                                   need_hidden, need_items, plan)
         # float32 accumulation targets of the atomics; for float32 inputs they are the gradients.
         grad_hidden = (torch.zeros((num_rows, dim), dtype=torch.float32, device=hidden.device)
                        if need_hidden else None)
         grad_items = (torch.zeros((items.shape[0], dim), dtype=torch.float32, device=items.device)
                       if need_items else None)
-        launch = dict(ctx.launch)
         if negatives is not None and config.sort_negatives:
             negatives = sorted_rows(negatives)
-            launch["stride_neg"] = negatives.stride(0)
-        num_negatives = launch["num_negatives"]
         if num_rows and (need_hidden or need_items):
             # At least one column block: its programs also add the positive's share.
-            grid = (triton.cdiv(num_rows, config.backward_rows),
-                    max(1, triton.cdiv(num_negatives, config.backward_block_k)))
+            grid = (num_rows, max(1, triton.cdiv(plan.num_negatives, config.backward_block_k)))
             _gather_backward_kernel[grid](
                 hidden, items, targets, negatives if negatives is not None else targets,
-                log_q_tensor if log_q_tensor is not None else lse, lse,
-                grad_loss.to(torch.float32).contiguous(),
+                log_q_tensor if log_q_tensor is not None else lse, lse, row_grad,
                 grad_hidden if grad_hidden is not None else lse,
                 grad_items if grad_items is not None else lse,
-                num_rows, **launch, COMPUTE_GRAD_HIDDEN=need_hidden, COMPUTE_GRAD_ITEMS=need_items,
-                GATHER_EVICTION="evict_first" if config.evict_gathered else "",
-                ROWS=config.backward_rows, BLOCK_K=config.backward_block_k,
-                BLOCK_D=triton.next_power_of_2(dim),
+                *_common_args(items, negatives, dim, plan),
+                DRAWN=plan.drawn, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
+                COMPUTE_GRAD_HIDDEN=need_hidden, COMPUTE_GRAD_ITEMS=need_items,
+                BLOCK_K=config.backward_block_k, BLOCK_D=triton.next_power_of_2(dim),
                 num_warps=config.backward_warps, num_stages=1,
             )
         if grad_hidden is not None and grad_hidden.dtype != hidden.dtype:
             grad_hidden = grad_hidden.to(hidden.dtype)
         if grad_items is not None and grad_items.dtype != items.dtype:
             grad_items = grad_items.to(items.dtype)
-        return grad_hidden, grad_items, None, None, None, None, None
+        return grad_hidden, grad_items, None, None, None, None
 
 
 def catalogue_slices(num_items: int, num_negatives: int, slices: int, *, drawn: bool
@@ -498,18 +529,17 @@ def catalogue_slices(num_items: int, num_negatives: int, slices: int, *, drawn: 
 
 def _slice_backward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
                     negatives: torch.Tensor | None, log_q_tensor: torch.Tensor | None, lse: torch.Tensor,
-                    grad_loss: torch.Tensor, need_hidden: bool, need_items: bool, launch: dict[str, Any],
-                    config: GatherConfig) -> tuple[torch.Tensor | None, ...]:
+                    row_grad: torch.Tensor, need_hidden: bool, need_items: bool,
+                    plan: _Plan) -> tuple[torch.Tensor | None, ...]:
     """Backward in catalogue slices (GatherConfig.item_slices), one launch each: the float32 item
     gradient exists for one slice at a time (for half item tables; float32 tables accumulate in place)."""
     num_rows, dim = hidden.shape
     num_items = items.shape[0]
-    drawn = negatives is None
-    slices = catalogue_slices(num_items, launch["num_negatives"], config.item_slices, drawn=drawn)
+    config = plan.config
+    slices = catalogue_slices(num_items, plan.num_negatives, config.item_slices, drawn=plan.drawn)
     segments = lse  # unused by drawn negatives
     if negatives is not None:
         negatives = sorted_rows(negatives)
-        launch["stride_neg"] = negatives.stride(0)
         bounds = torch.tensor([lo for lo, _, _, _ in slices] + [num_items], dtype=torch.int32,
                               device=negatives.device)
         segments = torch.searchsorted(negatives, bounds.expand(num_rows, -1).contiguous(), out_int32=True)
@@ -521,23 +551,22 @@ def _slice_backward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Te
         if in_place:
             grad_items = torch.zeros((num_items, dim), dtype=torch.float32, device=items.device)
         else:
-            grad_items = _new_output((num_items, dim), items.dtype, items.device)
+            grad_items = triton_common.new_output((num_items, dim), items.dtype, items.device)
             longest = max(hi - lo for lo, hi, _, _ in slices)
             buffer = torch.empty((longest, dim), dtype=torch.float32, device=items.device)
-    grad_rows = grad_loss.to(torch.float32).contiguous()
     for index, (lo, hi, first_column, end_column) in enumerate(slices):
         if buffer is not None:
             buffer[:hi - lo].zero_()
         if num_rows and (need_hidden or need_items):
             _gather_slice_backward_kernel[(triton.cdiv(num_rows, config.backward_rows),)](
                 hidden, items, targets, negatives if negatives is not None else targets, segments,
-                log_q_tensor if log_q_tensor is not None else lse, lse, grad_rows,
+                log_q_tensor if log_q_tensor is not None else lse, lse, row_grad,
                 grad_hidden if grad_hidden is not None else lse,
                 (buffer if buffer is not None else grad_items) if need_items else lse,
-                num_rows, **launch, slice_index=index, num_slices=len(slices), slice_lo=lo, slice_hi=hi,
-                item_base=lo if buffer is not None else 0, first_column=first_column, end_column=end_column,
+                num_rows, *_common_args(items, negatives, dim, plan),
+                index, len(slices), lo, hi, lo if buffer is not None else 0, first_column, end_column,
+                DRAWN=plan.drawn, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
                 COMPUTE_GRAD_HIDDEN=need_hidden, COMPUTE_GRAD_ITEMS=need_items,
-                GATHER_EVICTION="evict_first" if config.evict_gathered else "",
                 ROWS=config.backward_rows, BLOCK_K=config.backward_block_k,
                 BLOCK_D=triton.next_power_of_2(dim), num_warps=config.backward_warps, num_stages=1,
             )
@@ -545,7 +574,7 @@ def _slice_backward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Te
             grad_items[lo:hi].copy_(buffer[:hi - lo])
     if grad_hidden is not None and grad_hidden.dtype != hidden.dtype:
         grad_hidden = grad_hidden.to(hidden.dtype)
-    return grad_hidden, grad_items, None, None, None, None, None
+    return grad_hidden, grad_items, None, None, None, None
 
 
 @triton.jit
@@ -603,7 +632,7 @@ def gather_linear_cross_entropy(
     targets: torch.Tensor,
     negatives: torch.Tensor | None,
     *,
-    scheme: Scheme,
+    scheme: GatherScheme,
     num_negatives: int,
     seed: int | None,
     log_q: torch.Tensor | float | None,
@@ -630,8 +659,7 @@ def gather_linear_cross_entropy(
         raise ValueError(f"targets: expected shape ({num_rows},), got {tuple(targets.shape)}")
     if num_items > MAX_ITEMS or num_rows > MAX_ROWS:
         raise ValueError(f"items/hidden: at most {MAX_ITEMS} items and {MAX_ROWS} rows are supported")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction: must be 'mean', 'sum' or 'none', got {reduction!r}")
+    check_reduction(reduction)
     if scheme == "position":
         if negatives is None or negatives.shape != (num_rows, num_negatives):
             shape = None if negatives is None else tuple(negatives.shape)
@@ -650,19 +678,14 @@ def gather_linear_cross_entropy(
     hidden = hidden.contiguous()
     if items.stride(1) != 1:
         items = items.contiguous()
-    log_q_mode, log_q_tensor, correction = _log_q_args(log_q, num_negatives, hidden.device)
-    if log_q_tensor is not None and log_q_tensor.shape != (num_items,):
-        raise ValueError(f"log_q: expected a [{num_items}] tensor, got {tuple(log_q_tensor.shape)}")
-    launch = dict(
-        num_negatives=num_negatives, num_items=num_items, slice_step=slice_step(num_items, num_negatives),
-        dim=dim, stride_item=items.stride(0),
-        stride_neg=negatives.stride(0) if negatives is not None else 0, stream_key=stream_key,
-        correction=correction, ignore_index=ignore_index, DRAWN=scheme == "drawn",
-        LOG_Q_MODE=log_q_mode, REMOVE_HITS=bool(remove_accidental_hits),
+    log_q_mode, log_q_scalar, log_q_tensor = parse_log_q(log_q, num_negatives, num_items, hidden.device)
+    plan = _Plan(
+        scheme=scheme, num_items=num_items, num_negatives=num_negatives,
+        slice_step=slice_step(num_items, num_negatives), stream_key=stream_key, log_q_mode=log_q_mode,
+        log_q_scalar=log_q_scalar, remove_hits=bool(remove_accidental_hits), ignore_index=ignore_index,
+        config=config or default_config(hidden.device, dim, num_negatives),
     )
-    config = config or default_config(dim, num_negatives, hidden.device)
-    row_losses, kept = _GatherLinearCrossEntropy.apply(
-        hidden, items, targets, negatives, log_q_tensor, launch, config)
+    row_losses, kept = _GatherLinearCrossEntropy.apply(hidden, items, targets, negatives, log_q_tensor, plan)
     if reduction == "none":
         return row_losses
     if reduction == "sum":

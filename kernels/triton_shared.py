@@ -2,8 +2,8 @@
 
 When many rows score the same negatives the loss is a GEMM followed by a softmax, so the kernels follow
 the FlashAttention pattern: a program holds a block of rows, walks the negative tiles with `tl.dot`
-and keeps a running max and sum of exponentials (base 2: each exponential is one FMA + ex2; the
-literal 1.4426950408889634 in the kernels is log2(e)). Logits never reach global memory; forward
+and keeps a running max and sum of exponentials (base 2: each exponential is one FMA + ex2, with
+LOG2E = log2(e) from kernels.triton_common). Logits never reach global memory; forward
 saves only logsumexp and the positive logit per row (float32 [N]).
 
 Backward recomputes the logits in two kernels:
@@ -21,7 +21,7 @@ Backward recomputes the logits in two kernels:
   memory bound), in the gradient's dtype (bf16/fp16 atomics on CUDA round once per add, as
   `index_add_` into a half gradient does). The Triton interpreter adds half values as raw bits, so on
   CPU half gradients instead go through a float32 [chunk, K, d] buffer + `index_add_`.
-- "shared" at d <= 64 and K <= 8192 (KernelConfigs.fused_backward) runs one fused backward kernel
+- "shared" at d <= 64 and K <= 8192 (SharedConfig.fused_backward) runs one fused backward kernel
   instead of grad_hidden + grad_items: a program per row block walks every negative tile once, keeps dH
   in registers and adds dS^T H of each tile into a float32 [K, d] tile gradient with atomics (then the
   same `index_add_`). One recomputation of the logits instead of two; measured faster only there.
@@ -35,23 +35,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels import index_guard
+from kernels import index_guard, triton_common
+from kernels.schemes import Reduction, SharedScheme
+from kernels.triton_common import LN2, LOG2E, LOG_Q_NONE, check_reduction, log_q_correction, parse_log_q
 from kernels.triton_guard import NEGATIVES_SLOT, TARGETS_SLOT, in_catalogue, report_refused
 
-SharedScheme = Literal["full", "shared", "sequence"]
-Reduction = Literal["mean", "sum", "none"]
-
-LOGQ_NONE = 0
-LOGQ_CONSTANT = 1
-LOGQ_TENSOR = 2
+__all__ = ["BlockConfig", "KernelConfigs", "SharedConfig", "SharedScheme", "default_config",
+           "default_configs", "shared_linear_cross_entropy"]
 
 
 @dataclass(frozen=True)
@@ -65,8 +61,9 @@ class BlockConfig:
 
 
 @dataclass(frozen=True)
-class KernelConfigs:
-    """One BlockConfig per kernel; `target_programs` sets how many row splits grad_items uses."""
+class SharedConfig:
+    """Launch parameters of the dense-negative kernels: one BlockConfig per kernel; `target_programs`
+    sets how many row splits grad_items uses."""
 
     forward: BlockConfig
     grad_hidden: BlockConfig
@@ -79,12 +76,15 @@ class KernelConfigs:
     fused_max_negatives: int = 0
 
 
+KernelConfigs = SharedConfig  # its name before the two kernel families were named alike
+
+
 @functools.lru_cache(maxsize=64)
-def default_configs(device: torch.device, dim: int) -> KernelConfigs:
+def default_config(device: torch.device, dim: int) -> SharedConfig:
     """Tiles tuned on one H200 (see notes/kernel-shared.md); tiny tiles for the CPU interpreter."""
     if device.type != "cuda":
         small = BlockConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
-        return KernelConfigs(forward=small, grad_hidden=small, grad_items=small, target_programs=4)
+        return SharedConfig(forward=small, grad_hidden=small, grad_items=small, target_programs=4)
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
     # From the per-kernel sweep of benchmarks/dev_shared.py on an H200 (bf16, N=51,200, K=16,384).
     # grad_items: block_m is the rows per step, block_n the item tile each program owns.
@@ -100,8 +100,11 @@ def default_configs(device: torch.device, dim: int) -> KernelConfigs:
     # split; K=16384 2.20 against 2.20 (the tile-gradient atomics grow with K); d=256 always slower.
     # Used up to K=8192, which was not measured (between a clear win and a tie).
     fused = BlockConfig(block_m=128, block_n=128, num_warps=8, num_stages=3) if dim <= 64 else None
-    return KernelConfigs(forward=forward, grad_hidden=grad_hidden, grad_items=grad_items,
-                         target_programs=4 * sm_count, fused_backward=fused, fused_max_negatives=8192)
+    return SharedConfig(forward=forward, grad_hidden=grad_hidden, grad_items=grad_items,
+                        target_programs=4 * sm_count, fused_backward=fused, fused_max_negatives=8192)
+
+
+default_configs = default_config  # its name before the two kernel families were named alike
 
 
 @triton.jit
@@ -116,13 +119,30 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(base_ptr, rows, row_mask, stride_row, stride_col, dcols, dmask):
-    ptrs = base_ptr + rows.to(tl.int64)[:, None] * stride_row + dcols[None, :] * stride_col
-    return tl.load(ptrs, mask=row_mask[:, None] & dmask[None, :], other=0.0)
+def _load_rows(base_ptr, rows, row_mask, stride_row, stride_col, d_offs, d_mask):
+    ptrs = base_ptr + rows.to(tl.int64)[:, None] * stride_row + d_offs[None, :] * stride_col
+    return tl.load(ptrs, mask=row_mask[:, None] & d_mask[None, :], other=0.0)
 
 
 @triton.jit
-def _negative_indices(group_neg_ptr, cols, col_mask, num_items, FULL: tl.constexpr):
+def _row_block(hidden_ptr, negatives_ptr, rows_per_group, dim, stride_hidden_row, stride_hidden_col,
+               stride_neg_group, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The rows of program (row block, group) of forward and grad_hidden: (the group's negatives, rows
+    (int64), which rows exist, the d offsets and mask, the hidden rows [BLOCK_M, BLOCK_D])."""
+    # Row blocks of one sequence are neighbours in launch order, so they share its negative tiles in L2.
+    group = tl.program_id(1)
+    group_negatives_ptr = negatives_ptr + group.to(tl.int64) * stride_neg_group
+    local_rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = local_rows < rows_per_group
+    rows = group.to(tl.int64) * rows_per_group + local_rows
+    d_offs = tl.arange(0, BLOCK_D)
+    d_mask = d_offs < dim
+    h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d_offs, d_mask)
+    return group_negatives_ptr, rows, row_mask, d_offs, d_mask, h
+
+
+@triton.jit
+def _negative_indices(group_negatives_ptr, cols, col_mask, num_items, FULL: tl.constexpr):
     """(idx, ok) of a tile of negative columns: int32 item ids (C < 2**31: the per-element hit
     comparisons are then one instruction, not two), 0 where not ok; ok: the column exists and its index
     lies in the catalogue (kernels.index_guard: an out-of-range negative is left out, never an address)."""
@@ -130,7 +150,7 @@ def _negative_indices(group_neg_ptr, cols, col_mask, num_items, FULL: tl.constex
         idx = cols
         ok = col_mask
     else:
-        raw = tl.load(group_neg_ptr + cols, mask=col_mask, other=0)
+        raw = tl.load(group_negatives_ptr + cols, mask=col_mask, other=0)
         ok = col_mask & in_catalogue(raw, num_items)
         idx = tl.where(ok, raw, 0).to(tl.int32)
     return idx, ok
@@ -138,13 +158,13 @@ def _negative_indices(group_neg_ptr, cols, col_mask, num_items, FULL: tl.constex
 
 @triton.jit
 def _drop_columns(x, idx, ok, safe_targets, FULL: tl.constexpr, EVEN_K: tl.constexpr,
-                  MASK_HITS: tl.constexpr):
+                  REMOVE_HITS: tl.constexpr):
     """-inf where a [rows, negatives] tile's column does not count: past K, refused as out of range, or
-    (MASK_HITS) the row's own target."""
+    (REMOVE_HITS) the row's own target."""
     if FULL:
         if not EVEN_K:
             x = tl.where(ok[None, :], x, float("-inf"))
-    elif MASK_HITS:
+    elif REMOVE_HITS:
         x = tl.where((idx[None, :] == safe_targets[:, None]) | ~ok[None, :], float("-inf"), x)
     else:
         x = tl.where(ok[None, :], x, float("-inf"))
@@ -152,21 +172,27 @@ def _drop_columns(x, idx, ok, safe_targets, FULL: tl.constexpr, EVEN_K: tl.const
 
 
 @triton.jit
-def _report_refused_negatives(flags_ptr, group_neg_ptr, cols, col_mask, ok, num_items):
+def _report_refused_negatives(flags_ptr, group_negatives_ptr, cols, col_mask, ok, num_items):
     refused = col_mask & ~ok
-    raw = tl.load(group_neg_ptr + cols, mask=refused, other=0)
+    raw = tl.load(group_negatives_ptr + cols, mask=refused, other=0)
     report_refused(flags_ptr, NEGATIVES_SLOT, raw, refused, num_items)
 
 
 @triton.jit
-def _correction2(logq_ptr, idx, col_mask, logq_scalar, LOGQ_MODE: tl.constexpr):
-    """log2(e) * (log K + log q[n]) per negative column; logq_scalar is log K + log q or log K."""
-    if LOGQ_MODE == 2:
-        log_q = tl.load(logq_ptr + idx, mask=col_mask, other=0.0).to(tl.float32)
-        corr2 = (log_q + logq_scalar) * 1.4426950408889634
-    else:
-        corr2 = tl.zeros(idx.shape, dtype=tl.float32) + logq_scalar * 1.4426950408889634
-    return corr2
+def _score_tile(h, items_ptr, group_negatives_ptr, flags_ptr, first_col, num_negatives, num_items,
+                stride_item_row, stride_item_col, d_offs, d_mask, FULL: tl.constexpr, REPORT: tl.constexpr,
+                PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The negative tile of columns [first_col, first_col + BLOCK_N) against a row block h: (cols, col_mask,
+    idx, ok as _negative_indices gives them, the tile's item rows e in h's dtype, the logits h e^T).
+    REPORT (forward): program 0 of each group records the tile's refused negatives (flags_ptr)."""
+    cols = first_col + tl.arange(0, BLOCK_N)
+    col_mask = cols < num_negatives
+    idx, ok = _negative_indices(group_negatives_ptr, cols, col_mask, num_items, FULL)
+    if REPORT and not FULL:  # noqa: SIM102 (constexpr tests, then a run-time one)
+        if tl.program_id(0) == 0:  # one program per group reports its refused negatives
+            _report_refused_negatives(flags_ptr, group_negatives_ptr, cols, col_mask, ok, num_items)
+    e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, d_offs, d_mask).to(h.dtype)
+    return cols, col_mask, idx, ok, e, _dot(h, tl.trans(e), PRECISION, UPCAST)
 
 
 @triton.jit
@@ -184,77 +210,82 @@ def _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items):
 @triton.jit
 def _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask):
     """(log2(e) * lse, upstream gradient) of a row block; the gradient is 0 on padded and ignored rows."""
-    lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * 1.4426950408889634
+    lse2 = tl.load(lse_ptr + rows, mask=row_mask, other=0.0) * LOG2E
     return lse2, tl.load(row_grad_ptr + rows, mask=row_mask, other=0.0)
 
 
 @triton.jit
-def _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
-                  LOGQ_MODE: tl.constexpr, FULL: tl.constexpr, EVEN_K: tl.constexpr, MASK_HITS: tl.constexpr):
+def _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, log_q_ptr, log_q_scalar,
+                  LOG_Q_MODE: tl.constexpr, FULL: tl.constexpr, EVEN_K: tl.constexpr,
+                  REMOVE_HITS: tl.constexpr):
     """dLoss/dscores of a [rows, negatives] tile, g_i * p_ik, in float32 (dropped columns and hits: 0)."""
-    if LOGQ_MODE == 0:
-        shifted = scores * 1.4426950408889634 - lse2[:, None]
+    if LOG_Q_MODE == LOG_Q_NONE:
+        shifted = scores * LOG2E - lse2[:, None]
     else:
-        corr2 = _correction2(logq_ptr, idx, ok, logq_scalar, LOGQ_MODE)
-        shifted = scores * 1.4426950408889634 - corr2[None, :] - lse2[:, None]
-    shifted = _drop_columns(shifted, idx, ok, safe_targets, FULL, EVEN_K, MASK_HITS)
+        corr2 = log_q_correction(log_q_ptr, idx, ok, log_q_scalar, LOG_Q_MODE, LOG2E)
+        shifted = scores * LOG2E - corr2[None, :] - lse2[:, None]
+    shifted = _drop_columns(shifted, idx, ok, safe_targets, FULL, EVEN_K, REMOVE_HITS)
     return tl.math.exp2(shifted) * row_grad[:, None]
 
 
 @triton.jit
+def _store_grad_hidden(acc, items_ptr, safe_targets, positive_coef_ptr, grad_hidden_ptr, rows, row_mask,
+                       stride_item_row, stride_item_col, stride_hidden_row, stride_hidden_col, d_offs, d_mask,
+                       h):
+    """Stores dH of a row block: the negatives' share `acc` plus the positive's, added outside the loop:
+    (p_i0 - 1) g_i E[p_i], or -g_i E[p_i] for "full", whose loop already scored the target column with
+    its softmax weight."""
+    e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, d_offs,
+                       d_mask).to(h.dtype)
+    positive_coef = tl.load(positive_coef_ptr + rows, mask=row_mask, other=0.0)
+    acc += positive_coef[:, None] * e_pos.to(tl.float32)
+    out = grad_hidden_ptr + rows[:, None] * stride_hidden_row + d_offs[None, :] * stride_hidden_col
+    tl.store(out, acc.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & d_mask[None, :])
+
+
+@triton.jit
 def _forward_kernel(
-    hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, positive_ptr, loss_ptr,
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, positive_ptr, loss_ptr,
     kept_ptr, safe_targets_ptr, flags_ptr,
     rows_per_group, num_negatives, num_items, dim,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
-    logq_scalar, ignore_index,
-    FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, EVEN_K: tl.constexpr,
+    log_q_scalar, ignore_index,
+    FULL: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, EVEN_K: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # Row blocks of one sequence are neighbours in launch order, so they share its negative tiles in L2.
-    group = tl.program_id(1)
-    group_neg_ptr = neg_ptr + group.to(tl.int64) * stride_neg_group
-    local_rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = local_rows < rows_per_group
-    rows = group.to(tl.int64) * rows_per_group + local_rows
-    dcols = tl.arange(0, BLOCK_D)
-    dmask = dcols < dim
-    h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
+    group_negatives_ptr, rows, row_mask, d_offs, d_mask, h = _row_block(
+        hidden_ptr, negatives_ptr, rows_per_group, dim, stride_hidden_row, stride_hidden_col,
+        stride_neg_group, BLOCK_M, BLOCK_D)
     kept, safe_targets, refused_targets, raw_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index,
                                                                     num_items)
     report_refused(flags_ptr, TARGETS_SLOT, raw_targets, refused_targets, num_items)
-    e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, dcols,
-                       dmask).to(h.dtype)
+    e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, d_offs,
+                       d_mask).to(h.dtype)
     positive = tl.sum(h.to(tl.float32) * e_pos.to(tl.float32), axis=1)
 
     # Running max starts at the positive logit, so it is finite even when every negative is a hit.
     # For "full" the target column is scored inside the loop, so the positive is not counted twice.
-    run_max = positive * 1.4426950408889634
+    run_max = positive * LOG2E
     if FULL:
         run_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     else:
         run_sum = tl.zeros([BLOCK_M], dtype=tl.float32) + 1.0
     for k0 in range(0, num_negatives, BLOCK_N):
-        cols = k0 + tl.arange(0, BLOCK_N)
-        col_mask = cols < num_negatives
-        idx, ok = _negative_indices(group_neg_ptr, cols, col_mask, num_items, FULL)
-        if not FULL:  # noqa: SIM102 (a constexpr test, then a run-time one)
-            if tl.program_id(0) == 0:  # one program per group reports its refused negatives
-                _report_refused_negatives(flags_ptr, group_neg_ptr, cols, col_mask, ok, num_items)
-        e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
-        scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
-        if LOGQ_MODE == 0:
-            scores2 = scores * 1.4426950408889634
+        cols, col_mask, idx, ok, e, scores = _score_tile(
+            h, items_ptr, group_negatives_ptr, flags_ptr, k0, num_negatives, num_items, stride_item_row,
+            stride_item_col, d_offs, d_mask, FULL, True, PRECISION, UPCAST, BLOCK_N)
+        if LOG_Q_MODE == LOG_Q_NONE:
+            scores2 = scores * LOG2E
         else:
-            scores2 = scores * 1.4426950408889634 - _correction2(logq_ptr, idx, ok, logq_scalar,
-                                                                 LOGQ_MODE)[None, :]
-        scores2 = _drop_columns(scores2, idx, ok, safe_targets, FULL, EVEN_K, MASK_HITS)
+            scores2 = scores * LOG2E - log_q_correction(log_q_ptr, idx, ok, log_q_scalar, LOG_Q_MODE,
+                                                        LOG2E)[None, :]
+        scores2 = _drop_columns(scores2, idx, ok, safe_targets, FULL, EVEN_K, REMOVE_HITS)
         new_max = tl.maximum(run_max, tl.max(scores2, axis=1))
         run_sum = run_sum * tl.math.exp2(run_max - new_max) + tl.sum(tl.math.exp2(scores2 - new_max[:, None]),
                                                                        axis=1)
         run_max = new_max
-    lse = (run_max + tl.math.log2(run_sum)) * 0.6931471805599453
+    lse = (run_max + tl.math.log2(run_sum)) * LN2
     tl.store(lse_ptr + rows, lse, mask=row_mask)
     tl.store(positive_ptr + rows, positive, mask=row_mask)
     tl.store(loss_ptr + rows, tl.where(kept, lse - positive, 0.0), mask=row_mask)
@@ -264,55 +295,42 @@ def _forward_kernel(
 
 @triton.jit
 def _grad_hidden_kernel(
-    hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
     grad_hidden_ptr,
     rows_per_group, num_negatives, num_items, dim,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
-    logq_scalar, ignore_index,
-    FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, EVEN_K: tl.constexpr,
+    log_q_scalar, ignore_index,
+    FULL: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, EVEN_K: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    # Row blocks of one sequence are neighbours in launch order, so they share its negative tiles in L2.
-    group = tl.program_id(1)
-    group_neg_ptr = neg_ptr + group.to(tl.int64) * stride_neg_group
-    local_rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = local_rows < rows_per_group
-    rows = group.to(tl.int64) * rows_per_group + local_rows
-    dcols = tl.arange(0, BLOCK_D)
-    dmask = dcols < dim
-    h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
+    group_negatives_ptr, rows, row_mask, d_offs, d_mask, h = _row_block(
+        hidden_ptr, negatives_ptr, rows_per_group, dim, stride_hidden_row, stride_hidden_col,
+        stride_neg_group, BLOCK_M, BLOCK_D)
     _, safe_targets, _, _ = _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items)
     lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for k0 in range(0, num_negatives, BLOCK_N):
-        cols = k0 + tl.arange(0, BLOCK_N)
-        col_mask = cols < num_negatives
-        idx, ok = _negative_indices(group_neg_ptr, cols, col_mask, num_items, FULL)
-        e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
-        scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
-        dscores = _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
-                                LOGQ_MODE, FULL, EVEN_K, MASK_HITS)
+        cols, col_mask, idx, ok, e, scores = _score_tile(
+            h, items_ptr, group_negatives_ptr, None, k0, num_negatives, num_items, stride_item_row,
+            stride_item_col, d_offs, d_mask, FULL, False, PRECISION, UPCAST, BLOCK_N)
+        dscores = _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, log_q_ptr, log_q_scalar,
+                                LOG_Q_MODE, FULL, EVEN_K, REMOVE_HITS)
         acc += _dot(dscores.to(h.dtype), e, PRECISION, UPCAST)
-    # The positive's share, outside the loop: (p_i0 - 1) g_i E[p_i], or -g_i E[p_i] for "full", whose
-    # loop already scored the target column with its softmax weight.
-    e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, dcols,
-                       dmask).to(h.dtype)
-    positive_coef = tl.load(positive_coef_ptr + rows, mask=row_mask, other=0.0)
-    acc += positive_coef[:, None] * e_pos.to(tl.float32)
-    out = grad_hidden_ptr + rows[:, None] * stride_hidden_row + dcols[None, :] * stride_hidden_col
-    tl.store(out, acc.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & dmask[None, :])
+    _store_grad_hidden(acc, items_ptr, safe_targets, positive_coef_ptr, grad_hidden_ptr, rows, row_mask,
+                       stride_item_row, stride_item_col, stride_hidden_row, stride_hidden_col, d_offs, d_mask,
+                       h)
 
 
 @triton.jit
 def _grad_items_kernel(
-    hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, row_grad_ptr, out_ptr,
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, row_grad_ptr, out_ptr,
     rows_per_group, num_negatives, num_items, dim, num_splits, group_offset,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
     stride_out_split, stride_out_group, stride_out_row,
-    logq_scalar, ignore_index,
-    FULL: tl.constexpr, LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, ATOMIC: tl.constexpr,
+    log_q_scalar, ignore_index,
+    FULL: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, ATOMIC: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -321,33 +339,33 @@ def _grad_items_kernel(
     split = tl.program_id(1)
     local_group = tl.program_id(2)
     group = local_group + group_offset
-    group_neg_ptr = neg_ptr + group.to(tl.int64) * stride_neg_group
+    group_negatives_ptr = negatives_ptr + group.to(tl.int64) * stride_neg_group
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < num_negatives
-    dcols = tl.arange(0, BLOCK_D)
-    dmask = dcols < dim
-    idx, ok = _negative_indices(group_neg_ptr, cols, col_mask, num_items, FULL)
-    e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, dcols,
-                   dmask).to(hidden_ptr.dtype.element_ty)
-    if LOGQ_MODE != 0:
-        corr2 = _correction2(logq_ptr, idx, ok, logq_scalar, LOGQ_MODE)
+    d_offs = tl.arange(0, BLOCK_D)
+    d_mask = d_offs < dim
+    idx, ok = _negative_indices(group_negatives_ptr, cols, col_mask, num_items, FULL)
+    e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, d_offs,
+                   d_mask).to(hidden_ptr.dtype.element_ty)
+    if LOG_Q_MODE != LOG_Q_NONE:
+        corr2 = log_q_correction(log_q_ptr, idx, ok, log_q_scalar, LOG_Q_MODE, LOG2E)
 
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for r0 in range(split * BLOCK_M, rows_per_group, num_splits * BLOCK_M):
         local_rows = r0 + tl.arange(0, BLOCK_M)
         row_mask = local_rows < rows_per_group
         rows = group.to(tl.int64) * rows_per_group + local_rows
-        h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
+        h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d_offs, d_mask)
         _, safe_targets, _, _ = _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items)
         lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
         scores_t = _dot(e, tl.trans(h), PRECISION, UPCAST)
-        if LOGQ_MODE == 0:
-            shifted_t = scores_t * 1.4426950408889634 - lse2[None, :]
+        if LOG_Q_MODE == LOG_Q_NONE:
+            shifted_t = scores_t * LOG2E - lse2[None, :]
         else:
-            shifted_t = scores_t * 1.4426950408889634 - corr2[:, None] - lse2[None, :]
+            shifted_t = scores_t * LOG2E - corr2[:, None] - lse2[None, :]
         # Columns past K are never stored; refused ones (out of range) are stored as zero rows.
         if not FULL:
-            if MASK_HITS:
+            if REMOVE_HITS:
                 shifted_t = tl.where((idx[:, None] == safe_targets[None, :]) | ~ok[:, None], float("-inf"),
                                      shifted_t)
             else:
@@ -357,28 +375,28 @@ def _grad_items_kernel(
             dscores_t -= tl.where(idx[:, None] == safe_targets[None, :], row_grad[None, :], 0.0)
         acc += _dot(dscores_t.to(h.dtype), h, PRECISION, UPCAST)
 
-    out_mask = col_mask[:, None] & dmask[None, :]
+    out_mask = col_mask[:, None] & d_mask[None, :]
     if ATOMIC:
-        out_mask = ok[:, None] & dmask[None, :]
+        out_mask = ok[:, None] & d_mask[None, :]
         # Sequences may share negatives, so programs of different sequences can hit the same item row.
-        out_ptrs = out_ptr + idx.to(tl.int64)[:, None] * stride_out_row + dcols[None, :]
+        out_ptrs = out_ptr + idx.to(tl.int64)[:, None] * stride_out_row + d_offs[None, :]
         tl.atomic_add(out_ptrs, acc, mask=out_mask)
     else:
         # int64: C * d passes 2**31 for catalogues of 10^7 items.
         out_rows = (split.to(tl.int64) * stride_out_split + local_group.to(tl.int64) * stride_out_group
                     + cols.to(tl.int64) * stride_out_row)
-        out_ptrs = out_ptr + out_rows[:, None] + dcols[None, :]
+        out_ptrs = out_ptr + out_rows[:, None] + d_offs[None, :]
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
 def _fused_backward_kernel(
-    hidden_ptr, items_ptr, targets_ptr, neg_ptr, logq_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
+    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
     grad_hidden_ptr, tile_grad_ptr,
     num_rows, num_negatives, num_items, dim,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col,
-    logq_scalar, ignore_index,
-    LOGQ_MODE: tl.constexpr, MASK_HITS: tl.constexpr, EVEN_K: tl.constexpr,
+    log_q_scalar, ignore_index,
+    LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, EVEN_K: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -388,9 +406,9 @@ def _fused_backward_kernel(
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < num_rows
     rows = rows.to(tl.int64)
-    dcols = tl.arange(0, BLOCK_D)
-    dmask = dcols < dim
-    h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, dcols, dmask)
+    d_offs = tl.arange(0, BLOCK_D)
+    d_mask = d_offs < dim
+    h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d_offs, d_mask)
     _, safe_targets, _, _ = _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items)
     lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
 
@@ -399,23 +417,18 @@ def _fused_backward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for step in range(0, num_tiles):
         tile = (first_tile + step) % num_tiles
-        cols = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-        col_mask = cols < num_negatives
-        idx, ok = _negative_indices(neg_ptr, cols, col_mask, num_items, False)
-        e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, dcols, dmask).to(h.dtype)
-        scores = _dot(h, tl.trans(e), PRECISION, UPCAST)
-        dscores = _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, logq_ptr, logq_scalar,
-                                LOGQ_MODE, False, EVEN_K, MASK_HITS).to(h.dtype)
+        cols, col_mask, idx, ok, e, scores = _score_tile(
+            h, items_ptr, negatives_ptr, None, tile * BLOCK_N, num_negatives, num_items, stride_item_row,
+            stride_item_col, d_offs, d_mask, False, False, PRECISION, UPCAST, BLOCK_N)
+        dscores = _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, log_q_ptr, log_q_scalar,
+                                LOG_Q_MODE, False, EVEN_K, REMOVE_HITS).to(h.dtype)
         acc += _dot(dscores, e, PRECISION, UPCAST)
         tile_part = _dot(tl.trans(dscores), h, PRECISION, UPCAST)
-        out = tile_grad_ptr + cols.to(tl.int64)[:, None] * dim + dcols[None, :]
-        tl.atomic_add(out, tile_part, mask=col_mask[:, None] & dmask[None, :], sem="relaxed")
-    e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, dcols,
-                       dmask).to(h.dtype)
-    positive_coef = tl.load(positive_coef_ptr + rows, mask=row_mask, other=0.0)
-    acc += positive_coef[:, None] * e_pos.to(tl.float32)
-    out = grad_hidden_ptr + rows[:, None] * stride_hidden_row + dcols[None, :] * stride_hidden_col
-    tl.store(out, acc.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & dmask[None, :])
+        out = tile_grad_ptr + cols.to(tl.int64)[:, None] * dim + d_offs[None, :]
+        tl.atomic_add(out, tile_part, mask=col_mask[:, None] & d_mask[None, :], sem="relaxed")
+    _store_grad_hidden(acc, items_ptr, safe_targets, positive_coef_ptr, grad_hidden_ptr, rows, row_mask,
+                       stride_item_row, stride_item_col, stride_hidden_row, stride_hidden_col, d_offs, d_mask,
+                       h)
 
 
 @dataclass(frozen=True)
@@ -427,21 +440,16 @@ class _Plan:
     num_groups: int
     rows_per_group: int
     num_negatives: int
-    logq_mode: int
-    logq_scalar: float
-    mask_hits: bool
+    log_q_mode: int  # LOG_Q_NONE, LOG_Q_CONSTANT or LOG_Q_TENSOR (kernels.triton_common)
+    log_q_scalar: float
+    remove_hits: bool
     ignore_index: int
     reduction: Reduction
-    configs: KernelConfigs
+    config: SharedConfig
 
     @property
     def full(self) -> bool:
         return self.scheme == "full"
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Every buffer a kernel fully overwrites comes from here, so tests can poison them."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -468,12 +476,12 @@ def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, n
     """(lse, positive logit, loss, kept, safe targets) per row: float32 [N] but safe targets, int64 [N]
     (0 where the row does not count); kept is 1.0 on rows with a target in range, 0.0 elsewhere."""
     num_rows, dim = hidden.shape
-    lse = _empty((num_rows,), torch.float32, hidden.device)
-    positive = _empty((num_rows,), torch.float32, hidden.device)
-    loss = _empty((num_rows,), torch.float32, hidden.device)
-    kept = _empty((num_rows,), torch.float32, hidden.device)
-    safe_targets = _empty((num_rows,), torch.int64, hidden.device)
-    config = plan.configs.forward
+    lse = triton_common.new_output((num_rows,), torch.float32, hidden.device)
+    positive = triton_common.new_output((num_rows,), torch.float32, hidden.device)
+    loss = triton_common.new_output((num_rows,), torch.float32, hidden.device)
+    kept = triton_common.new_output((num_rows,), torch.float32, hidden.device)
+    safe_targets = triton_common.new_output((num_rows,), torch.int64, hidden.device)
+    config = plan.config.forward
     grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
     _forward_kernel[grid](
         hidden, items, targets, negatives if negatives is not None else targets,
@@ -481,8 +489,8 @@ def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, n
         index_guard.flags(hidden.device),
         plan.rows_per_group, plan.num_negatives, plan.num_items, dim,
         *_common_args(hidden, items, negatives, plan),
-        plan.logq_scalar, plan.ignore_index,
-        FULL=plan.full, LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits,
+        plan.log_q_scalar, plan.ignore_index,
+        FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
         EVEN_K=plan.num_negatives % config.block_n == 0,
         PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
@@ -495,16 +503,16 @@ def _grad_hidden(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tenso
                  negatives: torch.Tensor | None, log_q: torch.Tensor | None, lse: torch.Tensor,
                  row_grad: torch.Tensor, positive_coef: torch.Tensor, plan: _Plan) -> torch.Tensor:
     num_rows, dim = hidden.shape
-    grad_hidden = _empty((num_rows, dim), hidden.dtype, hidden.device)
-    config = plan.configs.grad_hidden
+    grad_hidden = triton_common.new_output((num_rows, dim), hidden.dtype, hidden.device)
+    config = plan.config.grad_hidden
     grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
     _grad_hidden_kernel[grid](
         hidden, items, targets, negatives if negatives is not None else targets,
         log_q if log_q is not None else lse, lse, row_grad, positive_coef, grad_hidden,
         plan.rows_per_group, plan.num_negatives, plan.num_items, dim,
         *_common_args(hidden, items, negatives, plan),
-        plan.logq_scalar, plan.ignore_index,
-        FULL=plan.full, LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits,
+        plan.log_q_scalar, plan.ignore_index,
+        FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
         EVEN_K=plan.num_negatives % config.block_n == 0,
         PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
@@ -518,15 +526,15 @@ def _launch_grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch
                        row_grad: torch.Tensor, out: torch.Tensor, *, num_splits: int, group_offset: int,
                        num_groups: int, out_strides: tuple[int, int, int], atomic: bool, plan: _Plan) -> None:
     dim = hidden.shape[1]
-    config = plan.configs.grad_items
+    config = plan.config.grad_items
     grid = (triton.cdiv(plan.num_negatives, config.block_n), num_splits, num_groups)
     _grad_items_kernel[grid](
         hidden, items, targets, negatives if negatives is not None else targets,
         log_q if log_q is not None else lse, lse, row_grad, out,
         plan.rows_per_group, plan.num_negatives, plan.num_items, dim, num_splits, group_offset,
         *_common_args(hidden, items, negatives, plan), *out_strides,
-        plan.logq_scalar, plan.ignore_index,
-        FULL=plan.full, LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits, ATOMIC=atomic,
+        plan.log_q_scalar, plan.ignore_index,
+        FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits, ATOMIC=atomic,
         PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n,
         BLOCK_D=_block_d(dim), num_warps=config.num_warps, num_stages=config.num_stages,
@@ -536,9 +544,9 @@ def _launch_grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch
 def _row_splits(plan: _Plan, num_rows: int) -> int:
     """How many row ranges grad_items splits a negative tile's rows into, to fill the GPU when K is small.
     Each split costs K*d floats, so splits stay within max(1, N // K) to keep the buffer O(N*d + K*d)."""
-    config = plan.configs.grad_items
+    config = plan.config.grad_items
     tiles = triton.cdiv(plan.num_negatives, config.block_n)
-    wanted = triton.cdiv(plan.configs.target_programs, tiles)
+    wanted = triton.cdiv(plan.config.target_programs, tiles)
     return max(1, min(wanted, num_rows // plan.num_negatives, triton.cdiv(num_rows, config.block_m)))
 
 
@@ -553,12 +561,12 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
     if plan.scheme in ("full", "shared"):
         splits = _row_splits(plan, num_rows)
         if plan.full and splits == 1:
-            grad_items = _empty((num_items, dim), items.dtype, items.device)
+            grad_items = triton_common.new_output((num_items, dim), items.dtype, items.device)
             launch(out=grad_items, num_splits=1, group_offset=0, num_groups=1,
                    out_strides=(0, 0, dim), atomic=False)
             return grad_items
         k = plan.num_negatives
-        partial = _empty((splits, k, dim), torch.float32, items.device)
+        partial = triton_common.new_output((splits, k, dim), torch.float32, items.device)
         launch(out=partial, num_splits=splits, group_offset=0, num_groups=1,
                out_strides=(k * dim, 0, dim), atomic=False)
         tile_grad = partial.sum(dim=0) if splits > 1 else partial[0]
@@ -575,7 +583,7 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
         else:
             k = plan.num_negatives
             chunk = max(1, min(plan.num_groups, max(num_rows, k) // k))
-            buffer = _empty((chunk, k, dim), torch.float32, items.device)
+            buffer = triton_common.new_output((chunk, k, dim), torch.float32, items.device)
             for first in range(0, plan.num_groups, chunk):
                 count = min(chunk, plan.num_groups - first)
                 launch(out=buffer, num_splits=1, group_offset=first,
@@ -611,15 +619,16 @@ def _fused_backward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Te
                     config: BlockConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Both gradients of "shared" with one pass over the logits (see _fused_backward_kernel)."""
     num_rows, dim = hidden.shape
-    grad_hidden = _empty((num_rows, dim), hidden.dtype, hidden.device)
+    grad_hidden = triton_common.new_output((num_rows, dim), hidden.dtype, hidden.device)
     tile_grad = torch.zeros((plan.num_negatives, dim), dtype=torch.float32, device=hidden.device)
     _fused_backward_kernel[(triton.cdiv(num_rows, config.block_m),)](
         hidden, items, targets, negatives, log_q if log_q is not None else lse, lse, row_grad, positive_coef,
         grad_hidden, tile_grad,
         num_rows, plan.num_negatives, plan.num_items, dim,
         hidden.stride(0), hidden.stride(1), items.stride(0), items.stride(1),
-        plan.logq_scalar, plan.ignore_index,
-        LOGQ_MODE=plan.logq_mode, MASK_HITS=plan.mask_hits, EVEN_K=plan.num_negatives % config.block_n == 0,
+        plan.log_q_scalar, plan.ignore_index,
+        LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
+        EVEN_K=plan.num_negatives % config.block_n == 0,
         PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
         num_warps=config.num_warps, num_stages=config.num_stages,
@@ -665,9 +674,9 @@ class _SharedLinearCrossEntropy(torch.autograd.Function):
         else:
             positive_coef = row_grad * torch.expm1(positive - lse)
         grad_hidden = grad_items = None
-        fused = plan.configs.fused_backward
+        fused = plan.config.fused_backward
         if (fused is not None and plan.scheme == "shared" and needs_hidden and needs_items
-                and plan.num_negatives <= plan.configs.fused_max_negatives):
+                and plan.num_negatives <= plan.config.fused_max_negatives):
             assert negatives is not None
             grad_hidden, grad_items = _fused_backward(hidden, items, targets, negatives, log_q, lse, row_grad,
                                                       positive_coef, safe_targets, plan, fused)
@@ -694,7 +703,7 @@ def shared_linear_cross_entropy(
     remove_accidental_hits: bool,
     ignore_index: int,
     reduction: Reduction,
-    configs: KernelConfigs | None = None,
+    config: SharedConfig | None = None,
 ) -> torch.Tensor:
     """The loss (docs/design.md#the-loss) for negatives shared by many rows; inputs as `triton_dispatch`
     describes.
@@ -702,7 +711,7 @@ def shared_linear_cross_entropy(
     scheme "full": negatives None, every item scored once (F.cross_entropy; log_q must be None).
     "shared": negatives [K] for every row. "sequence": negatives [B, K], row i uses
     negatives[i // rows_per_sequence]. Returns float32: a scalar for "mean"/"sum", [N] for "none".
-    `configs` overrides the tile shapes (benchmarks); None picks `default_configs`.
+    `config` overrides the tile shapes (benchmarks); None picks `default_config`.
     """
     if hidden.dim() != 2:
         raise ValueError(f"hidden: expected [N, d], got shape {tuple(hidden.shape)}")
@@ -732,26 +741,14 @@ def shared_linear_cross_entropy(
         negatives = negatives.contiguous()
     else:
         raise ValueError(f"scheme: expected 'full', 'shared' or 'sequence', got {scheme!r}")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
-
-    log_q_tensor: torch.Tensor | None = None
-    log_k = math.log(num_negatives)
-    if log_q is None:
-        logq_mode, logq_scalar = LOGQ_NONE, 0.0
-    elif isinstance(log_q, torch.Tensor):
-        if log_q.shape != (num_items,):
-            raise ValueError(f"log_q: expected shape ({num_items},), got {tuple(log_q.shape)}")
-        logq_mode, logq_scalar = LOGQ_TENSOR, log_k
-        log_q_tensor = log_q.detach().to(device=hidden.device, dtype=torch.float32).contiguous()
-    else:
-        logq_mode, logq_scalar = LOGQ_CONSTANT, log_k + float(log_q)
+    check_reduction(reduction)
+    log_q_mode, log_q_scalar, log_q_tensor = parse_log_q(log_q, num_negatives, num_items, hidden.device)
     plan = _Plan(
         scheme=scheme, num_items=num_items, num_groups=num_groups, rows_per_group=rows_per_group,
-        num_negatives=num_negatives,
-        logq_mode=logq_mode, logq_scalar=logq_scalar, mask_hits=remove_accidental_hits and scheme != "full",
-        ignore_index=ignore_index, reduction=reduction,
-        configs=configs if configs is not None else default_configs(hidden.device, hidden.shape[1]),
+        num_negatives=num_negatives, log_q_mode=log_q_mode, log_q_scalar=log_q_scalar,
+        remove_hits=remove_accidental_hits and scheme != "full", ignore_index=ignore_index,
+        reduction=reduction,
+        config=config if config is not None else default_config(hidden.device, hidden.shape[1]),
     )
     if num_rows == 0:
         empty = hidden.sum(dim=1).to(torch.float32) + items.sum() * 0.0

@@ -15,6 +15,7 @@ import pytest
 import torch
 from loss_oracle import oracle_loss, oracle_with_grads, relative_error
 
+import kernels.triton_common as triton_common
 import kernels.triton_gather as triton_gather
 from kernels.draw import draw_negatives
 from kernels.triton_gather import GatherConfig, gather_linear_cross_entropy
@@ -122,12 +123,12 @@ def test_matches_float64_reference(scheme, num_rows, num_negatives, num_items, d
 
 
 @pytest.mark.parametrize(("scheme", "block_k"), [("position", 32), ("drawn", 8)])
-def test_other_block_sizes_and_eviction_hint(scheme, block_k):
+def test_other_block_sizes(scheme, block_k):
     hidden, items, targets, negatives, log_q = make_case(
         29, 21, 47, 48, torch.bfloat16, torch.float32, scheme=scheme, seed=21, log_q_kind="tensor")
-    # Backward tiles of the same width, 3 rows per program (29 rows: ragged), unsorted tensor negatives.
+    # Backward tiles of the same width, unsorted tensor negatives.
     config = GatherConfig(block_k=block_k, num_warps=1, num_stages=1, backward_block_k=block_k,
-                          backward_rows=3, backward_warps=1, sort_negatives=False, evict_gathered=True)
+                          backward_warps=1, sort_negatives=False)
     check_against_reference(hidden, items, targets, negatives, log_q, scheme=scheme, seed=21,
                             reduction="sum", config=config)
 
@@ -173,7 +174,7 @@ def test_every_output_element_is_written(monkeypatch):
     def poisoned(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(triton_gather, "_new_output", poisoned)
+    monkeypatch.setattr(triton_common, "new_output", poisoned)
     hidden, items, targets, negatives, _ = make_case(22, 17, 33, 48, torch.bfloat16, torch.bfloat16,
                                                      scheme="position", seed=5, log_q_kind=None)
     hidden.requires_grad_()
@@ -317,7 +318,7 @@ def test_sliced_backward_matches_float64_reference(scheme, num_rows, num_negativ
     def poisoned(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    monkeypatch.setattr(triton_gather, "_new_output", poisoned)
+    monkeypatch.setattr(triton_common, "new_output", poisoned)
     seed = 2000 + num_rows * 7 + dim
     hidden, items, targets, negatives, log_q = make_case(
         num_rows, num_negatives, num_items, dim, hidden_dtype, items_dtype, scheme=scheme, seed=seed,

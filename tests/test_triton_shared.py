@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from loss_oracle import oracle_with_grads, relative_error  # noqa: E402
 
+import kernels.triton_common as triton_common  # noqa: E402
 import kernels.triton_shared as triton_shared  # noqa: E402
 from kernels.triton_shared import shared_linear_cross_entropy  # noqa: E402
 
@@ -35,7 +36,7 @@ def poison_kernel_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
         poison = float("nan") if dtype.is_floating_point else -1
         return torch.full(shape, poison, dtype=dtype, device=device)
 
-    monkeypatch.setattr(triton_shared, "_empty", nan_filled)
+    monkeypatch.setattr(triton_common, "new_output", nan_filled)
 
 
 def make_case(scheme: str, *, num_rows: int, num_items: int, num_negatives: int, dim: int,
@@ -65,14 +66,14 @@ def run_both(case: dict, *, scheme: str, rows_per_sequence: int = 1,
     """Loss and gradients of the kernel and of the float64 reference, with a random upstream gradient."""
     hidden = case["hidden"].clone().requires_grad_(True)
     items = case["items"].clone().requires_grad_(True)
-    configs = None
+    config = None
     if scheme == FUSED:
-        scheme, configs = "shared", fused_configs()
+        scheme, config = "shared", fused_config()
     num_negatives = items.shape[0] if scheme == "full" else case["negatives"].shape[-1]
     kwargs = dict(scheme=scheme, rows_per_sequence=rows_per_sequence, log_q=log_q,
                   remove_accidental_hits=remove_accidental_hits, reduction=reduction)
     loss = shared_linear_cross_entropy(hidden, items, case["targets"], case["negatives"],
-                                       num_negatives=num_negatives, ignore_index=IGNORE, configs=configs,
+                                       num_negatives=num_negatives, ignore_index=IGNORE, config=config,
                                        **kwargs)
     upstream = torch.rand(loss.shape, generator=torch.Generator().manual_seed(seed)) + 0.5
     (loss * upstream).sum().backward()
@@ -82,8 +83,8 @@ def run_both(case: dict, *, scheme: str, rows_per_sequence: int = 1,
     return (loss, hidden.grad, items.grad), reference
 
 
-def fused_configs() -> triton_shared.KernelConfigs:
-    base = triton_shared.default_configs(torch.device("cpu"), 16)
+def fused_config() -> triton_shared.SharedConfig:
+    base = triton_shared.default_config(torch.device("cpu"), 16)
     return dataclasses.replace(base, fused_backward=base.grad_hidden, fused_max_negatives=10**6)
 
 
@@ -195,11 +196,11 @@ def test_full_catalogue_equals_cross_entropy() -> None:
 def test_row_splits_of_item_gradient() -> None:
     """Many rows and few negatives make grad_items split the rows into several partial sums."""
     case = make_case("shared", num_rows=70, num_items=50, num_negatives=11, dim=16, seed=13)
-    plan_configs = triton_shared.default_configs(torch.device("cpu"), 16)
+    plan_config = triton_shared.default_config(torch.device("cpu"), 16)
     plan = triton_shared._Plan(scheme="shared", num_items=50, num_groups=1, rows_per_group=70,
                                num_negatives=11,
-                               logq_mode=0, logq_scalar=0.0, mask_hits=True, ignore_index=IGNORE,
-                               reduction="mean", configs=plan_configs)
+                               log_q_mode=0, log_q_scalar=0.0, remove_hits=True, ignore_index=IGNORE,
+                               reduction="mean", config=plan_config)
     assert triton_shared._row_splits(plan, 70) > 1
     assert_matches(*run_both(case, scheme="shared"), TOLERANCE[torch.float32])
 

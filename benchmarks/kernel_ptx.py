@@ -1,0 +1,326 @@
+"""Compile every Triton kernel of kernels/ for a GPU target without a GPU, and write its PTX.
+
+For refactoring the kernels on a machine without a GPU: run this before and after a change and compare
+the two folders (`--compare OLD NEW`); identical PTX (debug info and kernel names aside) means the change
+cannot alter what the GPU runs or how fast. The kernels are reached through the public host code
+(`shared_linear_cross_entropy`, `gather_linear_cross_entropy`, forward and backward, on small CPU
+tensors), so the launches carry exactly the constexprs, argument types and pointer alignments the host
+code passes; a stub driver reports the target (sm_90 by default) and every launch only compiles
+(JITFunction.run with warmup=True: nothing runs, outputs stay garbage). Branches of the host code that
+depend on the tensors being on CUDA are set as on CUDA: the GPU's default tile configs, no bf16 upcast;
+the per-sequence item gradient of half items takes the CPU's buffered path (ATOMIC=False), so fp32
+items cover ATOMIC=True. Tested with triton 3.6.0 (the H200's) and 3.7.1.
+
+    PYTHONPATH=. python benchmarks/kernel_ptx.py --out DIR [--arch 90]   # every kernel's PTX (minutes)
+    python benchmarks/kernel_ptx.py --compare OLD_DIR NEW_DIR
+    PYTHONPATH=. python benchmarks/kernel_ptx.py --check   # the code generator only (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import json
+import os
+import re
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+if __name__ == "__main__":
+    os.environ.pop("TRITON_INTERPRET", None)
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+import kernels.triton_common as triton_common  # noqa: E402
+import kernels.triton_gather as tg  # noqa: E402
+import kernels.triton_shared as ts  # noqa: E402
+
+IGNORE = -100
+DEBUG_LABEL = re.compile(r"\$L__tmp\d+:")
+
+
+class _CompileOnlyDriver:
+    """Enough of a Triton driver for JITFunction.run to specialise and compile for `target`."""
+
+    def __init__(self, target: GPUTarget) -> None:
+        self.target = target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int) -> int:
+        return 0
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+
+class _FrontEndPassed(Exception):
+    """Raised after Triton's code generator turned a kernel into TTIR, to skip the later stages."""
+
+
+@contextlib.contextmanager
+def compile_only(target: GPUTarget, record: Callable[[str, object], None], *, front_end_only: bool = False,
+                 ) -> Iterator[None]:
+    """Every kernel launch inside compiles for `target` and hands (kernel name, compiled kernel or error)
+    to `record`, instead of running. front_end_only: stop after the code generator (TTIR), which is where
+    the language's rules are checked (the interpreter checks fewer); `record` then gets None on success."""
+    original_run = JITFunction.run
+    original_make_ir = ASTSource.make_ir
+
+    def run(self: JITFunction, *args: object, grid: object, warmup: bool, **kwargs: object) -> object:
+        try:
+            compiled = original_run(self, *args, grid=grid, warmup=True, **kwargs)
+        except _FrontEndPassed:
+            compiled = None
+        except Exception as error:  # noqa: BLE001 (a compilation error is a result here)
+            record(self.fn.__name__, error)
+            return None
+        record(self.fn.__name__, compiled)
+        return compiled
+
+    def make_ir(self: ASTSource, *args: object, **kwargs: object) -> object:
+        module = original_make_ir(self, *args, **kwargs)
+        if front_end_only:
+            raise _FrontEndPassed
+        return module
+
+    # Kernels that do not run leave their outputs unwritten: zeros keep the host code's indexing valid.
+    patches = [(JITFunction, "run", run), (ASTSource, "make_ir", make_ir),
+               (triton.runtime.driver, "_active", _CompileOnlyDriver(target)),
+               (torch.cuda, "get_device_properties",
+                lambda device=None: types.SimpleNamespace(multi_processor_count=132)),
+               (ts, "_upcast", lambda hidden: False)]  # as on CUDA
+    patches.append((triton_common, "new_output",
+                    lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device)))
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, value in patches:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
+def _inputs(rows: int, dim: int, num_items: int, hidden_dtype: torch.dtype, items_dtype: torch.dtype,
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(rows, dim, generator=generator).to(hidden_dtype)
+    items = torch.randn(num_items, dim, generator=generator).to(items_dtype)
+    targets = torch.randint(0, num_items, (rows,), generator=generator)
+    return hidden, items, targets
+
+
+def _log_q(kind: str, num_items: int) -> torch.Tensor | float | None:
+    if kind == "none":
+        return None
+    if kind == "constant":
+        return -9.0
+    return -torch.rand(num_items, generator=torch.Generator().manual_seed(1)) - 8.0
+
+
+DTYPES = {"fp32": (torch.float32, torch.float32), "bf16": (torch.bfloat16, torch.bfloat16),
+          "fp16": (torch.float16, torch.float16), "bf16/fp32": (torch.bfloat16, torch.float32)}
+
+
+def dense_cases() -> list[dict]:
+    cases = []
+    for scheme, dim, k, dtypes, log_q, hits, grads in [
+        ("full", 64, 1000, "bf16", "none", False, "both"),
+        ("full", 256, 1024, "fp32", "none", False, "both"),
+        ("shared", 64, 4096, "bf16", "tensor", True, "both"),  # the fused backward
+        ("shared", 64, 4096, "bf16", "tensor", True, "hidden"),
+        ("shared", 256, 1000, "fp16", "constant", False, "both"),
+        ("shared", 128, 16384, "fp32", "none", True, "items"),
+        ("sequence", 64, 500, "bf16/fp32", "constant", True, "both"),
+        ("sequence", 256, 512, "bf16", "tensor", False, "both"),
+    ]:
+        cases.append(dict(family="dense", scheme=scheme, dim=dim, k=k, dtypes=dtypes, log_q=log_q, hits=hits,
+                          grads=grads))
+    return cases
+
+
+def gather_cases() -> list[dict]:
+    cases = []
+    for scheme, dim, k, dtypes, log_q, hits, slices, rows in [
+        ("position", 64, 2047, "bf16", "none", True, 0, 1),
+        ("position", 256, 511, "bf16", "tensor", True, 0, 1),
+        ("position", 128, 300, "fp32", "constant", False, 0, 1),
+        ("drawn", 64, 2047, "bf16/fp32", "constant", True, 0, 1),
+        ("drawn", 256, 511, "fp16", "tensor", False, 0, 1),
+        ("position", 256, 511, "bf16", "none", True, 8, 1),
+        ("position", 64, 2047, "fp32", "tensor", True, 16, 2),
+        ("drawn", 256, 511, "bf16", "constant", True, 16, 1),
+        ("drawn", 64, 2047, "bf16/fp32", "none", False, 32, 2),
+    ]:
+        cases.append(dict(family="gather", scheme=scheme, dim=dim, k=k, dtypes=dtypes, log_q=log_q, hits=hits,
+                          slices=slices, rows=rows, grads="both"))
+    return cases
+
+
+def run_case(case: dict) -> None:
+    rows, sequences, k = 96, 4, case["k"]
+    num_items = k if case["scheme"] == "full" else 20_000
+    hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
+    hidden, items, targets = _inputs(rows, case["dim"], num_items, hidden_dtype, items_dtype)
+    log_q = _log_q(case["log_q"], num_items)
+    hidden = hidden.detach().requires_grad_(case["grads"] != "items")
+    items = items.detach().requires_grad_(case["grads"] != "hidden")
+    generator = torch.Generator().manual_seed(2)
+    if case["family"] == "dense":
+        if case["scheme"] == "full":
+            negatives = None
+        elif case["scheme"] == "shared":
+            negatives = torch.randint(0, num_items, (k,), generator=generator)
+        else:
+            negatives = torch.randint(0, num_items, (sequences, k), generator=generator)
+        config = ts.default_config(torch.device("cuda"), case["dim"])
+        loss = ts.shared_linear_cross_entropy(
+            hidden, items, targets, negatives, scheme=case["scheme"], num_negatives=k,
+            rows_per_sequence=rows // sequences, log_q=log_q, remove_accidental_hits=case["hits"],
+            ignore_index=IGNORE, reduction="mean", config=config)
+    else:
+        negatives = (torch.randint(0, num_items, (rows, k), generator=generator)
+                     if case["scheme"] == "position" else None)
+        config = tg.default_config(torch.device("cuda"), case["dim"], k)
+        if case["slices"]:
+            config = type(config)(**{**config.__dict__, "item_slices": case["slices"],
+                                     "backward_rows": case["rows"]})
+        loss = tg.gather_linear_cross_entropy(
+            hidden, items, targets, negatives, scheme=case["scheme"], num_negatives=k,
+            seed=7 if case["scheme"] == "drawn" else None, log_q=log_q, remove_accidental_hits=case["hits"],
+            ignore_index=IGNORE, reduction="mean", config=config)
+    inputs = {"both": [hidden, items], "hidden": [hidden], "items": [items]}[case["grads"]]
+    torch.autograd.grad(loss, inputs, allow_unused=True)
+
+
+def other_launches() -> None:
+    negatives = torch.randint(0, 20_000, (64, 511), generator=torch.Generator().manual_seed(3))
+    tg.sorted_rows(negatives, method="triton")
+    tg.draw_in_kernel(5, 8, 300, 20_000, block_k=128)
+
+
+def normalise(ptx: str, name: str) -> str:
+    """PTX without debug info (sections, .loc/.file lines and the $L__tmpN labels that only the line
+    table refers to: a helper inlined elsewhere renumbers them), comments and the kernel's name."""
+    ptx = re.sub(r"\.section\s+\.debug_\w+\s*\{.*?\n\s*\}", "", ptx, flags=re.S)
+    lines = []
+    for line in ptx.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith((".loc", ".file", "//")) or DEBUG_LABEL.fullmatch(stripped):
+            continue
+        lines.append(line.split("//")[0].rstrip())
+    return "\n".join(lines).replace(name, "KERNEL") + "\n"
+
+
+def compile_every_case(target: GPUTarget, record: Callable[[str, str, object], None], *,
+                       front_end_only: bool = False) -> None:
+    """Runs every case's forward and backward (and the sort and draw kernels) with each launch compiled for
+    `target` instead of run; `record(case label, kernel name, compiled kernel, None or error)`."""
+    label = ""
+
+    def record_case(name: str, result: object) -> None:
+        record(label, name, result)
+
+    with compile_only(target, record_case, front_end_only=front_end_only):
+        for case in dense_cases() + gather_cases():
+            label = json.dumps(case, sort_keys=True)
+            run_case(case)
+        label = "sort and draw"
+        other_launches()
+
+
+def dump(out: Path, target: GPUTarget) -> int:
+    """Writes each launch's normalised PTX to OUT/NNN-kernel.ptx and the list of launches to
+    OUT/index.json; returns 1 if a kernel did not compile."""
+    out.mkdir(parents=True, exist_ok=True)
+    index: list[dict] = []
+
+    def record(label: str, name: str, result: object) -> None:
+        entry: dict = {"case": label, "launch": sum(1 for e in index if e["case"] == label), "kernel": name}
+        if isinstance(result, Exception):
+            entry["error"] = f"{type(result).__name__}: {result}"
+        else:
+            entry["file"] = f"{len(index):03d}-{name}.ptx"
+            (out / entry["file"]).write_text(normalise(result.asm["ptx"], name))  # type: ignore[attr-defined]
+        index.append(entry)
+        print(label, entry["launch"], name, entry["error"].splitlines()[0] if "error" in entry else "ok",
+              flush=True)
+
+    compile_every_case(target, record)
+    (out / "index.json").write_text(json.dumps(index, indent=1))
+    return int(any("error" in entry for entry in index))
+
+
+def check(target: GPUTarget) -> int:
+    """Front end only (fast): prints every launch that Triton's code generator refuses; 1 if any."""
+    launches: list[str] = []
+    errors: list[str] = []
+
+    def record(label: str, name: str, result: object) -> None:
+        launches.append(name)
+        if isinstance(result, Exception):
+            errors.append(f"{name} in case {label}: {type(result).__name__}: {result}")
+
+    compile_every_case(target, record, front_end_only=True)
+    for error in dict.fromkeys(errors):
+        print(error)
+    print(f"{len(launches)} launches of {len(set(launches))} kernels, {len(errors)} refused")
+    return int(bool(errors))
+
+
+def compare(old: Path, new: Path) -> int:
+    """Pairs the launches of the two dumps in order; prints one line per launch, returns 1 on a difference."""
+    old_index = json.loads((old / "index.json").read_text())
+    new_index = json.loads((new / "index.json").read_text())
+    if len(old_index) != len(new_index):
+        print(f"launch counts differ: {len(old_index)} against {len(new_index)}")
+    differ = 0
+    for a, b in zip(old_index, new_index, strict=False):
+        where = f"{a['case'][:90]} #{a['launch']} {a['kernel']}"
+        if "error" in a or "error" in b:
+            print(f"old: {a.get('error', 'ok')[:80]!r} new: {b.get('error', 'ok')[:80]!r} {where}")
+            differ |= ("error" in a) != ("error" in b)
+            continue
+        # Normalised again: dumps written before a rule of `normalise` was added compare as well.
+        before = normalise((old / a["file"]).read_text(), a["kernel"]).splitlines()
+        after = normalise((new / b["file"]).read_text(), b["kernel"]).splitlines()
+        if before == after:
+            print(f"identical  {where} -> {b['kernel']}")
+            continue
+        differ = 1
+        changed = [line for line in difflib.unified_diff(before, after, lineterm="", n=0)
+                   if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+        print(f"DIFFERENT  {where} -> {b['kernel']}: {len(changed)} lines")
+        for line in changed[:8]:
+            print(f"    {line.strip()}")
+    return differ
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"))
+    parser.add_argument("--check", action="store_true", help="front end only: do the kernels compile")
+    args = parser.parse_args()
+    target = GPUTarget("cuda", args.arch, 64)
+    if args.compare:
+        return compare(*args.compare)
+    if args.check:
+        return check(target)
+    if args.out is None:
+        parser.error("one of --out, --check or --compare is required")
+    return dump(args.out, target)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

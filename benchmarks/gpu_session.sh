@@ -127,7 +127,7 @@ case "$part" in
       echo "pytest is not installed on this host: carry its wheels in .gpu-wheels" >&2
       exit 2
     fi
-    timeout 540 python3 -m pytest -m cuda -q -rs --durations=20 -p no:cacheprovider tests/test_cuda_kernels.py \
+    timeout "${CUDA_SECONDS:-540}" python3 -m pytest -m cuda -q -rs --durations=20 -p no:cacheprovider tests/test_cuda_kernels.py \
       --junitxml "$work/cuda-tests.xml" 2>&1 | tee "$work/cuda-tests.log"
     ;;
   memory2)

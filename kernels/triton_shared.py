@@ -34,12 +34,16 @@ Backward recomputes the logits in two kernels:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from kernels import index_guard, triton_common
 from kernels.schemes import Reduction, SharedScheme
@@ -88,7 +92,10 @@ def default_config(device: torch.device, dim: int) -> SharedConfig:
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
     # From the per-kernel sweep of benchmarks/dev_shared.py on an H200 (bf16, N=51,200, K=16,384).
     # grad_items: block_m is the rows per step, block_n the item tile each program owns.
-    if dim <= 128:
+    # At d = 128 (untimed) the d <= 64 tiles need more shared memory than an H200 has (triton 3.6: 336 KiB
+    # forward, 272 KiB grad_hidden, of 227 KiB; a catalogue-scale run crashed on them), the d = 256 ones fit.
+    # Wider rows, float32 tables or smaller cards fall back to smaller tiles at launch (_launch_fitting).
+    if dim <= 64:
         forward = BlockConfig(block_m=64, block_n=256, num_warps=4, num_stages=3)
         grad_hidden = BlockConfig(block_m=128, block_n=128, num_warps=4, num_stages=4)
         grad_items = BlockConfig(block_m=128, block_n=128, num_warps=4, num_stages=3)
@@ -465,6 +472,60 @@ def _block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
 
+# Tiles that needed more shared memory than the GPU has, and the smaller ones that ran instead, by
+# (kernel, device, dtypes, padded width, asked tiles): each kernel's first launch there tries once.
+_fitted_tiles: dict[tuple[object, ...], BlockConfig] = {}
+
+
+def smaller_tiles(config: BlockConfig) -> BlockConfig | None:
+    """What to try after `config` ran out of shared memory (None: nothing smaller). Shared memory grows with
+    stages x (block_m + block_n) x width: first down to 2 pipeline stages, then the larger tile side halved
+    down to 32, then 1 stage, then halved down to 16 (tl.dot's smallest)."""
+    larger = "block_n" if config.block_n >= config.block_m else "block_m"
+    size = getattr(config, larger)
+    if config.num_stages > 2:
+        return dataclasses.replace(config, num_stages=config.num_stages - 1)
+    if size > 32:
+        return dataclasses.replace(config, **{larger: size // 2})
+    if config.num_stages > 1:
+        return dataclasses.replace(config, num_stages=1)
+    if size > 16:
+        return dataclasses.replace(config, **{larger: size // 2})
+    return None
+
+
+def _tiles_text(config: BlockConfig) -> str:
+    return f"{config.block_m}x{config.block_n} tiles, {config.num_stages} stage(s)"
+
+
+def _launch_fitting(kernel: str, hidden: torch.Tensor, items: torch.Tensor, config: BlockConfig,
+                    launch: Callable[[BlockConfig], None]) -> None:
+    """launch(config), or, where the GPU cannot hold its tiles (Triton raises OutOfResources when it loads the
+    compiled kernel, before anything runs), launch with the largest of `smaller_tiles` that fits. Shared
+    memory per tile depends on the card, the dtypes, the width and the Triton version, so the default tiles
+    cannot be right everywhere; the results do not depend on the tiles."""
+    key = (kernel, hidden.device, hidden.dtype, items.dtype, _block_d(hidden.shape[1]), config)
+    tiles = _fitted_tiles.get(key, config)
+    while True:
+        try:
+            launch(tiles)
+        except OutOfResources as error:
+            smaller = smaller_tiles(tiles)
+            if smaller is None:
+                raise RuntimeError(
+                    f"kernels: the {kernel} kernel needs more {error.name} than {hidden.device} has even "
+                    f"with {_tiles_text(tiles)} (width d={hidden.shape[1]}, {hidden.dtype}/{items.dtype}); "
+                    f"use impl='torch' for this width") from error
+            tiles = smaller
+            continue
+        if tiles != config and key not in _fitted_tiles:
+            _fitted_tiles[key] = tiles
+            warnings.warn(f"kernels: the {kernel} kernel's {_tiles_text(config)} need more shared memory "
+                          f"than {hidden.device} has (d={hidden.shape[1]}, {hidden.dtype}/{items.dtype}); "
+                          f"running {_tiles_text(tiles)}", stacklevel=2)
+        return
+
+
 def _common_args(hidden: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor | None,
                  plan: _Plan) -> tuple[int, int, int, int, int]:
     neg_group_stride = negatives.stride(0) if plan.scheme == "sequence" and negatives is not None else 0
@@ -481,21 +542,24 @@ def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, n
     loss = triton_common.new_output((num_rows,), torch.float32, hidden.device)
     kept = triton_common.new_output((num_rows,), torch.float32, hidden.device)
     safe_targets = triton_common.new_output((num_rows,), torch.int64, hidden.device)
-    config = plan.config.forward
-    grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
-    _forward_kernel[grid](
-        hidden, items, targets, negatives if negatives is not None else targets,
-        log_q if log_q is not None else lse, lse, positive, loss, kept, safe_targets,
-        index_guard.flags(hidden.device),
-        plan.rows_per_group, plan.num_negatives, plan.num_items, dim,
-        *_common_args(hidden, items, negatives, plan),
-        plan.log_q_scalar, plan.ignore_index,
-        FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
-        EVEN_K=plan.num_negatives % config.block_n == 0,
-        PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+
+    def launch(config: BlockConfig) -> None:
+        grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
+        _forward_kernel[grid](
+            hidden, items, targets, negatives if negatives is not None else targets,
+            log_q if log_q is not None else lse, lse, positive, loss, kept, safe_targets,
+            index_guard.flags(hidden.device),
+            plan.rows_per_group, plan.num_negatives, plan.num_items, dim,
+            *_common_args(hidden, items, negatives, plan),
+            plan.log_q_scalar, plan.ignore_index,
+            FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
+            EVEN_K=plan.num_negatives % config.block_n == 0,
+            PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
+            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+
+    _launch_fitting("forward", hidden, items, plan.config.forward, launch)
     return lse, positive, loss, kept, safe_targets
 
 
@@ -504,20 +568,23 @@ def _grad_hidden(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tenso
                  row_grad: torch.Tensor, positive_coef: torch.Tensor, plan: _Plan) -> torch.Tensor:
     num_rows, dim = hidden.shape
     grad_hidden = triton_common.new_output((num_rows, dim), hidden.dtype, hidden.device)
-    config = plan.config.grad_hidden
-    grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
-    _grad_hidden_kernel[grid](
-        hidden, items, targets, negatives if negatives is not None else targets,
-        log_q if log_q is not None else lse, lse, row_grad, positive_coef, grad_hidden,
-        plan.rows_per_group, plan.num_negatives, plan.num_items, dim,
-        *_common_args(hidden, items, negatives, plan),
-        plan.log_q_scalar, plan.ignore_index,
-        FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
-        EVEN_K=plan.num_negatives % config.block_n == 0,
-        PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+
+    def launch(config: BlockConfig) -> None:
+        grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
+        _grad_hidden_kernel[grid](
+            hidden, items, targets, negatives if negatives is not None else targets,
+            log_q if log_q is not None else lse, lse, row_grad, positive_coef, grad_hidden,
+            plan.rows_per_group, plan.num_negatives, plan.num_items, dim,
+            *_common_args(hidden, items, negatives, plan),
+            plan.log_q_scalar, plan.ignore_index,
+            FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
+            EVEN_K=plan.num_negatives % config.block_n == 0,
+            PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
+            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+
+    _launch_fitting("grad_hidden", hidden, items, plan.config.grad_hidden, launch)
     return grad_hidden
 
 
@@ -526,19 +593,23 @@ def _launch_grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch
                        row_grad: torch.Tensor, out: torch.Tensor, *, num_splits: int, group_offset: int,
                        num_groups: int, out_strides: tuple[int, int, int], atomic: bool, plan: _Plan) -> None:
     dim = hidden.shape[1]
-    config = plan.config.grad_items
-    grid = (triton.cdiv(plan.num_negatives, config.block_n), num_splits, num_groups)
-    _grad_items_kernel[grid](
-        hidden, items, targets, negatives if negatives is not None else targets,
-        log_q if log_q is not None else lse, lse, row_grad, out,
-        plan.rows_per_group, plan.num_negatives, plan.num_items, dim, num_splits, group_offset,
-        *_common_args(hidden, items, negatives, plan), *out_strides,
-        plan.log_q_scalar, plan.ignore_index,
-        FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits, ATOMIC=atomic,
-        PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n,
-        BLOCK_D=_block_d(dim), num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+
+    def launch(config: BlockConfig) -> None:
+        # The row splits loop over row blocks of any size: num_splits needs no particular block_m.
+        grid = (triton.cdiv(plan.num_negatives, config.block_n), num_splits, num_groups)
+        _grad_items_kernel[grid](
+            hidden, items, targets, negatives if negatives is not None else targets,
+            log_q if log_q is not None else lse, lse, row_grad, out,
+            plan.rows_per_group, plan.num_negatives, plan.num_items, dim, num_splits, group_offset,
+            *_common_args(hidden, items, negatives, plan), *out_strides,
+            plan.log_q_scalar, plan.ignore_index,
+            FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits, ATOMIC=atomic,
+            PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
+            BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+            BLOCK_D=_block_d(dim), num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+
+    _launch_fitting("grad_items", hidden, items, plan.config.grad_items, launch)
 
 
 def _row_splits(plan: _Plan, num_rows: int) -> int:
@@ -621,18 +692,22 @@ def _fused_backward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Te
     num_rows, dim = hidden.shape
     grad_hidden = triton_common.new_output((num_rows, dim), hidden.dtype, hidden.device)
     tile_grad = torch.zeros((plan.num_negatives, dim), dtype=torch.float32, device=hidden.device)
-    _fused_backward_kernel[(triton.cdiv(num_rows, config.block_m),)](
-        hidden, items, targets, negatives, log_q if log_q is not None else lse, lse, row_grad, positive_coef,
-        grad_hidden, tile_grad,
-        num_rows, plan.num_negatives, plan.num_items, dim,
-        hidden.stride(0), hidden.stride(1), items.stride(0), items.stride(1),
-        plan.log_q_scalar, plan.ignore_index,
-        LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
-        EVEN_K=plan.num_negatives % config.block_n == 0,
-        PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
-        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+
+    def launch(tiles: BlockConfig) -> None:
+        _fused_backward_kernel[(triton.cdiv(num_rows, tiles.block_m),)](
+            hidden, items, targets, negatives, log_q if log_q is not None else lse, lse, row_grad,
+            positive_coef, grad_hidden, tile_grad,
+            num_rows, plan.num_negatives, plan.num_items, dim,
+            hidden.stride(0), hidden.stride(1), items.stride(0), items.stride(1),
+            plan.log_q_scalar, plan.ignore_index,
+            LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
+            EVEN_K=plan.num_negatives % tiles.block_n == 0,
+            PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
+            BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_D=_block_d(dim),
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        )
+
+    _launch_fitting("fused_backward", hidden, items, config, launch)
     grad_items = _shared_item_gradient(tile_grad, hidden, items, negatives, positive_coef, safe_targets)
     return grad_hidden, grad_items
 

@@ -167,6 +167,13 @@ PATHS = {
     "shared, K > 8192: split backward": Case("shared", batch=4, length=101, num_items=50_021,
                                              num_negatives=9_001, dim=64),
     "shared, d=256": Case("shared", batch=3, length=97, num_items=20_011, num_negatives=2_003, dim=256),
+    # d=128: the d=64 tiles needed more shared memory than an H200 has (issue 11's catalogue run crashed).
+    "full, d=128": Case("full", batch=3, length=61, num_items=20_011, num_negatives=0, dim=128),
+    "shared, d=128": Case("shared", batch=4, length=97, num_items=20_011, num_negatives=4_099, dim=128),
+    "sequence, d=128": Case("sequence", batch=5, length=61, num_items=10_007, num_negatives=1_025, dim=128),
+    # Wider than any default tile was sized for: too-large tiles are retried smaller at launch.
+    "shared, d=512": Case("shared", batch=2, length=61, num_items=5_003, num_negatives=1_001, dim=512),
+    "full, d=512": Case("full", batch=2, length=37, num_items=3_001, num_negatives=0, dim=512),
     "sequence, d=256": Case("sequence", batch=5, length=61, num_items=10_007, num_negatives=700, dim=256),
     "position, K > 512: torch.sort": Case("position", batch=4, length=150, num_items=8_009,
                                           num_negatives=1_203, dim=64),

@@ -12,10 +12,12 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import dataclasses  # noqa: E402
 import math  # noqa: E402
+import warnings  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from loss_oracle import oracle_with_grads, relative_error  # noqa: E402
+from triton.runtime.errors import OutOfResources  # noqa: E402
 
 import kernels.triton_common as triton_common  # noqa: E402
 import kernels.triton_shared as triton_shared  # noqa: E402
@@ -342,3 +344,83 @@ def test_fused_backward_replaces_both_gradient_kernels(monkeypatch: pytest.Monke
     rows, num_items, k, _ = SCHEME_SHAPES[FUSED]
     case = make_case(FUSED, num_rows=rows, num_items=num_items, num_negatives=k, dim=16, seed=41)
     assert_matches(*run_both(case, scheme=FUSED), TOLERANCE[torch.float32])
+
+
+def test_smaller_tiles_shrink_shared_memory_to_the_smallest_tile() -> None:
+    """Each step needs less shared memory (stages x (block_m + block_n)); the last is 16x16 with 1 stage."""
+    tiles = triton_shared.BlockConfig(block_m=64, block_n=256, num_warps=4, num_stages=3)
+    steps = [tiles]
+    while (smaller := triton_shared.smaller_tiles(steps[-1])) is not None:
+        steps.append(smaller)
+    footprint = [t.num_stages * (t.block_m + t.block_n) for t in steps]
+    assert all(later < earlier for earlier, later in zip(footprint, footprint[1:])), steps
+    assert (steps[1].num_stages, steps[1].block_n) == (2, 256)  # fewer stages before smaller tiles
+    assert (steps[-1].block_m, steps[-1].block_n, steps[-1].num_stages) == (16, 16, 1)
+    assert all(t.num_warps == 4 for t in steps)
+
+
+class _SharedMemoryLimit:
+    """Stands in for a Triton kernel on a GPU with little shared memory: launches whose tiles exceed
+    `limit` (stages x (block_m + block_n)) raise OutOfResources before running, as Triton does when it
+    loads the compiled kernel; the others run the real kernel."""
+
+    def __init__(self, kernel, limit: int, launched: list) -> None:
+        self.kernel, self.limit, self.launched = kernel, limit, launched
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            tiles = kwargs["num_stages"] * (kwargs["BLOCK_M"] + kwargs["BLOCK_N"])
+            if tiles > self.limit:
+                raise OutOfResources(tiles, self.limit, "shared memory")
+            self.launched.append((self.kernel.fn.__name__, kwargs["BLOCK_M"], kwargs["BLOCK_N"],
+                                  kwargs["num_stages"]))
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.mark.parametrize("scheme", ["full", "shared", FUSED, "sequence"])
+def test_tiles_too_large_for_the_gpu_fall_back_to_smaller_ones(monkeypatch: pytest.MonkeyPatch,
+                                                               scheme: str) -> None:
+    """Tiles the GPU cannot hold (a catalogue-scale run crashed on them at d=128 on an H200) are retried
+    smaller, once per kernel and shape, with the float64 reference's loss and gradients."""
+    launched: list = []
+    for name in ("_forward_kernel", "_grad_hidden_kernel", "_grad_items_kernel", "_fused_backward_kernel"):
+        limited = _SharedMemoryLimit(getattr(triton_shared, name), 64, launched)
+        monkeypatch.setattr(triton_shared, name, limited)
+    monkeypatch.setattr(triton_shared, "_fitted_tiles", {})
+    big = triton_shared.BlockConfig(block_m=32, block_n=64, num_warps=1, num_stages=2)
+    config = triton_shared.SharedConfig(forward=big, grad_hidden=big, grad_items=big, target_programs=4,
+                                        fused_backward=big if scheme == FUSED else None,
+                                        fused_max_negatives=10**6 if scheme == FUSED else 0)
+    monkeypatch.setattr(triton_shared, "default_config", lambda device, dim: config)
+    rows, num_items, k, rows_per_sequence = SCHEME_SHAPES[scheme]
+    case = make_case(scheme, num_rows=rows, num_items=num_items, num_negatives=k, dim=24,
+                     rows_per_sequence=rows_per_sequence, seed=53)
+    with pytest.warns(UserWarning, match="need more shared memory"):
+        kernel, reference = run_both(case, scheme="shared" if scheme == FUSED else scheme,
+                                     rows_per_sequence=rows_per_sequence)
+    assert_matches(kernel, reference, TOLERANCE[torch.float32])
+    assert launched and all(s * (m + n) <= 64 for _, m, n, s in launched), launched
+    expected = {"_forward_kernel", "_fused_backward_kernel"} if scheme == FUSED else {
+        "_forward_kernel", "_grad_hidden_kernel", "_grad_items_kernel"}
+    assert {name for name, *_ in launched} == expected
+    fitted = set(triton_shared._fitted_tiles.values())
+    assert fitted == {triton_shared.BlockConfig(block_m=32, block_n=32, num_warps=1, num_stages=1)}
+    # Later calls launch the fitted tiles directly (the too-large ones are not tried again) and stay quiet.
+    launched.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_both(case, scheme="shared" if scheme == FUSED else scheme, rows_per_sequence=rows_per_sequence)
+    assert {(m, n, s) for _, m, n, s in launched} == {(32, 32, 1)}
+
+
+def test_tiles_that_never_fit_name_the_kernel_and_the_way_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    launched: list = []
+    monkeypatch.setattr(triton_shared, "_forward_kernel",
+                        _SharedMemoryLimit(triton_shared._forward_kernel, 16, launched))
+    monkeypatch.setattr(triton_shared, "_fitted_tiles", {})
+    rows, num_items, k, _ = SCHEME_SHAPES["shared"]
+    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=24, seed=54)
+    with pytest.raises(RuntimeError, match=r"forward kernel needs more shared memory .* impl='torch'"):
+        run_both(case, scheme="shared")
+    assert launched == []

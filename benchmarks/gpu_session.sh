@@ -19,7 +19,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|cuda}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|cuda|shared-ab}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 # The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
@@ -127,16 +127,27 @@ case "$part" in
       echo "pytest is not installed on this host: carry its wheels in .gpu-wheels" >&2
       exit 2
     fi
-    timeout "${CUDA_SECONDS:-540}" python3 -m pytest -m cuda -q -rs --durations=20 -p no:cacheprovider tests/test_cuda_kernels.py \
+    # With pytest-xdist carried too (CUDA_WORKERS=8), the compilations of the variants run in parallel.
+    workers=(); python3 -c 'import xdist' 2>/dev/null && workers=(-n "${CUDA_WORKERS:-0}")
+    timeout "${CUDA_SECONDS:-540}" python3 -m pytest -m cuda -v -rfEs --tb=short --durations=20 -p no:cacheprovider \
+      "${workers[@]}" tests/test_cuda_kernels.py \
       --junitxml "$work/cuda-tests.xml" 2>&1 | tee "$work/cuda-tests.log"
     ;;
   memory2)
     # Issue 11's out-of-sample set (36 configurations on new logs), every visible card; cut off at 330 s.
     cards=$(python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))')
+    # MEMORY_ONLY=name,name: only those configurations (a rerun of rows that failed).
     timeout 400 python3 benchmarks/memory_validation.py --set catalogue2 --gpus "$cards" --timeout 240 \
+      ${MEMORY_ONLY:+--only "$MEMORY_ONLY"} \
       --deadline "${MEMORY_DEADLINE:-330}" --out "$work/memory-catalogue2" 2>&1 | tee "$work/memory-catalogue2.log"
     ;;
-  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2 or cuda)" >&2
+  shared-ab)
+    # The dense loss at d=64 and 256 of the trees in .cache/ab/* (git archive SHA kernels) next to this one.
+    trees=after=.; for tree in .cache/ab/*/; do trees="$(basename "$tree")=$tree,$trees"; done
+    timeout "${AB_SECONDS:-300}" python3 benchmarks/shared_ab.py --trees "$trees" --out "$work/shared-ab" 2>&1 \
+      | tee "$work/shared-ab.log"
+    ;;
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2, cuda or shared-ab)" >&2
      exit 2 ;;
 esac
 mkdir -p "$out"

@@ -49,15 +49,17 @@ def worker(rows: int, num_items: int) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trees", required=True, help="NAME=FOLDER,... (each FOLDER holds kernels/)")
+    parser.add_argument("--trees", help="NAME=FOLDER,... (each FOLDER holds kernels/)")
     parser.add_argument("--rows", type=int, default=51_200)
     parser.add_argument("--catalogue", type=int, default=1_000_000)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.rows, args.catalogue)
         return 0
+    if not args.trees or not args.out:
+        parser.error("--trees and --out are required")
     trees = dict(pair.split("=", 1) for pair in args.trees.split(","))
     for name, folder in trees.items():
         if not (Path(folder) / "kernels" / "__init__.py").is_file():

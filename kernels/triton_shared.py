@@ -494,6 +494,19 @@ def smaller_tiles(config: BlockConfig) -> BlockConfig | None:
     return None
 
 
+def _footprint(config: BlockConfig) -> int:
+    return config.num_stages * (config.block_m + config.block_n)
+
+
+def _fraction_available(error: OutOfResources) -> float:
+    """limit / required of Triton's report, or 1.0 when it gives no numbers."""
+    try:
+        required, limit = float(error.required), float(error.limit)
+    except (TypeError, ValueError):
+        return 1.0
+    return limit / required if required > 0 and limit > 0 else 1.0
+
+
 def _tiles_text(config: BlockConfig) -> str:
     return f"{config.block_m}x{config.block_n} tiles, {config.num_stages} stage(s)"
 
@@ -510,7 +523,12 @@ def _launch_fitting(kernel: str, hidden: torch.Tensor, items: torch.Tensor, conf
         try:
             launch(tiles)
         except OutOfResources as error:
+            # Each refused compilation can take seconds (wide float32 tiles: tens): skip the steps that the
+            # reported shortfall already rules out, taking shared memory as proportional to the footprint.
             smaller = smaller_tiles(tiles)
+            wanted = _footprint(tiles) * _fraction_available(error)
+            while smaller is not None and _footprint(smaller) > wanted and smaller_tiles(smaller) is not None:
+                smaller = smaller_tiles(smaller)
             if smaller is None:
                 raise RuntimeError(
                     f"kernels: the {kernel} kernel needs more {error.name} than {hidden.device} has even "

@@ -365,12 +365,13 @@ class _SharedMemoryLimit:
     loads the compiled kernel; the others run the real kernel."""
 
     def __init__(self, kernel, limit: int, launched: list) -> None:
-        self.kernel, self.limit, self.launched = kernel, limit, launched
+        self.kernel, self.limit, self.launched, self.refused = kernel, limit, launched, 0
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             tiles = kwargs["num_stages"] * (kwargs["BLOCK_M"] + kwargs["BLOCK_N"])
             if tiles > self.limit:
+                self.refused += 1
                 raise OutOfResources(tiles, self.limit, "shared memory")
             self.launched.append((self.kernel.fn.__name__, kwargs["BLOCK_M"], kwargs["BLOCK_N"],
                                   kwargs["num_stages"]))
@@ -384,9 +385,10 @@ def test_tiles_too_large_for_the_gpu_fall_back_to_smaller_ones(monkeypatch: pyte
     """Tiles the GPU cannot hold (a catalogue-scale run crashed on them at d=128 on an H200) are retried
     smaller, once per kernel and shape, with the float64 reference's loss and gradients."""
     launched: list = []
+    limited = {}
     for name in ("_forward_kernel", "_grad_hidden_kernel", "_grad_items_kernel", "_fused_backward_kernel"):
-        limited = _SharedMemoryLimit(getattr(triton_shared, name), 64, launched)
-        monkeypatch.setattr(triton_shared, name, limited)
+        limited[name] = _SharedMemoryLimit(getattr(triton_shared, name), 64, launched)
+        monkeypatch.setattr(triton_shared, name, limited[name])
     monkeypatch.setattr(triton_shared, "_fitted_tiles", {})
     big = triton_shared.BlockConfig(block_m=32, block_n=64, num_warps=1, num_stages=2)
     config = triton_shared.SharedConfig(forward=big, grad_hidden=big, grad_items=big, target_programs=4,
@@ -404,6 +406,9 @@ def test_tiles_too_large_for_the_gpu_fall_back_to_smaller_ones(monkeypatch: pyte
     expected = {"_forward_kernel", "_fused_backward_kernel"} if scheme == FUSED else {
         "_forward_kernel", "_grad_hidden_kernel", "_grad_items_kernel"}
     assert {name for name, *_ in launched} == expected
+    # Refused once each: 32x64 with 2 stages asked 3x the limit, so 32x32 with 2 stages (2x) was skipped.
+    assert {name: stand_in.refused for name, stand_in in limited.items() if stand_in.refused} == {
+        name: 1 for name in expected}
     fitted = set(triton_shared._fitted_tiles.values())
     assert fitted == {triton_shared.BlockConfig(block_m=32, block_n=32, num_warps=1, num_stages=1)}
     # Later calls launch the fitted tiles directly (the too-large ones are not tried again) and stay quiet.

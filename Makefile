@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 # --resume: a second `make demo` finishes (or just reports) the same sweep instead of refusing.
 demo: $(STAMP)
 	$(BIN)/cce-study sweep sweeps/demo.toml --resume
-	$(BIN)/cce-study pareto --db results/demo/results.sqlite --out results/demo/figures --budgets 1.2GiB
+	$(BIN)/cce-study pareto --db results/demo/results.sqlite --out results/demo/figures --budgets 1.2GiB,2GiB
 	@echo
 	@echo "To run the README's commands in this shell:"
 	@echo "  source $(VENV)/bin/activate"

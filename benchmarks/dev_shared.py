@@ -159,14 +159,15 @@ def sweep_dim(dim: int) -> list[dict]:
         plan = ts._Plan(scheme="shared", num_items=items.shape[0], num_groups=1,
                         rows_per_group=hidden.shape[0], num_negatives=k, log_q_mode=0, log_q_scalar=0.0,
                         remove_hits=True, ignore_index=IGNORE, reduction="mean", config=configs)
-        lse, positive, _, kept, safe_targets = ts._forward(hidden, items, targets, negatives, None, plan)
+        prepared = ts._prepare_negatives(negatives, None, plan)
+        lse, positive, _, kept, safe_targets = ts._forward(hidden, items, targets, prepared, plan)
         row_grad = kept / hidden.shape[0]
         coef = row_grad * (torch.exp(positive - lse) - 1)
-        backward_args = (hidden, items, targets, negatives, None, lse, row_grad, coef)
+        backward_args = (hidden, items, safe_targets, prepared, lse, row_grad, coef)
         kernels = {
-            "forward": functools.partial(ts._forward, hidden, items, targets, negatives, None, plan),
+            "forward": functools.partial(ts._forward, hidden, items, targets, prepared, plan),
             "grad_hidden": functools.partial(ts._grad_hidden, *backward_args, plan),
-            "grad_items": functools.partial(ts._grad_items, *backward_args, safe_targets, plan),
+            "grad_items": functools.partial(ts._grad_items, *backward_args, plan),
         }
         times = {}
         for name, fn in kernels.items():

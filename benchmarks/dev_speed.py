@@ -247,14 +247,15 @@ def kernel_times(scheme: str, k: int, tile, base: KernelConfigs) -> dict[str, fl
     plan = ts._Plan(scheme=scheme, num_items=items.shape[0], num_groups=1, rows_per_group=hidden.shape[0],
                     num_negatives=num_negatives, log_q_mode=0, log_q_scalar=0.0, remove_hits=scheme != "full",
                     ignore_index=IGNORE, reduction="mean", config=configs)
-    lse, positive, _, kept, safe_targets = ts._forward(hidden, items, targets, negatives, None, plan)
+    prepared = ts._prepare_negatives(negatives, None, plan) if negatives is not None else None
+    lse, positive, _, kept, safe_targets = ts._forward(hidden, items, targets, prepared, plan)
     row_grad = kept / hidden.shape[0]
     coef = -row_grad if scheme == "full" else row_grad * torch.expm1(positive - lse)
-    backward_args = (hidden, items, targets, negatives, None, lse, row_grad, coef)
+    backward_args = (hidden, items, safe_targets, prepared, lse, row_grad, coef)
     kernels = {
-        "forward": functools.partial(ts._forward, hidden, items, targets, negatives, None, plan),
+        "forward": functools.partial(ts._forward, hidden, items, targets, prepared, plan),
         "grad_hidden": functools.partial(ts._grad_hidden, *backward_args, plan),
-        "grad_items": functools.partial(ts._grad_items, *backward_args, safe_targets, plan),
+        "grad_items": functools.partial(ts._grad_items, *backward_args, plan),
     }
     times = {}
     for name, fn in kernels.items():

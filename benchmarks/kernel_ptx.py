@@ -14,6 +14,14 @@ items cover ATOMIC=True. Tested with triton 3.6.0 (the H200's) and 3.7.1.
     PYTHONPATH=. python benchmarks/kernel_ptx.py --out DIR [--arch 90]   # every kernel's PTX (minutes)
     python benchmarks/kernel_ptx.py --compare OLD_DIR NEW_DIR
     PYTHONPATH=. python benchmarks/kernel_ptx.py --check   # the code generator only (seconds)
+    PYTHONPATH=. python benchmarks/kernel_ptx.py --loops [--out DIR]   # the dense tile loops (seconds)
+
+--loops compiles the launches of the public call that benchmarks/shared_ab.py times (shared negatives,
+bf16, d=64, K=4096: fused backward, K=16384: split backward), prints per kernel the registers, the bytes
+spilled and the SASS instructions of its largest loop (where the backend ships cuobjdump and nvdisasm),
+and checks two rules of the tile loops in the TTGIR: no 64-bit integer comparison (an index range tested
+per tile) and no layout conversion of a 2-D boolean tensor (a [rows, negatives] mask built in the wrong
+layout, through shared memory, per tile). Both cost 40% at K=16384 on an H200 (notes/kernel-shared.md).
 """
 
 from __future__ import annotations
@@ -24,7 +32,9 @@ import difflib
 import json
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -277,14 +287,44 @@ def check(target: GPUTarget) -> int:
     return int(bool(errors))
 
 
+def _pair_launches(old_index: list[dict], new_index: list[dict]) -> list[tuple[dict | None, dict | None]]:
+    """The launches of two dumps paired case by case: in order where a case launches as many kernels in
+    both (so a renamed kernel pairs with its old name), else by kernel name and occurrence, with None for
+    a launch that only one side has (a kernel added or removed)."""
+    cases = list(dict.fromkeys(entry["case"] for entry in old_index + new_index))
+    pairs: list[tuple[dict | None, dict | None]] = []
+    for case in cases:
+        before = [entry for entry in old_index if entry["case"] == case]
+        after = [entry for entry in new_index if entry["case"] == case]
+        if len(before) == len(after):
+            pairs.extend(zip(before, after, strict=True))
+            continue
+        unmatched = list(after)
+        for entry in before:
+            match = next((other for other in unmatched if other["kernel"] == entry["kernel"]), None)
+            if match is not None:
+                unmatched.remove(match)
+            pairs.append((entry, match))
+        pairs.extend((None, entry) for entry in unmatched)
+    return pairs
+
+
 def compare(old: Path, new: Path) -> int:
-    """Pairs the launches of the two dumps in order; prints one line per launch, returns 1 on a difference."""
+    """Pairs the launches of the two dumps (_pair_launches); prints one line per launch, returns 1 on a
+    difference."""
     old_index = json.loads((old / "index.json").read_text())
     new_index = json.loads((new / "index.json").read_text())
     if len(old_index) != len(new_index):
         print(f"launch counts differ: {len(old_index)} against {len(new_index)}")
     differ = 0
-    for a, b in zip(old_index, new_index, strict=False):
+    for a, b in _pair_launches(old_index, new_index):
+        if a is None or b is None:
+            differ = 1
+            entry = a if a is not None else b
+            assert entry is not None
+            print(f"{'ONLY OLD' if b is None else 'ONLY NEW'}   {entry['case'][:90]} #{entry['launch']} "
+                  f"{entry['kernel']}")
+            continue
         where = f"{a['case'][:90]} #{a['launch']} {a['kernel']}"
         if "error" in a or "error" in b:
             print(f"old: {a.get('error', 'ok')[:80]!r} new: {b.get('error', 'ok')[:80]!r} {where}")
@@ -305,18 +345,117 @@ def compare(old: Path, new: Path) -> int:
     return differ
 
 
+def shared_benchmark_cases() -> list[dict]:
+    """The launches of the public call that benchmarks/shared_ab.py times (at CPU sizes: the constexprs,
+    tiles and argument specialisations are those of N=51,200, C=10^6)."""
+    return [dict(family="dense", scheme="shared", dim=64, k=k, dtypes="bf16", log_q="none", hits=True,
+                 grads="both") for k in (4096, 16384)]
+
+
+def _tile_loops(ttgir: str) -> list[list[str]]:
+    """The bodies of the scf.for loops of a TTGIR module (nested loops inside their outer one)."""
+    loops, depth, body = [], 0, None
+    for line in ttgir.splitlines():
+        if body is None and "scf.for" in line and line.rstrip().endswith("{"):
+            body, depth = [], 0
+        if body is not None:
+            body.append(line)
+            depth += line.count("{") - line.count("}")
+            if depth == 0:
+                loops.append(body)
+                body = None
+    return loops
+
+
+def loop_rule_breaks(ttgir: str) -> list[str]:
+    """What breaks the tile loops' rules (see the module docstring) in one kernel's TTGIR."""
+    breaks = []
+    for body in _tile_loops(ttgir):
+        for line in body:
+            op = line.split("loc(")[0].strip()
+            if "arith.cmpi" in op and re.search(r"(tensor<[\dx]*xi64\b|: i64\b)", op):
+                breaks.append(f"64-bit integer comparison in a tile loop: {op[:160]}")
+            if "ttg.convert_layout" in op and re.search(r"-> tensor<\d+x\d+xi1", op):
+                breaks.append(f"2-D boolean layout conversion in a tile loop: {op[:160]}")
+    return breaks
+
+
+def _backend_tool(name: str) -> str | None:
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    return str(path) if path.is_file() else None
+
+
+def sass_summary(cubin: bytes) -> str:
+    """Registers, stack (spilled) bytes and the SASS instructions of the largest loop of a cubin, or why
+    not (the backend has no cuobjdump/nvdisasm)."""
+    cuobjdump, nvdisasm = _backend_tool("cuobjdump"), _backend_tool("nvdisasm")
+    if cuobjdump is None or nvdisasm is None:
+        return "no cuobjdump/nvdisasm in this Triton"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        usage = subprocess.run([cuobjdump, "-res-usage", file.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([nvdisasm, "-c", file.name], capture_output=True, text=True).stdout
+    resources = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    instructions, labels, largest = [], {}, 0
+    for line in sass.splitlines():
+        label = re.match(r"\s*(\.L_x_\d+):", line)
+        if label:
+            labels[label.group(1)] = len(instructions)
+        elif re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+", line):
+            instructions.append(line)
+            branch = re.search(r"BRA\s+`?\(?(\.L_x_\d+)", line)
+            # A backward branch closes a loop (the one-instruction spin after EXIT is none).
+            if branch and labels.get(branch.group(1), len(instructions)) < len(instructions) - 1:
+                largest = max(largest, len(instructions) - labels[branch.group(1)])
+    registers, stack = resources.groups() if resources else ("?", "?")
+    return f"{registers} registers, {stack} stack bytes, {largest} instructions in its largest loop"
+
+
+def loops(target: GPUTarget, out: Path | None) -> int:
+    """--loops: compile the shared benchmark's launches, print their loops, 1 if a rule breaks."""
+    broken = 0
+    label = ""
+
+    def record(name: str, result: object) -> None:
+        nonlocal broken
+        if isinstance(result, Exception):
+            print(f"{label} {name}: {type(result).__name__}: {str(result).splitlines()[0]}")
+            broken = 1
+            return
+        asm = result.asm  # type: ignore[attr-defined]
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"{label}-{name}.ttgir").write_text(asm["ttgir"])
+            (out / f"{label}-{name}.cubin").write_bytes(asm["cubin"])
+        breaks = loop_rule_breaks(asm["ttgir"])
+        broken |= bool(breaks)
+        print(f"{label} {name}: {sass_summary(asm['cubin'])}" + "".join(f"\n    {b}" for b in breaks),
+              flush=True)
+
+    with compile_only(target, record):
+        for case in shared_benchmark_cases():
+            label = f"shared K={case['k']} d={case['dim']} {case['dtypes']}"
+            run_case(case)
+    return broken
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
     parser.add_argument("--arch", type=int, default=90)
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("OLD", "NEW"))
     parser.add_argument("--check", action="store_true", help="front end only: do the kernels compile")
+    parser.add_argument("--loops", action="store_true",
+                        help="the shared benchmark's tile loops: registers, spills, loop size, rules")
     args = parser.parse_args()
     target = GPUTarget("cuda", args.arch, 64)
     if args.compare:
         return compare(*args.compare)
     if args.check:
         return check(target)
+    if args.loops:
+        return loops(target, args.out)
     if args.out is None:
         parser.error("one of --out, --check or --compare is required")
     return dump(args.out, target)

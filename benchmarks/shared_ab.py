@@ -1,4 +1,4 @@
-"""The dense-negative loss (shared negatives, d=64) of several source trees timed side by side on one GPU.
+"""The dense-negative loss (shared negatives, d=64 and 256) of several source trees side by side on one GPU.
 
 Each tree (a folder holding a `kernels/` package: `git archive SHA kernels | tar -x -C DIR`) is timed in
 its own process through the same public call, `kernels.linear_cross_entropy`, forward and backward of both
@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-CASES = [(4096, 64), (16384, 64), (4096, 256)]
+CASES = [(4096, 64), (16384, 64), (4096, 256), (16384, 256)]
 
 
 def worker(rows: int, num_items: int) -> None:

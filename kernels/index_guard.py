@@ -6,8 +6,9 @@ from running ahead of the GPU. So on the fused path on CUDA the check moves into
 
 - every kernel that turns an index into an address first tests its range; an out-of-range target
   makes its row count as ignored (no loss, no gradient, not counted by the mean), an out-of-range
-  negative is left out like an accidental hit. No such index ever becomes an address.
-- the forward kernels record what they refused in a small per-device int64 flag buffer (`flags`),
+  negative is left out like an accidental hit. No such index ever becomes an address. (The dense-negative
+  kernels test their negatives once per call, in a small kernel before the forward, not in every tile.)
+- the kernels that test record what they refused in a small per-device int64 flag buffer (`flags`),
   which the call then copies to pinned host memory asynchronously (`publish`).
 - the next call on that device reads the copy if it has arrived (an event query, not a wait) and
   raises the ValueError then; `check_index_errors` waits for the copy and raises at once (the trainer

@@ -25,6 +25,13 @@ Backward recomputes the logits in two kernels:
   instead of grad_hidden + grad_items: a program per row block walks every negative tile once, keeps dH
   in registers and adds dS^T H of each tile into a float32 [K, d] tile gradient with atomics (then the
   same `index_add_`). One recomputation of the logits instead of two; measured faster only there.
+- Negatives are prepared once per call (`_prepare_negatives`, one small kernel, no host synchronisation):
+  int32 ids, -1 for an index outside [0, C) (reported through kernels.index_guard and never an address),
+  and float32 offsets added to the base-2 logits (the logQ correction; -inf where refused). So the tile
+  loops read ids and offsets and test no index ranges: forward adds the offset in the FMA that scales the
+  logit; grad_items zeroes a refused negative's row when it stores it; grad_hidden and the fused backward
+  read its item row as zeros, or add the offsets where they carry a logQ correction. (Range tests inside
+  the tile loops made shared K=16384 d=64 40% slower on an H200: notes/kernel-shared.md.)
 - The positive part of the item gradient for "shared"/"sequence", dE[p_i] += (p_i0 - 1) g_i h_i, is one
   `index_add_` of an [N, d] float32 buffer: targets repeat arbitrarily and are not ordered, and the
   buffer is within the O(N*d) allowance. On CUDA `index_add_` itself uses atomics, so the item
@@ -39,6 +46,7 @@ import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -132,74 +140,101 @@ def _load_rows(base_ptr, rows, row_mask, stride_row, stride_col, d_offs, d_mask)
 
 
 @triton.jit
-def _row_block(hidden_ptr, negatives_ptr, rows_per_group, dim, stride_hidden_row, stride_hidden_col,
+def _row_block(hidden_ptr, ids_ptr, offsets_ptr, rows_per_group, dim, stride_hidden_row, stride_hidden_col,
                stride_neg_group, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The rows of program (row block, group) of forward and grad_hidden: (the group's negatives, rows
-    (int64), which rows exist, the d offsets and mask, the hidden rows [BLOCK_M, BLOCK_D])."""
+    """The rows of program (row block, group) of forward and grad_hidden: (the group's negative ids and
+    logit offsets, rows (int64), which rows exist, the d offsets and mask, the hidden rows
+    [BLOCK_M, BLOCK_D])."""
     # Row blocks of one sequence are neighbours in launch order, so they share its negative tiles in L2.
     group = tl.program_id(1)
-    group_negatives_ptr = negatives_ptr + group.to(tl.int64) * stride_neg_group
+    group_start = group.to(tl.int64) * stride_neg_group
     local_rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = local_rows < rows_per_group
     rows = group.to(tl.int64) * rows_per_group + local_rows
     d_offs = tl.arange(0, BLOCK_D)
     d_mask = d_offs < dim
     h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d_offs, d_mask)
-    return group_negatives_ptr, rows, row_mask, d_offs, d_mask, h
+    return ids_ptr + group_start, offsets_ptr + group_start, rows, row_mask, d_offs, d_mask, h
 
 
 @triton.jit
-def _negative_indices(group_negatives_ptr, cols, col_mask, num_items, FULL: tl.constexpr):
-    """(idx, ok) of a tile of negative columns: int32 item ids (C < 2**31: the per-element hit
-    comparisons are then one instruction, not two), 0 where not ok; ok: the column exists and its index
-    lies in the catalogue (kernels.index_guard: an out-of-range negative is left out, never an address)."""
+def _prepare_negatives_kernel(negatives_ptr, ids_ptr, offsets_ptr, scatter_ids_ptr, flags_ptr, log_q_ptr,
+                              numel, num_items, log_q_scalar, LOG_Q_MODE: tl.constexpr, BLOCK: tl.constexpr):
+    """Once per call, over every negative (kernels.index_guard): its int32 item id (-1 where refused as out
+    of range), the float32 offset added to its base-2 logit (the logQ correction
+    -LOG2E * (log K + log q[item]), or -inf where refused) and its id for index_add_ (0 where refused);
+    refused ones are reported."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    raw = tl.load(negatives_ptr + offs, mask=mask, other=0)
+    ok = in_catalogue(raw, num_items)
+    ids = tl.where(ok, raw, -1).to(tl.int32)
+    if LOG_Q_MODE == LOG_Q_NONE:
+        offset = tl.zeros([BLOCK], dtype=tl.float32)
+    else:
+        offset = -log_q_correction(log_q_ptr, tl.maximum(ids, 0), mask & ok, log_q_scalar, LOG_Q_MODE, LOG2E)
+    tl.store(ids_ptr + offs, ids, mask=mask)
+    tl.store(scatter_ids_ptr + offs, tl.maximum(ids, 0), mask=mask)
+    tl.store(offsets_ptr + offs, tl.where(ok, offset, float("-inf")), mask=mask)
+    report_refused(flags_ptr, NEGATIVES_SLOT, raw, mask & ~ok, num_items)
+
+
+@triton.jit
+def _negative_columns(group_ids_ptr, group_offsets_ptr, cols, col_mask, FULL: tl.constexpr):
+    """(item ids, logit offsets) of a tile of negative columns: "full" scores the items in order, with no
+    offset; otherwise both come from _prepare_negatives_kernel (-1 and -inf where refused; columns past
+    K: 0 and 0, which the callers mask as before). So no tile loop tests an index's range or gathers a
+    logQ correction."""
     if FULL:
         idx = cols
-        ok = col_mask
+        offsets = tl.zeros(cols.shape, dtype=tl.float32)
     else:
-        raw = tl.load(group_negatives_ptr + cols, mask=col_mask, other=0)
-        ok = col_mask & in_catalogue(raw, num_items)
-        idx = tl.where(ok, raw, 0).to(tl.int32)
-    return idx, ok
+        idx = tl.load(group_ids_ptr + cols, mask=col_mask, other=0)
+        offsets = tl.load(group_offsets_ptr + cols, mask=col_mask, other=0.0)
+    return idx, offsets
 
 
 @triton.jit
-def _drop_columns(x, idx, ok, safe_targets, FULL: tl.constexpr, EVEN_K: tl.constexpr,
-                  REMOVE_HITS: tl.constexpr):
-    """-inf where a [rows, negatives] tile's column does not count: past K, refused as out of range, or
-    (REMOVE_HITS) the row's own target."""
+def _item_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, d_offs, d_mask, dtype,
+               FULL: tl.constexpr, ZERO_REFUSED: tl.constexpr):
+    """The item rows of a tile of negatives in `dtype`: zeros past K; for a refused negative (id -1, never
+    an address) item 0's row, or zeros with ZERO_REFUSED."""
     if FULL:
-        if not EVEN_K:
-            x = tl.where(ok[None, :], x, float("-inf"))
-    elif REMOVE_HITS:
-        x = tl.where((idx[None, :] == safe_targets[:, None]) | ~ok[None, :], float("-inf"), x)
+        rows = idx
+        row_mask = col_mask
     else:
-        x = tl.where(ok[None, :], x, float("-inf"))
-    return x
+        rows = tl.maximum(idx, 0)
+        if ZERO_REFUSED:
+            row_mask = col_mask & (idx >= 0)
+        else:
+            row_mask = col_mask
+    return _load_rows(items_ptr, rows, row_mask, stride_item_row, stride_item_col, d_offs, d_mask).to(dtype)
 
 
 @triton.jit
-def _report_refused_negatives(flags_ptr, group_negatives_ptr, cols, col_mask, ok, num_items):
-    refused = col_mask & ~ok
-    raw = tl.load(group_negatives_ptr + cols, mask=refused, other=0)
-    report_refused(flags_ptr, NEGATIVES_SLOT, raw, refused, num_items)
-
-
-@triton.jit
-def _score_tile(h, items_ptr, group_negatives_ptr, flags_ptr, first_col, num_negatives, num_items,
-                stride_item_row, stride_item_col, d_offs, d_mask, FULL: tl.constexpr, REPORT: tl.constexpr,
+def _score_tile(h, items_ptr, group_ids_ptr, group_offsets_ptr, first_col, num_negatives, stride_item_row,
+                stride_item_col, d_offs, d_mask, FULL: tl.constexpr, ZERO_REFUSED: tl.constexpr,
                 PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
     """The negative tile of columns [first_col, first_col + BLOCK_N) against a row block h: (cols, col_mask,
-    idx, ok as _negative_indices gives them, the tile's item rows e in h's dtype, the logits h e^T).
-    REPORT (forward): program 0 of each group records the tile's refused negatives (flags_ptr)."""
+    item ids, logit offsets as _negative_columns gives them, the tile's item rows e in h's dtype as
+    _item_rows reads them, the logits h e^T)."""
     cols = first_col + tl.arange(0, BLOCK_N)
     col_mask = cols < num_negatives
-    idx, ok = _negative_indices(group_negatives_ptr, cols, col_mask, num_items, FULL)
-    if REPORT and not FULL:  # noqa: SIM102 (constexpr tests, then a run-time one)
-        if tl.program_id(0) == 0:  # one program per group reports its refused negatives
-            _report_refused_negatives(flags_ptr, group_negatives_ptr, cols, col_mask, ok, num_items)
-    e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, d_offs, d_mask).to(h.dtype)
-    return cols, col_mask, idx, ok, e, _dot(h, tl.trans(e), PRECISION, UPCAST)
+    idx, offsets = _negative_columns(group_ids_ptr, group_offsets_ptr, cols, col_mask, FULL)
+    e = _item_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, d_offs, d_mask, h.dtype, FULL,
+                   ZERO_REFUSED)
+    return cols, col_mask, idx, offsets, e, _dot(h, tl.trans(e), PRECISION, UPCAST)
+
+
+@triton.jit
+def _drop_columns(x, idx, col_mask, safe_targets, EVEN_K: tl.constexpr, REMOVE_HITS: tl.constexpr):
+    """-inf where a [rows, negatives] tile's column does not count: past K, or (REMOVE_HITS) the row's own
+    target. (A refused negative's offset is -inf already.)"""
+    if not EVEN_K:
+        x = tl.where(col_mask[None, :], x, float("-inf"))
+    if REMOVE_HITS:
+        x = tl.where(idx[None, :] == safe_targets[:, None], float("-inf"), x)
+    return x
 
 
 @triton.jit
@@ -222,16 +257,14 @@ def _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask):
 
 
 @triton.jit
-def _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, log_q_ptr, log_q_scalar,
-                  LOG_Q_MODE: tl.constexpr, FULL: tl.constexpr, EVEN_K: tl.constexpr,
-                  REMOVE_HITS: tl.constexpr):
-    """dLoss/dscores of a [rows, negatives] tile, g_i * p_ik, in float32 (dropped columns and hits: 0)."""
-    if LOG_Q_MODE == LOG_Q_NONE:
-        shifted = scores * LOG2E - lse2[:, None]
-    else:
-        corr2 = log_q_correction(log_q_ptr, idx, ok, log_q_scalar, LOG_Q_MODE, LOG2E)
-        shifted = scores * LOG2E - corr2[None, :] - lse2[:, None]
-    shifted = _drop_columns(shifted, idx, ok, safe_targets, FULL, EVEN_K, REMOVE_HITS)
+def _softmax_grad(scores, idx, col_mask, offsets, lse2, row_grad, safe_targets, ADD_OFFSETS: tl.constexpr,
+                  EVEN_K: tl.constexpr, REMOVE_HITS: tl.constexpr):
+    """dLoss/dscores of a [rows, negatives] tile, g_i * p_ik, in float32 (columns past K and hits: 0;
+    refused negatives: 0 with ADD_OFFSETS, else whatever, for the caller's zero item rows to cancel)."""
+    shifted = scores * LOG2E - lse2[:, None]
+    if ADD_OFFSETS:
+        shifted += offsets[None, :]
+    shifted = _drop_columns(shifted, idx, col_mask, safe_targets, EVEN_K, REMOVE_HITS)
     return tl.math.exp2(shifted) * row_grad[:, None]
 
 
@@ -252,17 +285,17 @@ def _store_grad_hidden(acc, items_ptr, safe_targets, positive_coef_ptr, grad_hid
 
 @triton.jit
 def _forward_kernel(
-    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, positive_ptr, loss_ptr,
+    hidden_ptr, items_ptr, targets_ptr, ids_ptr, offsets_ptr, lse_ptr, positive_ptr, loss_ptr,
     kept_ptr, safe_targets_ptr, flags_ptr,
     rows_per_group, num_negatives, num_items, dim,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
-    log_q_scalar, ignore_index,
-    FULL: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, EVEN_K: tl.constexpr,
+    ignore_index,
+    FULL: tl.constexpr, REMOVE_HITS: tl.constexpr, EVEN_K: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    group_negatives_ptr, rows, row_mask, d_offs, d_mask, h = _row_block(
-        hidden_ptr, negatives_ptr, rows_per_group, dim, stride_hidden_row, stride_hidden_col,
+    group_ids_ptr, group_offsets_ptr, rows, row_mask, d_offs, d_mask, h = _row_block(
+        hidden_ptr, ids_ptr, offsets_ptr, rows_per_group, dim, stride_hidden_row, stride_hidden_col,
         stride_neg_group, BLOCK_M, BLOCK_D)
     kept, safe_targets, refused_targets, raw_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index,
                                                                     num_items)
@@ -279,15 +312,14 @@ def _forward_kernel(
     else:
         run_sum = tl.zeros([BLOCK_M], dtype=tl.float32) + 1.0
     for k0 in range(0, num_negatives, BLOCK_N):
-        cols, col_mask, idx, ok, e, scores = _score_tile(
-            h, items_ptr, group_negatives_ptr, flags_ptr, k0, num_negatives, num_items, stride_item_row,
-            stride_item_col, d_offs, d_mask, FULL, True, PRECISION, UPCAST, BLOCK_N)
-        if LOG_Q_MODE == LOG_Q_NONE:
+        cols, col_mask, idx, offsets, e, scores = _score_tile(
+            h, items_ptr, group_ids_ptr, group_offsets_ptr, k0, num_negatives, stride_item_row,
+            stride_item_col, d_offs, d_mask, FULL, False, PRECISION, UPCAST, BLOCK_N)
+        if FULL:
             scores2 = scores * LOG2E
         else:
-            scores2 = scores * LOG2E - log_q_correction(log_q_ptr, idx, ok, log_q_scalar, LOG_Q_MODE,
-                                                        LOG2E)[None, :]
-        scores2 = _drop_columns(scores2, idx, ok, safe_targets, FULL, EVEN_K, REMOVE_HITS)
+            scores2 = scores * LOG2E + offsets[None, :]
+        scores2 = _drop_columns(scores2, idx, col_mask, safe_targets, EVEN_K, REMOVE_HITS)
         new_max = tl.maximum(run_max, tl.max(scores2, axis=1))
         run_sum = run_sum * tl.math.exp2(run_max - new_max) + tl.sum(tl.math.exp2(scores2 - new_max[:, None]),
                                                                        axis=1)
@@ -297,33 +329,38 @@ def _forward_kernel(
     tl.store(positive_ptr + rows, positive, mask=row_mask)
     tl.store(loss_ptr + rows, tl.where(kept, lse - positive, 0.0), mask=row_mask)
     tl.store(kept_ptr + rows, kept.to(tl.float32), mask=row_mask)
-    tl.store(safe_targets_ptr + rows, safe_targets.to(tl.int64), mask=row_mask)
+    tl.store(safe_targets_ptr + rows, safe_targets, mask=row_mask)
 
 
 @triton.jit
 def _grad_hidden_kernel(
-    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
+    hidden_ptr, items_ptr, safe_targets_ptr, ids_ptr, offsets_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
     grad_hidden_ptr,
-    rows_per_group, num_negatives, num_items, dim,
+    rows_per_group, num_negatives, dim,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
-    log_q_scalar, ignore_index,
-    FULL: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, EVEN_K: tl.constexpr,
+    FULL: tl.constexpr, CORRECTED: tl.constexpr, REMOVE_HITS: tl.constexpr, EVEN_K: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    group_negatives_ptr, rows, row_mask, d_offs, d_mask, h = _row_block(
-        hidden_ptr, negatives_ptr, rows_per_group, dim, stride_hidden_row, stride_hidden_col,
+    """dH of a row block. A refused negative adds nothing: CORRECTED (the offsets carry a logQ correction,
+    added to every logit anyway), its offset -inf makes its softmax weight 0; otherwise its item row is
+    read as zeros, which spares adding an offset to every logit (compiled for sm_90 at d=64, that addition
+    spilled registers in this loop: notes/kernel-shared.md). Its weight exp2(-lse2) times the zero row is
+    0, unless the row's logsumexp is below -88.7 (every logit of the row is), where it is NaN: only in a
+    call that carries an out-of-range negative, whose error is raised."""
+    group_ids_ptr, group_offsets_ptr, rows, row_mask, d_offs, d_mask, h = _row_block(
+        hidden_ptr, ids_ptr, offsets_ptr, rows_per_group, dim, stride_hidden_row, stride_hidden_col,
         stride_neg_group, BLOCK_M, BLOCK_D)
-    _, safe_targets, _, _ = _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items)
+    safe_targets = tl.load(safe_targets_ptr + rows, mask=row_mask, other=0)
     lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
 
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for k0 in range(0, num_negatives, BLOCK_N):
-        cols, col_mask, idx, ok, e, scores = _score_tile(
-            h, items_ptr, group_negatives_ptr, None, k0, num_negatives, num_items, stride_item_row,
-            stride_item_col, d_offs, d_mask, FULL, False, PRECISION, UPCAST, BLOCK_N)
-        dscores = _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, log_q_ptr, log_q_scalar,
-                                LOG_Q_MODE, FULL, EVEN_K, REMOVE_HITS)
+        cols, col_mask, idx, offsets, e, scores = _score_tile(
+            h, items_ptr, group_ids_ptr, group_offsets_ptr, k0, num_negatives, stride_item_row,
+            stride_item_col, d_offs, d_mask, FULL, not CORRECTED, PRECISION, UPCAST, BLOCK_N)
+        dscores = _softmax_grad(scores, idx, col_mask, offsets, lse2, row_grad, safe_targets, CORRECTED,
+                                EVEN_K, REMOVE_HITS)
         acc += _dot(dscores.to(h.dtype), e, PRECISION, UPCAST)
     _store_grad_hidden(acc, items_ptr, safe_targets, positive_coef_ptr, grad_hidden_ptr, rows, row_mask,
                        stride_item_row, stride_item_col, stride_hidden_row, stride_hidden_col, d_offs, d_mask,
@@ -332,30 +369,29 @@ def _grad_hidden_kernel(
 
 @triton.jit
 def _grad_items_kernel(
-    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, row_grad_ptr, out_ptr,
-    rows_per_group, num_negatives, num_items, dim, num_splits, group_offset,
+    hidden_ptr, items_ptr, safe_targets_ptr, ids_ptr, offsets_ptr, lse_ptr, row_grad_ptr, out_ptr,
+    rows_per_group, num_negatives, dim, num_splits, group_offset,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_neg_group,
     stride_out_split, stride_out_group, stride_out_row,
-    log_q_scalar, ignore_index,
-    FULL: tl.constexpr, LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, ATOMIC: tl.constexpr,
+    FULL: tl.constexpr, CORRECTED: tl.constexpr, REMOVE_HITS: tl.constexpr, ATOMIC: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dE^T for one tile of negatives over one split of the rows of one group, in [BLOCK_N, BLOCK_M]
-    orientation. Columns past K are computed on zeros and never stored, so they need no mask."""
+    orientation. Columns past K are computed on zeros and never stored, so they need no mask; a refused
+    negative's row is stored as zeros. CORRECTED: the offsets carry a logQ correction (otherwise the loop
+    needs none of them)."""
     split = tl.program_id(1)
     local_group = tl.program_id(2)
     group = local_group + group_offset
-    group_negatives_ptr = negatives_ptr + group.to(tl.int64) * stride_neg_group
     cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_mask = cols < num_negatives
     d_offs = tl.arange(0, BLOCK_D)
     d_mask = d_offs < dim
-    idx, ok = _negative_indices(group_negatives_ptr, cols, col_mask, num_items, FULL)
-    e = _load_rows(items_ptr, idx, ok, stride_item_row, stride_item_col, d_offs,
-                   d_mask).to(hidden_ptr.dtype.element_ty)
-    if LOG_Q_MODE != LOG_Q_NONE:
-        corr2 = log_q_correction(log_q_ptr, idx, ok, log_q_scalar, LOG_Q_MODE, LOG2E)
+    group_start = group.to(tl.int64) * stride_neg_group
+    idx, offsets = _negative_columns(ids_ptr + group_start, offsets_ptr + group_start, cols, col_mask, FULL)
+    e = _item_rows(items_ptr, idx, col_mask, stride_item_row, stride_item_col, d_offs, d_mask,
+                   hidden_ptr.dtype.element_ty, FULL, False)
 
     acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for r0 in range(split * BLOCK_M, rows_per_group, num_splits * BLOCK_M):
@@ -363,31 +399,26 @@ def _grad_items_kernel(
         row_mask = local_rows < rows_per_group
         rows = group.to(tl.int64) * rows_per_group + local_rows
         h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d_offs, d_mask)
-        _, safe_targets, _, _ = _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items)
+        safe_targets = tl.load(safe_targets_ptr + rows, mask=row_mask, other=0)
         lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
         scores_t = _dot(e, tl.trans(h), PRECISION, UPCAST)
-        if LOG_Q_MODE == LOG_Q_NONE:
-            shifted_t = scores_t * LOG2E - lse2[None, :]
-        else:
-            shifted_t = scores_t * LOG2E - corr2[:, None] - lse2[None, :]
-        # Columns past K are never stored; refused ones (out of range) are stored as zero rows.
-        if not FULL:
-            if REMOVE_HITS:
-                shifted_t = tl.where((idx[:, None] == safe_targets[None, :]) | ~ok[:, None], float("-inf"),
-                                     shifted_t)
-            else:
-                shifted_t = tl.where(ok[:, None], shifted_t, float("-inf"))
+        shifted_t = scores_t * LOG2E - lse2[None, :]
+        if CORRECTED:
+            shifted_t += offsets[:, None]
+        if REMOVE_HITS:
+            shifted_t = tl.where(idx[:, None] == safe_targets[None, :], float("-inf"), shifted_t)
         dscores_t = tl.math.exp2(shifted_t) * row_grad[None, :]
         if FULL:
             dscores_t -= tl.where(idx[:, None] == safe_targets[None, :], row_grad[None, :], 0.0)
         acc += _dot(dscores_t.to(h.dtype), h, PRECISION, UPCAST)
 
     out_mask = col_mask[:, None] & d_mask[None, :]
+    if not FULL:
+        acc = tl.where((idx >= 0)[:, None], acc, 0.0)  # a refused negative's row adds nothing
     if ATOMIC:
-        out_mask = ok[:, None] & d_mask[None, :]
         # Sequences may share negatives, so programs of different sequences can hit the same item row.
-        out_ptrs = out_ptr + idx.to(tl.int64)[:, None] * stride_out_row + d_offs[None, :]
-        tl.atomic_add(out_ptrs, acc, mask=out_mask)
+        out_ptrs = out_ptr + tl.maximum(idx, 0).to(tl.int64)[:, None] * stride_out_row + d_offs[None, :]
+        tl.atomic_add(out_ptrs, acc, mask=out_mask & (idx >= 0)[:, None])
     else:
         # int64: C * d passes 2**31 for catalogues of 10^7 items.
         out_rows = (split.to(tl.int64) * stride_out_split + local_group.to(tl.int64) * stride_out_group
@@ -398,25 +429,25 @@ def _grad_items_kernel(
 
 @triton.jit
 def _fused_backward_kernel(
-    hidden_ptr, items_ptr, targets_ptr, negatives_ptr, log_q_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
+    hidden_ptr, items_ptr, safe_targets_ptr, ids_ptr, offsets_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
     grad_hidden_ptr, tile_grad_ptr,
-    num_rows, num_negatives, num_items, dim,
+    num_rows, num_negatives, dim,
     stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col,
-    log_q_scalar, ignore_index,
-    LOG_Q_MODE: tl.constexpr, REMOVE_HITS: tl.constexpr, EVEN_K: tl.constexpr,
+    CORRECTED: tl.constexpr, REMOVE_HITS: tl.constexpr, EVEN_K: tl.constexpr,
     PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Both gradients of "shared" in one pass over the logits: one program per row block walks every
     negative tile, keeps dH of its rows in registers and adds its share of each tile's dE^T H into the
-    float32 [K, d] tile gradient with atomics (programs start at different tiles to spread them)."""
+    float32 [K, d] tile gradient with atomics (programs start at different tiles to spread them).
+    Refused negatives as in _grad_hidden_kernel; their tile gradient rows are not added to."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < num_rows
     rows = rows.to(tl.int64)
     d_offs = tl.arange(0, BLOCK_D)
     d_mask = d_offs < dim
     h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d_offs, d_mask)
-    _, safe_targets, _, _ = _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items)
+    safe_targets = tl.load(safe_targets_ptr + rows, mask=row_mask, other=0)
     lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
 
     num_tiles = tl.cdiv(num_negatives, BLOCK_N)
@@ -424,15 +455,15 @@ def _fused_backward_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for step in range(0, num_tiles):
         tile = (first_tile + step) % num_tiles
-        cols, col_mask, idx, ok, e, scores = _score_tile(
-            h, items_ptr, negatives_ptr, None, tile * BLOCK_N, num_negatives, num_items, stride_item_row,
-            stride_item_col, d_offs, d_mask, False, False, PRECISION, UPCAST, BLOCK_N)
-        dscores = _softmax_grad(scores, idx, ok, lse2, row_grad, safe_targets, log_q_ptr, log_q_scalar,
-                                LOG_Q_MODE, False, EVEN_K, REMOVE_HITS).to(h.dtype)
+        cols, col_mask, idx, offsets, e, scores = _score_tile(
+            h, items_ptr, ids_ptr, offsets_ptr, tile * BLOCK_N, num_negatives, stride_item_row,
+            stride_item_col, d_offs, d_mask, False, not CORRECTED, PRECISION, UPCAST, BLOCK_N)
+        dscores = _softmax_grad(scores, idx, col_mask, offsets, lse2, row_grad, safe_targets, CORRECTED,
+                                EVEN_K, REMOVE_HITS).to(h.dtype)
         acc += _dot(dscores, e, PRECISION, UPCAST)
         tile_part = _dot(tl.trans(dscores), h, PRECISION, UPCAST)
         out = tile_grad_ptr + cols.to(tl.int64)[:, None] * dim + d_offs[None, :]
-        tl.atomic_add(out, tile_part, mask=col_mask[:, None] & d_mask[None, :], sem="relaxed")
+        tl.atomic_add(out, tile_part, mask=(col_mask & (idx >= 0))[:, None] & d_mask[None, :], sem="relaxed")
     _store_grad_hidden(acc, items_ptr, safe_targets, positive_coef_ptr, grad_hidden_ptr, rows, row_mask,
                        stride_item_row, stride_item_col, stride_hidden_row, stride_hidden_col, d_offs, d_mask,
                        h)
@@ -544,34 +575,66 @@ def _launch_fitting(kernel: str, hidden: torch.Tensor, items: torch.Tensor, conf
         return
 
 
-def _common_args(hidden: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor | None,
+def _common_args(hidden: torch.Tensor, items: torch.Tensor, negatives: _Negatives | None,
                  plan: _Plan) -> tuple[int, int, int, int, int]:
-    neg_group_stride = negatives.stride(0) if plan.scheme == "sequence" and negatives is not None else 0
+    neg_group_stride = negatives.ids.stride(0) if plan.scheme == "sequence" and negatives is not None else 0
     return (hidden.stride(0), hidden.stride(1), items.stride(0), items.stride(1), neg_group_stride)
 
 
-def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor | None,
-             log_q: torch.Tensor | None, plan: _Plan) -> tuple[torch.Tensor, ...]:
-    """(lse, positive logit, loss, kept, safe targets) per row: float32 [N] but safe targets, int64 [N]
-    (0 where the row does not count); kept is 1.0 on rows with a target in range, 0.0 elsewhere."""
+_PREPARE_BLOCK = 1024
+
+
+class _Negatives(NamedTuple):
+    """A call's negatives as `_prepare_negatives` gives them, each of the negatives' shape."""
+
+    ids: torch.Tensor  # int32 item ids, -1 where out of range: what the kernels read
+    offsets: torch.Tensor  # float32 base-2 logit offsets: the logQ correction, -inf where out of range
+    scatter_ids: torch.Tensor  # int32 item ids, 0 where out of range: for index_add_ of zero rows
+
+
+def _prepare_negatives(negatives: torch.Tensor, log_q: torch.Tensor | None, plan: _Plan) -> _Negatives:
+    """A call's negatives for the kernels, in one launch and without a host synchronisation; an
+    out-of-range negative is reported through kernels.index_guard. The tile loops then read ids and offsets
+    instead of testing each index's range and gathering log q in every program."""
+    prepared = _Negatives(*(triton_common.new_output(tuple(negatives.shape), dtype, negatives.device)
+                            for dtype in (torch.int32, torch.float32, torch.int32)))
+    numel = negatives.numel()
+    if numel > 0:
+        _prepare_negatives_kernel[(triton.cdiv(numel, _PREPARE_BLOCK),)](
+            negatives.contiguous(), *prepared, index_guard.flags(negatives.device),
+            log_q if log_q is not None else prepared.offsets, numel, plan.num_items, plan.log_q_scalar,
+            LOG_Q_MODE=plan.log_q_mode, BLOCK=_PREPARE_BLOCK)
+    return prepared
+
+
+def _negative_args(negatives: _Negatives | None, ids_stand_in: torch.Tensor,
+                   offsets_stand_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' ids and offsets arguments; "full" (None) passes stand-ins that the kernels never read."""
+    if negatives is None:
+        return ids_stand_in, offsets_stand_in
+    return negatives.ids, negatives.offsets
+
+
+def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, negatives: _Negatives | None,
+             plan: _Plan) -> tuple[torch.Tensor, ...]:
+    """(lse, positive logit, loss, kept, safe targets) per row: float32 [N] but safe targets, int32 [N]
+    (0 where the row does not count); kept is 1.0 on rows with a target in range, 0.0 elsewhere.
+    negatives: as `_prepare_negatives` gives them (None for "full")."""
     num_rows, dim = hidden.shape
     lse = triton_common.new_output((num_rows,), torch.float32, hidden.device)
     positive = triton_common.new_output((num_rows,), torch.float32, hidden.device)
     loss = triton_common.new_output((num_rows,), torch.float32, hidden.device)
     kept = triton_common.new_output((num_rows,), torch.float32, hidden.device)
-    safe_targets = triton_common.new_output((num_rows,), torch.int64, hidden.device)
+    safe_targets = triton_common.new_output((num_rows,), torch.int32, hidden.device)
 
     def launch(config: BlockConfig) -> None:
         grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
         _forward_kernel[grid](
-            hidden, items, targets, negatives if negatives is not None else targets,
-            log_q if log_q is not None else lse, lse, positive, loss, kept, safe_targets,
-            index_guard.flags(hidden.device),
+            hidden, items, targets, *_negative_args(negatives, targets, lse), lse, positive, loss, kept,
+            safe_targets, index_guard.flags(hidden.device),
             plan.rows_per_group, plan.num_negatives, plan.num_items, dim,
-            *_common_args(hidden, items, negatives, plan),
-            plan.log_q_scalar, plan.ignore_index,
-            FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
-            EVEN_K=plan.num_negatives % config.block_n == 0,
+            *_common_args(hidden, items, negatives, plan), plan.ignore_index,
+            FULL=plan.full, REMOVE_HITS=plan.remove_hits, EVEN_K=plan.num_negatives % config.block_n == 0,
             PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
             num_warps=config.num_warps, num_stages=config.num_stages,
@@ -581,21 +644,19 @@ def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, n
     return lse, positive, loss, kept, safe_targets
 
 
-def _grad_hidden(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
-                 negatives: torch.Tensor | None, log_q: torch.Tensor | None, lse: torch.Tensor,
-                 row_grad: torch.Tensor, positive_coef: torch.Tensor, plan: _Plan) -> torch.Tensor:
+def _grad_hidden(hidden: torch.Tensor, items: torch.Tensor, safe_targets: torch.Tensor,
+                 negatives: _Negatives | None, lse: torch.Tensor, row_grad: torch.Tensor,
+                 positive_coef: torch.Tensor, plan: _Plan) -> torch.Tensor:
     num_rows, dim = hidden.shape
     grad_hidden = triton_common.new_output((num_rows, dim), hidden.dtype, hidden.device)
 
     def launch(config: BlockConfig) -> None:
         grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
         _grad_hidden_kernel[grid](
-            hidden, items, targets, negatives if negatives is not None else targets,
-            log_q if log_q is not None else lse, lse, row_grad, positive_coef, grad_hidden,
-            plan.rows_per_group, plan.num_negatives, plan.num_items, dim,
-            *_common_args(hidden, items, negatives, plan),
-            plan.log_q_scalar, plan.ignore_index,
-            FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
+            hidden, items, safe_targets, *_negative_args(negatives, safe_targets, lse), lse, row_grad,
+            positive_coef, grad_hidden,
+            plan.rows_per_group, plan.num_negatives, dim, *_common_args(hidden, items, negatives, plan),
+            FULL=plan.full, CORRECTED=plan.log_q_mode != LOG_Q_NONE, REMOVE_HITS=plan.remove_hits,
             EVEN_K=plan.num_negatives % config.block_n == 0,
             PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
             BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
@@ -606,8 +667,8 @@ def _grad_hidden(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tenso
     return grad_hidden
 
 
-def _launch_grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
-                       negatives: torch.Tensor | None, log_q: torch.Tensor | None, lse: torch.Tensor,
+def _launch_grad_items(hidden: torch.Tensor, items: torch.Tensor, safe_targets: torch.Tensor,
+                       negatives: _Negatives | None, lse: torch.Tensor,
                        row_grad: torch.Tensor, out: torch.Tensor, *, num_splits: int, group_offset: int,
                        num_groups: int, out_strides: tuple[int, int, int], atomic: bool, plan: _Plan) -> None:
     dim = hidden.shape[1]
@@ -616,13 +677,11 @@ def _launch_grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch
         # The row splits loop over row blocks of any size: num_splits needs no particular block_m.
         grid = (triton.cdiv(plan.num_negatives, config.block_n), num_splits, num_groups)
         _grad_items_kernel[grid](
-            hidden, items, targets, negatives if negatives is not None else targets,
-            log_q if log_q is not None else lse, lse, row_grad, out,
-            plan.rows_per_group, plan.num_negatives, plan.num_items, dim, num_splits, group_offset,
+            hidden, items, safe_targets, *_negative_args(negatives, safe_targets, lse), lse, row_grad, out,
+            plan.rows_per_group, plan.num_negatives, dim, num_splits, group_offset,
             *_common_args(hidden, items, negatives, plan), *out_strides,
-            plan.log_q_scalar, plan.ignore_index,
-            FULL=plan.full, LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits, ATOMIC=atomic,
-            PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
+            FULL=plan.full, CORRECTED=plan.log_q_mode != LOG_Q_NONE, REMOVE_HITS=plan.remove_hits,
+            ATOMIC=atomic, PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
             BLOCK_M=config.block_m, BLOCK_N=config.block_n,
             BLOCK_D=_block_d(dim), num_warps=config.num_warps, num_stages=config.num_stages,
         )
@@ -639,13 +698,12 @@ def _row_splits(plan: _Plan, num_rows: int) -> int:
     return max(1, min(wanted, num_rows // plan.num_negatives, triton.cdiv(num_rows, config.block_m)))
 
 
-def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
-                negatives: torch.Tensor | None, log_q: torch.Tensor | None, lse: torch.Tensor,
-                row_grad: torch.Tensor, positive_coef: torch.Tensor, safe_targets: torch.Tensor,
-                plan: _Plan) -> torch.Tensor:
+def _grad_items(hidden: torch.Tensor, items: torch.Tensor, safe_targets: torch.Tensor,
+                negatives: _Negatives | None, lse: torch.Tensor, row_grad: torch.Tensor,
+                positive_coef: torch.Tensor, plan: _Plan) -> torch.Tensor:
     num_rows, dim = hidden.shape
     num_items = items.shape[0]
-    launch = functools.partial(_launch_grad_items, hidden, items, targets, negatives, log_q, lse, row_grad,
+    launch = functools.partial(_launch_grad_items, hidden, items, safe_targets, negatives, lse, row_grad,
                                plan=plan)
     if plan.scheme in ("full", "shared"):
         splits = _row_splits(plan, num_rows)
@@ -677,20 +735,20 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
                 count = min(chunk, plan.num_groups - first)
                 launch(out=buffer, num_splits=1, group_offset=first,
                        num_groups=count, out_strides=(0, k * dim, dim), atomic=False)
-                # Refused (out-of-range) negatives have zero rows here; clamped, they add nothing.
-                grad_items.index_add_(0, negatives[first:first + count].reshape(-1).clamp(0, num_items - 1),
+                # Refused (out-of-range) negatives have zero rows here: they add nothing.
+                grad_items.index_add_(0, negatives.scatter_ids[first:first + count].reshape(-1),
                                       buffer[:count].reshape(count * k, dim).to(items.dtype))
     _add_positive_rows(grad_items, hidden, positive_coef, safe_targets)
     return grad_items
 
 
 def _shared_item_gradient(tile_grad: torch.Tensor, hidden: torch.Tensor, items: torch.Tensor,
-                          negatives: torch.Tensor, positive_coef: torch.Tensor,
+                          negatives: _Negatives, positive_coef: torch.Tensor,
                           safe_targets: torch.Tensor) -> torch.Tensor:
-    """The item gradient of "shared" from dE of its [K] negatives (float32, in negatives' order)."""
+    """The item gradient of "shared" from dE of its [K] negatives (float32, in their order; a refused
+    negative's row is zero)."""
     grad_items = torch.zeros(tuple(items.shape), dtype=items.dtype, device=items.device)
-    # The tile gradient's rows of refused (out-of-range) negatives are zero: clamped, they add nothing.
-    grad_items.index_add_(0, negatives.clamp(0, items.shape[0] - 1), tile_grad.to(items.dtype))
+    grad_items.index_add_(0, negatives.scatter_ids, tile_grad.to(items.dtype))
     _add_positive_rows(grad_items, hidden, positive_coef, safe_targets)
     return grad_items
 
@@ -702,9 +760,9 @@ def _add_positive_rows(grad_items: torch.Tensor, hidden: torch.Tensor, positive_
     grad_items.index_add_(0, safe_targets, positive_rows.to(grad_items.dtype))
 
 
-def _fused_backward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
-                    log_q: torch.Tensor | None, lse: torch.Tensor, row_grad: torch.Tensor,
-                    positive_coef: torch.Tensor, safe_targets: torch.Tensor, plan: _Plan,
+def _fused_backward(hidden: torch.Tensor, items: torch.Tensor, safe_targets: torch.Tensor,
+                    negatives: _Negatives, lse: torch.Tensor, row_grad: torch.Tensor,
+                    positive_coef: torch.Tensor, plan: _Plan,
                     config: BlockConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Both gradients of "shared" with one pass over the logits (see _fused_backward_kernel)."""
     num_rows, dim = hidden.shape
@@ -713,12 +771,11 @@ def _fused_backward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Te
 
     def launch(tiles: BlockConfig) -> None:
         _fused_backward_kernel[(triton.cdiv(num_rows, tiles.block_m),)](
-            hidden, items, targets, negatives, log_q if log_q is not None else lse, lse, row_grad,
-            positive_coef, grad_hidden, tile_grad,
-            num_rows, plan.num_negatives, plan.num_items, dim,
+            hidden, items, safe_targets, negatives.ids, negatives.offsets, lse, row_grad, positive_coef,
+            grad_hidden, tile_grad,
+            num_rows, plan.num_negatives, dim,
             hidden.stride(0), hidden.stride(1), items.stride(0), items.stride(1),
-            plan.log_q_scalar, plan.ignore_index,
-            LOG_Q_MODE=plan.log_q_mode, REMOVE_HITS=plan.remove_hits,
+            CORRECTED=plan.log_q_mode != LOG_Q_NONE, REMOVE_HITS=plan.remove_hits,
             EVEN_K=plan.num_negatives % tiles.block_n == 0,
             PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
             BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_D=_block_d(dim),
@@ -734,9 +791,9 @@ class _SharedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, hidden: torch.Tensor, items: torch.Tensor,
-        targets: torch.Tensor, negatives: torch.Tensor | None, log_q: torch.Tensor | None, plan: _Plan,
+        targets: torch.Tensor, negatives: _Negatives | None, plan: _Plan,
     ) -> torch.Tensor:
-        lse, positive, loss, kept, safe_targets = _forward(hidden, items, targets, negatives, log_q, plan)
+        lse, positive, loss, kept, safe_targets = _forward(hidden, items, targets, negatives, plan)
         # d loss / d loss_i for a unit upstream gradient; few small ops, since at K ~ 4096 the host's
         # launch time is comparable to the kernels'.
         row_weight = kept
@@ -746,8 +803,8 @@ class _SharedLinearCrossEntropy(torch.autograd.Function):
             result = loss.sum() / count
         else:
             result = loss if plan.reduction == "none" else loss.sum()
-        ctx.save_for_backward(hidden, items, targets, negatives, log_q, lse, positive,  # type: ignore[arg-type]
-                              row_weight, safe_targets)
+        ctx.save_for_backward(hidden, items, lse, positive, row_weight, safe_targets,
+                              *(negatives if negatives is not None else ()))
         ctx.plan = plan  # type: ignore[attr-defined]
         return result
 
@@ -755,8 +812,8 @@ class _SharedLinearCrossEntropy(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor,
     ) -> tuple[torch.Tensor | None, ...]:
-        (hidden, items, targets, negatives, log_q, lse, positive, row_weight,
-         safe_targets) = ctx.saved_tensors  # type: ignore[attr-defined]
+        hidden, items, lse, positive, row_weight, safe_targets, *prepared = ctx.saved_tensors  # type: ignore[attr-defined]
+        negatives = _Negatives(*prepared) if prepared else None
         plan: _Plan = ctx.plan  # type: ignore[attr-defined]
         needs_hidden, needs_items = ctx.needs_input_grad[0], ctx.needs_input_grad[1]  # type: ignore[attr-defined]
         row_grad = (grad_output.to(torch.float32) * row_weight).contiguous()
@@ -771,16 +828,16 @@ class _SharedLinearCrossEntropy(torch.autograd.Function):
         if (fused is not None and plan.scheme == "shared" and needs_hidden and needs_items
                 and plan.num_negatives <= plan.config.fused_max_negatives):
             assert negatives is not None
-            grad_hidden, grad_items = _fused_backward(hidden, items, targets, negatives, log_q, lse, row_grad,
-                                                      positive_coef, safe_targets, plan, fused)
-            return grad_hidden, grad_items, None, None, None, None
+            grad_hidden, grad_items = _fused_backward(hidden, items, safe_targets, negatives, lse, row_grad,
+                                                      positive_coef, plan, fused)
+            return grad_hidden, grad_items, None, None, None
         if needs_hidden:
-            grad_hidden = _grad_hidden(hidden, items, targets, negatives, log_q, lse, row_grad, positive_coef,
+            grad_hidden = _grad_hidden(hidden, items, safe_targets, negatives, lse, row_grad, positive_coef,
                                        plan)
         if needs_items:
-            grad_items = _grad_items(hidden, items, targets, negatives, log_q, lse, row_grad, positive_coef,
-                                     safe_targets, plan)
-        return grad_hidden, grad_items, None, None, None, None
+            grad_items = _grad_items(hidden, items, safe_targets, negatives, lse, row_grad, positive_coef,
+                                     plan)
+        return grad_hidden, grad_items, None, None, None
 
 
 def shared_linear_cross_entropy(
@@ -847,4 +904,5 @@ def shared_linear_cross_entropy(
         empty = hidden.sum(dim=1).to(torch.float32) + items.sum() * 0.0
         return empty if reduction == "none" else empty.sum()
     with torch.cuda.device(hidden.device) if hidden.is_cuda else contextlib.nullcontext():
-        return _SharedLinearCrossEntropy.apply(hidden, items, targets, negatives, log_q_tensor, plan)
+        prepared = _prepare_negatives(negatives, log_q_tensor, plan) if negatives is not None else None
+        return _SharedLinearCrossEntropy.apply(hidden, items, targets, prepared, plan)

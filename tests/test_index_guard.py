@@ -8,6 +8,8 @@ reference in which the refused index is left out.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -17,6 +19,7 @@ import torch
 
 import kernels
 import kernels.api as api
+import kernels.triton_shared as triton_shared
 from kernels import index_guard
 
 B, L, D, C, K = 3, 5, 8, 40, 6
@@ -59,9 +62,10 @@ def per_row(negatives, scheme):
     return negatives.reshape(B * L, K)
 
 
-def reference(hidden, items, targets, negatives, dropped):
-    """Float64 CE- (mean over kept rows, accidental hits removed) with `dropped` [N, K] entries left out;
-    negatives None is the full catalogue. Rows whose target is outside [0, C) count as ignored."""
+def reference(hidden, items, targets, negatives, dropped, log_q=None, remove_hits=True):
+    """Float64 CE- (mean over kept rows, accidental hits removed unless remove_hits=False, logits lowered by
+    log K + log_q[item] with a log_q tensor) with `dropped` [N, K] entries left out; negatives None is the
+    full catalogue. Rows whose target is outside [0, C) count as ignored."""
     h = hidden.double().reshape(B * L, D)
     e = items.double()
     t = targets.reshape(-1)
@@ -74,7 +78,10 @@ def reference(hidden, items, targets, negatives, dropped):
     else:
         safe_negatives = torch.where(dropped, 0, negatives)
         logits = torch.einsum("nd,nkd->nk", h, e[safe_negatives])
-        logits = logits.masked_fill(dropped | (safe_negatives == safe[:, None]), float("-inf"))
+        if log_q is not None:
+            logits = logits - (math.log(negatives.shape[1]) + log_q.double()[safe_negatives])
+        hits = (safe_negatives == safe[:, None]) if remove_hits else torch.zeros_like(dropped)
+        logits = logits.masked_fill(dropped | hits, float("-inf"))
         row_loss = torch.logsumexp(torch.cat([positive[:, None], logits], 1), 1) - positive
     return torch.where(kept, row_loss, 0.0).sum() / kept.sum()
 
@@ -122,6 +129,34 @@ def test_bad_negative_is_left_out_then_reported(deferred, scheme, bad_value):
     with pytest.raises(ValueError, match=rf"^negatives: value {bad_value} is outside \[0, {C}\)"):
         kernels.check_index_errors()
     kernels.check_index_errors()  # reported once
+
+
+@pytest.mark.parametrize("scheme", ["shared", "shared-fused", "sequence"])
+@pytest.mark.parametrize("with_log_q", [False, True], ids=["no-log-q", "log-q"])
+@pytest.mark.parametrize("remove_hits", [True, False], ids=["hits-removed", "hits-kept"])
+def test_bad_negative_is_left_out_on_every_dense_kernel_path(deferred, monkeypatch, scheme, with_log_q,
+                                                             remove_hits):
+    """The dense kernels leave a refused negative out in each of their ways: the forward by its -inf logit
+    offset, the backward by its zero item row or (with a logQ correction) the offset, the fused backward
+    and the item gradient by adding nothing for it."""
+    if scheme == "shared-fused":
+        base = triton_shared.default_config(torch.device("cpu"), D)
+        fused = dataclasses.replace(base, fused_backward=base.grad_hidden, fused_max_negatives=10**6)
+        monkeypatch.setattr(triton_shared, "default_config", lambda device, dim: fused)
+        scheme = "shared"
+    hidden, items, targets, generator = inputs(6)
+    negatives = negatives_for(scheme, generator)
+    negatives.view(-1)[2 if scheme == "shared" else K + 2] = -2
+    log_q = -torch.rand(C, generator=generator) - 3.0 if with_log_q else None
+    rows = per_row(negatives, scheme)
+    expected = losses_and_grads(lambda: reference(hidden, items, targets, rows, (rows < 0) | (rows >= C),
+                                                  log_q=log_q, remove_hits=remove_hits), hidden, items)
+    got = losses_and_grads(lambda: kernels.linear_cross_entropy(
+        hidden, items, targets, negatives, log_q=log_q, remove_accidental_hits=remove_hits, impl="triton"),
+        hidden, items)
+    assert_matches(got, expected)
+    with pytest.raises(ValueError, match=r"^negatives: value -2 is outside"):
+        kernels.check_index_errors()
 
 
 @pytest.mark.parametrize("scheme", [None, "shared", "sequence", "position", "drawn"])

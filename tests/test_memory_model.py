@@ -340,9 +340,9 @@ CATALOGUE_RESULTS = Path(__file__).resolve().parents[1] / "results" / "memory-ca
 # the fix that followed (its misses are named in study/memory/model.py).
 IN_SAMPLE_CATALOGUE = CATALOGUE_RESULTS / "measured-e92b87d.csv"
 # (c10m-drawn-torch-k1024-b256-l200-d64 was held a suspect measurement of a full card until its 0.55 gathers
-# of excess were reproduced by a replay of its step at its real sizes, and measured again in catalogue2 on
-# a card of its own: c2-10m-drawn-torch-k512-b512-l200-d64 kept 0.55 too. Adam's states in the gather's
-# segment: ADAM_STATE_TABLES in study/memory/model.py.)
+# of excess were reproduced by a replay of its step at its real sizes, and measured again in catalogue2
+# with no allocator retry: c2-10m-drawn-torch-k512-b512-l200-d64 kept 0.55 too. Adam's states in the
+# gather's segment: ADAM_STATE_TABLES in study/memory/model.py.)
 
 
 def measured_rows(path: Path) -> list[dict[str, str]]:

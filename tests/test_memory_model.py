@@ -372,17 +372,17 @@ def current_errors(rows: list[dict[str, str]], measure: str = "measured_peak_byt
 
 def test_catalogue_measurements_in_sample() -> None:
     """The 40 successful trials of the catalogue set (e92b87d's predictions, measured 2026-11-28), in the
-    model's sample now. The current model meets on them: process peak median |error| 7.6%, all within
+    model's sample now. The current model meets on them: process peak median |error| 6.6%, all within
     -8.1%..+24.6%; allocated median |error| 0.7%. (The model of e92b87d: median 3.4%, -17.7%..+36.6%; of
     1ee330c: median 5.6%, -7.0%..+24.9% but c10m-drawn-torch at +41.3%.) The median rose where the model
     now charges the pinned share of a segment that most trials keep free (PINNED_TRANSIENT_SHARE: PyTorch
-    full CE +17-19%, fused per position up to +19%), so that the pinned ones stay within 10% under."""
+    full CE +13-19%), so that the pinned ones stay within 10% under."""
     rows = measured_rows(IN_SAMPLE_CATALOGUE)
     # The 41st, issue 11's shared K=16384 point, ran out of card memory (another benchmark's process held
     # 74.5 GiB of the card): its row says oom, and it measures nothing of the model.
     assert len(rows) == 40
     errors = current_errors(rows)
-    assert statistics.median(abs(e) for e in errors.values()) <= 0.08
+    assert statistics.median(abs(e) for e in errors.values()) <= 0.07
     outside = {name: e for name, e in errors.items() if not -0.10 <= e <= 0.25}
     assert not outside, outside
     allocated = current_errors(rows, "torch_max_allocated")
@@ -428,17 +428,17 @@ def test_catalogue2_out_of_sample_result() -> None:
 
 def test_catalogue2_measurements_in_sample() -> None:
     """The 36 trials of catalogue2 with the current model, which was fixed after they were measured (in its
-    sample): process peak median |error| 7.1%, all within -7.8%..+24.9%; allocated median |error| 0.6%.
+    sample): process peak median |error| 6.7%, all within -7.8%..+24.9%; allocated median |error| 0.6%.
     The three rows the model of 1ee330c missed: the pinned PyTorch full CE at -7.7% (was -21.7%), the fused
-    per-position K=4096 d=256 at -2.1% (was -12.6%), PyTorch drawn at 10^7 items at +24.9% (was +41.5%)."""
+    per-position K=4096 d=256 at +7.4% (was -12.6%), PyTorch drawn at 10^7 items at +24.9% (was +41.5%)."""
     rows = measured_rows(CATALOGUE_RESULTS / f"measured-{CATALOGUE2_MODEL_COMMIT}.csv")
     assert len(rows) == 36
     errors = current_errors(rows)
-    assert statistics.median(abs(e) for e in errors.values()) <= 0.08
+    assert statistics.median(abs(e) for e in errors.values()) <= 0.07
     outside = {name: round(e, 4) for name, e in errors.items() if not -0.10 <= e <= 0.25}
     assert not outside, outside
     assert -0.08 <= errors["c2-100k-full-torch-b256-l200-d128"] <= -0.07
-    assert -0.03 <= errors["c2-100k-position-triton-k4096-b128-l200-d256"] <= 0
+    assert 0 <= errors["c2-100k-position-triton-k4096-b128-l200-d256"] <= 0.08
     allocated = current_errors(rows, "torch_max_allocated")
     assert statistics.median(abs(e) for e in allocated.values()) <= 0.01
     assert max(abs(e) for e in allocated.values()) <= 0.065
@@ -748,18 +748,21 @@ def test_adam_states_settle_beside_the_gather_at_catalogue_scale() -> None:
     assert 0.20 < predicted / measured_peak - 1 <= 0.25
 
 
-def test_fused_per_position_index_is_charged_at_the_pinned_share() -> None:
-    """The fused per-position loss's [N, K] index tensor is its step's largest transient: the first step's
-    last item tables settle in its freed segment in some trials, and the next index needs a new one
-    (c2-100k-position-triton-k4096-b128-l200-d256: 0.59 GiB kept with a 0.78 GiB index, -12.6% with the
-    256 MiB charged by 1ee330c). Drawn negatives have no index tensor; PyTorch's gather dominates its own."""
+def test_fused_per_position_index_is_charged_where_the_first_steps_tables_take_its_segment() -> None:
+    """The fused per-position loss's [N, K] index tensor: above SORT_MAX_DIM the backward sorts no copy, so
+    the item tables of the first step's end take the index's freed segment whenever one fits in it, and the
+    next index needs a segment of its own (c2-100k-position-triton-k4096-b128-l200-d256: 0.59 GiB kept with
+    a 0.78 GiB index, -12.6% with the 256 MiB charged by 1ee330c). At d <= 128 the sorted copy's block takes
+    them; tables larger than the index do not fit in it; drawn negatives have no index tensor."""
     config = TrainConfig(loss="ce-neg", negative_scope="position", num_negatives=4096, loss_impl="triton",
                          batch_size=128, max_len=200, hidden=256, device="cuda")
     shape = resolve_shape(config, 95_330)
     index = 128 * 200 * 4096 * memory_model.INT64
-    assert memory_model.fused_index_excess_bytes(shape) == round(memory_model.PINNED_TRANSIENT_SHARE * index)
-    assert memory_model.allocator_overhead_bytes(shape) > memory_model.PINNED_TRANSIENT_SHARE * index
-    for other in (config.replace(negative_scope="drawn"), config.replace(loss_impl="torch")):
+    assert memory_model.fused_index_excess_bytes(shape) == index
+    assert memory_model.allocator_overhead_bytes(shape) > index
+    assert memory_model.fused_index_excess_bytes(resolve_shape(config, 9_509_502)) == 0  # 9.1 GiB tables
+    for other in (config.replace(hidden=128), config.replace(negative_scope="drawn"),
+                  config.replace(loss_impl="torch")):
         assert memory_model.fused_index_excess_bytes(resolve_shape(other, 95_330)) == 0
 
 

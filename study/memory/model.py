@@ -112,13 +112,8 @@ TABLE_SPLIT_FACTOR = 0.75
 # 17.1). Where the transient dominates the peak no charge puts both outcomes well inside
 # -10%..+25%; the model charges the pinned transient at PINNED_TRANSIENT_SHARE of it: the value that keeps
 # every measured trial within the band, unpinned ones at up to +25%, pinned ones at down to -10%.
-# The fused per-position loss's largest transient is its [N, K] int64 index tensor, freed with the loss's
-# backward node; the item tables of the first step's end (the slice's and lookup's gradients, Adam's
-# states) then take the smallest free block they fit, which can be the index's segment, and the next
-# step's index needs a segment of its own. Measured: c2-100k-position-triton-k4096-b128-l200-d256 kept
-# 0.59 GiB beyond its allocated peak with a 0.78 GiB index (-12.6% against the model of 1ee330c, which
-# charged 256 MiB; replayed: 0.61, 0.63 without the workspaces), c100k-position-triton-k2048-b256-l200-d64
-# 0.03 with the same index. Charged, as the other pins, at:
+# (The fused per-position loss's index tensor is pinned by the first step's item tables in some trials,
+# but predictably: see fused_index_excess_bytes.) The charge for the pinned transient:
 PINNED_TRANSIENT_SHARE = 0.635
 # At 10^7 items a table is a large share of G: Adam's two states, made at the end of the first step while
 # G's segments are free, settle in G's float32 segment beside the bf16 gather when G >= 4 tables and stay
@@ -616,11 +611,24 @@ def torch_position_gather_bytes(shape: TrialShape) -> int:
 
 
 def fused_index_excess_bytes(shape: TrialShape) -> int:
-    """The fused per-position loss's [N, K] index tensor, the step's largest transient there, charged at
-    PINNED_TRANSIENT_SHARE (see PINNED_TRANSIENT_SHARE); 0 for other losses."""
-    if shape.impl != "triton" or shape.scope != "position":
+    """The fused per-position loss's [N, K] int64 index tensor when the first step's item tables take its
+    segment; 0 otherwise and for other losses.
+
+    The index is freed with the loss's backward node; the item tables made after it (the slice's and the
+    lookup's gradients, Adam's states and temporary) take the smallest free block they fit. Below
+    SORT_MAX_DIM the backward's sorted int32 copy (half the index) is freed just before and is that block,
+    and its chunks of torch.sort are requested anew each step; above it, with no sorted copy, it is the
+    index's own segment whenever a table fits in it, and the next step's index needs a segment of its own.
+    Measured: c2-100k-position-triton-k4096-b128-l200-d256 kept 0.59 GiB beyond its allocated peak with a
+    0.78 GiB index and 0.09 GiB tables (-12.6% against the model of 1ee330c, which charged 256 MiB;
+    replayed through benchmarks/memory_trace.py --extrapolate, 0.61), c1m-position-triton-k512-b512-l512-
+    d256 1.20 GiB with a 1.0 GiB index; not 1m-position-triton-k511-d256 nor c2-10m-position-triton-
+    k2048-b256-l200-d256, whose tables (0.9 and 9.1 GiB) do not fit their index (0.25 and 0.78), nor any
+    trial at d <= 128 (0.02-0.46 GiB kept with indices of 0.25-1.56 GiB)."""
+    if shape.impl != "triton" or shape.scope != "position" or shape.hidden <= SORT_MAX_DIM:
         return 0
-    return round(PINNED_TRANSIENT_SHARE * negative_index_bytes(shape))
+    index = negative_index_bytes(shape)
+    return index if index >= item_table_bytes(shape) else 0
 
 
 def torch_position_excess_bytes(shape: TrialShape) -> int:
@@ -649,9 +657,9 @@ def table_segments_bytes(shape: TrialShape) -> int:
 
 def allocator_overhead_bytes(shape: TrialShape) -> int:
     """Peak reserved minus peak allocated memory: the step's re-requested buffers (ALLOCATOR_REREQUEST_FACTOR;
-    the PyTorch per-position gathers, full CE's logits and the fused per-position index tensor, see
-    PINNED_TRANSIENT_SHARE) and the item tables' share (table_segments_bytes), at least
-    ALLOCATOR_MIN_EXCESS."""
+    the PyTorch per-position gathers and full CE's logits, see PINNED_TRANSIENT_SHARE; the fused
+    per-position index tensor, fused_index_excess_bytes) and the item tables' share (table_segments_bytes),
+    at least ALLOCATOR_MIN_EXCESS."""
     rerequested = max(round(ALLOCATOR_REREQUEST_FACTOR * largest_step_buffer_bytes(shape)),
                       torch_position_excess_bytes(shape), full_ce_logits_excess_bytes(shape),
                       fused_index_excess_bytes(shape))

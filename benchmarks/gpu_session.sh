@@ -11,6 +11,8 @@
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh cuda         (the `pytest -m cuda` tests)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh memory2      (< 6 min on two cards: issue 11's
 #                                          out-of-sample set, results/memory-catalogue/predictions-*.csv)
+#   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh memory3      (< 6 min on one card: issue 11's
+#                                          third set, out of the sample of the model fixed after memory2)
 # Issue 13 (three calls): speed (~4 min), loss (< 8 min), eval (< 10 min). loss also needs
 #   .cache/published-cce (the published CCE- kernel: .cache/published-cce/SOURCE.md says how to lay it out)
 # and eval needs .cache/eval-before (the tree before the evaluation change) and gowalla in .gpu-data:
@@ -19,7 +21,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|cuda|shared-ab}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|memory3|cuda|shared-ab}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 # The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
@@ -141,13 +143,22 @@ case "$part" in
       ${MEMORY_ONLY:+--only "$MEMORY_ONLY"} \
       --deadline "${MEMORY_DEADLINE:-330}" --out "$work/memory-catalogue2" 2>&1 | tee "$work/memory-catalogue2.log"
     ;;
+  memory3)
+    # Issue 11's third set (34 configurations on new logs, out of the sample of the model fixed after
+    # memory2), every visible card (one is enough: four trials at a time); cut off at 330 s.
+    cards=$(python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))')
+    # MEMORY_ONLY=name,name: only those configurations (a rerun of rows that failed).
+    timeout 400 python3 benchmarks/memory_validation.py --set catalogue3 --gpus "$cards" --timeout 240 \
+      ${MEMORY_ONLY:+--only "$MEMORY_ONLY"} \
+      --deadline "${MEMORY_DEADLINE:-330}" --out "$work/memory-catalogue3" 2>&1 | tee "$work/memory-catalogue3.log"
+    ;;
   shared-ab)
     # The dense loss at d=64 and 256 of the trees in .cache/ab/* (git archive SHA kernels) next to this one.
     trees=after=.; for tree in .cache/ab/*/; do trees="$(basename "$tree")=$tree,$trees"; done
     timeout "${AB_SECONDS:-300}" python3 benchmarks/shared_ab.py --trees "$trees" --out "$work/shared-ab" 2>&1 \
       | tee "$work/shared-ab.log"
     ;;
-  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2, cuda or shared-ab)" >&2
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2, memory3, cuda or shared-ab)" >&2
      exit 2 ;;
 esac
 mkdir -p "$out"

@@ -1,8 +1,9 @@
 """The configurations benchmarks/memory_validation.py measures, and how long each takes.
 
-Three sets: `base`, the 33 configurations of issue 4 (catalogues of 2,000 to 10^6 items, every loss),
-`catalogue`, issue 11's set at 10^5, 10^6 and 10^7 items (see memory_validation.py), and `catalogue2`,
-36 more at those sizes on new logs, out of the sample of the model fixed after `catalogue` was measured.
+Four sets: `base`, the 33 configurations of issue 4 (catalogues of 2,000 to 10^6 items, every loss),
+`catalogue`, issue 11's set at 10^5, 10^6 and 10^7 items (see memory_validation.py), `catalogue2`, 36
+more at those sizes on new logs, out of the sample of the model fixed after `catalogue` was measured, and
+`catalogue3`, 34 more on new logs, out of the sample of the model fixed after `catalogue2` was measured.
 A case is a dict: name, set, config (TrainConfig settings), and for the catalogue sets its catalogue, the
 users each evaluation scores (eval_users) and whether it is in the model's sample (in_sample).
 """
@@ -278,7 +279,83 @@ CATALOGUE2_CASES: list[dict[str, Any]] = [
     for catalogue, grid in _SCALE2_GRID.items()
     for impl, scope, k, b, length, d in grid
 ]
-SETS = {"base": CASES, "catalogue": CATALOGUE_CASES, "catalogue2": CATALOGUE2_CASES}
+
+# --- the third catalogue set (issue 11, out of sample for the model fixed after catalogue2) -------------
+
+# New logs again (other seeds, 2,200 users: two full batches of 1,024 and a steady step), three interactions
+# per item. The set leans on what catalogue2 missed, the caching allocator's excess of the PyTorch losses:
+# full CE at several catalogues and widths (does the bf16 logits' segment, or one float32 logits segment
+# more, stay beyond the allocated peak?), per position and drawn at K from 128 to 4096 (one or two extra
+# [N, K, d] gathers; the item tables at 10^7 packed into the gathers' segments) and one BCE; the fused
+# per-position loss at d=256 (no sorted copy; its index tensor the largest buffer); and every other scope.
+SCALE3_CATALOGUES = {
+    "c3-100k": "synthetic:users=2200,items=100000,mean_len=136,alpha=0,seed=31",
+    "c3-1m": "synthetic:users=2200,items=1000000,mean_len=1364,alpha=0,seed=33",
+    "c3-10m": "synthetic:users=2200,items=10000000,mean_len=13636,alpha=0,seed=35",
+}
+SCALE3_EVAL_USERS = {"c3-100k": 200, "c3-1m": 100, "c3-10m": 100}
+_SCALE3_GRID: dict[str, list[tuple[str, str, int, int, int, int]]] = {
+    "c3-100k": [
+        ("torch", "full", 0, 128, 200, 256),
+        ("torch", "full", 0, 96, 200, 64),
+        ("torch", "full", 0, 32, 512, 128),
+        ("torch", "position", 512, 128, 200, 128),
+        ("torch", "position", 1024, 64, 200, 256),
+        ("torch", "drawn", 256, 256, 512, 64),
+        ("torch", "batch", 4096, 256, 512, 64),
+        ("torch", "sequence", 256, 1024, 200, 128),
+        ("triton", "position", 4096, 256, 200, 256),
+        ("triton", "position", 512, 1024, 200, 256),
+        ("triton", "full", 0, 1024, 512, 128),
+        ("triton", "batch", 4096, 1024, 200, 128),
+        ("triton", "drawn", 4096, 512, 512, 64),
+    ],
+    "c3-1m": [
+        ("torch", "full", 0, 16, 100, 256),
+        ("torch", "full", 0, 4, 512, 64),
+        ("torch", "position", 128, 512, 200, 128),
+        ("torch", "position", 4096, 32, 200, 64),
+        ("torch", "drawn", 512, 256, 200, 128),
+        ("torch", "sequence", 2048, 128, 512, 256),
+        ("triton", "position", 4096, 128, 512, 256),
+        ("triton", "position", 1024, 1024, 200, 64),
+        ("triton", "full", 0, 512, 200, 64),
+        ("triton", "sequence", 512, 512, 512, 128),
+    ],
+    "c3-10m": [
+        ("torch", "full", 0, 2, 96, 64),
+        ("torch", "full", 0, 2, 64, 128),
+        ("torch", "position", 1024, 128, 200, 64),
+        ("torch", "drawn", 256, 256, 200, 128),
+        ("torch", "drawn", 2048, 64, 200, 64),
+        ("torch", "batch", 2048, 512, 200, 64),
+        ("triton", "position", 1024, 256, 200, 128),
+        ("triton", "full", 0, 256, 512, 128),
+        ("triton", "batch", 1024, 128, 512, 64),
+        ("triton", "drawn", 512, 256, 512, 128),
+    ],
+}
+
+
+def _scale3(name: str, catalogue: str, **settings: Any) -> dict[str, Any]:
+    return {"name": name, "set": "catalogue3", "catalogue": catalogue,
+            "eval_users": SCALE3_EVAL_USERS[catalogue],
+            "config": {**COMMON, "dataset": SCALE3_CATALOGUES[catalogue], **settings}}
+
+
+CATALOGUE3_CASES: list[dict[str, Any]] = [
+    _scale3(_scale_name(catalogue, impl, scope, k, b, length, d), catalogue,
+            **(_fused if impl == "triton" else _torch)(scope, k, b, length, d))
+    for catalogue, grid in _SCALE3_GRID.items()
+    for impl, scope, k, b, length, d in grid
+] + [
+    # SASRec's own loss (BCE, one negative per position in the paper; 256 here) through the same
+    # [N, K, d] gather as CE- per position.
+    _scale3("c3-1m-bce-position-k256-b256-l200-d64", "c3-1m", loss="bce", negative_scope="position",
+            num_negatives=256, batch_size=256, max_len=200, hidden=64),
+]
+SETS = {"base": CASES, "catalogue": CATALOGUE_CASES, "catalogue2": CATALOGUE2_CASES,
+        "catalogue3": CATALOGUE3_CASES}
 
 
 # --- how long a configuration takes (for scheduling and for the deadline) --------------------------

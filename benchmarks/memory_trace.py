@@ -1,7 +1,7 @@
 """Trace a trial's GPU allocations on CPU and replay them through a model of CUDA's caching allocator.
 
     python3 benchmarks/memory_trace.py '{"loss": "ce", "loss_impl": "triton", "batch_size": 64}' 5000000
-        [--steps 5] [--eval-users 64] [--perturb 40] [--show MiB]
+        [--steps 5] [--eval-users 64] [--extrapolate S] [--workspace-mib 32] [--perturb 40] [--show MiB]
 
 A development tool for study/memory/model.py where no GPU is at hand. It runs what a trial runs on the
 card (the popularity baseline's evaluation, `--steps` training steps of the trainer's code path with
@@ -12,6 +12,15 @@ buffers): dropout keeps a bool mask, attention is flash attention (no L x L matr
 a float32 dq accumulator), item-row gathers scatter their gradient with CUDA's sort-based index_put_
 (int64 sort buffers), the embedding's backward sorts its ids, Adam is the foreach implementation, and
 the fused Triton losses allocate what kernels/triton_shared.py and kernels/triton_gather.py allocate.
+
+CUDA also takes a cuBLAS workspace per thread at its first matmul (32 MiB on sm90), once for the trial's
+thread in the first forward and once for autograd's own CUDA thread in the first backward, and keeps them;
+the replay adds both (`--workspace-mib`). Trials too large for the host are traced at S, 2S and 3S times
+their rows and catalogue (`--extrapolate S`; the evaluation's chunks keep their users) and each allocation
+is replayed at its size extrapolated to scale 1 (sizes are polynomials of degree at most two in the scale).
+Extrapolated, with the workspaces, the replay reproduced the measured excess (peak reserved minus peak
+allocated) of every PyTorch per-position and full-CE trial of the H200 runs made with the current code
+within about 0.1 GiB (BENCHMARKS.md section 3).
 
 The trace is then replayed through `CachingAllocatorModel`, which follows the rules of PyTorch's CUDA
 caching allocator with default settings: requests rounded up to 512 B; up to 1 MiB from a small pool
@@ -415,13 +424,17 @@ def install_cuda_allocation_pattern() -> None:
     dispatch.triton_linear_cross_entropy = _fused_loss
 
 
-def trace_trial(config: Any, num_items: int, *, steps: int, eval_users: int) -> list[tuple[int, Any, str]]:
-    """The allocations of what a trial runs on the card, for `config` on `num_items` items."""
+def trace_trial(config: Any, num_items: int, *, steps: int, eval_users: int,
+                max_scores: int | None = None) -> list[tuple[int, Any, str]]:
+    """The allocations of what a trial runs on the card, for `config` on `num_items` items. Every random
+    draw is seeded, so that traces of one configuration at several scales make the same operations.
+    `max_scores` is the evaluation's scores per chunk (default: the trial's)."""
     from models.sasrec import SASRec
     from study.data.sequences import EvalSet, Sequences
-    from study.training.evaluate import evaluate_model, evaluate_popularity
+    from study.training.evaluate import DEFAULT_MAX_SCORES, evaluate_model, evaluate_popularity
     from study.training.trainer import build_loss
 
+    max_scores = max_scores or DEFAULT_MAX_SCORES
     generator = torch.Generator().manual_seed(0)
     batch, length = config.batch_size, config.max_len
     offsets = torch.arange(eval_users + 1, dtype=torch.int64) * length
@@ -439,12 +452,13 @@ def trace_trial(config: Any, num_items: int, *, steps: int, eval_users: int) -> 
     def work() -> None:
         for _ in range(2):
             evaluate_popularity(counts, evalset, max_len=length, batch_size=config.eval_batch_size,
-                                device=device)
+                                device=device, max_scores=max_scores)
+        torch.manual_seed(0)
         model = SASRec(num_items, max_len=length, hidden=config.hidden, blocks=config.blocks,
                        heads=config.heads, dropout=config.dropout)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
                                      foreach=True)
-        loss_function = build_loss(config, model, counts, device)
+        loss_function = build_loss(config, model, counts, device, generator=torch.Generator().manual_seed(1))
         for step in range(steps):
             rows = torch.randint(1, num_items + 1, (batch, length + 1), generator=generator)
             targets = rows[:, 1:]
@@ -457,9 +471,117 @@ def trace_trial(config: Any, num_items: int, *, steps: int, eval_users: int) -> 
             del loss, rows, targets, inputs
         for _ in range(2):
             evaluate_model(model, evalset, num_items=num_items, max_len=length,
-                           batch_size=config.eval_batch_size, device=device, autocast=autocast)
+                           batch_size=config.eval_batch_size, device=device, autocast=autocast,
+                           max_scores=max_scores)
 
     return allocation_trace(work)
+
+
+# --- the trace at the real sizes, from traces at small scales -----------------------------------------
+
+
+def keyed(trace: list[tuple[int, Any, str]]) -> list[tuple[int, int, str]]:
+    """(+bytes, id, op) for each allocation and (-1, id, op) for its free: an id per allocation, so that
+    traces taken at different scales (different addresses) can be compared event by event."""
+    live: dict[Any, int] = {}
+    out: list[tuple[int, int, str]] = []
+    for size, address, op in trace:
+        if size > 0:
+            if address in live:  # the CPU allocator reused an address whose free came out of order
+                out.append((-1, live.pop(address), op))
+            out.append((size, len(out), op))
+            live[address] = out[-1][1]
+        elif address in live:
+            out.append((-1, live.pop(address), op))
+    return out
+
+
+def _aligned(traces: list[list[tuple[int, int, str]]]) -> list[list[tuple[int, int, str]]]:
+    """The events every trace makes (matched by kind and op, in order); CPU kernels make a few temporaries
+    only at some sizes (a reduction's buffer), which are dropped with their frees."""
+    import difflib
+
+    def signature(trace: list[tuple[int, int, str]]) -> list[str]:
+        return [("+" if size > 0 else "-") + op for size, _, op in trace]
+
+    first = signature(traces[0])
+    common = set(range(len(first)))
+    matches = []
+    for trace in traces[1:]:
+        match: dict[int, int] = {}
+        for tag, i1, i2, j1, _ in difflib.SequenceMatcher(None, first, signature(trace),
+                                                          autojunk=False).get_opcodes():
+            if tag == "equal":
+                match.update({i1 + offset: j1 + offset for offset in range(i2 - i1)})
+        common &= set(match)
+        matches.append(match)
+    kept = sorted(common)
+    allocated = {traces[0][i][1] for i in kept if traces[0][i][0] > 0}
+    kept = [i for i in kept if traces[0][i][0] > 0 or traces[0][i][1] in allocated]
+    return [[traces[0][i] for i in kept]] + [[trace[match[i]] for i in kept]
+                                              for trace, match in zip(traces[1:], matches)]
+
+
+def extrapolated(traces: list[list[tuple[int, int, str]]], scales: list[float]) -> list[tuple[int, int, str]]:
+    """Each allocation's size at scale 1, from its sizes at `scales` (a polynomial of degree len - 1:
+    sizes are products of at most two scaled dimensions, rows and catalogue); frees as in the first trace."""
+    import numpy as np
+
+    if len({len(trace) for trace in traces}) > 1:
+        traces = _aligned(traces)
+    out = []
+    for events in zip(*traces):
+        size, key, op = events[0]
+        sizes = [event[0] for event in events]
+        if size > 0 and len(set(sizes)) > 1:
+            size = max(1, int(round(float(np.polyval(np.polyfit(scales, sizes, len(scales) - 1), 1.0)))))
+        out.append((size, key, op))
+    return out
+
+
+# cuBLAS takes a workspace for each thread's handle from the caching allocator at that handle's first
+# matmul and keeps it: 32 MiB on sm90 (torch's default, 4096 KiB x 8). The trial's thread makes its first
+# in the encoder's forward; autograd runs a CUDA backward on a thread of its own, whose first matmul is in
+# the first backward. CPU traces make neither.
+CUBLAS_WORKSPACE_MIB = 32
+_MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::matmul")
+
+
+def with_workspaces(events: list[tuple[int, Any, str]], workspace: int) -> list[tuple[int, Any, str]]:
+    """The events with the two cuBLAS workspaces added where CUDA takes them (never freed)."""
+    out: list[tuple[int, Any, str]] = []
+    forward_taken = backward_taken = in_backward = False
+    for size, key, op in events:
+        out.append((size, key, op))
+        in_backward = in_backward or op.startswith("autograd::engine") or "Backward" in op
+        if size > 0 and op in _MATMULS:
+            if not in_backward and not forward_taken:
+                forward_taken = True
+                out.append((workspace, "cublas workspace, trial thread", "workspace"))
+            elif in_backward and not backward_taken:
+                backward_taken = True
+                out.append((workspace, "cublas workspace, autograd thread", "workspace"))
+    return out
+
+
+def trace_at_scale(config: Any, num_items: int, *, scale: float, smallest: float, steps: int,
+                   eval_users: int) -> list[tuple[int, int, str]]:
+    """The trial traced at `scale` times its rows (its batch, or its length where the batch does not
+    scale to a whole number at the `smallest` scale of the series) and catalogue (kept where the smallest
+    scale would leave fewer than four items per negative); evaluation chunks keep their number of users."""
+    from study.training.evaluate import DEFAULT_MAX_SCORES
+
+    by_batch = (config.batch_size * smallest).is_integer()
+    rows = ({"batch_size": round(config.batch_size * scale)} if by_batch
+            else {"max_len": max(1, round(config.max_len * scale))})
+    scale_items = num_items * smallest >= 4 * max(config.num_negatives if config.loss != "ce" else 1, 64)
+    items = round(num_items * scale) if scale_items else num_items
+    scaled = config.replace(**rows)
+    if scaled.loss != "ce":
+        scaled = scaled.replace(num_negatives=min(scaled.num_negatives, items))
+    chunk_users = max(1, DEFAULT_MAX_SCORES // num_items)
+    return keyed(trace_trial(scaled, items, steps=steps, eval_users=eval_users,
+                             max_scores=chunk_users * items))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -468,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("num_items", type=int, help="catalogue size")
     parser.add_argument("--steps", type=int, default=5, help="training steps (default 5, as the validation)")
     parser.add_argument("--eval-users", type=int, default=64, help="users of each evaluation (default 64)")
+    parser.add_argument("--extrapolate", type=float, default=None, metavar="S",
+                        help="trace at S, 2S and 3S times the rows and catalogue and replay each allocation "
+                             "at its size extrapolated to the real ones (for trials too large for the host)")
+    parser.add_argument("--workspace-mib", type=int, default=CUBLAS_WORKSPACE_MIB,
+                        help=f"cuBLAS workspace of each thread, MiB (default {CUBLAS_WORKSPACE_MIB}: sm90; "
+                             "0: none)")
     parser.add_argument("--perturb", type=int, default=0,
                         help="replays with small blocks resized (default 0)")
     parser.add_argument("--show", type=float, default=None,
@@ -482,16 +610,28 @@ def main(argv: list[str] | None = None) -> int:
     if config.loss_impl == "auto":
         config = config.replace(loss_impl="triton")
     install_cuda_allocation_pattern()
-    trace = trace_trial(config, args.num_items, steps=args.steps, eval_users=args.eval_users)
-    events = [(size, address) for size, address, _ in trace]
+    if args.extrapolate:
+        scales = [args.extrapolate * multiple for multiple in (1, 2, 3)]
+        traces = [trace_at_scale(config, args.num_items, scale=scale, smallest=scales[0], steps=args.steps,
+                                 eval_users=args.eval_users) for scale in scales]
+        keyed_events: list[tuple[int, Any, str]] = list(extrapolated(traces, scales))
+    else:
+        keyed_events = list(keyed(trace_trial(config, args.num_items, steps=args.steps,
+                                              eval_users=args.eval_users)))
+    if args.workspace_mib:
+        keyed_events = with_workspaces(keyed_events, args.workspace_mib * MiB)
     if args.show is not None:
-        model, current = CachingAllocatorModel(), 0
-        for size, address, op in trace:
-            current += size
-            replay_one(model, size, address)
-            if abs(size) >= args.show * MiB:
-                print(f"{size / MiB:+10.1f} MiB  allocated {current / MiB:9.1f}  "
+        model, current, sizes = CachingAllocatorModel(), 0, {}
+        for size, key, op in keyed_events:
+            if size > 0:
+                sizes[key] = size
+            current += size if size > 0 else -sizes.get(key, 0)
+            replay_one(model, size, key)
+            if sizes.get(key, 0) >= args.show * MiB:
+                sign = "+" if size > 0 else "-"
+                print(f"{sign}{sizes[key] / MiB:9.1f} MiB  allocated {current / MiB:9.1f}  "
                       f"reserved {model.reserved / MiB:9.1f}  {op}")
+    events = [(size, key) for size, key, _ in keyed_events]
     model = replay(events)
     prediction = predict_peak_bytes(config.replace(device="cuda", precision="auto"), args.num_items)
     print(f"traced: allocated {model.peak_allocated / GiB:.3f} GiB, cache model reserved "

@@ -1,11 +1,11 @@
 """Validate the analytic memory model (study/memory/model.py) against measured GPU memory.
 
-    python3 benchmarks/memory_validation.py --out DIR [--set base|catalogue|catalogue2] [--gpus 0,1]
-        [--jobs N] [--deadline S] [--timeout S] [--only NAME,...]
+    python3 benchmarks/memory_validation.py --out DIR [--set base|catalogue|catalogue2|catalogue3]
+        [--gpus 0,1] [--jobs N] [--deadline S] [--timeout S] [--only NAME,...]
     python3 benchmarks/memory_validation.py --set catalogue --predict-only CSV   (no GPU; commit it first)
     python3 benchmarks/memory_validation.py --set catalogue --list                (cases, time estimates)
 
-Two sets of configurations, each a short real trial through `study.training.trainer.run_trial` (1 epoch of 5
+Sets of configurations, each a short real trial through `study.training.trainer.run_trial` (1 epoch of 5
 steps, then evaluation) in its OWN process, because memory goes back to the card only at process
 exit and each trial must start from an empty allocator:
 
@@ -17,6 +17,9 @@ exit and each trial must start from an empty allocator:
   before the model was fixed).
 - `catalogue2`: 36 more at those sizes on new logs (2,100 users), none of them a configuration of
   `catalogue`: out of the sample of the model fixed after `catalogue` was measured.
+- `catalogue3`: 34 more on new logs (2,200 users), none of them a configuration of an earlier set, leaning
+  on what `catalogue2` missed (the PyTorch losses' cache excess, the fused per-position loss at d=256): out
+  of the sample of the model fixed after `catalogue2` was measured.
 
 Each catalogue is generated once per run (`--data-cache`, a pickled `Interactions`) and the trials
 of the catalogue set evaluate at most `eval_users` users of each evaluation set: what evaluation
@@ -774,8 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--set", choices=sorted(SETS), default="base",
-                        help="which configurations: base (issue 4's 33), catalogue (issue 11's 41) or "
-                             "catalogue2 (36 more, out of the fixed model's sample)")
+                        help="which configurations: base (issue 4's 33), catalogue (issue 11's 41), "
+                             "catalogue2 (36 more) or catalogue3 (34 more, out of the sample of the model "
+                             "fixed after catalogue2)")
     parser.add_argument("--quick", action="store_true", help=f"only {len(QUICK)} representative base cases")
     parser.add_argument("--only", help="comma list of configuration names to run")
     parser.add_argument("--gpus", default="0",

@@ -241,10 +241,11 @@ def test_bad_catalogue_size_is_named(bad: object) -> None:
 # by benchmarks/memory_validation.py, 2026-11-26, against the kernels of ef0756d (results/h200-2026-11-26b,
 # runs 4 and 5): (configuration, catalogue, users, torch max allocated, torch max reserved, process peak),
 # bytes. All 33 were predicted before they were measured (memory-predictions*.csv there); the first 20
-# showed the PyTorch per-position cache excess the model now charges (TORCH_GATHER_REREQUEST_FACTOR), the
-# last 13 were predicted with it and met the criterion. Since issue 11 the model was refitted on all of
-# them (in sample now): the PyTorch per-position losses' cache holds one or two extra copies of their
-# gather, which no factor puts within -10%..+25% of both, so their errors sit at the band's edges.
+# showed the PyTorch per-position cache excess the model now charges, the last 13 were predicted with it
+# and met the criterion. Since issue 11 the model was refitted on all of them (in sample now): the PyTorch
+# per-position losses' cache holds one or two extra copies of their gather (two where the backward's
+# cuBLAS workspace pins one, see PINNED_TRANSIENT_SHARE), which no charge puts well within -10%..+25% of
+# both, so their errors sit at the band's edges.
 H200_MEASUREMENTS = [
     ("1m-position-triton-k2047", 956306, 1100, 2591234560, 3019898880, 3816816640),
     ("1m-position-torch-k511", 956306, 1100, 11553349120, 17632854016, 18431868928),
@@ -316,11 +317,10 @@ def test_predictions_match_h200_measurements() -> None:
     assert statistics.median(abs(e) for e in process_errors.values()) <= 0.10
     under = {name: error for name, error in process_errors.items() if error < -0.10}
     assert not under, under
-    # No bound above here: 1m-position-torch-k511 (the cache kept one extra gather) is 26.5% over, so that
-    # 100k-position-torch-k256-d128 and 100k-bce-position-k256 (two extra) stay within 10% under. It was
-    # 25.5% before the model charged 0.75 of an item table for Adam's split temporary (TABLE_SPLIT_FACTOR:
-    # 0.17 GiB of its 17.2 GiB), which the catalogue-scale measurements need.
-    assert max(process_errors.values()) <= 0.27
+    # The edges: 100k-position-torch-k256-d128 (its cache kept two extra gathers: pinned) at -10.0%,
+    # 1m-position-torch-k511 (one) at +23%. The latter was 26.5% over while the model charged 0.75 of an item
+    # table beside its gathers; Adam's two states settle in the gather's segment instead (ADAM_STATE_TABLES).
+    assert max(process_errors.values()) <= 0.25
 
 
 def test_sort_constants_mirror_the_gather_kernel() -> None:
@@ -339,14 +339,10 @@ CATALOGUE_RESULTS = Path(__file__).resolve().parents[1] / "results" / "memory-ca
 # --set catalogue, predicted by e92b87d, measured 2026-11-28: out of sample then, in the model's sample since
 # the fix that followed (its misses are named in study/memory/model.py).
 IN_SAMPLE_CATALOGUE = CATALOGUE_RESULTS / "measured-e92b87d.csv"
-# Measured under suspected card pressure: the run's cards were shared with another benchmark's process
-# (74.5 GiB of the card at the moment a trial of the run ran out of memory), and this trial ran while the
-# run's own trials held up to 86 GiB. A 12.5 GiB gather request fails whenever less is free, and the
-# caching allocator then gives its cached segments back and retries, lowering the reserved peak: it kept
-# 0.55 of its [N, K, d] gather beyond the allocated peak, where every other PyTorch per-position trial
-# kept 0.91-1.98 and a replay of a scaled-down copy of its step 1.58. The trials did not record
-# num_alloc_retries then (they do now), so this cannot be proven from the run's files.
-SUSPECT_MEASUREMENTS = {"c10m-drawn-torch-k1024-b256-l200-d64"}
+# (c10m-drawn-torch-k1024-b256-l200-d64 was held a suspect measurement of a full card until its 0.55 gathers
+# of excess were reproduced by a replay of its step at its real sizes, and measured again in catalogue2
+# with no allocator retry: c2-10m-drawn-torch-k512-b512-l200-d64 kept 0.55 too. Adam's states in the
+# gather's segment: ADAM_STATE_TABLES in study/memory/model.py.)
 
 
 def measured_rows(path: Path) -> list[dict[str, str]]:
@@ -376,17 +372,19 @@ def current_errors(rows: list[dict[str, str]], measure: str = "measured_peak_byt
 
 def test_catalogue_measurements_in_sample() -> None:
     """The 40 successful trials of the catalogue set (e92b87d's predictions, measured 2026-11-28), in the
-    model's sample now. The fixed model meets on them: process peak median |error| 5.6%, all within
-    -7.0%..+24.9% but the suspect row; allocated median |error| 0.7%. (The model of e92b87d: median 3.4%,
-    -17.7%..+36.6%.) The out-of-sample criterion applies to a set measured after the fix (below)."""
+    model's sample now. The current model meets on them: process peak median |error| 6.6%, all within
+    -8.1%..+24.6%; allocated median |error| 0.7%. (The model of e92b87d: median 3.4%, -17.7%..+36.6%; of
+    1ee330c: median 5.6%, -7.0%..+24.9% but c10m-drawn-torch at +41.3%.) The median rose where the model
+    now charges the pinned share of a segment that most trials keep free (PINNED_TRANSIENT_SHARE: PyTorch
+    full CE +13-19%), so that the pinned ones stay within 10% under."""
     rows = measured_rows(IN_SAMPLE_CATALOGUE)
     # The 41st, issue 11's shared K=16384 point, ran out of card memory (another benchmark's process held
     # 74.5 GiB of the card): its row says oom, and it measures nothing of the model.
     assert len(rows) == 40
     errors = current_errors(rows)
-    assert statistics.median(abs(e) for e in errors.values()) <= 0.06
+    assert statistics.median(abs(e) for e in errors.values()) <= 0.07
     outside = {name: e for name, e in errors.items() if not -0.10 <= e <= 0.25}
-    assert set(outside) <= SUSPECT_MEASUREMENTS, outside
+    assert not outside, outside
     allocated = current_errors(rows, "torch_max_allocated")
     assert statistics.median(abs(e) for e in allocated.values()) <= 0.02
     # Over by up to 27%: the trials of one full batch (1,100 users in batches of 1,024) never run a full
@@ -426,6 +424,51 @@ def test_catalogue2_out_of_sample_result() -> None:
     allocated = [float(row["predicted_torch_max_allocated"]) / float(row["torch_max_allocated"]) - 1
                  for row in rows]
     assert max(abs(e) for e in allocated) <= 0.065
+
+
+def test_catalogue2_measurements_in_sample() -> None:
+    """The 36 trials of catalogue2 with the current model, which was fixed after they were measured (in its
+    sample): process peak median |error| 6.7%, all within -7.8%..+24.9%; allocated median |error| 0.6%.
+    The three rows the model of 1ee330c missed: the pinned PyTorch full CE at -7.7% (was -21.7%), the fused
+    per-position K=4096 d=256 at +7.4% (was -12.6%), PyTorch drawn at 10^7 items at +24.9% (was +41.5%)."""
+    rows = measured_rows(CATALOGUE_RESULTS / f"measured-{CATALOGUE2_MODEL_COMMIT}.csv")
+    assert len(rows) == 36
+    errors = current_errors(rows)
+    assert statistics.median(abs(e) for e in errors.values()) <= 0.07
+    outside = {name: round(e, 4) for name, e in errors.items() if not -0.10 <= e <= 0.25}
+    assert not outside, outside
+    assert -0.08 <= errors["c2-100k-full-torch-b256-l200-d128"] <= -0.07
+    assert 0 <= errors["c2-100k-position-triton-k4096-b128-l200-d256"] <= 0.08
+    allocated = current_errors(rows, "torch_max_allocated")
+    assert statistics.median(abs(e) for e in allocated.values()) <= 0.01
+    assert max(abs(e) for e in allocated.values()) <= 0.065
+
+
+# --set catalogue3: predicted by the model fixed after catalogue2 was measured, committed before any GPU
+# measured it (results/memory-catalogue/predictions-<commit>.csv).
+CATALOGUE3_MODEL_COMMIT: str | None = "ac0365b"  # predictions-ac0365b.csv, committed before measuring
+
+
+def test_catalogue3_meets_the_criterion_out_of_sample() -> None:
+    """Issue 11's criterion on a set the model had not seen: median |error| <= 10%, none under-predicted by
+    more than 10%, none over-predicted by more than 25% (process peak), from the committed predictions and
+    the measurements, once measured; the current model must meet it too."""
+    if CATALOGUE3_MODEL_COMMIT is None:
+        pytest.skip("no predictions committed for --set catalogue3 yet")
+    path = CATALOGUE_RESULTS / f"measured-{CATALOGUE3_MODEL_COMMIT}.csv"
+    if not path.is_file():
+        pytest.skip(f"{path.name} not measured yet")
+    with open(CATALOGUE_RESULTS / f"predictions-{CATALOGUE3_MODEL_COMMIT}.csv", newline="") as handle:
+        committed = {row["name"]: float(row["predicted_peak_bytes"]) for row in csv.DictReader(handle)}
+    rows = [row for row in measured_rows(path) if row["name"] in committed]
+    assert len(rows) >= 30, f"only {len(rows)} usable measured rows in {path.name}"
+    for errors in ({row["name"]: (committed[row["name"]] - float(row["measured_peak_bytes"]))
+                    / float(row["measured_peak_bytes"]) for row in rows},
+                   current_errors(rows)):
+        assert statistics.median(abs(e) for e in errors.values()) <= 0.10, errors
+        under = {name: e for name, e in errors.items() if e < -0.10}
+        over = {name: e for name, e in errors.items() if e > 0.25}
+        assert not under and not over, {"under": under, "over": over}
 
 
 def test_catalogue_set_is_what_issue_11_asks() -> None:
@@ -472,6 +515,50 @@ def test_catalogue2_set_is_new_and_varies_like_the_first() -> None:
     assert max(c.batch_size for c in configs) == 1024 and max(c.max_len for c in configs) == 512
     assert {c.hidden for c in configs} == {64, 128, 256}
     assert all(c.device == "cuda" and c.precision == "auto" for c in configs)
+
+
+def test_catalogue3_set_is_new_and_leans_on_what_catalogue2_missed() -> None:
+    """The third set: at least 30 configurations at 10^5, 10^6 and 10^7 items on logs of its own, none of them
+    (as settings, whatever its dataset) a configuration of an earlier set; PyTorch full CE at every catalogue
+    and at least three widths, PyTorch per position and drawn at every catalogue, the fused per-position loss
+    at d=256, and the other scopes of both implementations; K up to 4096, batch up to 1024, length up to
+    512, d 64, 128 and 256; bf16 autocast."""
+    module = validation_module()
+    cases = module.SETS["catalogue3"]
+    assert len(cases) >= 30 and len({case["name"] for case in cases}) == len(cases)
+
+    def settings(case: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(sorted((k, v) for k, v in case["config"].items() if k != "dataset"))
+
+    earlier = [case for name in ("base", "catalogue", "catalogue2") for case in module.SETS[name]]
+    assert not {case["name"] for case in cases} & {case["name"] for case in earlier}
+    assert not {settings(case) for case in cases} & {settings(case) for case in earlier}
+    assert not {case["config"]["dataset"] for case in cases} & {case["config"]["dataset"] for case in earlier}
+    sizes = {case["catalogue"]: case["config"]["dataset"] for case in cases}
+    assert sorted(sizes) == ["c3-100k", "c3-10m", "c3-1m"]
+    assert all(f"items={items}," in sizes[name]
+               for name, items in (("c3-100k", 100000), ("c3-1m", 1000000), ("c3-10m", 10000000)))
+    configs = {case["name"]: (case["catalogue"], TrainConfig.from_dict(case["config"])) for case in cases}
+    full_torch = [(catalogue, c.hidden) for catalogue, c in configs.values()
+                  if c.loss == "ce" and c.loss_impl == "torch"]
+    assert {catalogue for catalogue, _ in full_torch} == set(sizes) and len({d for _, d in full_torch}) >= 3
+    per_position_torch = {(catalogue, c.negative_scope) for catalogue, c in configs.values()
+                          if c.negative_scope in ("position", "drawn") and c.loss_impl == "torch"
+                          and c.loss != "ce"}
+    assert {catalogue for catalogue, _ in per_position_torch} == set(sizes)
+    assert {scope for _, scope in per_position_torch} == {"position", "drawn"}
+    assert any(c.loss_impl == "triton" and c.loss == "ce-neg" and c.negative_scope == "position"
+               and c.hidden == 256 for _, c in configs.values())
+    for impl in ("triton", "torch"):
+        scopes = {c.negative_scope if c.loss != "ce" else "full" for _, c in configs.values()
+                  if c.loss_impl == impl and c.loss != "bce"}
+        assert scopes >= ({"batch", "sequence", "position", "drawn", "full"} if impl == "triton"
+                          else {"batch", "position", "drawn", "full"}), impl
+    assert max(c.num_negatives for _, c in configs.values() if c.loss == "ce-neg") == 4096
+    assert max(c.batch_size for _, c in configs.values()) == 1024
+    assert max(c.max_len for _, c in configs.values()) == 512
+    assert {c.hidden for _, c in configs.values()} == {64, 128, 256}
+    assert all(c.device == "cuda" and c.precision == "auto" for _, c in configs.values())
 
 
 def test_validation_cards_count_within_the_inherited_visible_devices() -> None:
@@ -579,21 +666,104 @@ def test_negative_indices_are_released_before_the_slice_backward() -> None:
     assert abs(allocated - measured_allocated) / measured_allocated < 0.02
 
 
-@pytest.mark.parametrize(
-    ("batch", "length", "num_items", "float32_logit_buffers"),
-    [(128, 200, 94_615, 0.5), (16, 200, 956_306, 0.5), (4, 100, 9_538_334, 1.5)],
-)
-def test_pytorch_full_ce_cache_keeps_its_bf16_logits_segment(
-    batch: int, length: int, num_items: int, float32_logit_buffers: float
+@pytest.mark.parametrize(("batch", "length", "num_items"),
+                         [(128, 200, 94_615), (16, 200, 956_306), (4, 100, 9_538_334), (4, 64, 9_509_502)])
+def test_pytorch_full_ce_cache_keeps_its_bf16_logits_segment_and_a_pinned_share(
+    batch: int, length: int, num_items: int
 ) -> None:
-    """PyTorch full CE's cache excess: the bf16 logits' segment (half a float32 [N, C] buffer; measured
-    0.48-0.59), and a float32 [N, C] segment more when Adam's four table-sized buffers of the first step do
-    not fit in it (10^7 items, N = 400: measured 1.2). The old rule charged 1.1 float32 buffers."""
+    """PyTorch full CE's excess: the bf16 logits' segment (half a float32 [N, C] buffer; measured 0.46-0.59)
+    and PINNED_TRANSIENT_SHARE of a float32 one (the backward's cuBLAS workspace pinned one in
+    c2-100k-full-torch-b256-l200-d128: 1.49 kept), at every catalogue. The rule it replaces charged a whole
+    float32 buffer more where Adam's tables of the first step outgrew the bf16 segment: 1.5 for
+    c2-10m-full-torch-b4-l64-d128, which kept 0.53 (+24.8%). In float32 there is no bf16 segment."""
     config = TrainConfig(loss="ce", loss_impl="torch", batch_size=batch, max_len=length, device="cuda")
     shape = resolve_shape(config, num_items)
     logits = shape.rows * num_items * memory_model.FLOAT32
-    assert memory_model.full_ce_logits_excess_bytes(shape) == round(float32_logit_buffers * logits)
-    assert memory_model.allocator_overhead_bytes(shape) < (float32_logit_buffers + 0.2) * logits
+    share = memory_model.PINNED_TRANSIENT_SHARE
+    assert 0.5 < share < 1
+    assert memory_model.full_ce_logits_excess_bytes(shape) == logits // 2 + round(share * logits)
+    fp32 = resolve_shape(config.replace(precision="fp32"), num_items)
+    assert memory_model.full_ce_logits_excess_bytes(fp32) == round(share * logits)
+
+
+def test_backward_workspace_pins_the_largest_transients_segment() -> None:
+    """The cause of the PyTorch losses' second extra transient, replayed through benchmarks/memory_trace.py's
+    allocator model: a per-position step (index, float32 gather G, its bf16 cast, the cast's gradient, G's
+    gradient) with the two cuBLAS workspaces CUDA takes. Autograd's thread takes its workspace at the first
+    matmul of the first backward (the small product for the hidden states' gradient); with no other free
+    block of 32 MiB it lands at the start of G's freed segment, which then holds neither G nor, once the
+    index has moved into the bf16 segment, the bf16 gradient: a fourth G-sized segment, two G beyond the
+    allocated peak. A free 40 MiB block left by the evaluation takes the workspace instead: one G."""
+    trace = load_benchmark("memory_trace")
+    MiB_ = 1 << 20
+    gather = 1024 * MiB_
+
+    def step(i: int) -> list[tuple[int, str, str]]:
+        return [(4 * MiB_, f"weights {i}", "aten::addmm"), (64 * MiB_, f"index {i}", "aten::randint"),
+                (gather, f"g32 {i}", "aten::index"), (gather // 2, f"g16 {i}", "aten::empty_strided"),
+                (-1, f"g32 {i}", ""), (48 * MiB_, f"logits {i}", "aten::empty_strided"),
+                (-1, f"logits {i}", "autograd::engine::evaluate_function: LogsumexpBackward0"),
+                (MiB_, f"hidden grad {i}", "aten::bmm"), (gather // 2, f"g16 grad {i}", "aten::bmm"),
+                (-1, f"g16 {i}", "BmmBackward0"), (gather, f"g32 grad {i}", "aten::empty_strided"),
+                (-1, f"g16 grad {i}", "ToCopyBackward0"), (-1, f"g32 grad {i}", "IndexBackward0"),
+                (-1, f"index {i}", "IndexBackward0"), (-1, f"hidden grad {i}", ""), (-1, f"weights {i}", "")
+                ] + ([(40 * MiB_, "adam state", "aten::zeros_like")] if i == 0 else [])
+
+    evaluation = [(40 * MiB_, "scores", "aten::empty"), (40 * MiB_, "keys", "aten::empty"),
+                  (-1, "scores", ""), (-1, "keys", "")]
+    steps = [event for i in range(3) for event in step(i)]
+
+    def excess(events: list[tuple[int, str, str]], workspace_mib: int) -> float:
+        if workspace_mib:
+            events = trace.with_workspaces(events, workspace_mib * MiB_)
+        model = trace.replay([(size, key) for size, key, _ in events])
+        return (model.peak_reserved - model.peak_allocated) / gather
+
+    assert 0.95 < excess(steps, 0) < 1.05
+    assert 1.9 < excess(steps, 32) < 2.0
+    assert 0.95 < excess(evaluation + steps, 32) < 1.05
+
+
+def test_adam_states_settle_beside_the_gather_at_catalogue_scale() -> None:
+    """PyTorch drawn at 10^7 items kept 0.55 of its [N, K, d] gather beyond the allocated peak
+    (c2-10m-drawn-torch-k512-b512-l200-d64, with the 1.64 charged by 1ee330c +41.5%): with G >= 4 item
+    tables, Adam's two states settle in G's float32 segment beside the bf16 cast, inside the excess the
+    gather is charged for. Fewer tables per G (the 10^7 per-position trials, 1.30-1.42 G kept) spill."""
+    drawn = TrainConfig(loss="ce-neg", negative_scope="drawn", num_negatives=512, loss_impl="torch",
+                        batch_size=512, max_len=200, hidden=64, device="cuda")
+    shape = resolve_shape(drawn, 9_509_502)
+    table = memory_model.item_table_bytes(shape)
+    assert memory_model.torch_position_gather_bytes(shape) >= 4 * table
+    assert memory_model.table_segments_bytes(shape) == -2 * table
+    position = resolve_shape(drawn.replace(negative_scope="position", num_negatives=256, batch_size=256),
+                             9_509_502)
+    assert memory_model.torch_position_gather_bytes(position) < 2 * table
+    assert memory_model.table_segments_bytes(position) == round(memory_model.TABLE_SPLIT_FACTOR * table)
+    # In between, the credit grows with K, and the prediction with it.
+    totals = [predict_peak_bytes(drawn.replace(num_negatives=k), 9_509_502).total_bytes
+              for k in range(160, 400, 8)]
+    assert totals == sorted(totals)
+    measured_peak = 38_969_278_464  # nvml_process_peak on the H200 (measured-1ee330c.csv)
+    predicted = predict_peak_bytes(drawn, 9_509_502, num_users=2100).total_bytes
+    assert 0.20 < predicted / measured_peak - 1 <= 0.25
+
+
+def test_fused_per_position_index_is_charged_where_the_first_steps_tables_take_its_segment() -> None:
+    """The fused per-position loss's [N, K] index tensor: above SORT_MAX_DIM the backward sorts no copy, so
+    the item tables of the first step's end take the index's freed segment whenever one fits in it, and the
+    next index needs a segment of its own (c2-100k-position-triton-k4096-b128-l200-d256: 0.59 GiB kept with
+    a 0.78 GiB index, -12.6% with the 256 MiB charged by 1ee330c). At d <= 128 the sorted copy's block takes
+    them; tables larger than the index do not fit in it; drawn negatives have no index tensor."""
+    config = TrainConfig(loss="ce-neg", negative_scope="position", num_negatives=4096, loss_impl="triton",
+                         batch_size=128, max_len=200, hidden=256, device="cuda")
+    shape = resolve_shape(config, 95_330)
+    index = 128 * 200 * 4096 * memory_model.INT64
+    assert memory_model.fused_index_excess_bytes(shape) == index
+    assert memory_model.allocator_overhead_bytes(shape) > index
+    assert memory_model.fused_index_excess_bytes(resolve_shape(config, 9_509_502)) == 0  # 9.1 GiB tables
+    for other in (config.replace(hidden=128), config.replace(negative_scope="drawn"),
+                  config.replace(loss_impl="torch")):
+        assert memory_model.fused_index_excess_bytes(resolve_shape(other, 95_330)) == 0
 
 
 def test_pytorch_full_ce_item_gradients_form_after_the_logits_gradients() -> None:

@@ -18,7 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_every_kernel_variant_compiles_for_sm90() -> None:
+def run_kernel_ptx(option: str) -> subprocess.CompletedProcess[str]:
+    """`benchmarks/kernel_ptx.py OPTION` in a process without TRITON_INTERPRET, asserted to succeed; skips
+    where Triton has no NVIDIA backend."""
     triton = pytest.importorskip("triton")
     from triton.backends import backends
 
@@ -26,9 +28,14 @@ def test_every_kernel_variant_compiles_for_sm90() -> None:
         pytest.skip(f"triton {triton.__version__} has no NVIDIA backend here")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_ptx.py"), "--check"], cwd=ROOT,
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_ptx.py"), option], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+def test_every_kernel_variant_compiles_for_sm90() -> None:
+    result = run_kernel_ptx("--check")
     assert "0 refused" in result.stdout
 
 
@@ -36,15 +43,6 @@ def test_dense_tile_loops_test_no_index_ranges() -> None:
     """The shared benchmark's kernels (bf16, d=64), compiled for sm_90: no tile loop compares 64-bit
     integers (an index range tested per tile) or converts a 2-D boolean tensor between layouts. Both came
     with the in-kernel index checks of 3ffe63d and made shared K=16384 d=64 40% slower on an H200."""
-    triton = pytest.importorskip("triton")
-    from triton.backends import backends
-
-    if "nvidia" not in backends:
-        pytest.skip(f"triton {triton.__version__} has no NVIDIA backend here")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_ptx.py"), "--loops"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    result = run_kernel_ptx("--loops")
     for kernel in ("_forward_kernel", "_fused_backward_kernel", "_grad_hidden_kernel", "_grad_items_kernel"):
         assert kernel in result.stdout, result.stdout

@@ -26,15 +26,22 @@ REPORT_DIR = "report"
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", required=True, type=Path, help="results database (SQLite) written by a sweep")
-    parser.add_argument("--sweep", help="only the trials of this sweep")
-    parser.add_argument("--dataset", help="only the trials of this dataset")
-    parser.add_argument("--split", choices=("loo", "temporal"), help="only the trials of this split")
+    add_selection_options(parser, memory_help="measured memory to minimise (default peak_bytes: NVML process "
+                                              "memory)")
+
+
+def add_selection_options(parser: argparse.ArgumentParser, *, memory_help: str, prefix: str = "") -> None:
+    """The options `load_selected` and the metric choice read: --sweep, --dataset, --split, --metric,
+    --memory-field, --spec-version; `prefix` starts each help text (export: "with --budget: ")."""
+    parser.add_argument("--sweep", help=f"{prefix}only the trials of this sweep")
+    parser.add_argument("--dataset", help=f"{prefix}only the trials of this dataset")
+    parser.add_argument("--split", choices=("loo", "temporal"), help=f"{prefix}only the trials of this split")
     parser.add_argument("--metric", default="ndcg@10",
-                        help="validation metric to maximise, NAME@K (default ndcg@10)")
+                        help=f"{prefix}validation metric to maximise, NAME@K (default ndcg@10)")
     parser.add_argument("--memory-field", default="peak_bytes", choices=MEMORY_FIELDS,
-                        help="measured memory to minimise (default peak_bytes: NVML process memory)")
+                        help=f"{prefix}{memory_help}")
     parser.add_argument("--spec-version", default="latest", metavar="latest|all|N",
-                        help="which version of each sweep's specification: the trials of the latest "
+                        help=f"{prefix}which version of each sweep's specification: the trials of the latest "
                              "(default), of all, or of version N (see `sweep --new-spec-version`)")
 
 

@@ -157,18 +157,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--trial", help="the trial whose model to export (its trial_id)")
     which.add_argument("--budget", help="export the best trial under this memory budget ('16GiB', '0.5')")
     parser.add_argument("--out", required=True, type=Path, help="the model file to write, e.g. model.pt")
-    parser.add_argument("--sweep", help="with --budget: only the trials of this sweep")
-    parser.add_argument("--dataset", help="with --budget: only the trials of this dataset")
-    parser.add_argument("--split", choices=("loo", "temporal"), help="with --budget: only this split")
-    parser.add_argument("--metric", default="ndcg@10",
-                        help="with --budget: validation metric to maximise, NAME@K (default ndcg@10)")
-    from study.analysis.pareto import MEMORY_FIELDS
+    from study.cli.analysis import add_selection_options
 
-    parser.add_argument("--memory-field", default="peak_bytes", choices=MEMORY_FIELDS,
-                        help="with --budget: measured memory that must fit (default peak_bytes)")
-    parser.add_argument("--spec-version", default="latest", metavar="latest|all|N",
-                        help="with --budget: among the trials of each sweep's latest specification version "
-                             "(default), of all, or of version N")
+    add_selection_options(parser, prefix="with --budget: ",
+                          memory_help="measured memory that must fit (default peak_bytes)")
     parser.add_argument("--storage", default=None,
                         help="look for the model under this storage root instead of where the database "
                              "says it is (the storage moved); a folder or a URI")

@@ -36,6 +36,7 @@ from kernels import check_index_errors
 from models.sasrec import SASRec
 from study.config import ConfigError, TrainConfig, check_for_catalogue
 from study.config import check_combinations as check_loss_settings  # the old name of the rules, kept
+from study.memory.blas_workspaces import warm_up_blas_workspaces
 from study.record import EpochRecord, TrialRecord, steady_state_seconds
 from study.training.checkpoint import Checkpointer, TrainingState, capture_rng, check_same_config, restore_rng
 from study.training.evaluate import evaluate_model, evaluate_popularity, prepare_evaluation
@@ -168,6 +169,11 @@ def _train_and_evaluate(
     context: _Context, split: Any, record: TrialRecord, on_epoch: Callable[[EpochRecord], None] | None
 ) -> None:
     config, device = context.config, context.device
+    # Before anything else of the trial is on the card: the cuBLAS workspaces of this thread and of
+    # autograd's backward thread, each in a segment of its own. Left to the first backward, the second
+    # can land in the freed segment of the step's largest transient and pin it for the rest of the trial
+    # (one more [N, K, d] gather or [N, C] logits kept by the cache; study/memory/blas_workspaces.py).
+    warm_up_blas_workspaces(device, context.autocast)
 
     # Each evaluation set is laid out once (windows, targets, seen items) and evaluated every epoch.
     prepared = {id(evalset): prepare_evaluation(evalset, num_items=split.num_items, max_len=config.max_len,

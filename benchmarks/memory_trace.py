@@ -1,7 +1,10 @@
 """Trace a trial's GPU allocations on CPU and replay them through a model of CUDA's caching allocator.
 
     python3 benchmarks/memory_trace.py '{"loss": "ce", "loss_impl": "triton", "batch_size": 64}' 5000000
-        [--steps 5] [--eval-users 64] [--extrapolate S] [--workspace-mib 32] [--perturb 40] [--show MiB]
+        [--steps 5] [--eval-users 64] [--extrapolate S] [--workspace-mib 32] [--no-warm-up]
+        [--perturb 40] [--show MiB]
+    python3 benchmarks/memory_trace.py --measured results/memory-catalogue/measured-*.csv --out CSV
+        [--only NAME,...] [--host-gib 2]
 
 A development tool for study/memory/model.py where no GPU is at hand. It runs what a trial runs on the
 card (the popularity baseline's evaluation, `--steps` training steps of the trainer's code path with
@@ -13,14 +16,19 @@ a float32 dq accumulator), item-row gathers scatter their gradient with CUDA's s
 (int64 sort buffers), the embedding's backward sorts its ids, Adam is the foreach implementation, and
 the fused Triton losses allocate what kernels/triton_shared.py and kernels/triton_gather.py allocate.
 
-CUDA also takes a cuBLAS workspace per thread at its first matmul (32 MiB on sm90), once for the trial's
-thread in the first forward and once for autograd's own CUDA thread in the first backward, and keeps them;
-the replay adds both (`--workspace-mib`). Trials too large for the host are traced at S, 2S and 3S times
+CUDA also takes a cuBLAS workspace per thread at its first matmul (32 MiB on sm90) and keeps it: one for
+the trial's thread and one for autograd's own CUDA thread, which runs the backward. The trainer makes both
+before anything else of the trial (study/memory/blas_workspaces.py); trainers before it left them to the
+first forward and the first backward. CPU traces make neither: the replay adds both (`--workspace-mib`),
+each way, and prints both replays next to the memory model's prediction for each (`--no-warm-up` makes
+--show and --perturb follow the old way). Trials too large for the host are traced at S, 2S and 3S times
 their rows and catalogue (`--extrapolate S`; the evaluation's chunks keep their users) and each allocation
 is replayed at its size extrapolated to scale 1 (sizes are polynomials of degree at most two in the scale).
-Extrapolated, with the workspaces, the replay reproduced the measured excess (peak reserved minus peak
-allocated) of every PyTorch per-position and full-CE trial of the H200 runs made with the current code
-within about 0.1 GiB (BENCHMARKS.md section 3).
+Extrapolated, with the workspaces where those trainers took them, the replay reproduced the measured excess
+(peak reserved minus peak allocated) of every PyTorch per-position and full-CE trial of the H200 runs made
+with the current code within about 0.1 GiB (BENCHMARKS.md section 3). `--measured` replays every such trial
+of the measured catalogue sets both ways, each from a scale chosen so that its largest trace fits the host,
+and writes the measured, replayed and modelled excess side by side.
 
 The trace is then replayed through `CachingAllocatorModel`, which follows the rules of PyTorch's CUDA
 caching allocator with default settings: requests rounded up to 512 B; up to 1 MiB from a small pool
@@ -44,6 +52,7 @@ import bisect
 import json
 import random
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -540,15 +549,24 @@ def extrapolated(traces: list[list[tuple[int, int, str]]], scales: list[float]) 
 
 
 # cuBLAS takes a workspace for each thread's handle from the caching allocator at that handle's first
-# matmul and keeps it: 32 MiB on sm90 (torch's default, 4096 KiB x 8). The trial's thread makes its first
-# in the encoder's forward; autograd runs a CUDA backward on a thread of its own, whose first matmul is in
-# the first backward. CPU traces make neither.
+# matmul and keeps it: 32 MiB on sm90 (torch's default, 4096 KiB x 8). Trainers before the warm-up left
+# them to the first step: the trial's thread made its first matmul in the encoder's forward, autograd's CUDA
+# thread (which runs the backward) in the first backward. The trainer now makes both before anything else of
+# the trial (study/memory/blas_workspaces.py). CPU traces make neither.
 CUBLAS_WORKSPACE_MIB = 32
 _MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::matmul")
+WORKSPACE_KEYS = ("cublas workspace, trial thread", "cublas workspace, autograd thread")
 
 
-def with_workspaces(events: list[tuple[int, Any, str]], workspace: int) -> list[tuple[int, Any, str]]:
-    """The events with the two cuBLAS workspaces added where CUDA takes them (never freed)."""
+def with_workspaces(events: list[tuple[int, Any, str]], workspace: int, *,
+                    warmed: bool = True) -> list[tuple[int, Any, str]]:
+    """The events with the two cuBLAS workspaces added where CUDA takes them (never freed). `warmed`: as the
+    trainer runs a trial, both before anything else (its warm-up's own tensors are a few KiB in the
+    allocator's small pool, which large requests never use, so they are left out); else as trainers before
+    the warm-up did, the trial thread's at its first matmul and autograd's at the first matmul of the first
+    backward."""
+    if warmed:
+        return [(workspace, key, "workspace") for key in WORKSPACE_KEYS] + list(events)
     out: list[tuple[int, Any, str]] = []
     forward_taken = backward_taken = in_backward = False
     for size, key, op in events:
@@ -557,10 +575,10 @@ def with_workspaces(events: list[tuple[int, Any, str]], workspace: int) -> list[
         if size > 0 and op in _MATMULS:
             if not in_backward and not forward_taken:
                 forward_taken = True
-                out.append((workspace, "cublas workspace, trial thread", "workspace"))
+                out.append((workspace, WORKSPACE_KEYS[0], "workspace"))
             elif in_backward and not backward_taken:
                 backward_taken = True
-                out.append((workspace, "cublas workspace, autograd thread", "workspace"))
+                out.append((workspace, WORKSPACE_KEYS[1], "workspace"))
     return out
 
 
@@ -571,7 +589,7 @@ def trace_at_scale(config: Any, num_items: int, *, scale: float, smallest: float
     scale would leave fewer than four items per negative); evaluation chunks keep their number of users."""
     from study.training.evaluate import DEFAULT_MAX_SCORES
 
-    by_batch = (config.batch_size * smallest).is_integer()
+    by_batch = _whole(config.batch_size * smallest)
     rows = ({"batch_size": round(config.batch_size * scale)} if by_batch
             else {"max_len": max(1, round(config.max_len * scale))})
     scale_items = num_items * smallest >= 4 * max(config.num_negatives if config.loss != "ce" else 1, 64)
@@ -584,10 +602,127 @@ def trace_at_scale(config: Any, num_items: int, *, scale: float, smallest: float
                              max_scores=chunk_users * items))
 
 
+def _whole(value: float) -> bool:
+    return abs(value - round(value)) < 1e-9
+
+
+def choose_scale(config: Any, num_items: int, *, host_bytes: int = 2 * GiB) -> float:
+    """The smallest scale S of an --extrapolate series for `config`: the largest at which the trace at 3S
+    allocates about `host_bytes` at most (by the memory model; full CE's [N, C] logits grow with the square
+    of the scale), at most 1/3, and such that the batch (else the length) scales to whole numbers."""
+    from study.memory.model import predict_peak_bytes
+
+    prediction = predict_peak_bytes(config.replace(device="cuda", precision="auto"), num_items)
+    allocated = prediction.torch_max_allocated
+    power = 2 if config.loss == "ce" else 1
+    largest = min(1 / 3, (host_bytes / allocated) ** (1 / power) / 3)
+    for side in (config.batch_size, config.max_len):
+        if side * largest >= 1:
+            return int(side * largest) / side
+    return 1 / config.max_len
+
+
+def trace_events(config: Any, num_items: int, *, steps: int, eval_users: int,
+                 extrapolate: float | None) -> list[tuple[int, Any, str]]:
+    """The trial's allocations at its real sizes (traced, or extrapolated from three smaller traces)."""
+    if extrapolate:
+        scales = [extrapolate * multiple for multiple in (1, 2, 3)]
+        traces = [trace_at_scale(config, num_items, scale=scale, smallest=scales[0], steps=steps,
+                                 eval_users=eval_users) for scale in scales]
+        return list(extrapolated(traces, scales))
+    return list(keyed(trace_trial(config, num_items, steps=steps, eval_users=eval_users)))
+
+
+def replay_both_ways(events: list[tuple[int, Any, str]],
+                     workspace: int) -> dict[bool, CachingAllocatorModel]:
+    """The replay with the workspaces made first (warmed, True: today's trainer) and at the first matmuls
+    (False: trainers before the warm-up)."""
+    return {warmed: replay((size, key) for size, key, _ in with_workspaces(events, workspace, warmed=warmed))
+            for warmed in (True, False)}
+
+
+def model_excess(config: Any, num_items: int, num_users: int | None) -> dict[bool, Any]:
+    """The memory model's prediction, with and without the warm-up (keys as replay_both_ways)."""
+    from study.memory.model import predict_peak_bytes
+
+    return {warmed: predict_peak_bytes(config.replace(device="cuda", precision="auto"), num_items,
+                                       num_users=num_users, workspaces_warmed=warmed)
+            for warmed in (True, False)}
+
+
+REPLAYED_SCOPES = ("position", "drawn", "full")
+
+
+def replay_measured(paths: list[Path], out: Path, *, steps: int, workspace: int, only: set[str] | None,
+                    host_bytes: int) -> int:
+    """Replays each PyTorch per-position, drawn and full-CE trial of measured CSVs (memory_validation.py's
+    rows) both ways, next to its measured excess and the model's; writes `out` after every trial."""
+    import csv
+
+    import pandas as pd
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from memory_cases import SETS
+
+    from study.config import TrainConfig
+
+    cases = {case["name"]: case for cases in SETS.values() for case in cases}
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        with open(path, newline="") as handle:
+            rows += [row for row in csv.DictReader(handle)
+                     if row.get("status") == "ok" and row.get("loss_impl") == "torch"
+                     and row.get("negative_scope") in REPLAYED_SCOPES and row.get("torch_max_reserved")
+                     and (only is None or row["name"] in only)]
+    if not rows:
+        print("memory_trace: no PyTorch per-position, drawn or full-CE rows to replay", file=sys.stderr)
+        return 2
+    install_cuda_allocation_pattern()
+    results = []
+    for number, row in enumerate(rows, 1):
+        case = cases[row["name"]]
+        config = TrainConfig.from_dict({**case["config"], "device": "cpu", "precision": "bf16"})
+        num_items, num_users = int(row["num_items"]), int(row["num_users"])
+        scale = choose_scale(config, num_items, host_bytes=host_bytes)
+        began = time.perf_counter()
+        events = trace_events(config, num_items, steps=steps, eval_users=case.get("eval_users") or 64,
+                              extrapolate=scale)
+        replays = replay_both_ways(events, workspace)
+        predictions = model_excess(config, num_items, num_users)
+        measured_excess = int(row["torch_max_reserved"]) - int(row["torch_max_allocated"])
+        result: dict[str, Any] = {"name": row["name"], "num_items": num_items, "scale": round(scale, 6),
+                                  "measured_allocated": int(row["torch_max_allocated"]),
+                                  "measured_excess": measured_excess,
+                                  "replayed_allocated": replays[False].peak_allocated}
+        for warmed, label in ((False, "unwarmed"), (True, "warmed")):
+            replayed = replays[warmed]
+            prediction = predictions[warmed]
+            result[f"replayed_excess_{label}"] = replayed.peak_reserved - replayed.peak_allocated
+            result[f"model_excess_{label}"] = prediction.torch_max_reserved - prediction.torch_max_allocated
+            result[f"predicted_peak_{label}"] = prediction.total_bytes
+        # what the model charges beyond the replay, as a share of the predicted process peak
+        beyond = result["model_excess_warmed"] - result["replayed_excess_warmed"]
+        result["model_minus_replay_warmed_of_peak"] = round(beyond / result["predicted_peak_warmed"], 4)
+        result["replay_minus_measured_unwarmed_gib"] = round(
+            (result["replayed_excess_unwarmed"] - measured_excess) / GiB, 3)
+        result["seconds"] = round(time.perf_counter() - began, 1)
+        results.append(result)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(results).to_csv(out, index=False)
+        gib = {key: value / GiB for key, value in result.items() if "excess" in key}
+        print(f"[{number}/{len(rows)}] {row['name']} (S={scale:.4g}, {result['seconds']} s): excess GiB "
+              f"measured {gib['measured_excess']:.2f}, replayed {gib['replayed_excess_unwarmed']:.2f} "
+              f"(warmed {gib['replayed_excess_warmed']:.2f}); model {gib['model_excess_unwarmed']:.2f} "
+              f"(warmed {gib['model_excess_warmed']:.2f}, "
+              f"{100 * result['model_minus_replay_warmed_of_peak']:+.1f}% of its peak)", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("config", help="TrainConfig settings as JSON (device and precision are set here)")
-    parser.add_argument("num_items", type=int, help="catalogue size")
+    parser.add_argument("config", nargs="?",
+                        help="TrainConfig settings as JSON (device and precision are set here)")
+    parser.add_argument("num_items", type=int, nargs="?", help="catalogue size")
     parser.add_argument("--steps", type=int, default=5, help="training steps (default 5, as the validation)")
     parser.add_argument("--eval-users", type=int, default=64, help="users of each evaluation (default 64)")
     parser.add_argument("--extrapolate", type=float, default=None, metavar="S",
@@ -596,33 +731,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace-mib", type=int, default=CUBLAS_WORKSPACE_MIB,
                         help=f"cuBLAS workspace of each thread, MiB (default {CUBLAS_WORKSPACE_MIB}: sm90; "
                              "0: none)")
+    parser.add_argument("--no-warm-up", action="store_true",
+                        help="--show and --perturb replay the workspaces where trainers before the warm-up "
+                             "took them (default: made first, as the trainer does)")
     parser.add_argument("--perturb", type=int, default=0,
                         help="replays with small blocks resized (default 0)")
     parser.add_argument("--show", type=float, default=None,
                         help="print every event of at least this many MiB")
+    parser.add_argument("--measured", type=Path, nargs="+", metavar="CSV",
+                        help="instead of CONFIG: replay the PyTorch per-position, drawn and full-CE "
+                             "trials of measured sets (results/memory-catalogue/measured-*.csv), each "
+                             "extrapolated from a scale chosen for the host; the comparison goes to --out")
+    parser.add_argument("--out", type=Path, help="with --measured: the CSV to write")
+    parser.add_argument("--only", help="with --measured: comma list of configuration names")
+    parser.add_argument("--host-gib", type=float, default=2.0,
+                        help="with --measured: memory the largest trace may allocate (default 2 GiB)")
     args = parser.parse_args(argv)
 
+    if args.measured:
+        if args.out is None:
+            parser.error("--measured: give --out CSV")
+        only = {name.strip() for name in args.only.split(",") if name.strip()} if args.only else None
+        return replay_measured(args.measured, args.out, steps=args.steps,
+                               workspace=args.workspace_mib * MiB, only=only,
+                               host_bytes=int(args.host_gib * GiB))
+    if args.config is None or args.num_items is None:
+        parser.error("config and num_items: required (or --measured CSV ...)")
+
     from study.config import TrainConfig
-    from study.memory.model import predict_peak_bytes
 
     settings = json.loads(args.config)
     config = TrainConfig.from_dict({**settings, "device": "cpu", "precision": "bf16"})
     if config.loss_impl == "auto":
         config = config.replace(loss_impl="triton")
     install_cuda_allocation_pattern()
-    if args.extrapolate:
-        scales = [args.extrapolate * multiple for multiple in (1, 2, 3)]
-        traces = [trace_at_scale(config, args.num_items, scale=scale, smallest=scales[0], steps=args.steps,
-                                 eval_users=args.eval_users) for scale in scales]
-        keyed_events: list[tuple[int, Any, str]] = list(extrapolated(traces, scales))
-    else:
-        keyed_events = list(keyed(trace_trial(config, args.num_items, steps=args.steps,
-                                              eval_users=args.eval_users)))
-    if args.workspace_mib:
-        keyed_events = with_workspaces(keyed_events, args.workspace_mib * MiB)
+    keyed_events = trace_events(config, args.num_items, steps=args.steps, eval_users=args.eval_users,
+                                extrapolate=args.extrapolate)
+    workspace = args.workspace_mib * MiB
+    shown = (with_workspaces(keyed_events, workspace, warmed=not args.no_warm_up) if workspace
+             else keyed_events)
     if args.show is not None:
         model, current, sizes = CachingAllocatorModel(), 0, {}
-        for size, key, op in keyed_events:
+        for size, key, op in shown:
             if size > 0:
                 sizes[key] = size
             current += size if size > 0 else -sizes.get(key, 0)
@@ -631,15 +781,24 @@ def main(argv: list[str] | None = None) -> int:
                 sign = "+" if size > 0 else "-"
                 print(f"{sign}{sizes[key] / MiB:9.1f} MiB  allocated {current / MiB:9.1f}  "
                       f"reserved {model.reserved / MiB:9.1f}  {op}")
-    events = [(size, key) for size, key, _ in keyed_events]
-    model = replay(events)
-    prediction = predict_peak_bytes(config.replace(device="cuda", precision="auto"), args.num_items)
-    print(f"traced: allocated {model.peak_allocated / GiB:.3f} GiB, cache model reserved "
-          f"{model.peak_reserved / GiB:.3f} GiB "
-          f"(excess {(model.peak_reserved - model.peak_allocated) / GiB:.3f})")
-    print(f"memory model: allocated {prediction.torch_max_allocated / GiB:.3f} GiB, reserved "
-          f"{prediction.torch_max_reserved / GiB:.3f} GiB (peak phase {prediction.peak_phase})")
+    predictions = model_excess(config, args.num_items, None)
+    if workspace:
+        replays = replay_both_ways(keyed_events, workspace)
+    else:
+        replays = {warmed: replay((size, key) for size, key, _ in keyed_events) for warmed in (True, False)}
+    for warmed, label in ((True, "workspaces made first (the trainer's warm-up)"),
+                          (False, "workspaces at the first matmuls (trainers before the warm-up)")):
+        model, prediction = replays[warmed], predictions[warmed]
+        replayed_excess = (model.peak_reserved - model.peak_allocated) / GiB
+        print(f"{label}:\n"
+              f"  replayed: allocated {model.peak_allocated / GiB:.3f} GiB, cache model reserved "
+              f"{model.peak_reserved / GiB:.3f} GiB (excess {replayed_excess:.3f})\n"
+              f"  memory model: allocated {prediction.torch_max_allocated / GiB:.3f} GiB, reserved "
+              f"{prediction.torch_max_reserved / GiB:.3f} GiB (excess "
+              f"{(prediction.torch_max_reserved - prediction.torch_max_allocated) / GiB:.3f}; "
+              f"peak phase {prediction.peak_phase})")
     if args.perturb:
+        events = [(size, key) for size, key, _ in shown]
         excess = sorted(round((m.peak_reserved - m.peak_allocated) / GiB, 3)
                         for m in (replay(perturbed(events, seed)) for seed in range(args.perturb)))
         print(f"excess with small blocks resized, {args.perturb} replays (GiB): {excess}")

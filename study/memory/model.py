@@ -220,6 +220,10 @@ class TrialShape:
     # The item table's dtype size: float32 parameters in training. The loss benchmarks of
     # docs/design.md#numbers-to-beat hand the loss bf16 tables (2), which no cast then copies.
     item_bytes: int = 4
+    # Whether the trial's cuBLAS workspaces were made before its first step (the trainer's warm-up,
+    # study/memory/blas_workspaces.py): then neither can pin a transient's segment (PINNED_TRANSIENT_SHARE).
+    # Trials measured before the warm-up existed are predicted with False.
+    workspaces_warmed: bool = True
 
     @property
     def rows(self) -> int:
@@ -227,13 +231,15 @@ class TrialShape:
 
 
 def resolve_shape(
-    config: TrainConfig, num_items: int, *, num_users: int | None = None, device: str | None = None
+    config: TrainConfig, num_items: int, *, num_users: int | None = None, device: str | None = None,
+    workspaces_warmed: bool = True,
 ) -> TrialShape:
     """The sizes and implementation choices of `config` on a catalogue of `num_items` items.
 
     `device` ("cuda" or "cpu") is where the trial runs; by default config.device, with "auto" taken
     as CUDA (the model predicts GPU memory). With `num_users`, batches are capped at the number of
-    sequences (a batch never holds more).
+    sequences (a batch never holds more). `workspaces_warmed`: whether the trainer made its cuBLAS
+    workspaces before the first step (today's trainer does; False for trials measured before it did).
     """
     device = device or config.device
     if device not in ("auto", "cuda", "cpu"):
@@ -270,6 +276,7 @@ def resolve_shape(
         dropout=config.dropout > 0,
         popularity=not full and config.sampling == "popularity",
         weight_decay=config.weight_decay > 0,
+        workspaces_warmed=workspaces_warmed,
     )
 
 
@@ -591,6 +598,13 @@ def largest_step_buffer_bytes(shape: TrialShape) -> int:
     return max(candidates)
 
 
+def pinned_transient_share(shape: TrialShape) -> float:
+    """The share of the largest transient charged for a cuBLAS workspace that may pin its segment:
+    PINNED_TRANSIENT_SHARE on CUDA when the workspaces were left to the first step, none when the trainer
+    made them first (or on a CPU, which has none)."""
+    return PINNED_TRANSIENT_SHARE if shape.on_cuda and not shape.workspaces_warmed else 0.0
+
+
 def full_ce_logits_excess_bytes(shape: TrialShape) -> int:
     """PyTorch full CE: the bf16 logits' segment (TORCH_FULL_LOGITS_SEGMENT_BYTES_PER_LOGIT) and
     PINNED_TRANSIENT_SHARE of a float32 [N, C] segment; 0 for other losses."""
@@ -599,7 +613,7 @@ def full_ce_logits_excess_bytes(shape: TrialShape) -> int:
     logits = shape.rows * shape.num_items
     # In float32 the product's output is the float32 logits themselves, which a gradient reuses.
     segment = logits * shape.activation_bytes if shape.activation_bytes != FLOAT32 else 0
-    return segment + round(PINNED_TRANSIENT_SHARE * logits * FLOAT32)
+    return segment + round(pinned_transient_share(shape) * logits * FLOAT32)
 
 
 def torch_position_gather_bytes(shape: TrialShape) -> int:
@@ -634,7 +648,7 @@ def fused_index_excess_bytes(shape: TrialShape) -> int:
 def torch_position_excess_bytes(shape: TrialShape) -> int:
     """The PyTorch per-position losses' gathers beyond the allocated peak: the float32 gradient's own
     segment (one gather) and PINNED_TRANSIENT_SHARE of one more; 0 for other losses."""
-    return round((1 + PINNED_TRANSIENT_SHARE) * torch_position_gather_bytes(shape))
+    return round((1 + pinned_transient_share(shape)) * torch_position_gather_bytes(shape))
 
 
 def table_segments_bytes(shape: TrialShape) -> int:
@@ -732,6 +746,7 @@ def predict_peak_bytes(
     num_users: int | None = None,
     gpu_total: int | None = None,
     device: str | None = None,
+    workspaces_warmed: bool = True,
 ) -> MemoryPrediction:
     """Predict the peak GPU memory of training and evaluating `config` on `num_items` items.
 
@@ -739,8 +754,11 @@ def predict_peak_bytes(
     number of sequences; `gpu_total` is recorded in the prediction; `device` ("cuda"/"cpu") overrides
     config.device (whose "auto" is taken as CUDA), e.g. with the device a trial resolved. A CPU trial
     gets the same terms without CUDA context (the host memory of its tensors, not of the process).
+    `workspaces_warmed` (default: what today's trainer does) says whether the trial made its cuBLAS
+    workspaces before its first step; False predicts trials measured before the trainer did.
     """
-    shape = resolve_shape(config, num_items, num_users=num_users, device=device)
+    shape = resolve_shape(config, num_items, num_users=num_users, device=device,
+                          workspaces_warmed=workspaces_warmed)
     phases = phase_terms(shape)
     allocated = {name: sum(terms.values()) for name, terms in phases.items()}
     peak_phase = max(allocated, key=lambda name: allocated[name])
@@ -779,14 +797,15 @@ class DatasetSize:
 
 
 def predict_trial_memory(
-    config: TrainConfig, dataset: DatasetSize, *, gpu_total: int | None = None, device: str | None = None
+    config: TrainConfig, dataset: DatasetSize, *, gpu_total: int | None = None, device: str | None = None,
+    workspaces_warmed: bool = True,
 ) -> MemoryPrediction:
     """The prediction `cce-study plan`, `cce-study sweep` (planning and its workers) and the trainer's
     record all make, so that the same configuration on the same dataset gets the same number of bytes
     everywhere: the catalogue and the users of the loaded dataset, the card's memory where known
-    (recorded, it changes nothing), `device` as predict_peak_bytes takes it."""
+    (recorded, it changes nothing), `device` and `workspaces_warmed` as predict_peak_bytes takes them."""
     return predict_peak_bytes(config, dataset.num_items, num_users=dataset.num_users, gpu_total=gpu_total,
-                              device=device)
+                              device=device, workspaces_warmed=workspaces_warmed)
 
 
 __all__ = [

@@ -13,6 +13,8 @@
 #                                          out-of-sample set, results/memory-catalogue/predictions-*.csv)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh memory3      (< 6 min on one card: issue 11's
 #                                          third set, out of the sample of the model fixed after memory2)
+#   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh memory4      (< 6 min on one card, ALONE on it:
+#                                          issue 11's fourth set, the first with the trainer's cuBLAS warm-up)
 # Issue 13 (three calls): speed (~4 min), loss (< 8 min), eval (< 10 min). loss also needs
 #   .cache/published-cce (the published CCE- kernel: .cache/published-cce/SOURCE.md says how to lay it out)
 # and eval needs .cache/eval-before (the tree before the evaluation change) and gowalla in .gpu-data:
@@ -21,7 +23,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|memory3|cuda|shared-ab}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|memory3|memory4|cuda|shared-ab}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 # The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
@@ -152,13 +154,35 @@ case "$part" in
       ${MEMORY_ONLY:+--only "$MEMORY_ONLY"} \
       --deadline "${MEMORY_DEADLINE:-330}" --out "$work/memory-catalogue3" 2>&1 | tee "$work/memory-catalogue3.log"
     ;;
+  memory4)
+    # Issue 11's fourth set (37 configurations on new logs), the first run by the trainer that makes its cuBLAS
+    # workspaces before anything else of a trial (study/memory/blas_workspaces.py), predicted by the model that
+    # then charges no pinned transient (results/memory-catalogue/predictions-*.csv). One card, four trials at
+    # a time; cut off at 330 s. The card must be this part's alone: memory3 lost 8 rows to a card it shared
+    # with `pytest -m cuda` (their allocators retried), so memory_validation refuses a card another process
+    # uses (--require-idle); run no other part beside it.
+    cards=$(python3 -c 'import torch; print(",".join(map(str, range(torch.cuda.device_count()))))')
+    # First the warm-up's own GPU test (each thread's workspace alone in its segment), when pytest is here;
+    # it ends before the trials start.
+    if python3 -c 'import pytest' 2>/dev/null; then
+      timeout 120 python3 -m pytest -m cuda -q -p no:cacheprovider tests/test_blas_workspaces.py 2>&1 \
+        | tee "$work/blas-workspaces-test.log"
+    else
+      echo "pytest is not installed: tests/test_blas_workspaces.py's GPU test skipped" \
+        | tee "$work/blas-workspaces-test.log"
+    fi
+    # MEMORY_ONLY=name,name: only those configurations (a rerun of rows that failed).
+    timeout 400 python3 benchmarks/memory_validation.py --set catalogue4 --gpus "$cards" --timeout 240 \
+      --require-idle ${MEMORY_ONLY:+--only "$MEMORY_ONLY"} \
+      --deadline "${MEMORY_DEADLINE:-330}" --out "$work/memory-catalogue4" 2>&1 | tee "$work/memory-catalogue4.log"
+    ;;
   shared-ab)
     # The dense loss at d=64 and 256 of the trees in .cache/ab/* (git archive SHA kernels) next to this one.
     trees=after=.; for tree in .cache/ab/*/; do trees="$(basename "$tree")=$tree,$trees"; done
     timeout "${AB_SECONDS:-300}" python3 benchmarks/shared_ab.py --trees "$trees" --out "$work/shared-ab" 2>&1 \
       | tee "$work/shared-ab.log"
     ;;
-  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2, memory3, cuda or shared-ab)" >&2
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2, memory3, memory4, cuda or shared-ab)" >&2
      exit 2 ;;
 esac
 mkdir -p "$out"

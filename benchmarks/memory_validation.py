@@ -1,7 +1,7 @@
 """Validate the analytic memory model (study/memory/model.py) against measured GPU memory.
 
-    python3 benchmarks/memory_validation.py --out DIR [--set base|catalogue|catalogue2|catalogue3]
-        [--gpus 0,1] [--jobs N] [--deadline S] [--timeout S] [--only NAME,...]
+    python3 benchmarks/memory_validation.py --out DIR [--set base|catalogue|catalogue2|catalogue3|catalogue4]
+        [--gpus 0,1] [--jobs N] [--deadline S] [--timeout S] [--only NAME,...] [--require-idle]
     python3 benchmarks/memory_validation.py --set catalogue --predict-only CSV   (no GPU; commit it first)
     python3 benchmarks/memory_validation.py --set catalogue --list                (cases, time estimates)
 
@@ -20,6 +20,10 @@ exit and each trial must start from an empty allocator:
 - `catalogue3`: 34 more on new logs (2,200 users), none of them a configuration of an earlier set, leaning
   on what `catalogue2` missed (the PyTorch losses' cache excess, the fused per-position loss at d=256): out
   of the sample of the model fixed after `catalogue2` was measured.
+- `catalogue4`: 37 more on new logs (2,300 users), none of them a configuration of an earlier set: the first
+  run by the trainer that makes its cuBLAS workspaces before anything else of a trial, predicted by the model
+  that then charges no pinned transient; it leans on the trials a workspace pinned before (PyTorch per
+  position, drawn and full CE at every catalogue, d 64/128/256).
 
 Each catalogue is generated once per run (`--data-cache`, a pickled `Interactions`) and the trials
 of the catalogue set evaluate at most `eval_users` users of each evaluation set: what evaluation
@@ -659,10 +663,11 @@ def environment(cards: list[Card]) -> dict[str, Any]:
     try:  # before any trial starts: whatever runs on the cards is another process's
         import pynvml
 
-        env["memory_used_by_others"] = {
-            card.name: sum(int(process.usedGpuMemory or 0)
-                           for process in pynvml.nvmlDeviceGetComputeRunningProcesses(card.nvml_handle))
-            for card in cards}
+        processes = {card.name: pynvml.nvmlDeviceGetComputeRunningProcesses(card.nvml_handle)
+                     for card in cards}
+        env["memory_used_by_others"] = {name: sum(int(process.usedGpuMemory or 0) for process in running)
+                                        for name, running in processes.items()}
+        env["processes_of_others"] = {name: len(running) for name, running in processes.items()}
     except Exception as exc:
         env["memory_used_by_others"] = f"unknown ({exc})"
     result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
@@ -778,8 +783,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder")
     parser.add_argument("--set", choices=sorted(SETS), default="base",
                         help="which configurations: base (issue 4's 33), catalogue (issue 11's 41), "
-                             "catalogue2 (36 more) or catalogue3 (34 more, out of the sample of the model "
-                             "fixed after catalogue2)")
+                             "catalogue2 (36 more), catalogue3 (34 more, out of the sample of the model "
+                             "fixed after catalogue2) or catalogue4 (37 more, the first with the trainer's "
+                             "cuBLAS warm-up)")
     parser.add_argument("--quick", action="store_true", help=f"only {len(QUICK)} representative base cases")
     parser.add_argument("--only", help="comma list of configuration names to run")
     parser.add_argument("--gpus", default="0",
@@ -798,6 +804,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds after the start at which every unfinished trial is stopped and "
                              "recorded "
                              "(default: none)")
+    parser.add_argument("--require-idle", action="store_true",
+                        help="refuse to start (exit 2) when another process runs on one of the cards")
     parser.add_argument("--data-cache", type=Path, default=None,
                         help="folder for the prepared datasets (default: a temporary folder)")
     parser.add_argument("--list", action="store_true", help="list the configurations and exit")
@@ -847,6 +855,11 @@ def main(argv: list[str] | None = None) -> int:
     data_cache = args.data_cache or Path(tempfile.mkdtemp(prefix="memory-validation-data-"))
     data_cache.mkdir(parents=True, exist_ok=True)
     env = environment(cards)
+    busy = {name: count for name, count in (env.get("processes_of_others") or {}).items() if count}
+    if args.require_idle and busy:
+        print(f"memory_validation: --require-idle: other processes run on card(s) {busy} (card: processes); "
+              "a shared card fills up and its trials' allocators retry", file=sys.stderr)
+        return 2
     import psutil
 
     started = time.monotonic()

@@ -571,6 +571,78 @@ def test_catalogue3_set_is_new_and_leans_on_what_catalogue2_missed() -> None:
     assert all(c.device == "cuda" and c.precision == "auto" for _, c in configs.values())
 
 
+def test_catalogue4_set_is_new_and_leans_on_what_pinned_before() -> None:
+    """The fourth set, the first measured with the trainer's cuBLAS warm-up: at least 30 configurations at
+    10^5, 10^6 and 10^7 items on logs of its own, none of them (as settings, whatever its dataset) a
+    configuration of an earlier set; PyTorch per position and drawn, and PyTorch full CE, at every catalogue
+    and over d 64, 128 and 256 (the trials a workspace pinned before), the fused loss in every scope and
+    full CE, the PyTorch shared scopes; K up to 4096, batch up to 1024, length up to 512; bf16 autocast."""
+    module = validation_module()
+    cases = module.SETS["catalogue4"]
+    assert len(cases) >= 30 and len({case["name"] for case in cases}) == len(cases)
+
+    def settings(case: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(sorted((k, v) for k, v in case["config"].items() if k != "dataset"))
+
+    earlier = [case for name in ("base", "catalogue", "catalogue2", "catalogue3")
+               for case in module.SETS[name]]
+    assert not {case["name"] for case in cases} & {case["name"] for case in earlier}
+    assert not {settings(case) for case in cases} & {settings(case) for case in earlier}
+    assert not {case["config"]["dataset"] for case in cases} & {case["config"]["dataset"] for case in earlier}
+    sizes = {case["catalogue"]: case["config"]["dataset"] for case in cases}
+    assert sorted(sizes) == ["c4-100k", "c4-10m", "c4-1m"]
+    assert all(f"items={items}," in sizes[name]
+               for name, items in (("c4-100k", 100000), ("c4-1m", 1000000), ("c4-10m", 10000000)))
+    configs = [(case["catalogue"], TrainConfig.from_dict(case["config"])) for case in cases]
+    torch_gathers = [(catalogue, c) for catalogue, c in configs if c.loss_impl == "torch" and c.loss != "ce"
+                     and c.negative_scope in ("position", "drawn")]
+    full_torch = [(catalogue, c) for catalogue, c in configs if c.loss == "ce" and c.loss_impl == "torch"]
+    for group in (torch_gathers, full_torch):
+        assert {catalogue for catalogue, _ in group} == set(sizes)
+        assert {c.hidden for _, c in group} == {64, 128, 256}
+    assert {c.negative_scope for _, c in torch_gathers} == {"position", "drawn"}
+    assert len(torch_gathers) + len(full_torch) >= len(cases) // 2  # the set leans on them
+    assert {c.num_negatives for _, c in torch_gathers} >= {256, 4096}
+    for impl in ("triton", "torch"):
+        scopes = {c.negative_scope if c.loss != "ce" else "full" for _, c in configs
+                  if c.loss_impl == impl and c.loss in ("ce", "ce-neg")}
+        assert scopes == {"batch", "sequence", "position", "drawn", "full"}, impl
+    assert max(c.num_negatives for _, c in configs if c.loss == "ce-neg") == 4096
+    assert max(c.batch_size for _, c in configs) == 1024 and max(c.max_len for _, c in configs) == 512
+    assert {c.hidden for _, c in configs} == {64, 128, 256}
+    assert all(c.device == "cuda" and c.precision == "auto" for _, c in configs)
+
+
+# --set catalogue4: the first set measured with the trainer's cuBLAS warm-up
+# (study/memory/blas_workspaces.py), predicted by the model that then charges no pinned transient, committed
+# before any GPU measured it.
+CATALOGUE4_MODEL_COMMIT: str | None = None  # predictions-<commit>.csv, once committed
+
+
+def test_catalogue4_meets_the_criterion_out_of_sample() -> None:
+    """Issue 11's criterion on the fourth set (median |error| <= 10%, none under-predicted by more than 10%,
+    none over-predicted by more than 25%; process peak), from the predictions committed before the GPU
+    measured it, once measured; the current model, predicting the trials as run (warmed), must meet it too.
+    Until then: the committed predictions cover the set."""
+    if CATALOGUE4_MODEL_COMMIT is None:
+        pytest.skip("no predictions committed for --set catalogue4 yet")
+    with open(CATALOGUE_RESULTS / f"predictions-{CATALOGUE4_MODEL_COMMIT}.csv", newline="") as handle:
+        committed = {row["name"]: float(row["predicted_peak_bytes"]) for row in csv.DictReader(handle)}
+    assert set(committed) == {case["name"] for case in validation_module().SETS["catalogue4"]}
+    path = CATALOGUE_RESULTS / f"measured-{CATALOGUE4_MODEL_COMMIT}.csv"
+    if not path.is_file():
+        pytest.skip(f"{path.name} not measured yet")
+    rows = [row for row in measured_rows(path) if row["name"] in committed]
+    assert len(rows) >= 30, f"only {len(rows)} usable measured rows in {path.name}"
+    for errors in ({row["name"]: (committed[row["name"]] - float(row["measured_peak_bytes"]))
+                    / float(row["measured_peak_bytes"]) for row in rows},
+                   current_errors(rows, workspaces_warmed=True)):
+        assert statistics.median(abs(e) for e in errors.values()) <= 0.10, errors
+        under = {name: e for name, e in errors.items() if e < -0.10}
+        over = {name: e for name, e in errors.items() if e > 0.25}
+        assert not under and not over, {"under": under, "over": over}
+
+
 def test_validation_cards_count_within_the_inherited_visible_devices() -> None:
     """--gpus 0 in a process given card 3 (CUDA_VISIBLE_DEVICES=3) is card 3 for the trials, not the host's
     card 0: the run of 2026-11-28 measured on another benchmark's card that way."""

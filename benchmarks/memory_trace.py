@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import math
 import random
 import sys
 import time
@@ -608,14 +609,19 @@ def _whole(value: float) -> bool:
 
 def choose_scale(config: Any, num_items: int, *, host_bytes: int = 2 * GiB) -> float:
     """The smallest scale S of an --extrapolate series for `config`: the largest at which the trace at 3S
-    allocates about `host_bytes` at most (by the memory model; full CE's [N, C] logits grow with the square
-    of the scale), at most 1/3, and such that the batch (else the length) scales to whole numbers."""
-    from study.memory.model import predict_peak_bytes
+    allocates about `host_bytes` at most (by the memory model: full CE's [N, C] logits grow with the square
+    of the scale, everything else linearly), at most 1/3, and such that the batch (else the length) scales
+    to whole numbers."""
+    from study.memory.model import TORCH_FULL_BACKWARD_BYTES_PER_LOGIT, predict_peak_bytes
 
     prediction = predict_peak_bytes(config.replace(device="cuda", precision="auto"), num_items)
-    allocated = prediction.torch_max_allocated
-    power = 2 if config.loss == "ce" else 1
-    largest = min(1 / 3, (host_bytes / allocated) ** (1 / power) / 3)
+    quadratic = (config.batch_size * config.max_len * num_items * TORCH_FULL_BACKWARD_BYTES_PER_LOGIT
+                 if config.loss == "ce" else 0)
+    linear = max(prediction.torch_max_allocated - quadratic, 1)
+    # 9 quadratic S^2 + 3 linear S = host_bytes
+    root = (-3 * linear + math.sqrt(9 * linear**2 + 36 * quadratic * host_bytes)) / (18 * quadratic) \
+        if quadratic else host_bytes / (3 * linear)
+    largest = min(1 / 3, root)
     for side in (config.batch_size, config.max_len):
         if side * largest >= 1:
             return int(side * largest) / side

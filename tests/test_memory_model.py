@@ -768,9 +768,15 @@ def test_pytorch_full_ce_cache_keeps_its_bf16_logits_segment_and_a_pinned_share(
     assert memory_model.full_ce_logits_excess_bytes(shape) == logits // 2 + round(share * logits)
     fp32 = resolve_shape(config.replace(precision="fp32"), num_items, workspaces_warmed=False)
     assert memory_model.full_ce_logits_excess_bytes(fp32) == round(share * logits)
-    assert memory_model.full_ce_logits_excess_bytes(resolve_shape(config, num_items)) == logits // 2
+    # With the warm-up, the pinned share stays only where the logits hold fewer than TABLE_PIN_MAX_TABLES item
+    # tables (N < 8 d: the two trials at 10^7 items here), where a table can still pin them.
+    warmed = resolve_shape(config, num_items)
+    table_pin = logits < memory_model.TABLE_PIN_MAX_TABLES * memory_model.item_table_bytes(warmed)
+    assert table_pin == (num_items > 10**6)
+    pinned = round(share * logits) if table_pin else 0
+    assert memory_model.full_ce_logits_excess_bytes(warmed) == logits // 2 + pinned
     assert memory_model.full_ce_logits_excess_bytes(resolve_shape(config.replace(precision="fp32"),
-                                                                  num_items)) == 0
+                                                                  num_items)) == pinned
 
 
 def test_backward_workspace_pins_the_largest_transients_segment() -> None:
@@ -815,6 +821,41 @@ def test_backward_workspace_pins_the_largest_transients_segment() -> None:
     assert 0.95 < excess(evaluation + steps, 32, warmed=True) < 1.05
     warmed = trace.with_workspaces(steps, 32 * MiB_)  # the default: as the trainer runs a trial
     assert [key for _, key, _ in warmed[:2]] == list(trace.WORKSPACE_KEYS) and warmed[2:] == steps
+
+
+def test_the_warm_up_removes_the_pinned_share_where_only_a_workspace_could_pin() -> None:
+    """With the trainer's cuBLAS warm-up no workspace pins the PyTorch losses' largest transient: where it
+    holds TABLE_PIN_MAX_TABLES item tables or more, the model charges one gather beyond the allocated peak
+    (the float32 gradient's own segment), or full CE's bf16 logits segment alone. Replayed with the workspaces
+    made first, c1m-position-torch-k256-b256-l200-d256 (13.7 tables) kept 9.9 GiB (was 22.3, pinned) and
+    c2-100k-full-torch-b256-l200-d128 9.1 (was 27.2); the model now charges 10.7 and 9.1. Where the transient
+    holds fewer tables, an item table can still pin it (c2-1m-position-torch-k256-b128-l200-d128, 6.9 tables:
+    1.62 gathers kept, replayed with the warm-up), and the model charges as before."""
+    position = TrainConfig(loss="ce-neg", negative_scope="position", num_negatives=256, loss_impl="torch",
+                           batch_size=256, max_len=200, hidden=256, device="cuda")
+    shape = resolve_shape(position, 956_306)
+    gather = memory_model.torch_position_gather_bytes(shape)
+    assert gather >= memory_model.TABLE_PIN_MAX_TABLES * memory_model.item_table_bytes(shape)
+    assert memory_model.torch_position_excess_bytes(shape) == gather
+    unwarmed = resolve_shape(position, 956_306, workspaces_warmed=False)
+    assert memory_model.torch_position_excess_bytes(unwarmed) == round(
+        (1 + memory_model.PINNED_TRANSIENT_SHARE) * gather)
+    warmed_prediction = predict_peak_bytes(position, 956_306, num_users=1100)
+    charged = warmed_prediction.torch_max_reserved - warmed_prediction.torch_max_allocated
+    assert abs(charged - 10.68 * GiB) < 0.01 * GiB
+    full = TrainConfig(loss="ce", loss_impl="torch", batch_size=256, max_len=200, hidden=128, device="cuda")
+    full_shape = resolve_shape(full, 95_236)
+    assert memory_model.full_ce_logits_excess_bytes(full_shape) == full_shape.rows * 95_236 * 2
+    # fewer tables per transient: an item table can pin it, with or without the warm-up
+    few = position.replace(batch_size=128, hidden=128)
+    warmed, before = resolve_shape(few, 949_706), resolve_shape(few, 949_706, workspaces_warmed=False)
+    assert memory_model.largest_transient_bytes(warmed) < 8 * memory_model.item_table_bytes(warmed)
+    assert memory_model.allocator_overhead_bytes(warmed) == memory_model.allocator_overhead_bytes(before)
+    assert memory_model.pinned_transient_share(warmed) == memory_model.PINNED_TRANSIENT_SHARE
+    # the fused losses have no such transient, a CPU no workspaces: no charge either way
+    fused = resolve_shape(few.replace(loss_impl="triton"), 949_706, workspaces_warmed=False)
+    cpu = resolve_shape(few, 949_706, device="cpu", workspaces_warmed=False)
+    assert memory_model.pinned_transient_share(fused) == memory_model.pinned_transient_share(cpu) == 0
 
 
 def test_adam_states_settle_beside_the_gather_at_catalogue_scale() -> None:

@@ -32,6 +32,10 @@ Assumptions, stated where they matter:
   gradient is one float32 [C, d] buffer.
 - Autograd releases what a node saved once it has run: the negative indices are gone by the time the
   item table's slice backward runs.
+- The trainer makes the cuBLAS workspaces of its thread and of autograd's backward thread before anything
+  else of the trial (study/memory/blas_workspaces.py), so that neither can pin a freed transient's segment
+  (PINNED_TRANSIENT_SHARE). Trials measured before it did so (results/memory-catalogue/) are predicted with
+  `workspaces_warmed=False`.
 - The peak is that of a steady step (Adam's states and the previous step's gradients alive, a full
   batch). A trial whose only full batch is its first step (one epoch of fewer than two batches, e.g.
   1,100 users in batches of 1,024) allocates less (the first step has no Adam states) but, when fused,
@@ -89,7 +93,8 @@ TABLE_SPLIT_FACTOR = 0.75
 # - Always, per position: the bf16 gradient of the cast splits G's freed block, so G's float32 gradient
 #   takes a segment of its own: one G beyond the allocated peak (full CE: its bf16 logits' segment, see
 #   TORCH_FULL_LOGITS_SEGMENT_BYTES_PER_LOGIT).
-# - Sometimes: cuBLAS keeps a workspace per thread's handle, taken from the caching allocator at that
+# - Sometimes, in trials of trainers that left the cuBLAS workspaces to the first step (before the warm-up
+#   below): cuBLAS keeps a workspace per thread's handle, taken from the caching allocator at that
 #   handle's first matmul and kept for the life of the process (32 MiB on sm90: torch's default, 4096 KiB
 #   x 8). Autograd runs a CUDA backward on a thread of its own, so the first matmul of the first backward
 #   (the loss's: the gather's batched product, full CE's logits product) takes a second workspace, and
@@ -115,6 +120,27 @@ TABLE_SPLIT_FACTOR = 0.75
 # (The fused per-position loss's index tensor is pinned by the first step's item tables in some trials,
 # but predictably: see fused_index_excess_bytes.) The charge for the pinned transient:
 PINNED_TRANSIENT_SHARE = 0.635
+# The trainer now makes both workspaces before anything else of a trial (study/memory/blas_workspaces.py):
+# neither can pin a transient any more. An item table still can: Adam's two states (made at the end of the
+# first step, when the transient's segments are free) and each step's table-sized gradients take the smallest
+# free block that holds them, and where the transient holds only a few tables that block can be in its
+# segment, which then never holds the transient again (or the tables spill into segments of their own). The 38
+# PyTorch per-position, drawn and full-CE trials of the three catalogue sets, replayed with the workspaces
+# made first (benchmarks/memory_trace.py --measured; results/memory-catalogue/replay-warm-up.csv, whose
+# replays without the warm-up match the H200's peaks within 0.2% but one): of the 25 whose transient holds 8
+# tables or more, none kept more than 1.13 G or 0.54 float32 logits (the workspace had pinned 6 of them:
+# 1.8-2.0 G, 1.5 logits); of the 13 below, a table pinned it in 6 (c2-1m-position-torch-k256-b128-l200-d128,
+# G = 6.9 tables, kept 1.62 G; c3-1m-full-torch-b16-l100-d256, logits of 6.3 tables, 1.26;
+# c10m-position-torch-k512-b256-l200-d64, 2.75 tables, 1.43 G), which the model without this charge
+# under-predicted by 13-29% of the peak. A sweep of K at 10^6 items and d=128 (batch 64) found the pinned mode
+# at 3.3 and 6.6 tables, Adam's states settled beside G at 4.9 and from 8.2 to 13.1 tables. So with the
+# warm-up the model still charges PINNED_TRANSIENT_SHARE where the transient holds fewer than
+# TABLE_PIN_MAX_TABLES tables (both modes occur there, as before), and none from there on: against the replays
+# with the warm-up, median |error| 1.4%, -7.3%..+24.6% (the +24.6% a full CE trial at 10^7 items whose logits
+# hold one table and kept almost nothing). Left as it is: at 10^6 items with d=64 and batches of 16, the
+# pinned mode at 2.9-4.1 tables is under-predicted by 11-15% (the table term's interpolation, see
+# table_segments_bytes, assumes Adam's states settle there).
+TABLE_PIN_MAX_TABLES = 8
 # At 10^7 items a table is a large share of G: Adam's two states, made at the end of the first step while
 # G's segments are free, settle in G's float32 segment beside the bf16 gather when G >= 4 tables and stay
 # there, inside memory this excess already counts (measured: c10m-drawn-torch-k1024-b256-l200-d64 and
@@ -598,16 +624,32 @@ def largest_step_buffer_bytes(shape: TrialShape) -> int:
     return max(candidates)
 
 
+def largest_transient_bytes(shape: TrialShape) -> int:
+    """The PyTorch losses' largest transient, whose freed segment a long-lived block can pin: the per-position
+    float32 [N, K, d] gather, full CE's float32 [N, C] logits; 0 for other losses."""
+    if shape.impl != "torch":
+        return 0
+    if shape.scope == "full":
+        return shape.rows * shape.num_items * FLOAT32
+    return torch_position_gather_bytes(shape)
+
+
 def pinned_transient_share(shape: TrialShape) -> float:
-    """The share of the largest transient charged for a cuBLAS workspace that may pin its segment:
-    PINNED_TRANSIENT_SHARE on CUDA when the workspaces were left to the first step, none when the trainer
-    made them first (or on a CPU, which has none)."""
-    return PINNED_TRANSIENT_SHARE if shape.on_cuda and not shape.workspaces_warmed else 0.0
+    """The share of the largest transient charged for a long-lived block that may pin its segment (see
+    PINNED_TRANSIENT_SHARE): on CUDA, where the trainer left the cuBLAS workspaces to the first step, or
+    where the transient holds fewer than TABLE_PIN_MAX_TABLES item tables (a table can pin it); none
+    otherwise (nor on a CPU, which has no workspaces and whose memory is not the process's)."""
+    transient = largest_transient_bytes(shape)
+    if not shape.on_cuda or not transient:
+        return 0.0
+    if not shape.workspaces_warmed:
+        return PINNED_TRANSIENT_SHARE
+    return PINNED_TRANSIENT_SHARE if transient < TABLE_PIN_MAX_TABLES * item_table_bytes(shape) else 0.0
 
 
 def full_ce_logits_excess_bytes(shape: TrialShape) -> int:
     """PyTorch full CE: the bf16 logits' segment (TORCH_FULL_LOGITS_SEGMENT_BYTES_PER_LOGIT) and
-    PINNED_TRANSIENT_SHARE of a float32 [N, C] segment; 0 for other losses."""
+    pinned_transient_share of a float32 [N, C] segment; 0 for other losses."""
     if shape.impl != "torch" or shape.scope != "full":
         return 0
     logits = shape.rows * shape.num_items
@@ -647,7 +689,7 @@ def fused_index_excess_bytes(shape: TrialShape) -> int:
 
 def torch_position_excess_bytes(shape: TrialShape) -> int:
     """The PyTorch per-position losses' gathers beyond the allocated peak: the float32 gradient's own
-    segment (one gather) and PINNED_TRANSIENT_SHARE of one more; 0 for other losses."""
+    segment (one gather) and pinned_transient_share of one more; 0 for other losses."""
     return round((1 + pinned_transient_share(shape)) * torch_position_gather_bytes(shape))
 
 

@@ -616,7 +616,7 @@ def test_catalogue4_set_is_new_and_leans_on_what_pinned_before() -> None:
 # --set catalogue4: the first set measured with the trainer's cuBLAS warm-up
 # (study/memory/blas_workspaces.py), predicted by the model that then charges no pinned transient, committed
 # before any GPU measured it.
-CATALOGUE4_MODEL_COMMIT: str | None = None  # predictions-<commit>.csv, once committed
+CATALOGUE4_MODEL_COMMIT: str | None = "5273506"  # predictions-5273506.csv, committed before measuring
 
 
 def test_catalogue4_meets_the_criterion_out_of_sample() -> None:

@@ -127,19 +127,20 @@ PINNED_TRANSIENT_SHARE = 0.635
 # segment, which then never holds the transient again (or the tables spill into segments of their own). The 38
 # PyTorch per-position, drawn and full-CE trials of the three catalogue sets, replayed with the workspaces
 # made first (benchmarks/memory_trace.py --measured; results/memory-catalogue/replay-warm-up.csv, whose
-# replays without the warm-up match the H200's peaks within 0.2% but one): of the 25 whose transient holds 8
-# tables or more, none kept more than 1.13 G or 0.54 float32 logits (the workspace had pinned 6 of them:
-# 1.8-2.0 G, 1.5 logits); of the 13 below, a table pinned it in 6 (c2-1m-position-torch-k256-b128-l200-d128,
-# G = 6.9 tables, kept 1.62 G; c3-1m-full-torch-b16-l100-d256, logits of 6.3 tables, 1.26;
+# replays without the warm-up match the H200's peaks within 0.2%): of the 25 whose transient holds 8 tables or
+# more, none kept more than 1.13 G or 0.54 float32 logits (the workspace had pinned 6 of them: 1.8-2.0 G, 1.5
+# logits); of the 13 below, a table pinned it in 6 (c2-1m-position-torch-k256-b128-l200-d128, G = 6.9 tables,
+# kept 1.62 G; c3-1m-full-torch-b16-l100-d256, logits of 6.3 tables, 1.26;
 # c10m-position-torch-k512-b256-l200-d64, 2.75 tables, 1.43 G), which the model without this charge
 # under-predicted by 13-29% of the peak. A sweep of K at 10^6 items and d=128 (batch 64) found the pinned mode
 # at 3.3 and 6.6 tables, Adam's states settled beside G at 4.9 and from 8.2 to 13.1 tables. So with the
 # warm-up the model still charges PINNED_TRANSIENT_SHARE where the transient holds fewer than
 # TABLE_PIN_MAX_TABLES tables (both modes occur there, as before), and none from there on: against the replays
-# with the warm-up, median |error| 1.4%, -7.3%..+24.6% (the +24.6% a full CE trial at 10^7 items whose logits
-# hold one table and kept almost nothing). Left as it is: at 10^6 items with d=64 and batches of 16, the
-# pinned mode at 2.9-4.1 tables is under-predicted by 11-15% (the table term's interpolation, see
-# table_segments_bytes, assumes Adam's states settle there).
+# with the warm-up, median |error| 1.4%, -7.3%..+24.6% (at +24.6%: c3-10m-full-torch-b2-l64-d128, whose logits
+# hold one table and which kept almost nothing, and c2-10m-drawn-torch-k512-b512-l200-d64, whose Adam states
+# settled beside G). Left as it is: at 10^6 items with d=64 and batches of 16, the pinned mode at 2.9-4.1
+# tables is under-predicted by 11-15% (the table term's interpolation, see table_segments_bytes, assumes
+# Adam's states settle there).
 TABLE_PIN_MAX_TABLES = 8
 # At 10^7 items a table is a large share of G: Adam's two states, made at the end of the first step while
 # G's segments are free, settle in G's float32 segment beside the bf16 gather when G >= 4 tables and stay

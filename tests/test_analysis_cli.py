@@ -232,3 +232,42 @@ def test_spec_version_selects_the_trials_of_one_version(tmp_path: Path, capsys) 
     assert [r["trial_id"] for r in json.loads(out)["budgets"]] == [best_of_both]
     code, _, err = run(capsys, "best", "--db", str(database), "--budgets", "40GiB", "--spec-version", "3")
     assert code == 2 and "spec_version: 3 is not recorded" in err and err.count("\n") == 1
+
+
+def test_best_ranks_configurations_by_their_mean_over_seeds_across_databases(tmp_path: Path, capsys) -> None:
+    """A grid in one database and its seed repeats in another, read as one: the configuration whose mean
+    is highest wins, not the luckiest seed. Configuration A has seeds 0.30 / 0.20 / 0.22 (mean 0.24),
+    B one seed at 0.25: per trial A's seed 0 would be best; over seeds B is."""
+    base = synthetic_sweep(np.random.default_rng(8), negatives=(64, 256), batch_sizes=(32,), max_lens=(50,),
+                           impls=("triton",))
+    config_a, config_b = base[0].config, base[1].config
+    assert config_a.num_negatives != config_b.num_negatives
+
+    def trial(name: str, config, quality: float, peak_gib: float) -> SyntheticTrial:
+        return SyntheticTrial(name, config, "ok", "triton", quality, round(peak_gib * GIB), 1.0)
+
+    grid = build_database(tmp_path / "grid.sqlite", [trial("a-seed0", config_a, 0.30, 1.0),
+                                                     trial("b-seed0", config_b, 0.25, 1.5)])
+    seeds = build_database(tmp_path / "seeds.sqlite", [trial("a-seed1", config_a.replace(seed=1), 0.20, 1.2),
+                                                       trial("a-seed2", config_a.replace(seed=2), 0.22, 1.1)],
+                           sweep="seeds")
+    code, out, _ = run(capsys, "best", "--db", str(grid), "--budget", "40GiB", "--json")
+    assert code == 0 and json.loads(out)["best"]["trial_id"] == "a-seed0"  # one seed each: A is ahead
+    code, out, _ = run(capsys, "best", "--db", str(grid), "--db", str(seeds), "--budget", "40GiB", "--json")
+    document = json.loads(out)
+    assert code == 0
+    assert document["best"]["trial_id"] == "b-seed0" and document["best"]["seeds"] == 1
+    runner_up = document["runner_up"]
+    assert runner_up["seeds"] == 3 and sorted(runner_up["trial_ids"]) == ["a-seed0", "a-seed1", "a-seed2"]
+    assert runner_up["val_ndcg@10"] == pytest.approx(0.24)
+    assert runner_up["val_ndcg@10_sd"] == pytest.approx(np.std([0.30, 0.20, 0.22], ddof=1))
+    assert runner_up["peak_bytes"] == round(1.2 * GIB)  # the largest peak of its seeds
+    # Under 1.3 GiB only A fits (B peaked at 1.5), whose seeds all fit: the table shows its mean and spread.
+    code, out, _ = run(capsys, "best", "--db", str(grid), "--db", str(seeds), "--budgets", "1.3GiB,40GiB")
+    assert code == 0
+    first, second = out.splitlines()[1:3]
+    assert "a-seed0" in first and "0.24 ± 0.053" in first and first.split()[-3] == "3"
+    assert "b-seed0" in second
+    # The same database twice is refused in one line, naming the trial and the files.
+    code, _, err = run(capsys, "best", "--db", str(grid), "--db", str(grid), "--budget", "40GiB")
+    assert code != 0 and "a-seed0" in err and "grid.sqlite" in err and err.count("\n") == 1

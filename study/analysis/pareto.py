@@ -16,7 +16,11 @@ Input is the DataFrame of `study.database.results_db.load_trials` (one row per t
 - Seeds are not aggregated by default (every trial is a point). With `aggregate_seeds=True`, `ok` trials
   of identical configurations (every config field but `seed`, plus the implementation that ran and the
   GPU) become one point: metrics and times are the mean over seeds, memory is the maximum over seeds
-  (a configuration fits a budget only if every seed did); `num_seeds` counts them.
+  (a configuration fits a budget only if every seed did); `num_seeds` counts them, `seed` lists them
+  ("0,1,2"), `trial_ids` names every trial, and `quality_sd` / `test_quality_sd` are the sample standard
+  deviations of the metric over seeds (NaN for one seed). `best_per_budget`, `best_under_budget` and
+  `feasible_ranking` take the same switch: aggregated, the best is the configuration with the highest mean,
+  not the luckiest seed (`cce-study best` ranks this way).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ TIME_LABEL = "time per epoch (steady state, s)"
 # Columns added by `pareto_table`.
 QUALITY = "quality"
 TEST_QUALITY = "test_quality"
+QUALITY_SD = "quality_sd"  # over seeds, with aggregate_seeds
+TEST_QUALITY_SD = "test_quality_sd"
 MEMORY = "memory_bytes"
 CANDIDATE = "candidate"
 ON_FRONTIER = "on_frontier"
@@ -137,13 +143,19 @@ def non_dominated(objectives: np.ndarray, maximize: Sequence[bool]) -> np.ndarra
     return mask
 
 
-def aggregate_over_seeds(trials: pd.DataFrame) -> pd.DataFrame:
+def aggregate_over_seeds(trials: pd.DataFrame, *, spread: Sequence[str] = ()) -> pd.DataFrame:
     """One row per configuration for the `ok` trials (mean metrics and times, max memory over seeds);
-    other trials are passed through unchanged with `num_seeds` = 1."""
+    other trials are passed through unchanged with `num_seeds` = 1. `trial_ids` lists each row's trials
+    (comma-separated); for each column in `spread`, `<column>_sd` is its sample standard deviation over
+    seeds (NaN for one seed)."""
+    spread_columns = [f"{column}_sd" for column in spread]
     if trials.empty:
-        return trials.assign(num_seeds=pd.Series(dtype="int64"))
+        return trials.assign(num_seeds=pd.Series(dtype="int64"), trial_ids=pd.Series(dtype=object),
+                             **{column: pd.Series(dtype="float64") for column in spread_columns})
     ok = trials[trials["status"] == "ok"]
     rest = trials[trials["status"] != "ok"].assign(num_seeds=1)
+    if "trial_id" in rest.columns:
+        rest = rest.assign(trial_ids=rest["trial_id"])
     if ok.empty:
         return rest.reset_index(drop=True)
     keys = config_key_columns(ok) + [c for c in GROUP_COLUMNS if c not in config_key_columns(ok)]
@@ -162,12 +174,17 @@ def aggregate_over_seeds(trials: pd.DataFrame) -> pd.DataFrame:
     grouped = ordered.groupby(keys, dropna=False, sort=False)
     merged = grouped.agg(how)
     extra = pd.DataFrame({"num_seeds": grouped.size()})
+    if "trial_id" in ok.columns:
+        extra["trial_ids"] = grouped["trial_id"].agg(lambda ids: ",".join(sorted(ids)))
+    for column in spread:
+        extra[f"{column}_sd"] = grouped[column].std() if column in ok.columns else math.nan
     if "seed" in ok.columns:
         # The aggregated row lists its seeds ("0,1,2") instead of one seed.
         merged = merged.drop(columns="seed")
         extra["seed"] = grouped["seed"].agg(lambda seeds: ",".join(str(s) for s in sorted(seeds)))
     merged = pd.concat([merged, extra], axis=1).copy().reset_index()  # copy(): one block per dtype
-    return pd.concat([merged, rest], ignore_index=True)[list(trials.columns) + ["num_seeds"]]
+    added = ["num_seeds"] + (["trial_ids"] if "trial_id" in ok.columns else []) + spread_columns
+    return pd.concat([merged, rest], ignore_index=True)[list(trials.columns) + added]
 
 
 def pareto_table(
@@ -189,11 +206,15 @@ def pareto_table(
         _require_epoch_time(trials)
     # Before aggregating, so that a configuration's time is the mean of its seeds' times.
     table = trials.assign(**{TIME_COLUMN: epoch_time(trials)})
-    table = aggregate_over_seeds(table) if aggregate_seeds else table
+    spread = [c for c in (val_column, test_column) if c in table.columns]
+    table = aggregate_over_seeds(table, spread=spread) if aggregate_seeds else table
     table = table.reset_index(drop=True).copy()  # a compact copy: wide frames warn when columns are added
     table[QUALITY] = pd.to_numeric(table[val_column], errors="coerce")
     table[TEST_QUALITY] = (pd.to_numeric(table[test_column], errors="coerce") if test_column in table.columns
                            else np.nan)
+    for sd_column, column in ((QUALITY_SD, val_column), (TEST_QUALITY_SD, test_column)):
+        table[sd_column] = (pd.to_numeric(table[f"{column}_sd"], errors="coerce")
+                            if f"{column}_sd" in table.columns else np.nan)
     table[MEMORY] = pd.to_numeric(table[memory_field], errors="coerce")
     objective_columns = [QUALITY, MEMORY] + ([TIME_COLUMN] if with_time else [])
     maximize = [True, False] + ([False] if with_time else [])
@@ -242,12 +263,14 @@ def feasible_ranking(
     *,
     metric: str = "ndcg@10",
     memory_field: str = "peak_bytes",
+    aggregate_seeds: bool = False,
 ) -> pd.DataFrame:
-    """`ok` trials whose measured memory fits the budget (inclusive), best first: higher validation
-    metric, then less memory, then trial id (so the order is deterministic)."""
+    """`ok` trials (configurations, with `aggregate_seeds`) whose measured memory fits the budget
+    (inclusive), best first: higher validation metric, then less memory, then trial id (so the order is
+    deterministic)."""
     if budget_bytes <= 0:
         raise ValueError(f"budget_bytes: must be positive, got {budget_bytes!r}")
-    table = pareto_table(trials, metric=metric, memory_field=memory_field)
+    table = pareto_table(trials, metric=metric, memory_field=memory_field, aggregate_seeds=aggregate_seeds)
     fits = table[table[CANDIDATE] & (table[MEMORY] <= budget_bytes)]
     order = [QUALITY, MEMORY] + (["trial_id"] if "trial_id" in fits.columns else [])
     return fits.sort_values(order, ascending=[False, True] + [True] * (len(order) - 2), kind="stable")
@@ -261,11 +284,13 @@ def best_under_budget(
     dataset: str | None = None,
     *,
     split: str | None = None,
+    aggregate_seeds: bool = False,
 ) -> tuple[pd.Series | None, pd.Series | None]:
-    """The best trial whose measured memory fits `budget_bytes` (inclusive) and the runner-up; None where
-    there is no such trial. Ties on the metric go to less memory."""
+    """The best trial (configuration, with `aggregate_seeds`: mean over seeds) whose measured memory fits
+    `budget_bytes` (inclusive) and the runner-up; None where there is no such trial. Ties on the metric go
+    to less memory."""
     ranking = feasible_ranking(scope(trials, dataset=dataset, split=split), budget_bytes,
-                               metric=metric, memory_field=memory_field)
+                               metric=metric, memory_field=memory_field, aggregate_seeds=aggregate_seeds)
     best = ranking.iloc[0] if len(ranking) > 0 else None
     runner_up = ranking.iloc[1] if len(ranking) > 1 else None
     return best, runner_up
@@ -282,13 +307,17 @@ def best_per_budget(
     *,
     metric: str = "ndcg@10",
     memory_field: str = "peak_bytes",
+    aggregate_seeds: bool = False,
 ) -> pd.DataFrame:
     """One row per (dataset, split, budget): the best trial under the budget and the runner-up.
-    Columns without a feasible trial are missing values."""
+    Columns without a feasible trial are missing values. With `aggregate_seeds` the rows are
+    configurations ranked by their mean over seeds; `seeds`, `trial_ids`, `quality_sd` and
+    `test_quality_sd` say over what."""
     rows = []
     for (dataset, split), group in _groups(trials):
         for budget in budgets:
-            ranking = feasible_ranking(group, budget, metric=metric, memory_field=memory_field)
+            ranking = feasible_ranking(group, budget, metric=metric, memory_field=memory_field,
+                                       aggregate_seeds=aggregate_seeds)
             row: dict[str, object] = {"dataset": dataset, "split": split, "budget_bytes": int(budget),
                                       "budget_gib": budget / GIB, "feasible_trials": len(ranking)}
             best = ranking.iloc[0] if len(ranking) else None
@@ -297,6 +326,10 @@ def best_per_budget(
                 row[column] = best[column] if best is not None and column in best.index else None
             row[QUALITY] = best[QUALITY] if best is not None else math.nan
             row[TEST_QUALITY] = best[TEST_QUALITY] if best is not None else math.nan
+            for column in (QUALITY_SD, TEST_QUALITY_SD):
+                row[column] = best[column] if best is not None else math.nan
+            row["seeds"] = int(best.get("num_seeds", 1)) if best is not None else 0
+            row["trial_ids"] = (best.get("trial_ids", best.get("trial_id")) if best is not None else None)
             row["memory_gib"] = best[MEMORY] / GIB if best is not None else math.nan
             row[TIME_COLUMN] = best.get(TIME_COLUMN, math.nan) if best is not None else math.nan
             row["runner_up_trial_id"] = runner_up.get("trial_id") if runner_up is not None else None
@@ -401,6 +434,7 @@ def _require_columns(trials: pd.DataFrame, columns: Iterable[str]) -> None:
 __all__ = [
     "MEMORY_FIELDS", "METRIC_NAMES", "GROUP_COLUMNS", "TIME_COLUMN", "STEADY_TIME_COLUMN",
     "MEAN_TIME_COLUMN", "TIME_LABEL", "epoch_time", "has_epoch_time", "GIB", "QUALITY", "TEST_QUALITY",
+    "QUALITY_SD", "TEST_QUALITY_SD",
     "MEMORY", "CANDIDATE", "ON_FRONTIER", "parse_metric", "metric_column", "check_memory_field",
     "config_key_columns", "samples_negatives", "non_dominated", "aggregate_over_seeds", "pareto_table",
     "pareto_frontier",

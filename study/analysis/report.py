@@ -82,7 +82,9 @@ def time_note(trials: pd.DataFrame) -> str:
 
 def budget_summary(trials: pd.DataFrame, budgets: Sequence[int], *, metric: str,
                    memory_field: str) -> pd.DataFrame:
-    table = pareto.best_per_budget(trials, budgets, metric=metric, memory_field=memory_field)
+    # Configurations ranked by their mean over seeds, as `cce-study best` answers.
+    table = pareto.best_per_budget(trials, budgets, metric=metric, memory_field=memory_field,
+                                   aggregate_seeds=True)
     if table.empty:
         return table
     return pd.DataFrame({
@@ -91,7 +93,8 @@ def budget_summary(trials: pd.DataFrame, budgets: Sequence[int], *, metric: str,
         "K": negatives_column(table["num_negatives"], table["loss"]),
         "scope": table["negative_scope"], "batch": table["batch_size"], "max len": table["max_len"],
         "impl": table["loss_impl_used"], f"val {metric}": table[QUALITY],
-        f"test {metric}": table[TEST_QUALITY], f"{memory_field} GiB": table["memory_gib"],
+        f"test {metric}": table[TEST_QUALITY], f"val {metric} sd": table[pareto.QUALITY_SD],
+        "seeds": table["seeds"], f"{memory_field} GiB": table["memory_gib"],
         "runner-up": table["runner_up_trial_id"], f"runner-up val {metric}": table["runner_up_quality"],
     })
 

@@ -292,13 +292,17 @@ def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
     lengths = sorted(positions["max_len"].unique())
     impls = [i for i in ("triton", "torch") if (positions["loss_impl_used"] == i).any()]
     figure = Figure(figsize=(4.2 * max(1, len(lengths)), 3.4 * max(1, len(impls))), layout="constrained")
-    grid = figure.subplots(max(1, len(impls)), max(1, len(lengths)), squeeze=False, sharey=True)
+    # One K axis for every panel, so a panel with few (or no) trials still reads against the others.
+    grid = figure.subplots(max(1, len(impls)), max(1, len(lengths)), squeeze=False, sharex=True, sharey=True)
     batches = sorted(positions["batch_size"].unique())
     colors = {b: f"C{i}" for i, b in enumerate(batches)}
     for r, impl in enumerate(impls):
         for c, length in enumerate(lengths):
             axes = grid[r][c]
             rows = positions[(positions["loss_impl_used"] == impl) & (positions["max_len"] == length)]
+            if rows.empty:
+                axes.text(0.5, 0.5, "no trial finished yet", transform=axes.transAxes, ha="center",
+                          va="center", fontsize=9, color="0.4")
             for batch in batches:
                 line = rows[rows["batch_size"] == batch].sort_values("num_negatives")
                 if line.empty:
@@ -308,6 +312,7 @@ def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
             axes.set_xscale("log", base=2)
             axes.set_title(f"{IMPL_LABELS[impl]}, L={length}", fontsize=9)
             axes.set_xlabel("negatives K")
+            axes.xaxis.set_tick_params(labelbottom=True)
             axes.grid(True, alpha=0.3)
             if c == 0:
                 axes.set_ylabel("validation NDCG@10")

@@ -661,7 +661,11 @@ def graph_replay_ms(step: Callable[[], None]) -> float:
             step()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    # Captured on the stream the warm-up ran on: cuBLAS keeps a workspace per (thread, stream), and the
+    # process's first capture on torch's own capture stream would make the backward thread's there, inside
+    # the capture (the first of bench-loss's setup variants failed "due to a previous error during
+    # capture" while the later ones, on a stream already used, captured).
+    with torch.cuda.graph(graph, stream=stream):
         step()
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -25,7 +25,9 @@ REPORT_DIR = "report"
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", required=True, type=Path, help="results database (SQLite) written by a sweep")
+    parser.add_argument("--db", required=True, type=Path, action="append",
+                        help="results database (SQLite) written by a sweep; repeat it to read several as one "
+                             "(a grid and its seed repeats, sweeps of one study)")
     add_selection_options(parser, memory_help="measured memory to minimise (default peak_bytes: NVML process "
                                               "memory)")
 
@@ -73,7 +75,7 @@ def _add_outputs(parser: argparse.ArgumentParser, out_help: str) -> None:
 def output_folder(args: argparse.Namespace, default_name: str) -> Path:
     """--out, or a folder next to the database; created here so that a place that cannot be written is
     one line naming it."""
-    out: Path = args.out if args.out is not None else args.db.parent / default_name
+    out: Path = args.out if args.out is not None else database_paths(args)[0].parent / default_name
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -94,29 +96,47 @@ def spec_version_choice(text: str) -> Any:
     raise UserError(f"--spec-version: {text!r} is not latest, all or a version number")
 
 
+def database_paths(args: argparse.Namespace) -> list[Path]:
+    """--db as a list: repeated in `best`, `pareto` and `report`, given once in `export`."""
+    return list(args.db) if isinstance(args.db, list | tuple) else [args.db]
+
+
 def load_selected(args: argparse.Namespace) -> pd.DataFrame:
-    """The trials chosen by --db, --sweep, --dataset and --split; UserError when there are none."""
+    """The trials chosen by --db (one or several databases), --sweep, --dataset and --split; UserError when
+    there are none, or when two databases hold the same trial (a database given twice, or a copy of one)."""
     from study.database.results_db import load_trials
 
-    db_path: Path = args.db
-    if not db_path.is_file():
-        raise UserError(f"--db {db_path}: no such results database")
-    try:
-        trials = load_trials(db_path, sweep=args.sweep, spec_version=spec_version_choice(args.spec_version))
-    except ValueError as exc:
-        raise UserError(f"--db {db_path}: {exc}") from exc
+    paths = database_paths(args)
+    frames = []
+    seen: dict[str, Path] = {}
+    for db_path in paths:
+        if not db_path.is_file():
+            raise UserError(f"--db {db_path}: no such results database")
+        try:
+            loaded = load_trials(db_path, sweep=args.sweep,
+                                 spec_version=spec_version_choice(args.spec_version))
+        except ValueError as exc:
+            raise UserError(f"--db {db_path}: {exc}") from exc
+        for trial_id in loaded["trial_id"]:
+            if trial_id in seen:
+                raise UserError(f"--db {db_path}: trial {trial_id} is also in {seen[trial_id]}; give each "
+                                "database once")
+            seen[trial_id] = db_path
+        frames.append(loaded)
+    trials = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    where = " and ".join(str(path) for path in paths)
     selection = f" of sweep {args.sweep!r}" if args.sweep else ""
     if trials.empty:
-        raise UserError(f"--db {db_path}: no trials{selection}")
+        raise UserError(f"--db {where}: no trials{selection}")
     for column, value in (("dataset", args.dataset), ("split", args.split)):
         if value is not None:
             present = ", ".join(sorted(trials[column].dropna().astype(str).unique()))
             trials = trials[trials[column] == value]
             if trials.empty:
-                raise UserError(f"--{column} {value}: no trials{selection} in {db_path} (present: {present})")
+                raise UserError(f"--{column} {value}: no trials{selection} in {where} (present: {present})")
     if not (trials["status"] == "ok").any():
         counts = ", ".join(f"{status} {count}" for status, count in trials["status"].value_counts().items())
-        raise UserError(f"--db {db_path}: no trial finished ok ({counts})")
+        raise UserError(f"--db {where}: no trial finished ok ({counts})")
     return trials
 
 
@@ -154,7 +174,7 @@ def run_best(args: argparse.Namespace) -> int:
         return _print_budget_table(scoped, parse_budget_list(args.budgets, scoped, option="--budgets"), args)
     (budget,) = parse_budget_list(args.budget, scoped, option="--budget")
     best, runner_up = pareto.best_under_budget(scoped, budget, metric=args.metric,
-                                                 memory_field=args.memory_field)
+                                                 memory_field=args.memory_field, aggregate_seeds=True)
     if best is None:
         raise UserError(_nothing_fits(scoped, budget, args))
     if args.json:
@@ -164,7 +184,7 @@ def run_best(args: argparse.Namespace) -> int:
                          indent=2))
         return 0
     print(f"Best under {args.budget} ({budget / GIB:.3g} GiB of {args.memory_field}), "
-          f"by validation {args.metric}:")
+          f"by validation {args.metric} (mean over seeds):")
     print(_trial_text(best, args))
     print("Runner-up:" if runner_up is not None else "Runner-up: none (only one trial fits)")
     if runner_up is not None:
@@ -182,7 +202,7 @@ def run_pareto(args: argparse.Namespace) -> int:
     written = plots.write_figures(trials, out, metric=args.metric, memory_field=args.memory_field,
                                   budgets=budgets, note=_note)
     if not written:
-        raise UserError(f"--db {args.db}: the trials support no figure")
+        raise UserError(f"--db {' and '.join(map(str, database_paths(args)))}: the trials support no figure")
     for path in written:
         print(path)
     return 0
@@ -196,13 +216,15 @@ def run_report(args: argparse.Namespace) -> int:
     budgets = parse_budget_list(args.budgets, trials, option="--budgets")
     out = output_folder(args, REPORT_DIR)
     path = report.write_report(trials, out, metric=args.metric, memory_field=args.memory_field,
-                               budgets=budgets, source=str(args.db), note=_note)
+                               budgets=budgets,
+                               source=", ".join(map(str, database_paths(args))), note=_note)
     print(path)
     return 0
 
 
 def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse.Namespace) -> int:
-    table = pareto.best_per_budget(trials, budgets, metric=args.metric, memory_field=args.memory_field)
+    table = pareto.best_per_budget(trials, budgets, metric=args.metric, memory_field=args.memory_field,
+                                   aggregate_seeds=True)
     if table.empty or table["trial_id"].isna().all():
         raise UserError(_nothing_fits(trials, max(budgets), args))
     if args.json:
@@ -217,8 +239,11 @@ def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse
         "batch": table["batch_size"].map(_count),
         "max len": table["max_len"].map(_count),
         "impl": table["loss_impl_used"],
-        f"val {args.metric}": table[pareto.QUALITY].map(_number),
-        f"test {args.metric}": table[pareto.TEST_QUALITY].map(_number),
+        f"val {args.metric}": [_mean_sd(m, sd) for m, sd
+                               in zip(table[pareto.QUALITY], table[pareto.QUALITY_SD])],
+        f"test {args.metric}": [_mean_sd(m, sd) for m, sd
+                                in zip(table[pareto.TEST_QUALITY], table[pareto.TEST_QUALITY_SD])],
+        "seeds": table["seeds"].map(_count),
         "memory GiB": table["memory_gib"].map(_number),
         "runner-up": table["runner_up_trial_id"],
     })
@@ -260,6 +285,12 @@ def _trial_json(row: pd.Series, args: argparse.Namespace) -> dict[str, Any]:
             out[name] = int(value)
     for split in ("val", "test"):
         out[f"{split}_{args.metric}"] = _plain(row.get(pareto.metric_column(args.metric, split)))
+    for split, column in (("val", pareto.QUALITY_SD), ("test", pareto.TEST_QUALITY_SD)):
+        if column in row.index:
+            out[f"{split}_{args.metric}_sd"] = _plain(row.get(column))
+    if "num_seeds" in row.index:
+        out["seeds"] = int(row["num_seeds"])
+        out["trial_ids"] = str(row.get("trial_ids", row.get("trial_id"))).split(",")
     if isinstance(row.get("config_json"), str):
         out["config"] = json.loads(row["config_json"])
     return out
@@ -280,11 +311,26 @@ def _trial_text(row: pd.Series, args: argparse.Namespace) -> str:
         f"scope={get('negative_scope')} batch={get('batch_size')} max_len={get('max_len')} "
         f"hidden={get('hidden')} blocks={get('blocks')} heads={get('heads')} seed={get('seed')} "
         f"impl={get('loss_impl_used')}",
-        f"  quality  val {args.metric} {_number(val)}  test {args.metric} {_number(test)}",
+        f"  quality  val {args.metric} {_mean_sd(val, row.get(pareto.QUALITY_SD))}  "
+        f"test {args.metric} {_mean_sd(test, row.get(pareto.TEST_QUALITY_SD))}{_seeds_text(row)}",
         f"  memory   {memory}",
         f"  time     {_number(_steady_or_mean_time(row))} s/epoch (steady state; mean over all epochs "
         f"{_number(row.get('mean_epoch_seconds'))})",
     ])
+
+
+def _mean_sd(mean: Any, sd: Any) -> str:
+    """"0.1898 ± 0.0031" over several seeds, the plain number over one."""
+    if _plain(sd) is None or _plain(mean) is None:
+        return _number(mean)
+    return f"{_number(mean)} ± {_plain(sd):.2g}"
+
+
+def _seeds_text(row: pd.Series) -> str:
+    seeds = _plain(row.get("num_seeds"))
+    if seeds is None or seeds < 2:
+        return ""
+    return f"  (mean ± sd over {int(seeds)} seeds: {row.get('seed')}; trials {row.get('trial_ids')})"
 
 
 def _steady_or_mean_time(row: pd.Series) -> Any:

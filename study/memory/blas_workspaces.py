@@ -2,8 +2,8 @@
 
 cuBLAS keeps a workspace for each thread and stream, taken from PyTorch's caching allocator at that
 thread's first matmul on the stream and kept for the life of the process: CUBLAS_WORKSPACE_CONFIG's size,
-by default 32 MiB on sm90 (4096 KiB x 8). torch 2.11 to 2.13 key it by the thread's cuBLAS handle and the
-stream (torch/include/ATen/cuda/CUDAContextLight.h: cublas_handle_stream_to_workspace). cuBLASLt, which
+by default 32 MiB on sm90 (4096 KiB x 8); torch keys it by the thread's cuBLAS handle and the stream
+(cublas_handle_stream_to_workspace in ATen/cuda/CUDAContextLight.h, torch 2.13). cuBLASLt, which
 torch uses for a linear layer with a bias, shares it in recent versions (pytorch#168175); where it does
 not (TORCH_CUBLASLT_UNIFIED_WORKSPACE=0, older versions), it keeps one of its own per handle and stream,
 CUBLASLT_WORKSPACE_SIZE (1 MiB by default). A training step runs matmuls on two threads: the trial's

@@ -133,11 +133,16 @@ def launch_config(device: torch.device, dim: int, hidden_dtype: torch.dtype,
     """The tiles a call launches: `default_config`'s, on CUDA each shrunk by `fit_config` to the device's
     shared memory, so that the first launch loads (a retry is a compilation: minutes for wide float32
     tiles)."""
-    config = default_config(device, dim)
     if device.type != "cuda":
-        return config
-    return fit_config(config, dim=dim, hidden_dtype=hidden_dtype, items_dtype=items_dtype,
-                      limit=shared_memory_limit(device))
+        return default_config(device, dim)
+    return _cuda_launch_config(device, dim, hidden_dtype, items_dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cuda_launch_config(device: torch.device, dim: int, hidden_dtype: torch.dtype,
+                        items_dtype: torch.dtype) -> SharedConfig:
+    return fit_config(default_config(device, dim), dim=dim, hidden_dtype=hidden_dtype,
+                      items_dtype=items_dtype, limit=shared_memory_limit(device))
 
 
 @functools.lru_cache(maxsize=16)

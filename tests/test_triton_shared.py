@@ -522,7 +522,8 @@ def test_h200_tiles_are_the_tuned_ones_or_the_first_smaller_step_that_fits(dim: 
 def fake_gpu(monkeypatch: pytest.MonkeyPatch):
     """torch.cuda reports a GPU with 132 multiprocessors and `shared` bytes of opt-in shared memory per
     block (call the fixture's value with it); the cached device lookups are cleared before and after."""
-    caches = (triton_shared.default_config, triton_shared.shared_memory_limit)
+    caches = (triton_shared.default_config, triton_shared.shared_memory_limit,
+              triton_shared._cuda_launch_config)
 
     def install(shared: int) -> None:
         properties = types.SimpleNamespace(multi_processor_count=132, shared_memory_per_block_optin=shared)

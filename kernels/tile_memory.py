@@ -19,6 +19,7 @@ notes/kernel-shared.md has the measurements):
 - A [block_m, block_n] float32 tile of softmax gradients passed to the backward's second dot through
   shared memory (not with the warpgroup MMA of a pipelined loop, which reads it from registers); in the
   fused backward always (its third dot reads it transposed).
+- In the fused backward, its [block_n, d] float32 share of the tile gradient, staged for the atomic adds.
 - Per-row values pipelined with the streamed tile (log-sum-exp, gradient, target, negative id, offset):
   at most 12 bytes a row and a stage.
 
@@ -60,4 +61,5 @@ def shared_memory_bytes(kernel: str, *, block_m: int, block_n: int, num_stages: 
     scores = 0
     if kernel == "fused_backward" or (kernel != "forward" and not (warpgroup_mma and num_stages > 1)):
         scores = block_m * block_n * 4
-    return streamed + resident + scores + ROW_VALUE_BYTES * streamed_rows * num_stages
+    tile_gradient = block_n * block_d * 4 if kernel == "fused_backward" else 0
+    return streamed + resident + scores + tile_gradient + ROW_VALUE_BYTES * streamed_rows * num_stages

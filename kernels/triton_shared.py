@@ -186,7 +186,8 @@ def shared_memory_bytes(kernel: str, tiles: BlockConfig, *, dim: int, hidden_dty
     "fused_backward") with `tiles` at width `dim`."""
     return tile_memory.shared_memory_bytes(
         kernel, block_m=tiles.block_m, block_n=tiles.block_n, num_stages=tiles.num_stages,
-        block_d=_block_d(dim), hidden_bytes=hidden_dtype.itemsize, items_bytes=items_dtype.itemsize)
+        num_warps=tiles.num_warps, block_d=_block_d(dim), hidden_bytes=hidden_dtype.itemsize,
+        items_bytes=items_dtype.itemsize)
 
 
 @triton.jit

@@ -20,9 +20,10 @@ the items' dtype. Tested with triton 3.6.0 (the H200's) and 3.7.1.
 --shared-memory compiles each dense kernel (full, shared, per-sequence; d 64, 96, 128, 256, 512; bf16, fp16,
 fp32, bf16 hidden with fp32 items) with the tiles that triton_shared.launch_config gives a card of --limit
 bytes of shared memory a block (default an H100/H200's 232,448), up to Triton's shared-memory allocation
-(--full-compile: to the cubin, far longer), and prints each kernel's `shared`
-against the limit and against kernels.tile_memory's estimate; it fails where a kernel needs more than the
-limit or more than the estimate.
+(--full-compile: to the cubin, far longer), and prints each kernel's `shared` against the limit and
+against kernels.tile_memory's estimate; it fails where a kernel needs more than the limit or more than the
+estimate. With --grid it compiles every case with a grid of tiles, stages and warps instead (hours) and
+fails only where the estimate is below the need: the check of the estimate for a new Triton version.
 
 --loops compiles the launches of the public call that benchmarks/shared_ab.py times (shared negatives,
 bf16, d=64, K=4096: fused backward, K=16384: split backward), prints per kernel the registers, the bytes
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import itertools
 import json
 import os
 import re
@@ -509,13 +511,27 @@ def stop_after_shared_memory() -> Iterator[None]:
         llvm.to_module = original
 
 
+GRID_TILES = ((32, 32), (32, 64), (64, 32), (64, 64), (64, 128), (128, 64), (128, 128), (64, 256))
+
+
+def grid_configs(dim: int) -> Iterator[ts.SharedConfig]:
+    """--grid: every kernel with the same tiles, GRID_TILES x 1-4 stages x 4 and 8 warps (the fused backward
+    where the case launches it)."""
+    for (block_m, block_n), num_stages, num_warps in itertools.product(GRID_TILES, (1, 2, 3, 4), (4, 8)):
+        tiles = ts.BlockConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+        yield ts.SharedConfig(forward=tiles, grad_hidden=tiles, grad_items=tiles, target_programs=528,
+                              fused_backward=tiles if dim <= 64 else None, fused_max_negatives=8192)
+
+
 def shared_memory(target: GPUTarget, *, limit: int, dims: tuple[int, ...] = SHARED_MEMORY_DIMS,
-                  full_compile: bool = False) -> int:
+                  full_compile: bool = False, grid: bool = False) -> int:
     """--shared-memory: each dense kernel's shared memory with launch_config's tiles, compiled for `target`,
     against `limit` and against kernels.tile_memory's estimate; 1 if a kernel exceeds the limit, the
     estimate falls below the compiled value (the rule no longer bounds what this Triton allocates) or a
-    kernel does not compile."""
+    kernel does not compile. With `grid`, every case with each of grid_configs' tiles instead (hours for
+    d up to 512; the limit is not checked): whether the estimate still bounds a new Triton's need."""
     failed = 0
+    ratios: list[float] = []
     case: dict = {}
     config: ts.SharedConfig | None = None
 
@@ -538,7 +554,8 @@ def shared_memory(target: GPUTarget, *, limit: int, dims: tuple[int, ...] = SHAR
         hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
         estimate = ts.shared_memory_bytes(kernel, tiles, dim=case["dim"], hidden_dtype=hidden_dtype,
                                           items_dtype=items_dtype)
-        problems = (["OVER THE LIMIT"] if shared > limit else []) + (
+        ratios.append(estimate / max(shared, 1))
+        problems = (["OVER THE LIMIT"] if shared > limit and not grid else []) + (
             ["ESTIMATE BELOW"] if estimate < shared else [])
         failed |= bool(problems)
         print(f"{label}: {ts._tiles_text(tiles)}, {tiles.num_warps} warps: {shared} bytes of {limit}, "
@@ -549,9 +566,15 @@ def shared_memory(target: GPUTarget, *, limit: int, dims: tuple[int, ...] = SHAR
         for case in shared_memory_cases(dims):
             hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
             # launch_config's tiles on an H200 (132 multiprocessors) with `limit` bytes of shared memory
-            config = ts.fit_config(ts.gpu_config(case["dim"], 132), dim=case["dim"],
-                                   hidden_dtype=hidden_dtype, items_dtype=items_dtype, limit=limit)
-            run_case(case, config)
+            configs = grid_configs(case["dim"]) if grid else [ts.fit_config(
+                ts.gpu_config(case["dim"], 132), dim=case["dim"], hidden_dtype=hidden_dtype,
+                items_dtype=items_dtype, limit=limit)]
+            for config in configs:
+                run_case(case, config)
+    if ratios:
+        ratios.sort()
+        print(f"{len(ratios)} kernels: estimate / compiled need from {ratios[0]:.3f} to {ratios[-1]:.2f}, "
+              f"median {ratios[len(ratios) // 2]:.3f}")
     return failed
 
 
@@ -570,6 +593,8 @@ def main() -> int:
                         help="--shared-memory: the card's per-block opt-in shared memory, bytes")
     parser.add_argument("--dims", default=",".join(map(str, SHARED_MEMORY_DIMS)),
                         help="--shared-memory: the widths, comma-separated")
+    parser.add_argument("--grid", action="store_true",
+                        help="--shared-memory: a grid of tiles instead of the H200's, estimate only (hours)")
     parser.add_argument("--full-compile", action="store_true",
                         help="--shared-memory: compile to the end (slow), not up to the allocation")
     args = parser.parse_args()
@@ -582,7 +607,7 @@ def main() -> int:
         return loops(target, args.out)
     if args.shared_memory:
         return shared_memory(target, limit=args.limit, dims=tuple(int(d) for d in args.dims.split(",")),
-                             full_compile=args.full_compile)
+                             full_compile=args.full_compile, grid=args.grid)
     if args.out is None:
         parser.error("one of --out, --check or --compare is required")
     return dump(args.out, target)

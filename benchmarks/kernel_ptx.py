@@ -7,14 +7,23 @@ cannot alter what the GPU runs or how fast. The kernels are reached through the 
 tensors), so the launches carry exactly the constexprs, argument types and pointer alignments the host
 code passes; a stub driver reports the target (sm_90 by default) and every launch only compiles
 (JITFunction.run with warmup=True: nothing runs, outputs stay garbage). Branches of the host code that
-depend on the tensors being on CUDA are set as on CUDA: the GPU's default tile configs, no bf16 upcast;
-the per-sequence item gradient of half items takes the CPU's buffered path (ATOMIC=False), so fp32
-items cover ATOMIC=True. Tested with triton 3.6.0 (the H200's) and 3.7.1.
+depend on the tensors being on CUDA are set as on CUDA: the tiles an H200 launches (132 multiprocessors,
+227 KiB of shared memory a block), no bf16 upcast, the per-sequence item gradient added with atomics in
+the items' dtype. Tested with triton 3.6.0 (the H200's) and 3.7.1.
 
     PYTHONPATH=. python benchmarks/kernel_ptx.py --out DIR [--arch 90]   # every kernel's PTX (minutes)
     python benchmarks/kernel_ptx.py --compare OLD_DIR NEW_DIR
     PYTHONPATH=. python benchmarks/kernel_ptx.py --check   # the code generator only (seconds)
     PYTHONPATH=. python benchmarks/kernel_ptx.py --loops [--out DIR]   # the dense tile loops (seconds)
+    PYTHONPATH=. python benchmarks/kernel_ptx.py --shared-memory [--limit BYTES] [--dims 64,512]   # a minute
+
+--shared-memory compiles each dense kernel (full, shared, per-sequence; d 64, 96, 128, 256, 512; bf16, fp16,
+fp32, bf16 hidden with fp32 items) with the tiles that triton_shared.launch_config gives a card of --limit
+bytes of shared memory a block (default an H100/H200's 232,448), up to Triton's shared-memory allocation
+(--full-compile: to the cubin, far longer), and prints each kernel's `shared` against the limit and
+against kernels.tile_memory's estimate; it fails where a kernel needs more than the limit or more than the
+estimate. With --grid it compiles every case with a grid of tiles, stages and warps instead (hours) and
+fails only where the estimate is below the need: the check of the estimate for a new Triton version.
 
 --loops compiles the launches of the public call that benchmarks/shared_ab.py times (shared negatives,
 bf16, d=64, K=4096: fused backward, K=16384: split backward), prints per kernel the registers, the bytes
@@ -29,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import itertools
 import json
 import os
 import re
@@ -54,6 +64,9 @@ import kernels.triton_shared as ts  # noqa: E402
 
 IGNORE = -100
 DEBUG_LABEL = re.compile(r"\$L__tmp\d+:")
+# The per-block opt-in shared memory of an H100/H200 (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+# 227 KiB): what Triton compares with a compiled kernel's `shared` when it loads it there.
+H100_SHARED_MEMORY = 232_448
 
 
 class _CompileOnlyDriver:
@@ -106,8 +119,10 @@ def compile_only(target: GPUTarget, record: Callable[[str, object], None], *, fr
     patches = [(JITFunction, "run", run), (ASTSource, "make_ir", make_ir),
                (triton.runtime.driver, "_active", _CompileOnlyDriver(target)),
                (torch.cuda, "get_device_properties",
-                lambda device=None: types.SimpleNamespace(multi_processor_count=132)),
-               (ts, "_upcast", lambda hidden: False)]  # as on CUDA
+                lambda device=None: types.SimpleNamespace(multi_processor_count=132,
+                                                          shared_memory_per_block_optin=H100_SHARED_MEMORY)),
+               (ts, "_upcast", lambda hidden: False),  # as on CUDA
+               (ts, "_adds_atomically", lambda items: True)]  # as on CUDA
     patches.append((triton_common, "new_output",
                     lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device)))
     saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
@@ -176,7 +191,9 @@ def gather_cases() -> list[dict]:
     return cases
 
 
-def run_case(case: dict) -> None:
+def run_case(case: dict, dense_config: ts.SharedConfig | None = None) -> None:
+    """Forward and backward of `case` through the public host code; a dense case launches `dense_config`,
+    or by default the tiles of an H200 (launch_config)."""
     rows, sequences, k = 96, 4, case["k"]
     num_items = k if case["scheme"] == "full" else 20_000
     hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
@@ -192,7 +209,8 @@ def run_case(case: dict) -> None:
             negatives = torch.randint(0, num_items, (k,), generator=generator)
         else:
             negatives = torch.randint(0, num_items, (sequences, k), generator=generator)
-        config = ts.default_config(torch.device("cuda"), case["dim"])
+        config = dense_config or ts.launch_config(torch.device("cuda"), case["dim"], hidden_dtype,
+                                                  items_dtype)
         loss = ts.shared_linear_cross_entropy(
             hidden, items, targets, negatives, scheme=case["scheme"], num_negatives=k,
             rows_per_sequence=rows // sequences, log_q=log_q, remove_accidental_hits=case["hits"],
@@ -440,6 +458,126 @@ def loops(target: GPUTarget, out: Path | None) -> int:
     return broken
 
 
+SHARED_MEMORY_DIMS = (64, 96, 128, 256, 512)
+_CONFIG_FIELD = {"_forward_kernel": "forward", "_grad_hidden_kernel": "grad_hidden",
+                 "_grad_items_kernel": "grad_items", "_fused_backward_kernel": "fused_backward"}
+
+
+def shared_memory_cases(dims: tuple[int, ...] = SHARED_MEMORY_DIMS) -> list[dict]:
+    """Every dense kernel as the public call launches it on an H200 (launch_config's tiles): each width of
+    `dims`, each dtype (bf16, fp16, fp32, bf16 hidden with fp32 items); full, shared (K=4096: the fused
+    backward at d <= 64; K=16384: grad_hidden and grad_items there; one case at d > 64, where both are
+    the split kernels) and per sequence (item-gradient atomics in the items' dtype, as on CUDA)."""
+    cases = []
+    for dim in dims:
+        for dtypes in ("bf16", "fp16", "fp32", "bf16/fp32"):
+            schemes = [("full", 1000), ("shared", 4096), ("sequence", 500)]
+            if dim <= 64:
+                schemes.append(("shared", 16384))
+            for scheme, k in schemes:
+                gathered = scheme != "full"
+                cases.append(dict(family="dense", scheme=scheme, dim=dim, k=k, dtypes=dtypes,
+                                  log_q="tensor" if gathered else "none", hits=gathered, grads="both"))
+    return cases
+
+
+class _SharedMemoryKnown(Exception):
+    """Raised once Triton has allocated a kernel's shared memory, with the number of bytes."""
+
+    def __init__(self, shared: int) -> None:
+        super().__init__(shared)
+        self.shared = shared
+
+
+@contextlib.contextmanager
+def stop_after_shared_memory() -> Iterator[None]:
+    """Compilations inside stop once the shared memory is allocated, raising _SharedMemoryKnown (the
+    `ttg.shared` attribute that make_llir copies into the kernel's metadata as `shared`, unchanged by the
+    later stages): LLVM's optimiser and ptxas take minutes on 2 cores for the wide float32 kernels, the
+    steps before seconds. Where a Triton version no longer reaches `llvm.to_module` this way, compilations
+    run to the end and the compiled metadata is read instead."""
+    from triton.backends.nvidia import compiler as nvidia_compiler
+
+    llvm = nvidia_compiler.llvm
+    original = llvm.to_module
+
+    def to_module(module: object, context: object) -> object:
+        raise _SharedMemoryKnown(int(module.get_int_attr("ttg.shared")))  # type: ignore[attr-defined]
+
+    llvm.to_module = to_module
+    try:
+        yield
+    finally:
+        llvm.to_module = original
+
+
+GRID_TILES = ((32, 32), (32, 64), (64, 32), (64, 64), (64, 128), (128, 64), (128, 128), (64, 256))
+
+
+def grid_configs(dim: int) -> Iterator[ts.SharedConfig]:
+    """--grid: every kernel with the same tiles, GRID_TILES x 1-4 stages x 4 and 8 warps (the fused backward
+    where the case launches it)."""
+    for (block_m, block_n), num_stages, num_warps in itertools.product(GRID_TILES, (1, 2, 3, 4), (4, 8)):
+        tiles = ts.BlockConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages)
+        yield ts.SharedConfig(forward=tiles, grad_hidden=tiles, grad_items=tiles, target_programs=528,
+                              fused_backward=tiles if dim <= 64 else None, fused_max_negatives=8192)
+
+
+def shared_memory(target: GPUTarget, *, limit: int, dims: tuple[int, ...] = SHARED_MEMORY_DIMS,
+                  full_compile: bool = False, grid: bool = False) -> int:
+    """--shared-memory: each dense kernel's shared memory with launch_config's tiles, compiled for `target`,
+    against `limit` and against kernels.tile_memory's estimate; 1 if a kernel exceeds the limit, the
+    estimate falls below the compiled value (the rule no longer bounds what this Triton allocates) or a
+    kernel does not compile. With `grid`, every case with each of grid_configs' tiles instead (hours for
+    d up to 512; the limit is not checked): whether the estimate still bounds a new Triton's need."""
+    failed = 0
+    ratios: list[float] = []
+    case: dict = {}
+    config: ts.SharedConfig | None = None
+
+    def record(name: str, result: object) -> None:
+        nonlocal failed
+        if name not in _CONFIG_FIELD:
+            return
+        label = f"{case['scheme']} K={case['k']} d={case['dim']} {case['dtypes']} {name}"
+        if isinstance(result, _SharedMemoryKnown):
+            shared = result.shared
+        elif isinstance(result, Exception):
+            print(f"{label}: {type(result).__name__}: {str(result).splitlines()[0]}", flush=True)
+            failed = 1
+            return
+        else:
+            shared = result.metadata.shared  # type: ignore[attr-defined]
+        assert config is not None
+        kernel = _CONFIG_FIELD[name]
+        tiles = getattr(config, kernel)
+        hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
+        estimate = ts.shared_memory_bytes(kernel, tiles, dim=case["dim"], hidden_dtype=hidden_dtype,
+                                          items_dtype=items_dtype)
+        ratios.append(estimate / max(shared, 1))
+        problems = (["OVER THE LIMIT"] if shared > limit and not grid else []) + (
+            ["ESTIMATE BELOW"] if estimate < shared else [])
+        failed |= bool(problems)
+        print(f"{label}: {ts._tiles_text(tiles)}, {tiles.num_warps} warps: {shared} bytes of {limit}, "
+              f"estimate {estimate}" + "".join(f"  {p}" for p in problems), flush=True)
+
+    with compile_only(target, record), (contextlib.nullcontext() if full_compile
+                                         else stop_after_shared_memory()):
+        for case in shared_memory_cases(dims):
+            hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
+            # launch_config's tiles on an H200 (132 multiprocessors) with `limit` bytes of shared memory
+            configs = grid_configs(case["dim"]) if grid else [ts.fit_config(
+                ts.gpu_config(case["dim"], 132), dim=case["dim"], hidden_dtype=hidden_dtype,
+                items_dtype=items_dtype, limit=limit)]
+            for config in configs:
+                run_case(case, config)
+    if ratios:
+        ratios.sort()
+        print(f"{len(ratios)} kernels: estimate / compiled need from {ratios[0]:.3f} to {ratios[-1]:.2f}, "
+              f"median {ratios[len(ratios) // 2]:.3f}")
+    return failed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
@@ -448,6 +586,17 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="front end only: do the kernels compile")
     parser.add_argument("--loops", action="store_true",
                         help="the shared benchmark's tile loops: registers, spills, loop size, rules")
+    parser.add_argument("--shared-memory", action="store_true",
+                        help="each dense kernel's shared memory with the tiles an H200 launches, against the "
+                             "limit and the estimate")
+    parser.add_argument("--limit", type=int, default=H100_SHARED_MEMORY,
+                        help="--shared-memory: the card's per-block opt-in shared memory, bytes")
+    parser.add_argument("--dims", default=",".join(map(str, SHARED_MEMORY_DIMS)),
+                        help="--shared-memory: the widths, comma-separated")
+    parser.add_argument("--grid", action="store_true",
+                        help="--shared-memory: a grid of tiles instead of the H200's, estimate only (hours)")
+    parser.add_argument("--full-compile", action="store_true",
+                        help="--shared-memory: compile to the end (slow), not up to the allocation")
     args = parser.parse_args()
     target = GPUTarget("cuda", args.arch, 64)
     if args.compare:
@@ -456,6 +605,9 @@ def main() -> int:
         return check(target)
     if args.loops:
         return loops(target, args.out)
+    if args.shared_memory:
+        return shared_memory(target, limit=args.limit, dims=tuple(int(d) for d in args.dims.split(",")),
+                             full_compile=args.full_compile, grid=args.grid)
     if args.out is None:
         parser.error("one of --out, --check or --compare is required")
     return dump(args.out, target)

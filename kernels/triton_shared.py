@@ -53,13 +53,13 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from kernels import index_guard, triton_common
+from kernels import index_guard, tile_memory, triton_common
 from kernels.schemes import Reduction, SharedScheme
 from kernels.triton_common import LN2, LOG2E, LOG_Q_NONE, check_reduction, log_q_correction, parse_log_q
 from kernels.triton_guard import NEGATIVES_SLOT, TARGETS_SLOT, in_catalogue, report_refused
 
 __all__ = ["BlockConfig", "KernelConfigs", "SharedConfig", "SharedScheme", "default_config",
-           "default_configs", "shared_linear_cross_entropy"]
+           "default_configs", "fit_config", "gpu_config", "launch_config", "shared_linear_cross_entropy"]
 
 
 @dataclass(frozen=True)
@@ -97,12 +97,18 @@ def default_config(device: torch.device, dim: int) -> SharedConfig:
     if device.type != "cuda":
         small = BlockConfig(block_m=16, block_n=16, num_warps=1, num_stages=1)
         return SharedConfig(forward=small, grad_hidden=small, grad_items=small, target_programs=4)
-    sm_count = torch.cuda.get_device_properties(device).multi_processor_count
+    return gpu_config(dim, torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def gpu_config(dim: int, sm_count: int) -> SharedConfig:
+    """default_config on a GPU with `sm_count` multiprocessors, whatever its shared memory (launch_config
+    fits it to the device)."""
     # From the per-kernel sweep of benchmarks/dev_shared.py on an H200 (bf16, N=51,200, K=16,384).
     # grad_items: block_m is the rows per step, block_n the item tile each program owns.
-    # At d = 128 (untimed) the d <= 64 tiles need more shared memory than an H200 has (triton 3.6: 336 KiB
-    # forward, 272 KiB grad_hidden, of 227 KiB; a catalogue-scale run crashed on them), the d = 256 ones fit.
-    # Wider rows, float32 tables or smaller cards fall back to smaller tiles at launch (_launch_fitting).
+    # At d = 128 (untimed) the d <= 64 tiles need more shared memory than an H200 has with bf16 hidden rows
+    # and a float32 table (triton 3.6: 336 KiB forward, 272 KiB grad_hidden, of 227 KiB; a catalogue-scale
+    # run crashed on them; bf16 alone needs 208 KiB), the d = 256 ones fit.
+    # Wider rows and float32 tables need smaller tiles: launch_config shrinks these where they do not fit.
     if dim <= 64:
         forward = BlockConfig(block_m=64, block_n=256, num_warps=4, num_stages=3)
         grad_hidden = BlockConfig(block_m=128, block_n=128, num_warps=4, num_stages=4)
@@ -120,6 +126,68 @@ def default_config(device: torch.device, dim: int) -> SharedConfig:
 
 
 default_configs = default_config  # its name before the two kernel families were named alike
+
+
+def launch_config(device: torch.device, dim: int, hidden_dtype: torch.dtype,
+                  items_dtype: torch.dtype) -> SharedConfig:
+    """The tiles a call launches: `default_config`'s, on CUDA each shrunk by `fit_config` to the device's
+    shared memory, so that the first launch loads (a retry is a compilation: minutes for wide float32
+    tiles)."""
+    if device.type != "cuda":
+        return default_config(device, dim)
+    return _cuda_launch_config(device, dim, hidden_dtype, items_dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cuda_launch_config(device: torch.device, dim: int, hidden_dtype: torch.dtype,
+                        items_dtype: torch.dtype) -> SharedConfig:
+    return fit_config(default_config(device, dim), dim=dim, hidden_dtype=hidden_dtype,
+                      items_dtype=items_dtype, limit=shared_memory_limit(device))
+
+
+@functools.lru_cache(maxsize=16)
+def shared_memory_limit(device: torch.device) -> int:
+    """Bytes of shared memory one kernel may use on `device`: the per-block opt-in limit
+    (CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN), which Triton compares with a compiled kernel's
+    `shared` when it loads it; 232,448 (227 KiB) on an H100 or H200."""
+    limit = getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", None)
+    if limit is None:  # a torch without the attribute: Triton's driver reads the same one
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        limit = triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+    return int(limit)
+
+
+@functools.lru_cache(maxsize=256)
+def fit_config(config: SharedConfig, *, dim: int, hidden_dtype: torch.dtype, items_dtype: torch.dtype,
+               limit: int) -> SharedConfig:
+    """`config` with each kernel's tiles replaced by the first of `smaller_tiles`' steps (fewer stages
+    first, then smaller blocks) whose estimated shared memory (kernels.tile_memory) is at most `limit`
+    bytes; tiles that fit are kept. Where no step's estimate fits, the smallest step (the estimate bounds
+    the need from above: it may still load, or fail naming the kernel, _launch_fitting)."""
+    def fit(kernel: str, tiles: BlockConfig) -> BlockConfig:
+        while shared_memory_bytes(kernel, tiles, dim=dim, hidden_dtype=hidden_dtype,
+                                  items_dtype=items_dtype) > limit:
+            smaller = smaller_tiles(tiles)
+            if smaller is None:
+                break
+            tiles = smaller
+        return tiles
+
+    fused = config.fused_backward
+    return dataclasses.replace(
+        config, forward=fit("forward", config.forward), grad_hidden=fit("grad_hidden", config.grad_hidden),
+        grad_items=fit("grad_items", config.grad_items),
+        fused_backward=None if fused is None else fit("fused_backward", fused))
+
+
+def shared_memory_bytes(kernel: str, tiles: BlockConfig, *, dim: int, hidden_dtype: torch.dtype,
+                        items_dtype: torch.dtype) -> int:
+    """kernels.tile_memory's estimate for one launch of `kernel` ("forward", "grad_hidden", "grad_items" or
+    "fused_backward") with `tiles` at width `dim`."""
+    return tile_memory.shared_memory_bytes(
+        kernel, block_m=tiles.block_m, block_n=tiles.block_n, num_stages=tiles.num_stages,
+        num_warps=tiles.num_warps, block_d=_block_d(dim), hidden_bytes=hidden_dtype.itemsize,
+        items_bytes=items_dtype.itemsize)
 
 
 @triton.jit
@@ -499,6 +567,12 @@ def _upcast(hidden: torch.Tensor) -> bool:
     return hidden.device.type != "cuda" and hidden.dtype == torch.bfloat16
 
 
+def _adds_atomically(items: torch.Tensor) -> bool:
+    """Whether grad_items adds the per-sequence item gradient into it with atomics (the interpreter adds half
+    values as raw bits, so on CPU half gradients go through a float32 buffer instead)."""
+    return items.dtype == torch.float32 or items.is_cuda
+
+
 def _block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
@@ -545,9 +619,9 @@ def _tiles_text(config: BlockConfig) -> str:
 def _launch_fitting(kernel: str, hidden: torch.Tensor, items: torch.Tensor, config: BlockConfig,
                     launch: Callable[[BlockConfig], None]) -> None:
     """launch(config), or, where the GPU cannot hold its tiles (Triton raises OutOfResources when it loads the
-    compiled kernel, before anything runs), launch with the largest of `smaller_tiles` that fits. Shared
-    memory per tile depends on the card, the dtypes, the width and the Triton version, so the default tiles
-    cannot be right everywhere; the results do not depend on the tiles."""
+    compiled kernel, before anything runs), launch with the largest of `smaller_tiles` that fits. The
+    safety net for where launch_config's estimate falls short (a Triton version or GPU that stages more
+    than kernels.tile_memory counts); the results do not depend on the tiles."""
     key = (kernel, hidden.device, hidden.dtype, items.dtype, _block_d(hidden.shape[1]), config)
     tiles = _fitted_tiles.get(key, config)
     while True:
@@ -724,7 +798,7 @@ def _grad_items(hidden: torch.Tensor, items: torch.Tensor, safe_targets: torch.T
     else:
         assert negatives is not None
         grad_items = torch.zeros((num_items, dim), dtype=items.dtype, device=items.device)
-        if items.dtype == torch.float32 or items.is_cuda:
+        if _adds_atomically(items):
             launch(out=grad_items, num_splits=1, group_offset=0,
                    num_groups=plan.num_groups, out_strides=(0, 0, dim), atomic=True)
         else:
@@ -861,7 +935,7 @@ def shared_linear_cross_entropy(
     scheme "full": negatives None, every item scored once (F.cross_entropy; log_q must be None).
     "shared": negatives [K] for every row. "sequence": negatives [B, K], row i uses
     negatives[i // rows_per_sequence]. Returns float32: a scalar for "mean"/"sum", [N] for "none".
-    `config` overrides the tile shapes (benchmarks); None picks `default_config`.
+    `config` overrides the tile shapes (benchmarks); None picks `launch_config`.
     """
     if hidden.dim() != 2:
         raise ValueError(f"hidden: expected [N, d], got shape {tuple(hidden.shape)}")
@@ -898,7 +972,8 @@ def shared_linear_cross_entropy(
         num_negatives=num_negatives, log_q_mode=log_q_mode, log_q_scalar=log_q_scalar,
         remove_hits=remove_accidental_hits and scheme != "full", ignore_index=ignore_index,
         reduction=reduction,
-        config=config if config is not None else default_config(hidden.device, hidden.shape[1]),
+        config=config if config is not None else launch_config(hidden.device, hidden.shape[1], hidden.dtype,
+                                                               items.dtype),
     )
     if num_rows == 0:
         empty = hidden.sum(dim=1).to(torch.float32) + items.sum() * 0.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,7 @@ import torch
 from loss_oracle import oracle_with_grads, relative_error
 
 import kernels
+from kernels import triton_shared
 from kernels.draw import draw_negatives
 from kernels.triton_gather import GatherConfig, default_config, gather_linear_cross_entropy
 
@@ -56,6 +58,18 @@ class Case:
     @property
     def rows(self) -> int:
         return self.batch * self.length
+
+
+@pytest.fixture(autouse=True)
+def dense_tiles_load_on_the_first_launch() -> Iterator[None]:
+    """The dense kernels' tiles are sized to this GPU's shared memory before their first launch
+    (triton_shared.launch_config): a launch refused for shared memory and retried with smaller tiles, each
+    retry a compilation, fails the test."""
+    triton_shared._fitted_tiles.clear()
+    yield
+    retried = dict(triton_shared._fitted_tiles)
+    triton_shared._fitted_tiles.clear()
+    assert not retried, f"tiles refused by this GPU and retried smaller: {retried}"
 
 
 def make_inputs(case: Case, hidden_dtype: torch.dtype, items_dtype: torch.dtype, seed: int):
@@ -171,7 +185,7 @@ PATHS = {
     "full, d=128": Case("full", batch=3, length=61, num_items=20_011, num_negatives=0, dim=128),
     "shared, d=128": Case("shared", batch=4, length=97, num_items=20_011, num_negatives=4_099, dim=128),
     "sequence, d=128": Case("sequence", batch=5, length=61, num_items=10_007, num_negatives=1_025, dim=128),
-    # Wider than any default tile was sized for: too-large tiles are retried smaller at launch.
+    # Wider than the tuned tiles were sized for: launch_config shrinks them to the GPU's shared memory.
     "shared, d=512": Case("shared", batch=2, length=61, num_items=5_003, num_negatives=1_001, dim=512),
     "full, d=512": Case("full", batch=2, length=37, num_items=3_001, num_negatives=0, dim=512),
     "sequence, d=256": Case("sequence", batch=5, length=61, num_items=10_007, num_negatives=700, dim=256),

@@ -12,6 +12,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import dataclasses  # noqa: E402
 import math  # noqa: E402
+import types  # noqa: E402
 import warnings  # noqa: E402
 
 import pytest  # noqa: E402
@@ -64,11 +65,11 @@ def make_case(scheme: str, *, num_rows: int, num_items: int, num_negatives: int,
 
 def run_both(case: dict, *, scheme: str, rows_per_sequence: int = 1,
              log_q: torch.Tensor | float | None = None, remove_accidental_hits: bool = True,
-             reduction: str = "mean", seed: int = 1):
-    """Loss and gradients of the kernel and of the float64 reference, with a random upstream gradient."""
+             reduction: str = "mean", seed: int = 1, config: triton_shared.SharedConfig | None = None):
+    """Loss and gradients of the kernel (with `config`'s tiles, or the default ones) and of the float64
+    reference, with a random upstream gradient."""
     hidden = case["hidden"].clone().requires_grad_(True)
     items = case["items"].clone().requires_grad_(True)
-    config = None
     if scheme == FUSED:
         scheme, config = "shared", fused_config()
     num_negatives = items.shape[0] if scheme == "full" else case["negatives"].shape[-1]
@@ -456,3 +457,111 @@ def test_tiles_that_never_fit_name_the_kernel_and_the_way_out(monkeypatch: pytes
     with pytest.raises(RuntimeError, match=r"forward kernel needs more shared memory .* impl='torch'"):
         run_both(case, scheme="shared")
     assert launched == []
+
+
+# The per-block opt-in shared memory of an H100/H200 (227 KiB), which Triton compares with a compiled
+# kernel's `shared` when it loads it.
+H200_SHARED_MEMORY = 232_448
+DTYPE_PAIRS = {"bf16": (torch.bfloat16, torch.bfloat16), "fp16": (torch.float16, torch.float16),
+               "fp32": (torch.float32, torch.float32),
+               "bf16-hidden-fp32-items": (torch.bfloat16, torch.float32)}
+KERNELS = ("forward", "grad_hidden", "grad_items", "fused_backward")
+# (block_m, block_n, num_stages) that an H200 launches where the tuned tiles' estimated shared memory is
+# over its 227 KiB; every other kernel keeps its tuned tiles at d = 64, 96, 128, 256 and 512.
+H200_SHRUNK = {
+    (512, "bf16"): {"forward": (64, 64, 2), "grad_hidden": (64, 64, 2)},
+    (512, "fp16"): {"forward": (64, 64, 2), "grad_hidden": (64, 64, 2)},
+    (512, "fp32"): {"forward": (64, 32, 2), "grad_hidden": (64, 32, 2), "grad_items": (32, 64, 2)},
+    (512, "bf16-hidden-fp32-items"): {"forward": (64, 32, 2), "grad_hidden": (64, 32, 2)},
+}
+
+
+def h200_tiles(dim: int, hidden_dtype: torch.dtype, items_dtype: torch.dtype,
+               limit: int = H200_SHARED_MEMORY) -> triton_shared.SharedConfig:
+    return triton_shared.fit_config(triton_shared.gpu_config(dim, 132), dim=dim, hidden_dtype=hidden_dtype,
+                                    items_dtype=items_dtype, limit=limit)
+
+
+@pytest.mark.parametrize("dtypes", list(DTYPE_PAIRS))
+@pytest.mark.parametrize("dim", [64, 96, 128, 256, 512])
+def test_h200_tiles_are_the_tuned_ones_or_the_first_smaller_step_that_fits(dim: int, dtypes: str) -> None:
+    """Each kernel launches its tuned tiles where their estimated shared memory (kernels.tile_memory) fits
+    an H200, else the first of smaller_tiles' steps that does (fewer stages before smaller blocks): no
+    compilation is refused for shared memory, and no tiles are smaller than the estimate asks.
+    benchmarks/kernel_ptx.py --shared-memory compiles these tiles and checks the estimate against Triton."""
+    hidden_dtype, items_dtype = DTYPE_PAIRS[dtypes]
+    tuned, chosen = triton_shared.gpu_config(dim, 132), h200_tiles(dim, hidden_dtype, items_dtype)
+    shrunk = H200_SHRUNK.get((dim, dtypes), {})
+    for kernel in KERNELS:
+        start, tiles = getattr(tuned, kernel), getattr(chosen, kernel)
+        if start is None:
+            assert tiles is None, kernel
+            continue
+
+        def need(config: triton_shared.BlockConfig, kernel: str = kernel) -> int:
+            return triton_shared.shared_memory_bytes(kernel, config, dim=dim, hidden_dtype=hidden_dtype,
+                                                     items_dtype=items_dtype)
+
+        expected = start
+        if kernel in shrunk:
+            block_m, block_n, num_stages = shrunk[kernel]
+            expected = dataclasses.replace(start, block_m=block_m, block_n=block_n, num_stages=num_stages)
+        assert tiles == expected, f"{kernel}: {tiles}"
+        assert need(tiles) <= H200_SHARED_MEMORY, f"{kernel}: {need(tiles)} bytes"
+        steps = [start]
+        while steps[-1] != tiles:
+            smaller = triton_shared.smaller_tiles(steps[-1])
+            assert smaller is not None, f"{kernel}: {tiles} is not a step down from {start}"
+            steps.append(smaller)
+        assert all(need(step) > H200_SHARED_MEMORY for step in steps[:-1]), f"{kernel}: smaller than needed"
+    assert (chosen.target_programs, chosen.fused_max_negatives) == (tuned.target_programs,
+                                                                    tuned.fused_max_negatives)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch):
+    """torch.cuda reports a GPU with 132 multiprocessors and `shared` bytes of opt-in shared memory per
+    block (call the fixture's value with it); the cached device lookups are cleared before and after."""
+    caches = (triton_shared.default_config, triton_shared.shared_memory_limit,
+              triton_shared._cuda_launch_config)
+
+    def install(shared: int) -> None:
+        properties = types.SimpleNamespace(multi_processor_count=132, shared_memory_per_block_optin=shared)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: properties)
+        for cache in caches:
+            cache.cache_clear()
+
+    yield install
+    for cache in caches:
+        cache.cache_clear()
+
+
+@pytest.mark.parametrize("shared", [H200_SHARED_MEMORY, 101_376])
+def test_launch_tiles_fit_the_devices_shared_memory(fake_gpu, shared: int) -> None:
+    """launch_config fits the tiles to the shared memory the device reports (101,376 bytes: 99 KiB, as on
+    an RTX 4090 or an L4), for each dtype at d = 512."""
+    fake_gpu(shared)
+    cuda = torch.device("cuda")
+    for hidden_dtype, items_dtype in DTYPE_PAIRS.values():
+        config = triton_shared.launch_config(cuda, 512, hidden_dtype, items_dtype)
+        assert config == h200_tiles(512, hidden_dtype, items_dtype, limit=shared)
+        for kernel in ("forward", "grad_hidden", "grad_items"):
+            need = triton_shared.shared_memory_bytes(kernel, getattr(config, kernel), dim=512,
+                                                     hidden_dtype=hidden_dtype, items_dtype=items_dtype)
+            assert need <= shared, (kernel, getattr(config, kernel), need)
+    assert triton_shared.launch_config(torch.device("cpu"), 512, torch.float32, torch.float32) == (
+        triton_shared.default_config(torch.device("cpu"), 512))
+
+
+@pytest.mark.parametrize("scheme", ["full", "shared", "sequence"])
+def test_h200_tiles_at_d512_float32_match_float64(scheme: str) -> None:
+    """The tiles an H200 launches for float32 rows of d = 512 (smaller than the tuned ones: 64x32 and
+    32x64), run by the interpreter across ragged row blocks and negative tiles."""
+    config = h200_tiles(512, torch.float32, torch.float32)
+    assert config.forward.block_n == 32 and config.grad_items.block_n == 64
+    rows_per_sequence = 35 if scheme == "sequence" else 1
+    case = make_case(scheme, num_rows=70, num_items=83 if scheme == "full" else 300, num_negatives=83,
+                     dim=512, rows_per_sequence=rows_per_sequence, seed=512)
+    kernel, reference = run_both(case, scheme=scheme, rows_per_sequence=rows_per_sequence,
+                                 config=dataclasses.replace(config, target_programs=8))
+    assert_matches(kernel, reference, TOLERANCE[torch.float32])

@@ -1,0 +1,74 @@
+"""The shared memory that a dense-negative kernel (kernels.triton_shared) needs for given tiles, in bytes.
+
+A compiled Triton kernel records the shared memory it needs (`shared` in its metadata); the GPU refuses to
+load it when that exceeds the card's per-block opt-in limit (Triton raises OutOfResources), and trying
+smaller tiles costs one compilation each, up to minutes for wide float32 tiles. This estimate lets the tiles
+be chosen before the first compilation. It counts what Triton 3.6 and 3.7 stage in shared memory when they
+compile the kernels for sm_90 (`benchmarks/kernel_ptx.py --shared-memory` compiles them and compares;
+notes/kernel-shared.md has the measurements):
+
+- The operands of `tl.dot`. One tile is loaded inside the loop ("streamed": the item rows [block_n, d] in
+  forward, grad_hidden and the fused backward; the hidden rows [block_m, d] in grad_items), one before it
+  ("resident", one copy; two in the fused backward with MMA v2, whose third dot reads the hidden rows as
+  its B operand). Both are staged in the hidden dtype (item rows are converted to it); float32
+  item rows streamed for half hidden rows are staged as loaded, plus one converted copy.
+- The software pipeline keeps `num_stages` buffers of the streamed tile where the dots run on Hopper's
+  warpgroup MMA (half-precision operands, at least 64 rows on the MMA's M side: block_m, or block_n in
+  grad_items) and `num_stages - 1` otherwise (float32 FMA dots, MMA v2). Item rows gathered through
+  negative ids (shared and per-sequence negatives) are often pipelined less deep (not in grad_hidden with
+  128 negatives a tile or more), never deeper. With one stage nothing is pipelined, and the two dots of a
+  backward kernel may each stage their own copy: 2.
+- A [block_m, block_n] float32 tile of softmax gradients passed to the backward's second dot through
+  shared memory (not with the warpgroup MMA of a pipelined loop on one warpgroup, 4 warps, which reads it
+  from registers); in the fused backward always (its third dot reads it transposed).
+- In the fused backward, its [block_n, d] float32 share of the tile gradient, staged for the atomic adds.
+- Per-row values pipelined with the streamed tile (log-sum-exp, gradient, target, negative id, offset):
+  at most 12 bytes a row and a stage.
+
+The estimate is at least the compiled need at each of 3,894 kernels compiled with Triton 3.6.0 (d 64, 128,
+256, 512; tiles 16x16 to 128x128 and 64x256; 1-4 stages; 4 warps, and 8 in the fused backward; bf16, fp16,
+fp32, bf16 hidden with fp32 items; full, shared, per sequence, fused backward) and at each of 1,800 with
+Triton 3.7.1 (4 and 8 warps). With 2 or more stages, 4 warps and the catalogue in order it is tight (median
+1.02x the compiled need, at most 1.34x; float32 at most 1.07x); it counts more than Triton allocates for
+gathered item rows (median 1.04x, up to 3.0x), float32 items for half rows (up to 3.0x), 8 warps, the fused
+backward and one stage (up to 6.4x).
+"""
+
+from __future__ import annotations
+
+KERNELS = ("forward", "grad_hidden", "grad_items", "fused_backward")
+# The rows on the M side of a warpgroup MMA: with fewer, Triton uses MMA v2 (Ampere's instructions).
+WGMMA_MIN_ROWS = 64
+ROW_VALUE_BYTES = 12
+
+
+def shared_memory_bytes(kernel: str, *, block_m: int, block_n: int, num_stages: int, num_warps: int,
+                        block_d: int, hidden_bytes: int, items_bytes: int) -> int:
+    """Estimated shared memory of one launch of `kernel` (one of KERNELS) with tiles of block_m rows and
+    block_n negatives, rows padded to block_d, hidden and item elements of the given sizes."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel: expected one of {', '.join(KERNELS)}, got {kernel!r}")
+    if kernel == "grad_items":
+        streamed_rows, streamed_bytes, resident_rows, mma_rows = block_m, hidden_bytes, block_n, block_n
+    else:
+        streamed_rows, streamed_bytes, resident_rows, mma_rows = block_n, items_bytes, block_m, block_m
+    warpgroup_mma = hidden_bytes == 2 and mma_rows >= WGMMA_MIN_ROWS
+    converted = streamed_bytes != hidden_bytes
+    if num_stages == 1:
+        buffers = 2
+    elif warpgroup_mma and not converted:
+        buffers = num_stages
+    else:
+        buffers = num_stages - 1
+    streamed = buffers * streamed_rows * block_d * streamed_bytes
+    if converted:
+        streamed += streamed_rows * block_d * hidden_bytes
+    resident = resident_rows * block_d * hidden_bytes
+    if kernel == "fused_backward" and hidden_bytes == 2 and not warpgroup_mma:
+        resident *= 2  # MMA v2 stages the hidden rows once as the A operand, once as the B operand
+    scores = 0
+    in_registers = warpgroup_mma and num_stages > 1 and num_warps <= 4
+    if kernel == "fused_backward" or (kernel != "forward" and not in_registers):
+        scores = block_m * block_n * 4
+    tile_gradient = block_n * block_d * 4 if kernel == "fused_backward" else 0
+    return streamed + resident + scores + tile_gradient + ROW_VALUE_BYTES * streamed_rows * num_stages

@@ -12,6 +12,7 @@ users each evaluation scores (eval_users) and whether it is in the model's sampl
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -116,10 +117,24 @@ SCALE_CATALOGUES = {
 SCALE_EVAL_USERS = {"c100k": 200, "c1m": 100, "c10m": 100}
 
 
-def _scale(name: str, catalogue: str, **settings: Any) -> dict[str, Any]:
-    return {"name": name, "set": "catalogue", "catalogue": catalogue,
-            "eval_users": SCALE_EVAL_USERS[catalogue],
-            "config": {**COMMON, "dataset": SCALE_CATALOGUES[catalogue], **settings}}
+def _catalogue_case(set_name: str, catalogues: dict[str, str], eval_users: dict[str, int], name: str,
+                    catalogue: str, **settings: Any) -> dict[str, Any]:
+    """One configuration of a catalogue-scale set, on that set's log `catalogues[catalogue]`."""
+    return {"name": name, "set": set_name, "catalogue": catalogue, "eval_users": eval_users[catalogue],
+            "config": {**COMMON, "dataset": catalogues[catalogue], **settings}}
+
+
+def _grid_cases(set_name: str, catalogues: dict[str, str], eval_users: dict[str, int],
+                grid: dict[str, list[tuple[str, str, int, int, int, int]]]) -> list[dict[str, Any]]:
+    """The configurations of a set's grid: (impl, scope, K, batch, length, d) per catalogue."""
+    return [_catalogue_case(set_name, catalogues, eval_users,
+                            _scale_name(catalogue, impl, scope, k, b, length, d), catalogue,
+                            **(_fused if impl == "triton" else _torch)(scope, k, b, length, d))
+            for catalogue, rows in grid.items()
+            for impl, scope, k, b, length, d in rows]
+
+
+_scale = functools.partial(_catalogue_case, "catalogue", SCALE_CATALOGUES, SCALE_EVAL_USERS)
 
 
 def _fused(scope: str, k: int, b: int, length: int, d: int) -> dict[str, Any]:
@@ -191,12 +206,8 @@ def _scale_name(catalogue: str, impl: str, scope: str, k: int, b: int, length: i
     return f"{catalogue}-{scope}-{impl}{negatives}-b{b}-l{length}-d{d}"
 
 
-CATALOGUE_CASES: list[dict[str, Any]] = [
-    _scale(_scale_name(catalogue, impl, scope, k, b, length, d), catalogue,
-           **(_fused if impl == "triton" else _torch)(scope, k, b, length, d))
-    for catalogue, grid in _SCALE_GRID.items()
-    for impl, scope, k, b, length, d in grid
-] + [
+CATALOGUE_CASES: list[dict[str, Any]] = _grid_cases("catalogue", SCALE_CATALOGUES, SCALE_EVAL_USERS,
+                                                     _SCALE_GRID) + [
     # Issue 11's two points (measured by an independent check before the model was fixed: 64.4 GiB
     # process peak against 91.2 predicted, and 15.2 against 18.0); in the model's sample.
     {**_scale("c1m-issue11-position-torch-k2048-b256-l200-d64", "c1m",
@@ -269,18 +280,8 @@ _SCALE2_GRID: dict[str, list[tuple[str, str, int, int, int, int]]] = {
 }
 
 
-def _scale2(name: str, catalogue: str, **settings: Any) -> dict[str, Any]:
-    return {"name": name, "set": "catalogue2", "catalogue": catalogue,
-            "eval_users": SCALE2_EVAL_USERS[catalogue],
-            "config": {**COMMON, "dataset": SCALE2_CATALOGUES[catalogue], **settings}}
-
-
-CATALOGUE2_CASES: list[dict[str, Any]] = [
-    _scale2(_scale_name(catalogue, impl, scope, k, b, length, d), catalogue,
-            **(_fused if impl == "triton" else _torch)(scope, k, b, length, d))
-    for catalogue, grid in _SCALE2_GRID.items()
-    for impl, scope, k, b, length, d in grid
-]
+CATALOGUE2_CASES: list[dict[str, Any]] = _grid_cases("catalogue2", SCALE2_CATALOGUES, SCALE2_EVAL_USERS,
+                                                      _SCALE2_GRID)
 
 # --- the third catalogue set (issue 11, out of sample for the model fixed after catalogue2) -------------
 
@@ -339,18 +340,9 @@ _SCALE3_GRID: dict[str, list[tuple[str, str, int, int, int, int]]] = {
 }
 
 
-def _scale3(name: str, catalogue: str, **settings: Any) -> dict[str, Any]:
-    return {"name": name, "set": "catalogue3", "catalogue": catalogue,
-            "eval_users": SCALE3_EVAL_USERS[catalogue],
-            "config": {**COMMON, "dataset": SCALE3_CATALOGUES[catalogue], **settings}}
-
-
-CATALOGUE3_CASES: list[dict[str, Any]] = [
-    _scale3(_scale_name(catalogue, impl, scope, k, b, length, d), catalogue,
-            **(_fused if impl == "triton" else _torch)(scope, k, b, length, d))
-    for catalogue, grid in _SCALE3_GRID.items()
-    for impl, scope, k, b, length, d in grid
-] + [
+_scale3 = functools.partial(_catalogue_case, "catalogue3", SCALE3_CATALOGUES, SCALE3_EVAL_USERS)
+CATALOGUE3_CASES: list[dict[str, Any]] = _grid_cases("catalogue3", SCALE3_CATALOGUES, SCALE3_EVAL_USERS,
+                                                      _SCALE3_GRID) + [
     # SASRec's own loss (BCE, one negative per position in the paper; 256 here) through the same
     # [N, K, d] gather as CE- per position.
     _scale3("c3-1m-bce-position-k256-b256-l200-d64", "c3-1m", loss="bce", negative_scope="position",
@@ -417,18 +409,9 @@ _SCALE4_GRID: dict[str, list[tuple[str, str, int, int, int, int]]] = {
 }
 
 
-def _scale4(name: str, catalogue: str, **settings: Any) -> dict[str, Any]:
-    return {"name": name, "set": "catalogue4", "catalogue": catalogue,
-            "eval_users": SCALE4_EVAL_USERS[catalogue],
-            "config": {**COMMON, "dataset": SCALE4_CATALOGUES[catalogue], **settings}}
-
-
-CATALOGUE4_CASES: list[dict[str, Any]] = [
-    _scale4(_scale_name(catalogue, impl, scope, k, b, length, d), catalogue,
-            **(_fused if impl == "triton" else _torch)(scope, k, b, length, d))
-    for catalogue, grid in _SCALE4_GRID.items()
-    for impl, scope, k, b, length, d in grid
-] + [
+_scale4 = functools.partial(_catalogue_case, "catalogue4", SCALE4_CATALOGUES, SCALE4_EVAL_USERS)
+CATALOGUE4_CASES: list[dict[str, Any]] = _grid_cases("catalogue4", SCALE4_CATALOGUES, SCALE4_EVAL_USERS,
+                                                      _SCALE4_GRID) + [
     # gSASRec's loss per position, through the same [N, K, d] gather as CE- per position.
     _scale4("c4-1m-gbce-position-k128-b256-l200-d128", "c4-1m", loss="gbce", negative_scope="position",
             num_negatives=128, batch_size=256, max_len=200, hidden=128),

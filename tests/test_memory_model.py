@@ -355,6 +355,19 @@ def measured_rows(path: Path) -> list[dict[str, str]]:
                 and not float(row.get("alloc_retries") or 0)]
 
 
+def committed_predictions(commit: str) -> dict[str, float]:
+    """predicted_peak_bytes by configuration name, from the predictions committed before the GPU measured
+    them (results/memory-catalogue/predictions-<commit>.csv)."""
+    with open(CATALOGUE_RESULTS / f"predictions-{commit}.csv", newline="") as handle:
+        return {row["name"]: float(row["predicted_peak_bytes"]) for row in csv.DictReader(handle)}
+
+
+def committed_errors(committed: dict[str, float], rows: list[dict[str, str]]) -> dict[str, float]:
+    """(committed prediction - measured process peak) / measured, by configuration name."""
+    return {row["name"]: (committed[row["name"]] - float(row["measured_peak_bytes"]))
+            / float(row["measured_peak_bytes"]) for row in rows}
+
+
 def current_errors(rows: list[dict[str, str]], measure: str = "measured_peak_bytes", *,
                    workspaces_warmed: bool = False) -> dict[str, float]:
     """(prediction of the current model - measured) / measured for each row, by configuration name. The
@@ -414,12 +427,10 @@ def test_catalogue2_out_of_sample_result() -> None:
     K=4096 d=256 at 10^5 items -12.6%, PyTorch drawn at 10^7 items +41.5%."""
     assert CATALOGUE2_MODEL_COMMIT is not None
     path = CATALOGUE_RESULTS / f"measured-{CATALOGUE2_MODEL_COMMIT}.csv"
-    with open(CATALOGUE_RESULTS / f"predictions-{CATALOGUE2_MODEL_COMMIT}.csv", newline="") as handle:
-        committed = {row["name"]: float(row["predicted_peak_bytes"]) for row in csv.DictReader(handle)}
+    committed = committed_predictions(CATALOGUE2_MODEL_COMMIT)
     rows = [row for row in measured_rows(path) if row["name"] in committed]
     assert len(rows) == 36
-    errors = {row["name"]: (committed[row["name"]] - float(row["measured_peak_bytes"]))
-              / float(row["measured_peak_bytes"]) for row in rows}
+    errors = committed_errors(committed, rows)
     assert 0.05 <= statistics.median(abs(e) for e in errors.values()) <= 0.06
     outside = {name: round(e, 3) for name, e in errors.items() if not -0.10 <= e <= 0.25}
     assert outside == {"c2-100k-full-torch-b256-l200-d128": -0.217,
@@ -463,12 +474,10 @@ def test_catalogue3_out_of_sample_result() -> None:
     -4.0..+7.6%."""
     assert CATALOGUE3_MODEL_COMMIT is not None
     path = CATALOGUE_RESULTS / f"measured-{CATALOGUE3_MODEL_COMMIT}.csv"
-    with open(CATALOGUE_RESULTS / f"predictions-{CATALOGUE3_MODEL_COMMIT}.csv", newline="") as handle:
-        committed = {row["name"]: float(row["predicted_peak_bytes"]) for row in csv.DictReader(handle)}
+    committed = committed_predictions(CATALOGUE3_MODEL_COMMIT)
     rows = [row for row in measured_rows(path) if row["name"] in committed]
     assert len(rows) == 34
-    errors = {row["name"]: (committed[row["name"]] - float(row["measured_peak_bytes"]))
-              / float(row["measured_peak_bytes"]) for row in rows}
+    errors = committed_errors(committed, rows)
     assert 0.075 <= statistics.median(abs(e) for e in errors.values()) <= 0.08
     outside = {name: round(e, 3) for name, e in errors.items() if not -0.10 <= e <= 0.25}
     assert outside == {"c3-100k-position-torch-k1024-b64-l200-d256": -0.101}
@@ -626,17 +635,14 @@ def test_catalogue4_meets_the_criterion_out_of_sample() -> None:
     Until then: the committed predictions cover the set."""
     if CATALOGUE4_MODEL_COMMIT is None:
         pytest.skip("no predictions committed for --set catalogue4 yet")
-    with open(CATALOGUE_RESULTS / f"predictions-{CATALOGUE4_MODEL_COMMIT}.csv", newline="") as handle:
-        committed = {row["name"]: float(row["predicted_peak_bytes"]) for row in csv.DictReader(handle)}
+    committed = committed_predictions(CATALOGUE4_MODEL_COMMIT)
     assert set(committed) == {case["name"] for case in validation_module().SETS["catalogue4"]}
     path = CATALOGUE_RESULTS / f"measured-{CATALOGUE4_MODEL_COMMIT}.csv"
     if not path.is_file():
         pytest.skip(f"{path.name} not measured yet")
     rows = [row for row in measured_rows(path) if row["name"] in committed]
     assert len(rows) >= 30, f"only {len(rows)} usable measured rows in {path.name}"
-    for errors in ({row["name"]: (committed[row["name"]] - float(row["measured_peak_bytes"]))
-                    / float(row["measured_peak_bytes"]) for row in rows},
-                   current_errors(rows, workspaces_warmed=True)):
+    for errors in (committed_errors(committed, rows), current_errors(rows, workspaces_warmed=True)):
         assert statistics.median(abs(e) for e in errors.values()) <= 0.10, errors
         under = {name: e for name, e in errors.items() if e < -0.10}
         over = {name: e for name, e in errors.items() if e > 0.25}

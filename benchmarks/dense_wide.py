@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from kernel_trees import parse_trees, tree_environment
 
 CASES = [("full", "float32"), ("shared", "float32"), ("full", "bfloat16"), ("shared", "bfloat16")]
 DIM, ROWS, FULL_CATALOGUE, SHARED_CATALOGUE, NEGATIVES = 512, 8192, 32_768, 100_000, 4096
@@ -72,20 +73,14 @@ def main() -> int:
         return 0
     if not args.trees or not args.out:
         parser.error("--trees and --out are required")
-    trees = dict(pair.split("=", 1) for pair in args.trees.split(","))
-    for name, folder in trees.items():
-        if not (Path(folder) / "kernels" / "__init__.py").is_file():
-            parser.error(f"--trees: {name}={folder} has no kernels/__init__.py")
+    trees = parse_trees(parser, args.trees)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for scheme, dtype in CASES:
         for name, folder in trees.items():
             row: dict = {"tree": name, "scheme": scheme, "dtype": dtype, "dim": DIM, "rows": ROWS}
             with tempfile.TemporaryDirectory() as cache:
-                env = dict(os.environ, TRITON_CACHE_DIR=cache,
-                           PYTHONPATH=os.pathsep.join([str(Path(folder).resolve()),
-                                                       os.environ.get("PYTHONPATH", "")]))
-                env.pop("TRITON_INTERPRET", None)
+                env = tree_environment(folder, TRITON_CACHE_DIR=cache)
                 start = time.perf_counter()
                 try:
                     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", scheme,

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from kernel_trees import parse_trees, tree_environment
 
 CASES = [(4096, 64), (16384, 64), (4096, 256), (16384, 256)]
 
@@ -60,20 +61,15 @@ def main() -> int:
         return 0
     if not args.trees or not args.out:
         parser.error("--trees and --out are required")
-    trees = dict(pair.split("=", 1) for pair in args.trees.split(","))
-    for name, folder in trees.items():
-        if not (Path(folder) / "kernels" / "__init__.py").is_file():
-            parser.error(f"--trees: {name}={folder} has no kernels/__init__.py")
+    trees = parse_trees(parser, args.trees)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for attempt in (1, 2):
         for name, folder in trees.items():
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(folder).resolve()),
-                                                               os.environ.get("PYTHONPATH", "")]))
-            env.pop("TRITON_INTERPRET", None)
             done = subprocess.run([sys.executable, __file__, "--worker", "--rows", str(args.rows),
                                    "--catalogue", str(args.catalogue)],
-                                  env=env, capture_output=True, text=True, cwd="/", timeout=300)
+                                  env=tree_environment(folder), capture_output=True, text=True, cwd="/",
+                                  timeout=300)
             if done.returncode != 0:
                 print(f"{name}: exit {done.returncode}\n{done.stderr[-2000:]}", flush=True)
                 continue

@@ -19,6 +19,7 @@ from sweep_faults import hold_write_lock
 
 from study.config import METRIC_KS, TrainConfig
 from study.database.results_db import (
+    CONFIG_COLUMNS,
     EPOCH_COLUMNS,
     METRIC_NAMES,
     TRIAL_COLUMNS,
@@ -124,6 +125,18 @@ def test_schema_has_agreed_columns() -> None:
     assert agreed <= set(TRIAL_COLUMNS)
     assert {"trial_id", "epoch", "train_loss", "epoch_seconds", "eval_seconds", "sequences_per_second",
             "steps", "val_ndcg_10", "val_coverage_100"} <= set(EPOCH_COLUMNS)
+
+
+def test_docs_name_every_column() -> None:
+    """docs/database.md is the schema users query by: every column of `trials` and `epochs` is named
+    there (metric columns through their documented patterns), and every TrainConfig field in its list."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "database.md").read_text()
+    patterns = {f"{prefix}{stage}_{name}_{k}" for prefix in ("", "pop_") for stage in ("val", "test")
+                for name in METRIC_NAMES for k in METRIC_KS}
+    undocumented = [column for column in [*TRIAL_COLUMNS, *EPOCH_COLUMNS]
+                    if f"`{column}`" not in doc and column not in patterns]
+    assert not undocumented, f"docs/database.md does not name: {undocumented}"
+    assert all(f"`{field}`" in doc for field in CONFIG_COLUMNS)
 
 
 def test_round_trip_of_a_record(tmp_path: Path) -> None:

@@ -9,7 +9,9 @@
 #   STOP_AFTER=170 bash benchmarks/study_session.sh sweeps/study-ml1m.toml=results/study/study-ml1m.sqlite ...
 # Then copy $OUT/*.sqlite over results/study/ and commit them (the next call resumes from them).
 # Environment: STOP_AFTER (s, default 170): no trial starts later; DRIVER_TIMEOUT (s, default 540): a driver
-# still running then is killed (its finished trials are in the database already).
+# still running then is killed (its finished trials are in the database already); SWEEP_ARGS: more arguments
+# for every driver's `cce-study sweep`, e.g. SWEEP_ARGS="--retry predicted_over_budget" (re-plan the rows an
+# older memory model skipped) or "--new-spec-version" (a spec extended since its database recorded it).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out" /tmp/wh
@@ -52,7 +54,7 @@ for pair in "$@"; do
   target=${pair%@*} spec=${target%%=*} db=${target#*=}
   name=$(basename "$spec" .toml)
   timeout "${DRIVER_TIMEOUT:-540}" python3 -m study.cli sweep "$spec" --db "$db" --resume \
-    --address "127.0.0.1:${port_of[$cards]}" --stop-after "${STOP_AFTER:-170}" > "$logs/$name.log" 2>&1 &
+    --address "127.0.0.1:${port_of[$cards]}" --stop-after "${STOP_AFTER:-170}" ${SWEEP_ARGS:-} > "$logs/$name.log" 2>&1 &
 done
 wait
 ray stop --force > /dev/null 2>&1

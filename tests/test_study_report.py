@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from study import cli
+from study.analysis import pareto
 from study.analysis.study_report import (
     best_under_budgets,
     configurations,
@@ -73,6 +74,43 @@ def test_seeds_of_a_configuration_aggregate_across_databases(study_dbs: list[Pat
     assert configs.loc[("torch", "position", 64, 64), "seeds"] == 1
     assert math.isnan(configs.loc[("torch", "position", 64, 64), "val_sd"])
     assert ("torch", "position", 1024, 1024) not in configs.index  # never ran
+
+
+def seed_record(seed: int, ndcg: float, *, gpu: str = "NVIDIA H200", device: str = "cuda",
+                budget: str = "40GiB", host: str = "a", sha: str = "a" * 64, requested: str = "triton",
+                ran: str = "triton", lr: float = 1e-3) -> TrialRecord:
+    """One seed of K=256, B=128 on ml-1m, with where and how it ran chosen."""
+    config = TrainConfig(dataset="ml-1m", loss="ce-neg", num_negatives=256, batch_size=128, max_len=50,
+                         loss_impl=requested, seed=seed, device=device, memory_budget=budget,  # type: ignore[arg-type]
+                         lr=lr)
+    return TrialRecord(status="ok", config=config.to_dict(), loss_impl=ran,  # type: ignore[arg-type]
+                       val_metrics={"ndcg@10": ndcg}, test_metrics={"ndcg@10": ndcg - 0.01},
+                       memory=MemoryReport(nvml_process_peak=GIB, gpu_name=gpu), mean_epoch_seconds=1.0,
+                       steady_epoch_seconds=1.0, stop_reason="early_stopping", host=host,
+                       dataset_sha256=sha, device=f"{device}:0")
+
+
+def test_one_grouping_of_seeds_for_every_analysis(tmp_path: Path) -> None:
+    """Seed repeats live in sweeps of their own and may run on other cards, devices, hosts and under
+    another enforced budget: still one configuration, in the study report and in `best` / `pareto`
+    alike. Another dataset file, training setting or implementation that ran is another configuration."""
+    grid = write(tmp_path / "grid.sqlite", "grid", [seed_record(0, 0.20)])
+    seeds = write(tmp_path / "seeds.sqlite", "seeds", [
+        seed_record(1, 0.22, gpu="NVIDIA H100 80GB HBM3", device="auto", budget="16GiB", host="b"),
+        seed_record(2, 0.21, requested="auto"),  # resolved to the fused loss, as seed 0 asked outright
+        seed_record(0, 0.30, sha="b" * 64),  # another copy of "ml-1m"
+        seed_record(0, 0.31, lr=5e-4),
+        seed_record(0, 0.32, ran="torch", requested="auto"),
+    ])
+    trials = load_study([grid, seeds])
+    in_report = {frozenset(ids.split(",")) for ids in configurations(trials)["trial_ids"]}
+    table = pareto.pareto_table(trials, aggregate_seeds=True)
+    in_pareto = {frozenset(ids.split(",")) for ids in table["trial_ids"]}
+    assert in_report == in_pareto == {frozenset({"grid-0", "seeds-0", "seeds-1"}), frozenset({"seeds-2"}),
+                                      frozenset({"seeds-3"}), frozenset({"seeds-4"})}
+    three = table[table["num_seeds"] == 3].iloc[0]
+    assert three["quality"] == pytest.approx(0.21) and three["seed"] == "0,1,2"
+    assert three["gpu_name"] == "NVIDIA H200,NVIDIA H100 80GB HBM3" and three["sweep"] == "grid,seeds"
 
 
 def test_best_under_each_budget_per_implementation(study_dbs: list[Path]) -> None:

@@ -33,7 +33,7 @@ from matplotlib.lines import Line2D
 from study.analysis import pareto
 from study.analysis.pareto import GIB
 from study.analysis.report import markdown_table
-from study.database.results_db import load_trials
+from study.database.results_db import load_trials, name_dataset_copies
 from study.units import parse_budget
 
 IMPL_LABELS = {"triton": "fused (Triton)", "torch": "PyTorch"}
@@ -52,25 +52,23 @@ def load_study(paths: Sequence[str | Path]) -> pd.DataFrame:
     frames = [load_trials(path).assign(database=str(path)) for path in paths]
     if not frames:
         raise ValueError("db: give at least one results database")
-    return pd.concat(frames, ignore_index=True)
+    return name_dataset_copies(pd.concat(frames, ignore_index=True))
 
 
 def configurations(trials: pd.DataFrame, *, metric: str = "ndcg@10") -> pd.DataFrame:
-    """One row per configuration run `ok` (every setting but the seed, and the implementation that ran):
-    `val_mean`, `val_sd`, `test_mean`, `test_sd` of `metric`, `seeds`, `memory_bytes` (the largest peak
-    of its seeds), `epoch_seconds` (mean steady-state time per epoch), `time_capped` (seeds cut by the
-    time limit), `trial_ids`."""
+    """One row per configuration run `ok`, its seeds grouped as everywhere in the analysis
+    (`pareto.seed_groups`): `val_mean`, `val_sd`, `test_mean`, `test_sd` of `metric`, `seeds`,
+    `memory_bytes` (the largest peak of its seeds), `epoch_seconds` (mean steady-state time per epoch),
+    `time_capped` (seeds cut by the time limit), `trial_ids`."""
     val_column, test_column = pareto.metric_column(metric, "val"), pareto.metric_column(metric, "test")
     ok = trials[trials["status"] == "ok"].copy()
     ok["epoch_seconds"] = pareto.epoch_time(ok)
     ok["time_capped"] = ok.get("stop_reason", pd.Series(index=ok.index, dtype=object)) == "time_limit"
-    keys = [c for c in pareto.config_key_columns(ok, exclude=("gpu_name",))
-            if c not in ("device", "memory_budget")]
-    keys += [c for c in pareto.GROUP_COLUMNS if c not in keys]
     if ok.empty:
-        return pd.DataFrame(columns=[*keys, "val_mean", "val_sd", "test_mean", "test_sd", "seeds",
-                                     "memory_bytes", "epoch_seconds", "time_capped", "trial_ids"])
-    grouped = ok.groupby(keys, dropna=False, sort=True)
+        return pd.DataFrame(columns=[*pareto.seed_key_columns(ok), "val_mean", "val_sd", "test_mean",
+                                     "test_sd", "seeds", "memory_bytes", "epoch_seconds", "time_capped",
+                                     "trial_ids"])
+    grouped = pareto.seed_groups(ok, sort=True)
     table = grouped.agg(
         val_mean=(val_column, "mean"), val_sd=(val_column, "std"), test_mean=(test_column, "mean"),
         test_sd=(test_column, "std"), seeds=(val_column, "size"), memory_bytes=("peak_bytes", "max"),

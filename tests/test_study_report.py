@@ -14,11 +14,11 @@ from study.analysis import pareto
 from study.analysis.study_report import (
     best_under_budgets,
     configurations,
-    differs,
     load_study,
     scaling_claim,
     scope_comparison,
     seed_candidates,
+    versus,
 )
 from study.config import TrainConfig
 from study.database.results_db import ResultsDB
@@ -120,14 +120,26 @@ def test_best_under_each_budget_per_implementation(study_dbs: list[Path]) -> Non
     assert best[(16.0, "fused (Triton)")] == (1024, 1024)
     assert best[(16.0, "PyTorch")] == (64, 64)  # its K=1024 trial took 20 GiB
     assert best[(40.0, "PyTorch")] == (1024, 64)
+    verdicts = {(row["budget GiB"], row["impl"]): row["vs runner-up"] for _, row in table.iterrows()}
+    # 0.180 +- 0.010 (3 seeds) against (64, 1024)'s one seed at 0.160: beyond the spread.
+    assert verdicts[(8.0, "fused (Triton)")] == "ahead of runner-up: (64, 1024, 50) 0.1600 (1 seed)"
+    # 0.188 +- 0.002 against 0.180 +- 0.010: the gap is inside the larger sd.
+    assert verdicts[(16.0, "fused (Triton)")] == (
+        "tied with runner-up (within sd): (1024, 64, 50) 0.1800 ± 0.0100 (3)")
+    assert verdicts[(16.0, "PyTorch")] == "no runner-up"
+    assert verdicts[(40.0, "PyTorch")] == "unknown (one seed): (64, 64, 50) 0.1490 (1 seed)"
 
 
 def test_differences_inside_the_spread_are_no_difference() -> None:
     a = pd.Series({"val_mean": 0.190, "val_sd": 0.004, "seeds": 3})
-    assert differs(a, pd.Series({"val_mean": 0.187, "val_sd": 0.001, "seeds": 3})) == "same (within sd)"
-    assert differs(a, pd.Series({"val_mean": 0.180, "val_sd": 0.001, "seeds": 3})) == "better"
-    assert differs(pd.Series({"val_mean": 0.17, "val_sd": 0.001, "seeds": 3}), a) == "worse"
-    assert differs(a, pd.Series({"val_mean": 0.180, "val_sd": math.nan, "seeds": 1})) == "unknown (one seed)"
+    assert versus(a, pd.Series({"val_mean": 0.187, "val_sd": 0.001, "seeds": 3})) == "same (within sd)"
+    assert versus(a, pd.Series({"val_mean": 0.180, "val_sd": 0.001, "seeds": 3})) == "better"
+    assert versus(pd.Series({"val_mean": 0.17, "val_sd": 0.001, "seeds": 3}), a) == "worse"
+    # One side with seeds: its spread is what is known; one seed on both sides: nothing is.
+    assert versus(a, pd.Series({"val_mean": 0.188, "val_sd": math.nan, "seeds": 1})) == "same (within sd)"
+    assert versus(a, pd.Series({"val_mean": 0.180, "val_sd": math.nan, "seeds": 1})) == "better"
+    one = pd.Series({"val_mean": 0.190, "val_sd": math.nan, "seeds": 1})
+    assert versus(one, pd.Series({"val_mean": 0.190, "val_sd": math.nan, "seeds": 1})) == "unknown (one seed)"
 
 
 def test_the_scaling_claim_compares_the_best_with_either_axis_alone(study_dbs: list[Path]) -> None:
@@ -135,7 +147,10 @@ def test_the_scaling_claim_compares_the_best_with_either_axis_alone(study_dbs: l
     fused = table.loc["fused (Triton)"]
     assert fused["best (K, B, L)"] == "(1024, 1024, 50)" and fused["both scaled"]
     assert "same (within sd)" in fused["negatives only (B=64)"]  # 0.188 +- 0.002 vs 0.180 +- 0.014
-    assert fused["batch only (K=64)"] == "(64, 1024, 50) 0.1600: best unknown (one seed)"
+    # (64, 1024) ran one seed; the best's three seeds spread by 0.002, far less than the gap of 0.028.
+    assert fused["batch only (K=64)"] == "(64, 1024, 50) 0.1600: best better"
+    torch = table.loc["PyTorch"]  # one seed on both sides
+    assert torch["batch only (K=64)"] == "(64, 64, 50) 0.1490: best unknown (one seed)"
 
 
 def test_scopes_are_compared_with_per_position_at_equal_settings(study_dbs: list[Path]) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.typing import DataFrameGroupBy
 
+from study.analysis import seed_compare
 from study.config import METRIC_KS, TrainConfig
 from study.database import results_db
 from study.units import GiB as GIB  # analysis.GIB: the name the analysis modules use
@@ -355,7 +356,9 @@ def best_per_budget(
     """One row per (dataset, split, budget): the best trial under the budget and the runner-up.
     Columns without a feasible trial are missing values. With `aggregate_seeds` the rows are
     configurations ranked by their mean over seeds; `seeds`, `trial_ids`, `quality_sd` and
-    `test_quality_sd` say over what."""
+    `test_quality_sd` say over what, and the `RUNNER_UP_COLUMNS` are added: the runner-up's K, B, L,
+    spread and seeds, and `vs_runner_up`, whether the best beats it beyond the seeds' spread
+    (`seed_compare`: "better", "same (within sd)" or "unknown (one seed)"; None without a runner-up)."""
     rows = []
     for (dataset, split), group in _groups(trials):
         for budget in budgets:
@@ -378,8 +381,36 @@ def best_per_budget(
             row["runner_up_trial_id"] = runner_up.get("trial_id") if runner_up is not None else None
             row["runner_up_quality"] = runner_up[QUALITY] if runner_up is not None else math.nan
             row["runner_up_memory_gib"] = runner_up[MEMORY] / GIB if runner_up is not None else math.nan
+            if aggregate_seeds:
+                row.update(_runner_up_columns(best, runner_up))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+RUNNER_UP_COLUMNS: tuple[str, ...] = ("runner_up_num_negatives", "runner_up_batch_size", "runner_up_max_len",
+                                      "runner_up_quality_sd", "runner_up_seeds", "vs_runner_up")
+
+
+def versus_runner_up(best: pd.Series | None, runner_up: pd.Series | None) -> str | None:
+    """The best configuration (a row of `feasible_ranking` with `aggregate_seeds`) against the runner-up
+    by `seed_compare.compare` on the validation metric; None where there is no runner-up."""
+    if best is None or runner_up is None:
+        return None
+    return seed_compare.compare_rows(best, runner_up, mean=QUALITY, sd=QUALITY_SD, seeds="num_seeds")
+
+
+def _runner_up_columns(best: pd.Series | None, runner_up: pd.Series | None) -> dict[str, object]:
+    """What `best_per_budget` adds with `aggregate_seeds`: the runner-up's K, B, L, spread and seeds, and
+    the verdict of the best against it (`versus_runner_up`)."""
+    if runner_up is None:
+        return {"runner_up_num_negatives": None, "runner_up_batch_size": None, "runner_up_max_len": None,
+                "runner_up_quality_sd": math.nan, "runner_up_seeds": 0, "vs_runner_up": None}
+    return {"runner_up_num_negatives": runner_up.get("num_negatives"),
+            "runner_up_batch_size": runner_up.get("batch_size"),
+            "runner_up_max_len": runner_up.get("max_len"),
+            "runner_up_quality_sd": runner_up[QUALITY_SD],
+            "runner_up_seeds": int(runner_up.get("num_seeds", 1)),
+            "vs_runner_up": versus_runner_up(best, runner_up)}
 
 
 def scaling_table(
@@ -483,5 +514,6 @@ __all__ = [
     "aggregate_over_seeds", "pareto_table",
     "pareto_frontier",
     "scope", "feasible_ranking", "best_under_budget", "best_per_budget", "scaling_table", "fused_vs_torch",
-    "status_counts", "gpu_total_bytes", "format_gib", "SUMMARY_COLUMNS",
+    "status_counts", "gpu_total_bytes", "format_gib", "SUMMARY_COLUMNS", "RUNNER_UP_COLUMNS",
+    "versus_runner_up",
 ]

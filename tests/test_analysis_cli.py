@@ -266,8 +266,60 @@ def test_best_ranks_configurations_by_their_mean_over_seeds_across_databases(tmp
     code, out, _ = run(capsys, "best", "--db", str(grid), "--db", str(seeds), "--budgets", "1.3GiB,40GiB")
     assert code == 0
     first, second = out.splitlines()[1:3]
-    assert "a-seed0" in first and "0.24 ± 0.053" in first and first.split()[-3] == "3"
+    header = out.splitlines()[0]
+    seeds_at = header.index(" seeds") + len(" seeds")
+    assert "a-seed0" in first and "0.24 ± 0.053" in first and first[:seeds_at].split()[-1] == "3"
+    assert first.rstrip().endswith("-")  # nothing else fits: no runner-up, no verdict
     assert "b-seed0" in second
     # The same database twice is refused in one line, naming the trial and the files.
     code, _, err = run(capsys, "best", "--db", str(grid), "--db", str(grid), "--budget", "40GiB")
     assert code != 0 and "a-seed0" in err and "grid.sqlite" in err and err.count("\n") == 1
+
+
+def test_best_says_when_the_runner_up_is_within_the_seeds_spread(tmp_path: Path, capsys) -> None:
+    """The games study's case: the best configuration ran one seed (0.0657), the runner-up three
+    (0.0653 +- 0.0015), its seed repeats in a sweep of their own under another enforced budget. A gap of
+    0.0004 inside a spread of 0.0015 is no difference, and every output of `best` and `report` says so."""
+    base = synthetic_sweep(np.random.default_rng(3), negatives=(4096,), batch_sizes=(256,), max_lens=(20, 50),
+                           impls=("triton",))
+    short, long = (t.config for t in base)
+    assert (short.max_len, long.max_len) == (20, 50)
+
+    def trial(name: str, config, quality: float, peak_gib: float) -> SyntheticTrial:
+        return SyntheticTrial(name, config, "ok", "triton", quality, round(peak_gib * GIB), 1.0)
+
+    grid = build_database(tmp_path / "grid.sqlite", [trial("l20-s0", short, 0.0657, 1.23),
+                                                     trial("l50-s0", long, 0.0638, 1.70)])
+    repeats = [trial(f"l50-s{seed}", long.replace(seed=seed, memory_budget="16GiB"), quality, 1.72)
+               for seed, quality in ((1, 0.0653), (2, 0.0668))]
+    seeds = build_database(tmp_path / "seeds.sqlite", repeats, sweep="seeds")
+    both = ["--db", str(grid), "--db", str(seeds)]
+
+    code, out, _ = run(capsys, "best", *both, "--budget", "40GiB")
+    assert code == 0
+    assert "Best vs runner-up: tied with runner-up (within sd) (gap 0.0004" in out
+    assert "runner-up sd 0.0015 over 3 seeds" in out
+    code, out, _ = run(capsys, "best", *both, "--budget", "40GiB", "--json")
+    document = json.loads(out)
+    assert document["vs_runner_up"] == "same (within sd)"
+    assert document["runner_up"]["seeds"] == 3 and document["runner_up"]["max_len"] == 50
+    assert document["runner_up"]["val_ndcg@10_sd"] == pytest.approx(0.0015)
+
+    code, out, _ = run(capsys, "best", *both, "--budgets", "8GiB,40GiB", "--json")
+    rows = json.loads(out)["budgets"]
+    assert [r["vs_runner_up"] for r in rows] == ["same (within sd)"] * 2
+    assert all(r["runner_up_seeds"] == 3 and r["runner_up_max_len"] == 50 for r in rows)
+    assert all(r["runner_up_quality_sd"] == pytest.approx(0.0015) for r in rows)
+    code, out, _ = run(capsys, "best", *both, "--budgets", "8GiB,40GiB")
+    assert code == 0 and "vs runner-up" in out.splitlines()[0]
+    assert all(line.rstrip().endswith("tied with runner-up (within sd)") for line in out.splitlines()[1:])
+    assert "0.0653 ± 0.0015 (3)" in out
+
+    code, out, _ = run(capsys, "report", *both, "--out", str(tmp_path / "report"), "--budgets", "8GiB")
+    text = Path(out.strip()).read_text()
+    budget_row = next(line for line in text.splitlines() if line.startswith("| ml-100k | loo | 8 |"))
+    assert budget_row.endswith("| tied with runner-up (within sd) |")
+
+    # One seed on either side: the spread is unknown, and the answer says so.
+    code, out, _ = run(capsys, "best", "--db", str(grid), "--budget", "40GiB", "--json")
+    assert json.loads(out)["vs_runner_up"] == "unknown (one seed)"

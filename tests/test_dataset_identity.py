@@ -14,7 +14,7 @@ import pytest
 from study.config import TrainConfig
 from study.data import DataError, load_dataset, make_split
 from study.data.preprocess import timestamps_are_positions
-from study.database.results_db import ResultsDB, load_trials
+from study.database.results_db import ResultsDB, load_trials, name_dataset_copies
 from study.record import TrialRecord
 from study.sweep.spec import trial_id
 
@@ -98,6 +98,22 @@ def test_rows_of_two_copies_under_one_name_are_kept_apart(tmp_path: Path) -> Non
         "gowalla@aaaaaaaa", "gowalla@bbbbbbbb", "gowalla", "ml-1m", "ml-1m"]
     assert set(trials["dataset_name"]) == {"gowalla", "ml-1m"}
     assert trials.loc["a", "dataset_source"] == "/copies/aaaaaaaa11"
+
+
+def test_databases_read_together_name_copies_over_all_of_them(tmp_path: Path) -> None:
+    """One copy of gowalla in the grid's database, two in the seeds' one: read alone, the grid's rows keep
+    the plain name; read together, every row of a copy carries that copy's name, in both databases."""
+    with ResultsDB(tmp_path / "grid.sqlite") as db:
+        db.record_trial("g", "grid", record("gowalla", "aaaaaaaa11", 0.1))
+    with ResultsDB(tmp_path / "seeds.sqlite") as db:
+        db.record_trial("s1", "seeds", record("gowalla", "aaaaaaaa11", 0.2))
+        db.record_trial("s2", "seeds", record("gowalla", "bbbbbbbb22", 0.3))
+    alone = [load_trials(tmp_path / name) for name in ("grid.sqlite", "seeds.sqlite")]
+    assert alone[0]["dataset"].tolist() == ["gowalla"]
+    together = name_dataset_copies(pd.concat(alone, ignore_index=True)).set_index("trial_id")
+    assert together.loc[["g", "s1", "s2"], "dataset"].tolist() == [
+        "gowalla@aaaaaaaa", "gowalla@aaaaaaaa", "gowalla@bbbbbbbb"]
+    assert set(together["dataset_name"]) == {"gowalla"}
 
 
 def test_fields_added_later_keep_the_ids_of_trials_recorded_before_them() -> None:

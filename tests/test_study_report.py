@@ -10,14 +10,15 @@ import pandas as pd
 import pytest
 
 from study import cli
+from study.analysis import pareto
 from study.analysis.study_report import (
     best_under_budgets,
     configurations,
-    differs,
     load_study,
     scaling_claim,
     scope_comparison,
     seed_candidates,
+    versus,
 )
 from study.config import TrainConfig
 from study.database.results_db import ResultsDB
@@ -75,6 +76,43 @@ def test_seeds_of_a_configuration_aggregate_across_databases(study_dbs: list[Pat
     assert ("torch", "position", 1024, 1024) not in configs.index  # never ran
 
 
+def seed_record(seed: int, ndcg: float, *, gpu: str = "NVIDIA H200", device: str = "cuda",
+                budget: str = "40GiB", host: str = "a", sha: str = "a" * 64, requested: str = "triton",
+                ran: str = "triton", lr: float = 1e-3) -> TrialRecord:
+    """One seed of K=256, B=128 on ml-1m, with where and how it ran chosen."""
+    config = TrainConfig(dataset="ml-1m", loss="ce-neg", num_negatives=256, batch_size=128, max_len=50,
+                         loss_impl=requested, seed=seed, device=device, memory_budget=budget,  # type: ignore[arg-type]
+                         lr=lr)
+    return TrialRecord(status="ok", config=config.to_dict(), loss_impl=ran,  # type: ignore[arg-type]
+                       val_metrics={"ndcg@10": ndcg}, test_metrics={"ndcg@10": ndcg - 0.01},
+                       memory=MemoryReport(nvml_process_peak=GIB, gpu_name=gpu), mean_epoch_seconds=1.0,
+                       steady_epoch_seconds=1.0, stop_reason="early_stopping", host=host,
+                       dataset_sha256=sha, device=f"{device}:0")
+
+
+def test_one_grouping_of_seeds_for_every_analysis(tmp_path: Path) -> None:
+    """Seed repeats live in sweeps of their own and may run on other cards, devices, hosts and under
+    another enforced budget: still one configuration, in the study report and in `best` / `pareto`
+    alike. Another dataset file, training setting or implementation that ran is another configuration."""
+    grid = write(tmp_path / "grid.sqlite", "grid", [seed_record(0, 0.20)])
+    seeds = write(tmp_path / "seeds.sqlite", "seeds", [
+        seed_record(1, 0.22, gpu="NVIDIA H100 80GB HBM3", device="auto", budget="16GiB", host="b"),
+        seed_record(2, 0.21, requested="auto"),  # resolved to the fused loss, as seed 0 asked outright
+        seed_record(0, 0.30, sha="b" * 64),  # another copy of "ml-1m"
+        seed_record(0, 0.31, lr=5e-4),
+        seed_record(0, 0.32, ran="torch", requested="auto"),
+    ])
+    trials = load_study([grid, seeds])
+    in_report = {frozenset(ids.split(",")) for ids in configurations(trials)["trial_ids"]}
+    table = pareto.pareto_table(trials, aggregate_seeds=True)
+    in_pareto = {frozenset(ids.split(",")) for ids in table["trial_ids"]}
+    assert in_report == in_pareto == {frozenset({"grid-0", "seeds-0", "seeds-1"}), frozenset({"seeds-2"}),
+                                      frozenset({"seeds-3"}), frozenset({"seeds-4"})}
+    three = table[table["num_seeds"] == 3].iloc[0]
+    assert three["quality"] == pytest.approx(0.21) and three["seed"] == "0,1,2"
+    assert three["gpu_name"] == "NVIDIA H200,NVIDIA H100 80GB HBM3" and three["sweep"] == "grid,seeds"
+
+
 def test_best_under_each_budget_per_implementation(study_dbs: list[Path]) -> None:
     table = best_under_budgets(configurations(load_study(study_dbs)), [8 * GIB, 16 * GIB, 40 * GIB])
     best = {(row["budget GiB"], row["impl"]): (row["K"], row["batch"]) for _, row in table.iterrows()}
@@ -82,14 +120,26 @@ def test_best_under_each_budget_per_implementation(study_dbs: list[Path]) -> Non
     assert best[(16.0, "fused (Triton)")] == (1024, 1024)
     assert best[(16.0, "PyTorch")] == (64, 64)  # its K=1024 trial took 20 GiB
     assert best[(40.0, "PyTorch")] == (1024, 64)
+    verdicts = {(row["budget GiB"], row["impl"]): row["vs runner-up"] for _, row in table.iterrows()}
+    # 0.180 +- 0.010 (3 seeds) against (64, 1024)'s one seed at 0.160: beyond the spread.
+    assert verdicts[(8.0, "fused (Triton)")] == "ahead of runner-up: (64, 1024, 50) 0.1600 (1 seed)"
+    # 0.188 +- 0.002 against 0.180 +- 0.010: the gap is inside the larger sd.
+    assert verdicts[(16.0, "fused (Triton)")] == (
+        "tied with runner-up (within sd): (1024, 64, 50) 0.1800 ± 0.0100 (3)")
+    assert verdicts[(16.0, "PyTorch")] == "no runner-up"
+    assert verdicts[(40.0, "PyTorch")] == "unknown (one seed): (64, 64, 50) 0.1490 (1 seed)"
 
 
 def test_differences_inside_the_spread_are_no_difference() -> None:
     a = pd.Series({"val_mean": 0.190, "val_sd": 0.004, "seeds": 3})
-    assert differs(a, pd.Series({"val_mean": 0.187, "val_sd": 0.001, "seeds": 3})) == "same (within sd)"
-    assert differs(a, pd.Series({"val_mean": 0.180, "val_sd": 0.001, "seeds": 3})) == "better"
-    assert differs(pd.Series({"val_mean": 0.17, "val_sd": 0.001, "seeds": 3}), a) == "worse"
-    assert differs(a, pd.Series({"val_mean": 0.180, "val_sd": math.nan, "seeds": 1})) == "unknown (one seed)"
+    assert versus(a, pd.Series({"val_mean": 0.187, "val_sd": 0.001, "seeds": 3})) == "same (within sd)"
+    assert versus(a, pd.Series({"val_mean": 0.180, "val_sd": 0.001, "seeds": 3})) == "better"
+    assert versus(pd.Series({"val_mean": 0.17, "val_sd": 0.001, "seeds": 3}), a) == "worse"
+    # One side with seeds: its spread is what is known; one seed on both sides: nothing is.
+    assert versus(a, pd.Series({"val_mean": 0.188, "val_sd": math.nan, "seeds": 1})) == "same (within sd)"
+    assert versus(a, pd.Series({"val_mean": 0.180, "val_sd": math.nan, "seeds": 1})) == "better"
+    one = pd.Series({"val_mean": 0.190, "val_sd": math.nan, "seeds": 1})
+    assert versus(one, pd.Series({"val_mean": 0.190, "val_sd": math.nan, "seeds": 1})) == "unknown (one seed)"
 
 
 def test_the_scaling_claim_compares_the_best_with_either_axis_alone(study_dbs: list[Path]) -> None:
@@ -97,7 +147,10 @@ def test_the_scaling_claim_compares_the_best_with_either_axis_alone(study_dbs: l
     fused = table.loc["fused (Triton)"]
     assert fused["best (K, B, L)"] == "(1024, 1024, 50)" and fused["both scaled"]
     assert "same (within sd)" in fused["negatives only (B=64)"]  # 0.188 +- 0.002 vs 0.180 +- 0.014
-    assert fused["batch only (K=64)"] == "(64, 1024, 50) 0.1600: best unknown (one seed)"
+    # (64, 1024) ran one seed; the best's three seeds spread by 0.002, far less than the gap of 0.028.
+    assert fused["batch only (K=64)"] == "(64, 1024, 50) 0.1600: best better"
+    torch = table.loc["PyTorch"]  # one seed on both sides
+    assert torch["batch only (K=64)"] == "(64, 64, 50) 0.1490: best unknown (one seed)"
 
 
 def test_scopes_are_compared_with_per_position_at_equal_settings(study_dbs: list[Path]) -> None:

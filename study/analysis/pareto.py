@@ -14,13 +14,15 @@ Input is the DataFrame of `study.database.results_db.load_trials` (one row per t
   objective and strictly better on one. Points equal on all objectives therefore never dominate each
   other, and identical frontier points all stay on the frontier.
 - Seeds are not aggregated by default (every trial is a point). With `aggregate_seeds=True`, `ok` trials
-  of identical configurations (every config field but `seed`, plus the implementation that ran and the
-  GPU) become one point: metrics and times are the mean over seeds, memory is the maximum over seeds
-  (a configuration fits a budget only if every seed did); `num_seeds` counts them, `seed` lists them
-  ("0,1,2"), `trial_ids` names every trial, and `quality_sd` / `test_quality_sd` are the sample standard
-  deviations of the metric over seeds (NaN for one seed). `best_per_budget`, `best_under_budget` and
-  `feasible_ranking` take the same switch: aggregated, the best is the configuration with the highest mean,
-  not the luckiest seed (`cce-study best` ranks this way).
+  of one configuration (`seed_key_columns`: the same training settings, implementation that ran and
+  dataset contents, wherever and under whichever budget they ran) become one point: metrics and times are
+  the mean over seeds, memory is the maximum over seeds (a configuration fits a budget only if every seed
+  did); `num_seeds` counts them, `seed` lists them ("0,1,2"), `trial_ids` names every trial, and
+  `quality_sd` / `test_quality_sd` are the sample standard deviations of the metric over seeds (NaN for
+  one seed). `best_per_budget`, `best_under_budget` and `feasible_ranking` take the same switch:
+  aggregated, the best is the configuration with the highest mean, not the luckiest seed (`cce-study best`
+  ranks this way), and `best_per_budget` says whether it beats the runner-up beyond the seeds' spread
+  (`study.analysis.seed_compare`).
 """
 
 from __future__ import annotations
@@ -29,10 +31,13 @@ import dataclasses
 import math
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.api.typing import DataFrameGroupBy
 
+from study.analysis import seed_compare
 from study.config import METRIC_KS, TrainConfig
 from study.database import results_db
 from study.units import GiB as GIB  # analysis.GIB: the name the analysis modules use
@@ -58,6 +63,11 @@ ON_FRONTIER = "on_frontier"
 
 # Fields that do not change what a trial computes, so they do not tell configurations apart.
 _NOT_CONFIG_IDENTITY = ("seed", "progress")
+# Seed repeats run in sweeps of their own, on other cards or hosts, under another enforced budget: where
+# and under which budget a trial ran does not make it another configuration (`seed_key_columns`).
+_WHERE_IT_RAN_FIELDS = ("device", "memory_budget")
+# Columns of an aggregated row that list the distinct values of its seeds instead of the first one.
+_LISTED_COLUMNS = ("sweep", "gpu_name", "host", "device", "memory_budget")
 _MEMORY_COLUMNS = ("peak_bytes", "torch_max_allocated", "torch_max_reserved", "nvml_process_peak",
                    "cpu_peak_rss", "predicted_peak_bytes")
 
@@ -86,12 +96,36 @@ def check_memory_field(memory_field: str) -> str:
 
 
 def config_key_columns(trials: pd.DataFrame, *, exclude: Iterable[str] = ()) -> list[str]:
-    """Columns that identify a configuration: the TrainConfig fields present (but the seed), the
-    implementation that actually ran and the GPU, minus `exclude`."""
+    """Columns that identify a configuration run on one kind of card, as `fused_vs_torch` pairs them: the
+    TrainConfig fields present (but the seed), the implementation that actually ran and the GPU, minus
+    `exclude`. Seeds of a configuration are grouped by `seed_key_columns` instead."""
     skipped = set(_NOT_CONFIG_IDENTITY) | set(exclude)
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in skipped]
     names += [c for c in ("loss_impl_used", "gpu_name") if c not in skipped]
     return [c for c in names if c in trials.columns]
+
+
+def seed_key_columns(trials: pd.DataFrame) -> list[str]:
+    """The columns on which two trials must agree to be the same configuration run with another seed, the
+    one grouping of seeds every analysis uses (`seed_groups`): every TrainConfig field present but the
+    seed, the progress bar, the device and the enforced budget; the implementation that ran
+    (`loss_impl_used`; the requested `loss_impl` only where that is not recorded, since "auto" resolves to
+    one); the dataset's contents (`dataset_sha256`) besides its name; and dataset and split. The sweep,
+    trial id, card, host and budget never split a configuration: a seed repeat is a sweep of its own and
+    may run elsewhere."""
+    skipped = set(_NOT_CONFIG_IDENTITY) | set(_WHERE_IT_RAN_FIELDS)
+    if "loss_impl_used" in trials.columns:
+        skipped.add("loss_impl")
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in skipped]
+    names += ["loss_impl_used", "dataset_sha256", *GROUP_COLUMNS]
+    return list(dict.fromkeys(c for c in names if c in trials.columns))
+
+
+def seed_groups(trials: pd.DataFrame, *, sort: bool = False) -> DataFrameGroupBy:
+    """`trials` (give the `ok` ones) grouped by configuration (`seed_key_columns`), each group's trials in
+    trial-id order; missing values are a value of the key like any other."""
+    ordered = trials.sort_values("trial_id", kind="stable") if "trial_id" in trials.columns else trials
+    return ordered.groupby(seed_key_columns(trials), dropna=False, sort=sort)
 
 
 def samples_negatives(trials: pd.DataFrame) -> pd.Series:
@@ -158,9 +192,9 @@ def aggregate_over_seeds(trials: pd.DataFrame, *, spread: Sequence[str] = ()) ->
         rest = rest.assign(trial_ids=rest["trial_id"])
     if ok.empty:
         return rest.reset_index(drop=True)
-    keys = config_key_columns(ok) + [c for c in GROUP_COLUMNS if c not in config_key_columns(ok)]
+    keys = seed_key_columns(ok)
     numeric = [c for c in ok.columns if c not in keys and pd.api.types.is_numeric_dtype(ok[c])]
-    how: dict[str, str] = {}
+    how: dict[str, Any] = {}
     for column in ok.columns:
         if column in keys:
             continue
@@ -168,10 +202,11 @@ def aggregate_over_seeds(trials: pd.DataFrame, *, spread: Sequence[str] = ()) ->
             how[column] = "max"
         elif column in numeric:
             how[column] = "mean"
+        elif column in _LISTED_COLUMNS:
+            how[column] = _distinct_values
         else:
             how[column] = "first"
-    ordered = ok.sort_values("trial_id") if "trial_id" in ok.columns else ok
-    grouped = ordered.groupby(keys, dropna=False, sort=False)
+    grouped = seed_groups(ok)
     merged = grouped.agg(how)
     extra = pd.DataFrame({"num_seeds": grouped.size()})
     if "trial_id" in ok.columns:
@@ -185,6 +220,15 @@ def aggregate_over_seeds(trials: pd.DataFrame, *, spread: Sequence[str] = ()) ->
     merged = pd.concat([merged, extra], axis=1).copy().reset_index()  # copy(): one block per dtype
     added = ["num_seeds"] + (["trial_ids"] if "trial_id" in ok.columns else []) + spread_columns
     return pd.concat([merged, rest], ignore_index=True)[list(trials.columns) + added]
+
+
+def _distinct_values(values: pd.Series) -> object:
+    """The distinct values of a group in order, comma-separated ("study-games,study-games-seeds"); the
+    value itself when there is one."""
+    distinct = list(dict.fromkeys(values.dropna()))
+    if len(distinct) <= 1:
+        return distinct[0] if distinct else values.iloc[0]
+    return ",".join(str(v) for v in distinct)
 
 
 def pareto_table(
@@ -312,7 +356,9 @@ def best_per_budget(
     """One row per (dataset, split, budget): the best trial under the budget and the runner-up.
     Columns without a feasible trial are missing values. With `aggregate_seeds` the rows are
     configurations ranked by their mean over seeds; `seeds`, `trial_ids`, `quality_sd` and
-    `test_quality_sd` say over what."""
+    `test_quality_sd` say over what, and the `RUNNER_UP_COLUMNS` are added: the runner-up's K, B, L,
+    spread and seeds, and `vs_runner_up`, whether the best beats it beyond the seeds' spread
+    (`seed_compare`: "better", "same (within sd)" or "unknown (one seed)"; None without a runner-up)."""
     rows = []
     for (dataset, split), group in _groups(trials):
         for budget in budgets:
@@ -335,8 +381,36 @@ def best_per_budget(
             row["runner_up_trial_id"] = runner_up.get("trial_id") if runner_up is not None else None
             row["runner_up_quality"] = runner_up[QUALITY] if runner_up is not None else math.nan
             row["runner_up_memory_gib"] = runner_up[MEMORY] / GIB if runner_up is not None else math.nan
+            if aggregate_seeds:
+                row.update(_runner_up_columns(best, runner_up))
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+RUNNER_UP_COLUMNS: tuple[str, ...] = ("runner_up_num_negatives", "runner_up_batch_size", "runner_up_max_len",
+                                      "runner_up_quality_sd", "runner_up_seeds", "vs_runner_up")
+
+
+def versus_runner_up(best: pd.Series | None, runner_up: pd.Series | None) -> str | None:
+    """The best configuration (a row of `feasible_ranking` with `aggregate_seeds`) against the runner-up
+    by `seed_compare.compare` on the validation metric; None where there is no runner-up."""
+    if best is None or runner_up is None:
+        return None
+    return seed_compare.compare_rows(best, runner_up, mean=QUALITY, sd=QUALITY_SD, seeds="num_seeds")
+
+
+def _runner_up_columns(best: pd.Series | None, runner_up: pd.Series | None) -> dict[str, object]:
+    """What `best_per_budget` adds with `aggregate_seeds`: the runner-up's K, B, L, spread and seeds, and
+    the verdict of the best against it (`versus_runner_up`)."""
+    if runner_up is None:
+        return {"runner_up_num_negatives": None, "runner_up_batch_size": None, "runner_up_max_len": None,
+                "runner_up_quality_sd": math.nan, "runner_up_seeds": 0, "vs_runner_up": None}
+    return {"runner_up_num_negatives": runner_up.get("num_negatives"),
+            "runner_up_batch_size": runner_up.get("batch_size"),
+            "runner_up_max_len": runner_up.get("max_len"),
+            "runner_up_quality_sd": runner_up[QUALITY_SD],
+            "runner_up_seeds": int(runner_up.get("num_seeds", 1)),
+            "vs_runner_up": versus_runner_up(best, runner_up)}
 
 
 def scaling_table(
@@ -436,8 +510,10 @@ __all__ = [
     "MEAN_TIME_COLUMN", "TIME_LABEL", "epoch_time", "has_epoch_time", "GIB", "QUALITY", "TEST_QUALITY",
     "QUALITY_SD", "TEST_QUALITY_SD",
     "MEMORY", "CANDIDATE", "ON_FRONTIER", "parse_metric", "metric_column", "check_memory_field",
-    "config_key_columns", "samples_negatives", "non_dominated", "aggregate_over_seeds", "pareto_table",
+    "config_key_columns", "seed_key_columns", "seed_groups", "samples_negatives", "non_dominated",
+    "aggregate_over_seeds", "pareto_table",
     "pareto_frontier",
     "scope", "feasible_ranking", "best_under_budget", "best_per_budget", "scaling_table", "fused_vs_torch",
-    "status_counts", "gpu_total_bytes", "format_gib", "SUMMARY_COLUMNS",
+    "status_counts", "gpu_total_bytes", "format_gib", "SUMMARY_COLUMNS", "RUNNER_UP_COLUMNS",
+    "versus_runner_up",
 ]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.analysis import pareto, plots
+from study.analysis import pareto, plots, seed_compare
 from study.analysis.pareto import GIB, MEMORY, QUALITY, TEST_QUALITY, TIME_COLUMN, TIME_LABEL
 
 FIGURES_DIR = "figures"
@@ -96,6 +96,9 @@ def budget_summary(trials: pd.DataFrame, budgets: Sequence[int], *, metric: str,
         f"test {metric}": table[TEST_QUALITY], f"val {metric} sd": table[pareto.QUALITY_SD],
         "seeds": table["seeds"], f"{memory_field} GiB": table["memory_gib"],
         "runner-up": table["runner_up_trial_id"], f"runner-up val {metric}": table["runner_up_quality"],
+        f"runner-up val {metric} sd": table["runner_up_quality_sd"],
+        "runner-up seeds": table["runner_up_seeds"].where(table["runner_up_trial_id"].notna()),
+        "vs runner-up": table["vs_runner_up"].map(seed_compare.RUNNER_UP_PHRASES.get),
     })
 
 
@@ -145,7 +148,11 @@ def write_report(
         "",
         "## Best configuration under each budget",
         "",
-        "The best `ok` trial whose measured memory fits the budget (ties on the metric go to less memory).",
+        "The configuration with the best mean validation metric over its seeds whose measured memory (the "
+        "largest of its seeds) fits the budget; ties on the metric go to less memory. \"vs runner-up\" says "
+        "whether it beats the next one beyond the seeds' spread: the gap in means against the larger sd of "
+        "a side with two or more seeds; with one seed on both sides the spread is unknown "
+        "(docs/analysis.md).",
         "",
         markdown_table(budget_summary(trials, budgets, metric=metric, memory_field=memory_field)),
         "",

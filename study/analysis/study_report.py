@@ -13,8 +13,9 @@ only if every seed did), and writes the comparisons the study asks for:
 - how training stopped (early stopping, the time cap, the epoch limit), and which configurations still need
   seeds (with a spec to run them).
 
-A difference between two configurations counts only when it exceeds the larger of their standard
-deviations over seeds; with fewer than two seeds the spread is unknown and the table says so.
+A difference between two configurations counts only when it exceeds the seeds' spread, by the one rule of
+`study.analysis.seed_compare` (the larger sd of a side with two or more seeds; with one seed on both sides
+the spread is unknown and the table says so).
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from study.analysis import pareto
+from study.analysis import pareto, seed_compare
 from study.analysis.pareto import GIB
 from study.analysis.report import markdown_table
-from study.database.results_db import load_trials
+from study.database.results_db import load_trials, name_dataset_copies
 from study.units import parse_budget
 
 IMPL_LABELS = {"triton": "fused (Triton)", "torch": "PyTorch"}
@@ -52,25 +53,23 @@ def load_study(paths: Sequence[str | Path]) -> pd.DataFrame:
     frames = [load_trials(path).assign(database=str(path)) for path in paths]
     if not frames:
         raise ValueError("db: give at least one results database")
-    return pd.concat(frames, ignore_index=True)
+    return name_dataset_copies(pd.concat(frames, ignore_index=True))
 
 
 def configurations(trials: pd.DataFrame, *, metric: str = "ndcg@10") -> pd.DataFrame:
-    """One row per configuration run `ok` (every setting but the seed, and the implementation that ran):
-    `val_mean`, `val_sd`, `test_mean`, `test_sd` of `metric`, `seeds`, `memory_bytes` (the largest peak
-    of its seeds), `epoch_seconds` (mean steady-state time per epoch), `time_capped` (seeds cut by the
-    time limit), `trial_ids`."""
+    """One row per configuration run `ok`, its seeds grouped as everywhere in the analysis
+    (`pareto.seed_groups`): `val_mean`, `val_sd`, `test_mean`, `test_sd` of `metric`, `seeds`,
+    `memory_bytes` (the largest peak of its seeds), `epoch_seconds` (mean steady-state time per epoch),
+    `time_capped` (seeds cut by the time limit), `trial_ids`."""
     val_column, test_column = pareto.metric_column(metric, "val"), pareto.metric_column(metric, "test")
     ok = trials[trials["status"] == "ok"].copy()
     ok["epoch_seconds"] = pareto.epoch_time(ok)
     ok["time_capped"] = ok.get("stop_reason", pd.Series(index=ok.index, dtype=object)) == "time_limit"
-    keys = [c for c in pareto.config_key_columns(ok, exclude=("gpu_name",))
-            if c not in ("device", "memory_budget")]
-    keys += [c for c in pareto.GROUP_COLUMNS if c not in keys]
     if ok.empty:
-        return pd.DataFrame(columns=[*keys, "val_mean", "val_sd", "test_mean", "test_sd", "seeds",
-                                     "memory_bytes", "epoch_seconds", "time_capped", "trial_ids"])
-    grouped = ok.groupby(keys, dropna=False, sort=True)
+        return pd.DataFrame(columns=[*pareto.seed_key_columns(ok), "val_mean", "val_sd", "test_mean",
+                                     "test_sd", "seeds", "memory_bytes", "epoch_seconds", "time_capped",
+                                     "trial_ids"])
+    grouped = pareto.seed_groups(ok, sort=True)
     table = grouped.agg(
         val_mean=(val_column, "mean"), val_sd=(val_column, "std"), test_mean=(test_column, "mean"),
         test_sd=(test_column, "std"), seeds=(val_column, "size"), memory_bytes=("peak_bytes", "max"),
@@ -88,20 +87,16 @@ def mean_sd(mean: float, sd: float, seeds: int) -> str:
     return f"{mean:.4f} ± {sd:.4f} ({seeds})"
 
 
-def differs(a: pd.Series, b: pd.Series) -> str:
-    """'better' / 'worse' / 'same' (within the larger sd) / 'unknown' (a side has one seed) for a vs b."""
-    spread = np.nanmax([a["val_sd"], b["val_sd"]]) if a["seeds"] >= 2 and b["seeds"] >= 2 else math.nan
-    gap = a["val_mean"] - b["val_mean"]
-    if math.isnan(spread):
-        return "unknown (one seed)" if gap else "same"
-    if abs(gap) <= spread:
-        return "same (within sd)"
-    return "better" if gap > 0 else "worse"
+def versus(a: pd.Series, b: pd.Series) -> str:
+    """Configuration a against b (rows of `configurations`) on the validation metric, by
+    `seed_compare.compare`: "better", "worse", "same (within sd)" or "unknown (one seed)"."""
+    return seed_compare.compare_rows(a, b, mean="val_mean", sd="val_sd", seeds="seeds")
 
 
 def best_under_budgets(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFrame:
     """Per dataset, budget and implementation: the configuration with the best mean validation metric whose
-    memory (largest over its seeds) fits the budget; ties go to less memory."""
+    memory (largest over its seeds) fits the budget; ties go to less memory. "vs runner-up" says whether it
+    beats the next configuration beyond the seeds' spread, and which that is (K, B, L and mean ± sd)."""
     rows = []
     for (dataset, split), group in configs.groupby(["dataset", "split"], sort=True):
         for budget in budgets:
@@ -110,10 +105,18 @@ def best_under_budgets(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.Data
                 row: dict[str, Any] = {"dataset": dataset, "split": split, "budget GiB": budget / GIB,
                                        "impl": IMPL_LABELS[impl], "feasible configs": len(fits)}
                 if not fits.empty:
-                    best = fits.sort_values(["val_mean", "memory_bytes"], ascending=[False, True]).iloc[0]
-                    row.update(_describe(best))
+                    ranked = fits.sort_values(["val_mean", "memory_bytes"], ascending=[False, True])
+                    row.update(_describe(ranked.iloc[0]))
+                    row["vs runner-up"] = (_versus_runner_up(ranked.iloc[0], ranked.iloc[1])
+                                           if len(ranked) > 1 else "no runner-up")
                 rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _versus_runner_up(best: pd.Series, runner_up: pd.Series) -> str:
+    phrase = seed_compare.RUNNER_UP_PHRASES[versus(best, runner_up)]
+    return (f"{phrase}: {_point(runner_up)} "
+            f"{mean_sd(runner_up['val_mean'], runner_up['val_sd'], int(runner_up['seeds']))}")
 
 
 def _describe(config: pd.Series) -> dict[str, Any]:
@@ -157,7 +160,7 @@ def scaling_claim(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFrame
                     row[label] = "-"
                     continue
                 alternative = subset.iloc[0]
-                verdict = "is it" if alternative.name == best.name else differs(best, alternative)
+                verdict = "is it" if alternative.name == best.name else versus(best, alternative)
                 row[label] = (f"{_point(alternative)} {alternative['val_mean']:.4f}: best {verdict}")
             row["both scaled"] = bool(best["batch_size"] > smallest_batch
                                       and best["num_negatives"] > fewest_negatives)
@@ -187,7 +190,7 @@ def scope_comparison(configs: pd.DataFrame) -> pd.DataFrame:
                 "val NDCG@10": mean_sd(config["val_mean"], config["val_sd"], int(config["seeds"])),
                 "test NDCG@10": mean_sd(config["test_mean"], config["test_sd"], int(config["seeds"])),
                 "vs per position": "-" if reference is None or scope == "position"
-                else differs(config, reference),
+                else versus(config, reference),
                 "s / epoch": config["epoch_seconds"], "peak GiB": config["memory_bytes"] / GIB,
             })
     return pd.DataFrame(rows)
@@ -420,5 +423,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["load_study", "configurations", "best_under_budgets", "scaling_claim", "scope_comparison",
-           "speed_summary", "convergence_summary", "seed_candidates", "write_study_report"]
+__all__ = ["load_study", "configurations", "versus", "best_under_budgets", "scaling_claim",
+           "scope_comparison", "speed_summary", "convergence_summary", "seed_candidates",
+           "write_study_report"]

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from study.analysis import pareto
+from study.analysis import pareto, seed_compare
 from study.analysis.pareto import GIB, MEMORY_FIELDS
 from study.cli import UserError
 from study.units import parse_budget
@@ -104,7 +104,7 @@ def database_paths(args: argparse.Namespace) -> list[Path]:
 def load_selected(args: argparse.Namespace) -> pd.DataFrame:
     """The trials chosen by --db (one or several databases), --sweep, --dataset and --split; UserError when
     there are none, or when two databases hold the same trial (a database given twice, or a copy of one)."""
-    from study.database.results_db import load_trials
+    from study.database.results_db import load_trials, name_dataset_copies
 
     paths = database_paths(args)
     frames = []
@@ -123,7 +123,7 @@ def load_selected(args: argparse.Namespace) -> pd.DataFrame:
                                 "database once")
             seen[trial_id] = db_path
         frames.append(loaded)
-    trials = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    trials = name_dataset_copies(pd.concat(frames, ignore_index=True)) if len(frames) > 1 else frames[0]
     where = " and ".join(str(path) for path in paths)
     selection = f" of sweep {args.sweep!r}" if args.sweep else ""
     if trials.empty:
@@ -177,10 +177,12 @@ def run_best(args: argparse.Namespace) -> int:
                                                  memory_field=args.memory_field, aggregate_seeds=True)
     if best is None:
         raise UserError(_nothing_fits(scoped, budget, args))
+    verdict = pareto.versus_runner_up(best, runner_up)
     if args.json:
         print(json.dumps({"budget": args.budget, "budget_bytes": budget, "metric": args.metric,
                           "memory_field": args.memory_field, "best": _trial_json(best, args),
-                          "runner_up": None if runner_up is None else _trial_json(runner_up, args)},
+                          "runner_up": None if runner_up is None else _trial_json(runner_up, args),
+                          "vs_runner_up": verdict},
                          indent=2))
         return 0
     print(f"Best under {args.budget} ({budget / GIB:.3g} GiB of {args.memory_field}), "
@@ -189,7 +191,18 @@ def run_best(args: argparse.Namespace) -> int:
     print("Runner-up:" if runner_up is not None else "Runner-up: none (only one trial fits)")
     if runner_up is not None:
         print(_trial_text(runner_up, args))
+        gap = float(best[pareto.QUALITY] - runner_up[pareto.QUALITY])
+        print(f"Best vs runner-up: {seed_compare.RUNNER_UP_PHRASES[str(verdict)]} "
+              f"(gap {gap:.2g} in validation {args.metric}; {_spread_text(best, runner_up)})")
     return 0
+
+
+def _spread_text(best: pd.Series, runner_up: pd.Series) -> str:
+    """The sds the verdict read, or why there is none."""
+    parts = [f"{name} sd {_plain(row[pareto.QUALITY_SD]):.2g} over {int(row['num_seeds'])} seeds"
+             for name, row in (("best", best), ("runner-up", runner_up))
+             if int(row.get("num_seeds", 1)) >= 2 and _plain(row[pareto.QUALITY_SD]) is not None]
+    return "; ".join(parts) if parts else "one seed each: no spread known"
 
 
 def run_pareto(args: argparse.Namespace) -> int:
@@ -246,6 +259,11 @@ def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse
         "seeds": table["seeds"].map(_count),
         "memory GiB": table["memory_gib"].map(_number),
         "runner-up": table["runner_up_trial_id"],
+        f"runner-up val {args.metric}": [
+            None if pd.isna(trial) else f"{_mean_sd(m, sd)} ({_count(n)})" for trial, m, sd, n
+            in zip(table["runner_up_trial_id"], table["runner_up_quality"], table["runner_up_quality_sd"],
+                   table["runner_up_seeds"])],
+        "vs runner-up": table["vs_runner_up"].map(seed_compare.RUNNER_UP_PHRASES.get),
     })
     print(shown.fillna("-").to_string(index=False))
     return 0

@@ -610,8 +610,17 @@ def _with_dataset_identity(frame: pd.DataFrame) -> pd.DataFrame:
     if "dataset" not in frame.columns:
         return frame
     frame.insert(list(frame.columns).index("dataset") + 1, "dataset_name", frame["dataset"])
-    if "dataset_sha256" not in frame.columns:
+    return name_dataset_copies(frame)
+
+
+def name_dataset_copies(frame: pd.DataFrame) -> pd.DataFrame:
+    """`dataset` named again from `dataset_name` and `dataset_sha256` over every row of `frame`, as
+    `load_trials` names it: call it on the trials of several databases read together, so that a name
+    read with one content in one database and with two in another keeps its copies apart the same way
+    in all of them."""
+    if not {"dataset", "dataset_name", "dataset_sha256"} <= set(frame.columns):
         return frame
+    frame = frame.assign(dataset=frame["dataset_name"])
     hashes = frame["dataset_sha256"]
     copies = hashes.groupby(frame["dataset"]).nunique()
     ambiguous = frame["dataset"].isin(copies.index[copies > 1]) & hashes.notna()
@@ -669,6 +678,7 @@ __all__ = [
     "SpecVersion",
     "check_database_path",
     "load_trials",
+    "name_dataset_copies",
     "load_epochs",
     "load_spec_versions",
     "DEFAULT_BUSY_TIMEOUT_S",

@@ -37,6 +37,13 @@ suggested, until a configuration within `--tolerance` val NDCG@10 of that best i
 the grid's Pareto frontier (val NDCG@10 up, peak memory down, over the `ok` trials) are; and the fraction
 of the frontier found after n trials for n = 1..grid size. A search runs up to `--max-trials-factor` x the
 grid size trials; a target not reached by then is left empty (counted as not found in the summary).
+Beside each count of trials, the distinct configurations among them (`distinct_to_*`): what a sweep would
+pay that answered a repeat from its database instead of training it again.
+
+Outputs in --out: replay-runs.csv (a row per slice, method, concurrency and seed), replay-summary.csv
+(median and quartiles over seeds of each measure), replay-summary.md (the table of medians),
+replay-frontier.csv (the frontier fraction after n trials: median and quartiles over seeds) and
+replay-frontier.png (that fraction vs trials, a panel per slice).
 """
 
 from __future__ import annotations
@@ -194,24 +201,30 @@ def trials_until(sequence: Sequence[Point], wanted: frozenset[Point], share: flo
     return None
 
 
-def frontier_found(sequence: Sequence[Point], frontier: frozenset[Point], length: int) -> list[float]:
-    """Fraction of the frontier suggested after n trials, n = 1..length."""
+def frontier_found(sequence: Sequence[Point], frontier: frozenset[Point], length: int) -> list[int]:
+    """Frontier configurations suggested after n trials, n = 1..length."""
     seen: set[Point] = set()
-    fractions = []
+    found = []
     for point in sequence[:length]:
         if point in frontier:
             seen.add(point)
-        fractions.append(len(seen) / len(frontier) if frontier else math.nan)
-    return fractions
+        found.append(len(seen))
+    return found
 
 
 def measure(sequence: Sequence[Point], targets: Targets, grid_size: int) -> dict[str, Any]:
-    row: dict[str, Any] = {}
+    """`trials_to_<target>`: trials (repeats included) until the target is reached, what the sweep pays;
+    `distinct_to_<target>`: the distinct configurations among them, what a sweep would pay that answered a
+    repeat from its database (telling Optuna the recorded result, so the suggestions stay the same)."""
+    reached: dict[str, int | None] = {}
     for budget, best in targets.best.items():
-        row[f"trials_to_best_{budget}gib"] = trials_until(sequence, best)
-        row[f"trials_to_near_{budget}gib"] = trials_until(sequence, targets.near[budget])
+        reached[f"best_{budget}gib"] = trials_until(sequence, best)
+        reached[f"near_{budget}gib"] = trials_until(sequence, targets.near[budget])
     for share in FRONTIER_SHARES:
-        row[f"trials_to_frontier_{round(share * 100)}pct"] = trials_until(sequence, targets.frontier, share)
+        reached[f"frontier_{round(share * 100)}pct"] = trials_until(sequence, targets.frontier, share)
+    row: dict[str, Any] = {f"trials_to_{name}": n for name, n in reached.items()}
+    row.update({f"distinct_to_{name}": None if n is None else len(set(sequence[:n]))
+                for name, n in reached.items()})
     row["distinct_in_grid_size_trials"] = len(set(sequence[:grid_size]))
     return row
 
@@ -279,11 +292,11 @@ def complete_slices(spec: SweepSpec, trials: pd.DataFrame, label: str) -> list[G
 
 
 def run_slice(grid: GridSlice, seeds: Sequence[int], concurrencies: Sequence[int],
-              max_trials: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Per-seed rows and frontier-curve rows of every method on one slice."""
+              max_trials: int) -> list[dict[str, Any]]:
+    """A row per method, concurrency and seed on one slice; `frontier_found_after` lists the frontier
+    configurations found after each of the first N trials (N = grid size), space-separated."""
     targets = targets_of(grid)
     runs: list[dict[str, Any]] = []
-    curves: list[dict[str, Any]] = []
     methods: list[tuple[str, int]] = [(RANDOM, 1)] + [(s, c) for s in SAMPLERS for c in concurrencies]
     for method, concurrency in methods:
         for seed in seeds:
@@ -292,17 +305,31 @@ def run_slice(grid: GridSlice, seeds: Sequence[int], concurrencies: Sequence[int
             else:
                 sequence = replay_optuna(grid, method, seed, max_trials, concurrency=concurrency)
             key = {"slice": grid.name, "method": method, "concurrency": concurrency, "seed": seed}
+            curve = frontier_found(sequence, targets.frontier, grid.size)
             runs.append({**key, "grid_size": grid.size, "frontier_size": len(targets.frontier),
-                         "trials_run": len(sequence), **measure(sequence, targets, grid.size)})
-            for n, fraction in enumerate(frontier_found(sequence, targets.frontier, grid.size), start=1):
-                curves.append({**key, "trials": n, "frontier_found": fraction})
-    return runs, curves
+                         "trials_run": len(sequence), **measure(sequence, targets, grid.size),
+                         "frontier_found_after": " ".join(map(str, curve))})
+    return runs
+
+
+def frontier_curves(runs: pd.DataFrame) -> pd.DataFrame:
+    """Median and quartiles over seeds of the fraction of the frontier found after n trials, n = 1..N."""
+    rows = []
+    for (slice_name, method, concurrency), group in runs.groupby(["slice", "method", "concurrency"],
+                                                                  sort=False):
+        found = np.array([[int(v) for v in text.split()] for text in group["frontier_found_after"]])
+        fractions = found / group["frontier_size"].to_numpy()[:, None]
+        q25, median, q75 = np.quantile(fractions, [0.25, 0.5, 0.75], axis=0)
+        for n in range(fractions.shape[1]):
+            rows.append({"slice": slice_name, "method": method, "concurrency": concurrency, "trials": n + 1,
+                         "median": median[n], "q25": q25[n], "q75": q75[n]})
+    return pd.DataFrame(rows)
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Median and quartiles over seeds of each measure; a run that never reached a target counts as
     infinitely many trials (so a median past the runs' length reads inf) and in `not_found`."""
-    measures = [c for c in runs.columns if c.startswith("trials_to_") or c == "distinct_in_grid_size_trials"]
+    measures = [c for c in runs.columns if c.startswith(("trials_to_", "distinct_"))]
     rows = []
     for (slice_name, method, concurrency), group in runs.groupby(["slice", "method", "concurrency"],
                                                                   sort=False):
@@ -334,7 +361,9 @@ def markdown_table(summary: pd.DataFrame) -> str:
                ("best 40", "trials_to_best_40gib"), ("near 8", "trials_to_near_8gib"),
                ("near 16", "trials_to_near_16gib"), ("near 40", "trials_to_near_40gib"),
                ("50% frontier", "trials_to_frontier_50pct"), ("100% frontier", "trials_to_frontier_100pct"),
-               ("distinct in N", "distinct_in_grid_size_trials")]
+               ("distinct in N", "distinct_in_grid_size_trials"),
+               ("distinct to best 40", "distinct_to_best_40gib"),
+               ("distinct to 100% frontier", "distinct_to_frontier_100pct")]
     header = ["slice (N, frontier)", "method"] + [title for title, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     indexed = {(row["slice"], row["method"], row["concurrency"], row["measure"]): row
@@ -373,13 +402,13 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
     labels = {"tpe": "TPE", "nsga2": "NSGA-II", RANDOM: "random order"}
     for ax, slice_name in zip(axes.flat, slices):
         group = curves[curves["slice"] == slice_name]
-        for (method, concurrency), lines in group.groupby(["method", "concurrency"], sort=False):
-            stats = lines.groupby("trials")["frontier_found"].quantile([0.25, 0.5, 0.75]).unstack()
+        for (method, concurrency), stats in group.groupby(["method", "concurrency"], sort=False):
             style = "-" if concurrency == 1 else "--"
-            label = labels[method] + ("" if method == RANDOM else f", {concurrency} at a time")
-            ax.plot(stats.index, stats[0.5], style, color=colours[method], label=label)
+            label = labels[str(method)] + ("" if method == RANDOM else f", {concurrency} at a time")
+            ax.plot(stats["trials"], stats["median"], style, color=colours[str(method)], label=label)
             if concurrency == 1:
-                ax.fill_between(stats.index, stats[0.25], stats[0.75], color=colours[method], alpha=0.15)
+                ax.fill_between(stats["trials"], stats["q25"], stats["q75"], color=colours[str(method)],
+                                alpha=0.15)
         ax.set_title(slice_name)
         ax.set_xlabel("trials (repeats included)")
         ax.grid(alpha=0.3)
@@ -444,34 +473,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
-    curves: list[dict[str, Any]] = []
     seeds = list(range(args.seeds))
     for grid in grids:
         started = time.monotonic()
-        slice_runs, slice_curves = run_slice(grid, seeds, args.concurrency,
-                                             math.ceil(args.max_trials_factor * grid.size))
-        runs += slice_runs
-        curves += slice_curves
+        runs += run_slice(grid, seeds, args.concurrency, math.ceil(args.max_trials_factor * grid.size))
         print(f"{grid.name}: {time.monotonic() - started:.0f} s", file=sys.stderr)
     runs_frame = pd.DataFrame(runs)
-    curves_frame = pd.DataFrame(curves)
+    curves_frame = frontier_curves(runs_frame)
     summary = summarise(runs_frame)
     runs_frame.to_csv(args.out / "replay-runs.csv", index=False, quoting=csv.QUOTE_MINIMAL)
-    curves_frame.to_csv(args.out / "replay-frontier.csv", index=False)
+    curves_frame.to_csv(args.out / "replay-frontier.csv", index=False, float_format="%.4g")
     summary.to_csv(args.out / "replay-summary.csv", index=False)
     table = markdown_table(summary)
     (args.out / "replay-summary.md").write_text(
-        "Median [quartiles] over seeds of the trials (repeats included) each method needed; nf: not found "
-        "within the replay's trials (`trials_run`). N: grid size; frontier: its Pareto configurations.\n\n"
-        + table)
+        "Median [quartiles] over seeds of the trials (repeats included) each method needed to suggest the "
+        "best configuration under 8 / 16 / 40 GiB, one within the tolerance of it (near), half and all of "
+        "the Pareto frontier; `distinct`: distinct configurations among those trials. nf: not found within "
+        "the replay's trials (`trials_run` in replay-summary.csv). N: grid size; frontier: its Pareto "
+        "configurations; c: trials pending at once.\n\n" + table)
     plot(curves_frame, args.out / "replay-frontier.png")
     print(table)
     return 0
 
 
 __all__ = ["GridSlice", "Targets", "targets_of", "replay_directions", "replay_optuna", "random_order",
-           "trials_until", "frontier_found", "measure", "complete_slices", "sub_slice", "run_slice",
-           "summarise", "quantile", "markdown_table", "plot", "main"]
+           "trials_until", "frontier_found", "frontier_curves", "measure", "complete_slices", "sub_slice",
+           "run_slice", "summarise", "quantile", "markdown_table", "plot", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -113,7 +113,7 @@ def test_repeats_count_as_trials() -> None:
     assert replay.trials_until(sequence, frozenset({b, c}), share=1.0) == 5
     assert replay.trials_until(sequence, frozenset({b, c}), share=0.5) == 3
     assert replay.trials_until(sequence, frozenset({(4,)})) is None
-    assert replay.frontier_found(sequence, frozenset({a, c}), 5) == [0.5, 0.5, 0.5, 0.5, 1.0]
+    assert replay.frontier_found(sequence, frozenset({a, c}), 5) == [1, 1, 1, 1, 2]
 
 
 def test_random_order_visits_each_configuration_once(fused: Any) -> None:

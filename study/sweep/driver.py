@@ -35,7 +35,7 @@ from study.sweep import db_spool
 from study.sweep.checkpoint_store import CheckpointStore
 from study.sweep.planning import PlannedTrial
 from study.sweep.preflight import SweepError
-from study.sweep.spec import SweepSpec
+from study.sweep.spec import SearchSpec, SweepSpec
 from study.sweep.trial import (
     CONSTRAINT_KEY,
     DEFERRED_KEY,
@@ -173,9 +173,7 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
                              planned={t.trial_id: t for t in plan}, skip_predicted_over_budget=skip,
                              start_deadline=deadline, checkpoint=checkpoint)
     with ray_session(address):
-        from ray import tune
-
-        param_space = {"axes": {name: tune.choice(list(values)) for name, values in spec.axes}}
+        param_space = optuna_param_space(spec)
         searcher = make_optuna_search(spec, load_trials(db.path, sweep=spec.name))
         _fit(spec, param_space, settings, writer, progress, num_samples=num_samples, search_alg=searcher)
     # The search is complete: checkpoints of samples it never recorded (their run was interrupted and
@@ -436,35 +434,85 @@ def describe_record(record: TrialRecord) -> str:
     return ", ".join(parts)
 
 
+# The objectives every Optuna search of a sweep optimises, in the order Optuna is told them: the final
+# result's key of each and its direction. The memory budget is the constraint `CONSTRAINT_KEY` (<= 0 is
+# feasible).
+OPTUNA_OBJECTIVES: tuple[tuple[str, str], ...] = ((QUALITY_KEY, "max"), (MEMORY_KEY, "min"))
+
+
+def optuna_sampler(search: SearchSpec) -> Any:
+    """The sampler of an Optuna search, from the spec's [search] `sampler` and `seed`: NSGA-II, or TPE
+    (multivariate). Made fresh for each search; the sweep and `benchmarks/optuna_replay.py` both use it."""
+    import optuna
+
+    if search.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=search.seed)
+    return optuna.samplers.TPESampler(seed=search.seed, multivariate=True)
+
+
+def optuna_param_space(spec: SweepSpec) -> dict[str, Any]:
+    """The Tune param space of an Optuna search: one `tune.choice` per axis, under "axes"."""
+    from ray import tune
+
+    return {"axes": {name: tune.choice(list(values)) for name, values in spec.axes}}
+
+
+def optuna_distributions(spec: SweepSpec) -> dict[str, Any]:
+    """The Optuna distributions the sampler draws from: `optuna_param_space` as Ray Tune's OptunaSearch
+    converts it (a categorical distribution per axis, named `axes/<axis>`, in the spec's order), made
+    without Ray (tests/test_optuna_replay.py checks that both agree)."""
+    import optuna
+
+    return {f"axes/{name}": optuna.distributions.CategoricalDistribution(list(values))
+            for name, values in spec.axes}
+
+
+def optuna_params(spec: SweepSpec, config: dict[str, Any]) -> dict[str, Any] | None:
+    """A configuration as Optuna parameters (`axes/<axis>`), or None where a value lies outside the
+    spec's axes (recorded under an older version of them)."""
+    axes = dict(spec.axes)
+    params = {f"axes/{name}": config.get(name) for name in axes}
+    if any(value not in axes[key.split("/", 1)[1]] for key, value in params.items()):
+        return None
+    return params
+
+
+def optuna_values(result: dict[str, Any]) -> list[float]:
+    """The objective values Optuna is told for a trial's final result, in `OPTUNA_OBJECTIVES` order."""
+    return [float(result[key]) for key, _ in OPTUNA_OBJECTIVES]
+
+
+def set_optuna_constraint(ot_trial: Any, result: dict[str, Any]) -> None:
+    """Sets the memory constraint of an Optuna trial from its final result (before it is told)."""
+    ot_trial.set_constraint(CONSTRAINT_KEY, float(result[CONSTRAINT_KEY]))
+
+
 def make_optuna_search(spec: SweepSpec, recorded: Any) -> Any:
     """Multi-objective OptunaSearch (max val ndcg@10, min peak memory) with the budget as a constraint.
 
     Ray's OptunaSearch does not expose Optuna constraints, so a subclass sets `trial.set_constraint`
     (<= 0 is feasible) before telling Optuna the result. On --resume the recorded trials of the sweep
     are added to the Optuna study first, so the search continues from what it has already seen.
+    Every sample is a trial: a configuration drawn again runs again (its row is replaced), and counts
+    against `num_samples`.
     """
     import optuna
     from ray.tune.search.optuna import OptunaSearch
-
-    seed = spec.search.seed
-    sampler = (optuna.samplers.NSGAIISampler(seed=seed) if spec.search.sampler == "nsga2"
-               else optuna.samplers.TPESampler(seed=seed, multivariate=True))
-    axes = dict(spec.axes)
 
     class ConstrainedOptunaSearch(OptunaSearch):  # type: ignore[misc]
         def _setup_study(self, mode: Any) -> None:
             super()._setup_study(mode)
             space: Any = self._space  # a dict of Optuna distributions, converted from the param space
             for _, row in recorded.iterrows():
-                config = json.loads(row["config_json"])  # the columns may differ (full CE: no negatives)
-                params = {f"axes/{name}": config.get(name) for name in axes}
-                if any(value not in axes[key.split("/", 1)[1]] for key, value in params.items()):
+                # the columns may differ (full CE: no negatives)
+                params = optuna_params(spec, json.loads(row["config_json"]))
+                if params is None:
                     continue  # recorded under an older version of the spec's axes
                 record = TrialRecord.from_dict(json.loads(row["record_json"]))
                 result = final_result(row["trial_id"], record)
                 study: Any = self._ot_study
                 study.add_trial(optuna.trial.create_trial(
-                    values=[result[QUALITY_KEY], result[MEMORY_KEY]], params=params,
+                    values=optuna_values(result), params=params,
                     distributions=space, constraints={CONSTRAINT_KEY: result[CONSTRAINT_KEY]},
                 ))
 
@@ -475,10 +523,12 @@ def make_optuna_search(spec: SweepSpec, recorded: Any) -> Any:
                 super().on_trial_complete(trial_id, None, error=True)  # not run: no values for Optuna
                 return
             if ot_trial is not None and result and CONSTRAINT_KEY in result:
-                ot_trial.set_constraint(CONSTRAINT_KEY, float(result[CONSTRAINT_KEY]))
+                set_optuna_constraint(ot_trial, result)
             super().on_trial_complete(trial_id, result, error)
 
-    return ConstrainedOptunaSearch(metric=[QUALITY_KEY, MEMORY_KEY], mode=["max", "min"], sampler=sampler)
+    return ConstrainedOptunaSearch(metric=[key for key, _ in OPTUNA_OBJECTIVES],
+                                   mode=[mode for _, mode in OPTUNA_OBJECTIVES],
+                                   sampler=optuna_sampler(spec.search))
 
 
 def worker_environment() -> dict[str, str]:
@@ -552,6 +602,8 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-__all__ = ["execute_sweep", "storage_root", "gpu_share", "make_optuna_search", "make_recording_callback",
+__all__ = ["execute_sweep", "storage_root", "gpu_share", "make_optuna_search", "OPTUNA_OBJECTIVES",
+           "optuna_sampler", "optuna_param_space", "optuna_distributions", "optuna_params", "optuna_values",
+           "set_optuna_constraint", "make_recording_callback",
            "make_stopper", "make_deadline_stopper", "describe_record", "Progress", "worker_environment",
            "configure_ray_environment", "start_ray", "ray_session"]

@@ -16,9 +16,12 @@ configuration gets the result its grid trial recorded (its row's record, through
 what the sweep would have told Optuna had the trial ended that way). Optuna's ask/tell is called directly,
 as Ray Tune's OptunaSearch calls it (`study.ask(fixed_distributions=...)`, then `study.tell`); no Ray.
 
-Repeats: the sweep does not deduplicate. A configuration Optuna suggests again is a new Tune trial that
-trains again (same trial id, its row replaced) and uses up one of `num_samples`, so the replay counts every
-suggestion as a trial, repeats included, and tells Optuna the recorded result again.
+Repeats: the sweep answers a configuration Optuna draws again from its record (the sampler is told the
+recorded result and draws anew; after `OPTUNA_KNOWN_DRAWS` known draws in a row the last one is trained
+again) and ends once every configuration has a result; the replay does the same, so a trial is a
+configuration trained. A configuration drawn while the same one is still pending (concurrency > 1) has no
+result yet and is trained twice, in the sweep as here. (Until 2026-11-29 the sweep trained every draw, repeats
+included: on these grids TPE then drew about 17 distinct configurations in its first 24 trials.)
 
 Concurrency: the sweep runs several trials at once (Tune asks the searcher for a new trial whenever a
 slot is free, before the running ones are told). `--concurrency C` models C slots: the replay asks until C
@@ -36,9 +39,9 @@ baseline: trials until the best configuration under each budget (8, 16, 40 GiB o
 suggested, until a configuration within `--tolerance` val NDCG@10 of that best is, until 50% and 100% of
 the grid's Pareto frontier (val NDCG@10 up, peak memory down, over the `ok` trials) are; and the fraction
 of the frontier found after n trials for n = 1..grid size. A search runs up to `--max-trials-factor` x the
-grid size trials; a target not reached by then is left empty (counted as not found in the summary).
-Beside each count of trials, the distinct configurations among them (`distinct_to_*`): what a sweep would
-pay that answered a repeat from its database instead of training it again.
+grid size trials (it ends sooner once every configuration has a result); a target not reached is left
+empty (counted as not found in the summary). Beside each count of trials, the distinct configurations among
+them (`distinct_to_*`): fewer only where a configuration was drawn again while still pending.
 
 Outputs in --out: replay-runs.csv (a row per slice, method, concurrency and seed), replay-summary.csv
 (median and quartiles over seeds of each measure), replay-summary.md (the table of medians),
@@ -73,6 +76,7 @@ from study.analysis.pareto import non_dominated  # noqa: E402
 from study.database.results_db import load_trials  # noqa: E402
 from study.record import TrialRecord  # noqa: E402
 from study.sweep.driver import (  # noqa: E402
+    OPTUNA_KNOWN_DRAWS,
     OPTUNA_OBJECTIVES,
     optuna_distributions,
     optuna_sampler,
@@ -151,8 +155,9 @@ def replay_directions() -> list[Any]:
 
 def replay_optuna(grid: GridSlice, sampler: str, seed: int, num_trials: int, *,
                   concurrency: int = 1) -> list[Point]:
-    """The configurations an Optuna search of the slice suggests, in order, `num_trials` of them (repeats
-    included), with `concurrency` trials pending at a time (the oldest is told first)."""
+    """The configurations an Optuna search of the slice trains, in order, up to `num_trials` of them, with
+    `concurrency` trials pending at a time (the oldest is told first); draws of configurations already told
+    are answered from their result, as the sweep answers them from its record."""
     import optuna
 
     search = dataclasses.replace(grid.spec.search, kind="optuna", sampler=cast(OptunaSampler, sampler),
@@ -162,20 +167,33 @@ def replay_optuna(grid: GridSlice, sampler: str, seed: int, num_trials: int, *,
     space = optuna_distributions(grid.spec)
     suggested: list[Point] = []
     pending: deque[tuple[Any, Point]] = deque()
+    known: set[Point] = set()
 
-    def tell_oldest() -> None:
-        ot_trial, point = pending.popleft()
+    def tell(ot_trial: Any, point: Point) -> None:
         result = grid.results[point]
         set_optuna_constraint(ot_trial, result)
         study.tell(ot_trial, optuna_values(result))
+        known.add(point)
+
+    def draw() -> tuple[Any, Point] | None:  # the sweep searcher's suggest
+        for attempt in range(OPTUNA_KNOWN_DRAWS):
+            if len(known) >= grid.size:
+                return None  # every configuration has a result: the search is finished
+            ot_trial = study.ask(fixed_distributions=space)
+            point = grid.point(ot_trial.params)
+            if point not in known or attempt == OPTUNA_KNOWN_DRAWS - 1:
+                return ot_trial, point
+            tell(ot_trial, point)
+        raise AssertionError("unreachable")
 
     while len(suggested) < num_trials:
-        ot_trial = study.ask(fixed_distributions=space)
-        point = grid.point(ot_trial.params)
-        suggested.append(point)
-        pending.append((ot_trial, point))
+        drawn = draw()
+        if drawn is None:
+            break
+        suggested.append(drawn[1])
+        pending.append(drawn)
         if len(pending) >= concurrency:
-            tell_oldest()
+            tell(*pending.popleft())
     return suggested
 
 
@@ -213,9 +231,9 @@ def frontier_found(sequence: Sequence[Point], frontier: frozenset[Point], length
 
 
 def measure(sequence: Sequence[Point], targets: Targets, grid_size: int) -> dict[str, Any]:
-    """`trials_to_<target>`: trials (repeats included) until the target is reached, what the sweep pays;
-    `distinct_to_<target>`: the distinct configurations among them, what a sweep would pay that answered a
-    repeat from its database (telling Optuna the recorded result, so the suggestions stay the same)."""
+    """`trials_to_<target>`: trials (configurations trained) until the target is reached, what the sweep
+    pays; `distinct_to_<target>`: the distinct configurations among them (fewer only where a configuration
+    was drawn again while still pending)."""
     reached: dict[str, int | None] = {}
     for budget, best in targets.best.items():
         reached[f"best_{budget}gib"] = trials_until(sequence, best)
@@ -410,7 +428,7 @@ def plot(curves: pd.DataFrame, path: Path) -> None:
                 ax.fill_between(stats["trials"], stats["q25"], stats["q75"], color=colours[str(method)],
                                 alpha=0.15)
         ax.set_title(slice_name)
-        ax.set_xlabel("trials (repeats included)")
+        ax.set_xlabel("trials (configurations trained)")
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel("frontier found (median, quartiles)")
@@ -486,11 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary.to_csv(args.out / "replay-summary.csv", index=False)
     table = markdown_table(summary)
     (args.out / "replay-summary.md").write_text(
-        "Median [quartiles] over seeds of the trials (repeats included) each method needed to suggest the "
-        "best configuration under 8 / 16 / 40 GiB, one within the tolerance of it (near), half and all of "
-        "the Pareto frontier; `distinct`: distinct configurations among those trials. nf: not found within "
-        "the replay's trials (`trials_run` in replay-summary.csv). N: grid size; frontier: its Pareto "
-        "configurations; c: trials pending at once.\n\n" + table)
+        "Median [quartiles] over seeds of the trials (configurations trained) each method needed to "
+        "suggest the best configuration under 8 / 16 / 40 GiB, one within the tolerance of it (near), half "
+        "and all of the Pareto frontier; `distinct`: distinct configurations among those trials. nf: not "
+        "found within the replay's trials (`trials_run` in replay-summary.csv). N: grid size; frontier: "
+        "its Pareto configurations; c: trials pending at once.\n\n" + table)
     plot(curves_frame, args.out / "replay-frontier.png")
     print(table)
     return 0

@@ -338,6 +338,7 @@ def test_optuna_search_runs_its_samples_under_the_constraint(local_ray: str, tmp
 
 def test_optuna_searcher_sets_the_budget_constraint_and_warm_starts() -> None:
     from ray import tune
+    from ray.tune.search import Searcher
 
     spec = parse_spec({"name": "c", "datasets": ["d"], "memory_budget": "8GiB",
                        "axes": {"num_negatives": [8, 16], "batch_size": [8], "max_len": [20]},
@@ -351,16 +352,20 @@ def test_optuna_searcher_sets_the_budget_constraint_and_warm_starts() -> None:
 
     searcher = sweep.make_optuna_search(spec, load_trials_frame([]))
     searcher.set_search_properties(None, None, space)
-    suggested = searcher.suggest("t1")
-    assert set(suggested["axes"]) == {"num_negatives", "batch_size", "max_len"}
+    first = searcher.suggest("t1")
+    assert set(first["axes"]) == {"num_negatives", "batch_size", "max_len"}
     searcher.on_trial_complete("t1", sweep.final_result("x", over))
-    searcher.suggest("t2")
+    # A configuration drawn again is answered from its result, not trained: t2 trains the other one.
+    second = searcher.suggest("t2")
+    assert second["axes"]["num_negatives"] != first["axes"]["num_negatives"]
     searcher.on_trial_complete("t2", sweep.final_result("y", fits))
     told = searcher._ot_study.trials
     assert told[0].constraints[sweep.CONSTRAINT_KEY] > 0  # over budget: infeasible
-    assert told[1].constraints[sweep.CONSTRAINT_KEY] == pytest.approx(-7.0)  # 1 GiB used of 8
-    assert told[1].values == [0.25, 1.0]
-    assert [t.number for t in searcher._ot_study.best_trials] == [1]  # only feasible trials are best
+    assert all(t.constraints[sweep.CONSTRAINT_KEY] > 0 for t in told[1:-1])  # draws of t1's, answered
+    assert told[-1].constraints[sweep.CONSTRAINT_KEY] == pytest.approx(-7.0)  # 1 GiB used of 8
+    assert told[-1].values == [0.25, 1.0]
+    assert [t.number for t in searcher._ot_study.best_trials] == [told[-1].number]  # only feasible: best
+    assert searcher.suggest("t3") == Searcher.FINISHED  # both configurations have a result
 
     # resuming: recorded trials are told to the new study before it samples
     warm = sweep.make_optuna_search(spec, load_trials_frame([("c-over", over), ("c-fits", fits)]))

@@ -440,6 +440,11 @@ def describe_record(record: TrialRecord) -> str:
 OPTUNA_OBJECTIVES: tuple[tuple[str, str], ...] = ((QUALITY_KEY, "max"), (MEMORY_KEY, "min"))
 
 
+# Draws of already-recorded configurations an Optuna search answers from the record in a row before it trains
+# one again (the sampler has converged on configurations it knows; more draws would only cost time).
+OPTUNA_KNOWN_DRAWS = 200
+
+
 def optuna_sampler(search: SearchSpec) -> Any:
     """The sampler of an Optuna search, from the spec's [search] `sampler` and `seed`: NSGA-II, or TPE
     (multivariate). Made fresh for each search; the sweep and `benchmarks/optuna_replay.py` both use it."""
@@ -477,6 +482,11 @@ def optuna_params(spec: SweepSpec, config: dict[str, Any]) -> dict[str, Any] | N
     return params
 
 
+def optuna_params_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A configuration's Optuna parameters as a hashable key (the same configuration, the same key)."""
+    return tuple(sorted(params.items()))
+
+
 def optuna_values(result: dict[str, Any]) -> list[float]:
     """The objective values Optuna is told for a trial's final result, in `OPTUNA_OBJECTIVES` order."""
     return [float(result[key]) for key, _ in OPTUNA_OBJECTIVES]
@@ -493,15 +503,23 @@ def make_optuna_search(spec: SweepSpec, recorded: Any) -> Any:
     Ray's OptunaSearch does not expose Optuna constraints, so a subclass sets `trial.set_constraint`
     (<= 0 is feasible) before telling Optuna the result. On --resume the recorded trials of the sweep
     are added to the Optuna study first, so the search continues from what it has already seen.
-    Every sample is a trial: a configuration drawn again runs again (its row is replaced), and counts
-    against `num_samples`.
+    A configuration drawn again is not trained again: the sampler is told the result already recorded
+    for it (by this sweep, earlier or in this run) and draws anew, so each of `num_samples` trains a
+    configuration not seen before (the axes are categorical, so the sampler repeats itself often: on the
+    study's 24-configuration grids TPE drew 17 distinct ones in its first 24 draws,
+    results/study/optuna-replay/). Once every configuration of the axes is recorded the search ends early;
+    after `OPTUNA_KNOWN_DRAWS` known draws in a row the last one is trained again rather than wait.
     """
     import optuna
+    from ray.tune.search import Searcher
     from ray.tune.search.optuna import OptunaSearch
+
+    space_size = math.prod(len(values) for _, values in spec.axes)
 
     class ConstrainedOptunaSearch(OptunaSearch):  # type: ignore[misc]
         def _setup_study(self, mode: Any) -> None:
             super()._setup_study(mode)
+            self._known: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
             space: Any = self._space  # a dict of Optuna distributions, converted from the param space
             for _, row in recorded.iterrows():
                 # the columns may differ (full CE: no negatives)
@@ -510,11 +528,29 @@ def make_optuna_search(spec: SweepSpec, recorded: Any) -> Any:
                     continue  # recorded under an older version of the spec's axes
                 record = TrialRecord.from_dict(json.loads(row["record_json"]))
                 result = final_result(row["trial_id"], record)
+                self._known[optuna_params_key(params)] = result
                 study: Any = self._ot_study
                 study.add_trial(optuna.trial.create_trial(
                     values=optuna_values(result), params=params,
                     distributions=space, constraints={CONSTRAINT_KEY: result[CONSTRAINT_KEY]},
                 ))
+
+        def suggest(self, trial_id: str) -> Any:
+            for attempt in range(OPTUNA_KNOWN_DRAWS):
+                if len(self._known) >= space_size:
+                    return Searcher.FINISHED  # every configuration of the axes has a result
+                config = super().suggest(trial_id)
+                if not isinstance(config, dict):
+                    return config
+                known = self._known.get(optuna_params_key(self._ot_trials[trial_id].params))
+                if known is None or attempt == OPTUNA_KNOWN_DRAWS - 1:
+                    return config
+                # Told, not trained; then draw again under the same Tune trial id. Told here rather than
+                # through on_trial_complete, which marks the trial id completed for good.
+                ot_trial = self._ot_trials.pop(trial_id)
+                set_optuna_constraint(ot_trial, known)
+                self._ot_study.tell(ot_trial, optuna_values(known))
+            raise AssertionError("unreachable")
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                               error: bool = False) -> None:
@@ -524,6 +560,8 @@ def make_optuna_search(spec: SweepSpec, recorded: Any) -> Any:
                 return
             if ot_trial is not None and result and CONSTRAINT_KEY in result:
                 set_optuna_constraint(ot_trial, result)
+                if not error:
+                    self._known[optuna_params_key(ot_trial.params)] = result
             super().on_trial_complete(trial_id, result, error)
 
     return ConstrainedOptunaSearch(metric=[key for key, _ in OPTUNA_OBJECTIVES],
@@ -603,7 +641,8 @@ def ray_session(address: str | None) -> Iterator[None]:
 
 
 __all__ = ["execute_sweep", "storage_root", "gpu_share", "make_optuna_search", "OPTUNA_OBJECTIVES",
-           "optuna_sampler", "optuna_param_space", "optuna_distributions", "optuna_params", "optuna_values",
+           "optuna_sampler", "optuna_param_space", "optuna_distributions", "optuna_params",
+           "optuna_params_key", "optuna_values", "OPTUNA_KNOWN_DRAWS",
            "set_optuna_constraint", "make_recording_callback",
            "make_stopper", "make_deadline_stopper", "describe_record", "Progress", "worker_environment",
            "configure_ray_environment", "start_ray", "ray_session"]

@@ -29,9 +29,13 @@ The d-blocked forward (`d_chunk` > 0: kernels.triton_shared's BlockConfig.block_
 operands instead, [block_m, d_chunk] of the hidden rows and [block_n, d_chunk] of the item rows, with nothing
 resident: `num_stages` buffers of each (at least 2; float32 and gathered item rows pipeline fewer), a
 converted copy of the item chunk where the items' dtype differs from hidden's, and 8 bytes a row and a column
-for the values that the online log-sum-exp reads (ids, offsets, targets, its running max and sum). Compiled
-for sm_90 with Triton 3.7.1 (`benchmarks/kernel_ptx.py --dblock`: d 64 to 512, chunks 32 to 128, tiles 64x64
-to 256x128, 1-4 stages, 4 and 8 warps, every dtype pair and scheme) it is never below the compiled need.
+for the values that the online log-sum-exp reads (ids, offsets, targets, its running max and sum). Over 540
+kernels compiled for sm_90 with Triton 3.7.1 (`benchmarks/kernel_ptx.py --dblock --grid`: d 64, 96, 200, 256,
+512; chunks 32 to 128; tiles 64x64 to 256x128; 1-4 stages; 4 and 8 warps; full, shared, per sequence; bf16,
+fp16, fp32, bf16 hidden with fp32 items) it is never below the compiled need: 1.01x to 7.4x, median 1.04x for
+half rows and items of the full catalogue and shared negatives with 2 or more stages; it counts more for
+float32 (at least 1.34x: one buffer less), per-sequence negatives (pipelined less deep through their ids),
+float32 items (shared negatives are gathered in hidden's dtype) and one stage.
 
 The estimate is at least the compiled need at each of 3,894 kernels compiled with Triton 3.6.0 (d 64, 128,
 256, 512; tiles 16x16 to 128x128 and 64x256; 1-4 stages; 4 warps, and 8 in the fused backward; bf16, fp16,

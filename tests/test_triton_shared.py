@@ -741,3 +741,50 @@ def test_d_blocked_launch_tiles_fit_the_devices_shared_memory(fake_gpu, shared: 
             assert config.forward == triton_shared.D_BLOCKED_FORWARD, (hidden_dtype, items_dtype)
     cpu = triton_shared.launch_config(torch.device("cpu"), dim, torch.float32, torch.float32, d_blocked=True)
     assert cpu.forward.block_d > 0
+
+
+def _dev_speed():
+    """benchmarks/dev_speed.py as a module (it puts tests/ on its path for the float64 oracle)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "dev_speed" not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / "dev_speed.py"
+        spec = importlib.util.spec_from_file_location("dev_speed", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["dev_speed"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["dev_speed"]
+
+
+def test_dev_speed_dblock_times_the_asked_tiles_on_an_h200() -> None:
+    """The dblock section's variants (CPU side): at d=256 and d=64 in bf16 the default configs, then each
+    DBLOCK_FORWARDS tile unshrunk with the default backward tiles; each fits the H200's shared memory."""
+    dev_speed = _dev_speed()
+    for dim in (64, 256):
+        variants = dev_speed.dblock_configs(dim, torch.bfloat16)
+        default = h200_tiles(dim, torch.bfloat16, torch.bfloat16)
+        assert variants[0] == ("default", None, default)
+        for (label, tiles, configs), asked in zip(variants[1:], dev_speed.DBLOCK_FORWARDS, strict=True):
+            assert tiles == asked and configs.forward == triton_shared.BlockConfig(*asked), label
+            assert dataclasses.replace(configs, forward=default.forward) == default
+            assert triton_shared.shared_memory_bytes("forward", configs.forward, dim=dim,
+                                                     hidden_dtype=torch.bfloat16,
+                                                     items_dtype=torch.bfloat16) <= H200_SHARED_MEMORY
+    assert dev_speed.DBLOCK_CASES[:2] == ((256, 4096), (256, 16384))
+
+
+def test_dev_speed_refuses_an_unknown_section_before_touching_a_gpu() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "dev_speed.py"), "--sections",
+                             "dblock,dblocks", "--out", "unused"], cwd=root, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "--sections: unknown section(s) dblocks" in result.stderr
+    assert not (root / "unused").exists()

@@ -4,7 +4,9 @@ When many rows score the same negatives the loss is a GEMM followed by a softmax
 the FlashAttention pattern: a program holds a block of rows, walks the negative tiles with `tl.dot`
 and keeps a running max and sum of exponentials (base 2: each exponential is one FMA + ex2, with
 LOG2E = log2(e) from kernels.triton_common). Logits never reach global memory; forward
-saves only logsumexp and the positive logit per row (float32 [N]).
+saves only logsumexp and the positive logit per row (float32 [N]). Opt-in (BlockConfig.block_d > 0, or
+launch_config(d_blocked=True)): the forward with the d axis blocked, `_forward_dblock_kernel`, whose tiles
+are pipelined GEMMs over d chunks (notes/kernel-shared.md); the default keeps whole rows resident.
 
 Backward recomputes the logits in two kernels:
 - grad_hidden: one program per row block, walking the negative tiles (like forward); no atomics. The

@@ -7,6 +7,14 @@
 2. dense: each dense kernel alone (forward, grad_hidden, grad_items) over tile shapes at d=256, bf16,
    N=51,200: the full catalogue (C = 10^6) and shared K=16384; then fwd+bwd of the per-kernel winners
    combined against the default configs (full, shared K=4096 and 16384).
+3. dblock (issue 13's d-blocked forward, BlockConfig.block_d): float64 checks of each d-blocked forward tile
+   (shared negatives, log q tensor, accidental hits; d=256, 64, 200 in bf16, d=256 in float32), then at
+   N=51,200, C=10^6, bf16, shared K=4096 and 16384, d=256 then d=64: the forward alone (default against
+   each tile, with its TFLOP/s) and fwd+bwd of the default, the fastest d-blocked forward and
+   torch.compile (x compile beside each). Under 4 minutes alone on an H200:
+
+       PYTHONPATH=. python3 benchmarks/dev_speed.py --sections dblock --out OUT
+
 A winner must also pass a float64 check at a moderate size (loss, dH, dE relative L2; per position
 tensor and drawn negatives, bf16 and float32, with log q and accidental hits): the fastest variant that
 passes (and at d=256 per position stays within the published kernel's 0.76 GiB) wins. Prints the
@@ -320,14 +328,185 @@ def dense_section(out: str, deadline: float) -> None:
             save(out)
 
 
+# --- d-blocked forward (BlockConfig.block_d) -------------------------------------------------------
+
+# The d-blocked forward tiles timed against the default forward: (block_m, block_n, warps, stages, block_d).
+# kernel_ptx.py --dblock compiles each for sm_90 (wgmma, no spills); launch_config fits them to the card.
+DBLOCK_FORWARDS = ((128, 128, 8, 3, 64), (128, 128, 8, 4, 64), (128, 256, 8, 3, 64), (256, 128, 8, 3, 64))
+# (d, K) of the timings, the issue's d=256 cases first (the deadline cuts from the end).
+DBLOCK_CASES = ((256, 4096), (256, 16384), (64, 4096), (64, 16384))
+# (d, hidden dtype) of the float64 checks: the timed widths, d=200 (not a multiple of the chunk), float32.
+DBLOCK_CHECKS = ((256, torch.bfloat16), (64, torch.bfloat16), (200, torch.bfloat16), (256, torch.float32))
+
+
+def dblock_configs(dim: int, hidden_dtype: torch.dtype, sm_count: int = 132,
+                   limit: int = 232_448) -> list[tuple[str, tuple | None, KernelConfigs]]:
+    """(label, DBLOCK_FORWARDS tile or None, configs): the default configs first, then per tile the
+    d-blocked forward with the default backward, each fitted to `limit` bytes of shared memory as
+    launch_config fits them (the label says where the fitted tile differs)."""
+    base = ts.fit_config(ts.gpu_config(dim, sm_count), dim=dim, hidden_dtype=hidden_dtype,
+                         items_dtype=hidden_dtype, limit=limit)
+    variants: list[tuple[str, tuple | None, KernelConfigs]] = [("default", None, base)]
+    for tiles in DBLOCK_FORWARDS:
+        fitted = ts.fit_config(dataclasses.replace(base, forward=BlockConfig(*tiles)), dim=dim,
+                               hidden_dtype=hidden_dtype, items_dtype=hidden_dtype, limit=limit)
+        block_m, block_n, warps, stages, block_d = tiles
+        label = f"dblock {block_m}x{block_n} w{warps} s{stages} bd{block_d}"
+        got = fitted.forward
+        if got != BlockConfig(*tiles):
+            label += f" (fitted: {got.block_m}x{got.block_n} s{got.num_stages})"
+        variants.append((label, tiles, fitted))
+    return variants
+
+
+def check_dblock(configs: KernelConfigs, label: str, dim: int, hidden_dtype: torch.dtype) -> bool:
+    """Loss, dH and dE of shared negatives with `configs` against float64 (log q tensor, accidental hits,
+    ignored rows) at CHECK_SIZE."""
+    n, k, c = CHECK_SIZE
+    gen = torch.Generator(device=DEVICE).manual_seed(dim)
+    hidden = (torch.randn(n, dim, device=DEVICE, generator=gen) * 0.5).to(hidden_dtype)
+    items = (torch.randn(c, dim, device=DEVICE, generator=gen) * dim**-0.5).to(hidden_dtype)
+    targets = torch.randint(0, c, (n,), device=DEVICE, generator=gen)
+    negatives = torch.randint(0, c, (k,), device=DEVICE, generator=gen)
+    hits = targets[::5]
+    targets[::5] = negatives[torch.randint(0, k, hits.shape, device=DEVICE, generator=gen)]  # accidental hits
+    targets[1::11] = IGNORE
+    log_q = torch.log_softmax(torch.randn(c, device=DEVICE, generator=gen), 0)
+    h, e = hidden.clone().requires_grad_(), items.clone().requires_grad_()
+    try:
+        loss = shared_linear_cross_entropy(h, e, targets, negatives, scheme="shared", num_negatives=k,
+                                           rows_per_sequence=1, log_q=log_q, remove_accidental_hits=True,
+                                           ignore_index=IGNORE, reduction="mean", config=configs)
+        loss.backward()
+    except Exception as error:  # a tile the compiler or the card refuses
+        print(f"check dblock {label} d={dim} {hidden_dtype}: {type(error).__name__}: {str(error)[:100]}",
+              flush=True)
+        RESULTS["check"].append(dict(kind="dblock", case=f"{label} d={dim} {hidden_dtype}", ok=False,
+                                     error=f"{type(error).__name__}: {str(error)[:300]}"))
+        return False
+    h64, e64 = hidden.double().requires_grad_(), items.double().requires_grad_()
+    expected = oracle_loss(h64, e64, targets, negatives, log_q=log_q, ignore_index=IGNORE)
+    expected.backward()
+    errors = (rel(loss.detach(), expected.detach()), rel(h.grad, h64.grad), rel(e.grad, e64.grad))
+    limit = 1e-4 if hidden_dtype == torch.float32 else 2e-2
+    ok = max(errors) < limit and bool(torch.isfinite(h.grad).all() and torch.isfinite(e.grad).all())
+    RESULTS["check"].append(dict(kind="dblock", case=f"{label} d={dim} {hidden_dtype}", loss=errors[0],
+                                 grad_hidden=errors[1], grad_items=errors[2], ok=ok))
+    print(f"check dblock {label:44s} d={dim} {str(hidden_dtype)[6:]:8s} loss {errors[0]:.1e} "
+          f"dH {errors[1]:.1e} dE {errors[2]:.1e} {'ok' if ok else 'FAIL'}", flush=True)
+    return ok
+
+
+def forward_ms(hidden, items, targets, negatives, configs: KernelConfigs) -> float:
+    """The forward alone, as the autograd function runs it (the negatives prepared once, outside)."""
+    plan = ts._Plan(scheme="shared", num_items=items.shape[0], num_groups=1, rows_per_group=hidden.shape[0],
+                    num_negatives=negatives.shape[0], log_q_mode=0, log_q_scalar=0.0, remove_hits=True,
+                    ignore_index=IGNORE, reduction="mean", config=configs)
+    prepared = ts._prepare_negatives(negatives, None, plan)
+    return float(do_bench(functools.partial(ts._forward, hidden, items, targets, prepared, plan), warmup=10,
+                          rep=80, return_mode="median"))
+
+
+def compiled_step(hidden, items, targets, negatives):
+    """fwd+bwd of torch.compile of the reference (materialised logits), as bench-loss's "compile"."""
+    from kernels.reference import reference_linear_cross_entropy
+
+    torch._dynamo.reset()
+    compiled = torch.compile(reference_linear_cross_entropy, dynamic=False)
+
+    def step() -> None:
+        compiled(hidden, items, targets, negatives, scheme="shared", num_negatives=negatives.shape[0],
+                 rows_per_sequence=1, seed=None, log_q=None, remove_accidental_hits=True, ignore_index=IGNORE,
+                 reduction="mean").backward()
+    return step
+
+
+def dblock_section(out: str, deadline: float) -> None:
+    """The d-blocked forward: float64 checks first (a variant failing one is not timed), then per case the
+    forward alone (default and each variant) and fwd+bwd of the default, the fastest d-blocked forward
+    and torch.compile."""
+    RESULTS.setdefault("dblock_forward", [])
+    RESULTS.setdefault("dblock", [])
+    passed: dict[tuple[tuple | None, int], bool] = {}  # (tile, timed d): every check of it passed
+    for dim, hidden_dtype in DBLOCK_CHECKS:
+        for label, tiles, configs in dblock_configs(dim, hidden_dtype)[1:]:
+            if hidden_dtype == torch.float32 and tiles != DBLOCK_FORWARDS[0]:
+                continue  # float32: the first tile only (its compilation is slow)
+            key = (tiles, 64 if dim == 64 else 256)
+            passed[key] = check_dblock(configs, label, dim, hidden_dtype) and passed.get(key, True)
+    save(out)
+    n = DENSE_SIZE[0]
+    for dim, k in DBLOCK_CASES:
+        if time.monotonic() > deadline:
+            print(f"dblock d={dim} K={k}: skipped (time budget)", flush=True)
+            continue
+        hidden, items, targets, negatives = dense_inputs("shared", k, dim, n=n)
+        variants = [(label, configs) for label, tiles, configs in dblock_configs(dim, torch.bfloat16)
+                    if tiles is None or passed.get((tiles, dim), False)]
+        times = {}
+        for label, configs in variants:
+            if time.monotonic() > deadline:
+                continue
+            try:
+                times[label] = forward_ms(hidden, items, targets, negatives, configs)
+            except Exception as error:  # out of shared memory or registers on this card
+                print(f"dblock d={dim} K={k} forward {label}: {type(error).__name__}", flush=True)
+                continue
+            RESULTS["dblock_forward"].append(dict(dim=dim, k=k, variant=label, ms=times[label],
+                                                  tflops=2 * n * k * dim / times[label] / 1e9,
+                                                  forward=dataclasses.asdict(configs.forward)))
+            print(f"dblock d={dim:3d} K={k:5d} forward {label:44s} {times[label]:7.3f} ms "
+                  f"({2 * n * k * dim / times[label] / 1e9:5.0f} TFLOP/s)", flush=True)
+        blocked = [label for label in times if label != "default"]
+        steps = [("default", dict(variants)["default"])]
+        if blocked:
+            best = min(blocked, key=times.__getitem__)
+            steps.append((f"best {best}", dict(variants)[best]))
+        h, e = hidden.requires_grad_(), items.requires_grad_()
+        row = dict(dim=dim, k=k)
+        for label, configs in steps:
+            if time.monotonic() > deadline:
+                continue
+            step = functools.partial(backward_of, dense_loss, h, e, targets, negatives, "shared", configs)
+            ms, memory = timed(step, [h, e])
+            row[label] = dict(ms=ms, peak_extra_gib=memory / GIB, configs=dataclasses.asdict(configs))
+            print(f"dblock d={dim:3d} K={k:5d} fwd+bwd {label:49s} {ms:7.3f} ms {memory / GIB:6.3f} GiB",
+                  flush=True)
+        if time.monotonic() < deadline - 30:  # torch.compile takes tens of seconds to compile
+            try:
+                ms, memory = timed(compiled_step(h, e, targets, negatives), [h, e])
+                row["compile"] = dict(ms=ms, peak_extra_gib=memory / GIB)
+                print(f"dblock d={dim:3d} K={k:5d} fwd+bwd {'torch.compile':49s} {ms:7.3f} ms "
+                      f"{memory / GIB:6.3f} GiB", flush=True)
+                for label, _ in steps:
+                    if label in row:
+                        row[label]["vs_compile"] = ms / row[label]["ms"]
+                        print(f"    {label}: {ms / row[label]['ms']:.2f}x torch.compile", flush=True)
+            except Exception as error:
+                row["compile"] = dict(error=f"{type(error).__name__}: {str(error)[:300]}")
+        RESULTS["dblock"].append(row)
+        del h, e, hidden, items
+        torch.cuda.empty_cache()
+        save(out)
+
+
+SECTIONS = ("gather", "dense", "dblock")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", default="gather,dense")
+    parser.add_argument("--sections", default="gather,dense",
+                        help=f"comma-separated, of {', '.join(SECTIONS)}")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--budget-seconds", type=float, default=225.0,
                         help="stop starting new timings after this many seconds")
     args = parser.parse_args()
     sections = args.sections.split(",")
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        parser.error(f"--sections: unknown section(s) {', '.join(unknown)}; expected some of "
+                     f"{', '.join(SECTIONS)}")
+    os.makedirs(args.out, exist_ok=True)
     deadline = STARTED + args.budget_seconds
     props = torch.cuda.get_device_properties(0)
     RESULTS["device"] = dict(name=props.name, sms=props.multi_processor_count, torch=torch.__version__,
@@ -337,6 +516,8 @@ def main() -> int:
         gather_section(args.out, deadline)
     if "dense" in sections:
         dense_section(args.out, deadline)
+    if "dblock" in sections:
+        dblock_section(args.out, deadline)
     print("\n== winners (fastest correct variant; per position d=256 within the published 0.76 GiB) ==")
     for row in RESULTS["winners"]:
         extra = (f", default {row['default_ms']:.2f} ms / {row['default_gib']:.3f} GiB"

@@ -16,6 +16,15 @@ the items' dtype. Tested with triton 3.6.0 (the H200's) and 3.7.1.
     PYTHONPATH=. python benchmarks/kernel_ptx.py --check   # the code generator only (seconds)
     PYTHONPATH=. python benchmarks/kernel_ptx.py --loops [--out DIR]   # the dense tile loops (seconds)
     PYTHONPATH=. python benchmarks/kernel_ptx.py --shared-memory [--limit BYTES] [--dims 64,512]   # a minute
+    PYTHONPATH=. python benchmarks/kernel_ptx.py --dblock [--grid]   # d-blocked forward (seconds; minutes)
+
+--dblock compiles the forward of shared negatives at d=256 in bf16 (K=4096, hits removed) to the cubin with
+the default tiles and with each of DBLOCK_CANDIDATES' d-blocked tiles (BlockConfig.block_d), and prints per
+tile its shared memory against the limit and kernels.tile_memory's estimate, registers, spilled bytes, loop
+size and the MMA it runs on: PTX `wgmma.mma_async` / SASS `HGMMA` (Hopper's warpgroup MMA) against
+`mma.sync` / `HMMA`. It fails where a d-blocked tile does not compile, spills, exceeds the limit or its
+estimate, or has no wgmma. With --grid it compiles the d-blocked forward over DBLOCK_GRID_* (d 64 to 512,
+every dtype pair and scheme) up to the shared-memory allocation and fails where the estimate is below it.
 
 --shared-memory compiles each dense kernel (full, shared, per-sequence; d 64, 96, 128, 256, 512; bf16, fp16,
 fp32, bf16 hidden with fp32 items) with the tiles that triton_shared.launch_config gives a card of --limit
@@ -37,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import difflib
 import itertools
 import json
@@ -170,6 +180,13 @@ def dense_cases() -> list[dict]:
     ]:
         cases.append(dict(family="dense", scheme=scheme, dim=dim, k=k, dtypes=dtypes, log_q=log_q, hits=hits,
                           grads=grads))
+    # The opt-in d-blocked forward (launch_config(d_blocked=True)), gathered (shared), through ids
+    # (per sequence) and in order (full); d not a multiple of its chunk in two of them.
+    for scheme, dim, k, dtypes, log_q in [("shared", 256, 4096, "bf16", "none"),
+                                          ("sequence", 200, 500, "bf16/fp32", "tensor"),
+                                          ("full", 96, 1000, "fp32", "none")]:
+        cases.append(dict(family="dense", scheme=scheme, dim=dim, k=k, dtypes=dtypes, log_q=log_q,
+                          hits=scheme != "full", grads="both", d_blocked=True))
     return cases
 
 
@@ -191,9 +208,10 @@ def gather_cases() -> list[dict]:
     return cases
 
 
-def run_case(case: dict, dense_config: ts.SharedConfig | None = None) -> None:
-    """Forward and backward of `case` through the public host code; a dense case launches `dense_config`,
-    or by default the tiles of an H200 (launch_config)."""
+def run_case(case: dict, dense_config: ts.SharedConfig | None = None, *, backward: bool = True) -> None:
+    """Forward and (unless not `backward`) backward of `case` through the public host code; a dense case
+    launches `dense_config`, or by default the tiles of an H200 (launch_config; d_blocked where the case
+    says so)."""
     rows, sequences, k = 96, 4, case["k"]
     num_items = k if case["scheme"] == "full" else 20_000
     hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
@@ -210,7 +228,7 @@ def run_case(case: dict, dense_config: ts.SharedConfig | None = None) -> None:
         else:
             negatives = torch.randint(0, num_items, (sequences, k), generator=generator)
         config = dense_config or ts.launch_config(torch.device("cuda"), case["dim"], hidden_dtype,
-                                                  items_dtype)
+                                                  items_dtype, d_blocked=case.get("d_blocked", False))
         loss = ts.shared_linear_cross_entropy(
             hidden, items, targets, negatives, scheme=case["scheme"], num_negatives=k,
             rows_per_sequence=rows // sequences, log_q=log_q, remove_accidental_hits=case["hits"],
@@ -226,8 +244,9 @@ def run_case(case: dict, dense_config: ts.SharedConfig | None = None) -> None:
             hidden, items, targets, negatives, scheme=case["scheme"], num_negatives=k,
             seed=7 if case["scheme"] == "drawn" else None, log_q=log_q, remove_accidental_hits=case["hits"],
             ignore_index=IGNORE, reduction="mean", config=config)
-    inputs = {"both": [hidden, items], "hidden": [hidden], "items": [items]}[case["grads"]]
-    torch.autograd.grad(loss, inputs, allow_unused=True)
+    if backward:
+        inputs = {"both": [hidden, items], "hidden": [hidden], "items": [items]}[case["grads"]]
+        torch.autograd.grad(loss, inputs, allow_unused=True)
 
 
 def other_launches() -> None:
@@ -401,6 +420,30 @@ def loop_rule_breaks(ttgir: str) -> list[str]:
 def _backend_tool(name: str) -> str | None:
     path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     return str(path) if path.is_file() else None
+
+
+def sass_counts(cubin: bytes, opcodes: tuple[str, ...]) -> dict[str, int] | None:
+    """How many SASS instructions of a cubin have each of `opcodes` (HGMMA: Hopper's warpgroup MMA, HMMA:
+    the older warp MMA; modifiers ignored), plus, under "shapes", the distinct full opcodes of the first
+    (e.g. HGMMA.64x128x16.F32.BF16); None where the backend ships no nvdisasm."""
+    nvdisasm = _backend_tool("nvdisasm")
+    if nvdisasm is None:
+        return None
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        sass = subprocess.run([nvdisasm, "-c", file.name], capture_output=True, text=True).stdout
+    counts: dict = dict.fromkeys(opcodes, 0)
+    shapes: set[str] = set()
+    for line in sass.splitlines():
+        instruction = re.match(r"\s*/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(\S*)", line)
+        if instruction:
+            for opcode in opcodes:
+                counts[opcode] += instruction.group(1) == opcode
+            if instruction.group(1) == opcodes[0]:
+                shapes.add(instruction.group(1) + instruction.group(2))
+    counts["shapes"] = sorted(shapes)
+    return counts
 
 
 def sass_summary(cubin: bytes) -> str:
@@ -578,6 +621,91 @@ def shared_memory(target: GPUTarget, *, limit: int, dims: tuple[int, ...] = SHAR
     return failed
 
 
+# --dblock: the d=256 bf16 forward of shared negatives (K=4096, accidental hits removed, as bench-loss calls
+# it) with the default tiles and with d-blocked candidates: (block_m, block_n, warps, stages, block_d).
+DBLOCK_CANDIDATES = ((128, 128, 8, 2, 64), (128, 128, 8, 3, 64), (128, 128, 8, 4, 64), (128, 256, 8, 2, 64),
+                     (128, 256, 8, 3, 64), (128, 256, 8, 4, 64), (128, 128, 4, 3, 64), (256, 128, 8, 3, 64))
+# --dblock --shared-memory: the grid over which the d-blocked forward's estimate must bound the need.
+DBLOCK_GRID_DIMS = (64, 96, 200, 256, 512)
+DBLOCK_GRID_TILES = ((64, 64, 4, 3, 32), (128, 128, 8, 1, 64), (128, 128, 8, 2, 64), (128, 128, 8, 4, 64),
+                     (128, 256, 8, 4, 64), (256, 128, 8, 3, 64), (64, 256, 4, 3, 64), (128, 128, 8, 3, 128),
+                     (128, 64, 4, 2, 128))
+
+
+def _dblock_forward_case(dim: int = 256, dtypes: str = "bf16", scheme: str = "shared") -> dict:
+    return dict(family="dense", scheme=scheme, dim=dim, k=4096 if scheme != "full" else 1000, dtypes=dtypes,
+                log_q="none" if scheme != "sequence" else "tensor", hits=scheme != "full", grads="hidden")
+
+
+def dblock(target: GPUTarget, *, limit: int, grid: bool) -> int:
+    """--dblock: the d-blocked forward against the default one, compiled for `target` to the cubin: per
+    tile, shared memory (and kernels.tile_memory's estimate), registers, spilled bytes, SASS instructions
+    of its largest loop and whether it runs on Hopper's warpgroup MMA (PTX wgmma.mma_async, SASS HGMMA)
+    or the older one (mma.sync, HMMA). 1 if a d-blocked kernel does not compile, exceeds `limit` or its
+    estimate, spills or uses no wgmma. With `grid`: the estimate against the need over DBLOCK_GRID_*
+    (every scheme and dtype pair, up to the shared-memory allocation; a few minutes)."""
+    failed = 0
+    config: ts.SharedConfig | None = None
+    case: dict = {}
+
+    def record(name: str, result: object) -> None:
+        nonlocal failed
+        if name not in ("_forward_kernel", "_forward_dblock_kernel"):
+            return
+        assert config is not None
+        tiles = config.forward
+        hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
+        estimate = ts.shared_memory_bytes("forward", tiles, dim=case["dim"], hidden_dtype=hidden_dtype,
+                                          items_dtype=items_dtype)
+        label = (f"{case['scheme']} d={case['dim']} {case['dtypes']} {tiles.block_m}x{tiles.block_n} "
+                 f"w{tiles.num_warps} s{tiles.num_stages} block_d={tiles.block_d or 'whole rows'}")
+        if isinstance(result, _SharedMemoryKnown):
+            over = estimate < result.shared
+            failed |= over
+            print(f"{label}: {result.shared} bytes, estimate {estimate}"
+                  + ("  ESTIMATE BELOW" if over else ""), flush=True)
+            return
+        if isinstance(result, Exception):
+            print(f"{label}: {type(result).__name__}: {str(result).splitlines()[0]}", flush=True)
+            failed = 1
+            return
+        shared = result.metadata.shared  # type: ignore[attr-defined]
+        asm = result.asm  # type: ignore[attr-defined]
+        wgmma, mma_sync = asm["ptx"].count("wgmma.mma_async"), asm["ptx"].count("mma.sync")
+        sass = sass_counts(asm["cubin"], ("HGMMA", "HMMA"))
+        summary = sass_summary(asm["cubin"])
+        spilled = re.search(r"(\d+) stack bytes", summary)
+        problems = []
+        if name == "_forward_dblock_kernel":
+            problems += ["OVER THE LIMIT"] if shared > limit else []
+            problems += ["ESTIMATE BELOW"] if estimate < shared else []
+            problems += ["SPILLS"] if spilled and int(spilled.group(1)) > 0 else []
+            problems += ["NO WGMMA"] if wgmma == 0 or (sass is not None and sass["HGMMA"] == 0) else []
+        failed |= bool(problems)
+        sass_text = ("no nvdisasm" if sass is None else
+                     f"SASS HGMMA {sass['HGMMA']} ({' '.join(sass['shapes'])}), HMMA {sass['HMMA']}")
+        print(f"{label}: {shared} bytes of {limit} (estimate {estimate}); {summary}; PTX wgmma.mma_async "
+              f"{wgmma}, mma.sync {mma_sync}; {sass_text}" + "".join(f"  {p}" for p in problems), flush=True)
+
+    base = ts.fit_config(ts.gpu_config(256, 132), dim=256, hidden_dtype=torch.bfloat16,
+                         items_dtype=torch.bfloat16, limit=limit)
+    with compile_only(target, record):
+        if not grid:
+            case = _dblock_forward_case()
+            for config in [base] + [dataclasses.replace(base, forward=ts.BlockConfig(*tiles))
+                                    for tiles in DBLOCK_CANDIDATES]:
+                run_case(case, config, backward=False)
+            return failed
+        with stop_after_shared_memory():
+            for dim, dtypes, scheme, tiles in itertools.product(DBLOCK_GRID_DIMS, DTYPES, ("full", "shared",
+                                                                                          "sequence"),
+                                                                DBLOCK_GRID_TILES):
+                case = _dblock_forward_case(dim, dtypes, scheme)
+                config = dataclasses.replace(base, forward=ts.BlockConfig(*tiles))
+                run_case(case, config, backward=False)
+    return failed
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
@@ -597,6 +725,9 @@ def main() -> int:
                         help="--shared-memory: a grid of tiles instead of the H200's, estimate only (hours)")
     parser.add_argument("--full-compile", action="store_true",
                         help="--shared-memory: compile to the end (slow), not up to the allocation")
+    parser.add_argument("--dblock", action="store_true",
+                        help="the d-blocked forward's candidate tiles at d=256 bf16 against the default: "
+                             "shared memory, registers, spills, wgmma/HGMMA (--grid: its estimate)")
     args = parser.parse_args()
     target = GPUTarget("cuda", args.arch, 64)
     if args.compare:
@@ -605,6 +736,8 @@ def main() -> int:
         return check(target)
     if args.loops:
         return loops(target, args.out)
+    if args.dblock:
+        return dblock(target, limit=args.limit, grid=args.grid)
     if args.shared_memory:
         return shared_memory(target, limit=args.limit, dims=tuple(int(d) for d in args.dims.split(",")),
                              full_compile=args.full_compile, grid=args.grid)

@@ -25,6 +25,18 @@ notes/kernel-shared.md has the measurements):
 - Per-row values pipelined with the streamed tile (log-sum-exp, gradient, target, negative id, offset):
   at most 12 bytes a row and a stage.
 
+The d-blocked forward (`d_chunk` > 0: kernels.triton_shared's BlockConfig.block_d) streams chunks of both
+operands instead, [block_m, d_chunk] of the hidden rows and [block_n, d_chunk] of the item rows, with nothing
+resident: `num_stages` buffers of each (at least 2; float32 and gathered item rows pipeline fewer), a
+converted copy of the item chunk where the items' dtype differs from hidden's, and 8 bytes a row and a column
+for the values that the online log-sum-exp reads (ids, offsets, targets, its running max and sum). Over 540
+kernels compiled for sm_90 with Triton 3.7.1 (`benchmarks/kernel_ptx.py --dblock --grid`: d 64, 96, 200, 256,
+512; chunks 32 to 128; tiles 64x64 to 256x128; 1-4 stages; 4 and 8 warps; full, shared, per sequence; bf16,
+fp16, fp32, bf16 hidden with fp32 items) it is never below the compiled need: 1.01x to 7.4x, median 1.04x for
+half rows and items of the full catalogue and shared negatives with 2 or more stages; it counts more for
+float32 (at least 1.34x: one buffer less), per-sequence negatives (pipelined less deep through their ids),
+float32 items (shared negatives are gathered in hidden's dtype) and one stage.
+
 The estimate is at least the compiled need at each of 3,894 kernels compiled with Triton 3.6.0 (d 64, 128,
 256, 512; tiles 16x16 to 128x128 and 64x256; 1-4 stages; 4 warps, and 8 in the fused backward; bf16, fp16,
 fp32, bf16 hidden with fp32 items; full, shared, per sequence, fused backward) and at each of 1,800 with
@@ -43,11 +55,19 @@ ROW_VALUE_BYTES = 12
 
 
 def shared_memory_bytes(kernel: str, *, block_m: int, block_n: int, num_stages: int, num_warps: int,
-                        block_d: int, hidden_bytes: int, items_bytes: int) -> int:
+                        block_d: int, hidden_bytes: int, items_bytes: int, d_chunk: int = 0) -> int:
     """Estimated shared memory of one launch of `kernel` (one of KERNELS) with tiles of block_m rows and
-    block_n negatives, rows padded to block_d, hidden and item elements of the given sizes."""
+    block_n negatives, rows padded to block_d, hidden and item elements of the given sizes; d_chunk > 0:
+    the d-blocked forward with chunks of that width (forward only)."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {', '.join(KERNELS)}, got {kernel!r}")
+    if d_chunk:
+        if kernel != "forward":
+            raise ValueError(f"d_chunk: only the forward kernel has a d-blocked form, not {kernel!r}")
+        chunk = min(d_chunk, block_d)
+        stage = block_m * chunk * hidden_bytes + block_n * chunk * items_bytes
+        converted = block_n * chunk * hidden_bytes if items_bytes != hidden_bytes else 0
+        return max(num_stages, 2) * stage + converted + 8 * (block_m + block_n)
     if kernel == "grad_items":
         streamed_rows, streamed_bytes, resident_rows, mma_rows = block_m, hidden_bytes, block_n, block_n
     else:

@@ -4,7 +4,9 @@ When many rows score the same negatives the loss is a GEMM followed by a softmax
 the FlashAttention pattern: a program holds a block of rows, walks the negative tiles with `tl.dot`
 and keeps a running max and sum of exponentials (base 2: each exponential is one FMA + ex2, with
 LOG2E = log2(e) from kernels.triton_common). Logits never reach global memory; forward
-saves only logsumexp and the positive logit per row (float32 [N]).
+saves only logsumexp and the positive logit per row (float32 [N]). Opt-in (BlockConfig.block_d > 0, or
+launch_config(d_blocked=True)): the forward with the d axis blocked, `_forward_dblock_kernel`, whose tiles
+are pipelined GEMMs over d chunks (notes/kernel-shared.md); the default keeps whole rows resident.
 
 Backward recomputes the logits in two kernels:
 - grad_hidden: one program per row block, walking the negative tiles (like forward); no atomics. The
@@ -58,18 +60,30 @@ from kernels.schemes import Reduction, SharedScheme
 from kernels.triton_common import LN2, LOG2E, LOG_Q_NONE, check_reduction, log_q_correction, parse_log_q
 from kernels.triton_guard import NEGATIVES_SLOT, TARGETS_SLOT, in_catalogue, report_refused
 
-__all__ = ["BlockConfig", "KernelConfigs", "SharedConfig", "SharedScheme", "default_config",
-           "default_configs", "fit_config", "gpu_config", "launch_config", "shared_linear_cross_entropy"]
+__all__ = ["D_BLOCKED_FORWARD", "BlockConfig", "KernelConfigs", "SharedConfig", "SharedScheme",
+           "default_config", "default_configs", "fit_config", "gpu_config", "launch_config",
+           "shared_linear_cross_entropy"]
 
 
 @dataclass(frozen=True)
 class BlockConfig:
-    """Tile shape and launch parameters of one kernel. block_m: rows, block_n: negatives per tile."""
+    """Tile shape and launch parameters of one kernel. block_m: rows, block_n: negatives per tile.
+
+    block_d (opt-in, forward only): 0 (the default) keeps each row block's whole d-wide rows resident and
+    scores a negative tile with one dot over d; a power of two >= 16 instead computes each
+    [block_m, block_n] logit tile as a GEMM main loop over d in chunks of block_d, pipelined over
+    (negative tile, chunk) steps, so shared memory holds num_stages chunks of both operands rather than
+    whole rows and larger tiles fit at d = 256 (the hidden chunks are read again for every negative tile)."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    block_d: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block_d != 0 and (self.block_d < 16 or self.block_d & (self.block_d - 1)):
+            raise ValueError(f"block_d: expected 0 (whole rows) or a power of two >= 16, got {self.block_d}")
 
 
 @dataclass(frozen=True)
@@ -128,21 +142,31 @@ def gpu_config(dim: int, sm_count: int) -> SharedConfig:
 default_configs = default_config  # its name before the two kernel families were named alike
 
 
+# The d-blocked forward (BlockConfig.block_d) that launch_config(d_blocked=True) starts from: wgmma-sized
+# logit tiles, two warpgroups. Compiled for sm_90 only (notes/kernel-shared.md); not yet timed on a GPU.
+D_BLOCKED_FORWARD = BlockConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, block_d=64)
+_D_BLOCKED_INTERPRETER = BlockConfig(block_m=16, block_n=16, num_warps=1, num_stages=1, block_d=16)
+
+
 def launch_config(device: torch.device, dim: int, hidden_dtype: torch.dtype,
-                  items_dtype: torch.dtype) -> SharedConfig:
+                  items_dtype: torch.dtype, *, d_blocked: bool = False) -> SharedConfig:
     """The tiles a call launches: `default_config`'s, on CUDA each shrunk by `fit_config` to the device's
     shared memory, so that the first launch loads (a retry is a compilation: minutes for wide float32
-    tiles)."""
+    tiles). d_blocked (opt-in): the forward takes D_BLOCKED_FORWARD's d-blocked tiles instead."""
     if device.type != "cuda":
-        return default_config(device, dim)
-    return _cuda_launch_config(device, dim, hidden_dtype, items_dtype)
+        config = default_config(device, dim)
+        return dataclasses.replace(config, forward=_D_BLOCKED_INTERPRETER) if d_blocked else config
+    return _cuda_launch_config(device, dim, hidden_dtype, items_dtype, d_blocked)
 
 
 @functools.lru_cache(maxsize=64)
 def _cuda_launch_config(device: torch.device, dim: int, hidden_dtype: torch.dtype,
-                        items_dtype: torch.dtype) -> SharedConfig:
-    return fit_config(default_config(device, dim), dim=dim, hidden_dtype=hidden_dtype,
-                      items_dtype=items_dtype, limit=shared_memory_limit(device))
+                        items_dtype: torch.dtype, d_blocked: bool = False) -> SharedConfig:
+    config = default_config(device, dim)
+    if d_blocked:
+        config = dataclasses.replace(config, forward=D_BLOCKED_FORWARD)
+    return fit_config(config, dim=dim, hidden_dtype=hidden_dtype, items_dtype=items_dtype,
+                      limit=shared_memory_limit(device))
 
 
 @functools.lru_cache(maxsize=16)
@@ -187,7 +211,7 @@ def shared_memory_bytes(kernel: str, tiles: BlockConfig, *, dim: int, hidden_dty
     return tile_memory.shared_memory_bytes(
         kernel, block_m=tiles.block_m, block_n=tiles.block_n, num_stages=tiles.num_stages,
         num_warps=tiles.num_warps, block_d=_block_d(dim), hidden_bytes=hidden_dtype.itemsize,
-        items_bytes=items_dtype.itemsize)
+        items_bytes=items_dtype.itemsize, d_chunk=tiles.block_d)
 
 
 @triton.jit
@@ -198,6 +222,16 @@ def _dot(a, b, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
         out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
         out = tl.dot(a, b, input_precision=PRECISION)
+    return out
+
+
+@triton.jit
+def _dot_acc(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b (float32 acc), with _dot's interpreter workaround."""
+    if UPCAST:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        out = tl.dot(a, b, acc, input_precision=PRECISION)
     return out
 
 
@@ -401,6 +435,95 @@ def _forward_kernel(
 
 
 @triton.jit
+def _forward_dblock_kernel(
+    hidden_ptr, items_ptr, table_ptr, targets_ptr, ids_ptr, offsets_ptr, lse_ptr, positive_ptr, loss_ptr,
+    kept_ptr, safe_targets_ptr, flags_ptr,
+    rows_per_group, num_negatives, num_items, dim,
+    stride_hidden_row, stride_hidden_col, stride_item_row, stride_item_col, stride_table_row,
+    stride_table_col, stride_neg_group,
+    ignore_index,
+    FULL: tl.constexpr, GATHERED: tl.constexpr, REMOVE_HITS: tl.constexpr, EVEN_K: tl.constexpr,
+    EVEN_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
+):
+    """_forward_kernel's results with the d axis blocked (BlockConfig.block_d): one flat loop over
+    (negative tile, d chunk) steps, each adding a [BLOCK_M, BLOCK_D] chunk of the hidden rows times a
+    [BLOCK_N, BLOCK_D] chunk of the tile's item rows into the logit accumulator, with the online
+    log-sum-exp after a tile's last chunk. One flat loop, not a loop over d inside the loop over tiles, so
+    that the software pipeline runs across tiles (a 4-step inner loop would drain it at every tile) and
+    each of its stages holds one chunk of each operand. BLOCK_D is the chunk width, D_CHUNKS = cdiv(d,
+    BLOCK_D); EVEN_D: d % BLOCK_D == 0.
+
+    The loop reads item rows from `table_ptr`: the catalogue ("full"), the negatives' rows gathered once
+    per call in their order (GATHERED, shared negatives: row c is negative c), or, for per-sequence
+    negatives, the catalogue through the ids. Compiled for sm_90, loads whose addresses come from loaded
+    ids cost the pipeline two of its stages and held 1.7x the registers (notes/kernel-shared.md)."""
+    group = tl.program_id(1)
+    group_start = group.to(tl.int64) * stride_neg_group
+    group_ids_ptr = ids_ptr + group_start
+    group_offsets_ptr = offsets_ptr + group_start
+    local_rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = local_rows < rows_per_group
+    rows = group.to(tl.int64) * rows_per_group + local_rows
+    kept, safe_targets, refused_targets, raw_targets = _row_targets(targets_ptr, rows, row_mask, ignore_index,
+                                                                    num_items)
+    report_refused(flags_ptr, TARGETS_SLOT, raw_targets, refused_targets, num_items)
+    chunk_offs = tl.arange(0, BLOCK_D)
+
+    positive = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for chunk in range(0, D_CHUNKS):
+        d_offs = chunk * BLOCK_D + chunk_offs
+        d_mask = (d_offs < dim) | EVEN_D
+        h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d_offs, d_mask)
+        e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, d_offs,
+                           d_mask).to(h.dtype)
+        positive += tl.sum(h.to(tl.float32) * e_pos.to(tl.float32), axis=1)
+
+    # As in _forward_kernel: the running max starts at the positive logit; "full" scores the target in
+    # the loop.
+    run_max = positive * LOG2E
+    if FULL:
+        run_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    else:
+        run_sum = tl.zeros([BLOCK_M], dtype=tl.float32) + 1.0
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    num_steps = tl.cdiv(num_negatives, BLOCK_N) * D_CHUNKS
+    for step in range(0, num_steps):
+        chunk = step % D_CHUNKS
+        cols = (step // D_CHUNKS) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_mask = cols < num_negatives
+        d_offs = chunk * BLOCK_D + chunk_offs
+        d_mask = (d_offs < dim) | EVEN_D
+        h = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d_offs, d_mask)
+        if FULL or GATHERED:
+            e = _load_rows(table_ptr, cols, col_mask, stride_table_row, stride_table_col, d_offs,
+                           d_mask).to(h.dtype)
+        else:
+            gather_ids, _offsets = _negative_columns(group_ids_ptr, group_offsets_ptr, cols, col_mask, FULL)
+            e = _item_rows(table_ptr, gather_ids, col_mask, stride_table_row, stride_table_col, d_offs,
+                           d_mask, h.dtype, FULL, False)
+        acc = _dot_acc(h, tl.trans(e), acc, PRECISION, UPCAST)
+        if chunk == D_CHUNKS - 1:
+            idx, offsets = _negative_columns(group_ids_ptr, group_offsets_ptr, cols, col_mask, FULL)
+            if FULL:
+                scores2 = acc * LOG2E
+            else:
+                scores2 = acc * LOG2E + offsets[None, :]
+            scores2 = _drop_columns(scores2, idx, col_mask, safe_targets, EVEN_K, REMOVE_HITS)
+            new_max = tl.maximum(run_max, tl.max(scores2, axis=1))
+            run_sum = run_sum * tl.math.exp2(run_max - new_max) + tl.sum(
+                tl.math.exp2(scores2 - new_max[:, None]), axis=1)
+            run_max = new_max
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    lse = (run_max + tl.math.log2(run_sum)) * LN2
+    tl.store(lse_ptr + rows, lse, mask=row_mask)
+    tl.store(positive_ptr + rows, positive, mask=row_mask)
+    tl.store(loss_ptr + rows, tl.where(kept, lse - positive, 0.0), mask=row_mask)
+    tl.store(kept_ptr + rows, kept.to(tl.float32), mask=row_mask)
+    tl.store(safe_targets_ptr + rows, safe_targets, mask=row_mask)
+
+
+@triton.jit
 def _grad_hidden_kernel(
     hidden_ptr, items_ptr, safe_targets_ptr, ids_ptr, offsets_ptr, lse_ptr, row_grad_ptr, positive_coef_ptr,
     grad_hidden_ptr,
@@ -573,8 +696,22 @@ def _adds_atomically(items: torch.Tensor) -> bool:
     return items.dtype == torch.float32 or items.is_cuda
 
 
+def _check_d_blocked(config: SharedConfig) -> None:
+    """Only the forward kernel has a d-blocked form (BlockConfig.block_d)."""
+    for kernel in ("grad_hidden", "grad_items", "fused_backward"):
+        tiles = getattr(config, kernel)
+        if tiles is not None and tiles.block_d:
+            raise ValueError(f"config.{kernel}.block_d: the d-blocked tiles exist for the forward kernel "
+                             f"only; set block_d=0 for {kernel}")
+
+
 def _block_d(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
+
+
+def _d_chunk(dim: int, block_d: int) -> int:
+    """The d chunk of a d-blocked kernel (BlockConfig.block_d), no wider than the padded rows."""
+    return min(block_d, _block_d(dim))
 
 
 # Tiles that needed more shared memory than the GPU has, and the smaller ones that ran instead, by
@@ -701,18 +838,33 @@ def _forward(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, n
     kept = triton_common.new_output((num_rows,), torch.float32, hidden.device)
     safe_targets = triton_common.new_output((num_rows,), torch.int32, hidden.device)
 
+    # The d-blocked forward reads shared negatives' rows from one gathered copy in hidden's dtype (the dtype
+    # the kernels convert item rows to before the dot): [K, d], within the O(N*d + K*d) allowance.
+    gathered = None
+    if plan.config.forward.block_d and plan.scheme == "shared":
+        assert negatives is not None
+        gathered = items.index_select(0, negatives.scatter_ids).to(hidden.dtype)
+
     def launch(config: BlockConfig) -> None:
         grid = (triton.cdiv(plan.rows_per_group, config.block_m), plan.num_groups)
-        _forward_kernel[grid](
-            hidden, items, targets, *_negative_args(negatives, targets, lse), lse, positive, loss, kept,
-            safe_targets, index_guard.flags(hidden.device),
-            plan.rows_per_group, plan.num_negatives, plan.num_items, dim,
-            *_common_args(hidden, items, negatives, plan), plan.ignore_index,
-            FULL=plan.full, REMOVE_HITS=plan.remove_hits, EVEN_K=plan.num_negatives % config.block_n == 0,
-            PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
-            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_D=_block_d(dim),
-            num_warps=config.num_warps, num_stages=config.num_stages,
-        )
+        ids, offsets = _negative_args(negatives, targets, lse)
+        outputs = (lse, positive, loss, kept, safe_targets, index_guard.flags(hidden.device),
+                   plan.rows_per_group, plan.num_negatives, plan.num_items, dim)
+        common = dict(FULL=plan.full, REMOVE_HITS=plan.remove_hits,
+                      EVEN_K=plan.num_negatives % config.block_n == 0, PRECISION=_precision(hidden.dtype),
+                      UPCAST=_upcast(hidden), BLOCK_M=config.block_m, BLOCK_N=config.block_n,
+                      num_warps=config.num_warps, num_stages=config.num_stages)
+        strides = _common_args(hidden, items, negatives, plan)
+        if config.block_d:
+            chunk = _d_chunk(dim, config.block_d)
+            table = items if gathered is None else gathered
+            _forward_dblock_kernel[grid](
+                hidden, items, table, targets, ids, offsets, *outputs, *strides[:4], table.stride(0),
+                table.stride(1), strides[4], plan.ignore_index, GATHERED=gathered is not None,
+                EVEN_D=dim % chunk == 0, BLOCK_D=chunk, D_CHUNKS=triton.cdiv(dim, chunk), **common)
+        else:
+            _forward_kernel[grid](hidden, items, targets, ids, offsets, *outputs, *strides, plan.ignore_index,
+                                  BLOCK_D=_block_d(dim), **common)
 
     _launch_fitting("forward", hidden, items, plan.config.forward, launch)
     return lse, positive, loss, kept, safe_targets
@@ -966,6 +1118,8 @@ def shared_linear_cross_entropy(
     else:
         raise ValueError(f"scheme: expected 'full', 'shared' or 'sequence', got {scheme!r}")
     check_reduction(reduction)
+    if config is not None:
+        _check_d_blocked(config)
     log_q_mode, log_q_scalar, log_q_tensor = parse_log_q(log_q, num_negatives, num_items, hidden.device)
     plan = _Plan(
         scheme=scheme, num_items=num_items, num_groups=num_groups, rows_per_group=rows_per_group,

@@ -57,3 +57,15 @@ def test_dense_kernels_fit_an_h200s_shared_memory() -> None:
     refused launch cost a compilation, and the GPU tests there did not finish in 300 s."""
     result = run_kernel_ptx("--shared-memory")
     assert result.stdout.count("bytes of 232448") >= 5 * 4 * 3 * 3, result.stdout
+
+
+def test_d_blocked_forward_runs_on_warpgroup_mma_without_spills() -> None:
+    """The opt-in d-blocked forward (BlockConfig.block_d) at d=256 in bf16, compiled for sm_90 with each of
+    kernel_ptx.DBLOCK_CANDIDATES' tiles: Hopper's warpgroup MMA (PTX wgmma.mma_async, SASS HGMMA), no
+    spilled registers, within the H200's shared memory and kernels.tile_memory's estimate (the script
+    fails otherwise)."""
+    result = run_kernel_ptx("--dblock")
+    blocked = [line for line in result.stdout.splitlines() if "block_d=64" in line]
+    assert len(blocked) >= 8, result.stdout
+    for line in blocked:
+        assert "PTX wgmma.mma_async 0" not in line and " 0 stack bytes" in line, line

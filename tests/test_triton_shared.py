@@ -565,3 +565,226 @@ def test_h200_tiles_at_d512_float32_match_float64(scheme: str) -> None:
     kernel, reference = run_both(case, scheme=scheme, rows_per_sequence=rows_per_sequence,
                                  config=dataclasses.replace(config, target_programs=8))
     assert_matches(kernel, reference, TOLERANCE[torch.float32])
+
+
+# --- the d-blocked forward (BlockConfig.block_d, opt-in) ------------------------------------------------
+
+class _CountingKernel:
+    """Stands in for a Triton kernel and counts its launches (the real kernel runs)."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches += 1
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.fixture
+def d_blocked_launches(monkeypatch: pytest.MonkeyPatch) -> tuple[_CountingKernel, _CountingKernel]:
+    """(the d-blocked forward, the whole-row forward), each counting its launches."""
+    counted = tuple(_CountingKernel(getattr(triton_shared, name))
+                    for name in ("_forward_dblock_kernel", "_forward_kernel"))
+    monkeypatch.setattr(triton_shared, "_forward_dblock_kernel", counted[0])
+    monkeypatch.setattr(triton_shared, "_forward_kernel", counted[1])
+    return counted
+
+
+def d_blocked_config(block_d: int, *, block_m: int = 16, block_n: int = 16) -> triton_shared.SharedConfig:
+    """The interpreter's tiles with a d-blocked forward of chunk `block_d`."""
+    base = triton_shared.default_config(torch.device("cpu"), 16)
+    forward = triton_shared.BlockConfig(block_m=block_m, block_n=block_n, num_warps=1, num_stages=1,
+                                        block_d=block_d)
+    return dataclasses.replace(base, forward=forward)
+
+
+# (hidden dtype, items dtype, d, block_d): d = 200 and 96 are not multiples of their chunk; 512 is 8 chunks.
+D_BLOCKED_CASES = [
+    (torch.float32, torch.float32, 64, 64), (torch.float32, torch.float32, 96, 64),
+    (torch.float32, torch.float32, 128, 32), (torch.float32, torch.float32, 200, 64),
+    (torch.float32, torch.float32, 256, 64), (torch.float32, torch.float32, 512, 64),
+    (torch.bfloat16, torch.bfloat16, 64, 64), (torch.bfloat16, torch.bfloat16, 200, 64),
+    (torch.bfloat16, torch.bfloat16, 256, 64), (torch.float16, torch.float16, 96, 64),
+    (torch.bfloat16, torch.float32, 200, 64), (torch.float32, torch.float32, 40, 16),
+]
+
+
+@pytest.mark.parametrize("hidden_dtype,items_dtype,dim,block_d", D_BLOCKED_CASES,
+                         ids=[f"{str(h)[6:]}-{str(i)[6:]}-d{d}-bd{b}" for h, i, d, b in D_BLOCKED_CASES])
+def test_d_blocked_forward_matches_float64(d_blocked_launches, hidden_dtype: torch.dtype,
+                                           items_dtype: torch.dtype, dim: int, block_d: int) -> None:
+    """Shared negatives with the d-blocked forward, through the public autograd path: loss and both
+    gradients (the backward reads the forward's log-sum-exp and positive logits) against float64; rows
+    (45) and negatives (29) are not multiples of the 16-wide tiles, and d not always of the chunk."""
+    rows, num_items, k, _ = SCHEME_SHAPES["shared"]
+    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=dim,
+                     hidden_dtype=hidden_dtype, items_dtype=items_dtype, seed=dim + block_d)
+    kernel, reference = run_both(case, scheme="shared", config=d_blocked_config(block_d))
+    assert kernel[1].dtype == hidden_dtype and kernel[2].dtype == items_dtype
+    assert_matches(kernel, reference, TOLERANCE[hidden_dtype])
+    assert (d_blocked_launches[0].launches, d_blocked_launches[1].launches) == (1, 0)
+
+
+@pytest.mark.parametrize("scheme", ["full", "shared", "sequence"])
+@pytest.mark.parametrize("log_q_kind", [None, "tensor", "float"])
+@pytest.mark.parametrize("remove_accidental_hits", [True, False])
+def test_d_blocked_forward_schemes_log_q_and_hits(d_blocked_launches, scheme: str, log_q_kind: str | None,
+                                                  remove_accidental_hits: bool) -> None:
+    """Every scheme the forward serves: the catalogue in order ("full"), shared negatives gathered once per
+    call, per-sequence negatives read through their ids; with and without the logQ correction and
+    accidental-hit removal (the targets of every third row are among the negatives); d = 72, 3 chunks."""
+    if scheme == "full" and (log_q_kind is not None or not remove_accidental_hits):
+        pytest.skip("the full catalogue takes no log_q and removes no hits")
+    rows, num_items, k, rows_per_sequence = SCHEME_SHAPES[scheme]
+    case = make_case(scheme, num_rows=rows, num_items=num_items, num_negatives=k, dim=72,
+                     rows_per_sequence=rows_per_sequence, seed=61)
+    log_q: torch.Tensor | float | None = None
+    if log_q_kind == "tensor":
+        popularity = torch.rand(num_items, generator=torch.Generator().manual_seed(3)) + 0.05
+        log_q = (popularity / popularity.sum()).log()
+    elif log_q_kind == "float":
+        log_q = -math.log(num_items)
+    kernel, reference = run_both(case, scheme=scheme, rows_per_sequence=rows_per_sequence, log_q=log_q,
+                                 remove_accidental_hits=remove_accidental_hits, config=d_blocked_config(32))
+    assert_matches(kernel, reference, TOLERANCE[torch.float32])
+    assert (d_blocked_launches[0].launches, d_blocked_launches[1].launches) == (1, 0)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+@pytest.mark.parametrize("tiles", [(16, 16), (32, 16), (16, 64)])
+def test_d_blocked_forward_writes_what_the_whole_row_forward_writes(reduction: str, tiles: tuple[int, int]
+                                                                    ) -> None:
+    """The five outputs of the forward (log-sum-exp, positive logit, loss, kept, safe target) into
+    NaN/-1-poisoned buffers, against the whole-row kernel, with ignored rows, tiles of several shapes over
+    ragged rows (45) and negatives (29), and d = 200 in chunks of 64."""
+    rows, num_items, k, _ = SCHEME_SHAPES["shared"]
+    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=200, seed=67)
+    default = triton_shared.default_config(torch.device("cpu"), 200)
+    outputs = []
+    for config in (default, d_blocked_config(64, block_m=tiles[0], block_n=tiles[1])):
+        plan = triton_shared._Plan(scheme="shared", num_items=num_items, num_groups=1, rows_per_group=rows,
+                                   num_negatives=k, log_q_mode=0, log_q_scalar=0.0, remove_hits=True,
+                                   ignore_index=IGNORE, reduction=reduction, config=config)
+        prepared = triton_shared._prepare_negatives(case["negatives"], None, plan)
+        outputs.append(triton_shared._forward(case["hidden"], case["items"], case["targets"], prepared, plan))
+    for name, whole, blocked in zip(("lse", "positive", "loss", "kept", "safe targets"), *outputs):
+        assert blocked.dtype == whole.dtype and blocked.shape == whole.shape, name
+        if blocked.dtype.is_floating_point:
+            assert torch.isfinite(blocked).all(), name
+            torch.testing.assert_close(blocked, whole, rtol=1e-5, atol=1e-5, msg=name)
+        else:
+            assert torch.equal(blocked, whole), name
+
+
+def test_d_blocked_forward_leaves_a_refused_negative_out(monkeypatch: pytest.MonkeyPatch,
+                                                         d_blocked_launches) -> None:
+    """A negative outside [0, C) is checked once per call (_prepare_negatives) and left out: the gathered
+    copy reads item 0's row for it, its -inf offset drops it; the call's error is raised later."""
+    import kernels
+    import kernels.api as api
+
+    monkeypatch.setattr(api, "defers_index_checks", lambda hidden, impl: impl == "triton")
+    monkeypatch.setattr(triton_shared, "launch_config",
+                        lambda device, dim, hidden_dtype, items_dtype: d_blocked_config(32))
+    rows, num_items, k, _ = SCHEME_SHAPES["shared"]
+    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=48, seed=71)
+    negatives = case["negatives"].clone()
+    negatives[5] = num_items + 4
+    hidden = case["hidden"].clone().requires_grad_(True)
+    items = case["items"].clone().requires_grad_(True)
+    loss = kernels.linear_cross_entropy(hidden, items, case["targets"], negatives, ignore_index=IGNORE,
+                                        impl="triton")
+    loss.backward()
+    kept_negatives = torch.cat([negatives[:5], negatives[6:]])
+    reference = oracle_with_grads(case["hidden"], case["items"], case["targets"], kept_negatives,
+                                  ignore_index=IGNORE)
+    assert_matches((loss, hidden.grad, items.grad), reference, TOLERANCE[torch.float32])
+    assert d_blocked_launches[0].launches == 1
+    with pytest.raises(ValueError, match=rf"^negatives: value {num_items + 4} is outside"):
+        kernels.check_index_errors()
+
+
+@pytest.mark.parametrize("block_d", [8, 48, -16])
+def test_block_d_must_be_zero_or_a_power_of_two(block_d: int) -> None:
+    with pytest.raises(ValueError, match="block_d"):
+        triton_shared.BlockConfig(block_m=16, block_n=16, num_warps=1, num_stages=1, block_d=block_d)
+
+
+@pytest.mark.parametrize("kernel", ["grad_hidden", "grad_items", "fused_backward"])
+def test_d_blocked_backward_tiles_are_refused_naming_the_kernel(kernel: str) -> None:
+    """Only the forward has a d-blocked form: a backward kernel's block_d is an error, not ignored."""
+    case = make_case("shared", num_rows=20, num_items=40, num_negatives=9, dim=16, seed=73)
+    config = triton_shared.default_config(torch.device("cpu"), 16)
+    config = dataclasses.replace(config, **{kernel: dataclasses.replace(config.grad_hidden, block_d=16)})
+    with pytest.raises(ValueError, match=rf"config\.{kernel}\.block_d"):
+        run_both(case, scheme="shared", config=config)
+
+
+@pytest.mark.parametrize("shared", [H200_SHARED_MEMORY, 101_376])
+@pytest.mark.parametrize("dim", [64, 200, 256, 512])
+def test_d_blocked_launch_tiles_fit_the_devices_shared_memory(fake_gpu, shared: int, dim: int) -> None:
+    """launch_config(d_blocked=True): the forward starts from D_BLOCKED_FORWARD and is fitted like the
+    other kernels (kernels.tile_memory's d-blocked estimate); the backward tiles are the default ones."""
+    fake_gpu(shared)
+    cuda = torch.device("cuda")
+    for hidden_dtype, items_dtype in DTYPE_PAIRS.values():
+        config = triton_shared.launch_config(cuda, dim, hidden_dtype, items_dtype, d_blocked=True)
+        default = triton_shared.launch_config(cuda, dim, hidden_dtype, items_dtype)
+        assert config.forward.block_d == triton_shared.D_BLOCKED_FORWARD.block_d
+        assert dataclasses.replace(config, forward=default.forward) == default
+        need = triton_shared.shared_memory_bytes("forward", config.forward, dim=dim,
+                                                 hidden_dtype=hidden_dtype, items_dtype=items_dtype)
+        assert need <= shared, (config.forward, need)
+        if shared == H200_SHARED_MEMORY:
+            assert config.forward == triton_shared.D_BLOCKED_FORWARD, (hidden_dtype, items_dtype)
+    cpu = triton_shared.launch_config(torch.device("cpu"), dim, torch.float32, torch.float32, d_blocked=True)
+    assert cpu.forward.block_d > 0
+
+
+def _dev_speed():
+    """benchmarks/dev_speed.py as a module (it puts tests/ on its path for the float64 oracle)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "dev_speed" not in sys.modules:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / "dev_speed.py"
+        spec = importlib.util.spec_from_file_location("dev_speed", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["dev_speed"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["dev_speed"]
+
+
+def test_dev_speed_dblock_times_the_asked_tiles_on_an_h200() -> None:
+    """The dblock section's variants (CPU side): at d=256 and d=64 in bf16 the default configs, then each
+    DBLOCK_FORWARDS tile unshrunk with the default backward tiles; each fits the H200's shared memory."""
+    dev_speed = _dev_speed()
+    for dim in (64, 256):
+        variants = dev_speed.dblock_configs(dim, torch.bfloat16)
+        default = h200_tiles(dim, torch.bfloat16, torch.bfloat16)
+        assert variants[0] == ("default", None, default)
+        for (label, tiles, configs), asked in zip(variants[1:], dev_speed.DBLOCK_FORWARDS, strict=True):
+            assert tiles == asked and configs.forward == triton_shared.BlockConfig(*asked), label
+            assert dataclasses.replace(configs, forward=default.forward) == default
+            assert triton_shared.shared_memory_bytes("forward", configs.forward, dim=dim,
+                                                     hidden_dtype=torch.bfloat16,
+                                                     items_dtype=torch.bfloat16) <= H200_SHARED_MEMORY
+    assert dev_speed.DBLOCK_CASES[:2] == ((256, 4096), (256, 16384))
+
+
+def test_dev_speed_refuses_an_unknown_section_before_touching_a_gpu() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "dev_speed.py"), "--sections",
+                             "dblock,dblocks", "--out", "unused"], cwd=root, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "--sections: unknown section(s) dblocks" in result.stderr
+    assert not (root / "unused").exists()

@@ -549,7 +549,8 @@ def make_optuna_search(spec: SweepSpec, recorded: Any) -> Any:
                 # through on_trial_complete, which marks the trial id completed for good.
                 ot_trial = self._ot_trials.pop(trial_id)
                 set_optuna_constraint(ot_trial, known)
-                self._ot_study.tell(ot_trial, optuna_values(known))
+                study: Any = self._ot_study  # typed Optional by Ray; set up before any suggest
+                study.tell(ot_trial, optuna_values(known))
             raise AssertionError("unreachable")
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,

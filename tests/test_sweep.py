@@ -507,3 +507,25 @@ def test_packing_asks_for_the_share_of_a_card_the_prediction_needs() -> None:
                         "max_len": [8]}, "resources": {"gpus": 0.25}})
     huge = sweep.PlannedTrial("t", config, None, prediction_of(100 * 2**30))
     assert sweep.gpu_share(plain, huge, card) == 0.25
+
+
+def test_an_optuna_sample_asks_for_the_share_its_grid_point_would() -> None:
+    """pack_by_predicted_memory packs an Optuna search as it packs a grid: a sample gets its configuration's
+    share of the card from the plan's prediction (before, every sample asked for `resources.gpus`)."""
+    from study.sweep.driver import trial_gpus
+
+    dataset = "synthetic:users=30,items=40,seed=1"
+    spec = parse_spec({"name": "o", "datasets": [dataset], "memory_budget": "40GiB",
+                       "axes": {"num_negatives": [8, 16], "batch_size": [8], "max_len": [8]},
+                       "search": {"kind": "optuna", "num_samples": 2},
+                       "resources": {"gpus": 0.125, "pack_by_predicted_memory": True}})
+    card = 160 * 2**30
+    small, large = spec.grid()
+    planned = {sweep.trial_id("o", c): sweep.PlannedTrial(sweep.trial_id("o", c), c, None, prediction_of(gib))
+               for c, gib in ((small, 2**30), (large, 30 * 2**30))}
+    settings = sweep.TrialSettings("o", "any:function", card_bytes=card,
+                                   base_settings=spec.base_settings(dataset), planned=planned)
+    sample = {"axes": {"num_negatives": 16, "batch_size": 8, "max_len": 8}}
+    assert trial_gpus(spec, settings, sample) == 4 / 16  # 30 GiB x 1.1 of 160, rounded up to sixteenths
+    assert trial_gpus(spec, settings, {"axes": {"num_negatives": 8, "batch_size": 8, "max_len": 8}}) == 0.125
+    assert trial_gpus(spec, settings, {"point": {"trial_id": "x", "config": {}, "gpus": 0.5}}) == 0.5

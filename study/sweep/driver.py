@@ -187,13 +187,23 @@ PACKING_HEADROOM = 1.10
 
 
 def gpu_share(spec: SweepSpec, trial: PlannedTrial, card_bytes: int | None) -> float:
-    """GPUs a grid trial asks Ray for: `resources.gpus`, or with `pack_by_predicted_memory` the larger of
-    that and the share of the card its predicted peak needs with 10% headroom (at most one card)."""
+    """GPUs a trial asks Ray for (a grid point, or an Optuna sample of the same configuration):
+    `resources.gpus`, or with `pack_by_predicted_memory` the larger of that and the share of the card its
+    predicted peak needs with 10% headroom (at most one card)."""
     share = spec.resources.gpus
     if not spec.resources.pack_by_predicted_memory or not card_bytes or trial.predicted_peak_bytes is None:
         return share
     needed = math.ceil(trial.predicted_peak_bytes * PACKING_HEADROOM / card_bytes * GPU_SHARE_STEP)
     return min(1.0, max(share, needed / GPU_SHARE_STEP))
+
+
+def trial_gpus(spec: SweepSpec, settings: TrialSettings, tune_config: dict[str, Any]) -> float:
+    """GPUs a Tune trial asks for: a grid point carries its share; an Optuna sample gets the share its
+    configuration's planned trial would (so `pack_by_predicted_memory` packs searches as it packs grids)."""
+    if "point" in tune_config:
+        return float(tune_config["point"].get("gpus", spec.resources.gpus))
+    planned = settings.planned.get(trial_point(tune_config, settings)[0])
+    return spec.resources.gpus if planned is None else gpu_share(spec, planned, settings.card_bytes)
 
 
 def _grid_search(points: list[dict[str, Any]]) -> Any:
@@ -211,10 +221,10 @@ def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings,
     from ray.tune.stopper import CombinedStopper
 
     _check_cluster_resources(spec)
-    cpus, default_gpus = spec.resources.cpus, spec.resources.gpus
+    cpus = spec.resources.cpus
 
     def resources(tune_config: dict[str, Any]) -> Any:
-        gpus = tune_config.get("point", {}).get("gpus", default_gpus)
+        gpus = trial_gpus(spec, settings, tune_config)
         return PlacementGroupFactory([{"CPU": cpus, "GPU": gpus} if gpus else {"CPU": cpus}])
 
     trainable = tune.with_resources(tune.with_parameters(sweep_trainable, settings=settings), resources)
@@ -641,7 +651,8 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.shutdown()
 
 
-__all__ = ["execute_sweep", "storage_root", "gpu_share", "make_optuna_search", "OPTUNA_OBJECTIVES",
+__all__ = ["execute_sweep", "storage_root", "gpu_share", "trial_gpus", "make_optuna_search",
+           "OPTUNA_OBJECTIVES",
            "optuna_sampler", "optuna_param_space", "optuna_distributions", "optuna_params",
            "optuna_params_key", "optuna_values", "OPTUNA_KNOWN_DRAWS",
            "set_optuna_constraint", "make_recording_callback",

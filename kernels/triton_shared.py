@@ -340,6 +340,22 @@ def _drop_columns(x, idx, col_mask, safe_targets, EVEN_K: tl.constexpr, REMOVE_H
 
 
 @triton.jit
+def _lse_step(run_max, run_sum, scores, idx, offsets, col_mask, safe_targets, FULL: tl.constexpr,
+              EVEN_K: tl.constexpr, REMOVE_HITS: tl.constexpr):
+    """One tile of the online log-sum-exp (base 2) over a row block: the tile's logits with their
+    offsets, uncounted columns dropped, folded into the running max and sum."""
+    if FULL:
+        scores2 = scores * LOG2E
+    else:
+        scores2 = scores * LOG2E + offsets[None, :]
+    scores2 = _drop_columns(scores2, idx, col_mask, safe_targets, EVEN_K, REMOVE_HITS)
+    new_max = tl.maximum(run_max, tl.max(scores2, axis=1))
+    run_sum = run_sum * tl.math.exp2(run_max - new_max) + tl.sum(tl.math.exp2(scores2 - new_max[:, None]),
+                                                                   axis=1)
+    return new_max, run_sum
+
+
+@triton.jit
 def _row_targets(targets_ptr, rows, row_mask, ignore_index, num_items):
     """(kept, safe_targets, refused, targets) of a row block: the rows that count, their int32 targets
     (0 where not kept), the rows whose target was refused as out of range (kernels.index_guard: they
@@ -417,15 +433,8 @@ def _forward_kernel(
         cols, col_mask, idx, offsets, e, scores = _score_tile(
             h, items_ptr, group_ids_ptr, group_offsets_ptr, k0, num_negatives, stride_item_row,
             stride_item_col, d_offs, d_mask, FULL, False, PRECISION, UPCAST, BLOCK_N)
-        if FULL:
-            scores2 = scores * LOG2E
-        else:
-            scores2 = scores * LOG2E + offsets[None, :]
-        scores2 = _drop_columns(scores2, idx, col_mask, safe_targets, EVEN_K, REMOVE_HITS)
-        new_max = tl.maximum(run_max, tl.max(scores2, axis=1))
-        run_sum = run_sum * tl.math.exp2(run_max - new_max) + tl.sum(tl.math.exp2(scores2 - new_max[:, None]),
-                                                                       axis=1)
-        run_max = new_max
+        run_max, run_sum = _lse_step(run_max, run_sum, scores, idx, offsets, col_mask, safe_targets, FULL,
+                                     EVEN_K, REMOVE_HITS)
     lse = (run_max + tl.math.log2(run_sum)) * LN2
     tl.store(lse_ptr + rows, lse, mask=row_mask)
     tl.store(positive_ptr + rows, positive, mask=row_mask)
@@ -505,15 +514,8 @@ def _forward_dblock_kernel(
         acc = _dot_acc(h, tl.trans(e), acc, PRECISION, UPCAST)
         if chunk == D_CHUNKS - 1:
             idx, offsets = _negative_columns(group_ids_ptr, group_offsets_ptr, cols, col_mask, FULL)
-            if FULL:
-                scores2 = acc * LOG2E
-            else:
-                scores2 = acc * LOG2E + offsets[None, :]
-            scores2 = _drop_columns(scores2, idx, col_mask, safe_targets, EVEN_K, REMOVE_HITS)
-            new_max = tl.maximum(run_max, tl.max(scores2, axis=1))
-            run_sum = run_sum * tl.math.exp2(run_max - new_max) + tl.sum(
-                tl.math.exp2(scores2 - new_max[:, None]), axis=1)
-            run_max = new_max
+            run_max, run_sum = _lse_step(run_max, run_sum, acc, idx, offsets, col_mask, safe_targets, FULL,
+                                         EVEN_K, REMOVE_HITS)
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     lse = (run_max + tl.math.log2(run_sum)) * LN2
     tl.store(lse_ptr + rows, lse, mask=row_mask)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import torch
+from repo_scripts import load_script
 
 from models.sasrec import SASRec
 from study import memory_model
@@ -285,15 +286,7 @@ H200_MEASUREMENTS = [
 
 def validation_module() -> Any:
     """benchmarks/memory_validation.py, which defines the validated configurations."""
-    if "memory_validation" in sys.modules:
-        return sys.modules["memory_validation"]
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_validation.py"
-    spec = importlib.util.spec_from_file_location("memory_validation", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["memory_validation"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/memory_validation.py")
 
 
 def validation_cases() -> dict[str, dict[str, object]]:

@@ -7,14 +7,13 @@ the tolerance, the Pareto frontier) are known; the replay must suggest exactly w
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pandas as pd
 import pytest
+from repo_scripts import load_script
 
 from study.database.results_db import ResultsDB, load_trials
 from study.record import MemoryReport, TrialRecord
@@ -28,14 +27,7 @@ BUDGET = 40 * GiB
 
 
 def replay_module() -> ModuleType:
-    if "optuna_replay" in sys.modules:
-        return sys.modules["optuna_replay"]
-    spec = importlib.util.spec_from_file_location("optuna_replay", ROOT / "benchmarks" / "optuna_replay.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["optuna_replay"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/optuna_replay.py")
 
 
 replay = replay_module()

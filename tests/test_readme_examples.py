@@ -3,26 +3,19 @@ plan, dry run, best on a committed database), so they cannot drift; and the gene
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import textwrap
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from repo_scripts import load_script
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_tool() -> ModuleType:
-    path = REPO_ROOT / "tools" / "readme_examples.py"
-    spec = importlib.util.spec_from_file_location("readme_examples", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/readme_examples.py")
 
 
 def test_readme_examples_match_their_commands(monkeypatch: pytest.MonkeyPatch,

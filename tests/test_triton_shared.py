@@ -18,6 +18,7 @@ import warnings  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from loss_oracle import oracle_with_grads, relative_error  # noqa: E402
+from repo_scripts import load_script  # noqa: E402
 from triton.runtime.errors import OutOfResources  # noqa: E402
 
 import kernels.triton_common as triton_common  # noqa: E402
@@ -745,18 +746,7 @@ def test_d_blocked_launch_tiles_fit_the_devices_shared_memory(fake_gpu, shared: 
 
 def _dev_speed():
     """benchmarks/dev_speed.py as a module (it puts tests/ on its path for the float64 oracle)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    if "dev_speed" not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "benchmarks" / "dev_speed.py"
-        spec = importlib.util.spec_from_file_location("dev_speed", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["dev_speed"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["dev_speed"]
+    return load_script("benchmarks/dev_speed.py")
 
 
 def test_dev_speed_dblock_times_the_asked_tiles_on_an_h200() -> None:

@@ -30,6 +30,7 @@ class SyntheticTrial:
     quality: float | None  # validation ndcg@10; other metrics derive from it
     peak_bytes: int | None
     epoch_seconds: float | None
+    stop_reason: str | None = None  # of an ok trial; None: "early_stopping"
 
 
 def metric_values(quality: float) -> dict[str, float]:
@@ -114,6 +115,7 @@ def to_record(trial: SyntheticTrial) -> TrialRecord:
         num_interactions=100_000, device="cuda:0", loss_impl=trial.loss_impl_used,
         versions={"python": "3.12", "torch": "2.11"}, git_commit="0" * 40,
         started_at="2026-11-26T06:00:00+00:00", finished_at="2026-11-26T06:05:00+00:00",
+        stop_reason=(trial.stop_reason or "early_stopping") if ok else None,  # type: ignore[arg-type]
     )
 
 

@@ -323,3 +323,33 @@ def test_best_says_when_the_runner_up_is_within_the_seeds_spread(tmp_path: Path,
     # One seed on either side: the spread is unknown, and the answer says so.
     code, out, _ = run(capsys, "best", "--db", str(grid), "--budget", "40GiB", "--json")
     assert json.loads(out)["vs_runner_up"] == "unknown (one seed)"
+
+
+def test_best_says_how_many_seeds_of_an_answer_the_time_limit_cut(tmp_path: Path, capsys) -> None:
+    """Diginetica's case: every seed of the answer reached the per-trial time limit, so its quality is
+    that of unfinished runs; `best` says so in the text, the budget table and the JSON, per seed."""
+    base = synthetic_sweep(np.random.default_rng(5), negatives=(64, 4096), batch_sizes=(1024,),
+                           max_lens=(20,), impls=("triton",))
+    small, large = (t.config.replace(time_limit_s=400.0) for t in base)
+
+    def trial(name: str, config, quality: float, stop: str) -> SyntheticTrial:
+        return SyntheticTrial(name, config, "ok", "triton", quality, round(1.5 * GIB), 1.0, stop)
+
+    capped = [trial(f"large-s{seed}", large.replace(seed=seed), quality, stop) for seed, quality, stop
+              in ((0, 0.37, "time_limit"), (1, 0.371, "time_limit"), (2, 0.369, "early_stopping"))]
+    database = build_database(tmp_path / "capped.sqlite",
+                              [*capped, trial("small-s0", small, 0.31, "early_stopping")])
+
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budget", "40GiB")
+    assert code == 0
+    assert "the time limit (400 s) cut 2 of 3 seeds: unfinished runs" in out
+    assert "stopped  before the time limit" in out  # the runner-up, one seed that early stopping ended
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budget", "40GiB", "--json")
+    document = json.loads(out)
+    assert document["best"]["time_capped_seeds"] == 2 and document["best"]["seeds"] == 3
+    assert document["runner_up"]["time_capped_seeds"] == 0
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budgets", "8GiB,40GiB")
+    header, *rows = out.splitlines()
+    assert "cut by time limit" in header and all(" 2/3 " in row for row in rows)
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budgets", "40GiB", "--json")
+    assert json.loads(out)["budgets"][0]["time_capped_seeds"] == 2

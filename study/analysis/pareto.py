@@ -51,6 +51,9 @@ STEADY_TIME_COLUMN = "steady_epoch_seconds"
 MEAN_TIME_COLUMN = "mean_epoch_seconds"
 TIME_COLUMN = "epoch_time_seconds"  # added by pareto_table and fused_vs_torch: see `epoch_time`
 TIME_LABEL = "time per epoch (steady state, s)"
+STOP_REASON = "stop_reason"
+TIME_LIMIT_REASON = "time_limit"  # the trial's time limit (time_limit_s) ended its training
+TIME_CAPPED = "time_capped_seeds"  # added by aggregate_over_seeds: seeds the time limit stopped
 
 # Columns added by `pareto_table`.
 QUALITY = "quality"
@@ -181,17 +184,18 @@ def aggregate_over_seeds(trials: pd.DataFrame, *, spread: Sequence[str] = ()) ->
     """One row per configuration for the `ok` trials (mean metrics and times, max memory over seeds);
     other trials are passed through unchanged with `num_seeds` = 1. `trial_ids` lists each row's trials
     (comma-separated); for each column in `spread`, `<column>_sd` is its sample standard deviation over
-    seeds (NaN for one seed)."""
+    seeds (NaN for one seed); `time_capped_seeds` counts the seeds the time limit stopped."""
     spread_columns = [f"{column}_sd" for column in spread]
     if trials.empty:
         return trials.assign(num_seeds=pd.Series(dtype="int64"), trial_ids=pd.Series(dtype=object),
-                             **{column: pd.Series(dtype="float64") for column in spread_columns})
+                             **{column: pd.Series(dtype="float64") for column in spread_columns},
+                             **{TIME_CAPPED: pd.Series(dtype="int64")})
     ok = trials[trials["status"] == "ok"]
     rest = trials[trials["status"] != "ok"].assign(num_seeds=1)
     if "trial_id" in rest.columns:
         rest = rest.assign(trial_ids=rest["trial_id"])
     if ok.empty:
-        return rest.reset_index(drop=True)
+        return rest.assign(**{TIME_CAPPED: time_capped_seeds(rest)}).reset_index(drop=True)
     keys = seed_key_columns(ok)
     numeric = [c for c in ok.columns if c not in keys and pd.api.types.is_numeric_dtype(ok[c])]
     how: dict[str, Any] = {}
@@ -213,13 +217,29 @@ def aggregate_over_seeds(trials: pd.DataFrame, *, spread: Sequence[str] = ()) ->
         extra["trial_ids"] = grouped["trial_id"].agg(lambda ids: ",".join(sorted(ids)))
     for column in spread:
         extra[f"{column}_sd"] = grouped[column].std() if column in ok.columns else math.nan
+    extra[TIME_CAPPED] = grouped[STOP_REASON].agg(_count_time_capped) if STOP_REASON in ok.columns else 0
     if "seed" in ok.columns:
         # The aggregated row lists its seeds ("0,1,2") instead of one seed.
         merged = merged.drop(columns="seed")
         extra["seed"] = grouped["seed"].agg(lambda seeds: ",".join(str(s) for s in sorted(seeds)))
     merged = pd.concat([merged, extra], axis=1).copy().reset_index()  # copy(): one block per dtype
     added = ["num_seeds"] + (["trial_ids"] if "trial_id" in ok.columns else []) + spread_columns
-    return pd.concat([merged, rest], ignore_index=True)[list(trials.columns) + added]
+    rest = rest.assign(**{TIME_CAPPED: time_capped_seeds(rest)})
+    return pd.concat([merged, rest], ignore_index=True)[list(trials.columns) + added + [TIME_CAPPED]]
+
+
+def time_capped_seeds(trials: pd.DataFrame) -> pd.Series:
+    """Per row, how many of its seeds the per-trial time limit stopped (`stop_reason` = "time_limit"):
+    the aggregated count of `aggregate_over_seeds`, or 0 / 1 for a row that is one trial."""
+    if TIME_CAPPED in trials.columns:
+        return trials[TIME_CAPPED].fillna(0).astype("int64")
+    if STOP_REASON not in trials.columns:
+        return pd.Series(0, index=trials.index, dtype="int64")
+    return (trials[STOP_REASON] == TIME_LIMIT_REASON).astype("int64")
+
+
+def _count_time_capped(reasons: pd.Series) -> int:
+    return int((reasons == TIME_LIMIT_REASON).sum())
 
 
 def _distinct_values(values: pd.Series) -> object:
@@ -375,6 +395,7 @@ def best_per_budget(
             for column in (QUALITY_SD, TEST_QUALITY_SD):
                 row[column] = best[column] if best is not None else math.nan
             row["seeds"] = int(best.get("num_seeds", 1)) if best is not None else 0
+            row[TIME_CAPPED] = (int(time_capped_seeds(best.to_frame().T).iloc[0]) if best is not None else 0)
             row["trial_ids"] = (best.get("trial_ids", best.get("trial_id")) if best is not None else None)
             row["memory_gib"] = best[MEMORY] / GIB if best is not None else math.nan
             row[TIME_COLUMN] = best.get(TIME_COLUMN, math.nan) if best is not None else math.nan
@@ -511,7 +532,7 @@ __all__ = [
     "QUALITY_SD", "TEST_QUALITY_SD",
     "MEMORY", "CANDIDATE", "ON_FRONTIER", "parse_metric", "metric_column", "check_memory_field",
     "config_key_columns", "seed_key_columns", "seed_groups", "samples_negatives", "non_dominated",
-    "aggregate_over_seeds", "pareto_table",
+    "aggregate_over_seeds", "time_capped_seeds", "pareto_table",
     "pareto_frontier",
     "scope", "feasible_ranking", "best_under_budget", "best_per_budget", "scaling_table", "fused_vs_torch",
     "status_counts", "gpu_total_bytes", "format_gib", "SUMMARY_COLUMNS", "RUNNER_UP_COLUMNS",

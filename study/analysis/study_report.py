@@ -64,7 +64,7 @@ def configurations(trials: pd.DataFrame, *, metric: str = "ndcg@10") -> pd.DataF
     val_column, test_column = pareto.metric_column(metric, "val"), pareto.metric_column(metric, "test")
     ok = trials[trials["status"] == "ok"].copy()
     ok["epoch_seconds"] = pareto.epoch_time(ok)
-    ok["time_capped"] = ok.get("stop_reason", pd.Series(index=ok.index, dtype=object)) == "time_limit"
+    ok["time_capped"] = pareto.time_capped_seeds(ok)
     if ok.empty:
         return pd.DataFrame(columns=[*pareto.seed_key_columns(ok), "val_mean", "val_sd", "test_mean",
                                      "test_sd", "seeds", "memory_bytes", "epoch_seconds", "time_capped",

@@ -257,6 +257,8 @@ def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse
         f"test {args.metric}": [_mean_sd(m, sd) for m, sd
                                 in zip(table[pareto.TEST_QUALITY], table[pareto.TEST_QUALITY_SD])],
         "seeds": table["seeds"].map(_count),
+        "cut by time limit": [_capped_text(capped, seeds, trial) for capped, seeds, trial
+                              in zip(table[pareto.TIME_CAPPED], table["seeds"], table["trial_id"])],
         "memory GiB": table["memory_gib"].map(_number),
         "runner-up": table["runner_up_trial_id"],
         f"runner-up val {args.metric}": [
@@ -286,7 +288,7 @@ def _nothing_fits(trials: pd.DataFrame, budget: int, args: argparse.Namespace) -
 _TRIAL_FIELDS = ("trial_id", "sweep", "dataset", "split", "loss", "num_negatives", "negative_scope",
                  "sampling", "logq_correction", "batch_size", "max_len", "hidden", "blocks", "heads", "lr",
                  "seed", "loss_impl_used", "best_epoch", "epochs_run", "mean_epoch_seconds",
-                 "steady_epoch_seconds", "gpu_name",
+                 "steady_epoch_seconds", "stop_reason", "time_limit_s", "gpu_name",
                  "gpu_total", "peak_bytes", "torch_max_allocated", "torch_max_reserved", "nvml_process_peak")
 
 
@@ -306,6 +308,7 @@ def _trial_json(row: pd.Series, args: argparse.Namespace) -> dict[str, Any]:
     for split, column in (("val", pareto.QUALITY_SD), ("test", pareto.TEST_QUALITY_SD)):
         if column in row.index:
             out[f"{split}_{args.metric}_sd"] = _plain(row.get(column))
+    out[pareto.TIME_CAPPED] = int(pareto.time_capped_seeds(row.to_frame().T).iloc[0])
     if "num_seeds" in row.index:
         out["seeds"] = int(row["num_seeds"])
         out["trial_ids"] = str(row.get("trial_ids", row.get("trial_id"))).split(",")
@@ -332,9 +335,23 @@ def _trial_text(row: pd.Series, args: argparse.Namespace) -> str:
         f"  quality  val {args.metric} {_mean_sd(val, row.get(pareto.QUALITY_SD))}  "
         f"test {args.metric} {_mean_sd(test, row.get(pareto.TEST_QUALITY_SD))}{_seeds_text(row)}",
         f"  memory   {memory}",
+        f"  stopped  {_stop_text(row)}",
         f"  time     {_number(_steady_or_mean_time(row))} s/epoch (steady state; mean over all epochs "
         f"{_number(row.get('mean_epoch_seconds'))})",
     ])
+
+
+def _stop_text(row: pd.Series) -> str:
+    """Whether early stopping ended training or the time limit cut it (its quality is then that of an
+    unfinished run)."""
+    capped = int(pareto.time_capped_seeds(row.to_frame().T).iloc[0])
+    seeds = int(_plain(row.get("num_seeds")) or 1)
+    if capped == 0:
+        return "-" if _plain(row.get(pareto.STOP_REASON)) is None else "before the time limit"
+    limit = f"the time limit ({_number(row.get('time_limit_s'))} s)"
+    if seeds == 1:
+        return f"{limit} cut training: an unfinished run"
+    return f"{limit} cut {capped} of {seeds} seeds: unfinished runs"
 
 
 def _mean_sd(mean: Any, sd: Any) -> str:
@@ -342,6 +359,13 @@ def _mean_sd(mean: Any, sd: Any) -> str:
     if _plain(sd) is None or _plain(mean) is None:
         return _number(mean)
     return f"{_number(mean)} ± {_plain(sd):.2g}"
+
+
+def _capped_text(capped: Any, seeds: Any, trial: Any) -> str:
+    """"2/3": seeds of the answer that the per-trial time limit stopped before early stopping did."""
+    if pd.isna(trial):
+        return "-"
+    return f"{int(capped)}/{int(seeds)}"
 
 
 def _seeds_text(row: pd.Series) -> str:

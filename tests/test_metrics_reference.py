@@ -49,10 +49,11 @@ def random_scores(generator: torch.Generator, rows: int, items: int, dtype: torc
 
 
 def accumulate(accumulator_type: type, num_items: int, ks: tuple[int, ...],
-               chunks: list[tuple[torch.Tensor, torch.Tensor]], *, consume: bool) -> dict[str, float]:
+               chunks: list[tuple[torch.Tensor, torch.Tensor]], *, consume: bool,
+               device: str = "cpu") -> dict[str, float]:
     accumulator = accumulator_type(num_items, ks)
     for scores, targets in chunks:
-        accumulator.add(scores.clone(), targets, consume=consume)
+        accumulator.add(scores.to(device, copy=True), targets.to(device), consume=consume)
     return accumulator.result()
 
 
@@ -88,14 +89,16 @@ def tie_rows_seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     yield seen
 
 
-def compare_on_random_cases(seed: int, cases: int, dtypes: tuple[torch.dtype, ...] = DTYPES) -> None:
+def compare_on_random_cases(seed: int, cases: int, dtypes: tuple[torch.dtype, ...] = DTYPES,
+                            device: str = "cpu") -> None:
+    """The reference on CPU, the current accumulator on `device`."""
     generator = torch.Generator().manual_seed(seed)
     for case in range(cases):
         dtype = dtypes[case % len(dtypes)]
         num_items, ks, chunks = random_case(generator, dtype)
         consume = bool(case % 2)
         expected = accumulate(reference.RankingAccumulator, num_items, ks, chunks, consume=False)
-        got = accumulate(RankingAccumulator, num_items, ks, chunks, consume=consume)
+        got = accumulate(RankingAccumulator, num_items, ks, chunks, consume=consume, device=device)
         assert got == expected, f"case {case}: {dtype}, {num_items} items, ks {ks}, consume {consume}"
 
 
@@ -120,6 +123,12 @@ def test_the_fallback_through_the_triton_kernel_in_the_interpreter(monkeypatch: 
 
     monkeypatch.setattr(metrics, "lowest_equal_columns", lowest_equal_columns_triton)
     compare_on_random_cases(seed=9, cases=40, dtypes=(torch.float32, torch.float64))
+
+
+@pytest.mark.cuda
+def test_metrics_on_cuda_equal_the_reference() -> None:
+    """On the GPU: torch's CUDA topk and sorts, and the Triton kernel compiled (pytest -m cuda)."""
+    compare_on_random_cases(seed=77, cases=200, device="cuda")
 
 
 def test_without_the_tie_fallback_the_comparison_fails(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -79,13 +79,14 @@ def random_case(generator: torch.Generator, dtype: torch.dtype
 def tie_rows_seen(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Counts the rows that went through the tie fallback (so a test shows it exercised it)."""
     seen: list[int] = []
-    fallback = metrics.lowest_equal_columns
+    fallback = metrics.complete_tied_rows
 
-    def counting(values: torch.Tensor, bound: torch.Tensor, need: torch.Tensor, width: int) -> torch.Tensor:
+    def counting(values: torch.Tensor, columns: torch.Tensor, bound: torch.Tensor, above: torch.Tensor,
+                 need: torch.Tensor) -> None:
         seen.append(int((need > 0).sum()))
-        return fallback(values, bound, need, width)
+        fallback(values, columns, bound, above, need)
 
-    monkeypatch.setattr(metrics, "lowest_equal_columns", counting)
+    monkeypatch.setattr(metrics, "complete_tied_rows", counting)
     yield seen
 
 
@@ -108,10 +109,11 @@ def test_metrics_equal_the_key_based_reference_on_random_tie_heavy_chunks(tie_ro
 
 
 def test_the_fallback_on_every_row_as_on_cuda_without_triton(monkeypatch: pytest.MonkeyPatch) -> None:
-    def every_row(values: torch.Tensor, bound: torch.Tensor, need: torch.Tensor, width: int) -> torch.Tensor:
-        return metrics._lowest_equal_columns_torch(values, bound, need, width, rows=None)
+    def every_row(values: torch.Tensor, columns: torch.Tensor, bound: torch.Tensor, above: torch.Tensor,
+                  need: torch.Tensor) -> None:
+        metrics._complete_tied_rows_torch(values, columns, bound, above, need, rows=None)
 
-    monkeypatch.setattr(metrics, "lowest_equal_columns", every_row)
+    monkeypatch.setattr(metrics, "complete_tied_rows", every_row)
     compare_on_random_cases(seed=5, cases=40)
 
 
@@ -119,10 +121,18 @@ def test_the_fallback_through_the_triton_kernel_in_the_interpreter(monkeypatch: 
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET", "").strip().lower() not in ("1", "true", "on", "yes"):
         pytest.skip("the kernel runs on CPU tensors only in the Triton interpreter")
-    from study.training.topk_ties import lowest_equal_columns_triton
+    from study.training.topk_ties import complete_tied_rows_triton
 
-    monkeypatch.setattr(metrics, "lowest_equal_columns", lowest_equal_columns_triton)
+    tied_rows = []
+
+    def kernel(values: torch.Tensor, columns: torch.Tensor, bound: torch.Tensor, above: torch.Tensor,
+               need: torch.Tensor) -> None:
+        tied_rows.append(int((need > 0).sum()))
+        complete_tied_rows_triton(values, columns, bound, above, need)
+
+    monkeypatch.setattr(metrics, "complete_tied_rows", kernel)
     compare_on_random_cases(seed=9, cases=40, dtypes=(torch.float32, torch.float64))
+    assert sum(tied_rows) > 30
 
 
 @pytest.mark.cuda
@@ -180,14 +190,14 @@ def test_the_tie_kernel_compiles_for_sm90() -> None:
         "import triton\n"
         "from triton.backends.compiler import GPUTarget\n"
         "from triton.compiler import ASTSource\n"
-        "from study.training.topk_ties import BLOCK, _lowest_equal_kernel\n"
+        "from study.training.topk_ties import BLOCK, _complete_tied_rows_kernel\n"
         "for dtype in ('fp32', 'fp64'):\n"
-        "    signature = {'values_ptr': '*' + dtype, 'bound_ptr': '*' + dtype, 'need_ptr': '*i64',\n"
-        "                 'out_ptr': '*i64', 'num_items': 'i32', 'row_stride': 'i32', 'out_stride': 'i32',\n"
-        "                 'BLOCK': 'constexpr'}\n"
-        "    source = ASTSource(_lowest_equal_kernel, signature, constexprs={'BLOCK': BLOCK})\n"
+        "    signature = {'values_ptr': '*' + dtype, 'columns_ptr': '*i64', 'bound_ptr': '*' + dtype,\n"
+        "                 'above_ptr': '*i64', 'need_ptr': '*i64', 'num_items': 'i32', 'row_stride': 'i32',\n"
+        "                 'columns_stride': 'i32', 'BLOCK': 'constexpr'}\n"
+        "    source = ASTSource(_complete_tied_rows_kernel, signature, constexprs={'BLOCK': BLOCK})\n"
         "    compiled = triton.compile(source, target=GPUTarget('cuda', 90, 32))\n"
-        "    assert '.entry _lowest_equal_kernel' in compiled.asm['ptx']\n"
+        "    assert '.entry _complete_tied_rows_kernel' in compiled.asm['ptx']\n"
         "    print(dtype, 'compiled')\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])

@@ -17,8 +17,8 @@ types are widened to float32, exactly): it holds every item scoring above its K-
 candidates sorted by (score desc, index asc) are the list unless the K-th value ties with the (K+1)-th,
 where the items of that value to keep are the lowest-indexed ones of the whole row. Such rows (rare in a
 model's float32 scores, common in the popularity baseline's counts) are completed by
-`lowest_equal_columns`: a Triton kernel on CUDA that reads only those rows, torch ops on the selected
-rows on CPU. Per chunk that is one in-place NaN pass and one float top-k over the scores, with no other
+`complete_tied_rows`: a Triton kernel on CUDA that reads only those rows, torch ops on those rows on
+CPU. Per chunk that is one in-place NaN pass and one float top-k over the scores, with no other
 [rows, items] temporary, and no host synchronisation on CUDA (`RankingAccumulator` keeps its sums on the
 scores' device until `result()`). The first implementation, an int64 key per score, is kept as the
 reference the tests and benchmarks/eval_split.py compare with (tests/metrics_reference.py).
@@ -57,49 +57,47 @@ def top_k_columns(values: torch.Tensor, k: int) -> torch.Tensor:
     columns, candidate_values = columns.gather(1, by_value), candidate_values.gather(1, by_value)
     if width == k:  # the whole row
         return columns
+    columns = columns[:, :k].contiguous()
     bound = candidate_values[:, k - 1]
     tied = bound == candidate_values[:, k]
     above = (candidate_values[:, :k] > bound[:, None]).sum(dim=1)  # all of them are candidates
-    need = torch.where(tied, k - above, 0)
-    lowest = lowest_equal_columns(values, bound, need, k)
-    offset = torch.arange(k, device=values.device)[None, :] - above[:, None]
-    from_lowest = tied[:, None] & (offset >= 0)
-    return torch.where(from_lowest, lowest.gather(1, offset.clamp(min=0)), columns[:, :k])
+    complete_tied_rows(values, columns, bound, above, torch.where(tied, k - above, 0))
+    return columns
 
 
-def lowest_equal_columns(values: torch.Tensor, bound: torch.Tensor, need: torch.Tensor,
-                         width: int) -> torch.Tensor:
-    """int64 [rows, width]: in row r, the need[r] lowest columns whose value equals bound[r], ascending
-    (need[r] <= width, and the row must hold that many); entries from need[r] on are unspecified. Rows
-    with need 0 cost nothing on CUDA (a Triton kernel) and on CPU (torch ops on the other rows only)."""
+def complete_tied_rows(values: torch.Tensor, columns: torch.Tensor, bound: torch.Tensor, above: torch.Tensor,
+                       need: torch.Tensor) -> None:
+    """In place: in each row r with need[r] > 0, columns[r, above[r]:above[r] + need[r]] becomes the
+    need[r] lowest columns of `values` whose value equals bound[r], ascending (above[r] + need[r] must be
+    columns' width, and the row must hold that many). Rows with need 0 are left alone and cost nothing:
+    a Triton kernel on CUDA skips them, torch ops on CPU run on the other rows only."""
     if values.is_cuda:
         try:
-            from study.training.topk_ties import lowest_equal_columns_triton
-        except ImportError:  # CUDA without Triton: every row through torch ops, still without a sync
-            return _lowest_equal_columns_torch(values, bound, need, width, rows=None)
-        return lowest_equal_columns_triton(values, bound, need, width)
-    return _lowest_equal_columns_torch(values, bound, need, width, rows=need.nonzero().flatten())
+            from study.training.topk_ties import complete_tied_rows_triton
+        except ImportError:  # CUDA without Triton: torch ops on every row, still without a sync
+            _complete_tied_rows_torch(values, columns, bound, above, need, rows=None)
+            return
+        complete_tied_rows_triton(values, columns, bound, above, need)
+        return
+    _complete_tied_rows_torch(values, columns, bound, above, need, rows=need.nonzero().flatten())
 
 
-def _lowest_equal_columns_torch(values: torch.Tensor, bound: torch.Tensor, need: torch.Tensor, width: int,
-                                *, rows: torch.Tensor | None) -> torch.Tensor:
-    """lowest_equal_columns with torch ops on `rows` (None: every row)."""
-    out = torch.zeros((values.shape[0], width), dtype=torch.int64, device=values.device)
+def _complete_tied_rows_torch(values: torch.Tensor, columns: torch.Tensor, bound: torch.Tensor,
+                              above: torch.Tensor, need: torch.Tensor, *, rows: torch.Tensor | None) -> None:
+    """complete_tied_rows with torch ops on `rows` (None: every row)."""
     if rows is not None and rows.numel() == 0:
-        return out
-    selected = values if rows is None else values[rows]
-    row_bound = bound if rows is None else bound[rows]
-    num_items = values.shape[1]
+        return
+    selected: slice | torch.Tensor = slice(None) if rows is None else rows
+    num_items, width = values.shape[1], columns.shape[1]
     key_dtype = torch.int32 if num_items < 2**31 else torch.int64
     # num_items - column for an equal value, 0 otherwise: distinct keys, so topk's set and order are exact
     reversed_columns = torch.arange(num_items, 0, -1, device=values.device, dtype=key_dtype)
-    keys = torch.where(selected == row_bound[:, None], reversed_columns, 0)
-    del selected
-    columns = keys.topk(width, dim=1).indices
-    if rows is None:
-        return columns
-    out[rows] = columns
-    return out
+    keys = torch.where(values[selected] == bound[selected, None], reversed_columns, 0)
+    lowest = keys.topk(width, dim=1).indices
+    del keys
+    offset = torch.arange(width, device=values.device)[None, :] - above[selected, None]
+    from_lowest = (offset >= 0) & (offset < need[selected, None])
+    columns[selected] = torch.where(from_lowest, lowest.gather(1, offset.clamp(min=0)), columns[selected])
 
 
 def _check_targets(targets: torch.Tensor, num_rows: int, num_items: int) -> None:
@@ -201,5 +199,5 @@ class RankingAccumulator:
         return out
 
 
-__all__ = ["ranking_values", "top_k_columns", "lowest_equal_columns", "target_ranks", "top_k_items",
+__all__ = ["ranking_values", "top_k_columns", "complete_tied_rows", "target_ranks", "top_k_items",
            "metrics_from_ranks", "RankingAccumulator"]

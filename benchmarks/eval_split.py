@@ -24,7 +24,8 @@ Modes (--mode, comma-separated):
 
     python3 benchmarks/eval_split.py --trees before=.cache/eval-before,after=. \\
         --datasets ml-1m,gowalla --mode epoch,eval --device cuda --out OUT
-Writes OUT/eval_split.json and prints a table; exits 1 if two trees' metrics differ in eval mode.
+Writes OUT/eval_split.json and prints a table; exits 1 if two trees' metrics differ in eval mode, or a
+measurement failed.
 
 The ranking comparison on an H200 (diginetica at the study's L=20 and evaluation batch 2048, ml-1m at L=200;
 bf16 autocast for the encoder, as trials on CUDA run it):
@@ -41,6 +42,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -275,10 +277,12 @@ def main() -> int:
             for variant in ("old", "new"):
                 table = result.get("profile", {}).get(variant, {}).pop("table", None)
                 if table is not None:
-                    name = f"profile-{result['dataset']}-{result['tree']}-{variant}.txt"
-                    (args.out / name).write_text(table + "\n")
+                    name = f"profile-{result['dataset']}-{result['tree']}-{variant}"
+                    name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+                    (args.out / f"{name}.txt").write_text(table + "\n")
         (args.out / "eval_split.json").write_text(json.dumps(results, indent=2) + "\n")
-    return 1 if differ else 0
+    failed = [r for r in results if r.get("status") == "error" or r.get("error")]
+    return 1 if differ or failed else 0
 
 
 def summary(result: dict[str, Any]) -> str:

@@ -260,3 +260,24 @@ def test_model_and_popularity_evaluation_on_ml_1m_equal_the_reference(
         new, old = both_ways(monkeypatch, run)
         assert new == old
         assert 0 < new["coverage@100"] <= 1 and new["hit@100"] > 0
+
+
+def test_eval_split_ranking_mode_compares_old_and_new_in_one_process(tmp_path: Path) -> None:
+    """benchmarks/eval_split.py --mode ranking on a small synthetic log on CPU: both accumulators timed,
+    metrics identical, profiles written."""
+    import json
+
+    command = [sys.executable, str(ROOT / "benchmarks" / "eval_split.py"), "--mode", "ranking",
+               "--datasets", "synthetic:users=300", "--max-len", "8", "--hidden", "16",
+               "--eval-batch-size", "128", "--device", "cpu", "--repeats", "1", "--profile-chunks", "2",
+               "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "eval_split.json").read_text())
+    for name in ("model", "popularity"):
+        assert result[name]["differ"] == []
+        assert result[name]["old"]["metrics"] == result[name]["new"]["metrics"]
+        assert len(result[name]["new"]["seconds"]) == 1
+    assert result["profile"]["chunks"] >= 2
+    assert sorted(path.name for path in tmp_path.glob("profile-*.txt")) == [
+        "profile-synthetic_users_300-after-new.txt", "profile-synthetic_users_300-after-old.txt"]

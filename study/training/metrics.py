@@ -16,7 +16,8 @@ it is not in it). The list comes from `torch.topk` of K + 1 scores (float32, or 
 types are widened to float32, exactly): it holds every item scoring above its K-th value, and the K
 candidates sorted by (score desc, index asc) are the list unless the K-th value ties with the (K+1)-th,
 where the items of that value to keep are the lowest-indexed ones of the whole row. Such rows (rare in a
-model's float32 scores, common in the popularity baseline's counts) are completed by
+model's float32 scores, common in the popularity baseline's counts; a row with at most K rankable items
+ties at -inf, so the list is exact at every position, excluded ones included) are completed by
 `complete_tied_rows`: a Triton kernel on CUDA that reads only those rows, torch ops on those rows on
 CPU. Per chunk that is one in-place NaN pass and one float top-k over the scores, with no other
 [rows, items] temporary, and no host synchronisation on CUDA (`RankingAccumulator` keeps its sums on the

@@ -10,6 +10,8 @@ waits for the device.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -48,9 +50,12 @@ def complete_tied_rows_triton(values: torch.Tensor, columns: torch.Tensor, bound
         raise ValueError("columns: the kernel writes rows of unit column stride")
     rows, num_items = values.shape
     if rows:
-        _complete_tied_rows_kernel[(rows,)](values, columns, bound.to(values.dtype).contiguous(),
-                                            above.contiguous(), need.contiguous(), num_items,
-                                            values.stride(0), columns.stride(0), BLOCK=BLOCK)
+        # Triton launches on the current device (CPU tensors: the interpreter, in tests)
+        on_device = torch.cuda.device(values.device) if values.is_cuda else contextlib.nullcontext()
+        with on_device:
+            _complete_tied_rows_kernel[(rows,)](values, columns, bound.to(values.dtype).contiguous(),
+                                                above.contiguous(), need.contiguous(), num_items,
+                                                values.stride(0), columns.stride(0), BLOCK=BLOCK)
 
 
 __all__ = ["complete_tied_rows_triton"]

@@ -24,8 +24,9 @@ import torch
 from study.config import METRIC_KS
 from study.training.metrics import RankingAccumulator
 
-# Scores alive at once (64 MiB in float32); ranking turns them into int64 keys in place (a 4-byte
-# temporary and the 8-byte key per score), plus a 1-byte comparison with the target's key.
+# Scores alive at once (64 MiB in float32). Ranking cleans them in place and takes a top-k of them, with
+# no other temporary of their size (the int64 keys it made before took 9 more bytes a score);
+# study/memory/model.py charges EVAL_SCORE_COPIES float32 copies of them, more than that.
 DEFAULT_MAX_SCORES = 1 << 24
 
 

@@ -738,8 +738,7 @@ def _backward_dblock_kernel(
     num_rows, num_negatives, dim,
     stride_hidden_row, stride_hidden_col, stride_table_row, stride_table_col, stride_item_row,
     stride_item_col,
-    REMOVE_HITS: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr,
-    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    REMOVE_HITS: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
 ):
     """Both gradients of shared negatives in one pass over the logits, d blocked
@@ -758,8 +757,10 @@ def _backward_dblock_kernel(
     memory at 128x64 tiles, d = 256 (notes/kernel-shared.md).
 
     Offsets are always added: a refused negative (offset -inf, its gathered row item 0's) gets softmax
-    weight 0, so it adds nothing to dH and zeros to its tile-gradient row; columns past K and (REMOVE_HITS)
-    a row's own target are dropped; padded and ignored rows have upstream gradient 0."""
+    weight 0, so it adds nothing to dH and zeros to its tile-gradient row; (REMOVE_HITS) a row's own target
+    is dropped; padded and ignored rows have upstream gradient 0. Columns past K need no mask on the logits:
+    their item rows are read as zeros, so they add nothing to dH, and their tile-gradient rows are not
+    added to."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < num_rows
     rows = rows.to(tl.int64)
@@ -799,7 +800,7 @@ def _backward_dblock_kernel(
         if D_CHUNKS > 3:
             e3 = _load_rows(table_ptr, cols, col_mask, stride_table_row, stride_table_col, d3, m3)
             scores = _dot_acc(h3, tl.trans(e3), scores, PRECISION, UPCAST)
-        dscores = _softmax_grad(scores, idx, col_mask, offsets, lse2, row_grad, safe_targets, True, EVEN_K,
+        dscores = _softmax_grad(scores, idx, col_mask, offsets, lse2, row_grad, safe_targets, True, True,
                                 REMOVE_HITS).to(h0.dtype)
         dscores_t = tl.trans(dscores)
         acc0 = _tile_chunk_grads(acc0, dscores, dscores_t, e0, h0, tile_grad_ptr, cols, col_mask, 0, dim,
@@ -1213,8 +1214,8 @@ def _dblock_backward(hidden: torch.Tensor, items: torch.Tensor, safe_targets: to
             num_rows, plan.num_negatives, dim,
             hidden.stride(0), hidden.stride(1), table.stride(0), table.stride(1), items.stride(0),
             items.stride(1),
-            REMOVE_HITS=plan.remove_hits, EVEN_K=plan.num_negatives % tiles.block_n == 0,
-            EVEN_D=dim % chunk == 0, PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden),
+            REMOVE_HITS=plan.remove_hits, EVEN_D=dim % chunk == 0, PRECISION=_precision(hidden.dtype),
+            UPCAST=_upcast(hidden),
             BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_D=chunk, D_CHUNKS=triton.cdiv(dim, chunk),
             num_warps=tiles.num_warps, num_stages=tiles.num_stages,
         )

@@ -963,6 +963,46 @@ def test_dev_speed_dblock_times_the_asked_tiles_on_an_h200() -> None:
     assert dev_speed.DBLOCK_CASES[:2] == ((256, 4096), (256, 16384))
 
 
+def test_dev_speed_dblock_times_the_asked_backward_tiles_on_an_h200() -> None:
+    """The dblock section's backward variants (CPU side): per timed d the d-blocked backward tiles, the
+    first of them d_blocked_backward's (what launch_config(d_blocked=True) launches), unshrunk on an H200,
+    on top of the configs given (the rest unchanged); the cases are the issue's: shared K=4096 and 16384 at
+    d=256 and 64."""
+    dev_speed = _dev_speed()
+    for dim in (64, 256):
+        base = dev_speed.dblock_configs(dim, torch.bfloat16)[0][2]
+        variants = dev_speed.dblock_backward_configs(dim, base)
+        assert dev_speed.DBLOCK_BACKWARDS[dim][0] == dataclasses.astuple(
+            triton_shared.d_blocked_backward(dim, torch.bfloat16))
+        for (label, tiles, configs), asked in zip(variants, dev_speed.DBLOCK_BACKWARDS[dim], strict=True):
+            assert tiles == asked and configs.dblock_backward == triton_shared.BlockConfig(*asked), label
+            assert dataclasses.replace(configs, dblock_backward=None) == base
+            assert triton_shared.shared_memory_bytes("dblock_backward", configs.dblock_backward, dim=dim,
+                                                     hidden_dtype=torch.bfloat16,
+                                                     items_dtype=torch.bfloat16) <= H200_SHARED_MEMORY
+    assert set(dev_speed.DBLOCK_CASES) == {(256, 4096), (256, 16384), (64, 4096), (64, 16384)}
+    assert {timed for _, timed in dev_speed.DBLOCK_BACKWARD_CHECKS} == {64, 256}
+
+
+@pytest.mark.parametrize("path", ["dblock", "fused", "split"])
+def test_dev_speed_times_each_backward_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """dev_speed.backward_ms runs the backward that a config selects (here in the interpreter, with do_bench
+    replaced by one call): the d-blocked kernel, the fused one, or grad_hidden and grad_items."""
+    dev_speed = _dev_speed()
+    monkeypatch.setattr(dev_speed, "do_bench", lambda fn, **kwargs: fn() or 1.0)
+    counted = {name: _CountingKernel(getattr(triton_shared, name)) for name in BACKWARD_KERNELS}
+    for name, kernel in counted.items():
+        monkeypatch.setattr(triton_shared, name, kernel)
+    case = make_case("shared", num_rows=45, num_items=120, num_negatives=29, dim=40, seed=109)
+    configs = {"dblock": d_blocked_backward_config(16), "fused": fused_config(),
+               "split": triton_shared.default_config(torch.device("cpu"), 40)}[path]
+    assert dev_speed.IGNORE == IGNORE
+    ms = dev_speed.backward_ms(case["hidden"], case["items"], case["targets"], case["negatives"], configs)
+    assert ms == 1.0
+    expected = {"dblock": (1, 0, 0, 0), "fused": (0, 0, 0, 1), "split": (0, 1, 1, 0)}[path]
+    assert launch_counts(counted) == expected
+
+
 def test_dev_speed_refuses_an_unknown_section_before_touching_a_gpu() -> None:
     import subprocess
     import sys

@@ -12,7 +12,8 @@
    negatives, log q tensor, accidental hits; d=256, 64, 200 in bf16, d=256 in float32) and of each
    d-blocked backward tile (d=256, 64, 200 in bf16), then at N=51,200, C=10^6, bf16, shared K=4096 and
    16384, d=256 then d=64: the forward alone (default against each tile, with its TFLOP/s), the backward
-   alone (the default's against each d-blocked backward tile, after the same forward), and fwd+bwd of the
+   alone (the default's against each d-blocked backward tile, and the first with 2 and 4 programs a row
+   block, SharedConfig.dblock_splits, after the same forward), and fwd+bwd of the
    default, the fastest d-blocked forward with the default backward, the fastest d-blocked forward with
    each d-blocked backward, launch_config(d_blocked=True) as a user opts in, and torch.compile (x compile
    beside each). Under 6 minutes alone on an H200:
@@ -369,12 +370,16 @@ DBLOCK_BACKWARDS = {256: ((128, 64, 8, 2, 64), (128, 64, 8, 3, 64), (64, 64, 8, 
                     64: ((128, 128, 8, 3, 64), (128, 128, 8, 2, 64), (128, 64, 8, 2, 64))}
 # d=200 (4 chunks, the last ragged) is checked with the d=256 tiles.
 DBLOCK_BACKWARD_CHECKS = ((256, 256), (64, 64), (200, 256))
+# SharedConfig.dblock_splits timed with the first DBLOCK_BACKWARDS tile (1 is the default): at N=51,200 a
+# 128-row block gives 400 programs, 3.03 waves of one program per multiprocessor of an H200.
+DBLOCK_SPLITS = (2, 4)
 
 
 def dblock_backward_configs(dim: int, configs: KernelConfigs, hidden_dtype: torch.dtype = torch.bfloat16,
                             limit: int = 232_448) -> list[tuple[str, tuple, KernelConfigs]]:
     """(label, DBLOCK_BACKWARDS tile, configs): `configs` with each d-blocked backward tile of the timed
-    width nearest `dim` (64 or 256), fitted to `limit` bytes of shared memory as launch_config fits them."""
+    width nearest `dim` (64 or 256), fitted to `limit` bytes of shared memory as launch_config fits them,
+    then the first tile with each of DBLOCK_SPLITS programs per row block."""
     variants = []
     for tiles in DBLOCK_BACKWARDS[64 if dim <= 64 else 256]:
         fitted = ts.fit_config(dataclasses.replace(configs, dblock_backward=BlockConfig(*tiles)), dim=dim,
@@ -386,6 +391,9 @@ def dblock_backward_configs(dim: int, configs: KernelConfigs, hidden_dtype: torc
             assert got is not None
             label += f" (fitted: {got.block_m}x{got.block_n} s{got.num_stages})"
         variants.append((label, tiles, fitted))
+    label, tiles, fitted = variants[0]
+    for splits in DBLOCK_SPLITS:
+        variants.append((f"{label} splits={splits}", tiles, dataclasses.replace(fitted, dblock_splits=splits)))
     return variants
 
 

@@ -21,7 +21,8 @@ the items' dtype. Tested with triton 3.6.0 (the H200's) and 3.7.1.
 --dblock compiles the forward of shared negatives at d=256 in bf16 (K=4096, hits removed) to the cubin with
 the default tiles and with each of DBLOCK_CANDIDATES' d-blocked tiles (BlockConfig.block_d), then the
 backward (both gradients) with the default split kernels at d=256 and the d-blocked backward
-(SharedConfig.dblock_backward) with each of DBLOCK_BACKWARD_CANDIDATES' tiles at d=256 and 64, and prints per
+(SharedConfig.dblock_backward) with each of DBLOCK_BACKWARD_CANDIDATES' tiles at d=256 and 64 (the first also
+with two programs a row block, SharedConfig.dblock_splits), and prints per
 kernel its shared memory against the limit and kernels.tile_memory's estimate, registers, spilled bytes, loop
 size and the MMA it runs on: PTX `wgmma.mma_async` / SASS `HGMMA` (Hopper's warpgroup MMA, with its
 instruction shapes) against `mma.sync` / `HMMA`. It fails where a d-blocked kernel does not compile, spills,
@@ -683,7 +684,8 @@ def dblock(target: GPUTarget, *, limit: int, grid: bool) -> int:
         estimate = ts.shared_memory_bytes(kernel, tiles, dim=case["dim"], hidden_dtype=hidden_dtype,
                                           items_dtype=items_dtype)
         label = (f"{name} {case['scheme']} d={case['dim']} {case['dtypes']} {tiles.block_m}x{tiles.block_n} "
-                 f"w{tiles.num_warps} s{tiles.num_stages} block_d={tiles.block_d or 'whole rows'}")
+                 f"w{tiles.num_warps} s{tiles.num_stages} block_d={tiles.block_d or 'whole rows'}"
+                 + (f" splits={config.dblock_splits}" if config.dblock_splits > 1 else ""))
         if isinstance(result, _SharedMemoryKnown):
             over = estimate < result.shared
             failed |= over
@@ -724,12 +726,16 @@ def dblock(target: GPUTarget, *, limit: int, grid: bool) -> int:
             for config in [base] + [dataclasses.replace(base, forward=ts.BlockConfig(*tiles))
                                     for tiles in DBLOCK_CANDIDATES]:
                 run_case(case, config, backward=False)
-            # The default backward at d=256 (the split kernels), then the d-blocked candidates.
-            for dim, tiles in [(256, None)] + list(DBLOCK_BACKWARD_CANDIDATES):
+            # The default backward at d=256 (the split kernels), then the d-blocked candidates, and the
+            # first with two programs a row block (a float32 dH partial: its own specialisation).
+            first = DBLOCK_BACKWARD_CANDIDATES[0]
+            for dim, tiles, splits in ([(256, None, 1)] + [(d, t, 1) for d, t in DBLOCK_BACKWARD_CANDIDATES]
+                                       + [(first[0], first[1], 2)]):
                 case = _dblock_backward_case(dim)
                 base = base_config(dim, "bf16")
-                config = dataclasses.replace(base, fused_backward=None, dblock_backward=(
-                    None if tiles is None else ts.BlockConfig(*tiles)))
+                backward = None if tiles is None else ts.BlockConfig(*tiles)
+                config = dataclasses.replace(base, fused_backward=None, dblock_splits=splits,
+                                             dblock_backward=backward)
                 run_case(case, config)
             return failed
         with stop_after_shared_memory():

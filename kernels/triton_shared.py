@@ -111,6 +111,10 @@ class SharedConfig:
     # one-pass backward, _backward_dblock_kernel. Its block_d (> 0) is the chunk of d in which the item
     # gradient's tiles are formed and added.
     dblock_backward: BlockConfig | None = None
+    # How many programs share a row block in the d-blocked backward, each walking every dblock_splits-th
+    # negative tile into its own float32 dH partial ([splits, N, d], summed after): more programs than row
+    # blocks where N / block_m is a few waves of one program per multiprocessor and the last wave short.
+    dblock_splits: int = 1
 
 
 KernelConfigs = SharedConfig  # its name before the two kernel families were named alike
@@ -718,26 +722,26 @@ def _tile_chunk_grads(acc, dscores, dscores_t, e, h, tile_grad_ptr, cols, col_ma
 
 
 @triton.jit
-def _store_grad_hidden_chunk(acc, items_ptr, safe_targets, positive_coef, grad_hidden_ptr, rows, row_mask,
-                             chunk: tl.constexpr, dim, stride_item_row, stride_item_col, stride_hidden_row,
-                             stride_hidden_col, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
-    """_store_grad_hidden for one d chunk of a row block's dH (item rows read in hidden's dtype, the dH
-    buffer's)."""
+def _store_grad_hidden_chunk(acc, hidden_ptr, items_ptr, safe_targets, positive_coef, out_ptr, rows, row_mask,
+                             chunk: tl.constexpr, dim, stride_item_row, stride_item_col, stride_out_row,
+                             stride_out_col, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
+    """_store_grad_hidden for one d chunk of a row block's dH (or its partial), into `out_ptr` (item rows
+    read in hidden's dtype, as the loop's dots read them)."""
     chunk_d, chunk_mask = _chunk_offsets(chunk, dim, BLOCK_D, EVEN_D)
     e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, chunk_d,
-                       chunk_mask).to(grad_hidden_ptr.dtype.element_ty)
-    acc += positive_coef[:, None] * e_pos.to(tl.float32)
-    out = grad_hidden_ptr + rows[:, None] * stride_hidden_row + chunk_d[None, :] * stride_hidden_col
-    tl.store(out, acc.to(grad_hidden_ptr.dtype.element_ty), mask=row_mask[:, None] & chunk_mask[None, :])
+                       chunk_mask)
+    acc += positive_coef[:, None] * e_pos.to(hidden_ptr.dtype.element_ty).to(tl.float32)
+    out = out_ptr + rows[:, None] * stride_out_row + chunk_d[None, :] * stride_out_col
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & chunk_mask[None, :])
 
 
 @triton.jit
 def _backward_dblock_kernel(
     hidden_ptr, table_ptr, items_ptr, safe_targets_ptr, ids_ptr, offsets_ptr, lse_ptr, row_grad_ptr,
-    positive_coef_ptr, grad_hidden_ptr, tile_grad_ptr,
-    num_rows, num_negatives, dim,
+    positive_coef_ptr, out_ptr, tile_grad_ptr,
+    num_rows, num_negatives, dim, num_splits,
     stride_hidden_row, stride_hidden_col, stride_table_row, stride_table_col, stride_item_row,
-    stride_item_col,
+    stride_item_col, stride_out_split, stride_out_row, stride_out_col,
     REMOVE_HITS: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
 ):
@@ -749,7 +753,9 @@ def _backward_dblock_kernel(
     [BLOCK_M, BLOCK_D] accumulators) and dS^T h_c added into the float32 [K, d] tile gradient with atomics.
     So each logit tile is computed once (6NKd for the backward, against the split kernels' 8NKd) and no
     product needs a whole-row operand or result tile. Programs start at different tiles, so that their
-    atomics spread over the buffer.
+    atomics spread over the buffer. With num_splits > 1, program (row block, split) walks every
+    num_splits-th tile and stores its dH partial at `out_ptr` + split * stride_out_split (float32; split 0
+    adds the positive's share); otherwise `out_ptr` is dH itself.
 
     The chunks are written out (up to 4, not a loop): a loop over chunks inside the tile loop would stop
     the software pipeline of the tile loop (Triton pipelines innermost loops), and unrolled it reloaded the
@@ -782,9 +788,10 @@ def _backward_dblock_kernel(
         d3, m3 = _chunk_offsets(3, dim, BLOCK_D, EVEN_D)
         h3 = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d3, m3)
 
+    split = tl.program_id(1)
     num_tiles = tl.cdiv(num_negatives, BLOCK_N)
     first_tile = tl.program_id(0) % num_tiles
-    for step in range(0, num_tiles):
+    for step in range(split, num_tiles, num_splits):
         cols = ((first_tile + step) % num_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
         col_mask = cols < num_negatives
         idx, offsets = _negative_columns(ids_ptr, offsets_ptr, cols, col_mask, False)
@@ -815,9 +822,10 @@ def _backward_dblock_kernel(
             acc3 = _tile_chunk_grads(acc3, dscores, dscores_t, e3, h3, tile_grad_ptr, cols, col_mask, 3, dim,
                                      PRECISION, UPCAST, BLOCK_D, EVEN_D)
 
-    positive_coef = tl.load(positive_coef_ptr + rows, mask=row_mask, other=0.0)
-    store = (items_ptr, safe_targets, positive_coef, grad_hidden_ptr, rows, row_mask)
-    strides = (stride_item_row, stride_item_col, stride_hidden_row, stride_hidden_col)
+    positive_coef = tl.load(positive_coef_ptr + rows, mask=row_mask & (split == 0), other=0.0)
+    split_out_ptr = out_ptr + split.to(tl.int64) * stride_out_split
+    store = (hidden_ptr, items_ptr, safe_targets, positive_coef, split_out_ptr, rows, row_mask)
+    strides = (stride_item_row, stride_item_col, stride_out_row, stride_out_col)
     _store_grad_hidden_chunk(acc0, *store, 0, dim, *strides, BLOCK_D, EVEN_D)
     if D_CHUNKS > 1:
         _store_grad_hidden_chunk(acc1, *store, 1, dim, *strides, BLOCK_D, EVEN_D)
@@ -874,6 +882,9 @@ def _check_d_blocked(config: SharedConfig) -> None:
     if config.dblock_backward is not None and not config.dblock_backward.block_d:
         raise ValueError("config.dblock_backward.block_d: the d-blocked backward needs a chunk of d (a power "
                          "of two >= 16), got 0")
+    if config.dblock_splits < 1:
+        raise ValueError(f"config.dblock_splits: expected at least 1 program per row block, got "
+                         f"{config.dblock_splits}")
 
 
 def _block_d(dim: int) -> int:
@@ -1201,19 +1212,25 @@ def _dblock_backward(hidden: torch.Tensor, items: torch.Tensor, safe_targets: to
     """Both gradients of "shared" in one pass over the logits with d-blocked item-gradient tiles (see
     _backward_dblock_kernel)."""
     num_rows, dim = hidden.shape
-    grad_hidden = triton_common.new_output((num_rows, dim), hidden.dtype, hidden.device)
+    splits = plan.config.dblock_splits
+    if splits == 1:
+        out = triton_common.new_output((num_rows, dim), hidden.dtype, hidden.device)
+        out_strides = (0, out.stride(0), out.stride(1))
+    else:
+        out = triton_common.new_output((splits, num_rows, dim), torch.float32, hidden.device)
+        out_strides = (out.stride(0), out.stride(1), out.stride(2))
     tile_grad = torch.zeros((plan.num_negatives, dim), dtype=torch.float32, device=hidden.device)
     # The negatives' rows in order, in the dtype the dots read (as the d-blocked forward gathers them).
     table = items.index_select(0, negatives.scatter_ids).to(hidden.dtype)
 
     def launch(tiles: BlockConfig) -> None:
         chunk = _dblock_backward_chunk(dim, tiles.block_d)
-        _backward_dblock_kernel[(triton.cdiv(num_rows, tiles.block_m),)](
+        _backward_dblock_kernel[(triton.cdiv(num_rows, tiles.block_m), splits)](
             hidden, table, items, safe_targets, negatives.ids, negatives.offsets, lse, row_grad,
-            positive_coef, grad_hidden, tile_grad,
-            num_rows, plan.num_negatives, dim,
+            positive_coef, out, tile_grad,
+            num_rows, plan.num_negatives, dim, splits,
             hidden.stride(0), hidden.stride(1), table.stride(0), table.stride(1), items.stride(0),
-            items.stride(1),
+            items.stride(1), *out_strides,
             REMOVE_HITS=plan.remove_hits, EVEN_D=dim % chunk == 0, PRECISION=_precision(hidden.dtype),
             UPCAST=_upcast(hidden),
             BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_D=chunk, D_CHUNKS=triton.cdiv(dim, chunk),
@@ -1221,6 +1238,7 @@ def _dblock_backward(hidden: torch.Tensor, items: torch.Tensor, safe_targets: to
         )
 
     _launch_fitting("dblock_backward", hidden, items, config, launch)
+    grad_hidden = out if splits == 1 else out.sum(dim=0).to(hidden.dtype)
     grad_items = _shared_item_gradient(tile_grad, hidden, items, negatives, positive_coef, safe_targets)
     return grad_hidden, grad_items
 

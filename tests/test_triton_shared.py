@@ -856,6 +856,23 @@ def test_d_blocked_backward_tile_shapes(backward_launches, tiles: tuple[int, int
     assert launch_counts(backward_launches) == (1, 0, 0, 0)
 
 
+@pytest.mark.parametrize("splits", [2, 3, 5])
+@pytest.mark.parametrize("hidden_dtype", [torch.float32, torch.bfloat16])
+def test_d_blocked_backward_row_blocks_split_over_programs(backward_launches, splits: int,
+                                                           hidden_dtype: torch.dtype) -> None:
+    """SharedConfig.dblock_splits: several programs per row block, each over every splits-th negative tile
+    into its own NaN-poisoned float32 dH partial, summed; 2 negative tiles (K = 29), so with 3 and 5 splits
+    some programs walk no tile (they store zeros, and split 0 the positive's share)."""
+    rows, num_items, k, _ = SCHEME_SHAPES["shared"]
+    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=72,
+                     hidden_dtype=hidden_dtype, seed=113)
+    config = dataclasses.replace(d_blocked_backward_config(32), dblock_splits=splits)
+    kernel, reference = run_both(case, scheme="shared", config=config)
+    assert kernel[1].dtype == hidden_dtype
+    assert_matches(kernel, reference, TOLERANCE[hidden_dtype])
+    assert launch_counts(backward_launches) == (1, 0, 0, 0)
+
+
 def test_d_blocked_backward_leaves_a_refused_negative_out(monkeypatch: pytest.MonkeyPatch,
                                                           backward_launches) -> None:
     """A negative outside [0, C): its offset -inf gives it softmax weight 0 in the d-blocked backward
@@ -918,12 +935,14 @@ def test_d_blocked_backward_is_for_shared_negatives_only(backward_launches, sche
     assert launch_counts(backward_launches) == (0, 1, 1, 0)
 
 
-def test_d_blocked_backward_needs_a_chunk() -> None:
-    """dblock_backward with block_d = 0 is an error naming the field, not a silent whole-row kernel."""
+@pytest.mark.parametrize("field,value", [("dblock_backward", triton_shared.BlockConfig(16, 16, 1, 1)),
+                                         ("dblock_splits", 0)])
+def test_d_blocked_backward_config_errors_name_the_field(field: str, value: object) -> None:
+    """dblock_backward with block_d = 0 (not a silent whole-row kernel) and dblock_splits below 1 are errors
+    naming the field."""
     case = make_case("shared", num_rows=20, num_items=40, num_negatives=9, dim=16, seed=107)
-    config = dataclasses.replace(d_blocked_backward_config(16),
-                                 dblock_backward=triton_shared.BlockConfig(16, 16, 1, 1))
-    with pytest.raises(ValueError, match=r"config\.dblock_backward\.block_d"):
+    config = dataclasses.replace(d_blocked_backward_config(16), **{field: value})
+    with pytest.raises(ValueError, match=rf"config\.{field}"):
         run_both(case, scheme="shared", config=config)
 
 
@@ -966,17 +985,21 @@ def test_dev_speed_dblock_times_the_asked_tiles_on_an_h200() -> None:
 def test_dev_speed_dblock_times_the_asked_backward_tiles_on_an_h200() -> None:
     """The dblock section's backward variants (CPU side): per timed d the d-blocked backward tiles, the
     first of them d_blocked_backward's (what launch_config(d_blocked=True) launches), unshrunk on an H200,
-    on top of the configs given (the rest unchanged); the cases are the issue's: shared K=4096 and 16384 at
-    d=256 and 64."""
+    on top of the configs given (the rest unchanged), then the first with each of DBLOCK_SPLITS programs
+    per row block; the cases are the issue's: shared K=4096 and 16384 at d=256 and 64."""
     dev_speed = _dev_speed()
     for dim in (64, 256):
         base = dev_speed.dblock_configs(dim, torch.bfloat16)[0][2]
         variants = dev_speed.dblock_backward_configs(dim, base)
         assert dev_speed.DBLOCK_BACKWARDS[dim][0] == dataclasses.astuple(
             triton_shared.d_blocked_backward(dim, torch.bfloat16))
-        for (label, tiles, configs), asked in zip(variants, dev_speed.DBLOCK_BACKWARDS[dim], strict=True):
+        tiles_asked = list(dev_speed.DBLOCK_BACKWARDS[dim])
+        tiles_asked += [tiles_asked[0]] * len(dev_speed.DBLOCK_SPLITS)
+        splits = [1] * len(dev_speed.DBLOCK_BACKWARDS[dim]) + list(dev_speed.DBLOCK_SPLITS)
+        for (label, tiles, configs), asked, split in zip(variants, tiles_asked, splits, strict=True):
             assert tiles == asked and configs.dblock_backward == triton_shared.BlockConfig(*asked), label
-            assert dataclasses.replace(configs, dblock_backward=None) == base
+            assert configs.dblock_splits == split and (split == 1) == ("splits=" not in label), label
+            assert dataclasses.replace(configs, dblock_backward=None, dblock_splits=1) == base
             assert triton_shared.shared_memory_bytes("dblock_backward", configs.dblock_backward, dim=dim,
                                                      hidden_dtype=torch.bfloat16,
                                                      items_dtype=torch.bfloat16) <= H200_SHARED_MEMORY

@@ -7,13 +7,18 @@
 2. dense: each dense kernel alone (forward, grad_hidden, grad_items) over tile shapes at d=256, bf16,
    N=51,200: the full catalogue (C = 10^6) and shared K=16384; then fwd+bwd of the per-kernel winners
    combined against the default configs (full, shared K=4096 and 16384).
-3. dblock (issue 13's d-blocked forward, BlockConfig.block_d): float64 checks of each d-blocked forward tile
-   (shared negatives, log q tensor, accidental hits; d=256, 64, 200 in bf16, d=256 in float32), then at
-   N=51,200, C=10^6, bf16, shared K=4096 and 16384, d=256 then d=64: the forward alone (default against
-   each tile, with its TFLOP/s) and fwd+bwd of the default, the fastest d-blocked forward and
-   torch.compile (x compile beside each). Under 4 minutes alone on an H200:
+3. dblock (issue 13's d-blocked kernels: the forward, BlockConfig.block_d, and the one-pass backward of
+   shared negatives, SharedConfig.dblock_backward): float64 checks of each d-blocked forward tile (shared
+   negatives, log q tensor, accidental hits; d=256, 64, 200 in bf16, d=256 in float32) and of each
+   d-blocked backward tile (d=256, 64, 200 in bf16), then at N=51,200, C=10^6, bf16, shared K=4096 and
+   16384, d=256 then d=64: the forward alone (default against each tile, with its TFLOP/s), the backward
+   alone (the default's against each d-blocked backward tile, and the first with 2 and 4 programs a row
+   block, SharedConfig.dblock_splits, after the same forward), and fwd+bwd of the
+   default, the fastest d-blocked forward with the default backward, the fastest d-blocked forward with
+   each d-blocked backward, launch_config(d_blocked=True) as a user opts in, and torch.compile (x compile
+   beside each). Under 6 minutes alone on an H200:
 
-       PYTHONPATH=. python3 benchmarks/dev_speed.py --sections dblock --out OUT
+       PYTHONPATH=. python3 benchmarks/dev_speed.py --sections dblock --budget-seconds 330 --out OUT
 
 A winner must also pass a float64 check at a moderate size (loss, dH, dE relative L2; per position
 tensor and drawn negatives, bf16 and float32, with log q and accidental hits): the fastest variant that
@@ -359,6 +364,62 @@ def dblock_configs(dim: int, hidden_dtype: torch.dtype, sm_count: int = 132,
     return variants
 
 
+# The d-blocked backward tiles timed per d: (block_m, block_n, warps, stages, block_d), d_blocked_backward's
+# first; kernel_ptx.py --dblock compiles each for sm_90 (wgmma, no spills).
+DBLOCK_BACKWARDS = {256: ((128, 64, 8, 2, 64), (128, 64, 8, 3, 64), (64, 64, 8, 2, 64)),
+                    64: ((128, 128, 8, 3, 64), (128, 128, 8, 2, 64), (128, 64, 8, 2, 64))}
+# d=200 (4 chunks, the last ragged) is checked with the d=256 tiles.
+DBLOCK_BACKWARD_CHECKS = ((256, 256), (64, 64), (200, 256))
+# SharedConfig.dblock_splits timed with the first DBLOCK_BACKWARDS tile (1 is the default): at N=51,200 a
+# 128-row block gives 400 programs, 3.03 waves of one program per multiprocessor of an H200.
+DBLOCK_SPLITS = (2, 4)
+
+
+def dblock_backward_configs(dim: int, configs: KernelConfigs, hidden_dtype: torch.dtype = torch.bfloat16,
+                            limit: int = 232_448) -> list[tuple[str, tuple, KernelConfigs]]:
+    """(label, DBLOCK_BACKWARDS tile, configs): `configs` with each d-blocked backward tile of the timed
+    width nearest `dim` (64 or 256), fitted to `limit` bytes of shared memory as launch_config fits them,
+    then the first tile with each of DBLOCK_SPLITS programs per row block."""
+    variants = []
+    for tiles in DBLOCK_BACKWARDS[64 if dim <= 64 else 256]:
+        fitted = ts.fit_config(dataclasses.replace(configs, dblock_backward=BlockConfig(*tiles)), dim=dim,
+                               hidden_dtype=hidden_dtype, items_dtype=hidden_dtype, limit=limit)
+        block_m, block_n, warps, stages, block_d = tiles
+        label = f"dblock backward {block_m}x{block_n} w{warps} s{stages} bd{block_d}"
+        got = fitted.dblock_backward
+        if got != BlockConfig(*tiles):
+            assert got is not None
+            label += f" (fitted: {got.block_m}x{got.block_n} s{got.num_stages})"
+        variants.append((label, tiles, fitted))
+    label, tiles, fitted = variants[0]
+    for splits in DBLOCK_SPLITS:
+        variants.append((f"{label} splits={splits}", tiles, dataclasses.replace(fitted, dblock_splits=splits)))
+    return variants
+
+
+def backward_ms(hidden, items, targets, negatives, configs: KernelConfigs) -> float:
+    """The backward alone, both gradients, as the autograd function runs it (after one forward)."""
+    plan = ts._Plan(scheme="shared", num_items=items.shape[0], num_groups=1, rows_per_group=hidden.shape[0],
+                    num_negatives=negatives.shape[0], log_q_mode=0, log_q_scalar=0.0, remove_hits=True,
+                    ignore_index=IGNORE, reduction="mean", config=configs)
+    prepared = ts._prepare_negatives(negatives, None, plan)
+    lse, positive, _, kept, safe_targets = ts._forward(hidden, items, targets, prepared, plan)
+    row_grad = kept / kept.sum().clamp(min=1.0)
+    coef = row_grad * torch.expm1(positive - lse)
+    args = (hidden, items, safe_targets, prepared, lse, row_grad, coef, plan)
+    if configs.dblock_backward is not None:
+        def step() -> None:
+            ts._dblock_backward(*args, configs.dblock_backward)
+    elif configs.fused_backward is not None and negatives.shape[0] <= configs.fused_max_negatives:
+        def step() -> None:
+            ts._fused_backward(*args, configs.fused_backward)
+    else:
+        def step() -> None:
+            ts._grad_hidden(*args)
+            ts._grad_items(*args)
+    return float(do_bench(step, warmup=10, rep=80, return_mode="median"))
+
+
 def check_dblock(configs: KernelConfigs, label: str, dim: int, hidden_dtype: torch.dtype) -> bool:
     """Loss, dH and dE of shared negatives with `configs` against float64 (log q tensor, accidental hits,
     ignored rows) at CHECK_SIZE."""
@@ -422,10 +483,12 @@ def compiled_step(hidden, items, targets, negatives):
 
 
 def dblock_section(out: str, deadline: float) -> None:
-    """The d-blocked forward: float64 checks first (a variant failing one is not timed), then per case the
-    forward alone (default and each variant) and fwd+bwd of the default, the fastest d-blocked forward
-    and torch.compile."""
+    """The d-blocked kernels: float64 checks first (a variant failing one is not timed), then per case the
+    forward alone (default and each variant), the backward alone (default and each d-blocked backward)
+    and fwd+bwd of the default, the fastest d-blocked forward with the default and with each d-blocked
+    backward, launch_config(d_blocked=True), and torch.compile."""
     RESULTS.setdefault("dblock_forward", [])
+    RESULTS.setdefault("dblock_backward", [])
     RESULTS.setdefault("dblock", [])
     passed: dict[tuple[tuple | None, int], bool] = {}  # (tile, timed d): every check of it passed
     for dim, hidden_dtype in DBLOCK_CHECKS:
@@ -434,6 +497,11 @@ def dblock_section(out: str, deadline: float) -> None:
                 continue  # float32: the first tile only (its compilation is slow)
             key = (tiles, 64 if dim == 64 else 256)
             passed[key] = check_dblock(configs, label, dim, hidden_dtype) and passed.get(key, True)
+    for dim, timed_dim in DBLOCK_BACKWARD_CHECKS:
+        base = dblock_configs(dim, torch.bfloat16)[0][2]
+        for label, tiles, configs in dblock_backward_configs(dim, base):
+            key = (tiles, timed_dim)
+            passed[key] = check_dblock(configs, label, dim, torch.bfloat16) and passed.get(key, True)
     save(out)
     n = DENSE_SIZE[0]
     for dim, k in DBLOCK_CASES:
@@ -457,26 +525,53 @@ def dblock_section(out: str, deadline: float) -> None:
                                                   forward=dataclasses.asdict(configs.forward)))
             print(f"dblock d={dim:3d} K={k:5d} forward {label:44s} {times[label]:7.3f} ms "
                   f"({2 * n * k * dim / times[label] / 1e9:5.0f} TFLOP/s)", flush=True)
+        default = dict(variants)["default"]
         blocked = [label for label in times if label != "default"]
-        steps = [("default", dict(variants)["default"])]
+        best_forward = dict(variants)[min(blocked, key=times.__getitem__)] if blocked else default
+        backwards = [(label, configs) for label, tiles, configs in dblock_backward_configs(dim, best_forward)
+                     if passed.get((tiles, dim), False)]
+        backward_times = {}
+        for label, configs in [("default", default)] + backwards:
+            if time.monotonic() > deadline:
+                continue
+            try:
+                backward_times[label] = backward_ms(hidden, items, targets, negatives, configs)
+            except Exception as error:  # out of shared memory or registers on this card
+                print(f"dblock d={dim} K={k} backward {label}: {type(error).__name__}", flush=True)
+                continue
+            # executed work: 8NKd for the split backward, 6NKd for the one-pass ones (fused and d-blocked)
+            one_pass = configs.dblock_backward is not None or (
+                configs.fused_backward is not None and k <= configs.fused_max_negatives)
+            flops = (6 if one_pass else 8) * n * k * dim
+            RESULTS["dblock_backward"].append(dict(dim=dim, k=k, variant=label, ms=backward_times[label],
+                                                   executed_tflops=flops / backward_times[label] / 1e9))
+            print(f"dblock d={dim:3d} K={k:5d} backward {label:48s} {backward_times[label]:7.3f} ms "
+                  f"({flops / backward_times[label] / 1e9:5.0f} TFLOP/s executed)", flush=True)
+        steps = [("default", default)]
         if blocked:
-            best = min(blocked, key=times.__getitem__)
-            steps.append((f"best {best}", dict(variants)[best]))
+            steps.append((f"best forward {min(blocked, key=times.__getitem__)}", best_forward))
+        steps += [(f"best forward + {label}", configs) for label, configs in backwards]
+        opted_in = ts.launch_config(torch.device(DEVICE), dim, torch.bfloat16, torch.bfloat16, d_blocked=True)
+        steps.append(("launch_config(d_blocked=True)", opted_in))
         h, e = hidden.requires_grad_(), items.requires_grad_()
         row = dict(dim=dim, k=k)
         for label, configs in steps:
             if time.monotonic() > deadline:
                 continue
             step = functools.partial(backward_of, dense_loss, h, e, targets, negatives, "shared", configs)
-            ms, memory = timed(step, [h, e])
+            try:
+                ms, memory = timed(step, [h, e])
+            except Exception as error:  # out of shared memory or registers on this card
+                print(f"dblock d={dim} K={k} fwd+bwd {label}: {type(error).__name__}", flush=True)
+                continue
             row[label] = dict(ms=ms, peak_extra_gib=memory / GIB, configs=dataclasses.asdict(configs))
-            print(f"dblock d={dim:3d} K={k:5d} fwd+bwd {label:49s} {ms:7.3f} ms {memory / GIB:6.3f} GiB",
+            print(f"dblock d={dim:3d} K={k:5d} fwd+bwd {label:60s} {ms:7.3f} ms {memory / GIB:6.3f} GiB",
                   flush=True)
         if time.monotonic() < deadline - 30:  # torch.compile takes tens of seconds to compile
             try:
                 ms, memory = timed(compiled_step(h, e, targets, negatives), [h, e])
                 row["compile"] = dict(ms=ms, peak_extra_gib=memory / GIB)
-                print(f"dblock d={dim:3d} K={k:5d} fwd+bwd {'torch.compile':49s} {ms:7.3f} ms "
+                print(f"dblock d={dim:3d} K={k:5d} fwd+bwd {'torch.compile':60s} {ms:7.3f} ms "
                       f"{memory / GIB:6.3f} GiB", flush=True)
                 for label, _ in steps:
                     if label in row:

@@ -16,15 +16,20 @@ the items' dtype. Tested with triton 3.6.0 (the H200's) and 3.7.1.
     PYTHONPATH=. python benchmarks/kernel_ptx.py --check   # the code generator only (seconds)
     PYTHONPATH=. python benchmarks/kernel_ptx.py --loops [--out DIR]   # the dense tile loops (seconds)
     PYTHONPATH=. python benchmarks/kernel_ptx.py --shared-memory [--limit BYTES] [--dims 64,512]   # a minute
-    PYTHONPATH=. python benchmarks/kernel_ptx.py --dblock [--grid]   # d-blocked forward (seconds; minutes)
+    PYTHONPATH=. python benchmarks/kernel_ptx.py --dblock [--grid]   # d-blocked kernels (a minute; minutes)
 
 --dblock compiles the forward of shared negatives at d=256 in bf16 (K=4096, hits removed) to the cubin with
-the default tiles and with each of DBLOCK_CANDIDATES' d-blocked tiles (BlockConfig.block_d), and prints per
-tile its shared memory against the limit and kernels.tile_memory's estimate, registers, spilled bytes, loop
-size and the MMA it runs on: PTX `wgmma.mma_async` / SASS `HGMMA` (Hopper's warpgroup MMA) against
-`mma.sync` / `HMMA`. It fails where a d-blocked tile does not compile, spills, exceeds the limit or its
-estimate, or has no wgmma. With --grid it compiles the d-blocked forward over DBLOCK_GRID_* (d 64 to 512,
-every dtype pair and scheme) up to the shared-memory allocation and fails where the estimate is below it.
+the default tiles and with each of DBLOCK_CANDIDATES' d-blocked tiles (BlockConfig.block_d), then the
+backward (both gradients) with the default split kernels at d=256 and the d-blocked backward
+(SharedConfig.dblock_backward) with each of DBLOCK_BACKWARD_CANDIDATES' tiles at d=256 and 64 (the first also
+with two programs a row block, SharedConfig.dblock_splits), and prints per
+kernel its shared memory against the limit and kernels.tile_memory's estimate, registers, spilled bytes, loop
+size and the MMA it runs on: PTX `wgmma.mma_async` / SASS `HGMMA` (Hopper's warpgroup MMA, with its
+instruction shapes) against `mma.sync` / `HMMA`. It fails where a d-blocked kernel does not compile, spills,
+exceeds the limit or its estimate, or has no wgmma. With --grid it compiles the d-blocked forward over
+DBLOCK_GRID_* (d 64 to 512, every dtype pair and scheme) and the d-blocked backward over DBLOCK_GRID_DIMS x
+DBLOCK_BACKWARD_GRID_TILES (every dtype pair) up to the shared-memory allocation and fails where an estimate
+is below it.
 
 --shared-memory compiles each dense kernel (full, shared, per-sequence; d 64, 96, 128, 256, 512; bf16, fp16,
 fp32, bf16 hidden with fp32 items) with the tiles that triton_shared.launch_config gives a card of --limit
@@ -625,11 +630,22 @@ def shared_memory(target: GPUTarget, *, limit: int, dims: tuple[int, ...] = SHAR
 # it) with the default tiles and with d-blocked candidates: (block_m, block_n, warps, stages, block_d).
 DBLOCK_CANDIDATES = ((128, 128, 8, 2, 64), (128, 128, 8, 3, 64), (128, 128, 8, 4, 64), (128, 256, 8, 2, 64),
                      (128, 256, 8, 3, 64), (128, 256, 8, 4, 64), (128, 128, 4, 3, 64), (256, 128, 8, 3, 64))
-# --dblock --shared-memory: the grid over which the d-blocked forward's estimate must bound the need.
+# --dblock, backward: the d-blocked backward of shared negatives (both gradients, bf16, K=4096, hits removed)
+# at (d, (block_m, block_n, warps, stages, block_d)); triton_shared.d_blocked_backward's tiles first.
+DBLOCK_BACKWARD_CANDIDATES = ((256, (128, 64, 8, 2, 64)), (256, (128, 64, 8, 3, 64)),
+                              (256, (64, 64, 8, 2, 64)), (64, (128, 128, 8, 3, 64)),
+                              (64, (128, 128, 8, 2, 64)), (64, (128, 64, 8, 2, 64)))
+# --dblock --grid: the grid over which the d-blocked kernels' estimates must bound the need.
 DBLOCK_GRID_DIMS = (64, 96, 200, 256, 512)
 DBLOCK_GRID_TILES = ((64, 64, 4, 3, 32), (128, 128, 8, 1, 64), (128, 128, 8, 2, 64), (128, 128, 8, 4, 64),
                      (128, 256, 8, 4, 64), (256, 128, 8, 3, 64), (64, 256, 4, 3, 64), (128, 128, 8, 3, 128),
                      (128, 64, 4, 2, 128))
+DBLOCK_BACKWARD_GRID_TILES = ((128, 64, 8, 2, 64), (128, 64, 8, 3, 64), (128, 128, 8, 2, 64),
+                              (128, 128, 8, 3, 64), (64, 64, 8, 2, 64), (64, 128, 4, 2, 64),
+                              (128, 64, 8, 1, 64), (128, 64, 8, 4, 32), (64, 64, 4, 3, 128))
+_DBLOCK_FIELD = {"_forward_kernel": "forward", "_forward_dblock_kernel": "forward",
+                 "_backward_dblock_kernel": "dblock_backward", "_grad_hidden_kernel": "grad_hidden",
+                 "_grad_items_kernel": "grad_items"}
 
 
 def _dblock_forward_case(dim: int = 256, dtypes: str = "bf16", scheme: str = "shared") -> dict:
@@ -637,28 +653,39 @@ def _dblock_forward_case(dim: int = 256, dtypes: str = "bf16", scheme: str = "sh
                 log_q="none" if scheme != "sequence" else "tensor", hits=scheme != "full", grads="hidden")
 
 
+def _dblock_backward_case(dim: int = 256, dtypes: str = "bf16") -> dict:
+    return dict(family="dense", scheme="shared", dim=dim, k=4096, dtypes=dtypes, log_q="none", hits=True,
+                grads="both")
+
+
 def dblock(target: GPUTarget, *, limit: int, grid: bool) -> int:
-    """--dblock: the d-blocked forward against the default one, compiled for `target` to the cubin: per
-    tile, shared memory (and kernels.tile_memory's estimate), registers, spilled bytes, SASS instructions
-    of its largest loop and whether it runs on Hopper's warpgroup MMA (PTX wgmma.mma_async, SASS HGMMA)
-    or the older one (mma.sync, HMMA). 1 if a d-blocked kernel does not compile, exceeds `limit` or its
-    estimate, spills or uses no wgmma. With `grid`: the estimate against the need over DBLOCK_GRID_*
-    (every scheme and dtype pair, up to the shared-memory allocation; a few minutes)."""
+    """--dblock: the d-blocked forward against the default one and the d-blocked backward of shared
+    negatives against the default split backward (grad_hidden, grad_items), compiled for `target` to the
+    cubin: per kernel and tiles, shared memory (and kernels.tile_memory's estimate), registers, spilled
+    bytes, SASS instructions of its largest loop and whether it runs on Hopper's warpgroup MMA (PTX
+    wgmma.mma_async, SASS HGMMA, with its instruction shapes) or the older one (mma.sync, HMMA). 1 if a
+    d-blocked kernel does not compile, exceeds `limit` or its estimate, spills or uses no wgmma. With
+    `grid`: the estimates against the need over DBLOCK_GRID_* and DBLOCK_BACKWARD_GRID_TILES (every
+    dtype pair; the forward also every scheme; up to the shared-memory allocation; minutes)."""
     failed = 0
     config: ts.SharedConfig | None = None
     case: dict = {}
+    checked = ("_forward_dblock_kernel", "_backward_dblock_kernel")
 
     def record(name: str, result: object) -> None:
         nonlocal failed
-        if name not in ("_forward_kernel", "_forward_dblock_kernel"):
+        if name not in _DBLOCK_FIELD or (case["grads"] == "both") != (name not in ("_forward_kernel",
+                                                                                    "_forward_dblock_kernel")):
             return
         assert config is not None
-        tiles = config.forward
+        kernel = _DBLOCK_FIELD[name]
+        tiles = getattr(config, kernel)
         hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
-        estimate = ts.shared_memory_bytes("forward", tiles, dim=case["dim"], hidden_dtype=hidden_dtype,
+        estimate = ts.shared_memory_bytes(kernel, tiles, dim=case["dim"], hidden_dtype=hidden_dtype,
                                           items_dtype=items_dtype)
-        label = (f"{case['scheme']} d={case['dim']} {case['dtypes']} {tiles.block_m}x{tiles.block_n} "
-                 f"w{tiles.num_warps} s{tiles.num_stages} block_d={tiles.block_d or 'whole rows'}")
+        label = (f"{name} {case['scheme']} d={case['dim']} {case['dtypes']} {tiles.block_m}x{tiles.block_n} "
+                 f"w{tiles.num_warps} s{tiles.num_stages} block_d={tiles.block_d or 'whole rows'}"
+                 + (f" splits={config.dblock_splits}" if config.dblock_splits > 1 else ""))
         if isinstance(result, _SharedMemoryKnown):
             over = estimate < result.shared
             failed |= over
@@ -676,7 +703,7 @@ def dblock(target: GPUTarget, *, limit: int, grid: bool) -> int:
         summary = sass_summary(asm["cubin"])
         spilled = re.search(r"(\d+) stack bytes", summary)
         problems = []
-        if name == "_forward_dblock_kernel":
+        if name in checked:
             problems += ["OVER THE LIMIT"] if shared > limit else []
             problems += ["ESTIMATE BELOW"] if estimate < shared else []
             problems += ["SPILLS"] if spilled and int(spilled.group(1)) > 0 else []
@@ -687,22 +714,41 @@ def dblock(target: GPUTarget, *, limit: int, grid: bool) -> int:
         print(f"{label}: {shared} bytes of {limit} (estimate {estimate}); {summary}; PTX wgmma.mma_async "
               f"{wgmma}, mma.sync {mma_sync}; {sass_text}" + "".join(f"  {p}" for p in problems), flush=True)
 
-    base = ts.fit_config(ts.gpu_config(256, 132), dim=256, hidden_dtype=torch.bfloat16,
-                         items_dtype=torch.bfloat16, limit=limit)
+    def base_config(dim: int, dtypes: str) -> ts.SharedConfig:
+        hidden_dtype, items_dtype = DTYPES[dtypes]
+        return ts.fit_config(ts.gpu_config(dim, 132), dim=dim, hidden_dtype=hidden_dtype,
+                             items_dtype=items_dtype, limit=limit)
+
     with compile_only(target, record):
         if not grid:
             case = _dblock_forward_case()
+            base = base_config(256, "bf16")
             for config in [base] + [dataclasses.replace(base, forward=ts.BlockConfig(*tiles))
                                     for tiles in DBLOCK_CANDIDATES]:
                 run_case(case, config, backward=False)
+            # The default backward at d=256 (the split kernels), then the d-blocked candidates, and the
+            # first with two programs a row block (a float32 dH partial: its own specialisation).
+            first = DBLOCK_BACKWARD_CANDIDATES[0]
+            for dim, tiles, splits in ([(256, None, 1)] + [(d, t, 1) for d, t in DBLOCK_BACKWARD_CANDIDATES]
+                                       + [(first[0], first[1], 2)]):
+                case = _dblock_backward_case(dim)
+                base = base_config(dim, "bf16")
+                backward = None if tiles is None else ts.BlockConfig(*tiles)
+                config = dataclasses.replace(base, fused_backward=None, dblock_splits=splits,
+                                             dblock_backward=backward)
+                run_case(case, config)
             return failed
         with stop_after_shared_memory():
             for dim, dtypes, scheme, tiles in itertools.product(DBLOCK_GRID_DIMS, DTYPES, ("full", "shared",
                                                                                           "sequence"),
                                                                 DBLOCK_GRID_TILES):
                 case = _dblock_forward_case(dim, dtypes, scheme)
-                config = dataclasses.replace(base, forward=ts.BlockConfig(*tiles))
+                config = dataclasses.replace(base_config(256, "bf16"), forward=ts.BlockConfig(*tiles))
                 run_case(case, config, backward=False)
+            for dim, dtypes, tiles in itertools.product(DBLOCK_GRID_DIMS, DTYPES, DBLOCK_BACKWARD_GRID_TILES):
+                case = _dblock_backward_case(dim, dtypes)
+                config = dataclasses.replace(base_config(dim, dtypes), dblock_backward=ts.BlockConfig(*tiles))
+                run_case(case, config)
     return failed
 
 
@@ -726,8 +772,8 @@ def main() -> int:
     parser.add_argument("--full-compile", action="store_true",
                         help="--shared-memory: compile to the end (slow), not up to the allocation")
     parser.add_argument("--dblock", action="store_true",
-                        help="the d-blocked forward's candidate tiles at d=256 bf16 against the default: "
-                             "shared memory, registers, spills, wgmma/HGMMA (--grid: its estimate)")
+                        help="the d-blocked forward's and backward's candidate tiles in bf16 against the "
+                             "default: shared memory, registers, spills, wgmma/HGMMA (--grid: the estimates)")
     args = parser.parse_args()
     target = GPUTarget("cuda", args.arch, 64)
     if args.compare:

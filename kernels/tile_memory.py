@@ -48,7 +48,7 @@ backward and one stage (up to 6.4x).
 
 from __future__ import annotations
 
-KERNELS = ("forward", "grad_hidden", "grad_items", "fused_backward")
+KERNELS = ("forward", "grad_hidden", "grad_items", "fused_backward", "dblock_backward")
 # The rows on the M side of a warpgroup MMA: with fewer, Triton uses MMA v2 (Ampere's instructions).
 WGMMA_MIN_ROWS = 64
 ROW_VALUE_BYTES = 12
@@ -58,9 +58,15 @@ def shared_memory_bytes(kernel: str, *, block_m: int, block_n: int, num_stages: 
                         block_d: int, hidden_bytes: int, items_bytes: int, d_chunk: int = 0) -> int:
     """Estimated shared memory of one launch of `kernel` (one of KERNELS) with tiles of block_m rows and
     block_n negatives, rows padded to block_d, hidden and item elements of the given sizes; d_chunk > 0:
-    the d-blocked forward with chunks of that width (forward only)."""
+    the d-blocked forward with chunks of that width; "dblock_backward" (always d-blocked) takes d_chunk as the
+    chunk its host code launches."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {', '.join(KERNELS)}, got {kernel!r}")
+    if kernel == "dblock_backward":
+        if not d_chunk:
+            raise ValueError("d_chunk: the d-blocked backward needs its chunk of d (> 0)")
+        return _dblock_backward_bytes(block_m=block_m, block_n=block_n, num_stages=num_stages,
+                                      block_d=block_d, hidden_bytes=hidden_bytes, d_chunk=d_chunk)
     if d_chunk:
         if kernel != "forward":
             raise ValueError(f"d_chunk: only the forward kernel has a d-blocked form, not {kernel!r}")
@@ -92,3 +98,17 @@ def shared_memory_bytes(kernel: str, *, block_m: int, block_n: int, num_stages: 
         scores = block_m * block_n * 4
     tile_gradient = block_n * block_d * 4 if kernel == "fused_backward" else 0
     return streamed + resident + scores + tile_gradient + ROW_VALUE_BYTES * streamed_rows * num_stages
+
+
+def _dblock_backward_bytes(*, block_m: int, block_n: int, num_stages: int, block_d: int, hidden_bytes: int,
+                           d_chunk: int) -> int:
+    """The d-blocked backward of shared negatives: the row block's hidden chunks, resident ([block_m, d]
+    padded to whole chunks); `num_stages` buffers of the negative tile's chunks ([block_n, d] of the
+    gathered copy, which is in hidden's dtype whatever the items'); the softmax-gradient tile staged for
+    its transposed product ([block_m, block_n] in hidden's dtype); one float32 [block_n, d_chunk] chunk of the
+    tile gradient converted for the atomic adds; and 8 bytes a negative and stage (ids, offsets)."""
+    chunk = min(d_chunk, block_d)
+    width = -(-block_d // chunk) * chunk
+    stages = max(num_stages, 1)
+    return (block_m * width * hidden_bytes + stages * block_n * width * hidden_bytes
+            + block_m * block_n * hidden_bytes + block_n * chunk * 4 + 8 * block_n * stages)

@@ -6,7 +6,9 @@ and keeps a running max and sum of exponentials (base 2: each exponential is one
 LOG2E = log2(e) from kernels.triton_common). Logits never reach global memory; forward
 saves only logsumexp and the positive logit per row (float32 [N]). Opt-in (BlockConfig.block_d > 0, or
 launch_config(d_blocked=True)): the forward with the d axis blocked, `_forward_dblock_kernel`, whose tiles
-are pipelined GEMMs over d chunks (notes/kernel-shared.md); the default keeps whole rows resident.
+are pipelined GEMMs over d chunks (notes/kernel-shared.md); the default keeps whole rows resident. With it,
+on shared negatives with both gradients wanted, the backward is one d-blocked pass,
+`_backward_dblock_kernel` (SharedConfig.dblock_backward; last item below).
 
 Backward recomputes the logits in two kernels:
 - grad_hidden: one program per row block, walking the negative tiles (like forward); no atomics. The
@@ -27,6 +29,11 @@ Backward recomputes the logits in two kernels:
   instead of grad_hidden + grad_items: a program per row block walks every negative tile once, keeps dH
   in registers and adds dS^T H of each tile into a float32 [K, d] tile gradient with atomics (then the
   same `index_add_`). One recomputation of the logits instead of two; measured faster only there.
+- Opt-in, "shared" (SharedConfig.dblock_backward, launch_config(d_blocked=True) at half precision and d <=
+  256): one program per row block keeps its hidden rows resident in chunks of d, computes each logit tile
+  once (a sum of chunk products) and from it both dH (registers, one float32 accumulator per chunk) and
+  the tile's dE (chunk by chunk, float32 atomics into a [K, d] tile gradient, then the same `index_add_`):
+  6NKd executed in the backward instead of the split kernels' 8NKd, no [N, K] anywhere.
 - Negatives are prepared once per call (`_prepare_negatives`, one small kernel, no host synchronisation):
   int32 ids, -1 for an index outside [0, C) (reported through kernels.index_guard and never an address),
   and float32 offsets added to the base-2 logits (the logQ correction; -inf where refused). So the tile
@@ -61,8 +68,8 @@ from kernels.triton_common import LN2, LOG2E, LOG_Q_NONE, check_reduction, log_q
 from kernels.triton_guard import NEGATIVES_SLOT, TARGETS_SLOT, in_catalogue, report_refused
 
 __all__ = ["D_BLOCKED_FORWARD", "BlockConfig", "KernelConfigs", "SharedConfig", "SharedScheme",
-           "default_config", "default_configs", "fit_config", "gpu_config", "launch_config",
-           "shared_linear_cross_entropy"]
+           "d_blocked_backward", "default_config", "default_configs", "fit_config", "gpu_config",
+           "launch_config", "shared_linear_cross_entropy"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,14 @@ class SharedConfig:
     # once each but need no atomics.
     fused_backward: BlockConfig | None = None
     fused_max_negatives: int = 0
+    # Opt-in ("shared" only, both gradients wanted; takes precedence over fused_backward): the d-blocked
+    # one-pass backward, _backward_dblock_kernel. Its block_d (> 0) is the chunk of d in which the item
+    # gradient's tiles are formed and added.
+    dblock_backward: BlockConfig | None = None
+    # How many programs share a row block in the d-blocked backward, each walking every dblock_splits-th
+    # negative tile into its own float32 dH partial ([splits, N, d], summed after): more programs than row
+    # blocks where N / block_m is a few waves of one program per multiprocessor and the last wave short.
+    dblock_splits: int = 1
 
 
 KernelConfigs = SharedConfig  # its name before the two kernel families were named alike
@@ -145,6 +160,21 @@ default_configs = default_config  # its name before the two kernel families were
 # The d-blocked forward (BlockConfig.block_d) that launch_config(d_blocked=True) starts from: wgmma-sized
 # logit tiles, two warpgroups. Compiled for sm_90 only (notes/kernel-shared.md); not yet timed on a GPU.
 D_BLOCKED_FORWARD = BlockConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, block_d=64)
+
+
+def d_blocked_backward(dim: int, hidden_dtype: torch.dtype) -> BlockConfig | None:
+    """The d-blocked backward of shared negatives (SharedConfig.dblock_backward) that launch_config(...,
+    d_blocked=True) starts from on a GPU, or None where it would spill registers (compiled for sm_90,
+    notes/kernel-shared.md; not yet timed): float32 rows (no warpgroup MMA; 48 KB of stack) and d > 256
+    (the [128, d] float32 dH accumulator alone needs d/2 registers a thread). d <= 64: 128x128 tiles (220
+    registers); up to 256, 128x64 (254 registers: the largest logit tile that the dH accumulator leaves room
+    for)."""
+    if hidden_dtype.itemsize != 2 or dim > 256:
+        return None
+    if dim <= 64:
+        return BlockConfig(block_m=128, block_n=128, num_warps=8, num_stages=3, block_d=64)
+    return BlockConfig(block_m=128, block_n=64, num_warps=8, num_stages=2, block_d=64)
+
 _D_BLOCKED_INTERPRETER = BlockConfig(block_m=16, block_n=16, num_warps=1, num_stages=1, block_d=16)
 
 
@@ -152,10 +182,15 @@ def launch_config(device: torch.device, dim: int, hidden_dtype: torch.dtype,
                   items_dtype: torch.dtype, *, d_blocked: bool = False) -> SharedConfig:
     """The tiles a call launches: `default_config`'s, on CUDA each shrunk by `fit_config` to the device's
     shared memory, so that the first launch loads (a retry is a compilation: minutes for wide float32
-    tiles). d_blocked (opt-in): the forward takes D_BLOCKED_FORWARD's d-blocked tiles instead."""
+    tiles). d_blocked (opt-in): the forward takes D_BLOCKED_FORWARD's d-blocked tiles instead, and the
+    backward of shared negatives the one-pass d-blocked kernel with `d_blocked_backward`'s tiles where it
+    gives some."""
     if device.type != "cuda":
         config = default_config(device, dim)
-        return dataclasses.replace(config, forward=_D_BLOCKED_INTERPRETER) if d_blocked else config
+        if not d_blocked:
+            return config
+        return dataclasses.replace(config, forward=_D_BLOCKED_INTERPRETER,
+                                   dblock_backward=_D_BLOCKED_INTERPRETER)
     return _cuda_launch_config(device, dim, hidden_dtype, items_dtype, d_blocked)
 
 
@@ -164,7 +199,8 @@ def _cuda_launch_config(device: torch.device, dim: int, hidden_dtype: torch.dtyp
                         items_dtype: torch.dtype, d_blocked: bool = False) -> SharedConfig:
     config = default_config(device, dim)
     if d_blocked:
-        config = dataclasses.replace(config, forward=D_BLOCKED_FORWARD)
+        config = dataclasses.replace(config, forward=D_BLOCKED_FORWARD,
+                                     dblock_backward=d_blocked_backward(dim, hidden_dtype))
     return fit_config(config, dim=dim, hidden_dtype=hidden_dtype, items_dtype=items_dtype,
                       limit=shared_memory_limit(device))
 
@@ -197,21 +233,23 @@ def fit_config(config: SharedConfig, *, dim: int, hidden_dtype: torch.dtype, ite
             tiles = smaller
         return tiles
 
-    fused = config.fused_backward
+    fused, dblock = config.fused_backward, config.dblock_backward
     return dataclasses.replace(
         config, forward=fit("forward", config.forward), grad_hidden=fit("grad_hidden", config.grad_hidden),
         grad_items=fit("grad_items", config.grad_items),
-        fused_backward=None if fused is None else fit("fused_backward", fused))
+        fused_backward=None if fused is None else fit("fused_backward", fused),
+        dblock_backward=None if dblock is None else fit("dblock_backward", dblock))
 
 
 def shared_memory_bytes(kernel: str, tiles: BlockConfig, *, dim: int, hidden_dtype: torch.dtype,
                         items_dtype: torch.dtype) -> int:
-    """kernels.tile_memory's estimate for one launch of `kernel` ("forward", "grad_hidden", "grad_items" or
-    "fused_backward") with `tiles` at width `dim`."""
+    """kernels.tile_memory's estimate for one launch of `kernel` ("forward", "grad_hidden", "grad_items",
+    "fused_backward" or "dblock_backward") with `tiles` at width `dim`."""
+    chunk = _dblock_backward_chunk(dim, tiles.block_d) if kernel == "dblock_backward" else tiles.block_d
     return tile_memory.shared_memory_bytes(
         kernel, block_m=tiles.block_m, block_n=tiles.block_n, num_stages=tiles.num_stages,
         num_warps=tiles.num_warps, block_d=_block_d(dim), hidden_bytes=hidden_dtype.itemsize,
-        items_bytes=items_dtype.itemsize, d_chunk=tiles.block_d)
+        items_bytes=items_dtype.itemsize, d_chunk=chunk)
 
 
 @triton.jit
@@ -662,6 +700,141 @@ def _fused_backward_kernel(
                        h)
 
 
+@triton.jit
+def _chunk_offsets(chunk: tl.constexpr, dim, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
+    """The d offsets of chunk `chunk` (of BLOCK_D) and which of them are inside d."""
+    chunk_d = chunk * BLOCK_D + tl.arange(0, BLOCK_D)
+    return chunk_d, (chunk_d < dim) | EVEN_D
+
+
+@triton.jit
+def _tile_chunk_grads(acc, dscores, dscores_t, e, h, tile_grad_ptr, cols, col_mask, chunk: tl.constexpr, dim,
+                      PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_D: tl.constexpr,
+                      EVEN_D: tl.constexpr):
+    """One d chunk of a negative tile's two gradient products: returns acc + dS e[:, chunk] (the row
+    block's dH chunk) and adds dS^T h[:, chunk] into the tile gradient's rows `cols` with atomics."""
+    chunk_d, chunk_mask = _chunk_offsets(chunk, dim, BLOCK_D, EVEN_D)
+    acc = _dot_acc(dscores, e, acc, PRECISION, UPCAST)
+    part = _dot(dscores_t, h, PRECISION, UPCAST)
+    tl.atomic_add(tile_grad_ptr + cols.to(tl.int64)[:, None] * dim + chunk_d[None, :], part,
+                  mask=col_mask[:, None] & chunk_mask[None, :], sem="relaxed")
+    return acc
+
+
+@triton.jit
+def _store_grad_hidden_chunk(acc, hidden_ptr, items_ptr, safe_targets, positive_coef, out_ptr, rows, row_mask,
+                             chunk: tl.constexpr, dim, stride_item_row, stride_item_col, stride_out_row,
+                             stride_out_col, BLOCK_D: tl.constexpr, EVEN_D: tl.constexpr):
+    """_store_grad_hidden for one d chunk of a row block's dH (or its partial), into `out_ptr` (item rows
+    read in hidden's dtype, as the loop's dots read them)."""
+    chunk_d, chunk_mask = _chunk_offsets(chunk, dim, BLOCK_D, EVEN_D)
+    e_pos = _load_rows(items_ptr, safe_targets, row_mask, stride_item_row, stride_item_col, chunk_d,
+                       chunk_mask)
+    acc += positive_coef[:, None] * e_pos.to(hidden_ptr.dtype.element_ty).to(tl.float32)
+    out = out_ptr + rows[:, None] * stride_out_row + chunk_d[None, :] * stride_out_col
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & chunk_mask[None, :])
+
+
+@triton.jit
+def _backward_dblock_kernel(
+    hidden_ptr, table_ptr, items_ptr, safe_targets_ptr, ids_ptr, offsets_ptr, lse_ptr, row_grad_ptr,
+    positive_coef_ptr, out_ptr, tile_grad_ptr,
+    num_rows, num_negatives, dim, num_splits,
+    stride_hidden_row, stride_hidden_col, stride_table_row, stride_table_col, stride_item_row,
+    stride_item_col, stride_out_split, stride_out_row, stride_out_col,
+    REMOVE_HITS: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, D_CHUNKS: tl.constexpr,
+):
+    """Both gradients of shared negatives in one pass over the logits, d blocked
+    (SharedConfig.dblock_backward). One program per row block holds its hidden rows as D_CHUNKS (1 to 4)
+    resident chunks of BLOCK_D columns and walks every negative tile once. Per tile, with e the tile's rows
+    of the gathered [K, d] copy (hidden's dtype, `table_ptr`) read chunk by chunk: the logit tile as the
+    sum over chunks of h_c e_c^T, dS = g p from it, then per chunk dH_c += dS e_c (D_CHUNKS float32
+    [BLOCK_M, BLOCK_D] accumulators) and dS^T h_c added into the float32 [K, d] tile gradient with atomics.
+    So each logit tile is computed once (6NKd for the backward, against the split kernels' 8NKd) and no
+    product needs a whole-row operand or result tile. Programs start at different tiles, so that their
+    atomics spread over the buffer. With num_splits > 1, program (row block, split) walks every
+    num_splits-th tile and stores its dH partial at `out_ptr` + split * stride_out_split (float32; split 0
+    adds the positive's share); otherwise `out_ptr` is dH itself.
+
+    The chunks are written out (up to 4, not a loop): a loop over chunks inside the tile loop would stop
+    the software pipeline of the tile loop (Triton pipelines innermost loops), and unrolled it reloaded the
+    row block's hidden chunks in every tile (loads in a loop are not hoisted), pipelined: 279 KB of shared
+    memory at 128x64 tiles, d = 256 (notes/kernel-shared.md).
+
+    Offsets are always added: a refused negative (offset -inf, its gathered row item 0's) gets softmax
+    weight 0, so it adds nothing to dH and zeros to its tile-gradient row; (REMOVE_HITS) a row's own target
+    is dropped; padded and ignored rows have upstream gradient 0. Columns past K need no mask on the logits:
+    their item rows are read as zeros, so they add nothing to dH, and their tile-gradient rows are not
+    added to."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < num_rows
+    rows = rows.to(tl.int64)
+    safe_targets = tl.load(safe_targets_ptr + rows, mask=row_mask, other=0)
+    lse2, row_grad = _row_grad_inputs(lse_ptr, row_grad_ptr, rows, row_mask)
+    d0, m0 = _chunk_offsets(0, dim, BLOCK_D, EVEN_D)
+    h0 = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d0, m0)
+    acc0 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # Chunks past D_CHUNKS are never used: their names are bound for the compiler, their code never emitted.
+    h1, h2, h3 = h0, h0, h0
+    acc1, acc2, acc3 = acc0, acc0, acc0
+    if D_CHUNKS > 1:
+        d1, m1 = _chunk_offsets(1, dim, BLOCK_D, EVEN_D)
+        h1 = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d1, m1)
+    if D_CHUNKS > 2:
+        d2, m2 = _chunk_offsets(2, dim, BLOCK_D, EVEN_D)
+        h2 = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d2, m2)
+    if D_CHUNKS > 3:
+        d3, m3 = _chunk_offsets(3, dim, BLOCK_D, EVEN_D)
+        h3 = _load_rows(hidden_ptr, rows, row_mask, stride_hidden_row, stride_hidden_col, d3, m3)
+
+    split = tl.program_id(1)
+    num_tiles = tl.cdiv(num_negatives, BLOCK_N)
+    first_tile = tl.program_id(0) % num_tiles
+    for step in range(split, num_tiles, num_splits):
+        cols = ((first_tile + step) % num_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_mask = cols < num_negatives
+        idx, offsets = _negative_columns(ids_ptr, offsets_ptr, cols, col_mask, False)
+        e0 = _load_rows(table_ptr, cols, col_mask, stride_table_row, stride_table_col, d0, m0)
+        scores = _dot(h0, tl.trans(e0), PRECISION, UPCAST)
+        e1, e2, e3 = e0, e0, e0
+        if D_CHUNKS > 1:
+            e1 = _load_rows(table_ptr, cols, col_mask, stride_table_row, stride_table_col, d1, m1)
+            scores = _dot_acc(h1, tl.trans(e1), scores, PRECISION, UPCAST)
+        if D_CHUNKS > 2:
+            e2 = _load_rows(table_ptr, cols, col_mask, stride_table_row, stride_table_col, d2, m2)
+            scores = _dot_acc(h2, tl.trans(e2), scores, PRECISION, UPCAST)
+        if D_CHUNKS > 3:
+            e3 = _load_rows(table_ptr, cols, col_mask, stride_table_row, stride_table_col, d3, m3)
+            scores = _dot_acc(h3, tl.trans(e3), scores, PRECISION, UPCAST)
+        dscores = _softmax_grad(scores, idx, col_mask, offsets, lse2, row_grad, safe_targets, True, True,
+                                REMOVE_HITS).to(h0.dtype)
+        dscores_t = tl.trans(dscores)
+        acc0 = _tile_chunk_grads(acc0, dscores, dscores_t, e0, h0, tile_grad_ptr, cols, col_mask, 0, dim,
+                                 PRECISION, UPCAST, BLOCK_D, EVEN_D)
+        if D_CHUNKS > 1:
+            acc1 = _tile_chunk_grads(acc1, dscores, dscores_t, e1, h1, tile_grad_ptr, cols, col_mask, 1, dim,
+                                     PRECISION, UPCAST, BLOCK_D, EVEN_D)
+        if D_CHUNKS > 2:
+            acc2 = _tile_chunk_grads(acc2, dscores, dscores_t, e2, h2, tile_grad_ptr, cols, col_mask, 2, dim,
+                                     PRECISION, UPCAST, BLOCK_D, EVEN_D)
+        if D_CHUNKS > 3:
+            acc3 = _tile_chunk_grads(acc3, dscores, dscores_t, e3, h3, tile_grad_ptr, cols, col_mask, 3, dim,
+                                     PRECISION, UPCAST, BLOCK_D, EVEN_D)
+
+    positive_coef = tl.load(positive_coef_ptr + rows, mask=row_mask & (split == 0), other=0.0)
+    split_out_ptr = out_ptr + split.to(tl.int64) * stride_out_split
+    store = (hidden_ptr, items_ptr, safe_targets, positive_coef, split_out_ptr, rows, row_mask)
+    strides = (stride_item_row, stride_item_col, stride_out_row, stride_out_col)
+    _store_grad_hidden_chunk(acc0, *store, 0, dim, *strides, BLOCK_D, EVEN_D)
+    if D_CHUNKS > 1:
+        _store_grad_hidden_chunk(acc1, *store, 1, dim, *strides, BLOCK_D, EVEN_D)
+    if D_CHUNKS > 2:
+        _store_grad_hidden_chunk(acc2, *store, 2, dim, *strides, BLOCK_D, EVEN_D)
+    if D_CHUNKS > 3:
+        _store_grad_hidden_chunk(acc3, *store, 3, dim, *strides, BLOCK_D, EVEN_D)
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Everything about a call that is not a tensor: how rows group and how negatives are scored."""
@@ -699,12 +872,19 @@ def _adds_atomically(items: torch.Tensor) -> bool:
 
 
 def _check_d_blocked(config: SharedConfig) -> None:
-    """Only the forward kernel has a d-blocked form (BlockConfig.block_d)."""
+    """The forward and dblock_backward have d-blocked forms (BlockConfig.block_d), the other backward kernels
+    none; dblock_backward has no other."""
     for kernel in ("grad_hidden", "grad_items", "fused_backward"):
         tiles = getattr(config, kernel)
         if tiles is not None and tiles.block_d:
             raise ValueError(f"config.{kernel}.block_d: the d-blocked tiles exist for the forward kernel "
-                             f"only; set block_d=0 for {kernel}")
+                             f"and dblock_backward only; set block_d=0 for {kernel}")
+    if config.dblock_backward is not None and not config.dblock_backward.block_d:
+        raise ValueError("config.dblock_backward.block_d: the d-blocked backward needs a chunk of d (a power "
+                         "of two >= 16), got 0")
+    if config.dblock_splits < 1:
+        raise ValueError(f"config.dblock_splits: expected at least 1 program per row block, got "
+                         f"{config.dblock_splits}")
 
 
 def _block_d(dim: int) -> int:
@@ -714,6 +894,16 @@ def _block_d(dim: int) -> int:
 def _d_chunk(dim: int, block_d: int) -> int:
     """The d chunk of a d-blocked kernel (BlockConfig.block_d), no wider than the padded rows."""
     return min(block_d, _block_d(dim))
+
+
+# _backward_dblock_kernel writes out its chunks of d: it has at most this many.
+DBLOCK_BACKWARD_MAX_CHUNKS = 4
+
+
+def _dblock_backward_chunk(dim: int, block_d: int) -> int:
+    """The d chunk of the d-blocked backward: block_d, no wider than the padded rows, widened where d would
+    need more than DBLOCK_BACKWARD_MAX_CHUNKS chunks of it."""
+    return max(_d_chunk(dim, block_d), _block_d(dim) // DBLOCK_BACKWARD_MAX_CHUNKS)
 
 
 # Tiles that needed more shared memory than the GPU has, and the smaller ones that ran instead, by
@@ -1015,6 +1205,44 @@ def _fused_backward(hidden: torch.Tensor, items: torch.Tensor, safe_targets: tor
     return grad_hidden, grad_items
 
 
+def _dblock_backward(hidden: torch.Tensor, items: torch.Tensor, safe_targets: torch.Tensor,
+                     negatives: _Negatives, lse: torch.Tensor, row_grad: torch.Tensor,
+                     positive_coef: torch.Tensor, plan: _Plan,
+                     config: BlockConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both gradients of "shared" in one pass over the logits with d-blocked item-gradient tiles (see
+    _backward_dblock_kernel)."""
+    num_rows, dim = hidden.shape
+    splits = plan.config.dblock_splits
+    if splits == 1:
+        out = triton_common.new_output((num_rows, dim), hidden.dtype, hidden.device)
+        out_strides = (0, out.stride(0), out.stride(1))
+    else:
+        out = triton_common.new_output((splits, num_rows, dim), torch.float32, hidden.device)
+        out_strides = (out.stride(0), out.stride(1), out.stride(2))
+    tile_grad = torch.zeros((plan.num_negatives, dim), dtype=torch.float32, device=hidden.device)
+    # The negatives' rows in order, in the dtype the dots read (as the d-blocked forward gathers them).
+    table = items.index_select(0, negatives.scatter_ids).to(hidden.dtype)
+
+    def launch(tiles: BlockConfig) -> None:
+        chunk = _dblock_backward_chunk(dim, tiles.block_d)
+        _backward_dblock_kernel[(triton.cdiv(num_rows, tiles.block_m), splits)](
+            hidden, table, items, safe_targets, negatives.ids, negatives.offsets, lse, row_grad,
+            positive_coef, out, tile_grad,
+            num_rows, plan.num_negatives, dim, splits,
+            hidden.stride(0), hidden.stride(1), table.stride(0), table.stride(1), items.stride(0),
+            items.stride(1), *out_strides,
+            REMOVE_HITS=plan.remove_hits, EVEN_D=dim % chunk == 0, PRECISION=_precision(hidden.dtype),
+            UPCAST=_upcast(hidden),
+            BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, BLOCK_D=chunk, D_CHUNKS=triton.cdiv(dim, chunk),
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        )
+
+    _launch_fitting("dblock_backward", hidden, items, config, launch)
+    grad_hidden = out if splits == 1 else out.sum(dim=0).to(hidden.dtype)
+    grad_items = _shared_item_gradient(tile_grad, hidden, items, negatives, positive_coef, safe_targets)
+    return grad_hidden, grad_items
+
+
 class _SharedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -1052,6 +1280,12 @@ class _SharedLinearCrossEntropy(torch.autograd.Function):
         else:
             positive_coef = row_grad * torch.expm1(positive - lse)
         grad_hidden = grad_items = None
+        dblock = plan.config.dblock_backward
+        if dblock is not None and plan.scheme == "shared" and needs_hidden and needs_items:
+            assert negatives is not None
+            grad_hidden, grad_items = _dblock_backward(hidden, items, safe_targets, negatives, lse, row_grad,
+                                                       positive_coef, plan, dblock)
+            return grad_hidden, grad_items, None, None, None
         fused = plan.config.fused_backward
         if (fused is not None and plan.scheme == "shared" and needs_hidden and needs_items
                 and plan.num_negatives <= plan.config.fused_max_negatives):

@@ -314,3 +314,24 @@ def test_sliced_backward_matches_float64(scheme: str, dtypes: str, rows_per_prog
     config = dataclasses.replace(default_config(torch.device(DEVICE), case.dim, case.num_negatives),
                                  item_slices=7, backward_rows=rows_per_program)
     check_case(case, dtypes, seed=rows_per_program, gather_config=config)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+@pytest.mark.parametrize("dtypes", ["bf16", "bf16-hidden-fp32-items"])
+@pytest.mark.parametrize("dim", [64, 200, 256])
+def test_d_blocked_kernels_match_float64(monkeypatch: pytest.MonkeyPatch, dim: int, dtypes: str,
+                                         splits: int) -> None:
+    """The opt-in d-blocked forward and backward of shared negatives (launch_config(d_blocked=True), with
+    SharedConfig.dblock_splits programs per row block) through the public call: not reachable without the
+    opt-in, so only here. d = 200: a ragged last chunk; ragged N and K."""
+    opted_in = triton_shared.launch_config
+    monkeypatch.setattr(triton_shared, "launch_config", lambda device, d, hidden_dtype, items_dtype: (
+        dataclasses.replace(opted_in(device, d, hidden_dtype, items_dtype, d_blocked=True),
+                            dblock_splits=splits)))
+    launched = []
+    backward = triton_shared._dblock_backward
+    monkeypatch.setattr(triton_shared, "_dblock_backward",
+                        lambda *args, **kwargs: launched.append(1) or backward(*args, **kwargs))
+    check_case(Case("shared", batch=3, length=97, num_items=20_011, num_negatives=2_003, dim=dim), dtypes,
+               seed=dim + splits)
+    assert launched == [1]

@@ -59,13 +59,15 @@ def test_dense_kernels_fit_an_h200s_shared_memory() -> None:
     assert result.stdout.count("bytes of 232448") >= 5 * 4 * 3 * 3, result.stdout
 
 
-def test_d_blocked_forward_runs_on_warpgroup_mma_without_spills() -> None:
-    """The opt-in d-blocked forward (BlockConfig.block_d) at d=256 in bf16, compiled for sm_90 with each of
-    kernel_ptx.DBLOCK_CANDIDATES' tiles: Hopper's warpgroup MMA (PTX wgmma.mma_async, SASS HGMMA), no
-    spilled registers, within the H200's shared memory and kernels.tile_memory's estimate (the script
-    fails otherwise)."""
+def test_d_blocked_kernels_run_on_warpgroup_mma_without_spills() -> None:
+    """The opt-in d-blocked forward (BlockConfig.block_d) at d=256 in bf16 with each of
+    kernel_ptx.DBLOCK_CANDIDATES' tiles, and the d-blocked backward of shared negatives
+    (SharedConfig.dblock_backward) at d=256 and 64 with each of DBLOCK_BACKWARD_CANDIDATES', compiled for
+    sm_90: Hopper's warpgroup MMA (PTX wgmma.mma_async, SASS HGMMA), no spilled registers, within the
+    H200's shared memory and kernels.tile_memory's estimate (the script fails otherwise)."""
     result = run_kernel_ptx("--dblock")
     blocked = [line for line in result.stdout.splitlines() if "block_d=64" in line]
-    assert len(blocked) >= 8, result.stdout
+    backward = [line for line in blocked if line.startswith("_backward_dblock_kernel")]
+    assert len(blocked) >= 14 and len(backward) >= 6, result.stdout
     for line in blocked:
         assert "PTX wgmma.mma_async 0" not in line and " 0 stack bytes" in line, line

@@ -726,22 +726,238 @@ def test_d_blocked_backward_tiles_are_refused_naming_the_kernel(kernel: str) -> 
 @pytest.mark.parametrize("shared", [H200_SHARED_MEMORY, 101_376])
 @pytest.mark.parametrize("dim", [64, 200, 256, 512])
 def test_d_blocked_launch_tiles_fit_the_devices_shared_memory(fake_gpu, shared: int, dim: int) -> None:
-    """launch_config(d_blocked=True): the forward starts from D_BLOCKED_FORWARD and is fitted like the
-    other kernels (kernels.tile_memory's d-blocked estimate); the backward tiles are the default ones."""
+    """launch_config(d_blocked=True): the forward starts from D_BLOCKED_FORWARD and the backward of shared
+    negatives from d_blocked_backward's tiles (none for float32 rows or d > 256, where they spill), each
+    fitted like the other kernels (kernels.tile_memory's d-blocked estimates); the other tiles are the
+    default ones."""
     fake_gpu(shared)
     cuda = torch.device("cuda")
     for hidden_dtype, items_dtype in DTYPE_PAIRS.values():
         config = triton_shared.launch_config(cuda, dim, hidden_dtype, items_dtype, d_blocked=True)
         default = triton_shared.launch_config(cuda, dim, hidden_dtype, items_dtype)
         assert config.forward.block_d == triton_shared.D_BLOCKED_FORWARD.block_d
-        assert dataclasses.replace(config, forward=default.forward) == default
+        assert dataclasses.replace(config, forward=default.forward, dblock_backward=None) == default
         need = triton_shared.shared_memory_bytes("forward", config.forward, dim=dim,
                                                  hidden_dtype=hidden_dtype, items_dtype=items_dtype)
         assert need <= shared, (config.forward, need)
+        asked = triton_shared.d_blocked_backward(dim, hidden_dtype)
+        assert (asked is None) == (hidden_dtype == torch.float32 or dim > 256)
+        assert (config.dblock_backward is None) == (asked is None)
+        if asked is not None:
+            assert config.dblock_backward is not None and config.dblock_backward.block_d == asked.block_d
+            need = triton_shared.shared_memory_bytes("dblock_backward", config.dblock_backward, dim=dim,
+                                                     hidden_dtype=hidden_dtype, items_dtype=items_dtype)
+            assert need <= shared, (config.dblock_backward, need)
         if shared == H200_SHARED_MEMORY:
             assert config.forward == triton_shared.D_BLOCKED_FORWARD, (hidden_dtype, items_dtype)
+            assert config.dblock_backward == asked, (hidden_dtype, items_dtype)
     cpu = triton_shared.launch_config(torch.device("cpu"), dim, torch.float32, torch.float32, d_blocked=True)
-    assert cpu.forward.block_d > 0
+    assert cpu.forward.block_d > 0 and cpu.dblock_backward is not None and cpu.dblock_backward.block_d > 0
+
+
+# --- the d-blocked backward of shared negatives (SharedConfig.dblock_backward, opt-in) ----------------------
+
+BACKWARD_KERNELS = ("_backward_dblock_kernel", "_grad_hidden_kernel", "_grad_items_kernel",
+                    "_fused_backward_kernel")
+
+
+@pytest.fixture
+def backward_launches(monkeypatch: pytest.MonkeyPatch) -> dict[str, _CountingKernel]:
+    """Each backward kernel, counting its launches, by name."""
+    counted = {name: _CountingKernel(getattr(triton_shared, name)) for name in BACKWARD_KERNELS}
+    for name, kernel in counted.items():
+        monkeypatch.setattr(triton_shared, name, kernel)
+    return counted
+
+
+def launch_counts(counted: dict[str, _CountingKernel]) -> tuple[int, ...]:
+    return tuple(counted[name].launches for name in BACKWARD_KERNELS)
+
+
+def d_blocked_backward_config(block_d: int, *, block_m: int = 16, block_n: int = 16,
+                              forward_block_d: int = 0) -> triton_shared.SharedConfig:
+    """The interpreter's tiles with the d-blocked backward in chunks of `block_d` (and the d-blocked forward
+    in chunks of forward_block_d, or the whole-row one)."""
+    base = triton_shared.default_config(torch.device("cpu"), 16)
+    backward = triton_shared.BlockConfig(block_m=block_m, block_n=block_n, num_warps=1, num_stages=1,
+                                         block_d=block_d)
+    forward = dataclasses.replace(base.forward, block_d=forward_block_d)
+    return dataclasses.replace(base, forward=forward, dblock_backward=backward)
+
+
+# (hidden dtype, items dtype, d, block_d): 1 to 4 chunks; d = 200, 96 and 40 not multiples of the chunk;
+# d = 300 in chunks of 16 would need 19, so the chunk widens to 128 (3 chunks, the last ragged).
+D_BLOCKED_BACKWARD_CASES = [
+    (torch.float32, torch.float32, 256, 64), (torch.float32, torch.float32, 64, 64),
+    (torch.float32, torch.float32, 64, 16), (torch.float32, torch.float32, 200, 64),
+    (torch.float32, torch.float32, 40, 16), (torch.float32, torch.float32, 300, 16),
+    (torch.bfloat16, torch.bfloat16, 256, 64), (torch.bfloat16, torch.bfloat16, 64, 64),
+    (torch.bfloat16, torch.bfloat16, 200, 64), (torch.float16, torch.float16, 96, 32),
+    (torch.bfloat16, torch.float32, 256, 64),
+]
+
+
+@pytest.mark.parametrize("forward_block_d", [0, 32])
+@pytest.mark.parametrize("hidden_dtype,items_dtype,dim,block_d", D_BLOCKED_BACKWARD_CASES,
+                         ids=[f"{str(h)[6:]}-{str(i)[6:]}-d{d}-bd{b}"
+                              for h, i, d, b in D_BLOCKED_BACKWARD_CASES])
+def test_d_blocked_backward_matches_float64(backward_launches, hidden_dtype: torch.dtype,
+                                            items_dtype: torch.dtype, dim: int, block_d: int,
+                                            forward_block_d: int) -> None:
+    """Shared negatives through the public autograd path with the d-blocked backward (after either forward):
+    loss and both gradients against float64, with a random upstream gradient, ignored rows, accidental
+    hits (every third row's target is a negative) and a negative repeated; rows (45) and negatives (29)
+    are not multiples of the 16-wide tiles. grad_hidden comes NaN-poisoned; one launch, no other backward
+    kernel."""
+    rows, num_items, k, _ = SCHEME_SHAPES["shared"]
+    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=dim,
+                     hidden_dtype=hidden_dtype, items_dtype=items_dtype, seed=dim + block_d)
+    case["negatives"][7] = case["negatives"][3]
+    kernel, reference = run_both(case, scheme="shared",
+                                 config=d_blocked_backward_config(block_d, forward_block_d=forward_block_d))
+    assert kernel[1].dtype == hidden_dtype and kernel[2].dtype == items_dtype
+    assert_matches(kernel, reference, TOLERANCE[hidden_dtype])
+    assert launch_counts(backward_launches) == (1, 0, 0, 0)
+
+
+@pytest.mark.parametrize("log_q_kind", [None, "tensor", "float"])
+@pytest.mark.parametrize("remove_accidental_hits", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_d_blocked_backward_log_q_hits_and_reductions(backward_launches, log_q_kind: str | None,
+                                                      remove_accidental_hits: bool, reduction: str) -> None:
+    """With and without the logQ correction (the kernel adds the offsets to every logit) and accidental-hit
+    removal, per-row and mean losses; d = 72 in 3 chunks of 32, the last ragged."""
+    rows, num_items, k, _ = SCHEME_SHAPES["shared"]
+    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=72, seed=83)
+    log_q: torch.Tensor | float | None = None
+    if log_q_kind == "tensor":
+        popularity = torch.rand(num_items, generator=torch.Generator().manual_seed(5)) + 0.05
+        log_q = (popularity / popularity.sum()).log()
+    elif log_q_kind == "float":
+        log_q = -math.log(num_items)
+    kernel, reference = run_both(case, scheme="shared", log_q=log_q,
+                                 remove_accidental_hits=remove_accidental_hits, reduction=reduction,
+                                 config=d_blocked_backward_config(32))
+    assert_matches(kernel, reference, TOLERANCE[torch.float32])
+    assert launch_counts(backward_launches) == (1, 0, 0, 0)
+
+
+@pytest.mark.parametrize("tiles,shape", [((16, 16), (45, 29)), ((32, 16), (45, 29)), ((16, 32), (45, 29)),
+                                         ((16, 16), (48, 32)), ((64, 16), (20, 9))])
+def test_d_blocked_backward_tile_shapes(backward_launches, tiles: tuple[int, int],
+                                        shape: tuple[int, int]) -> None:
+    """Tiles of several shapes over ragged and whole row blocks and negative tiles (48 rows and 32
+    negatives: every tile full, EVEN_K), and a row block larger than N; d = 100 in chunks of 32."""
+    rows, k = shape
+    case = make_case("shared", num_rows=rows, num_items=120, num_negatives=k, dim=100, seed=89)
+    kernel, reference = run_both(case, scheme="shared",
+                                 config=d_blocked_backward_config(32, block_m=tiles[0], block_n=tiles[1]))
+    assert_matches(kernel, reference, TOLERANCE[torch.float32])
+    assert launch_counts(backward_launches) == (1, 0, 0, 0)
+
+
+@pytest.mark.parametrize("splits", [2, 3, 5])
+@pytest.mark.parametrize("hidden_dtype", [torch.float32, torch.bfloat16])
+def test_d_blocked_backward_row_blocks_split_over_programs(backward_launches, splits: int,
+                                                           hidden_dtype: torch.dtype) -> None:
+    """SharedConfig.dblock_splits: several programs per row block, each over every splits-th negative tile
+    into its own NaN-poisoned float32 dH partial, summed; 2 negative tiles (K = 29), so with 3 and 5 splits
+    some programs walk no tile (they store zeros, and split 0 the positive's share)."""
+    rows, num_items, k, _ = SCHEME_SHAPES["shared"]
+    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=72,
+                     hidden_dtype=hidden_dtype, seed=113)
+    config = dataclasses.replace(d_blocked_backward_config(32), dblock_splits=splits)
+    kernel, reference = run_both(case, scheme="shared", config=config)
+    assert kernel[1].dtype == hidden_dtype
+    assert_matches(kernel, reference, TOLERANCE[hidden_dtype])
+    assert launch_counts(backward_launches) == (1, 0, 0, 0)
+
+
+def test_d_blocked_backward_leaves_a_refused_negative_out(monkeypatch: pytest.MonkeyPatch,
+                                                          backward_launches) -> None:
+    """A negative outside [0, C): its offset -inf gives it softmax weight 0 in the d-blocked backward
+    (the gathered copy holds item 0's row for it), so neither gradient sees it; the call's error is raised
+    later."""
+    import kernels
+    import kernels.api as api
+
+    monkeypatch.setattr(api, "defers_index_checks", lambda hidden, impl: impl == "triton")
+    monkeypatch.setattr(triton_shared, "launch_config",
+                        lambda device, dim, hidden_dtype, items_dtype: d_blocked_backward_config(16))
+    rows, num_items, k, _ = SCHEME_SHAPES["shared"]
+    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=48, seed=97)
+    negatives = case["negatives"].clone()
+    negatives[5] = num_items + 4
+    hidden = case["hidden"].clone().requires_grad_(True)
+    items = case["items"].clone().requires_grad_(True)
+    loss = kernels.linear_cross_entropy(hidden, items, case["targets"], negatives, ignore_index=IGNORE,
+                                        impl="triton")
+    loss.backward()
+    kept_negatives = torch.cat([negatives[:5], negatives[6:]])
+    reference = oracle_with_grads(case["hidden"], case["items"], case["targets"], kept_negatives,
+                                  ignore_index=IGNORE)
+    assert_matches((loss, hidden.grad, items.grad), reference, TOLERANCE[torch.float32])
+    assert launch_counts(backward_launches) == (1, 0, 0, 0)
+    with pytest.raises(ValueError, match=rf"^negatives: value {num_items + 4} is outside"):
+        kernels.check_index_errors()
+
+
+@pytest.mark.parametrize("wanted", ["hidden", "items"])
+def test_d_blocked_backward_only_where_both_gradients_are_wanted(backward_launches, wanted: str) -> None:
+    """One gradient wanted: the split kernel that computes it alone runs instead (4NKd, not 6NKd)."""
+    rows, num_items, k, _ = SCHEME_SHAPES["shared"]
+    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=40, seed=101)
+    hidden = case["hidden"].clone().requires_grad_(wanted == "hidden")
+    items = case["items"].clone().requires_grad_(wanted == "items")
+    loss = shared_linear_cross_entropy(hidden, items, case["targets"], case["negatives"], scheme="shared",
+                                       num_negatives=k, rows_per_sequence=1, log_q=None,
+                                       remove_accidental_hits=True, ignore_index=IGNORE, reduction="mean",
+                                       config=d_blocked_backward_config(16))
+    loss.backward()
+    reference = oracle_with_grads(case["hidden"], case["items"], case["targets"], case["negatives"],
+                                  ignore_index=IGNORE)
+    got, expected = (hidden.grad, reference[1]) if wanted == "hidden" else (items.grad, reference[2])
+    assert got is not None
+    assert_close(got, expected, TOLERANCE[torch.float32], f"grad {wanted}")
+    assert launch_counts(backward_launches) == ((0, 1, 0, 0) if wanted == "hidden" else (0, 0, 1, 0))
+
+
+@pytest.mark.parametrize("scheme", ["full", "sequence"])
+def test_d_blocked_backward_is_for_shared_negatives_only(backward_launches, scheme: str) -> None:
+    """The full catalogue and per-sequence negatives keep the split backward under a dblock_backward
+    config, and stay exact."""
+    rows, num_items, k, rows_per_sequence = SCHEME_SHAPES[scheme]
+    case = make_case(scheme, num_rows=rows, num_items=num_items, num_negatives=k, dim=40,
+                     rows_per_sequence=rows_per_sequence, seed=103)
+    kernel, reference = run_both(case, scheme=scheme, rows_per_sequence=rows_per_sequence,
+                                 config=d_blocked_backward_config(16))
+    assert_matches(kernel, reference, TOLERANCE[torch.float32])
+    assert launch_counts(backward_launches) == (0, 1, 1, 0)
+
+
+@pytest.mark.parametrize("field,value", [("dblock_backward", triton_shared.BlockConfig(16, 16, 1, 1)),
+                                         ("dblock_splits", 0)])
+def test_d_blocked_backward_config_errors_name_the_field(field: str, value: object) -> None:
+    """dblock_backward with block_d = 0 (not a silent whole-row kernel) and dblock_splits below 1 are errors
+    naming the field."""
+    case = make_case("shared", num_rows=20, num_items=40, num_negatives=9, dim=16, seed=107)
+    config = dataclasses.replace(d_blocked_backward_config(16), **{field: value})
+    with pytest.raises(ValueError, match=rf"config\.{field}"):
+        run_both(case, scheme="shared", config=config)
+
+
+def test_d_blocked_backward_estimate_needs_its_chunk() -> None:
+    from kernels import tile_memory
+
+    with pytest.raises(ValueError, match="d_chunk"):
+        tile_memory.shared_memory_bytes("dblock_backward", block_m=128, block_n=64, num_stages=2, num_warps=8,
+                                        block_d=256, hidden_bytes=2, items_bytes=2)
+    # 128x64, 2 stages, d = 256 in bf16: hidden rows 64 KiB + 2 x 32 KiB of item rows + the 16 KiB softmax
+    # gradient tile + a 16 KiB float32 chunk for the atomics + 8 bytes a negative and stage; compiled for
+    # sm_90 (triton 3.7.1) it needs 147,968 bytes.
+    assert tile_memory.shared_memory_bytes("dblock_backward", block_m=128, block_n=64, num_stages=2,
+                                           num_warps=8, block_d=256, hidden_bytes=2, items_bytes=2,
+                                           d_chunk=64) == 65536 + 65536 + 16384 + 16384 + 1024
 
 
 def _dev_speed():
@@ -764,6 +980,50 @@ def test_dev_speed_dblock_times_the_asked_tiles_on_an_h200() -> None:
                                                      hidden_dtype=torch.bfloat16,
                                                      items_dtype=torch.bfloat16) <= H200_SHARED_MEMORY
     assert dev_speed.DBLOCK_CASES[:2] == ((256, 4096), (256, 16384))
+
+
+def test_dev_speed_dblock_times_the_asked_backward_tiles_on_an_h200() -> None:
+    """The dblock section's backward variants (CPU side): per timed d the d-blocked backward tiles, the
+    first of them d_blocked_backward's (what launch_config(d_blocked=True) launches), unshrunk on an H200,
+    on top of the configs given (the rest unchanged), then the first with each of DBLOCK_SPLITS programs
+    per row block; the cases are the issue's: shared K=4096 and 16384 at d=256 and 64."""
+    dev_speed = _dev_speed()
+    for dim in (64, 256):
+        base = dev_speed.dblock_configs(dim, torch.bfloat16)[0][2]
+        variants = dev_speed.dblock_backward_configs(dim, base)
+        assert dev_speed.DBLOCK_BACKWARDS[dim][0] == dataclasses.astuple(
+            triton_shared.d_blocked_backward(dim, torch.bfloat16))
+        tiles_asked = list(dev_speed.DBLOCK_BACKWARDS[dim])
+        tiles_asked += [tiles_asked[0]] * len(dev_speed.DBLOCK_SPLITS)
+        splits = [1] * len(dev_speed.DBLOCK_BACKWARDS[dim]) + list(dev_speed.DBLOCK_SPLITS)
+        for (label, tiles, configs), asked, split in zip(variants, tiles_asked, splits, strict=True):
+            assert tiles == asked and configs.dblock_backward == triton_shared.BlockConfig(*asked), label
+            assert configs.dblock_splits == split and (split == 1) == ("splits=" not in label), label
+            assert dataclasses.replace(configs, dblock_backward=None, dblock_splits=1) == base
+            assert triton_shared.shared_memory_bytes("dblock_backward", configs.dblock_backward, dim=dim,
+                                                     hidden_dtype=torch.bfloat16,
+                                                     items_dtype=torch.bfloat16) <= H200_SHARED_MEMORY
+    assert set(dev_speed.DBLOCK_CASES) == {(256, 4096), (256, 16384), (64, 4096), (64, 16384)}
+    assert {timed for _, timed in dev_speed.DBLOCK_BACKWARD_CHECKS} == {64, 256}
+
+
+@pytest.mark.parametrize("path", ["dblock", "fused", "split"])
+def test_dev_speed_times_each_backward_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """dev_speed.backward_ms runs the backward that a config selects (here in the interpreter, with do_bench
+    replaced by one call): the d-blocked kernel, the fused one, or grad_hidden and grad_items."""
+    dev_speed = _dev_speed()
+    monkeypatch.setattr(dev_speed, "do_bench", lambda fn, **kwargs: fn() or 1.0)
+    counted = {name: _CountingKernel(getattr(triton_shared, name)) for name in BACKWARD_KERNELS}
+    for name, kernel in counted.items():
+        monkeypatch.setattr(triton_shared, name, kernel)
+    case = make_case("shared", num_rows=45, num_items=120, num_negatives=29, dim=40, seed=109)
+    configs = {"dblock": d_blocked_backward_config(16), "fused": fused_config(),
+               "split": triton_shared.default_config(torch.device("cpu"), 40)}[path]
+    assert dev_speed.IGNORE == IGNORE
+    ms = dev_speed.backward_ms(case["hidden"], case["items"], case["targets"], case["negatives"], configs)
+    assert ms == 1.0
+    expected = {"dblock": (1, 0, 0, 0), "fused": (0, 0, 0, 1), "split": (0, 1, 1, 0)}[path]
+    assert launch_counts(counted) == expected
 
 
 def test_dev_speed_refuses_an_unknown_section_before_touching_a_gpu() -> None:

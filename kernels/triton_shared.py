@@ -822,7 +822,9 @@ def _backward_dblock_kernel(
             acc3 = _tile_chunk_grads(acc3, dscores, dscores_t, e3, h3, tile_grad_ptr, cols, col_mask, 3, dim,
                                      PRECISION, UPCAST, BLOCK_D, EVEN_D)
 
-    positive_coef = tl.load(positive_coef_ptr + rows, mask=row_mask & (split == 0), other=0.0)
+    # tl.where, not `row_mask & (split == 0)`: Triton 3.9's interpreter gives the scalar comparison an int32
+    # dtype and the & an int32 mask, which loads refuse ('mask has unsupported dtype')
+    positive_coef = tl.load(positive_coef_ptr + rows, mask=tl.where(split == 0, row_mask, False), other=0.0)
     split_out_ptr = out_ptr + split.to(tl.int64) * stride_out_split
     store = (hidden_ptr, items_ptr, safe_targets, positive_coef, split_out_ptr, rows, row_mask)
     strides = (stride_item_row, stride_item_col, stride_out_row, stride_out_col)

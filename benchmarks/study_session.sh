@@ -11,7 +11,8 @@
 # Environment: STOP_AFTER (s, default 170): no trial starts later; DRIVER_TIMEOUT (s, default 540): a driver
 # still running then is killed (its finished trials are in the database already); SWEEP_ARGS: more arguments
 # for every driver's `cce-study sweep`, e.g. SWEEP_ARGS="--retry predicted_over_budget" (re-plan the rows an
-# older memory model skipped) or "--new-spec-version" (a spec extended since its database recorded it).
+# older memory model skipped), "--new-spec-version" (a spec extended since its database recorded it) or
+# "--gpus-per-trial 0.25 --cpus-per-trial 4" (this call packs four trials to a card, whatever the spec says).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out" /tmp/wh

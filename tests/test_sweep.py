@@ -529,3 +529,65 @@ def test_an_optuna_sample_asks_for_the_share_its_grid_point_would() -> None:
     assert trial_gpus(spec, settings, sample) == 4 / 16  # 30 GiB x 1.1 of 160, rounded up to sixteenths
     assert trial_gpus(spec, settings, {"axes": {"num_negatives": 8, "batch_size": 8, "max_len": 8}}) == 0.125
     assert trial_gpus(spec, settings, {"point": {"trial_id": "x", "config": {}, "gpus": 0.5}}) == 0.5
+
+
+PACKED_SPEC = """
+    name = "packed"
+    datasets = ["synthetic:users=30,items=40,seed=1"]
+    memory_budget = "2GiB"
+    [trial]
+    loss = "ce-neg"
+    [axes]
+    num_negatives = [16, 32]
+    batch_size = [8]
+    max_len = [20]
+    [resources]
+    gpus = 0.125
+    cpus = 2
+    max_concurrent = 8
+    pack_by_predicted_memory = true
+    gpu_memory = "80GiB"
+"""
+
+
+def test_packing_options_replace_the_spec_resources_for_one_run(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """--gpus-per-trial, --cpus-per-trial and --max-concurrent reach the driver in place of [resources],
+    and change neither the trial ids nor the spec's hash (so --resume of a recorded sweep accepts them)."""
+    from study.sweep import command
+    from study.sweep.spec import spec_hash
+
+    spec_path = write_spec(tmp_path / "packed.toml", PACKED_SPEC)
+    seen: list[object] = []
+    monkeypatch.setattr(command, "execute_sweep", lambda spec, plan, *a, **k: seen.append((spec, plan)))
+    monkeypatch.setattr(command, "print_summary", lambda *a, **k: None)
+    args = sweep_args(spec_path, tmp_path / "r.sqlite", gpus_per_trial=0.25, cpus_per_trial=4.0,
+                      max_concurrent=3)
+    assert sweep.run(args) == 0
+    (spec, plan), = seen
+    original = load_spec(spec_path)
+    assert (spec.resources.gpus, spec.resources.cpus, spec.resources.max_concurrent) == (0.25, 4.0, 3)
+    assert spec.resources.pack_by_predicted_memory and spec.resources.gpu_memory_bytes == 80 * 2**30
+    assert spec_hash(spec) == spec_hash(original)
+    assert [t.trial_id for t in plan] == [original.trial_id(c) for c in original.grid()]
+    # Without the options the spec's own resources stand.
+    assert command.with_packing(original, sweep_args(spec_path, tmp_path / "r.sqlite")) is original
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--gpus-per-trial", "1.5"], "--gpus-per-trial: '1.5': above 1 must be a whole number of GPUs"),
+    (["--gpus-per-trial", "-0.5"], "--gpus-per-trial: '-0.5' must be a non-negative finite number"),
+    (["--cpus-per-trial", "0"], "--cpus-per-trial: '0' must be a positive finite number"),
+    (["--max-concurrent", "two"], "--max-concurrent: 'two' is not a whole number"),
+    (["--gpus-per-trial", "2"], "needs a share of one card in (0, 1], got 2"),
+])
+def test_bad_packing_options_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          argv: list[str], message: str) -> None:
+    spec_path = write_spec(tmp_path / "packed.toml", PACKED_SPEC)
+    try:
+        code = cli.main(["sweep", str(spec_path), "--db", str(tmp_path / "r.sqlite"), *argv])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "r.sqlite").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -78,6 +79,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-after", type=parse_duration, default=None, metavar="DURATION",
                         help="start no trial after this long (e.g. 3600, 45m, 2h); trials already running "
                              "finish, the rest are left for --resume (for time-limited jobs)")
+    parser.add_argument("--gpus-per-trial", type=_card_share, default=None, metavar="SHARE",
+                        help="this run only: the GPUs each trial asks for (e.g. 0.25: four trials to a "
+                             "card), instead of the spec's [resources] gpus; packing is not part of the "
+                             "sweep's identity, so --resume accepts it")
+    parser.add_argument("--cpus-per-trial", type=_positive_number, default=None, metavar="CPUS",
+                        help="this run only: the CPUs each trial asks for, instead of [resources] cpus")
+    parser.add_argument("--max-concurrent", type=_positive_integer, default=None, metavar="N",
+                        help="this run only: at most N trials at once, instead of [resources] max_concurrent")
     parser.add_argument("--storage", default=None,
                         help="where trials keep checkpoints and best models: a folder or a URI such as "
                              "s3://bucket/prefix (default: [checkpoint] storage of the spec, else "
@@ -85,7 +94,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec)
+    spec = with_packing(load_spec(args.spec), args)
     retry = parse_retry(args.retry)
     busy_timeout = parse_seconds("--db-busy-timeout", args.db_busy_timeout)
     connect_timeout = parse_seconds("--connect-timeout", args.connect_timeout)
@@ -161,6 +170,52 @@ def _report_unwritten(spec: SweepSpec, db: ResultsDB, writer: db_spool.SpoolingW
     return 1
 
 
+def with_packing(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
+    """The spec with the packing options of this run (--gpus-per-trial, --cpus-per-trial,
+    --max-concurrent) in place of its [resources] ones; trial ids and the spec's version do not change."""
+    overrides = {field: value for field, value in (("gpus", getattr(args, "gpus_per_trial", None)),
+                                                   ("cpus", getattr(args, "cpus_per_trial", None)),
+                                                   ("max_concurrent", getattr(args, "max_concurrent", None)))
+                 if value is not None}
+    if not overrides:
+        return spec
+    resources = dataclasses.replace(spec.resources, **overrides)
+    if resources.pack_by_predicted_memory and not 0 < resources.gpus <= 1:
+        raise SweepError(f"--gpus-per-trial: {spec.name!r} packs trials by predicted memory "
+                         f"(resources.pack_by_predicted_memory), which needs a share of one card in (0, 1], "
+                         f"got {resources.gpus:g}")
+    return dataclasses.replace(spec, resources=resources)
+
+
+def _card_share(text: str) -> float:
+    """A trial's GPUs: a share of one card in [0, 1] or a whole number of cards (argparse type)."""
+    value = _positive_number(text, allow_zero=True)
+    if value > 1 and value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: above 1 must be a whole number of GPUs")
+    return value
+
+
+def _positive_number(text: str, *, allow_zero: bool = False) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a {'non-negative' if allow_zero else 'positive'} "
+                                         f"finite number")
+    return value
+
+
+def _positive_integer(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
 def parse_duration(text: str) -> float:
     """Seconds from "90", "90s", "45m" or "2h" (argparse type: a bad value is one line, exit 2)."""
     units = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -189,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return main_for("sweep", None if argv is None else list(argv))
 
 
-__all__ = ["configure", "run", "parse_duration", "main"]
+__all__ = ["configure", "run", "with_packing", "parse_duration", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -684,13 +684,25 @@ def test_d_blocked_forward_leaves_a_refused_negative_out(monkeypatch: pytest.Mon
     """A negative outside [0, C) is checked once per call (_prepare_negatives) and left out: the gathered
     copy reads item 0's row for it, its -inf offset drops it; the call's error is raised later."""
     import kernels
+
+    num_items = run_with_a_refused_negative(monkeypatch, d_blocked_config(32), seed=71)
+    assert d_blocked_launches[0].launches == 1
+    with pytest.raises(ValueError, match=rf"^negatives: value {num_items + 4} is outside"):
+        kernels.check_index_errors()
+
+
+def run_with_a_refused_negative(monkeypatch: pytest.MonkeyPatch, config: triton_shared.SharedConfig, *,
+                                seed: int) -> int:
+    """The public call with `config` on shared negatives of which one (the 6th) lies outside [0, C), the
+    index check deferred as on CUDA, forward and backward against float64 without that negative; returns
+    C (the refused value is C + 4)."""
+    import kernels
     import kernels.api as api
 
     monkeypatch.setattr(api, "defers_index_checks", lambda hidden, impl: impl == "triton")
-    monkeypatch.setattr(triton_shared, "launch_config",
-                        lambda device, dim, hidden_dtype, items_dtype: d_blocked_config(32))
+    monkeypatch.setattr(triton_shared, "launch_config", lambda device, dim, hidden_dtype, items_dtype: config)
     rows, num_items, k, _ = SCHEME_SHAPES["shared"]
-    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=48, seed=71)
+    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=48, seed=seed)
     negatives = case["negatives"].clone()
     negatives[5] = num_items + 4
     hidden = case["hidden"].clone().requires_grad_(True)
@@ -702,9 +714,7 @@ def test_d_blocked_forward_leaves_a_refused_negative_out(monkeypatch: pytest.Mon
     reference = oracle_with_grads(case["hidden"], case["items"], case["targets"], kept_negatives,
                                   ignore_index=IGNORE)
     assert_matches((loss, hidden.grad, items.grad), reference, TOLERANCE[torch.float32])
-    assert d_blocked_launches[0].launches == 1
-    with pytest.raises(ValueError, match=rf"^negatives: value {num_items + 4} is outside"):
-        kernels.check_index_errors()
+    return num_items
 
 
 @pytest.mark.parametrize("block_d", [8, 48, -16])
@@ -879,24 +889,8 @@ def test_d_blocked_backward_leaves_a_refused_negative_out(monkeypatch: pytest.Mo
     (the gathered copy holds item 0's row for it), so neither gradient sees it; the call's error is raised
     later."""
     import kernels
-    import kernels.api as api
 
-    monkeypatch.setattr(api, "defers_index_checks", lambda hidden, impl: impl == "triton")
-    monkeypatch.setattr(triton_shared, "launch_config",
-                        lambda device, dim, hidden_dtype, items_dtype: d_blocked_backward_config(16))
-    rows, num_items, k, _ = SCHEME_SHAPES["shared"]
-    case = make_case("shared", num_rows=rows, num_items=num_items, num_negatives=k, dim=48, seed=97)
-    negatives = case["negatives"].clone()
-    negatives[5] = num_items + 4
-    hidden = case["hidden"].clone().requires_grad_(True)
-    items = case["items"].clone().requires_grad_(True)
-    loss = kernels.linear_cross_entropy(hidden, items, case["targets"], negatives, ignore_index=IGNORE,
-                                        impl="triton")
-    loss.backward()
-    kept_negatives = torch.cat([negatives[:5], negatives[6:]])
-    reference = oracle_with_grads(case["hidden"], case["items"], case["targets"], kept_negatives,
-                                  ignore_index=IGNORE)
-    assert_matches((loss, hidden.grad, items.grad), reference, TOLERANCE[torch.float32])
+    num_items = run_with_a_refused_negative(monkeypatch, d_blocked_backward_config(16), seed=97)
     assert launch_counts(backward_launches) == (1, 0, 0, 0)
     with pytest.raises(ValueError, match=rf"^negatives: value {num_items + 4} is outside"):
         kernels.check_index_errors()

@@ -397,12 +397,18 @@ def dblock_backward_configs(dim: int, configs: KernelConfigs, hidden_dtype: torc
     return variants
 
 
-def backward_ms(hidden, items, targets, negatives, configs: KernelConfigs) -> float:
-    """The backward alone, both gradients, as the autograd function runs it (after one forward)."""
+def shared_plan(hidden, items, negatives, configs: KernelConfigs):
+    """The autograd function's plan of a shared-negatives call (hits removed, mean) and its negatives
+    prepared once, as forward_ms and backward_ms time the kernels behind it."""
     plan = ts._Plan(scheme="shared", num_items=items.shape[0], num_groups=1, rows_per_group=hidden.shape[0],
                     num_negatives=negatives.shape[0], log_q_mode=0, log_q_scalar=0.0, remove_hits=True,
                     ignore_index=IGNORE, reduction="mean", config=configs)
-    prepared = ts._prepare_negatives(negatives, None, plan)
+    return plan, ts._prepare_negatives(negatives, None, plan)
+
+
+def backward_ms(hidden, items, targets, negatives, configs: KernelConfigs) -> float:
+    """The backward alone, both gradients, as the autograd function runs it (after one forward)."""
+    plan, prepared = shared_plan(hidden, items, negatives, configs)
     lse, positive, _, kept, safe_targets = ts._forward(hidden, items, targets, prepared, plan)
     row_grad = kept / kept.sum().clamp(min=1.0)
     coef = row_grad * torch.expm1(positive - lse)
@@ -460,10 +466,7 @@ def check_dblock(configs: KernelConfigs, label: str, dim: int, hidden_dtype: tor
 
 def forward_ms(hidden, items, targets, negatives, configs: KernelConfigs) -> float:
     """The forward alone, as the autograd function runs it (the negatives prepared once, outside)."""
-    plan = ts._Plan(scheme="shared", num_items=items.shape[0], num_groups=1, rows_per_group=hidden.shape[0],
-                    num_negatives=negatives.shape[0], log_q_mode=0, log_q_scalar=0.0, remove_hits=True,
-                    ignore_index=IGNORE, reduction="mean", config=configs)
-    prepared = ts._prepare_negatives(negatives, None, plan)
+    plan, prepared = shared_plan(hidden, items, negatives, configs)
     return float(do_bench(functools.partial(ts._forward, hidden, items, targets, prepared, plan), warmup=10,
                           rep=80, return_mode="median"))
 

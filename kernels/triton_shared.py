@@ -378,6 +378,19 @@ def _drop_columns(x, idx, col_mask, safe_targets, EVEN_K: tl.constexpr, REMOVE_H
 
 
 @triton.jit
+def _store_forward_rows(lse_ptr, positive_ptr, loss_ptr, kept_ptr, safe_targets_ptr, rows, row_mask, run_max,
+                        run_sum, positive, kept, safe_targets):
+    """A forward's per-row outputs from its online log-sum-exp (base 2): lse, the positive logit, the row's
+    loss (0 where ignored), whether it is kept, its safe target."""
+    lse = (run_max + tl.math.log2(run_sum)) * LN2
+    tl.store(lse_ptr + rows, lse, mask=row_mask)
+    tl.store(positive_ptr + rows, positive, mask=row_mask)
+    tl.store(loss_ptr + rows, tl.where(kept, lse - positive, 0.0), mask=row_mask)
+    tl.store(kept_ptr + rows, kept.to(tl.float32), mask=row_mask)
+    tl.store(safe_targets_ptr + rows, safe_targets, mask=row_mask)
+
+
+@triton.jit
 def _lse_step(run_max, run_sum, scores, idx, offsets, col_mask, safe_targets, FULL: tl.constexpr,
               EVEN_K: tl.constexpr, REMOVE_HITS: tl.constexpr):
     """One tile of the online log-sum-exp (base 2) over a row block: the tile's logits with their
@@ -473,12 +486,8 @@ def _forward_kernel(
             stride_item_col, d_offs, d_mask, FULL, False, PRECISION, UPCAST, BLOCK_N)
         run_max, run_sum = _lse_step(run_max, run_sum, scores, idx, offsets, col_mask, safe_targets, FULL,
                                      EVEN_K, REMOVE_HITS)
-    lse = (run_max + tl.math.log2(run_sum)) * LN2
-    tl.store(lse_ptr + rows, lse, mask=row_mask)
-    tl.store(positive_ptr + rows, positive, mask=row_mask)
-    tl.store(loss_ptr + rows, tl.where(kept, lse - positive, 0.0), mask=row_mask)
-    tl.store(kept_ptr + rows, kept.to(tl.float32), mask=row_mask)
-    tl.store(safe_targets_ptr + rows, safe_targets, mask=row_mask)
+    _store_forward_rows(lse_ptr, positive_ptr, loss_ptr, kept_ptr, safe_targets_ptr, rows, row_mask, run_max,
+                        run_sum, positive, kept, safe_targets)
 
 
 @triton.jit
@@ -555,12 +564,8 @@ def _forward_dblock_kernel(
             run_max, run_sum = _lse_step(run_max, run_sum, acc, idx, offsets, col_mask, safe_targets, FULL,
                                          EVEN_K, REMOVE_HITS)
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    lse = (run_max + tl.math.log2(run_sum)) * LN2
-    tl.store(lse_ptr + rows, lse, mask=row_mask)
-    tl.store(positive_ptr + rows, positive, mask=row_mask)
-    tl.store(loss_ptr + rows, tl.where(kept, lse - positive, 0.0), mask=row_mask)
-    tl.store(kept_ptr + rows, kept.to(tl.float32), mask=row_mask)
-    tl.store(safe_targets_ptr + rows, safe_targets, mask=row_mask)
+    _store_forward_rows(lse_ptr, positive_ptr, loss_ptr, kept_ptr, safe_targets_ptr, rows, row_mask, run_max,
+                        run_sum, positive, kept, safe_targets)
 
 
 @triton.jit

@@ -571,6 +571,15 @@ def grid_configs(dim: int) -> Iterator[ts.SharedConfig]:
                               fused_backward=tiles if dim <= 64 else None, fused_max_negatives=8192)
 
 
+def tiles_and_estimate(kernel: str, config: ts.SharedConfig, case: dict) -> tuple[ts.BlockConfig, int]:
+    """The tiles `config` gives `kernel` (a SharedConfig field) and kernels.tile_memory's estimate of their
+    shared memory in `case` (its dim and dtypes)."""
+    tiles = getattr(config, kernel)
+    hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
+    return tiles, ts.shared_memory_bytes(kernel, tiles, dim=case["dim"], hidden_dtype=hidden_dtype,
+                                         items_dtype=items_dtype)
+
+
 def shared_memory(target: GPUTarget, *, limit: int, dims: tuple[int, ...] = SHARED_MEMORY_DIMS,
                   full_compile: bool = False, grid: bool = False) -> int:
     """--shared-memory: each dense kernel's shared memory with launch_config's tiles, compiled for `target`,
@@ -597,11 +606,7 @@ def shared_memory(target: GPUTarget, *, limit: int, dims: tuple[int, ...] = SHAR
         else:
             shared = result.metadata.shared  # type: ignore[attr-defined]
         assert config is not None
-        kernel = _CONFIG_FIELD[name]
-        tiles = getattr(config, kernel)
-        hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
-        estimate = ts.shared_memory_bytes(kernel, tiles, dim=case["dim"], hidden_dtype=hidden_dtype,
-                                          items_dtype=items_dtype)
+        tiles, estimate = tiles_and_estimate(_CONFIG_FIELD[name], config, case)
         ratios.append(estimate / max(shared, 1))
         problems = (["OVER THE LIMIT"] if shared > limit and not grid else []) + (
             ["ESTIMATE BELOW"] if estimate < shared else [])
@@ -685,11 +690,7 @@ def dblock(target: GPUTarget, *, limit: int, grid: bool) -> int:
                                                                                     "_forward_dblock_kernel")):
             return
         assert config is not None
-        kernel = _DBLOCK_FIELD[name]
-        tiles = getattr(config, kernel)
-        hidden_dtype, items_dtype = DTYPES[case["dtypes"]]
-        estimate = ts.shared_memory_bytes(kernel, tiles, dim=case["dim"], hidden_dtype=hidden_dtype,
-                                          items_dtype=items_dtype)
+        tiles, estimate = tiles_and_estimate(_DBLOCK_FIELD[name], config, case)
         label = (f"{name} {case['scheme']} d={case['dim']} {case['dtypes']} {tiles.block_m}x{tiles.block_n} "
                  f"w{tiles.num_warps} s{tiles.num_stages} block_d={tiles.block_d or 'whole rows'}"
                  + (f" splits={config.dblock_splits}" if config.dblock_splits > 1 else ""))

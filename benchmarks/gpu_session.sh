@@ -15,7 +15,8 @@
 #                                          third set, out of the sample of the model fixed after memory2)
 #   COMMIT=<git rev-parse --short HEAD> bash benchmarks/gpu_session.sh memory4      (< 6 min on one card, ALONE on it:
 #                                          issue 11's fourth set, the first with the trainer's cuBLAS warm-up)
-# Issue 13 (three calls): speed (~4 min), loss (< 8 min), eval (< 10 min). loss also needs
+# Issue 13 (three calls): speed (~4 min), loss (< 8 min), eval (< 10 min); then prepared (< 10 min: the
+#   third session's evaluation and d-blocked backward on the GPU; needs diginetica and ml-1m in .gpu-data). loss also needs
 #   .cache/published-cce (the published CCE- kernel: .cache/published-cce/SOURCE.md says how to lay it out)
 # and eval needs .cache/eval-before (the tree before the evaluation change) and gowalla in .gpu-data:
 #   mkdir -p .cache/eval-before && git archive beb4e36 kernels models study | tar -x -C .cache/eval-before
@@ -23,7 +24,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|memory3|memory4|cuda|shared-ab}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|memory3|memory4|cuda|prepared|shared-ab}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 # The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
@@ -176,13 +177,37 @@ case "$part" in
       --require-idle ${MEMORY_ONLY:+--only "$MEMORY_ONLY"} \
       --deadline "${MEMORY_DEADLINE:-330}" --out "$work/memory-catalogue4" 2>&1 | tee "$work/memory-catalogue4.log"
     ;;
+  prepared)
+    # Issue 13, what the 2026-11-29 third session prepared untimed, in one call under one deadline
+    # (PREPARED_SECONDS after the start, default 560): first its exactness on this card (the exact top-k
+    # evaluation against the key-based reference, with the tie kernel compiled; the d-blocked shared kernels
+    # against float64), then the ranking old vs new on diginetica (L=20, evaluation batch 2048, as the study
+    # runs it) and ml-1m (L=200), then the d-blocked kernels timed against the defaults and torch.compile
+    # with what is left. Carry .gpu-extra (pytest-xdist) to compile the kernel tests in parallel.
+    deadline=$(( $(date +%s) + ${PREPARED_SECONDS:-560} ))
+    left() { local n=$(( deadline - $(date +%s) )); echo $(( n < $1 ? (n > 1 ? n : 1) : $1 )); }
+    if compgen -G ".gpu-extra/*.whl" > /dev/null; then
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu-extra/*.whl || exit 1
+    fi
+    workers=(); python3 -c 'import xdist' 2>/dev/null && workers=(-n 8)
+    timeout "$(left 90)" python3 -m pytest -m cuda -v -rfEs --tb=short -p no:cacheprovider \
+      tests/test_metrics_reference.py 2>&1 | tee "$work/metrics-cuda.log"
+    timeout "$(left 100)" python3 benchmarks/eval_split.py --mode ranking --datasets diginetica --max-len 20 \
+      --eval-batch-size 2048 --device cuda --out "$work/ranking-diginetica" 2>&1 | tee "$work/ranking-diginetica.log"
+    timeout "$(left 60)" python3 benchmarks/eval_split.py --mode ranking --datasets ml-1m --max-len 200 \
+      --device cuda --out "$work/ranking-ml-1m" 2>&1 | tee "$work/ranking-ml-1m.log"
+    timeout "$(left 150)" python3 -m pytest -m cuda -v -rfEs --tb=short -p no:cacheprovider "${workers[@]}" \
+      tests/test_cuda_kernels.py -k d_blocked 2>&1 | tee "$work/d-blocked-cuda.log"
+    budget=$(left 400); timeout "$budget" python3 benchmarks/dev_speed.py --sections dblock \
+      --budget-seconds $(( budget > 40 ? budget - 25 : 15 )) --out "$work/dblock" 2>&1 | tee "$work/dblock.log"
+    ;;
   shared-ab)
     # The dense loss at d=64 and 256 of the trees in .cache/ab/* (git archive SHA kernels) next to this one.
     trees=after=.; for tree in .cache/ab/*/; do trees="$(basename "$tree")=$tree,$trees"; done
     timeout "${AB_SECONDS:-300}" python3 benchmarks/shared_ab.py --trees "$trees" --out "$work/shared-ab" 2>&1 \
       | tee "$work/shared-ab.log"
     ;;
-  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2, memory3, memory4, cuda or shared-ab)" >&2
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2, memory3, memory4, cuda, prepared or shared-ab)" >&2
      exit 2 ;;
 esac
 mkdir -p "$out"

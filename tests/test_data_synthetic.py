@@ -220,3 +220,12 @@ max_len = [8]
     assert record.predicted_peak_bytes == predict_trial_memory(
         config, DatasetSize(ITEMS, record.num_users), device="cpu").total_bytes
     assert record.popularity_test_metrics is not None and record.test_metrics is not None
+
+
+def test_a_bad_catalogue_value_is_one_line_and_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from study.cli import main
+
+    code = main(["train", "--dataset", "synthetic:users=30,items=40,catalogue=all", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == "cce-study train: error: synthetic: catalogue must be one of occurring, full, got 'all'"

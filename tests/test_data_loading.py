@@ -100,6 +100,29 @@ def test_kcore_every_survivor_has_k_and_nothing_more_is_removed(k: int) -> None:
     assert data.num_items == reference["item_id"].nunique()
 
 
+def test_a_given_catalogue_keeps_items_that_never_occur_under_their_catalogue_position() -> None:
+    raw = pd.DataFrame({"user_id": ["b", "a", "a", "b", "c"], "item_id": ["z", "x", "z", "z", "x"],
+                        "timestamp": [3, 1, 2, 1, 5]})
+    catalogue = np.array(["w", "x", "y", "z", "v"], dtype=object)  # y, w and v never occur
+    data = prepare_interactions(raw, name="shop", catalogue=catalogue)
+    assert data.num_items == 5 and list(data.item_labels) == ["w", "x", "y", "z", "v"]
+    assert data.frame["item"].tolist() == [2, 4, 4, 4, 2]  # a: x, z; b: z, z; c: x
+    dense = prepare_interactions(raw, name="shop")
+    assert dense.num_items == 2 and list(dense.item_labels) == ["x", "z"]
+    # 2-core filtering removes interactions (c's; then x, left with one; then a): the catalogue stays whole
+    filtered = prepare_interactions(raw, name="shop", kcore=2, catalogue=catalogue)
+    assert filtered.num_items == 5 and list(filtered.user_labels) == ["b"]
+    assert filtered.frame["item"].tolist() == [4, 4]
+
+
+def test_a_catalogue_missing_a_logged_item_or_listing_one_twice_is_refused() -> None:
+    raw = pd.DataFrame({"user_id": [1, 1, 2], "item_id": [10, 11, 12], "timestamp": [1, 2, 3]})
+    with pytest.raises(DataError, match=r"^shop: item 12 \(row 2\) is not in the catalogue of 2 items$"):
+        prepare_interactions(raw, name="shop", catalogue=np.array([10, 11]))
+    with pytest.raises(DataError, match=r"^shop: the catalogue lists item 11 more than once$"):
+        prepare_interactions(raw, name="shop", catalogue=np.array([10, 11, 12, 11]))
+
+
 def test_empty_after_kcore_is_an_error() -> None:
     raw = pd.DataFrame({"user_id": [1, 2, 3], "item_id": [1, 2, 3], "timestamp": [1, 2, 3]})
     with pytest.raises(DataError, match="no interactions left after 2-core"):

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from study.data import DataError, SyntheticSpec, generate_synthetic, load_dataset, parse_synthetic_spec
+from study.data import (
+    DataError,
+    SyntheticSpec,
+    generate_synthetic,
+    load_dataset,
+    make_split,
+    parse_synthetic_spec,
+)
+from study.data.synthetic import canonical_synthetic_name
+
+# A Zipf log that touches a few hundred of its 5,000 items: most of the catalogue never occurs.
+SPARSE = "synthetic:users=60,items=5000,mean_len=8,alpha=1.0,seed=7"
+ITEMS = 5000
 
 
 def test_spec_parsing_defaults_and_errors() -> None:
@@ -80,3 +95,137 @@ def test_scales_to_ten_million_items_in_linear_memory() -> None:
     assert raw["item_id"].max() < items
     assert raw["item_id"].max() > items // 10  # ids are spread over the whole catalogue
     assert peak < 40 * items, f"peak {peak / 2**20:.0f} MiB for {items} items"
+
+
+def test_catalogue_setting_parses_and_a_bad_value_is_one_line() -> None:
+    assert parse_synthetic_spec("synthetic:items=50,catalogue=full").catalogue == "full"
+    assert parse_synthetic_spec("synthetic:catalogue = occurring ") == SyntheticSpec()
+    for bad in ("all", "1", ""):
+        with pytest.raises(DataError, match=rf"catalogue must be one of occurring, full, got '{bad}'$"):
+            parse_synthetic_spec(f"synthetic:catalogue={bad}")
+
+
+def test_old_specs_keep_their_canonical_name_and_hash() -> None:
+    """The canonical text (and so the SHA-256 recorded as dataset_sha256) of a spec written before
+    `catalogue` existed is what it was; only catalogue=full spells the new setting."""
+    old = "synthetic:users=20000,items=1000000,mean_len=50,alpha=1.0,seed=0"
+    recorded = "synthetic:users=20000,items=1000000,mean_len=50.0,alpha=1.0,follow=0.8,window=3,seed=0"
+    for text in (old, old + ",catalogue=occurring"):
+        name = canonical_synthetic_name(parse_synthetic_spec(text))
+        assert name == recorded
+        assert hashlib.sha256(name.encode()).hexdigest() == \
+            "58e7796ac066d09fed1826a5370e9931e3ff605d904487e16f50e235783ad7db"
+    assert canonical_synthetic_name(SyntheticSpec()) == \
+        "synthetic:users=1000,items=10000,mean_len=50.0,alpha=1.0,follow=0.8,window=3,seed=0"
+    full = parse_synthetic_spec(old + ",catalogue=full")
+    assert canonical_synthetic_name(full) == recorded + ",catalogue=full"
+
+
+@pytest.mark.parametrize("text", ["synthetic", "synthetic:users=7,items=90,mean_len=2.5,alpha=0,follow=0.3",
+                                  "synthetic:window=5,seed=11,catalogue=full", SPARSE + ",catalogue=full"])
+def test_canonical_name_round_trips_through_parse(text: str) -> None:
+    spec = parse_synthetic_spec(text)
+    name = canonical_synthetic_name(spec)
+    assert parse_synthetic_spec(name) == spec
+    assert canonical_synthetic_name(parse_synthetic_spec(name)) == name
+
+
+def test_full_catalogue_keeps_every_generated_item_under_its_generator_id() -> None:
+    raw = generate_synthetic(parse_synthetic_spec(SPARSE))
+    occurring = load_dataset(SPARSE)
+    full = load_dataset(SPARSE + ",catalogue=full")
+    assert occurring.num_items == raw["item_id"].nunique() < ITEMS // 5
+    assert full.num_items == ITEMS
+    np.testing.assert_array_equal(full.item_labels, np.arange(ITEMS))
+    # the generator's rows are already in (user, time) order with distinct times: row for row
+    np.testing.assert_array_equal(full.frame["item"].to_numpy(), raw["item_id"].to_numpy() + 1)
+    np.testing.assert_array_equal(full.frame["user"].to_numpy(), raw["user_id"].to_numpy())
+    np.testing.assert_array_equal(occurring.item_labels[occurring.frame["item"].to_numpy() - 1],
+                                  raw["item_id"].to_numpy())
+    assert (full.num_users, len(full)) == (occurring.num_users, len(occurring))
+    assert full.source == canonical_synthetic_name(parse_synthetic_spec(SPARSE)) + ",catalogue=full"
+    assert full.sha256 != occurring.sha256
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_kcore_on_a_full_catalogue_removes_interactions_not_items(k: int) -> None:
+    spec = "synthetic:users=300,items=3000,mean_len=8,alpha=1.2,seed=2"
+    filtered = load_dataset(spec + ",catalogue=full", kcore=k)
+    dense = load_dataset(spec, kcore=k)
+    assert filtered.num_items == 3000 > dense.num_items
+    assert filtered.frame.groupby("item").size().min() >= k
+    assert filtered.frame.groupby("user").size().min() >= k
+    assert len(filtered) == len(dense) < len(load_dataset(spec))
+    # the same surviving interactions, each item under its generator id + 1
+    np.testing.assert_array_equal(filtered.frame["item"].to_numpy(),
+                                  dense.item_labels[dense.frame["item"].to_numpy() - 1] + 1)
+
+
+def test_split_sampler_and_popularity_see_the_whole_catalogue() -> None:
+    import kernels
+    from study.training.evaluate import evaluate_popularity
+
+    data = load_dataset(SPARSE + ",catalogue=full")
+    split = make_split(data, "loo")
+    assert split.num_items == ITEMS and tuple(split.item_counts.shape) == (ITEMS + 1,)
+    never = split.item_counts[1:] == 0
+    assert int(never.sum()) >= ITEMS - data.frame["item"].nunique()
+    # uniform negatives over 1..ITEMS (indices 0..ITEMS-1): mostly items nobody interacted with
+    sampler = kernels.NegativeSampler(split.num_items, 256, scope="position",
+                                      generator=torch.Generator().manual_seed(0))
+    drawn = sampler.sample(8, 16).flatten()
+    assert int(drawn.max()) >= ITEMS - 50
+    assert abs(float(never[drawn].float().mean()) - float(never.float().mean())) < 0.02
+    # the popularity baseline ranks all ITEMS items, never-seen ones with count 0: coverage is a share of
+    # the whole catalogue (the distinct items in some user's top 10, seen items excluded)
+    metrics = evaluate_popularity(split.item_counts, split.test, max_len=8, batch_size=16)
+    covered = metrics["coverage@10"] * ITEMS
+    assert covered == pytest.approx(round(covered), abs=1e-6)
+    assert 10 <= round(covered) <= 10 * len(split.test.targets)
+
+
+def test_a_trial_and_its_memory_plan_use_the_full_catalogue(tmp_path: Path) -> None:
+    """Training (model, evaluation, record) and the sweep's planning (what `sweep --dry-run` predicts)
+    read the catalogue size from the loaded data: ITEMS with catalogue=full, far fewer without."""
+    from study import sweep
+    from study.config import TrainConfig
+    from study.memory.model import DatasetSize, predict_trial_memory
+    from study.sweep.spec import load_spec
+    from study.training.trainer import run_trial
+
+    spec_path = tmp_path / "full.toml"
+    spec_path.write_text(f"""
+name = "full"
+datasets = ["{SPARSE},catalogue=full", "{SPARSE}"]
+[trial]
+loss = "ce-neg"
+negative_scope = "position"
+hidden = 16
+[axes]
+num_negatives = [64]
+batch_size = [16]
+max_len = [8]
+""")
+    planned = sweep.plan_trials(load_spec(spec_path), None)
+    full, occurring = sorted(planned, key=lambda trial: trial.config.dataset, reverse=True)
+    assert full.config.dataset.endswith("catalogue=full")
+    assert full.num_items == ITEMS > occurring.num_items
+    assert full.predicted_peak_bytes > occurring.predicted_peak_bytes
+
+    config = TrainConfig(dataset=full.config.dataset, loss="ce-neg", num_negatives=64,
+                         negative_scope="position", max_len=8, hidden=16, blocks=1, batch_size=16,
+                         eval_batch_size=16, epochs=1, max_steps_per_epoch=2, device="cpu", progress=False)
+    record = run_trial(config)
+    assert record.status == "ok" and record.num_items == ITEMS
+    assert record.predicted_peak_bytes == predict_trial_memory(
+        config, DatasetSize(ITEMS, record.num_users), device="cpu").total_bytes
+    assert record.popularity_test_metrics is not None and record.test_metrics is not None
+
+
+def test_a_bad_catalogue_value_is_one_line_and_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from study.cli import main
+
+    code = main(["train", "--dataset", "synthetic:users=30,items=40,catalogue=all", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == "cce-study train: error: synthetic: catalogue must be one of occurring, full, got 'all'"

@@ -12,7 +12,10 @@ from study.data.errors import DataError
 
 @dataclass
 class Interactions:
-    """A cleaned log: users 0..num_users-1, items 1..num_items (0 is padding), sorted by (user, timestamp)."""
+    """A cleaned log: users 0..num_users-1, items 1..num_items (0 is padding), sorted by (user, timestamp).
+
+    Every user occurs in `frame`; every item does too unless the log was prepared with a `catalogue`,
+    whose items are all kept (ids 1..num_items), occurring or not."""
 
     frame: pd.DataFrame  # columns user, item (int64), timestamp (int64 or float64)
     num_users: int
@@ -33,18 +36,28 @@ class Interactions:
         return len(self.frame)
 
 
-def prepare_interactions(raw: pd.DataFrame, *, name: str, kcore: int = 0) -> Interactions:
+def prepare_interactions(raw: pd.DataFrame, *, name: str, kcore: int = 0,
+                         catalogue: np.ndarray | None = None) -> Interactions:
     """Turn a validated raw log (columns user_id, item_id, timestamp) into `Interactions`.
 
     Exact duplicate rows (same user, item and timestamp) are dropped; repeated consumption at
     different times is kept. Ties in time keep the original row order.
+
+    Without `catalogue` the items are those that occur (after k-core filtering), renumbered densely in
+    sorted order of their raw ids. With it (the raw ids of every item, each once), the catalogue is
+    exactly those items: raw id catalogue[k] becomes item k + 1 whether it occurs or not, and k-core
+    filtering removes interactions only. Every raw item id of the log must be in the catalogue.
     """
     if kcore < 0:
         raise DataError(f"kcore: must be >= 0, got {kcore}")
     if len(raw) == 0:
         raise DataError(f"{name}: the dataset has no interactions")
     user_codes, user_labels = _factorize(raw["user_id"])
-    item_codes, item_labels = _factorize(raw["item_id"])
+    if catalogue is None:
+        item_codes, item_labels = _factorize(raw["item_id"])
+    else:
+        item_labels = np.asarray(catalogue)
+        item_codes = _catalogue_codes(raw["item_id"], item_labels, name)
     timestamps = raw["timestamp"].to_numpy()
     positional = timestamps_are_positions(user_codes, timestamps)
     keep = ~pd.DataFrame({"u": user_codes, "i": item_codes, "t": timestamps}).duplicated().to_numpy()
@@ -54,9 +67,12 @@ def prepare_interactions(raw: pd.DataFrame, *, name: str, kcore: int = 0) -> Int
         user_codes, item_codes, timestamps = user_codes[keep], item_codes[keep], timestamps[keep]
     if len(user_codes) == 0:
         raise DataError(f"{name}: no interactions left after {kcore}-core filtering")
-    # Re-number the survivors densely, keeping the sorted order of the original ids.
+    # Re-number the surviving users (and, without a catalogue, items) densely, keeping the sorted order
+    # of the original ids.
     used_users, user_codes = np.unique(user_codes, return_inverse=True)
-    used_items, item_codes = np.unique(item_codes, return_inverse=True)
+    if catalogue is None:
+        used_items, item_codes = np.unique(item_codes, return_inverse=True)
+        item_labels = np.asarray(item_labels)[used_items]
     order = np.lexsort((timestamps, user_codes))  # lexsort is stable: ties keep file order
     frame = pd.DataFrame({
         "user": user_codes[order].astype(np.int64),
@@ -66,10 +82,10 @@ def prepare_interactions(raw: pd.DataFrame, *, name: str, kcore: int = 0) -> Int
     return Interactions(
         frame=frame,
         num_users=len(used_users),
-        num_items=len(used_items),
+        num_items=len(item_labels),
         name=name,
         user_labels=np.asarray(user_labels)[used_users],
-        item_labels=np.asarray(item_labels)[used_items],
+        item_labels=item_labels,
         timestamps_are_positions=positional,
     )
 
@@ -98,6 +114,21 @@ def kcore_mask(user_codes: np.ndarray, item_codes: np.ndarray, k: int) -> np.nda
         if survives.sum() == keep.sum():
             return survives
         keep = survives
+
+
+def _catalogue_codes(ids: pd.Series, catalogue: np.ndarray, name: str) -> np.ndarray:
+    """Codes 0..len(catalogue)-1: each id's position in `catalogue`."""
+    index = pd.Index(catalogue)
+    if not index.is_unique:
+        twice = index[index.duplicated()][:1].tolist()[0]  # tolist: a plain Python value, for the message
+        raise DataError(f"{name}: the catalogue lists item {twice!r} more than once")
+    codes = index.get_indexer(ids)
+    missing = codes < 0
+    if missing.any():
+        row = int(np.argmax(missing))
+        raise DataError(f"{name}: item {ids.iloc[row:row + 1].tolist()[0]!r} (row {row}) is not in the "
+                        f"catalogue of {len(catalogue)} items")
+    return np.asarray(codes, dtype=np.int64)
 
 
 def _factorize(ids: pd.Series) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from study.data.synthetic import (
     generate_synthetic,
     is_synthetic,
     parse_synthetic_spec,
+    synthetic_catalogue,
 )
 
 DATA_PATH_VARIABLE = "CCE_STUDY_DATA_PATH"
@@ -123,16 +124,18 @@ def load_dataset(
     progress: bool = True,
 ) -> Interactions:
     """Load, deduplicate, k-core filter and remap a dataset given by name, path or `synthetic:...` spec."""
+    catalogue = None  # the items that occur; a synthetic log with catalogue=full keeps every generated item
     if is_synthetic(name_or_path):
         spec = parse_synthetic_spec(name_or_path)
         raw = generate_synthetic(spec)
+        catalogue = synthetic_catalogue(spec)
         source = canonical_synthetic_name(spec)
         digest = hashlib.sha256(source.encode()).hexdigest()
     else:
         resolved = resolve_dataset(name_or_path, cache_dir=cache_dir, download=download, progress=progress)
         raw = read_resolved(resolved, user_col=user_col, item_col=item_col, time_col=time_col)
         source, digest = str(resolved.path.resolve()), file_sha256(resolved.path)
-    data = prepare_interactions(raw, name=name_or_path, kcore=kcore)
+    data = prepare_interactions(raw, name=name_or_path, kcore=kcore, catalogue=catalogue)
     data.source, data.sha256 = source, digest
     return data
 

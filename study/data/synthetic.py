@@ -3,6 +3,12 @@
 Every user walks a hidden cyclic ordering of the catalogue: with probability `follow` the next item
 is 1..`window` steps ahead of the previous one in that ordering, otherwise it is a fresh draw from a
 Zipf(`alpha`) popularity law. Memory is O(interactions + items); generation is vectorised numpy.
+
+With Zipf popularity most of a large catalogue never occurs in the log (20,000 users x 50
+interactions over 10^6 items at alpha 1 touch about a third of them). By default the loaded catalogue
+is the items that occur, renumbered densely, as for any file; `catalogue=full` keeps all `items`
+generated items (item k of the generator is id k + 1), so that a catalogue-scale study really ranks,
+samples and stores that many items.
 """
 
 from __future__ import annotations
@@ -16,6 +22,12 @@ import pandas as pd
 from study.data.errors import DataError
 
 PREFIX = "synthetic"
+CATALOGUES = ("occurring", "full")  # the items that occur in the log, or every generated item
+INTEGER_FIELDS = ("users", "items", "window", "seed")
+TEXT_FIELDS = ("catalogue",)
+# Settings added after logs were recorded: spelled in the canonical name only off their default, so that
+# the older names (and the SHA-256 their trials recorded) stay what they were.
+LATER_FIELDS = ("catalogue",)
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,7 @@ class SyntheticSpec:
     follow: float = 0.8  # probability that the next item follows the hidden ordering
     window: int = 3  # a followed step moves 1..window positions ahead
     seed: int = 0
+    catalogue: str = "occurring"  # "full": every generated item is in the catalogue, occurring or not
 
     def __post_init__(self) -> None:
         if self.users < 1:
@@ -41,6 +54,9 @@ class SyntheticSpec:
             raise DataError(f"synthetic: follow must be in [0, 1], got {self.follow}")
         if not 1 <= self.window < self.items:
             raise DataError(f"synthetic: window must be in [1, items), got {self.window}")
+        if self.catalogue not in CATALOGUES:
+            raise DataError(f"synthetic: catalogue must be one of {', '.join(CATALOGUES)}, "
+                            f"got {self.catalogue!r}")
 
 
 def is_synthetic(name: str) -> bool:
@@ -48,21 +64,24 @@ def is_synthetic(name: str) -> bool:
 
 
 def parse_synthetic_spec(text: str) -> SyntheticSpec:
-    """Parse `synthetic:users=U,items=C,mean_len=M,alpha=A,seed=S` (every key optional)."""
+    """Parse `synthetic:users=U,items=C,mean_len=M,alpha=A,seed=S,catalogue=full` (every key optional)."""
     if not is_synthetic(text):
         raise DataError(f"synthetic: {text!r} does not start with '{PREFIX}:'")
     body = text[len(PREFIX) + 1:].strip()
     fields = {f.name: f.type for f in dataclasses.fields(SyntheticSpec)}
-    values: dict[str, int | float] = {}
+    values: dict[str, int | float | str] = {}
     for part in filter(None, (p.strip() for p in body.split(","))):
         key, sep, raw = part.partition("=")
         key = key.strip()
         if not sep or key not in fields:
             raise DataError(f"synthetic: bad setting {part!r}; expected key=value, key one of "
                             f"{', '.join(fields)}")
+        if key in TEXT_FIELDS:
+            values[key] = raw.strip()
+            continue
         try:
             number = float(raw)
-            is_int_field = key in ("users", "items", "window", "seed")
+            is_int_field = key in INTEGER_FIELDS
             if is_int_field and not number.is_integer():
                 raise ValueError
             values[key] = int(number) if is_int_field else number
@@ -72,9 +91,17 @@ def parse_synthetic_spec(text: str) -> SyntheticSpec:
 
 
 def canonical_synthetic_name(spec: SyntheticSpec) -> str:
-    """`synthetic:` with every setting spelled out in field order: one text per distinct log."""
-    body = ",".join(f"{f.name}={getattr(spec, f.name)}" for f in dataclasses.fields(SyntheticSpec))
+    """`synthetic:` with every setting spelled out in field order (LATER_FIELDS only off their default):
+    one text per distinct log."""
+    body = ",".join(f"{f.name}={getattr(spec, f.name)}" for f in dataclasses.fields(SyntheticSpec)
+                    if f.name not in LATER_FIELDS or getattr(spec, f.name) != f.default)
     return f"{PREFIX}:{body}"
+
+
+def synthetic_catalogue(spec: SyntheticSpec) -> np.ndarray | None:
+    """The raw ids of every catalogue item, in id order, when `spec` keeps the whole generated catalogue
+    (`catalogue=full`: 0..items-1); None when the catalogue is the items that occur in the log."""
+    return np.arange(spec.items, dtype=np.int64) if spec.catalogue == "full" else None
 
 
 def generate_synthetic(spec: SyntheticSpec) -> pd.DataFrame:

@@ -18,6 +18,11 @@ Modes (--mode, comma-separated):
   epoch: `study.training.trainer.run_trial` for --epochs epochs (full CE, d=64, batch 128, L=200 by
          default, as in issue 13's ml-1m figures); reports each epoch's training seconds and validation
          seconds.
+  chunks: the evaluator as trials run it (bf16 autocast on CUDA) at each --max-scores (the scores alive at
+         once: chunk rows = max_scores // items, within batches of --eval-batch-size), alternating, --repeats
+         times each after one untimed warm-up of each; seconds, peak memory above the start, and whether the
+         metrics equal those of the first value (the encoder then runs on other row counts, so the last bit
+         of a score may differ).
   eval:  a freshly initialised SASRec (seeded) evaluated on the validation set, --repeats times, plus
          the popularity baseline; reports seconds and the metrics, so that the trees' metrics can be
          compared exactly (the metrics must be identical: same ranks, same top-k lists).
@@ -57,6 +62,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.mode == "ranking":
         return ranking_child(args)
+    if args.mode == "chunks":
+        return chunks_child(args)
 
     from study.config import TrainConfig
     from study.training.trainer import run_trial
@@ -177,6 +184,66 @@ def ranking_child(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def chunks_child(args: argparse.Namespace) -> dict[str, Any]:
+    """evaluate_model at each max_scores on the same prepared validation set and model."""
+    import contextlib
+
+    import torch
+
+    import study.training.evaluate as evaluate
+    from models.sasrec import SASRec
+    from study.config import TrainConfig
+    from study.data import load_dataset, make_split
+
+    config = TrainConfig(dataset=args.dataset, hidden=args.hidden, max_len=args.max_len, seed=args.seed,
+                         device=args.device, eval_batch_size=args.eval_batch_size, progress=False)
+    split = make_split(load_dataset(config.dataset, kcore=config.kcore, progress=False), config.split,
+                       seed=config.seed)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = SASRec(split.num_items, max_len=args.max_len, hidden=args.hidden, blocks=config.blocks,
+                   heads=config.heads, dropout=config.dropout).to(device)
+    on_cuda = device.type == "cuda"
+    autocast: Any = ((lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if on_cuda
+                     else contextlib.nullcontext)
+    prepared = evaluate.prepare_evaluation(split.validation, num_items=split.num_items, max_len=args.max_len,
+                                           device=device)
+    sizes = [int(value) for value in args.max_scores.split(",")]
+
+    def timed(max_scores: int) -> tuple[float, int, dict[str, float]]:
+        base = 0
+        if on_cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        start = time.perf_counter()
+        metrics = evaluate.evaluate_model(model, prepared, num_items=split.num_items, max_len=args.max_len,
+                                          batch_size=args.eval_batch_size, device=device, autocast=autocast,
+                                          max_scores=max_scores)
+        seconds = time.perf_counter() - start
+        return seconds, (torch.cuda.max_memory_allocated(device) - base if on_cuda else 0), metrics
+
+    runs: dict[int, dict[str, Any]] = {}
+    for size in sizes:
+        _, peak, metrics = timed(size)
+        chunk_rows = min(max(1, size // split.num_items), args.eval_batch_size)
+        runs[size] = {"max_scores": size, "chunk_rows": chunk_rows, "seconds": [], "peak_bytes": [peak],
+                      "chunks": count_chunks(len(prepared), args.eval_batch_size, chunk_rows),
+                      "metrics": metrics}
+    for _ in range(args.repeats):
+        for size in sizes:
+            seconds, peak, _ = timed(size)
+            runs[size]["seconds"].append(seconds)
+            runs[size]["peak_bytes"].append(peak)
+    first = runs[sizes[0]]["metrics"]
+    for size in sizes:
+        metrics = runs[size]["metrics"]
+        runs[size]["differ_from_first"] = [key for key in first if metrics.get(key) != first[key]]
+    return {"users": len(prepared), "items": split.num_items, "torch": torch.__version__,
+            "device_name": torch.cuda.get_device_name(device) if on_cuda else "cpu",
+            "runs": list(runs.values())}
+
+
 def count_chunks(rows: int, batch_size: int, chunk_rows: int) -> int:
     """How many chunks _evaluate cuts `rows` rows into: batches of batch_size, each cut every chunk_rows."""
     full, rest = divmod(rows, batch_size)
@@ -221,7 +288,7 @@ def run_child(tree: str, mode: str, dataset: str, args: argparse.Namespace) -> d
                "--hidden", str(args.hidden), "--batch-size", str(args.batch_size),
                "--max-len", str(args.max_len),
                "--eval-batch-size", str(args.eval_batch_size), "--seed", str(args.seed),
-               "--profile-chunks", str(args.profile_chunks)]
+               "--profile-chunks", str(args.profile_chunks), "--max-scores", args.max_scores]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
     if done.returncode != 0:
         last_lines = done.stderr.strip().splitlines()[-3:]
@@ -245,6 +312,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile-chunks", type=int, default=24,
                         help="ranking mode: chunks of the validation set profiled per accumulator")
+    parser.add_argument("--max-scores", default=f"{1 << 24},{1 << 26},{1 << 28}",
+                        help="chunks mode: the max_scores values compared (the first is the reference)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per measurement process")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -258,7 +327,7 @@ def main() -> int:
     trees = dict(item.split("=", 1) for item in args.trees.split(","))
     results: list[dict[str, Any]] = []
     for mode in args.mode.split(","):
-        for dataset in args.datasets.split(","):
+        for dataset in dataset_names(args.datasets):
             for name, tree in trees.items():
                 started = time.perf_counter()
                 result = run_child(tree, mode, dataset, args)
@@ -285,12 +354,29 @@ def main() -> int:
     return 1 if differ or failed else 0
 
 
+def dataset_names(text: str) -> list[str]:
+    """--datasets split at commas, but a `synthetic:` spec's own key=value settings stay with it."""
+    names: list[str] = []
+    for part in text.split(","):
+        if names and "=" in part and names[-1].startswith("synthetic:"):
+            names[-1] += "," + part
+        else:
+            names.append(part)
+    return names
+
+
 def summary(result: dict[str, Any]) -> str:
     head = f"{result['mode']:<8}{result['dataset']:<11}{result['tree']:<10}"
     if result.get("status") == "error" or result.get("error"):
         return head + f"error: {result.get('error')}"
     if result["mode"] == "ranking":
         return head + ranking_summary(result)
+    if result["mode"] == "chunks":
+        return head + f"{result['users']} users x {result['items']} items: " + "; ".join(
+            f"max_scores {r['max_scores']} ({r['chunks']} chunks of <= {r['chunk_rows']} rows) "
+            f"{min(r['seconds']):.3f} s, peak +{max(r['peak_bytes']) / 2**20:.0f} MiB"
+            f"{', metrics differ in ' + ','.join(r['differ_from_first']) if r['differ_from_first'] else ''}"
+            for r in result["runs"])
     if result["mode"] == "epoch":
         cells = [f"epoch {e['epoch']}: train {e['train_seconds']:.3f} s, eval {e['eval_seconds']:.3f} s "
                  f"({e['eval_seconds'] / (e['train_seconds'] + e['eval_seconds']):.0%})"

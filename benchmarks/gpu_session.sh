@@ -24,7 +24,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|memory3|memory4|cuda|prepared|shared-ab}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|memory3|memory4|cuda|prepared|chunks|shared-ab}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 # The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
@@ -201,13 +201,24 @@ case "$part" in
     budget=$(left 400); timeout "$budget" python3 benchmarks/dev_speed.py --sections dblock \
       --budget-seconds $(( budget > 40 ? budget - 25 : 15 )) --out "$work/dblock" 2>&1 | tee "$work/dblock.log"
     ;;
+  chunks)
+    # Issue 13 item 5 at catalogue scale: the evaluator as trials run it, at several max_scores (scores alive
+    # at once), on the 10^6-item synthetic log of sweeps/study-synthetic-1m.toml and on diginetica (< 5 min).
+    timeout 170 python3 benchmarks/eval_split.py --mode chunks --max-len 50 --eval-batch-size 256 --repeats 2 \
+      --datasets "synthetic:users=20000,items=1000000,mean_len=50,alpha=1.0,seed=0,catalogue=full" \
+      --max-scores $(( 1 << 24 )),$(( 1 << 26 )),$(( 1 << 28 )) --device cuda --out "$work/chunks-synthetic-1m" \
+      2>&1 | tee "$work/chunks-synthetic-1m.log"
+    timeout 120 python3 benchmarks/eval_split.py --mode chunks --max-len 20 --eval-batch-size 2048 --repeats 2 \
+      --datasets diginetica --max-scores $(( 1 << 24 )),$(( 1 << 26 )),$(( 1 << 27 )) --device cuda \
+      --out "$work/chunks-diginetica" 2>&1 | tee "$work/chunks-diginetica.log"
+    ;;
   shared-ab)
     # The dense loss at d=64 and 256 of the trees in .cache/ab/* (git archive SHA kernels) next to this one.
     trees=after=.; for tree in .cache/ab/*/; do trees="$(basename "$tree")=$tree,$trees"; done
     timeout "${AB_SECONDS:-300}" python3 benchmarks/shared_ab.py --trees "$trees" --out "$work/shared-ab" 2>&1 \
       | tee "$work/shared-ab.log"
     ;;
-  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2, memory3, memory4, cuda, prepared or shared-ab)" >&2
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2, memory3, memory4, cuda, prepared, chunks or shared-ab)" >&2
      exit 2 ;;
 esac
 mkdir -p "$out"

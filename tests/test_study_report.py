@@ -159,6 +159,30 @@ def test_scopes_are_compared_with_per_position_at_equal_settings(study_dbs: list
     assert table.iloc[1]["vs per position"] == "worse"  # 0.151 +- 0.001 vs 0.180 +- 0.01
 
 
+def test_scopes_are_compared_only_with_per_position_under_the_same_time_cap(tmp_path: Path) -> None:
+    """A per-position configuration that differs in anything but the scope (here the time cap: another
+    sweep, cut under another sharing of the card) is not the reference of the scopes; once it was, when
+    it happened to be grouped last."""
+    def capped(scope: str, cap: float, ndcg: float, seed: int) -> TrialRecord:
+        config = TrainConfig(dataset="diginetica", loss="ce-neg", num_negatives=256, batch_size=1024,
+                             max_len=20, negative_scope=scope, time_limit_s=cap,  # type: ignore[arg-type]
+                             seed=seed)
+        return TrialRecord(status="ok", config=config.to_dict(), loss_impl="triton",
+                           val_metrics={"ndcg@10": ndcg}, test_metrics={"ndcg@10": ndcg},
+                           memory=MemoryReport(nvml_process_peak=GIB), steady_epoch_seconds=6.0,
+                           mean_epoch_seconds=6.0, stop_reason="time_limit")
+    scopes = write(tmp_path / "scopes.sqlite", "scopes", [
+        capped(scope, 390, ndcg + seed / 1e4, seed)
+        for scope, ndcg in (("position", 0.344), ("drawn", 0.345), ("batch", 0.311)) for seed in range(3)])
+    other = write(tmp_path / "long.sqlite", "long",
+                  [capped("position", 400, 0.400 + seed / 1e4, seed) for seed in range(3)])
+    table = scope_comparison(configurations(load_study([other, scopes])))
+    assert list(table["scope"]) == ["position", "drawn", "batch"]
+    assert table.iloc[0]["val NDCG@10"].startswith("0.3441")  # the 390 s rows, not the 400 s ones (0.4001)
+    assert table.iloc[1]["vs per position"] == "better"  # 0.3451 +- 0.0001 vs 0.3441 +- 0.0001
+    assert table.iloc[2]["vs per position"] == "worse"
+
+
 def test_configurations_without_three_seeds_are_listed(study_dbs: list[Path]) -> None:
     wanted = seed_candidates(configurations(load_study(study_dbs)), [8 * GIB, 40 * GIB])
     assert (wanted["seeds"] < 3).all()

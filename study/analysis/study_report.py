@@ -174,11 +174,12 @@ def _point(config: pd.Series) -> str:
 
 def scope_comparison(configs: pd.DataFrame) -> pd.DataFrame:
     """The fused loss's negative scopes at equal K, batch and length (configurations differing only in
-    `negative_scope`), each against per position."""
+    `negative_scope`: every other setting equal, the time cap and validation interval included), each
+    against per position."""
     fused = configs[configs["loss_impl_used"] == "triton"]
-    keys = ["dataset", "split", "num_negatives", "batch_size", "max_len"]
+    keys = [c for c in pareto.seed_key_columns(fused) if c != "negative_scope"]
     rows = []
-    for key, group in fused.groupby(keys, sort=True):
+    for _, group in fused.groupby(keys, sort=True, dropna=False):
         if group["negative_scope"].nunique() < 2:
             continue
         by_scope = {row["negative_scope"]: row for _, row in group.iterrows()}
@@ -186,7 +187,8 @@ def scope_comparison(configs: pd.DataFrame) -> pd.DataFrame:
         for scope in [s for s in SCOPE_ORDER if s in by_scope]:
             config = by_scope[scope]
             rows.append({
-                "dataset": key[0], "K": key[2], "batch": key[3], "max len": key[4], "scope": scope,
+                "dataset": config["dataset"], "K": config["num_negatives"], "batch": config["batch_size"],
+                "max len": config["max_len"], "scope": scope,
                 "val NDCG@10": mean_sd(config["val_mean"], config["val_sd"], int(config["seeds"])),
                 "test NDCG@10": mean_sd(config["test_mean"], config["test_sd"], int(config["seeds"])),
                 "vs per position": "-" if reference is None or scope == "position"

@@ -353,3 +353,20 @@ def test_best_says_how_many_seeds_of_an_answer_the_time_limit_cut(tmp_path: Path
     assert "cut by time limit" in header and all(" 2/3 " in row for row in rows)
     code, out, _ = run(capsys, "best", "--db", str(database), "--budgets", "40GiB", "--json")
     assert json.loads(out)["budgets"][0]["time_capped_seeds"] == 2
+
+
+def test_the_budget_table_names_the_scope_of_each_answer(tmp_path: Path, capsys) -> None:
+    """Where a database holds negative scopes side by side, an answer may be drawn negatives: the budget
+    table must say so, or the user would rerun it per position (diginetica's answer, 2026-11-29)."""
+    base = synthetic_sweep(np.random.default_rng(6), negatives=(4096,), batch_sizes=(1024,),
+                           max_lens=(20,), impls=("triton",))
+    (config,) = (t.config for t in base)
+    database = build_database(tmp_path / "scopes.sqlite", [
+        SyntheticTrial("position", config, "ok", "triton", 0.371, round(1.9 * GIB), 1.0, "early_stopping"),
+        SyntheticTrial("drawn", config.replace(negative_scope="drawn"), "ok", "triton", 0.372,
+                       round(1.1 * GIB), 1.0, "early_stopping"),
+    ])
+    code, out, _ = run(capsys, "best", "--db", str(database), "--budgets", "8GiB,40GiB")
+    header, *rows = out.splitlines()
+    assert code == 0 and " scope " in header
+    assert all(row.split()[2:5] == ["drawn", "4096", "drawn"] for row in rows)  # trial, K, scope

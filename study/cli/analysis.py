@@ -249,6 +249,9 @@ def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse
         "budget": [f"{b / GIB:g} GiB" for b in table["budget_bytes"]],
         "best trial": table["trial_id"].fillna("(none fits)"),
         "K": [_negatives_text(k, loss) for k, loss in zip(table["num_negatives"], table["loss"])],
+        # An answer may be drawn or shared negatives where a database holds the scopes side by side.
+        "scope": [scope if loss != "ce" else None for scope, loss
+                  in zip(table.get("negative_scope", pd.Series(None, index=table.index)), table["loss"])],
         "batch": table["batch_size"].map(_count),
         "max len": table["max_len"].map(_count),
         "impl": table["loss_impl_used"],

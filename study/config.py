@@ -36,6 +36,10 @@ DeviceName = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "bf16", "fp32"]
 
 METRIC_KS: tuple[int, ...] = (1, 5, 10, 20, 100)
+# Full-catalogue evaluation scores users in chunks of at most this many scores ([rows, items] float32:
+# 64 MiB). Larger chunks are faster on a GPU, where ranking a chunk is bound by kernel launches, and take
+# more memory (BENCHMARKS.md section 4: 2^26 scores, 2.8-3.5x faster, +0.2-0.4 GiB of peak).
+DEFAULT_EVAL_MAX_SCORES = 1 << 24
 BINARY_LOSSES: tuple[str, ...] = ("bce", "gbce")
 
 
@@ -98,6 +102,9 @@ class TrainConfig:
     # evaluation
     eval_batch_size: int = _option(512, "--eval-batch-size", "users per evaluation batch")
     eval_every: int = _option(1, "--eval-every", "validate every N epochs (and at the last epoch trained)")
+    eval_max_scores: int = _option(DEFAULT_EVAL_MAX_SCORES, "--eval-max-scores",
+                                   "scores alive at once in full-catalogue evaluation (users per chunk = "
+                                   "this // items): larger is faster on a GPU and takes more memory")
     exclude_seen: bool = _option(True, "--include-seen",
                                  "keep items of a user's history in the ranking (default: excluded)",
                                  sets=False)
@@ -132,12 +139,20 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
+# TrainConfig fields added after databases existed, with the default that reproduces the behaviour before
+# them. A field at that default is left out of a trial id's hash (study.sweep.spec.trial_id), so trials
+# recorded before the field came keep their ids and `--resume` still skips them; and rows recorded before it
+# read it as that default (study.database.results_db.load_trials), so they group with newer rows as one
+# configuration. A new field's default must therefore keep the old behaviour.
+FIELDS_ADDED_LATER: dict[str, Any] = {"eval_every": 1, "eval_max_scores": DEFAULT_EVAL_MAX_SCORES}
+
+
 # ----------------------------------------------------------------------------------------------------
 # the rules
 
 
 _POSITIVE_INTEGERS = ("num_negatives", "max_len", "hidden", "blocks", "heads", "batch_size", "epochs",
-                      "patience", "eval_batch_size", "eval_every")
+                      "patience", "eval_batch_size", "eval_every", "eval_max_scores")
 
 
 def check_field(name: str, value: Any) -> Any:

@@ -498,3 +498,41 @@ def test_a_database_from_before_spec_versions_loads_and_gains_the_columns(tmp_pa
         db.record_trial("new", "s", record, spec_hash="h", spec_version=1)
     trials = load_trials(path).set_index("trial_id")
     assert trials.loc["new", "spec_hash"] == "h" and pd.isna(trials.loc["old", "spec_hash"])
+
+
+@pytest.mark.parametrize("written_before", ["no column", "null"])
+def test_rows_from_before_a_field_existed_read_as_its_old_behaviour(tmp_path: Path,
+                                                                    written_before: str) -> None:
+    """`eval_max_scores` came after the study's databases: their rows (no column in a file opened read-only,
+    or NULL once a writer added it) read as 2^24, how they ran, and so group as seeds of one configuration
+    with new rows at that default, and apart from rows at another chunk size."""
+    from study.analysis import pareto
+    from study.config import FIELDS_ADDED_LATER
+
+    path = tmp_path / "old.sqlite"
+    base = TrainConfig(dataset="ml-1m", loss="ce-neg", num_negatives=256, batch_size=64, max_len=50)
+    records = {}
+    for trial_id, config in (("old", base), ("new", base.replace(seed=1)),
+                             ("larger-chunks", base.replace(seed=2, eval_max_scores=1 << 26))):
+        record = random_record(random.Random(5))  # the same record but for the configuration
+        record.config = config.to_dict()
+        records[trial_id] = record
+    with ResultsDB(path) as db:
+        db.record_trial("old", "s", records["old"])
+    with sqlite3.connect(path) as old:
+        if written_before == "no column":
+            old.execute("ALTER TABLE trials DROP COLUMN eval_max_scores")
+        else:
+            old.execute("UPDATE trials SET eval_max_scores = NULL")
+    old.close()
+    if written_before == "no column":
+        assert load_trials(path).loc[0, "eval_max_scores"] == FIELDS_ADDED_LATER["eval_max_scores"]
+    with ResultsDB(path) as db:  # a later sweep writes into the same file
+        db.record_trial("new", "s", records["new"])
+        db.record_trial("larger-chunks", "s", records["larger-chunks"])
+    trials = load_trials(path).set_index("trial_id")
+    assert trials.loc["old", "eval_max_scores"] == 1 << 24 == trials.loc["new", "eval_max_scores"]
+    keys = pareto.seed_key_columns(trials.reset_index())
+    assert "eval_max_scores" in keys
+    same = trials[keys].astype(str)
+    assert same.loc["old"].equals(same.loc["new"]) and not same.loc["old"].equals(same.loc["larger-chunks"])

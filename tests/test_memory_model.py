@@ -931,6 +931,22 @@ def test_evaluation_forward_is_charged_per_chunk_of_scores() -> None:
     assert memory_model.evaluation_bytes(shape) == scores + inputs + one_sequence
 
 
+def test_evaluation_is_charged_for_the_configured_chunk_of_scores() -> None:
+    """TrainConfig.eval_max_scores sets the users scored at once (its // C), and so the evaluation's charge;
+    the default is the chunk the memory model was validated with (2^24 scores)."""
+    config = BASES["full_ce"].replace(max_len=50, hidden=64, eval_batch_size=256)
+    default = resolve_shape(config, 10**6)
+    larger = resolve_shape(config.replace(eval_max_scores=1 << 26), 10**6)
+    assert default.eval_max_scores == 1 << 24 and larger.eval_max_scores == 1 << 26
+    per_user = memory_model.EVAL_SCORE_COPIES * 10**6 * memory_model.FLOAT32 + (
+        memory_model.EVAL_FORWARD_COPIES * 50 * 64 * memory_model.FLOAT32)
+    grown = memory_model.evaluation_bytes(larger) - memory_model.evaluation_bytes(default)
+    assert grown == (67 - 16) * per_user
+    whole_batch = resolve_shape(config.replace(eval_max_scores=1 << 30), 10**6)  # capped by the batch
+    assert memory_model.evaluation_bytes(whole_batch) - memory_model.evaluation_bytes(default) == (
+        (256 - 16) * per_user)
+
+
 def test_pytorch_sampled_loss_peaks_in_its_backward() -> None:
     """CE- with shared negatives: 9 B per logit in forward, 17 in backward (logsumexp's backward keeps its
     three float32 temporaries to the end of one expression, then CopySlices makes three copies)."""

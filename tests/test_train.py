@@ -137,6 +137,27 @@ def test_same_seed_gives_the_same_trial(tiny_log: Path):
     assert first.test_metrics == second.test_metrics
 
 
+def test_evaluation_scores_chunks_of_the_configured_size(tiny_log: Path, monkeypatch: pytest.MonkeyPatch):
+    """TrainConfig.eval_max_scores reaches every evaluation (model and popularity, validation and test):
+    30 items and 90 scores a chunk are 3 users a chunk. The metrics do not depend on the chunk size (on
+    one CPU thread the encoder's rows are computed alike whatever their number)."""
+    import study.training.evaluate as evaluate
+
+    sizes: list[int] = []
+    real_evaluate = evaluate._evaluate
+
+    def recording(score, prepared, *, batch_size, ks, max_scores):
+        sizes.append(max_scores)
+        return real_evaluate(score, prepared, batch_size=batch_size, ks=ks, max_scores=max_scores)
+
+    monkeypatch.setattr(evaluate, "_evaluate", recording)
+    small = train.run_trial(tiny_config(tiny_log, seed=4, eval_max_scores=90))
+    assert small.status == "ok" and sizes and set(sizes) == {90}
+    default = train.run_trial(tiny_config(tiny_log, seed=4))
+    assert set(sizes) == {90, 1 << 24}
+    assert small.test_metrics == default.test_metrics and small.val_metrics == default.val_metrics
+
+
 @pytest.mark.parametrize("check_interval", [1, 3])  # 3: the bad step is found inside a batch of checks
 def test_non_finite_loss_ends_the_trial_as_failed(tiny_log: Path, monkeypatch: pytest.MonkeyPatch,
                                                   check_interval: int):

@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar
 
 import pandas as pd
 
-from study.config import METRIC_KS, TrainConfig, field_type
+from study.config import FIELDS_ADDED_LATER, METRIC_KS, TrainConfig, field_type
 from study.database.sqlite_readonly import open_readonly
 from study.record import TrialRecord, steady_state_seconds
 
@@ -584,9 +584,11 @@ def load_trials(path: str | os.PathLike[str], *, sweep: str | None = None,
     existed keep every row. "all": every row. An integer N: the trials version N of each sweep covers.
 
     `num_negatives` is NULL (NaN) for full-catalogue CE (`loss == "ce"`), also in rows written before it
-    was stored that way. `steady_epoch_seconds` is always a float column: trials recorded before it
-    existed get it from their rows in `epochs` (same rule as `study.record.steady_state_seconds`), where
-    they have a `mean_epoch_seconds` and complete epoch times; else it is NaN.
+    was stored that way. A TrainConfig field added after a row was written
+    (`study.config.FIELDS_ADDED_LATER`) reads as the default that reproduces how that trial ran.
+    `steady_epoch_seconds` is always a float column: trials recorded before it existed get it from their
+    rows in `epochs` (same rule as `study.record.steady_state_seconds`), where they have a
+    `mean_epoch_seconds` and complete epoch times; else it is NaN.
 
     The file is opened read-only (see `study.database.sqlite_readonly`): it is never written, and a
     database in a folder the user cannot write is read as well.
@@ -598,8 +600,20 @@ def load_trials(path: str | os.PathLike[str], *, sweep: str | None = None,
         if {"loss", "num_negatives"} <= set(frame.columns):
             frame.loc[frame["loss"] == "ce", "num_negatives"] = None
         frame = _with_steady_epoch_seconds(frame, connection, db_path, sweep)
+    frame = _with_fields_added_later(frame)
     frame = _with_dataset_identity(frame)
     return _with_bools(frame, _BOOL_CONFIG_COLUMNS)
+
+
+def _with_fields_added_later(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows written before a TrainConfig field existed (no column, or NULL in it) get the field's
+    behaviour-preserving default, so that they are the same configuration as newer rows at that default."""
+    for name, default in FIELDS_ADDED_LATER.items():
+        if name not in frame.columns:
+            frame[name] = default
+        elif frame[name].isna().any():
+            frame[name] = frame[name].fillna(default)
+    return frame
 
 
 def _with_dataset_identity(frame: pd.DataFrame) -> pd.DataFrame:

@@ -49,9 +49,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from study.config import TrainConfig
+from study.config import DEFAULT_EVAL_MAX_SCORES, TrainConfig
 from study.memory.probes import DEFAULT_CUDA_CONTEXT_BYTES
-from study.training.evaluate import DEFAULT_MAX_SCORES
 from study.units import MiB, format_bytes
 
 FLOAT32 = 4
@@ -192,8 +191,11 @@ SORT_IN_TRITON_MAX_NEGATIVES = 512  # up to this K a Triton program sorts a row 
 INDEX_PUT_SORT_BYTES_PER_INDEX = 6 * INT64
 # Live [N, d] temporaries the fused kernels' backward makes for the positive items' gradient.
 TRITON_BACKWARD_ROW_COPIES = 2
-# Float32 copies of one chunk of evaluation scores alive at once: scores, the clone masked for seen
-# items, the cleaned copy, and the comparison with the target's score.
+# Float32 copies of one chunk of evaluation scores charged: four, from the key-based ranking (scores, the
+# clone masked for seen items, the cleaned copy, the comparison with the target's score). The top-k ranking
+# that replaced it measured 2.0-2.6 copies' worth above the start on an H200 at 2^24-2^28 scores a chunk
+# (results/h200-2026-11-29c/chunks-5388d5e), so four over-states it; kept until the memory validation
+# measures evaluation again.
 EVAL_SCORE_COPIES = 4
 # Float32 [rows * L, d] buffers alive at once in the encoder's no-grad forward during evaluation.
 EVAL_FORWARD_COPIES = 7
@@ -251,6 +253,8 @@ class TrialShape:
     # study/memory/blas_workspaces.py): then neither can pin a transient's segment (PINNED_TRANSIENT_SHARE).
     # Trials measured before the warm-up existed are predicted with False.
     workspaces_warmed: bool = True
+    # Scores alive at once in evaluation (TrainConfig.eval_max_scores).
+    eval_max_scores: int = DEFAULT_EVAL_MAX_SCORES
 
     @property
     def rows(self) -> int:
@@ -295,6 +299,7 @@ def resolve_shape(
         num_items=num_items,
         negatives=num_items if full else config.num_negatives,
         eval_batch=eval_batch,
+        eval_max_scores=config.eval_max_scores,
         loss=config.loss,
         scope="full" if full else config.negative_scope,
         impl=impl,
@@ -585,13 +590,13 @@ def lookup_gradient_bytes(shape: TrialShape) -> int:
 
 def evaluation_bytes(shape: TrialShape) -> int:
     """Full-catalogue scoring (training/evaluate.py): each evaluation batch of E users is scored a chunk of
-    at most DEFAULT_MAX_SCORES // C users at a time (one user at a time from C = DEFAULT_MAX_SCORES on):
+    at most eval_max_scores // C users at a time (one user at a time from C = eval_max_scores on):
     the chunk's encoder forward (no grad) and EVAL_SCORE_COPIES float32 copies of its scores, besides
     the batch's int64 inputs. At 10^7 items a chunk is one user: its scores are 40 MB, its forward
     nothing; charging the forward for the whole batch (as before) overstated evaluation at 10^5-10^6
     items, where it can be the peak phase."""
     c = shape.num_items
-    chunk_rows = min(shape.eval_batch, max(1, DEFAULT_MAX_SCORES // c))
+    chunk_rows = min(shape.eval_batch, max(1, shape.eval_max_scores // c))
     scores = EVAL_SCORE_COPIES * chunk_rows * c * FLOAT32
     encoder = EVAL_FORWARD_COPIES * chunk_rows * shape.length * shape.hidden * FLOAT32
     if not shape.on_cuda:

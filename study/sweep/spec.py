@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from study.config import ConfigError, FieldError, TrainConfig, check_field, config_fields
+from study.config import FIELDS_ADDED_LATER, ConfigError, FieldError, TrainConfig, check_field, config_fields
 from study.units import parse_budget
 
 SearchKind = Literal["grid", "optuna"]
@@ -163,12 +163,6 @@ class SweepSpec:
 
     def trial_id(self, config: TrainConfig) -> str:
         return trial_id(self.name, config)
-
-
-# TrainConfig fields added after databases existed, with the default that reproduces the behaviour before
-# them. A field at that default is left out of the trial id's hash, so trials recorded before the field
-# came keep their ids and `--resume` of an old sweep still skips them.
-FIELDS_ADDED_LATER: dict[str, Any] = {"eval_every": 1}
 
 
 def trial_id(sweep_name: str, config: TrainConfig) -> str:

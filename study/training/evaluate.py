@@ -21,13 +21,13 @@ from typing import Any, Protocol
 
 import torch
 
-from study.config import METRIC_KS
+from study.config import DEFAULT_EVAL_MAX_SCORES, METRIC_KS
 from study.training.metrics import RankingAccumulator
 
-# Scores alive at once (64 MiB in float32). Ranking cleans them in place and takes a top-k of them, with
-# no other temporary of their size (the int64 keys it made before took 9 more bytes a score);
-# study/memory/model.py charges EVAL_SCORE_COPIES float32 copies of them, more than that.
-DEFAULT_MAX_SCORES = 1 << 24
+# Scores alive at once by default (TrainConfig.eval_max_scores). Ranking cleans them in place and takes a
+# top-k of them, with no other temporary of their size (the int64 keys it made before took 9 more bytes a
+# score); study/memory/model.py charges EVAL_SCORE_COPIES float32 copies of them, more than that.
+DEFAULT_MAX_SCORES = DEFAULT_EVAL_MAX_SCORES
 
 
 class SequenceScorer(Protocol):

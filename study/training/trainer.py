@@ -183,12 +183,13 @@ def _train_and_evaluate(
     def popularity_metrics(evalset: Any) -> dict[str, float]:
         return evaluate_popularity(split.item_counts, prepared[id(evalset)], max_len=config.max_len,
                                    batch_size=config.eval_batch_size, device=device,
-                                   exclude_seen=config.exclude_seen)
+                                   exclude_seen=config.exclude_seen, max_scores=config.eval_max_scores)
 
     def model_metrics(evalset: Any) -> dict[str, float]:
         return evaluate_model(model, prepared[id(evalset)], num_items=split.num_items, max_len=config.max_len,
                               batch_size=config.eval_batch_size, device=device,
-                              exclude_seen=config.exclude_seen, autocast=context.autocast)
+                              exclude_seen=config.exclude_seen, autocast=context.autocast,
+                              max_scores=config.eval_max_scores)
 
     record.popularity_val_metrics = popularity_metrics(split.validation)
     record.popularity_test_metrics = popularity_metrics(split.test)

@@ -24,7 +24,7 @@
 # Everything lands in $OUT/<part>.tgz (the device tool returns at most 8 files); unpack it under
 # results/<card>-<date>/ and update BENCHMARKS.md from it.
 set -uo pipefail
-part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|memory3|memory4|cuda|prepared|chunks|shared-ab}
+part=${1:?usage: gpu_session.sh dev|bench|training|final|speed|loss|eval|checkpoint|memory|memory2|memory3|memory4|cuda|prepared|chunks|synthetic|shared-ab}
 out=${OUT:-$PWD/gpu-out}
 work=$(mktemp -d)
 # The carried wheels, if any (speed and eval need none; loss needs the cut-cross-entropy wheel).
@@ -212,13 +212,39 @@ case "$part" in
       --datasets diginetica --max-scores $(( 1 << 24 )),$(( 1 << 26 )),$(( 1 << 27 )) --device cuda \
       --out "$work/chunks-diginetica" 2>&1 | tee "$work/chunks-diginetica.log"
     ;;
+  synthetic)
+    # Issue 10's catalogue-scale dataset before its sweep: one fused and one PyTorch trial of
+    # sweeps/study-synthetic-1m.toml's settings (10^6 items, catalogue=full, evaluation in chunks of 2^26
+    # scores), four epochs each, alone on the card: the memory model's prediction against the measured peak,
+    # and the epoch / validation seconds (< 5 min).
+    data="synthetic:users=20000,items=1000000,mean_len=50,alpha=1.0,seed=0,catalogue=full"
+    common=(--dataset "$data" --loss ce-neg --negative-scope position --sampling uniform --hidden 64 --blocks 2
+            --heads 1 --dropout 0.1 --lr 0.001 --epochs 4 --eval-every 2 --eval-batch-size 256
+            --eval-max-scores 67108864 --memory-budget 40GiB --device cuda --no-progress --json)
+    timeout 130 python3 -m study.cli train "${common[@]}" --impl triton --negatives 4096 --batch-size 1024 \
+      --max-len 200 > "$work/fused-k4096-b1024-l200.json" 2> "$work/fused-k4096-b1024-l200.log"
+    timeout 130 python3 -m study.cli train "${common[@]}" --impl torch --negatives 1024 --batch-size 1024 \
+      --max-len 50 > "$work/torch-k1024-b1024-l50.json" 2> "$work/torch-k1024-b1024-l50.log"
+    python3 - "$work" <<'PY'
+import json, pathlib, sys
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    try:
+        r = json.loads(path.read_text())
+    except ValueError:
+        print(path.name, "no record"); continue
+    m = r.get("memory") or {}
+    print(path.name, r.get("status"), "num_items", r.get("num_items"), "predicted", r.get("predicted_peak_bytes"),
+          "peak", m.get("peak_bytes"), "allocated", m.get("torch_max_allocated"), "epochs", [(e.get("epoch"), round(e.get("epoch_seconds") or 0, 2),
+          round(e.get("eval_seconds") or 0, 2)) for e in r.get("epochs", [])], "error", r.get("error"))
+PY
+    ;;
   shared-ab)
     # The dense loss at d=64 and 256 of the trees in .cache/ab/* (git archive SHA kernels) next to this one.
     trees=after=.; for tree in .cache/ab/*/; do trees="$(basename "$tree")=$tree,$trees"; done
     timeout "${AB_SECONDS:-300}" python3 benchmarks/shared_ab.py --trees "$trees" --out "$work/shared-ab" 2>&1 \
       | tee "$work/shared-ab.log"
     ;;
-  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2, memory3, memory4, cuda, prepared, chunks or shared-ab)" >&2
+  *) echo "unknown part: $part (dev, bench, training, final, speed, loss, eval, checkpoint, memory, memory2, memory3, memory4, cuda, prepared, chunks, synthetic or shared-ab)" >&2
      exit 2 ;;
 esac
 mkdir -p "$out"

@@ -478,9 +478,13 @@ def test_catalogue3_out_of_sample_result() -> None:
     allocated = [float(row["predicted_torch_max_allocated"]) / float(row["torch_max_allocated"]) - 1
                  for row in rows]
     assert min(allocated) >= -0.041 and max(allocated) <= 0.076
-    # The model predicts these trials as they ran (before the trainer's warm-up) exactly as it did then.
+    # The model predicts these trials as they ran (before the trainer's warm-up) exactly as it did then, but
+    # for the fused per-position one at d <= 128, whose sorted copy's remainder it charges since (0.33 GiB;
+    # 0.35 kept): -1.7% then, +2.9% now.
     now = current_errors(rows)
-    assert all(abs(now[name] - error) < 1e-12 for name, error in errors.items())
+    changed = {name for name in errors if abs(now[name] - errors[name]) >= 1e-12}
+    assert changed == {"c3-1m-position-triton-k1024-b1024-l200-d64"}
+    assert all(abs(now[name]) < 0.05 for name in changed)
 
 
 def test_catalogue_set_is_what_issue_11_asks() -> None:
@@ -885,8 +889,10 @@ def test_fused_per_position_index_is_charged_where_the_first_steps_tables_take_i
     """The fused per-position loss's [N, K] index tensor: above SORT_MAX_DIM the backward sorts no copy, so
     the item tables of the first step's end take the index's freed segment whenever one fits in it, and the
     next index needs a segment of its own (c2-100k-position-triton-k4096-b128-l200-d256: 0.59 GiB kept with
-    a 0.78 GiB index, -12.6% with the 256 MiB charged by 1ee330c). At d <= 128 the sorted copy's block takes
-    them; tables larger than the index do not fit in it; drawn negatives have no index tensor."""
+    a 0.78 GiB index, -12.6% with the 256 MiB charged by 1ee330c). At d <= 128 the sorted int32 copy's block
+    takes Adam's two states and keeps the rest (the 10^6-item study trial K=4096, B=1024, L=200, d=64 kept
+    2.67 GiB on an H200, -16.4% with the 256 MiB charged before); tables larger than the index do not fit in
+    it; drawn negatives have no index tensor."""
     config = TrainConfig(loss="ce-neg", negative_scope="position", num_negatives=4096, loss_impl="triton",
                          batch_size=128, max_len=200, hidden=256, device="cuda")
     shape = resolve_shape(config, 95_330)
@@ -894,9 +900,19 @@ def test_fused_per_position_index_is_charged_where_the_first_steps_tables_take_i
     assert memory_model.fused_index_excess_bytes(shape) == index
     assert memory_model.allocator_overhead_bytes(shape) > index
     assert memory_model.fused_index_excess_bytes(resolve_shape(config, 9_509_502)) == 0  # 9.1 GiB tables
-    for other in (config.replace(hidden=128), config.replace(negative_scope="drawn"),
-                  config.replace(loss_impl="torch")):
+    narrow = resolve_shape(config.replace(hidden=128), 95_330)
+    two_tables = 2 * memory_model.item_table_bytes(narrow)
+    assert memory_model.fused_index_excess_bytes(narrow) == index // 2 - two_tables
+    assert memory_model.fused_index_excess_bytes(resolve_shape(config.replace(hidden=128), 2_000_000)) == 0
+    for other in (config.replace(negative_scope="drawn"), config.replace(loss_impl="torch")):
         assert memory_model.fused_index_excess_bytes(resolve_shape(other, 95_330)) == 0
+    study_config = config.replace(hidden=64, batch_size=1024, max_len=200, eval_batch_size=256,
+                                  eval_max_scores=1 << 26)
+    kept = memory_model.fused_index_excess_bytes(resolve_shape(study_config, 1_000_000)) / 2**30
+    assert abs(kept - 2.67) < 0.05  # measured on an H200 (results/h200-2026-11-29c/synthetic-f9dc092)
+    measured = 15_808_331_776  # its process peak (NVML)
+    predicted = predict_peak_bytes(study_config, 1_000_000, num_users=20_000).total_bytes
+    assert abs(predicted / measured - 1) < 0.02
 
 
 def test_pytorch_full_ce_item_gradients_form_after_the_logits_gradients() -> None:

@@ -685,12 +685,22 @@ def fused_index_excess_bytes(shape: TrialShape) -> int:
     0.78 GiB index and 0.09 GiB tables (-12.6% against the model of 1ee330c, which charged 256 MiB;
     replayed through benchmarks/memory_trace.py --extrapolate, 0.61), c1m-position-triton-k512-b512-l512-
     d256 1.20 GiB with a 1.0 GiB index; not 1m-position-triton-k511-d256 nor c2-10m-position-triton-
-    k2048-b256-l200-d256, whose tables (0.9 and 9.1 GiB) do not fit their index (0.25 and 0.78), nor any
-    trial at d <= 128 (0.02-0.46 GiB kept with indices of 0.25-1.56 GiB)."""
-    if shape.impl != "triton" or shape.scope != "position" or shape.hidden <= SORT_MAX_DIM:
+    k2048-b256-l200-d256, whose tables (0.9 and 9.1 GiB) do not fit their index (0.25 and 0.78).
+
+    At d <= SORT_MAX_DIM the sorted copy's block, freed at the end of the backward, takes Adam's two states
+    when they are made (the first step) and keeps the rest: the next step's copy needs a segment of its own,
+    and the block's remainder, the copy less two item tables, stays reserved. Replayed on a CPU
+    (benchmarks/memory_trace.py) for the 10^6-item study trial K=4096, B=1024, L=200, d=64: 2.70 GiB kept,
+    measured 2.67 on an H200 (a 3.125 GiB copy, 0.24 GiB tables; the model charged 0.25 before, -16.4%).
+    The same rule gives 0.30, 0.33, 0.33, 0.69, 0.10 GiB for the five trials at d <= 128 measured by the
+    trainer of 1ee330c or later with a copy larger than two tables (measured 0.30, 0.32, 0.35, 0.71, 0.17);
+    the three of e92b87d's set with a copy of 0.39-0.78 GiB kept 0.02-0.46."""
+    if shape.impl != "triton" or shape.scope != "position":
         return 0
     index = negative_index_bytes(shape)
-    return index if index >= item_table_bytes(shape) else 0
+    if shape.hidden > SORT_MAX_DIM:
+        return index if index >= item_table_bytes(shape) else 0
+    return max(0, index // 2 - 2 * item_table_bytes(shape))
 
 
 def torch_position_excess_bytes(shape: TrialShape) -> int:

@@ -101,8 +101,10 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             "popularity_metrics": popularity, "users": len(split.validation), "items": split.num_items}
 
 
-def ranking_child(args: argparse.Namespace) -> dict[str, Any]:
-    """Old and new RankingAccumulator in this process, on the same prepared validation set and model."""
+def untrained_model_and_validation(args: argparse.Namespace) -> tuple[Any, Any, Any, Any, Any]:
+    """(split, device, model, autocast, prepared validation set): a seeded, untrained SASRec on args.dataset
+    and its validation set laid out for the evaluator, which runs the encoder under bf16 autocast on CUDA
+    as trials do."""
     import contextlib
 
     import torch
@@ -112,9 +114,6 @@ def ranking_child(args: argparse.Namespace) -> dict[str, Any]:
     from study.config import TrainConfig
     from study.data import load_dataset, make_split
 
-    sys.path.insert(0, str(REPO / "tests"))
-    import metrics_reference
-
     config = TrainConfig(dataset=args.dataset, hidden=args.hidden, max_len=args.max_len, seed=args.seed,
                          device=args.device, eval_batch_size=args.eval_batch_size, progress=False)
     split = make_split(load_dataset(config.dataset, kcore=config.kcore, progress=False), config.split,
@@ -123,11 +122,42 @@ def ranking_child(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     model = SASRec(split.num_items, max_len=args.max_len, hidden=args.hidden, blocks=config.blocks,
                    heads=config.heads, dropout=config.dropout).to(device)
-    on_cuda = device.type == "cuda"
-    autocast: Any = ((lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if on_cuda
-                     else contextlib.nullcontext)
+    autocast: Any = ((lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16))
+                     if device.type == "cuda" else contextlib.nullcontext)
     prepared = evaluate.prepare_evaluation(split.validation, num_items=split.num_items, max_len=args.max_len,
                                            device=device)
+    return split, device, model, autocast, prepared
+
+
+def measured(run: Any, device: Any) -> tuple[float, int, Any]:
+    """(seconds, peak bytes above the start on CUDA, result) of run(); the result is read back, so the
+    device is done when the clock stops."""
+    import torch
+
+    on_cuda = device.type == "cuda"
+    base = 0
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    start = time.perf_counter()
+    result = run()
+    seconds = time.perf_counter() - start
+    return seconds, (torch.cuda.max_memory_allocated(device) - base if on_cuda else 0), result
+
+
+def ranking_child(args: argparse.Namespace) -> dict[str, Any]:
+    """Old and new RankingAccumulator in this process, on the same prepared validation set and model."""
+
+    import torch
+
+    import study.training.evaluate as evaluate
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import metrics_reference
+
+    split, device, model, autocast, prepared = untrained_model_and_validation(args)
+    on_cuda = device.type == "cuda"
     accumulators = {"old": metrics_reference.RankingAccumulator, "new": evaluate.RankingAccumulator}
     chunk_rows = max(1, evaluate.DEFAULT_MAX_SCORES // split.num_items)
 
@@ -140,18 +170,8 @@ def ranking_child(args: argparse.Namespace) -> dict[str, Any]:
                                             batch_size=args.eval_batch_size, device=device)
 
     def timed(variant: str, run: Any, evalset: Any) -> tuple[float, int, dict[str, float]]:
-        """Seconds (the result is read back: the device is done), peak bytes above the start, metrics."""
         evaluate.RankingAccumulator = accumulators[variant]  # type: ignore[misc]
-        base = 0
-        if on_cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-        start = time.perf_counter()
-        metrics = run(evalset)
-        seconds = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated(device) - base if on_cuda else 0
-        return seconds, peak, metrics
+        return measured(lambda: run(evalset), device)
 
     out: dict[str, Any] = {"users": len(prepared), "items": split.num_items, "chunk_rows": chunk_rows,
                            "chunks": count_chunks(len(prepared), args.eval_batch_size, chunk_rows),
@@ -186,42 +206,18 @@ def ranking_child(args: argparse.Namespace) -> dict[str, Any]:
 
 def chunks_child(args: argparse.Namespace) -> dict[str, Any]:
     """evaluate_model at each max_scores on the same prepared validation set and model."""
-    import contextlib
-
     import torch
 
     import study.training.evaluate as evaluate
-    from models.sasrec import SASRec
-    from study.config import TrainConfig
-    from study.data import load_dataset, make_split
 
-    config = TrainConfig(dataset=args.dataset, hidden=args.hidden, max_len=args.max_len, seed=args.seed,
-                         device=args.device, eval_batch_size=args.eval_batch_size, progress=False)
-    split = make_split(load_dataset(config.dataset, kcore=config.kcore, progress=False), config.split,
-                       seed=config.seed)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    model = SASRec(split.num_items, max_len=args.max_len, hidden=args.hidden, blocks=config.blocks,
-                   heads=config.heads, dropout=config.dropout).to(device)
+    split, device, model, autocast, prepared = untrained_model_and_validation(args)
     on_cuda = device.type == "cuda"
-    autocast: Any = ((lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if on_cuda
-                     else contextlib.nullcontext)
-    prepared = evaluate.prepare_evaluation(split.validation, num_items=split.num_items, max_len=args.max_len,
-                                           device=device)
     sizes = [int(value) for value in args.max_scores.split(",")]
 
     def timed(max_scores: int) -> tuple[float, int, dict[str, float]]:
-        base = 0
-        if on_cuda:
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-        start = time.perf_counter()
-        metrics = evaluate.evaluate_model(model, prepared, num_items=split.num_items, max_len=args.max_len,
-                                          batch_size=args.eval_batch_size, device=device, autocast=autocast,
-                                          max_scores=max_scores)
-        seconds = time.perf_counter() - start
-        return seconds, (torch.cuda.max_memory_allocated(device) - base if on_cuda else 0), metrics
+        return measured(lambda: evaluate.evaluate_model(
+            model, prepared, num_items=split.num_items, max_len=args.max_len, batch_size=args.eval_batch_size,
+            device=device, autocast=autocast, max_scores=max_scores), device)
 
     runs: dict[int, dict[str, Any]] = {}
     for size in sizes:

@@ -116,13 +116,19 @@ def test_databases_read_together_name_copies_over_all_of_them(tmp_path: Path) ->
     assert set(together["dataset_name"]) == {"gowalla"}
 
 
-def test_fields_added_later_keep_the_ids_of_trials_recorded_before_them() -> None:
+@pytest.mark.parametrize("added", [("eval_every",), ("eval_max_scores",), ("eval_every", "eval_max_scores")])
+def test_fields_added_later_keep_the_ids_of_trials_recorded_before_them(added: tuple[str, ...]) -> None:
+    """A trial recorded before a field existed was hashed without it (eval_every, then eval_max_scores): at
+    the field's default its id stays what it was, so `--resume` skips it; off the default it is another
+    trial."""
     config = TrainConfig(dataset="ml-1m", num_negatives=64, seed=2)
     before = config.to_dict()
-    del before["eval_every"]  # the configuration as it was hashed before the field existed
+    for name in ("eval_every", "eval_max_scores"):
+        del before[name]  # the configuration as it was hashed before either field existed
     canonical = json.dumps({"sweep": "s", "config": before}, sort_keys=True)
     assert trial_id("s", config) == f"s-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
-    assert trial_id("s", config.replace(eval_every=2)) != trial_id("s", config)
+    other = {"eval_every": 2, "eval_max_scores": 1 << 26}
+    assert trial_id("s", config.replace(**{name: other[name] for name in added})) != trial_id("s", config)
 
 
 def test_a_sweep_refuses_a_temporal_split_of_positions_before_any_worker(

@@ -38,6 +38,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 import triton
@@ -485,6 +487,31 @@ def compiled_step(hidden, items, targets, negatives):
     return step
 
 
+T = TypeVar("T")
+
+
+def fwd_bwd_ms(h: torch.Tensor, e: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
+               configs: KernelConfigs) -> tuple[float, int]:
+    """(ms, peak extra bytes) of the shared-negatives loss's forward and backward under `configs`."""
+    step = functools.partial(backward_of, dense_loss, h, e, targets, negatives, "shared", configs)
+    return timed(step, [h, e])
+
+
+def measured_in_time(variants: list[tuple[str, KernelConfigs]], measure: Callable[[KernelConfigs], T],
+                     deadline: float, what: str) -> Iterator[tuple[str, KernelConfigs, T]]:
+    """(label, configs, measure(configs)) of each variant started before the deadline; one the card refuses
+    (out of shared memory or registers) is printed as `what label: Error` and left out."""
+    for label, configs in variants:
+        if time.monotonic() > deadline:
+            continue
+        try:
+            result = measure(configs)
+        except Exception as error:  # out of shared memory or registers on this card
+            print(f"{what} {label}: {type(error).__name__}", flush=True)
+            continue
+        yield label, configs, result
+
+
 def dblock_section(out: str, deadline: float) -> None:
     """The d-blocked kernels: float64 checks first (a variant failing one is not timed), then per case the
     forward alone (default and each variant), the backward alone (default and each d-blocked backward)
@@ -515,14 +542,10 @@ def dblock_section(out: str, deadline: float) -> None:
         variants = [(label, configs) for label, tiles, configs in dblock_configs(dim, torch.bfloat16)
                     if tiles is None or passed.get((tiles, dim), False)]
         times = {}
-        for label, configs in variants:
-            if time.monotonic() > deadline:
-                continue
-            try:
-                times[label] = forward_ms(hidden, items, targets, negatives, configs)
-            except Exception as error:  # out of shared memory or registers on this card
-                print(f"dblock d={dim} K={k} forward {label}: {type(error).__name__}", flush=True)
-                continue
+        # the measures are passed inline, not named: the tensors must go with `del` at the end of the case
+        for label, configs, ms in measured_in_time(variants, functools.partial(
+                forward_ms, hidden, items, targets, negatives), deadline, f"dblock d={dim} K={k} forward"):
+            times[label] = ms
             RESULTS["dblock_forward"].append(dict(dim=dim, k=k, variant=label, ms=times[label],
                                                   tflops=2 * n * k * dim / times[label] / 1e9,
                                                   forward=dataclasses.asdict(configs.forward)))
@@ -534,14 +557,9 @@ def dblock_section(out: str, deadline: float) -> None:
         backwards = [(label, configs) for label, tiles, configs in dblock_backward_configs(dim, best_forward)
                      if passed.get((tiles, dim), False)]
         backward_times = {}
-        for label, configs in [("default", default)] + backwards:
-            if time.monotonic() > deadline:
-                continue
-            try:
-                backward_times[label] = backward_ms(hidden, items, targets, negatives, configs)
-            except Exception as error:  # out of shared memory or registers on this card
-                print(f"dblock d={dim} K={k} backward {label}: {type(error).__name__}", flush=True)
-                continue
+        for label, configs, ms in measured_in_time([("default", default)] + backwards, functools.partial(
+                backward_ms, hidden, items, targets, negatives), deadline, f"dblock d={dim} K={k} backward"):
+            backward_times[label] = ms
             # executed work: 8NKd for the split backward, 6NKd for the one-pass ones (fused and d-blocked)
             one_pass = configs.dblock_backward is not None or (
                 configs.fused_backward is not None and k <= configs.fused_max_negatives)
@@ -558,15 +576,8 @@ def dblock_section(out: str, deadline: float) -> None:
         steps.append(("launch_config(d_blocked=True)", opted_in))
         h, e = hidden.requires_grad_(), items.requires_grad_()
         row = dict(dim=dim, k=k)
-        for label, configs in steps:
-            if time.monotonic() > deadline:
-                continue
-            step = functools.partial(backward_of, dense_loss, h, e, targets, negatives, "shared", configs)
-            try:
-                ms, memory = timed(step, [h, e])
-            except Exception as error:  # out of shared memory or registers on this card
-                print(f"dblock d={dim} K={k} fwd+bwd {label}: {type(error).__name__}", flush=True)
-                continue
+        for label, configs, (ms, memory) in measured_in_time(steps, functools.partial(
+                fwd_bwd_ms, h, e, targets, negatives), deadline, f"dblock d={dim} K={k} fwd+bwd"):
             row[label] = dict(ms=ms, peak_extra_gib=memory / GIB, configs=dataclasses.asdict(configs))
             print(f"dblock d={dim:3d} K={k:5d} fwd+bwd {label:60s} {ms:7.3f} ms {memory / GIB:6.3f} GiB",
                   flush=True)

@@ -156,10 +156,12 @@ def ranking_child(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "tests"))
     import metrics_reference
 
+    from study.config import eval_chunk_rows
+
     split, device, model, autocast, prepared = untrained_model_and_validation(args)
     on_cuda = device.type == "cuda"
     accumulators = {"old": metrics_reference.RankingAccumulator, "new": evaluate.RankingAccumulator}
-    chunk_rows = max(1, evaluate.DEFAULT_MAX_SCORES // split.num_items)
+    chunk_rows = eval_chunk_rows(evaluate.DEFAULT_MAX_SCORES, split.num_items)
 
     def model_metrics(evalset: Any) -> dict[str, float]:
         return evaluate.evaluate_model(model, evalset, num_items=split.num_items, max_len=args.max_len,
@@ -209,6 +211,7 @@ def chunks_child(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import study.training.evaluate as evaluate
+    from study.config import eval_chunk_rows
 
     split, device, model, autocast, prepared = untrained_model_and_validation(args)
     on_cuda = device.type == "cuda"
@@ -222,7 +225,7 @@ def chunks_child(args: argparse.Namespace) -> dict[str, Any]:
     runs: dict[int, dict[str, Any]] = {}
     for size in sizes:
         _, peak, metrics = timed(size)
-        chunk_rows = min(max(1, size // split.num_items), args.eval_batch_size)
+        chunk_rows = min(eval_chunk_rows(size, split.num_items), args.eval_batch_size)
         runs[size] = {"max_scores": size, "chunk_rows": chunk_rows, "seconds": [], "peak_bytes": [peak],
                       "chunks": count_chunks(len(prepared), args.eval_batch_size, chunk_rows),
                       "metrics": metrics}

@@ -588,6 +588,7 @@ def trace_at_scale(config: Any, num_items: int, *, scale: float, smallest: float
     """The trial traced at `scale` times its rows (its batch, or its length where the batch does not
     scale to a whole number at the `smallest` scale of the series) and catalogue (kept where the smallest
     scale would leave fewer than four items per negative); evaluation chunks keep their number of users."""
+    from study.config import eval_chunk_rows
     from study.training.evaluate import DEFAULT_MAX_SCORES
 
     by_batch = _whole(config.batch_size * smallest)
@@ -598,7 +599,7 @@ def trace_at_scale(config: Any, num_items: int, *, scale: float, smallest: float
     scaled = config.replace(**rows)
     if scaled.loss != "ce":
         scaled = scaled.replace(num_negatives=min(scaled.num_negatives, items))
-    chunk_users = max(1, DEFAULT_MAX_SCORES // num_items)
+    chunk_users = eval_chunk_rows(DEFAULT_MAX_SCORES, num_items)
     return keyed(trace_trial(scaled, items, steps=steps, eval_users=eval_users,
                              max_scores=chunk_users * items))
 

@@ -40,6 +40,11 @@ METRIC_KS: tuple[int, ...] = (1, 5, 10, 20, 100)
 # 64 MiB). Larger chunks are faster on a GPU, where ranking a chunk is bound by kernel launches, and take
 # more memory (BENCHMARKS.md section 4: 2^26 scores, 2.8-3.5x faster, +0.2-0.4 GiB of peak).
 DEFAULT_EVAL_MAX_SCORES = 1 << 24
+
+
+def eval_chunk_rows(max_scores: int, num_items: int) -> int:
+    """Users scored at once when at most `max_scores` scores of `num_items` items may exist: one at least."""
+    return max(1, max_scores // num_items)
 BINARY_LOSSES: tuple[str, ...] = ("bce", "gbce")
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from study.config import DEFAULT_EVAL_MAX_SCORES, TrainConfig
+from study.config import DEFAULT_EVAL_MAX_SCORES, TrainConfig, eval_chunk_rows
 from study.memory.probes import DEFAULT_CUDA_CONTEXT_BYTES
 from study.units import MiB, format_bytes
 
@@ -596,7 +596,7 @@ def evaluation_bytes(shape: TrialShape) -> int:
     nothing; charging the forward for the whole batch (as before) overstated evaluation at 10^5-10^6
     items, where it can be the peak phase."""
     c = shape.num_items
-    chunk_rows = min(shape.eval_batch, max(1, shape.eval_max_scores // c))
+    chunk_rows = min(shape.eval_batch, eval_chunk_rows(shape.eval_max_scores, c))
     scores = EVAL_SCORE_COPIES * chunk_rows * c * FLOAT32
     encoder = EVAL_FORWARD_COPIES * chunk_rows * shape.length * shape.hidden * FLOAT32
     if not shape.on_cuda:

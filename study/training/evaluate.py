@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import torch
 
-from study.config import DEFAULT_EVAL_MAX_SCORES, METRIC_KS
+from study.config import DEFAULT_EVAL_MAX_SCORES, METRIC_KS, eval_chunk_rows
 from study.training.metrics import RankingAccumulator
 
 # Scores alive at once by default (TrainConfig.eval_max_scores). Ranking cleans them in place and takes a
@@ -189,7 +189,7 @@ def _evaluate(
         raise ValueError(f"batch_size: must be >= 1, got {batch_size}")
     device = prepared.device
     accumulator = RankingAccumulator(prepared.num_items, ks)
-    chunk = max(1, max_scores // prepared.num_items)
+    chunk = eval_chunk_rows(max_scores, prepared.num_items)
     # Batches of batch_size rows cut into chunks, as the encoder has always seen them: its float results
     # may depend on how many rows it runs at once, and near-ties on the last bit of a score.
     for batch_start in range(0, len(prepared), batch_size):

@@ -15,6 +15,7 @@ from study.analysis.study_report import (
     best_under_budgets,
     configurations,
     load_study,
+    negatives_batch_figure,
     scaling_claim,
     scope_comparison,
     seed_candidates,
@@ -181,6 +182,34 @@ def test_scopes_are_compared_only_with_per_position_under_the_same_time_cap(tmp_
     assert table.iloc[0]["val NDCG@10"].startswith("0.3441")  # the 390 s rows, not the 400 s ones (0.4001)
     assert table.iloc[1]["vs per position"] == "better"  # 0.3451 +- 0.0001 vs 0.3441 +- 0.0001
     assert table.iloc[2]["vs per position"] == "worse"
+
+
+def test_a_setting_besides_k_b_l_is_named_wherever_a_configuration_is(tmp_path: Path) -> None:
+    """A side sweep that changed only the patience (the synthetic log's batch-1024 slice) is another
+    configuration at the same (K, B, L): the tables name its setting, and the negatives x batch figure
+    draws it as a line of its own instead of joining it to the grid's point at the same K."""
+    def with_patience(k: int, ndcg: float, patience: int, seed: int = 0) -> TrialRecord:
+        config = TrainConfig(dataset="ml-1m", loss="ce-neg", num_negatives=k, batch_size=1024, max_len=50,
+                             negative_scope="position", patience=patience,  # type: ignore[arg-type]
+                             seed=seed)
+        return TrialRecord(status="ok", config=config.to_dict(), loss_impl="triton",
+                           val_metrics={"ndcg@10": ndcg}, test_metrics={"ndcg@10": ndcg},
+                           memory=MemoryReport(nvml_process_peak=GIB), steady_epoch_seconds=2.0,
+                           mean_epoch_seconds=2.0, stop_reason="early_stopping")
+    grid = write(tmp_path / "grid.sqlite", "grid",
+                 [with_patience(k, 0.04 + k / 1e6, 10) for k in (64, 256, 1024, 4096)])
+    side = write(tmp_path / "side.sqlite", "side",
+                 [with_patience(k, 0.15 + k / 1e6, 40) for k in (1024, 4096)])
+    configs = configurations(load_study([grid, side]))
+    assert sorted(configs["other_settings"]) == ["", "", "", "", "patience=40", "patience=40"]
+    best = best_under_budgets(configs, [8 * GIB])
+    assert best.iloc[0]["other settings"] == "patience=40" and best.iloc[0]["K"] == 4096
+    assert best.iloc[0]["vs runner-up"].endswith("(1024, 1024, 50) [patience=40] 0.1510 (1 seed)")
+    figure = negatives_batch_figure(configs, "ml-1m (loo)")
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == ["batch 1024", "batch 1024, patience=40"]
+    axes = figure.axes[0]
+    drawn = sorted(len(container.lines[0].get_xdata()) for container in axes.containers)
+    assert drawn == [2, 4]  # two lines (2 and 4 points), not one line of six
 
 
 def test_configurations_without_three_seeds_are_listed(study_dbs: list[Path]) -> None:

@@ -42,6 +42,10 @@ IMPL_STYLE = {"triton": ("o", "tab:green"), "torch": ("^", "tab:gray")}
 SCOPE_ORDER = ("position", "drawn", "sequence", "batch")
 DEFAULT_BUDGETS_TEXT = "8GiB,16GiB,40GiB"
 WANTED_SEEDS = 3
+# Settings every table and figure names by themselves (K, B, L, the implementation, the scope), or that name
+# the data; any other setting that varies within a dataset is spelled out (`other_settings`).
+NAMED_SETTINGS = ("dataset", "split", "num_negatives", "batch_size", "max_len", "loss_impl", "loss_impl_used",
+                  "negative_scope", "dataset_sha256")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -68,7 +72,7 @@ def configurations(trials: pd.DataFrame, *, metric: str = "ndcg@10") -> pd.DataF
     if ok.empty:
         return pd.DataFrame(columns=[*pareto.seed_key_columns(ok), "val_mean", "val_sd", "test_mean",
                                      "test_sd", "seeds", "memory_bytes", "epoch_seconds", "time_capped",
-                                     "trial_ids"])
+                                     "trial_ids", "other_settings"])
     grouped = pareto.seed_groups(ok, sort=True)
     table = grouped.agg(
         val_mean=(val_column, "mean"), val_sd=(val_column, "std"), test_mean=(test_column, "mean"),
@@ -76,7 +80,38 @@ def configurations(trials: pd.DataFrame, *, metric: str = "ndcg@10") -> pd.DataF
         epoch_seconds=("epoch_seconds", "mean"), time_capped=("time_capped", "sum"),
         trial_ids=("trial_id", lambda ids: ",".join(sorted(ids))),
     ).reset_index()
+    table["other_settings"] = other_settings(table)
     return table
+
+
+def other_settings(configs: pd.DataFrame) -> pd.Series:
+    """Per configuration, the settings besides K, B, L, implementation and scope in which it departs from
+    most configurations of its dataset and split, as "patience=40, time_limit_s=390" ("" where none).
+    Tables and figures name a configuration by (K, B, L); without this, a side sweep that changed only the
+    patience or the time cap would read as the same configuration as the grid's."""
+    result = pd.Series("", index=configs.index, dtype=object)
+    candidates = [c for c in pareto.seed_key_columns(configs) if c not in NAMED_SETTINGS]
+    if configs.empty or not candidates:
+        return result
+    for _, group in configs.groupby(["dataset", "split"], sort=False, dropna=False):
+        varying = [c for c in candidates if group[c].nunique(dropna=False) > 1]
+        for column in varying:
+            usual = group[column].value_counts(dropna=False).index[0]
+            departs = group[column].map(lambda value, usual=usual: not _same_value(value, usual))
+            for index in group.index[departs]:
+                text = f"{column}={_setting_text(group.at[index, column])}"
+                result.at[index] = f"{result.at[index]}, {text}" if result.at[index] else text
+    return result
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return bool((pd.isna(a) and pd.isna(b)) if (pd.isna(a) or pd.isna(b)) else a == b)
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return "-" if pd.isna(value) else str(value)
 
 
 def mean_sd(mean: float, sd: float, seeds: int) -> str:
@@ -121,7 +156,8 @@ def _versus_runner_up(best: pd.Series, runner_up: pd.Series) -> str:
 
 def _describe(config: pd.Series) -> dict[str, Any]:
     return {
-        "scope": config.get("negative_scope"), "K": int(config["num_negatives"]),
+        "scope": config.get("negative_scope"), "other settings": config.get("other_settings") or "-",
+        "K": int(config["num_negatives"]),
         "batch": int(config["batch_size"]), "max len": int(config["max_len"]),
         "val NDCG@10": mean_sd(config["val_mean"], config["val_sd"], int(config["seeds"])),
         "test NDCG@10": mean_sd(config["test_mean"], config["test_sd"], int(config["seeds"])),
@@ -169,7 +205,10 @@ def scaling_claim(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFrame
 
 
 def _point(config: pd.Series) -> str:
-    return f"({int(config['num_negatives'])}, {int(config['batch_size'])}, {int(config['max_len'])})"
+    """(K, B, L), with the configuration's `other_settings` in brackets where it has any."""
+    point = f"({int(config['num_negatives'])}, {int(config['batch_size'])}, {int(config['max_len'])})"
+    other = config.get("other_settings")
+    return f"{point} [{other}]" if isinstance(other, str) and other else point
 
 
 def scope_comparison(configs: pd.DataFrame) -> pd.DataFrame:
@@ -284,7 +323,7 @@ def frontier_by_impl_figure(configs: pd.DataFrame, budgets: Sequence[int], title
     axes.set_xscale("log", base=2)
     axes.set_xlabel("peak process memory (GiB, largest over seeds)")
     axes.set_ylabel("validation NDCG@10 (mean over seeds)")
-    axes.set_title(f"{title}: memory-quality frontier, fused vs PyTorch")
+    axes.set_title(f"{title}\nmemory-quality frontier, fused vs PyTorch", fontsize=10)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
     return figure
@@ -292,8 +331,11 @@ def frontier_by_impl_figure(configs: pd.DataFrame, budgets: Sequence[int], title
 
 def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
     """Validation NDCG@10 against negatives K, one line per batch size, one panel per implementation and
-    sequence length: where quality grows with K, with B, or with both."""
+    sequence length: where quality grows with K, with B, or with both. Configurations with other settings
+    (`other_settings`: a side sweep's patience or time cap) get lines of their own, dashed and labelled."""
     positions = configs[configs.get("negative_scope", "position") == "position"]
+    if "other_settings" not in positions.columns:
+        positions = positions.assign(other_settings="")
     lengths = sorted(positions["max_len"].unique())
     impls = [i for i in ("triton", "torch") if (positions["loss_impl_used"] == i).any()]
     figure = Figure(figsize=(4.2 * max(1, len(lengths)), 3.4 * max(1, len(impls))), layout="constrained")
@@ -301,6 +343,8 @@ def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
     grid = figure.subplots(max(1, len(impls)), max(1, len(lengths)), squeeze=False, sharex=True, sharey=True)
     batches = sorted(positions["batch_size"].unique())
     colors = {b: f"C{i}" for i, b in enumerate(batches)}
+    series = sorted(set(zip(positions["batch_size"], positions["other_settings"])),
+                    key=lambda line: (line[1], line[0]))
     for r, impl in enumerate(impls):
         for c, length in enumerate(lengths):
             axes = grid[r][c]
@@ -308,12 +352,14 @@ def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
             if rows.empty:
                 axes.text(0.5, 0.5, "no trial finished yet", transform=axes.transAxes, ha="center",
                           va="center", fontsize=9, color="0.4")
-            for batch in batches:
-                line = rows[rows["batch_size"] == batch].sort_values("num_negatives")
+            for batch, other in series:
+                line = rows[(rows["batch_size"] == batch) & (rows["other_settings"] == other)]
                 if line.empty:
                     continue
+                line = line.sort_values("num_negatives")
                 axes.errorbar(line["num_negatives"], line["val_mean"], yerr=line["val_sd"].fillna(0),
-                              marker="o", markersize=4, color=colors[batch], capsize=2, label=f"B={batch}")
+                              marker="o", markersize=4, color=colors[batch], capsize=2,
+                              linestyle="--" if other else "-")
             axes.set_xscale("log", base=2)
             axes.set_title(f"{IMPL_LABELS[impl]}, L={length}", fontsize=9)
             axes.set_xlabel("negatives K")
@@ -321,9 +367,11 @@ def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
             axes.grid(True, alpha=0.3)
             if c == 0:
                 axes.set_ylabel("validation NDCG@10")
-    handles = [Line2D([], [], color=colors[b], marker="o", label=f"batch {b}") for b in batches]
-    figure.legend(handles=handles, loc="outside lower center", ncol=len(batches), fontsize=8)
-    figure.suptitle(f"{title}: quality over negatives x batch size (trials over the budget are absent)")
+    handles = [Line2D([], [], color=colors[b], marker="o", linestyle="--" if other else "-",
+                      label=f"batch {b}" + (f", {other}" if other else "")) for b, other in series]
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=8)
+    figure.suptitle(f"{title}\nquality over negatives x batch size (trials over the budget are absent)",
+                    fontsize=10)
     return figure
 
 
@@ -341,7 +389,7 @@ def time_memory_figure(configs: pd.DataFrame, title: str) -> Figure:
     axes.set_yscale("log")
     axes.set_xlabel("peak process memory (GiB)")
     axes.set_ylabel("training time per epoch (s, steady state)")
-    axes.set_title(f"{title}: time per epoch vs memory (marker size: batch)")
+    axes.set_title(f"{title}\ntime per epoch vs memory (marker size: batch)", fontsize=10)
     axes.grid(True, alpha=0.3, which="both")
     axes.legend(fontsize=8)
     return figure
@@ -396,7 +444,7 @@ def write_study_report(trials: pd.DataFrame, out_dir: str | Path, *, budgets: Se
               "## Configurations that still need seeds", "",
               markdown_table(seed_candidates(configs, budgets)[
                   ["dataset", "loss_impl_used", "negative_scope", "num_negatives", "batch_size", "max_len",
-                   "seeds", "val_mean", "trial_ids"]]), ""]
+                   "other_settings", "seeds", "val_mean", "trial_ids"]]), ""]
     report = out / "study-report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
@@ -425,6 +473,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["load_study", "configurations", "versus", "best_under_budgets", "scaling_claim",
+__all__ = ["load_study", "configurations", "other_settings", "versus", "best_under_budgets", "scaling_claim",
            "scope_comparison", "speed_summary", "convergence_summary", "seed_candidates",
            "write_study_report"]

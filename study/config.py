@@ -101,6 +101,10 @@ class TrainConfig:
     weight_decay: float = _option(0.0, "--weight-decay", "Adam weight decay")
     epochs: int = _option(100, "--epochs", "maximum number of epochs")
     patience: int = _option(10, "--patience", "epochs without a better validation NDCG@10 before stopping")
+    patience_steps: int = _option(0, "--patience-steps",
+                                  "also wait this many optimiser steps since the best epoch before stopping "
+                                  "(0: epochs only): the same patience at every batch size, which epochs "
+                                  "are not (an epoch is fewer steps at a larger batch)")
     time_limit_s: float | None = _option(None, "--time-limit", "wall-clock limit of the trial in seconds")
     max_steps_per_epoch: int | None = _option(None, "--max-steps-per-epoch",
                                               "cap on training steps per epoch")
@@ -149,7 +153,8 @@ class TrainConfig:
 # recorded before the field came keep their ids and `--resume` still skips them; and rows recorded before it
 # read it as that default (study.database.results_db.load_trials), so they group with newer rows as one
 # configuration. A new field's default must therefore keep the old behaviour.
-FIELDS_ADDED_LATER: dict[str, Any] = {"eval_every": 1, "eval_max_scores": DEFAULT_EVAL_MAX_SCORES}
+FIELDS_ADDED_LATER: dict[str, Any] = {"eval_every": 1, "eval_max_scores": DEFAULT_EVAL_MAX_SCORES,
+                                      "patience_steps": 0}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -180,7 +185,7 @@ def _range_error(name: str, value: Any) -> str | None:
         return f"must be in [0, 1), got {value!r}"
     if name == "lr" and not value > 0:
         return f"must be positive, got {value!r}"
-    if name == "kcore" and value < 0:
+    if name in ("kcore", "patience_steps") and value < 0:
         return f"must be >= 0, got {value!r}"
     if name == "time_limit_s" and value is not None and value <= 0:
         return f"must be positive, got {value!r}"

@@ -116,18 +116,19 @@ def test_databases_read_together_name_copies_over_all_of_them(tmp_path: Path) ->
     assert set(together["dataset_name"]) == {"gowalla"}
 
 
-@pytest.mark.parametrize("added", [("eval_every",), ("eval_max_scores",), ("eval_every", "eval_max_scores")])
+@pytest.mark.parametrize("added", [("eval_every",), ("eval_max_scores",), ("patience_steps",),
+                                   ("eval_every", "eval_max_scores", "patience_steps")])
 def test_fields_added_later_keep_the_ids_of_trials_recorded_before_them(added: tuple[str, ...]) -> None:
-    """A trial recorded before a field existed was hashed without it (eval_every, then eval_max_scores): at
-    the field's default its id stays what it was, so `--resume` skips it; off the default it is another
-    trial."""
+    """A trial recorded before a field existed was hashed without it (eval_every, then eval_max_scores, then
+    patience_steps): at the field's default its id stays what it was, so `--resume` skips it; off the
+    default it is another trial."""
     config = TrainConfig(dataset="ml-1m", num_negatives=64, seed=2)
     before = config.to_dict()
-    for name in ("eval_every", "eval_max_scores"):
-        del before[name]  # the configuration as it was hashed before either field existed
+    for name in ("eval_every", "eval_max_scores", "patience_steps"):
+        del before[name]  # the configuration as it was hashed before any of these fields existed
     canonical = json.dumps({"sweep": "s", "config": before}, sort_keys=True)
     assert trial_id("s", config) == f"s-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
-    other = {"eval_every": 2, "eval_max_scores": 1 << 26}
+    other = {"eval_every": 2, "eval_max_scores": 1 << 26, "patience_steps": 800}
     assert trial_id("s", config.replace(**{name: other[name] for name in added})) != trial_id("s", config)
 
 

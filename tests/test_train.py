@@ -304,6 +304,25 @@ def test_eval_every_counts_patience_in_epochs(tiny_log: Path):
         assert last - record.best_epoch < 4 + 2
 
 
+def test_patience_steps_also_waits_that_many_optimiser_steps(tiny_log: Path):
+    """With `patience_steps`, a trial stops at the first validation where both the epochs and the optimiser
+    steps since the best epoch reach their patience: the same run as with epochs alone up to there."""
+    by_epochs = train.run_trial(tiny_config(tiny_log, epochs=60, patience=1, lr=0.3))
+    assert by_epochs.stop_reason == "early_stopping"
+    steps_per_epoch = by_epochs.epochs[0].steps
+    wanted = 3 * steps_per_epoch + 1  # more than three epochs' steps: four epochs without improvement
+    both = train.run_trial(tiny_config(tiny_log, epochs=60, patience=1, patience_steps=wanted, lr=0.3))
+    assert both.stop_reason in ("early_stopping", "max_epochs")
+    assert len(both.epochs) > len(by_epochs.epochs)
+    for a, b in zip(by_epochs.epochs, both.epochs):  # the same seed: the same run until the first stopped
+        assert a.train_loss == b.train_loss and a.val_metrics == b.val_metrics
+    if both.stop_reason == "early_stopping":
+        since_best = [e for e in both.epochs if e.epoch > both.best_epoch]
+        assert sum(e.steps for e in since_best) >= wanted > sum(e.steps for e in since_best[:-1])
+    with pytest.raises(ConfigError, match="patience_steps"):
+        tiny_config(tiny_log, patience_steps=-1)
+
+
 def test_the_record_names_the_data_it_read_and_the_host(tiny_log: Path):
     import hashlib
     import socket

@@ -251,13 +251,15 @@ def _train_and_evaluate(
             loop.best_state = {name: value.detach().to("cpu", copy=True)
                                for name, value in model.state_dict().items()}
             record.best_epoch, record.val_metrics = epoch, val_metrics
-        # Patience counts epochs since the best one, so it means the same whatever `eval_every` is.
+        # Patience counts epochs since the best one, so it means the same whatever `eval_every` is; with
+        # `patience_steps` also optimiser steps, which mean the same whatever the batch size is.
         loop.stale_epochs = epoch - (record.best_epoch or 0)
+        stale_steps = sum(e.steps for e in record.epochs if e.epoch > (record.best_epoch or 0))
         loop.epoch = epoch
         if out_of_time:
             record.stop_reason = "time_limit"
             break
-        if evaluate and loop.stale_epochs >= config.patience:
+        if evaluate and loop.stale_epochs >= config.patience and stale_steps >= config.patience_steps:
             record.stop_reason = "early_stopping"
             break
         if checkpointer is not None and epoch < config.epochs and checkpointer.due(epoch):

@@ -73,7 +73,7 @@ def test_short_ml100k_run_beats_popularity_and_fills_the_record():
     assert (record.num_users, record.num_items, record.num_interactions) == (943, 1682, 100_000)
     assert record.device == "cpu" and record.loss_impl == "torch"
     assert {"python", "torch"} <= set(record.versions)
-    assert record.git_commit is None or re.fullmatch(r"[0-9a-f]{40}", record.git_commit)
+    assert record.git_commit is None or re.fullmatch(r"[0-9a-f]{40}(-dirty)?", record.git_commit)
     assert record.started_at is not None and record.finished_at is not None
     assert record.started_at <= record.finished_at
     assert record.memory.cpu_peak_rss is not None and record.memory.cpu_peak_rss > 0
@@ -232,6 +232,29 @@ def test_inconsistent_loss_settings_name_the_field(tiny_log: Path):
         train.run_trial(tiny_config(tiny_log, loss="ce-neg", negative_scope="drawn", sampling="popularity"))
     with pytest.raises(ConfigError, match="num_negatives: 31 exceeds the catalogue of 30"):
         train.run_trial(tiny_config(tiny_log, loss="ce-neg", num_negatives=31))
+
+
+def test_git_commit_says_when_the_code_differs_from_it(tmp_path: Path):
+    """A row's commit must not claim code it did not run: edited code (or a tree copied beside an older
+    .git, as on the device) reads "<commit>-dirty"; results written beside the code do not."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "trainer.py").write_text("steps = 1\n")
+    (tmp_path / "results.sqlite").write_bytes(b"rows")
+    (tmp_path / "notes.md").write_text("a study\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "first")
+    head = git("rev-parse", "HEAD")
+    assert train.git_commit(tmp_path) == head
+    (tmp_path / "results.sqlite").write_bytes(b"more rows")
+    (tmp_path / "notes.md").write_text("a study, run\n")
+    assert train.git_commit(tmp_path) == head
+    (tmp_path / "study" / "trainer.py").write_text("steps = 2\n")
+    assert train.git_commit(tmp_path) == f"{head}-dirty"
+    assert train.git_commit(tmp_path / "study").endswith("-dirty")  # from inside it, too
 
 
 def test_git_commit_is_none_outside_a_checkout(monkeypatch: pytest.MonkeyPatch):

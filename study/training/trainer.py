@@ -497,15 +497,29 @@ def collect_versions() -> dict[str, str]:
     return versions
 
 
-def git_commit() -> str | None:
-    """The commit of the checkout this code runs from, or None outside a git checkout."""
+# The code a trial's numbers depend on; results and specs beside it change as sweeps run and do not make a
+# checkout "-dirty".
+_CODE_PATHS = ("kernels", "models", "study")
+
+
+def git_commit(where: Path | None = None) -> str | None:
+    """The commit of the checkout this code runs from (or of the one holding `where`), with "-dirty"
+    appended when the code in it (`_CODE_PATHS`) differs from that commit: uncommitted edits, or a working
+    tree copied beside an older `.git`. None outside a git checkout."""
+    where = Path(__file__).resolve().parent if where is None else where
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=10, check=False)
+        head = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], cwd=where, capture_output=True,
+                              text=True, timeout=10, check=False)
+        lines = head.stdout.split()
+        if head.returncode != 0 or len(lines) != 2:
+            return None
+        root, commit = Path(lines[0]), lines[1]
+        paths = [p for p in _CODE_PATHS if (root / p).exists()]
+        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *paths], cwd=root,
+                                 capture_output=True, timeout=30, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = result.stdout.strip()
-    return commit if result.returncode == 0 and commit else None
+    return f"{commit}-dirty" if changed.returncode == 1 else commit
 
 
 def _predicted_peak_bytes(config: TrainConfig, device: torch.device, data: Any,

@@ -14,6 +14,7 @@ from study.analysis import pareto
 from study.analysis.study_report import (
     best_under_budgets,
     configurations,
+    convergence_summary,
     load_study,
     negatives_batch_figure,
     scaling_claim,
@@ -210,6 +211,19 @@ def test_a_setting_besides_k_b_l_is_named_wherever_a_configuration_is(tmp_path: 
     axes = figure.axes[0]
     drawn = sorted(len(container.lines[0].get_xdata()) for container in axes.containers)
     assert drawn == [2, 4]  # two lines (2 and 4 points), not one line of six
+
+
+def test_how_training_stopped_counts_the_capped_points(tmp_path: Path) -> None:
+    path = write(tmp_path / "capped.sqlite", "capped", [
+        trial(64, 1024, 0.30, 1.0, stop="time_limit"), trial(64, 1024, 0.31, 1.0, seed=1, stop="time_limit"),
+        trial(256, 1024, 0.33, 1.0, stop="time_limit"), trial(4096, 1024, 0.36, 2.0),
+        trial(64, 1024, 0.0, 90.0, impl="torch", status="predicted_over_budget")])
+    table = convergence_summary(load_study([path])).set_index("impl")
+    fused = table.loc["fused (Triton)"]
+    assert (fused["trials"], fused["ok"], fused["early stopping"], fused["time cap"]) == (4, 4, 1, 3)
+    assert fused["time-capped (K, B, L)"] == "(64, 1024, 50) x2, (256, 1024, 50)"
+    assert table.loc["PyTorch", "predicted over budget (not run)"] == 1
+    assert table.loc["PyTorch", "time-capped (K, B, L)"] == "-"
 
 
 def test_configurations_without_three_seeds_are_listed(study_dbs: list[Path]) -> None:

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +259,7 @@ def speed_summary(trials: pd.DataFrame) -> pd.DataFrame:
 def convergence_summary(trials: pd.DataFrame) -> pd.DataFrame:
     """Per dataset and implementation: trials by status, and ok trials by why training stopped."""
     table = trials.assign(stop=trials.get("stop_reason", pd.Series(index=trials.index, dtype=object)))
+    table["other_settings"] = other_settings(table)
     rows = []
     for (dataset, impl), group in table.groupby(["dataset", "loss_impl"], sort=True):
         ok = group[group["status"] == "ok"]
@@ -267,11 +269,17 @@ def convergence_summary(trials: pd.DataFrame) -> pd.DataFrame:
             "ok": len(ok),
             "early stopping": int((ok["stop"] == "early_stopping").sum()),
             "epoch limit": int((ok["stop"] == "max_epochs").sum()), "time cap": len(capped),
-            "time-capped (K, B, L)": ", ".join(_point(row) for _, row in capped.iterrows()) or "-",
+            "time-capped (K, B, L)": _counted(_point(row) for _, row in capped.iterrows()) or "-",
             "predicted over budget (not run)": int((group["status"] == "predicted_over_budget").sum()),
             "over budget / oom / failed": int(group["status"].isin(["over_budget", "oom", "failed"]).sum()),
         })
     return pd.DataFrame(rows)
+
+
+def _counted(points: Iterable[str]) -> str:
+    """Distinct points in order of first appearance, each with how many times it came: "(64, 1024, 20) x3"."""
+    counts = Counter(points)
+    return ", ".join(point if n == 1 else f"{point} x{n}" for point, n in counts.items())
 
 
 def seed_candidates(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFrame:

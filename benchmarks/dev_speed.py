@@ -39,7 +39,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import triton
@@ -355,15 +355,24 @@ def dblock_configs(dim: int, hidden_dtype: torch.dtype, sm_count: int = 132,
                          items_dtype=hidden_dtype, limit=limit)
     variants: list[tuple[str, tuple | None, KernelConfigs]] = [("default", None, base)]
     for tiles in DBLOCK_FORWARDS:
-        fitted = ts.fit_config(dataclasses.replace(base, forward=BlockConfig(*tiles)), dim=dim,
-                               hidden_dtype=hidden_dtype, items_dtype=hidden_dtype, limit=limit)
-        block_m, block_n, warps, stages, block_d = tiles
-        label = f"dblock {block_m}x{block_n} w{warps} s{stages} bd{block_d}"
-        got = fitted.forward
-        if got != BlockConfig(*tiles):
-            label += f" (fitted: {got.block_m}x{got.block_n} s{got.num_stages})"
-        variants.append((label, tiles, fitted))
+        variants.append(fitted_tile_variant(base, "forward", "dblock", tiles, dim, hidden_dtype, limit))
     return variants
+
+
+def fitted_tile_variant(configs: KernelConfigs, stage: str, name: str, tiles: tuple, dim: int,
+                        hidden_dtype: torch.dtype, limit: int) -> tuple[str, tuple, KernelConfigs]:
+    """(label, tiles, configs): `configs` with BlockConfig(*tiles) as its `stage`, fitted to `limit` bytes
+    of shared memory as launch_config fits them; the label names the tile and, where fitting changed it,
+    the tile that runs."""
+    change: dict[str, Any] = {stage: BlockConfig(*tiles)}
+    fitted = ts.fit_config(dataclasses.replace(configs, **change), dim=dim, hidden_dtype=hidden_dtype,
+                           items_dtype=hidden_dtype, limit=limit)
+    block_m, block_n, warps, stages, block_d = tiles
+    label = f"{name} {block_m}x{block_n} w{warps} s{stages} bd{block_d}"
+    got = getattr(fitted, stage)
+    if got != BlockConfig(*tiles):
+        label += f" (fitted: {got.block_m}x{got.block_n} s{got.num_stages})"
+    return label, tiles, fitted
 
 
 # The d-blocked backward tiles timed per d: (block_m, block_n, warps, stages, block_d), d_blocked_backward's
@@ -382,17 +391,8 @@ def dblock_backward_configs(dim: int, configs: KernelConfigs, hidden_dtype: torc
     """(label, DBLOCK_BACKWARDS tile, configs): `configs` with each d-blocked backward tile of the timed
     width nearest `dim` (64 or 256), fitted to `limit` bytes of shared memory as launch_config fits them,
     then the first tile with each of DBLOCK_SPLITS programs per row block."""
-    variants = []
-    for tiles in DBLOCK_BACKWARDS[64 if dim <= 64 else 256]:
-        fitted = ts.fit_config(dataclasses.replace(configs, dblock_backward=BlockConfig(*tiles)), dim=dim,
-                               hidden_dtype=hidden_dtype, items_dtype=hidden_dtype, limit=limit)
-        block_m, block_n, warps, stages, block_d = tiles
-        label = f"dblock backward {block_m}x{block_n} w{warps} s{stages} bd{block_d}"
-        got = fitted.dblock_backward
-        if got != BlockConfig(*tiles):
-            assert got is not None
-            label += f" (fitted: {got.block_m}x{got.block_n} s{got.num_stages})"
-        variants.append((label, tiles, fitted))
+    variants = [fitted_tile_variant(configs, "dblock_backward", "dblock backward", tiles, dim, hidden_dtype,
+                                    limit) for tiles in DBLOCK_BACKWARDS[64 if dim <= 64 else 256]]
     label, tiles, fitted = variants[0]
     for splits in DBLOCK_SPLITS:
         variants.append((f"{label} splits={splits}", tiles, dataclasses.replace(fitted, dblock_splits=splits)))

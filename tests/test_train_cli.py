@@ -47,16 +47,18 @@ def test_every_option_maps_to_its_config_field():
                  "--negatives", "512", "--sampling", "popularity", "--negative-scope", "sequence",
                  "--gbce-t", "0.5", "--impl", "torch", "--max-len", "50", "--hidden", "32", "--blocks", "3",
                  "--heads", "2", "--dropout", "0.25", "--batch-size", "64", "--lr", "2e-3",
-                 "--weight-decay", "0.01", "--epochs", "7", "--patience", "2", "--time-limit", "90",
-                 "--max-steps-per-epoch", "10", "--eval-batch-size", "128", "--device", "cpu",
+                 "--weight-decay", "0.01", "--epochs", "7", "--patience", "2", "--patience-steps", "300",
+                 "--time-limit", "90", "--max-steps-per-epoch", "10", "--eval-batch-size", "128",
+                 "--eval-every", "3", "--eval-max-scores", "4096", "--device", "cpu",
                  "--precision", "fp32", "--seed", "9", "--memory-budget", "8GiB", "--logq", "--include-seen",
                  "--no-progress")
     config = train_cli.config_from_args(args)
     assert config == TrainConfig(
         dataset="x.csv", split="temporal", kcore=5, loss="ce-neg", num_negatives=512, sampling="popularity",
         negative_scope="sequence", gbce_t=0.5, loss_impl="torch", max_len=50, hidden=32, blocks=3, heads=2,
-        dropout=0.25, batch_size=64, lr=2e-3, weight_decay=0.01, epochs=7, patience=2, time_limit_s=90.0,
-        max_steps_per_epoch=10, eval_batch_size=128, device="cpu", precision="fp32", seed=9,
+        dropout=0.25, batch_size=64, lr=2e-3, weight_decay=0.01, epochs=7, patience=2, patience_steps=300,
+        time_limit_s=90.0, max_steps_per_epoch=10, eval_batch_size=128, eval_every=3, eval_max_scores=4096,
+        device="cpu", precision="fp32", seed=9,
         memory_budget="8GiB", logq_correction=True, exclude_seen=False, progress=False,
     )
     assert train_cli.config_from_args(parse()) == TrainConfig()  # defaults come from TrainConfig

@@ -156,12 +156,12 @@ def ranking_child(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "tests"))
     import metrics_reference
 
-    from study.config import eval_chunk_rows
+    from study.config import DEFAULT_EVAL_MAX_SCORES, eval_chunk_rows
 
     split, device, model, autocast, prepared = untrained_model_and_validation(args)
     on_cuda = device.type == "cuda"
     accumulators = {"old": metrics_reference.RankingAccumulator, "new": evaluate.RankingAccumulator}
-    chunk_rows = eval_chunk_rows(evaluate.DEFAULT_MAX_SCORES, split.num_items)
+    chunk_rows = eval_chunk_rows(DEFAULT_EVAL_MAX_SCORES, split.num_items)
 
     def model_metrics(evalset: Any) -> dict[str, float]:
         return evaluate.evaluate_model(model, evalset, num_items=split.num_items, max_len=args.max_len,

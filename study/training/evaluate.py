@@ -24,9 +24,10 @@ import torch
 from study.config import DEFAULT_EVAL_MAX_SCORES, METRIC_KS, eval_chunk_rows
 from study.training.metrics import RankingAccumulator
 
-# Scores alive at once by default (TrainConfig.eval_max_scores). Ranking cleans them in place and takes a
-# top-k of them, with no other temporary of their size (the int64 keys it made before took 9 more bytes a
-# score); study/memory/model.py charges EVAL_SCORE_COPIES float32 copies of them, more than that.
+# Scores alive at once by default: study.config.DEFAULT_EVAL_MAX_SCORES (TrainConfig.eval_max_scores), under
+# its old name here for code that imports it. Ranking cleans them in place and takes a top-k of them, with no
+# other temporary of their size (the int64 keys it made before took 9 more bytes a score);
+# study/memory/model.py charges EVAL_SCORE_COPIES float32 copies of them, more than that.
 DEFAULT_MAX_SCORES = DEFAULT_EVAL_MAX_SCORES
 
 
@@ -113,7 +114,7 @@ def evaluate_model(
     exclude_seen: bool = True,
     ks: Sequence[int] = METRIC_KS,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-    max_scores: int = DEFAULT_MAX_SCORES,
+    max_scores: int = DEFAULT_EVAL_MAX_SCORES,
 ) -> dict[str, float]:
     """Metrics of `model` on `evalset` (a `study.data` EvalSet, or a PreparedEvalSet laid out with the
     same num_items, max_len, device and exclude_seen). `autocast` wraps the encoder only; scores are
@@ -147,7 +148,7 @@ def evaluate_popularity(
     device: torch.device | str = "cpu",
     exclude_seen: bool = True,
     ks: Sequence[int] = METRIC_KS,
-    max_scores: int = DEFAULT_MAX_SCORES,
+    max_scores: int = DEFAULT_EVAL_MAX_SCORES,
 ) -> dict[str, float]:
     """The popularity baseline: every user gets the items ranked by training count (`item_counts`
     [num_items + 1], index 0 = padding), with the same exclusion and metrics as a model."""

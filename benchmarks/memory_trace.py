@@ -441,10 +441,10 @@ def trace_trial(config: Any, num_items: int, *, steps: int, eval_users: int,
     `max_scores` is the evaluation's scores per chunk (default: the trial's)."""
     from models.sasrec import SASRec
     from study.data.sequences import EvalSet, Sequences
-    from study.training.evaluate import DEFAULT_MAX_SCORES, evaluate_model, evaluate_popularity
+    from study.training.evaluate import evaluate_model, evaluate_popularity
     from study.training.trainer import build_loss
 
-    max_scores = max_scores or DEFAULT_MAX_SCORES
+    max_scores = max_scores or config.eval_max_scores
     generator = torch.Generator().manual_seed(0)
     batch, length = config.batch_size, config.max_len
     offsets = torch.arange(eval_users + 1, dtype=torch.int64) * length
@@ -589,7 +589,6 @@ def trace_at_scale(config: Any, num_items: int, *, scale: float, smallest: float
     scale to a whole number at the `smallest` scale of the series) and catalogue (kept where the smallest
     scale would leave fewer than four items per negative); evaluation chunks keep their number of users."""
     from study.config import eval_chunk_rows
-    from study.training.evaluate import DEFAULT_MAX_SCORES
 
     by_batch = _whole(config.batch_size * smallest)
     rows = ({"batch_size": round(config.batch_size * scale)} if by_batch
@@ -599,7 +598,7 @@ def trace_at_scale(config: Any, num_items: int, *, scale: float, smallest: float
     scaled = config.replace(**rows)
     if scaled.loss != "ce":
         scaled = scaled.replace(num_negatives=min(scaled.num_negatives, items))
-    chunk_users = eval_chunk_rows(DEFAULT_MAX_SCORES, num_items)
+    chunk_users = eval_chunk_rows(config.eval_max_scores, num_items)
     return keyed(trace_trial(scaled, items, steps=steps, eval_users=eval_users,
                              max_scores=chunk_users * items))
 

@@ -203,6 +203,12 @@ def test_a_setting_besides_k_b_l_is_named_wherever_a_configuration_is(tmp_path: 
                  [with_patience(k, 0.15 + k / 1e6, 40) for k in (1024, 4096)])
     configs = configurations(load_study([grid, side]))
     assert sorted(configs["other_settings"]) == ["", "", "", "", "patience=40", "patience=40"]
+    second_side = write(tmp_path / "side2.sqlite", "side2",
+                        [with_patience(k, 0.12 + k / 1e6, 20) for k in (256, 1024)])
+    three = negatives_batch_figure(configurations(load_study([grid, side, second_side])), "ml-1m (loo)")
+    styles = {t.get_text(): str(h.get_linestyle()) for t, h in
+              zip(three.legends[0].get_texts(), three.legends[0].legend_handles, strict=True)}
+    assert len(styles) == 3 and len(set(styles.values())) == 3, styles  # each side sweep a style of its own
     best = best_under_budgets(configs, [8 * GIB])
     assert best.iloc[0]["other settings"] == "patience=40" and best.iloc[0]["K"] == 4096
     assert best.iloc[0]["vs runner-up"].endswith("(1024, 1024, 50) [patience=40] 0.1510 (1 seed)")

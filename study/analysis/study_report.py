@@ -337,10 +337,15 @@ def frontier_by_impl_figure(configs: pd.DataFrame, budgets: Sequence[int], title
     return figure
 
 
+# Line styles of configurations with other settings; the grid's own lines are solid.
+_SIDE_STYLES = ("--", ":", "-.")
+
+
 def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
     """Validation NDCG@10 against negatives K, one line per batch size, one panel per implementation and
     sequence length: where quality grows with K, with B, or with both. Configurations with other settings
-    (`other_settings`: a side sweep's patience or time cap) get lines of their own, dashed and labelled."""
+    (`other_settings`: a side sweep's patience or time cap) get lines of their own, labelled, in a line
+    style per setting (dashed, dotted, ...), so two side sweeps at one batch size stay apart."""
     positions = configs[configs.get("negative_scope", "position") == "position"]
     if "other_settings" not in positions.columns:
         positions = positions.assign(other_settings="")
@@ -353,6 +358,8 @@ def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
     colors = {b: f"C{i}" for i, b in enumerate(batches)}
     series = sorted(set(zip(positions["batch_size"], positions["other_settings"])),
                     key=lambda line: (line[1], line[0]))
+    others = sorted(set(positions["other_settings"]) - {""})
+    styles = {"": "-"} | {other: _SIDE_STYLES[i % len(_SIDE_STYLES)] for i, other in enumerate(others)}
     for r, impl in enumerate(impls):
         for c, length in enumerate(lengths):
             axes = grid[r][c]
@@ -367,7 +374,7 @@ def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
                 line = line.sort_values("num_negatives")
                 axes.errorbar(line["num_negatives"], line["val_mean"], yerr=line["val_sd"].fillna(0),
                               marker="o", markersize=4, color=colors[batch], capsize=2,
-                              linestyle="--" if other else "-")
+                              linestyle=styles[other])
             axes.set_xscale("log", base=2)
             axes.set_title(f"{IMPL_LABELS[impl]}, L={length}", fontsize=9)
             axes.set_xlabel("negatives K")
@@ -375,7 +382,7 @@ def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
             axes.grid(True, alpha=0.3)
             if c == 0:
                 axes.set_ylabel("validation NDCG@10")
-    handles = [Line2D([], [], color=colors[b], marker="o", linestyle="--" if other else "-",
+    handles = [Line2D([], [], color=colors[b], marker="o", linestyle=styles[other],
                       label=f"batch {b}" + (f", {other}" if other else "")) for b, other in series]
     figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=8)
     figure.suptitle(f"{title}\nquality over negatives x batch size (trials over the budget are absent)",

@@ -15,6 +15,7 @@ from study.analysis.study_report import (
     best_under_budgets,
     configurations,
     convergence_summary,
+    fixed_product_lines,
     load_study,
     negatives_batch_figure,
     scaling_claim,
@@ -217,6 +218,35 @@ def test_a_setting_besides_k_b_l_is_named_wherever_a_configuration_is(tmp_path: 
     axes = figure.axes[0]
     drawn = sorted(len(container.lines[0].get_xdata()) for container in axes.containers)
     assert drawn == [2, 4]  # two lines (2 and 4 points), not one line of six
+
+
+def test_lines_of_fixed_k_times_b_compare_the_batch_sizes_at_each_product(tmp_path: Path) -> None:
+    """K x B = 2^16 is reached by (1024, 64), (256, 256) and (64, 1024); along it the table puts each batch's
+    K and quality side by side, says which batch is ahead and how it compares with the next (by the seeds'
+    spread); a (K, B, L) run under two settings shows its better one, named. Products only one batch
+    reaches (here 2^22) are no line."""
+    def run(k: int, b: int, ndcg: float, seed: int = 0, patience: int = 10) -> TrialRecord:
+        config = TrainConfig(dataset="ml-1m", loss="ce-neg", num_negatives=k, batch_size=b, max_len=50,
+                             negative_scope="position", seed=seed, patience=patience)  # type: ignore[arg-type]
+        return TrialRecord(status="ok", config=config.to_dict(), loss_impl="triton",
+                           val_metrics={"ndcg@10": ndcg}, test_metrics={"ndcg@10": ndcg},
+                           memory=MemoryReport(nvml_process_peak=GIB), steady_epoch_seconds=1.0,
+                           mean_epoch_seconds=1.0, stop_reason="time_limit")
+    grid = write(tmp_path / "grid.sqlite", "grid", [
+        run(1024, 64, 0.3159), run(256, 256, 0.3033), run(256, 256, 0.3109, seed=1),
+        run(256, 256, 0.2957, seed=2), run(64, 1024, 0.0400), run(1024, 1024, 0.30), run(4096, 1024, 0.29)])
+    side = write(tmp_path / "side.sqlite", "side", [run(64, 1024, 0.2019, patience=40),
+                                                    run(4096, 256, 0.31, patience=40)])
+    lines = fixed_product_lines(configurations(load_study([grid, side])))
+    assert list(lines["K x B"]) == [65536, 1048576]
+    line = lines.iloc[0]
+    assert line["B=64"] == "K=1024: 0.3159 (1 seed)"
+    assert line["B=256"] == "K=256: 0.3033 ± 0.0076 (3)"
+    assert line["B=1024"] == "K=64: 0.2019 (1 seed) [patience=40]"  # the better of its two settings
+    assert line["ahead on the line"] == "B=64"
+    assert line["vs next"] == "better vs B=256"  # 0.0126 apart, more than B=256's sd 0.0076
+    assert lines.iloc[1]["B=64"] == "-" and lines.iloc[1]["ahead on the line"] == "B=256"
+    assert lines.iloc[1]["vs next"] == "unknown (one seed) vs B=1024"
 
 
 def test_how_training_stopped_counts_the_capped_points(tmp_path: Path) -> None:

@@ -205,6 +205,45 @@ def scaling_claim(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+def fixed_product_lines(configs: pd.DataFrame) -> pd.DataFrame:
+    """The paper's claim read along lines of fixed K x B (per implementation and length, per-position
+    negatives): one row per product that at least two batch sizes reached, one column per batch size with
+    that batch's K and quality, the batch ahead on the line and its verdict against the next best
+    (`seed_compare`). Where a (K, B, L) ran under more than one setting (a side sweep's patience or cap),
+    the cell shows the best of them and names its setting, so the line compares what each batch size
+    reached at its best."""
+    positions = configs
+    if "negative_scope" in positions.columns:
+        positions = positions[positions["negative_scope"] == "position"]
+    if positions.empty:
+        return pd.DataFrame()
+    positions = positions.assign(product=positions["num_negatives"] * positions["batch_size"])
+    batches = sorted(int(b) for b in positions["batch_size"].unique())
+    rows = []
+    keys = ["dataset", "loss_impl_used", "max_len", "product"]
+    for (dataset, impl, length, product), line in positions.groupby(keys, sort=True):
+        best_per_batch = (line.sort_values(["val_mean", "memory_bytes"], ascending=[False, True])
+                          .groupby("batch_size", sort=True).head(1).set_index("batch_size"))
+        if len(best_per_batch) < 2:
+            continue
+        row: dict[str, Any] = {"dataset": dataset, "impl": IMPL_LABELS.get(str(impl), str(impl)),
+                               "max len": int(length), "K x B": int(product)}
+        for batch in batches:
+            if batch not in best_per_batch.index:
+                row[f"B={batch}"] = "-"
+                continue
+            cell = best_per_batch.loc[batch]
+            other = cell.get("other_settings")
+            setting = f" [{other}]" if isinstance(other, str) and other else ""
+            row[f"B={batch}"] = (f"K={int(cell['num_negatives'])}: "
+                                 f"{mean_sd(cell['val_mean'], cell['val_sd'], int(cell['seeds']))}{setting}")
+        ranked = best_per_batch.sort_values("val_mean", ascending=False)
+        row["ahead on the line"] = f"B={int(ranked.index[0])}"
+        row["vs next"] = f"{versus(ranked.iloc[0], ranked.iloc[1])} vs B={int(ranked.index[1])}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _point(config: pd.Series) -> str:
     """(K, B, L), with the configuration's `other_settings` in brackets where it has any."""
     point = f"({int(config['num_negatives'])}, {int(config['batch_size'])}, {int(config['max_len'])})"
@@ -448,6 +487,10 @@ def write_study_report(trials: pd.DataFrame, out_dir: str | Path, *, budgets: Se
                   markdown_table(best_under_budgets(group, budgets)), "",
                   "### Scaling negatives and batch together (the paper's claim)", "",
                   markdown_table(scaling_claim(group, budgets)), ""]
+        lines_of_product = fixed_product_lines(group)
+        if not lines_of_product.empty:
+            lines += ["Along lines of fixed K x B (validation NDCG@10; the best setting of each (K, B, L), "
+                      "named where it is not the grid's):", "", markdown_table(lines_of_product), ""]
         scopes = scope_comparison(group)
         if not scopes.empty:
             lines += ["### Negative scopes at equal K, batch and length (fused loss)", "",

@@ -221,25 +221,28 @@ def fixed_product_lines(configs: pd.DataFrame) -> pd.DataFrame:
     batches = sorted(int(b) for b in positions["batch_size"].unique())
     rows = []
     keys = ["dataset", "loss_impl_used", "max_len", "product"]
-    for (dataset, impl, length, product), line in positions.groupby(keys, sort=True):
-        best_per_batch = (line.sort_values(["val_mean", "memory_bytes"], ascending=[False, True])
-                          .groupby("batch_size", sort=True).head(1).set_index("batch_size"))
+    for (dataset, impl, _, _), line in positions.groupby(keys, sort=True):
+        ranked = line.sort_values(["val_mean", "memory_bytes"], ascending=[False, True])
+        best_per_batch: dict[int, pd.Series] = {}
+        for _, config in ranked.iterrows():
+            best_per_batch.setdefault(int(config["batch_size"]), config)
         if len(best_per_batch) < 2:
             continue
+        first_config = next(iter(best_per_batch.values()))
         row: dict[str, Any] = {"dataset": dataset, "impl": IMPL_LABELS.get(str(impl), str(impl)),
-                               "max len": int(length), "K x B": int(product)}
+                               "max len": int(first_config["max_len"]), "K x B": int(first_config["product"])}
         for batch in batches:
-            if batch not in best_per_batch.index:
+            cell = best_per_batch.get(batch)
+            if cell is None:
                 row[f"B={batch}"] = "-"
                 continue
-            cell = best_per_batch.loc[batch]
             other = cell.get("other_settings")
             setting = f" [{other}]" if isinstance(other, str) and other else ""
             row[f"B={batch}"] = (f"K={int(cell['num_negatives'])}: "
                                  f"{mean_sd(cell['val_mean'], cell['val_sd'], int(cell['seeds']))}{setting}")
-        ranked = best_per_batch.sort_values("val_mean", ascending=False)
-        row["ahead on the line"] = f"B={int(ranked.index[0])}"
-        row["vs next"] = f"{versus(ranked.iloc[0], ranked.iloc[1])} vs B={int(ranked.index[1])}"
+        (first, ahead), (second, runner_up) = list(best_per_batch.items())[:2]
+        row["ahead on the line"] = f"B={first}"
+        row["vs next"] = f"{versus(ahead, runner_up)} vs B={second}"
         rows.append(row)
     return pd.DataFrame(rows)
 

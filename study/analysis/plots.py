@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from study.analysis import pareto
+from study.analysis.labels import PointLabel, place_labels
 from study.analysis.pareto import CANDIDATE, GIB, MEMORY, ON_FRONTIER, QUALITY, TIME_COLUMN, TIME_LABEL
 
 DEFAULT_BUDGETS: tuple[int, ...] = (8 * GIB, 16 * GIB, 40 * GIB)
@@ -123,17 +124,8 @@ def pareto_figure(
     step_y = np.append(frontier[QUALITY].to_numpy(), frontier[QUALITY].iloc[-1])
     axes.step(step_x, step_y, where="post", color="crimson", linewidth=1.6, zorder=2)
     log_x = low > 0 and high / low > 20
-    for index, (_, row) in enumerate(frontier.iterrows()):
-        # Labels go right of the point (left of it near the right edge) and alternate below / above so
-        # that labels of neighbouring points do not collide.
-        x = row[MEMORY] / GIB
-        across = (math.log(x / low) / math.log(high / low)) if log_x else (x - low) / ((high - low) or 1.0)
-        dy = -12 if index % 2 == 0 else 5
-        offset, align = ((6, dy), "left") if across < 0.75 else ((-6, dy), "right")
-        negatives_text = f"K={int(row['num_negatives'])}" if row.get("loss") != "ce" else "full CE"
-        axes.annotate(f"{negatives_text} B={int(row['batch_size'])}",
-                      (row[MEMORY] / GIB, row[QUALITY]), textcoords="offset points", xytext=offset,
-                      ha=align, fontsize=7, color="crimson")
+    labels = [PointLabel(row[MEMORY] / GIB, row[QUALITY], _frontier_label(row), "crimson")
+              for _, row in frontier.iterrows()]
 
     quality_low = candidates[QUALITY].min()
     quality_high = candidates[QUALITY].max()
@@ -193,7 +185,13 @@ def pareto_figure(
                               label=f"batch {batch_size}"))
     # Below the axes, so that it never hides points.
     axes.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, fontsize=8)
+    place_labels(axes, labels, fontsize=7)
     return figure
+
+
+def _frontier_label(row: pd.Series) -> str:
+    negatives = "full CE" if row.get("loss") == "ce" else f"K={int(row['num_negatives'])}"
+    return f"{negatives} B={int(row['batch_size'])}"
 
 
 def heatmap_figure(table: pd.DataFrame, *, metric: str, memory_field: str, title: str = "") -> Figure | str:

@@ -33,6 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from study.analysis import pareto, seed_compare
+from study.analysis.labels import PointLabel, place_labels
 from study.analysis.pareto import GIB
 from study.analysis.report import markdown_table
 from study.database.results_db import load_trials, name_dataset_copies
@@ -247,6 +248,10 @@ def fixed_product_lines(configs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _point_name(config: pd.Series) -> str:
+    return f"K={int(config['num_negatives'])} B={int(config['batch_size'])} L={int(config['max_len'])}"
+
+
 def _point(config: pd.Series) -> str:
     """(K, B, L), with the configuration's `other_settings` in brackets where it has any."""
     point = f"({int(config['num_negatives'])}, {int(config['batch_size'])}, {int(config['max_len'])})"
@@ -349,6 +354,7 @@ def frontier_by_impl_figure(configs: pd.DataFrame, budgets: Sequence[int], title
     implementation's frontier as a step line, the budgets as vertical lines."""
     figure = Figure(figsize=(8.5, 5.2), layout="constrained")
     axes = figure.add_subplot()
+    labels = []
     for impl, (marker, color) in IMPL_STYLE.items():
         rows = configs[configs["loss_impl_used"] == impl]
         if rows.empty:
@@ -362,10 +368,8 @@ def frontier_by_impl_figure(configs: pd.DataFrame, budgets: Sequence[int], title
         axes.step(np.append(frontier["memory_bytes"] / GIB, memory.max() * 1.5),
                   np.append(frontier["val_mean"], frontier["val_mean"].iloc[-1]), where="post", color=color,
                   linewidth=1.4)
-        for _, row in frontier.iterrows():
-            axes.annotate(f"K={int(row['num_negatives'])} B={int(row['batch_size'])} L={int(row['max_len'])}",
-                          (row["memory_bytes"] / GIB, row["val_mean"]), textcoords="offset points",
-                          xytext=(4, -10), fontsize=6.5, color=color)
+        labels += [PointLabel(row["memory_bytes"] / GIB, row["val_mean"], _point_name(row), color)
+                   for _, row in frontier.iterrows()]
     for budget in budgets:
         axes.axvline(budget / GIB, color="0.4", linestyle="--", linewidth=0.9)
         axes.text(budget / GIB, axes.get_ylim()[1], f" {budget / GIB:g} GiB", fontsize=7, va="top",
@@ -376,6 +380,7 @@ def frontier_by_impl_figure(configs: pd.DataFrame, budgets: Sequence[int], title
     axes.set_title(f"{title}\nmemory-quality frontier, fused vs PyTorch", fontsize=10)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
+    place_labels(axes, labels)
     return figure
 
 

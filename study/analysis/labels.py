@@ -2,7 +2,7 @@
 configuration, and frontier points sit close together where quality rises steeply at small memory.
 
 Each label starts beside its point (right of it, or left near the right edge) and, if its box meets a
-label placed before it or the legend, moves down and up in steps of its own height until it is clear and
+label placed before it or the legend, moves up and down in steps of its own height until it is clear and
 inside the axes; a label that moved off its point gets a thin leader line. Boxes are measured with the
 figure's final layout, so the labels land where they are drawn."""
 

@@ -31,9 +31,11 @@ GIB = 2**30
 
 
 def trial(k: int, b: int, ndcg: float, gib: float, *, impl: str = "triton", seed: int = 0,
-          scope: str = "position", status: str = "ok", stop: str | None = "early_stopping") -> TrialRecord:
+          scope: str = "position", status: str = "ok", stop: str | None = "early_stopping",
+          patience: int = 10) -> TrialRecord:
     config = TrainConfig(dataset="ml-1m", loss="ce-neg", num_negatives=k, batch_size=b, max_len=50,
-                         loss_impl=impl, negative_scope=scope, seed=seed)  # type: ignore[arg-type]
+                         loss_impl=impl, negative_scope=scope, seed=seed,  # type: ignore[arg-type]
+                         patience=patience)
     ok = status == "ok"
     return TrialRecord(status=status, config=config.to_dict(), loss_impl=impl,  # type: ignore[arg-type]
                        val_metrics={"ndcg@10": ndcg} if ok else {},
@@ -190,22 +192,14 @@ def test_a_setting_besides_k_b_l_is_named_wherever_a_configuration_is(tmp_path: 
     """A side sweep that changed only the patience (the synthetic log's batch-1024 slice) is another
     configuration at the same (K, B, L): the tables name its setting, and the negatives x batch figure
     draws it as a line of its own instead of joining it to the grid's point at the same K."""
-    def with_patience(k: int, ndcg: float, patience: int, seed: int = 0) -> TrialRecord:
-        config = TrainConfig(dataset="ml-1m", loss="ce-neg", num_negatives=k, batch_size=1024, max_len=50,
-                             negative_scope="position", patience=patience,  # type: ignore[arg-type]
-                             seed=seed)
-        return TrialRecord(status="ok", config=config.to_dict(), loss_impl="triton",
-                           val_metrics={"ndcg@10": ndcg}, test_metrics={"ndcg@10": ndcg},
-                           memory=MemoryReport(nvml_process_peak=GIB), steady_epoch_seconds=2.0,
-                           mean_epoch_seconds=2.0, stop_reason="early_stopping")
     grid = write(tmp_path / "grid.sqlite", "grid",
-                 [with_patience(k, 0.04 + k / 1e6, 10) for k in (64, 256, 1024, 4096)])
+                 [trial(k, 1024, 0.04 + k / 1e6, 1.0) for k in (64, 256, 1024, 4096)])
     side = write(tmp_path / "side.sqlite", "side",
-                 [with_patience(k, 0.15 + k / 1e6, 40) for k in (1024, 4096)])
+                 [trial(k, 1024, 0.15 + k / 1e6, 1.0, patience=40) for k in (1024, 4096)])
     configs = configurations(load_study([grid, side]))
     assert sorted(configs["other_settings"]) == ["", "", "", "", "patience=40", "patience=40"]
     second_side = write(tmp_path / "side2.sqlite", "side2",
-                        [with_patience(k, 0.12 + k / 1e6, 20) for k in (256, 1024)])
+                        [trial(k, 1024, 0.12 + k / 1e6, 1.0, patience=20) for k in (256, 1024)])
     three = negatives_batch_figure(configurations(load_study([grid, side, second_side])), "ml-1m (loo)")
     styles = {t.get_text(): str(h.get_linestyle()) for t, h in
               zip(three.legends[0].get_texts(), three.legends[0].legend_handles, strict=True)}
@@ -225,18 +219,12 @@ def test_lines_of_fixed_k_times_b_compare_the_batch_sizes_at_each_product(tmp_pa
     K and quality side by side, says which batch is ahead and how it compares with the next (by the seeds'
     spread); a (K, B, L) run under two settings shows its better one, named. Products only one batch
     reaches (here 2^22) are no line."""
-    def run(k: int, b: int, ndcg: float, seed: int = 0, patience: int = 10) -> TrialRecord:
-        config = TrainConfig(dataset="ml-1m", loss="ce-neg", num_negatives=k, batch_size=b, max_len=50,
-                             negative_scope="position", seed=seed, patience=patience)  # type: ignore[arg-type]
-        return TrialRecord(status="ok", config=config.to_dict(), loss_impl="triton",
-                           val_metrics={"ndcg@10": ndcg}, test_metrics={"ndcg@10": ndcg},
-                           memory=MemoryReport(nvml_process_peak=GIB), steady_epoch_seconds=1.0,
-                           mean_epoch_seconds=1.0, stop_reason="time_limit")
     grid = write(tmp_path / "grid.sqlite", "grid", [
-        run(1024, 64, 0.3159), run(256, 256, 0.3033), run(256, 256, 0.3109, seed=1),
-        run(256, 256, 0.2957, seed=2), run(64, 1024, 0.0400), run(1024, 1024, 0.30), run(4096, 1024, 0.29)])
-    side = write(tmp_path / "side.sqlite", "side", [run(64, 1024, 0.2019, patience=40),
-                                                    run(4096, 256, 0.31, patience=40)])
+        trial(1024, 64, 0.3159, 1.0), trial(256, 256, 0.3033, 1.0), trial(256, 256, 0.3109, 1.0, seed=1),
+        trial(256, 256, 0.2957, 1.0, seed=2), trial(64, 1024, 0.0400, 1.0), trial(1024, 1024, 0.30, 1.0),
+        trial(4096, 1024, 0.29, 1.0)])
+    side = write(tmp_path / "side.sqlite", "side", [trial(64, 1024, 0.2019, 1.0, patience=40),
+                                                    trial(4096, 256, 0.31, 1.0, patience=40)])
     lines = fixed_product_lines(configurations(load_study([grid, side])))
     assert list(lines["K x B"]) == [65536, 1048576]
     line = lines.iloc[0]

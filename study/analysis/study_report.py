@@ -142,7 +142,7 @@ def best_under_budgets(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.Data
                 row: dict[str, Any] = {"dataset": dataset, "split": split, "budget GiB": budget / GIB,
                                        "impl": IMPL_LABELS[impl], "feasible configs": len(fits)}
                 if not fits.empty:
-                    ranked = fits.sort_values(["val_mean", "memory_bytes"], ascending=[False, True])
+                    ranked = _ranked(fits)
                     row.update(_describe(ranked.iloc[0]))
                     row["vs runner-up"] = (_versus_runner_up(ranked.iloc[0], ranked.iloc[1])
                                            if len(ranked) > 1 else "no runner-up")
@@ -174,14 +174,12 @@ def scaling_claim(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFrame
     alone (the fewest negatives swept), with whether the overall best wins beyond the seeds' spread."""
     rows = []
     for (dataset, _, impl), group in configs.groupby(["dataset", "split", "loss_impl_used"], sort=True):
-        if "negative_scope" in group.columns:
-            group = group[group["negative_scope"] == "position"]
+        group = _per_position(group)
         if group.empty:
             continue
         smallest_batch, fewest_negatives = int(group["batch_size"].min()), int(group["num_negatives"].min())
         for budget in budgets:
-            fits = group[group["memory_bytes"] <= budget].sort_values(["val_mean", "memory_bytes"],
-                                                                      ascending=[False, True])
+            fits = _ranked(group[group["memory_bytes"] <= budget])
             if fits.empty:
                 continue
             best = fits.iloc[0]
@@ -213,9 +211,7 @@ def fixed_product_lines(configs: pd.DataFrame) -> pd.DataFrame:
     (`seed_compare`). Where a (K, B, L) ran under more than one setting (a side sweep's patience or cap),
     the cell shows the best of them and names its setting, so the line compares what each batch size
     reached at its best."""
-    positions = configs
-    if "negative_scope" in positions.columns:
-        positions = positions[positions["negative_scope"] == "position"]
+    positions = _per_position(configs)
     if positions.empty:
         return pd.DataFrame()
     positions = positions.assign(product=positions["num_negatives"] * positions["batch_size"])
@@ -223,7 +219,7 @@ def fixed_product_lines(configs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     keys = ["dataset", "loss_impl_used", "max_len", "product"]
     for (dataset, impl, _, _), line in positions.groupby(keys, sort=True):
-        ranked = line.sort_values(["val_mean", "memory_bytes"], ascending=[False, True])
+        ranked = _ranked(line)
         best_per_batch: dict[int, pd.Series] = {}
         for _, config in ranked.iterrows():
             best_per_batch.setdefault(int(config["batch_size"]), config)
@@ -237,10 +233,8 @@ def fixed_product_lines(configs: pd.DataFrame) -> pd.DataFrame:
             if cell is None:
                 row[f"B={batch}"] = "-"
                 continue
-            other = cell.get("other_settings")
-            setting = f" [{other}]" if isinstance(other, str) and other else ""
-            row[f"B={batch}"] = (f"K={int(cell['num_negatives'])}: "
-                                 f"{mean_sd(cell['val_mean'], cell['val_sd'], int(cell['seeds']))}{setting}")
+            quality = mean_sd(cell["val_mean"], cell["val_sd"], int(cell["seeds"]))
+            row[f"B={batch}"] = _with_setting(f"K={int(cell['num_negatives'])}: {quality}", cell)
         (first, ahead), (second, runner_up) = list(best_per_batch.items())[:2]
         row["ahead on the line"] = f"B={first}"
         row["vs next"] = f"{versus(ahead, runner_up)} vs B={second}"
@@ -254,9 +248,26 @@ def _point_name(config: pd.Series) -> str:
 
 def _point(config: pd.Series) -> str:
     """(K, B, L), with the configuration's `other_settings` in brackets where it has any."""
-    point = f"({int(config['num_negatives'])}, {int(config['batch_size'])}, {int(config['max_len'])})"
+    return _with_setting(f"({int(config['num_negatives'])}, {int(config['batch_size'])}, "
+                         f"{int(config['max_len'])})", config)
+
+
+def _with_setting(text: str, config: pd.Series) -> str:
+    """`text`, followed by the configuration's `other_settings` in brackets where it has any."""
     other = config.get("other_settings")
-    return f"{point} [{other}]" if isinstance(other, str) and other else point
+    return f"{text} [{other}]" if isinstance(other, str) and other else text
+
+
+def _ranked(configs: pd.DataFrame) -> pd.DataFrame:
+    """Best mean validation metric first; ties to less memory."""
+    return configs.sort_values(["val_mean", "memory_bytes"], ascending=[False, True])
+
+
+def _per_position(configs: pd.DataFrame) -> pd.DataFrame:
+    """The configurations with per-position negatives (all of them in tables without scopes)."""
+    if "negative_scope" not in configs.columns:
+        return configs
+    return configs[configs["negative_scope"] == "position"]
 
 
 def scope_comparison(configs: pd.DataFrame) -> pd.DataFrame:
@@ -339,8 +350,7 @@ def seed_candidates(configs: pd.DataFrame, budgets: Sequence[int]) -> pd.DataFra
         for budget in budgets:
             fits = group[group["memory_bytes"] <= budget]
             if not fits.empty:
-                best = fits.sort_values(["val_mean", "memory_bytes"], ascending=[False, True])
-                wanted.append(best.index[0])
+                wanted.append(_ranked(fits).index[0])
     chosen = configs.loc[sorted(set(wanted))]
     return chosen[chosen["seeds"] < WANTED_SEEDS]
 
@@ -393,7 +403,7 @@ def negatives_batch_figure(configs: pd.DataFrame, title: str) -> Figure:
     sequence length: where quality grows with K, with B, or with both. Configurations with other settings
     (`other_settings`: a side sweep's patience or time cap) get lines of their own, labelled, in a line
     style per setting (dashed, dotted, ...), so two side sweeps at one batch size stay apart."""
-    positions = configs[configs.get("negative_scope", "position") == "position"]
+    positions = _per_position(configs)
     if "other_settings" not in positions.columns:
         positions = positions.assign(other_settings="")
     lengths = sorted(positions["max_len"].unique())
@@ -540,5 +550,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["load_study", "configurations", "other_settings", "versus", "best_under_budgets", "scaling_claim",
-           "scope_comparison", "speed_summary", "convergence_summary", "seed_candidates",
-           "write_study_report"]
+           "fixed_product_lines", "scope_comparison", "speed_summary", "convergence_summary",
+           "seed_candidates", "write_study_report"]

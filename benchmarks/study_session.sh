@@ -7,7 +7,8 @@
 #                 mkdir -p .gpu-data/<name> && cp ../shared/data/<name>/interactions.csv.gz .gpu-data/<name>/
 # Through the device tool, carrying .gpu-wheels.tar.xz and .gpu-data:
 #   STOP_AFTER=170 bash benchmarks/study_session.sh sweeps/study-ml1m.toml=results/study/study-ml1m.sqlite ...
-# Then copy $OUT/*.sqlite over results/study/ and commit them (the next call resumes from them).
+# Then bring the call's files into the tree and commit them (the next call resumes from them):
+#   python benchmarks/study_collect.py FILES_AT --call N   (refuses a database the call got from an older copy)
 # Environment: STOP_AFTER (s, default 170): no trial starts later; DRIVER_TIMEOUT (s, default 540): a driver
 # still running then is killed (its finished trials are in the database already); SWEEP_ARGS: more arguments
 # for every driver's `cce-study sweep`, e.g. SWEEP_ARGS="--retry predicted_over_budget" (re-plan the rows an

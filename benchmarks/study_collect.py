@@ -108,19 +108,22 @@ def collect_logs(files_at: Path, call_dir: Path) -> str | None:
     return "\n".join(text.splitlines()[:2])
 
 
+def _listed(what: str, ids: list[str], shown: list[str] | None = None, most: int = 8) -> str:
+    """"  3 <what>: a, b, c" (the first `most` of `shown`, which defaults to the ids, then "...")."""
+    shown = ids if shown is None else shown
+    return f"  {len(ids)} {what}: " + ", ".join(shown[:most]) + (" ..." if len(ids) > most else "")
+
+
 def describe(name: str, comparison: Comparison) -> list[str]:
     lines = [f"{name}: {counts(comparison.before)} -> {counts(comparison.after)}"
              f" ({len(comparison.added)} new row(s), {len(comparison.changed)} retried)"]
     if comparison.lost:
-        lines.append(f"  {len(comparison.lost)} row(s) of the tree's copy are missing: "
-                     + ", ".join(comparison.lost[:8]) + (" ..." if len(comparison.lost) > 8 else ""))
+        lines.append(_listed("row(s) of the tree's copy are missing", comparison.lost))
     if comparison.demoted:
-        lines.append(f"  {len(comparison.demoted)} ok row(s) of the tree's copy are not ok here: "
-                     + ", ".join(f"{t} ({comparison.after[t][0]})" for t in comparison.demoted[:8])
-                     + (" ..." if len(comparison.demoted) > 8 else ""))
+        lines.append(_listed("ok row(s) of the tree's copy are not ok here", comparison.demoted,
+                             [f"{t} ({comparison.after[t][0]})" for t in comparison.demoted]))
     if comparison.rerun:
-        lines.append(f"  {len(comparison.rerun)} ok row(s) of the tree's copy were run again: "
-                     + ", ".join(comparison.rerun[:8]) + (" ..." if len(comparison.rerun) > 8 else ""))
+        lines.append(_listed("ok row(s) of the tree's copy were run again", comparison.rerun))
     if comparison.refused:
         lines.append("  refused: this call was given an older copy of the database than the tree's; merge "
                      "the rows it added by hand, or pass --allow-lost-rows to take it as it is")

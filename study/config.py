@@ -45,6 +45,8 @@ DEFAULT_EVAL_MAX_SCORES = 1 << 24
 def eval_chunk_rows(max_scores: int, num_items: int) -> int:
     """Users scored at once when at most `max_scores` scores of `num_items` items may exist: one at least."""
     return max(1, max_scores // num_items)
+
+
 BINARY_LOSSES: tuple[str, ...] = ("bce", "gbce")
 
 

@@ -5,7 +5,8 @@ this report reads every database given, aggregates the seeds of each configurati
 standard deviation of the metrics; the largest memory of any seed, since a configuration fits a budget
 only if every seed did), and writes the comparisons the study asks for:
 
-- per dataset, the best configuration under each budget for the fused and the PyTorch loss side by side;
+- per dataset, the best configuration under each budget for the fused and the PyTorch loss side by side,
+  with how many of its seeds the time cap cut and how many trials shared their card (`card_sharing`);
 - the paper's claim: under a budget, is the best configuration one that scales negatives and batch together,
   or one that maximises either (best at the smallest batch swept / at the fewest negatives swept)?
 - negative scopes (per position, per sequence, shared by the batch, drawn in the kernel) at equal K, B, L;
@@ -33,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from study.analysis import pareto, seed_compare
+from study.analysis.card_sharing import mean_trials_on_card, sharing_text
 from study.analysis.labels import PointLabel, place_labels
 from study.analysis.pareto import GIB
 from study.analysis.report import markdown_table
@@ -66,20 +68,25 @@ def configurations(trials: pd.DataFrame, *, metric: str = "ndcg@10") -> pd.DataF
     """One row per configuration run `ok`, its seeds grouped as everywhere in the analysis
     (`pareto.seed_groups`): `val_mean`, `val_sd`, `test_mean`, `test_sd` of `metric`, `seeds`,
     `memory_bytes` (the largest peak of its seeds), `epoch_seconds` (mean steady-state time per epoch),
-    `time_capped` (seeds cut by the time limit), `trial_ids`."""
+    `time_capped` (seeds cut by the time limit), `on_card_min` / `on_card_max` (the fewest and most trials
+    that shared a seed's card while it ran, `card_sharing`: a capped seed's quality depends on it),
+    `trial_ids`."""
     val_column, test_column = pareto.metric_column(metric, "val"), pareto.metric_column(metric, "test")
+    on_card = mean_trials_on_card(trials)
     ok = trials[trials["status"] == "ok"].copy()
+    ok["on_card"] = on_card[ok.index]
     ok["epoch_seconds"] = pareto.epoch_time(ok)
     ok["time_capped"] = pareto.time_capped_seeds(ok)
     if ok.empty:
         return pd.DataFrame(columns=[*pareto.seed_key_columns(ok), "val_mean", "val_sd", "test_mean",
                                      "test_sd", "seeds", "memory_bytes", "epoch_seconds", "time_capped",
-                                     "trial_ids", "other_settings"])
+                                     "on_card_min", "on_card_max", "trial_ids", "other_settings"])
     grouped = pareto.seed_groups(ok, sort=True)
     table = grouped.agg(
         val_mean=(val_column, "mean"), val_sd=(val_column, "std"), test_mean=(test_column, "mean"),
         test_sd=(test_column, "std"), seeds=(val_column, "size"), memory_bytes=("peak_bytes", "max"),
         epoch_seconds=("epoch_seconds", "mean"), time_capped=("time_capped", "sum"),
+        on_card_min=("on_card", "min"), on_card_max=("on_card", "max"),
         trial_ids=("trial_id", lambda ids: ",".join(sorted(ids))),
     ).reset_index()
     table["other_settings"] = other_settings(table)
@@ -164,6 +171,8 @@ def _describe(config: pd.Series) -> dict[str, Any]:
         "val NDCG@10": mean_sd(config["val_mean"], config["val_sd"], int(config["seeds"])),
         "test NDCG@10": mean_sd(config["test_mean"], config["test_sd"], int(config["seeds"])),
         "peak GiB": config["memory_bytes"] / GIB, "s / epoch": config["epoch_seconds"],
+        "cut by cap": f"{int(config['time_capped'])}/{int(config['seeds'])}",
+        "trials on card": sharing_text(config.get("on_card_min"), config.get("on_card_max")),
         "trials": config["trial_ids"],
     }
 

@@ -3,6 +3,7 @@ the negatives-vs-batch comparison, negative scopes, and the command writing it a
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from study.analysis.study_report import (
     scaling_claim,
     scope_comparison,
     seed_candidates,
+    speed_summary,
     versus,
 )
 from study.config import TrainConfig
@@ -248,6 +250,23 @@ def test_how_training_stopped_counts_the_capped_points(tmp_path: Path) -> None:
     assert fused["time-capped (K, B, L)"] == "(64, 1024, 50) x2, (256, 1024, 50)"
     assert table.loc["PyTorch", "predicted over budget (not run)"] == 1
     assert table.loc["PyTorch", "time-capped (K, B, L)"] == "-"
+
+
+def test_fused_vs_pytorch_counts_each_configuration_once(tmp_path: Path) -> None:
+    """Three seeds of one configuration where PyTorch took twice the fused loss's time and memory, one seed
+    of another where it took ten times: over configurations the median is 6, not the 2 of the four pairs."""
+    def timed(k: int, seed: int, impl: str, seconds: float, gib: float) -> TrialRecord:
+        return dataclasses.replace(trial(k, 64, 0.2, gib, impl=impl, seed=seed), steady_epoch_seconds=seconds)
+
+    records = [timed(256, seed, "triton", 1.0, 1.0) for seed in range(3)]
+    records += [timed(256, seed, "torch", 2.0, 2.0) for seed in range(3)]
+    records += [timed(4096, 0, "triton", 1.5, 1.2), timed(4096, 0, "torch", 15.0, 12.0),
+                timed(4096, 1, "torch", 30.0, 12.0)]  # seed 1 has no fused twin: no pair
+    summary = speed_summary(load_study([write(tmp_path / "speed.sqlite", "speed", records)])).iloc[0]
+    assert (summary["configurations"], summary["pairs"]) == (2, 4)
+    assert summary["speed-up median"] == pytest.approx(6.0)
+    assert summary["memory ratio median"] == pytest.approx(6.0)
+    assert summary["speed-up range"] == "2.00-10.00" and summary["memory ratio range"] == "2.00-10.00"
 
 
 def test_configurations_without_three_seeds_are_listed(study_dbs: list[Path]) -> None:

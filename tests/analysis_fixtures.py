@@ -31,6 +31,8 @@ class SyntheticTrial:
     peak_bytes: int | None
     epoch_seconds: float | None
     stop_reason: str | None = None  # of an ok trial; None: "early_stopping"
+    card: str | None = None  # the GPU's UUID; None: not recorded
+    ran: tuple[float, float] = (0.0, 300.0)  # seconds after 2026-11-26T06:00Z when it started and finished
 
 
 def metric_values(quality: float) -> dict[str, float]:
@@ -101,7 +103,9 @@ def to_record(trial: SyntheticTrial) -> TrialRecord:
     memory = MemoryReport(torch_max_allocated=None if reserved is None else int(reserved * 0.9),
                           torch_max_reserved=reserved, nvml_process_peak=trial.peak_bytes,
                           cpu_peak_rss=None if trial.peak_bytes is None else 3 * GIB,
-                          gpu_name=CARD_NAME, gpu_total=CARD_BYTES, budget_bytes=40 * GIB)
+                          gpu_name=CARD_NAME, gpu_total=CARD_BYTES, budget_bytes=40 * GIB,
+                          gpu_uuid=trial.card)
+    start = pd.Timestamp("2026-11-26T06:00:00+00:00")
     return TrialRecord(
         status=trial.status,  # type: ignore[arg-type]
         config=trial.config.to_dict(),
@@ -114,7 +118,8 @@ def to_record(trial: SyntheticTrial) -> TrialRecord:
         total_seconds=(trial.epoch_seconds or 0.0) * 3 + 2.0, num_users=943, num_items=1682,
         num_interactions=100_000, device="cuda:0", loss_impl=trial.loss_impl_used,
         versions={"python": "3.12", "torch": "2.11"}, git_commit="0" * 40,
-        started_at="2026-11-26T06:00:00+00:00", finished_at="2026-11-26T06:05:00+00:00",
+        started_at=(start + pd.Timedelta(seconds=trial.ran[0])).isoformat(),
+        finished_at=(start + pd.Timedelta(seconds=trial.ran[1])).isoformat(),
         stop_reason=(trial.stop_reason or "early_stopping") if ok else None,  # type: ignore[arg-type]
     )
 

@@ -355,6 +355,37 @@ def test_best_says_how_many_seeds_of_an_answer_the_time_limit_cut(tmp_path: Path
     assert json.loads(out)["budgets"][0]["time_capped_seeds"] == 2
 
 
+def test_best_says_how_crowded_the_card_was_for_each_seed(tmp_path: Path, capsys) -> None:
+    """A capped seed trains as far as its share of the card allows. Seed 0 of the answer ran alone, seeds 1
+    and 2 beside each other and, for half their run, beside a trial of another sweep in another database:
+    `best` counts it although --sweep selects only the answer's sweep."""
+    (config,) = (t.config for t in synthetic_sweep(np.random.default_rng(7), negatives=(1024,),
+                                                   batch_sizes=(256,), max_lens=(200,), impls=("triton",)))
+
+    def seed(seed: int, card: str, quality: float) -> SyntheticTrial:
+        return SyntheticTrial(f"s{seed}", config.replace(seed=seed), "ok", "triton", quality, round(3 * GIB),
+                              5.0, "time_limit", card=card, ran=(0.0, 300.0))
+
+    grid = build_database(tmp_path / "grid.sqlite", [seed(0, "GPU-a", 0.34), seed(1, "GPU-b", 0.26),
+                                                     seed(2, "GPU-b", 0.27)], sweep="grid")
+    other = SyntheticTrial("other", config.replace(num_negatives=64), "ok", "torch", 0.1, round(9 * GIB), 9.0,
+                           card="GPU-b", ran=(150.0, 600.0))
+    neighbour = build_database(tmp_path / "other.sqlite", [other], sweep="other")
+    both = ["--db", str(grid), "--db", str(neighbour), "--sweep", "grid"]
+
+    code, out, _ = run(capsys, "best", *both, "--budgets", "8GiB")
+    header, row = out.splitlines()
+    assert code == 0 and "trials on card" in header and " 1.0-2.5 " in row
+    code, out, _ = run(capsys, "best", *both, "--budget", "8GiB")
+    assert "card     1.0-2.5 trials of these databases on it (mean over each seed's run" in out
+    code, out, _ = run(capsys, "best", *both, "--budget", "8GiB", "--json")
+    best = json.loads(out)["best"]
+    assert best["trials_on_card_min"] == pytest.approx(1.0)
+    assert best["trials_on_card_max"] == pytest.approx(2.5)
+    code, out, _ = run(capsys, "best", "--db", str(grid), "--budgets", "8GiB", "--json")
+    assert json.loads(out)["budgets"][0]["trials_on_card_max"] == pytest.approx(2.0)  # the neighbour unseen
+
+
 def test_the_budget_table_names_the_scope_of_each_answer(tmp_path: Path, capsys) -> None:
     """Where a database holds negative scopes side by side, an answer may be drawn negatives: the budget
     table must say so, or the user would rerun it per position (diginetica's answer, 2026-11-29)."""

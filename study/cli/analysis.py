@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from study.analysis import pareto, seed_compare
+from study.analysis.card_sharing import mean_trials_on_card, sharing_text
 from study.analysis.pareto import GIB, MEMORY_FIELDS
 from study.cli import UserError
 from study.units import parse_budget
@@ -170,13 +171,18 @@ def run_best(args: argparse.Namespace) -> int:
         scoped = pareto.scope(trials, dataset=args.dataset, split=args.split)
     except ValueError as exc:
         raise UserError(f"{exc} with --dataset / --split") from exc
+    sharing = _trials_on_card(args)
     if args.budgets is not None:
-        return _print_budget_table(scoped, parse_budget_list(args.budgets, scoped, option="--budgets"), args)
+        return _print_budget_table(scoped, parse_budget_list(args.budgets, scoped, option="--budgets"), args,
+                                   sharing)
     (budget,) = parse_budget_list(args.budget, scoped, option="--budget")
     best, runner_up = pareto.best_under_budget(scoped, budget, metric=args.metric,
                                                  memory_field=args.memory_field, aggregate_seeds=True)
     if best is None:
         raise UserError(_nothing_fits(scoped, budget, args))
+    best = _with_sharing(best.to_frame().T, sharing).iloc[0]
+    if runner_up is not None:
+        runner_up = _with_sharing(runner_up.to_frame().T, sharing).iloc[0]
     verdict = pareto.versus_runner_up(best, runner_up)
     if args.json:
         print(json.dumps({"budget": args.budget, "budget_bytes": budget, "metric": args.metric,
@@ -195,6 +201,28 @@ def run_best(args: argparse.Namespace) -> int:
         print(f"Best vs runner-up: {seed_compare.RUNNER_UP_PHRASES[str(verdict)]} "
               f"(gap {gap:.2g} in validation {args.metric}; {_spread_text(best, runner_up)})")
     return 0
+
+
+ON_CARD_MIN, ON_CARD_MAX = "trials_on_card_min", "trials_on_card_max"
+
+
+def _trials_on_card(args: argparse.Namespace) -> pd.Series:
+    """Per trial id, the mean number of trials on its card while it ran (`card_sharing`), counted over every
+    trial of the databases given: a trial's neighbours need not be in the --sweep / --dataset selection."""
+    from study.database.results_db import load_trials
+
+    everything = pd.concat([load_trials(path) for path in database_paths(args)], ignore_index=True)
+    return pd.Series(mean_trials_on_card(everything).to_numpy(), index=everything["trial_id"].to_numpy())
+
+
+def _with_sharing(rows: pd.DataFrame, sharing: pd.Series) -> pd.DataFrame:
+    """`rows` (configurations; `trial_ids` lists their seeds' trials) with the fewest and most trials that
+    shared a seed's card while it ran: a time-capped seed's quality depends on it."""
+    ids = rows["trial_ids"] if "trial_ids" in rows.columns else rows["trial_id"]
+    ranges = [sharing.reindex(text.split(",")).agg(["min", "max"]).tolist() if isinstance(text, str)
+              else [math.nan, math.nan] for text in ids]
+    low, high = zip(*ranges) if ranges else ((), ())
+    return rows.assign(**{ON_CARD_MIN: list(low), ON_CARD_MAX: list(high)})
 
 
 def _spread_text(best: pd.Series, runner_up: pd.Series) -> str:
@@ -235,11 +263,13 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse.Namespace) -> int:
+def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse.Namespace,
+                        sharing: pd.Series) -> int:
     table = pareto.best_per_budget(trials, budgets, metric=args.metric, memory_field=args.memory_field,
                                    aggregate_seeds=True)
     if table.empty or table["trial_id"].isna().all():
         raise UserError(_nothing_fits(trials, max(budgets), args))
+    table = _with_sharing(table, sharing)
     if args.json:
         rows = [{key: _plain(value) for key, value in row.items()} for row in table.to_dict("records")]
         document = {"metric": args.metric, "memory_field": args.memory_field, "budgets": rows}
@@ -262,6 +292,8 @@ def _print_budget_table(trials: pd.DataFrame, budgets: list[int], args: argparse
         "seeds": table["seeds"].map(_count),
         "cut by time limit": [_capped_text(capped, seeds, trial) for capped, seeds, trial
                               in zip(table[pareto.TIME_CAPPED], table["seeds"], table["trial_id"])],
+        "trials on card": [sharing_text(low, high)
+                           for low, high in zip(table[ON_CARD_MIN], table[ON_CARD_MAX])],
         "memory GiB": table["memory_gib"].map(_number),
         "runner-up": table["runner_up_trial_id"],
         f"runner-up val {args.metric}": [
@@ -312,6 +344,9 @@ def _trial_json(row: pd.Series, args: argparse.Namespace) -> dict[str, Any]:
         if column in row.index:
             out[f"{split}_{args.metric}_sd"] = _plain(row.get(column))
     out[pareto.TIME_CAPPED] = int(pareto.time_capped_seeds(row.to_frame().T).iloc[0])
+    for name in (ON_CARD_MIN, ON_CARD_MAX):
+        if name in row.index:
+            out[name] = _plain(row[name])
     if "num_seeds" in row.index:
         out["seeds"] = int(row["num_seeds"])
         out["trial_ids"] = str(row.get("trial_ids", row.get("trial_id"))).split(",")
@@ -339,6 +374,7 @@ def _trial_text(row: pd.Series, args: argparse.Namespace) -> str:
         f"test {args.metric} {_mean_sd(test, row.get(pareto.TEST_QUALITY_SD))}{_seeds_text(row)}",
         f"  memory   {memory}",
         f"  stopped  {_stop_text(row)}",
+        f"  card     {_sharing_line(row)}",
         f"  time     {_number(_steady_or_mean_time(row))} s/epoch (steady state; mean over all epochs "
         f"{_number(row.get('mean_epoch_seconds'))})",
     ])
@@ -355,6 +391,16 @@ def _stop_text(row: pd.Series) -> str:
     if seeds == 1:
         return f"{limit} cut training: an unfinished run"
     return f"{limit} cut {capped} of {seeds} seeds: unfinished runs"
+
+
+def _sharing_line(row: pd.Series) -> str:
+    """How many trials shared the card while the trial (each seed) ran: a capped run depends on it."""
+    text = sharing_text(_plain(row.get(ON_CARD_MIN)), _plain(row.get(ON_CARD_MAX)))
+    if text == "-":
+        return "-"
+    seeds = int(_plain(row.get("num_seeds")) or 1)
+    over = "mean over each seed's run, fewest-most" if seeds > 1 else "mean over its run"
+    return f"{text} trials of these databases on it ({over}, itself included)"
 
 
 def _mean_sd(mean: Any, sd: Any) -> str:

@@ -208,10 +208,13 @@ ON_CARD_MIN, ON_CARD_MAX = "trials_on_card_min", "trials_on_card_max"
 
 def _trials_on_card(args: argparse.Namespace) -> pd.Series:
     """Per trial id, the mean number of trials on its card while it ran (`card_sharing`), counted over every
-    trial of the databases given: a trial's neighbours need not be in the --sweep / --dataset selection."""
+    trial of the databases given: a trial's neighbours need not be in the --sweep / --dataset / --spec-version
+    selection (a row of an edited-away configuration still held its share of the card), hence a read of its
+    own."""
     from study.database.results_db import load_trials
 
-    everything = pd.concat([load_trials(path) for path in database_paths(args)], ignore_index=True)
+    everything = pd.concat([load_trials(path, spec_version="all") for path in database_paths(args)],
+                           ignore_index=True)
     return pd.Series(mean_trials_on_card(everything).to_numpy(), index=everything["trial_id"].to_numpy())
 
 

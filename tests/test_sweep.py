@@ -298,6 +298,39 @@ def test_stop_after_waits_for_trials_that_started_before_it() -> None:
     assert sweep.Progress("s", total=1).drained() is False  # no deadline: never
 
 
+def test_a_run_ended_by_its_stopper_still_prunes_the_checkpoints_of_recorded_trials(tmp_path: Path) -> None:
+    """When --stop-after ends a run as the last rows are written, Tune stops the trials still finishing
+    without calling on_trial_complete; their checkpoints must go anyway, as each trial's row is written."""
+    from study.sweep import db_spool
+    from study.sweep.checkpoint_store import CheckpointStore
+    from study.sweep.trial import final_result
+
+    store = CheckpointStore(tmp_path / "storage", "stopped")
+    settings = sweep.TrialSettings("stopped", "any:function", card_bytes=None)
+
+    def checkpointed(trial: str, tune_id: str) -> Path:
+        folder = Path(store.path) / "run-1" / store.trial_dirname(trial, tune_id) / "checkpoint_000002"
+        folder.mkdir(parents=True)
+        (folder / "state.pt").write_bytes(os.urandom(64))
+        return folder
+
+    class TuneTrial:  # what the callback reads of Tune's trial
+        def __init__(self, trial: str, tune_id: str) -> None:
+            self.trial_id, self.config = tune_id, {"point": {"trial_id": trial, "config": {}}}
+
+    finished, died = TuneTrial("stopped-a", "t_00000"), TuneTrial("stopped-b", "t_00001")
+    finished_folder, died_folder = checkpointed("stopped-a", "t_00000"), checkpointed("stopped-b", "t_00001")
+    db = ResultsDB(tmp_path / "results.sqlite")
+    callback = sweep.make_recording_callback(db_spool.SpoolingWriter(db), settings,
+                                             sweep.Progress("stopped", total=2), store)
+    record = TrialRecord(status="ok", config=TrainConfig().to_dict())
+    callback.on_trial_result(0, [], finished, final_result("stopped-a", record))  # its row, then the stop
+    callback.on_trial_error(0, [], died)  # a dead worker's row: its checkpoint stays for --retry failed
+    assert finished_folder.exists() and set(db.trial_statuses("stopped").values()) == {"ok", "failed"}
+    callback.prune()
+    assert not finished_folder.exists() and died_folder.exists()
+
+
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("45m", 2700.0), ("2h", 7200.0),
                                                ("1.5m", 90.0)])
 def test_durations_parse(text: str, seconds: float) -> None:

@@ -236,6 +236,7 @@ def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings,
     def trial_dirname(trial: Any) -> str:
         return store.trial_dirname(trial_point(trial.config, settings)[0], str(trial.trial_id))
 
+    recording = make_recording_callback(writer, settings, progress, store)
     try:
         tuner = tune.Tuner(
             trainable,
@@ -248,13 +249,14 @@ def _fit(spec: SweepSpec, param_space: dict[str, Any], settings: TrialSettings,
             run_config=tune.RunConfig(
                 name=store.new_run_name(), storage_path=store.location, verbose=0,
                 stop=CombinedStopper(make_deadline_stopper(progress), make_stopper(writer)),
-                callbacks=[make_recording_callback(writer, settings, progress, store)],
+                callbacks=[recording],
                 failure_config=tune.FailureConfig(max_failures=spec.checkpoint.max_retries, fail_fast=False),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
         tuner.fit()
     finally:
+        recording.prune()
         # Tune's files of this run go when every trial of it has finished (no checkpoint left)
         store.remove_finished_runs()
 
@@ -333,6 +335,7 @@ def make_recording_callback(writer: db_spool.SpoolingWriter, settings: TrialSett
             self.store = store
             self.recorded: set[str] = set()  # Tune's trial ids whose row is written
             self.reported: set[str] = set()  # ... of those, the ones whose record came from the trial
+            self.reported_trials: set[str] = set()  # the sweep's trial ids of the same
 
         def __getstate__(self) -> dict[str, Any]:
             # Tune pickles its run config for Tuner.restore, which sweeps never use (they resume from the
@@ -359,11 +362,20 @@ def make_recording_callback(writer: db_spool.SpoolingWriter, settings: TrialSett
             record = TrialRecord.from_dict(json.loads(result[RECORD_KEY]))
             self.write(trial, result[TRIAL_ID_KEY], record)
             self.reported.add(trial.trial_id)
+            self.reported_trials.add(result[TRIAL_ID_KEY])
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self.finish(trial, "the trial ended without reporting its record")
             if trial.trial_id in self.reported and self.store is not None:
                 self.store.delete_checkpoints({trial_point(trial.config, self.settings)[0]})
+
+        def prune(self) -> None:
+            """Delete the checkpoints of every trial that reported its record. `on_trial_complete` does
+            it trial by trial, but when a stopper ends the run (`--stop-after`: as soon as the last row is
+            written) Tune stops the trials still finishing without calling it, which left one to three
+            finished trials' checkpoints per device call on the H200."""
+            if self.store is not None:
+                self.store.delete_checkpoints(self.reported_trials)
 
         def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             failures = getattr(trial, "num_failures", "?")

@@ -8,7 +8,11 @@ returns a database without them, or with them run again, and copying it would si
     python benchmarks/study_collect.py FILES_AT --call 25 --dry-run          # say what would change
 
 A refused database is left where it is; merge it by hand (the rows it has and the tree lacks) or pass
---allow-lost-rows to take it as it is. Exit status 1 when anything was refused."""
+--allow-lost-rows to take it as it is. Exit status 1 when anything was refused.
+
+On the device, `benchmarks/study_session.sh` writes the copies this reads with the same code:
+
+    python3 benchmarks/study_collect.py snapshot "$OUT" DB...   # consistent copies, WAL included"""
 
 from __future__ import annotations
 
@@ -130,7 +134,27 @@ def describe(name: str, comparison: Comparison) -> list[str]:
     return lines
 
 
+def snapshot(argv: list[str]) -> int:
+    """`snapshot OUT DB...`: a consistent copy of each database that exists into OUT, with its counts."""
+    parser = argparse.ArgumentParser(prog="study_collect.py snapshot",
+                                     description="copy results databases for the trip back from the device")
+    parser.add_argument("out", type=Path, help="the folder the copies go to ($OUT of a device call)")
+    parser.add_argument("databases", type=Path, nargs="+", help="results databases; a missing one is skipped")
+    args = parser.parse_args(argv)
+    for source in args.databases:
+        if not source.is_file():
+            print(f"{source}: no database (the sweep recorded nothing)")
+            continue
+        target = args.out / source.name
+        copy_database(source, target)
+        print(f"{source}: {counts(trial_rows(target))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["snapshot"]:
+        return snapshot(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files_at", type=Path, help="the folder the device call's $OUT files were copied to")
     parser.add_argument("--call", type=int, required=True,

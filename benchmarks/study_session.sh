@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One device call of the memory-quality study (issue 10, STUDY.md): a Ray head over the node's GPUs, every
 # sweep given as SPEC=DB run against it with --resume and --stop-after (a driver each, as on a cluster), then a
-# consistent copy of each database (SQLite's backup API, WAL included) and the logs in $OUT. SPEC=DB@CARDS
+# consistent copy of each database (`benchmarks/study_collect.py snapshot`: SQLite's backup API, WAL included)
+# and the logs in $OUT. SPEC=DB@CARDS
 # (e.g. @0,1) gives a sweep its own cards: sweeps with the same CARDS share one Ray head; without @, all cards.
 # Prepare here:   ../shared/tools/gpu-wheelhouse .gpu-wheels        (writes .gpu-wheels.tar.xz)
 #                 mkdir -p .gpu-data/<name> && cp ../shared/data/<name>/interactions.csv.gz .gpu-data/<name>/
@@ -62,17 +63,8 @@ wait
 ray stop --force > /dev/null 2>&1
 echo "drivers done after $(( $(date +%s) - started )) s"
 
-for pair in "$@"; do
-  target=${pair%@*} db=${target#*=}
-  [ -f "$db" ] || continue
-  python3 - "$db" "$out/$(basename "$db")" <<'PY'
-import sqlite3, sys
-source, target = sqlite3.connect(sys.argv[1]), sqlite3.connect(sys.argv[2])
-source.backup(target)
-target.execute("PRAGMA journal_mode=DELETE")
-counts = source.execute("select status, count(*) from trials group by status").fetchall()
-print(sys.argv[1], dict(counts))
-PY
-done
+databases=()
+for pair in "$@"; do target=${pair%@*}; databases+=("${target#*=}"); done
+python3 benchmarks/study_collect.py snapshot "$out" "${databases[@]}"
 for log in "$logs"/*.log; do echo "== $log"; tail -4 "$log"; done
 tar czf "$out/logs.tgz" -C "$logs" .

@@ -104,3 +104,29 @@ def test_a_folder_without_databases_is_an_error_naming_it(tmp_path: Path,
     with pytest.raises(SystemExit):
         collect.main([str(tmp_path), "--call", "1", "--results", str(tmp_path / "r")])
     assert f"files_at: {tmp_path} holds no *.sqlite" in capsys.readouterr().err
+
+
+def test_snapshot_copies_a_database_in_use_with_its_wal_and_skips_a_missing_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """What study_session.sh runs on the device before $OUT goes back: rows still in the WAL of an open
+    connection are in the copy, which is a single file (journal mode DELETE)."""
+    live = sqlite3.connect(tmp_path / "sweep.sqlite")
+    live.execute("PRAGMA journal_mode=WAL")
+    live.execute("PRAGMA wal_autocheckpoint=0")  # every row below stays in the WAL
+    live.execute("CREATE TABLE trials (trial_id TEXT PRIMARY KEY, status TEXT, started_at TEXT)")
+    live.executemany("INSERT INTO trials VALUES (?, ?, ?)",
+                     [(trial_id, status, started) for trial_id, (status, started) in TREE.items()])
+    live.commit()
+    assert (tmp_path / "sweep.sqlite-wal").stat().st_size > 0
+    out = tmp_path / "out"
+    databases = [str(tmp_path / "sweep.sqlite"), str(tmp_path / "none.sqlite")]
+    assert collect.main(["snapshot", str(out), *databases]) == 0
+    live.close()
+    assert collect.trial_rows(out / "sweep.sqlite") == TREE
+    assert sorted(p.name for p in out.iterdir()) == ["sweep.sqlite"]
+    with sqlite3.connect(out / "sweep.sqlite") as copy:
+        assert copy.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    copy.close()
+    printed = capsys.readouterr().out
+    assert "sweep.sqlite: ok 2, predicted_over_budget 1" in printed
+    assert "none.sqlite: no database (the sweep recorded nothing)" in printed

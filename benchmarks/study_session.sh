@@ -7,14 +7,15 @@
 # Prepare here:   ../shared/tools/gpu-wheelhouse .gpu-wheels        (writes .gpu-wheels.tar.xz)
 #                 mkdir -p .gpu-data/<name> && cp ../shared/data/<name>/interactions.csv.gz .gpu-data/<name>/
 # Through the device tool, carrying .gpu-wheels.tar.xz and .gpu-data:
-#   STOP_AFTER=170 bash benchmarks/study_session.sh sweeps/study-ml1m.toml=results/study/study-ml1m.sqlite ...
+#   COMMIT=<sha> STOP_AFTER=170 bash benchmarks/study_session.sh sweeps/study-ml1m.toml=results/study/study-ml1m.sqlite ...
 # Then bring the call's files into the tree and commit them (the next call resumes from them):
 #   python benchmarks/study_collect.py FILES_AT --call N   (refuses a database the call got from an older copy)
-# Environment: STOP_AFTER (s, default 170): no trial starts later; DRIVER_TIMEOUT (s, default 540): a driver
-# still running then is killed (its finished trials are in the database already); SWEEP_ARGS: more arguments
-# for every driver's `cce-study sweep`, e.g. SWEEP_ARGS="--retry predicted_over_budget" (re-plan the rows an
-# older memory model skipped), "--new-spec-version" (a spec extended since its database recorded it) or
-# "--gpus-per-trial 0.25 --cpus-per-trial 4" (this call packs four trials to a card, whatever the spec says).
+# Environment: COMMIT (the tree's commit, written to environment.txt); STOP_AFTER (s, default 170): no trial
+# starts later; DRIVER_TIMEOUT (s, default 540): a driver still running then is killed (its finished trials are
+# in the database already); SWEEP_ARGS: more arguments for every driver's `cce-study sweep`, e.g.
+# SWEEP_ARGS="--retry predicted_over_budget" (re-plan the rows an older memory model skipped),
+# "--new-spec-version" (a spec extended since its database recorded it) or "--gpus-per-trial 0.25
+# --cpus-per-trial 4" (this call packs four trials to a card, whatever the spec says).
 set -uo pipefail
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out" /tmp/wh
@@ -26,7 +27,8 @@ export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 export CCE_STUDY_DATA_PATH=$PWD/.gpu-data RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 logs=$(mktemp -d)
 {
-  echo "tree ${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}; started $(date -u +%FT%TZ)"
+  # the device copy's .git can lag the tree it was sent with (calls 25-34), so only a given COMMIT names it
+  echo "tree ${COMMIT:-unknown (pass COMMIT=\$(git rev-parse --short HEAD))}; started $(date -u +%FT%TZ)"
   nvidia-smi --query-gpu=index,name,uuid,driver_version,memory.total --format=csv,noheader
   python3 -c 'import torch, triton, ray; print("torch", torch.__version__, "triton", triton.__version__,
     "cuda", torch.version.cuda, "ray", ray.__version__)'

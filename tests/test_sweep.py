@@ -86,6 +86,7 @@ def test_grid_sweep_of_real_trials_writes_one_row_each(local_ray: str, tmp_path:
     out, err = capsys.readouterr()
     assert "sweep grid4: 4 trial(s) recorded" in out and "ok 4" in out
     assert "4/4 done" in err
+    assert "4 trial(s) to run" in err and "recorded" not in err.split("to run", 1)[1].split("\n", 1)[0]
     # the figures command it prints runs as printed
     printed = next(line for line in out.splitlines() if "figures:" in line).split("figures:", 1)[1]
     argv = shlex.split(printed)

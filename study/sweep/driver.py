@@ -142,6 +142,7 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
             if record is not None:
                 record.dataset_source, record.dataset_sha256 = trial.dataset_source, trial.dataset_sha256
                 writer.write(trial.trial_id, spec.name, record)
+        recorded_before = done
         done = done_ids() | set(writer.spooled)
         to_run = [t for t in plan if t.trial_id not in done]
         progress = Progress(spec.name, total=len(plan), statuses=Counter(
@@ -149,8 +150,11 @@ def execute_sweep(spec: SweepSpec, plan: Sequence[PlannedTrial], db: ResultsDB, 
         if not to_run or writer.stopped is not None:
             return
         again = len([t for t in to_run if t.trial_id in recorded()])
+        not_run = len(done - recorded_before)  # rows this run wrote from the plan alone
         progress.line(f"{len(to_run)} trial(s) to run" + (f" ({again} again: --retry)" if again else "")
-                      + f", {len(done)} already recorded")
+                      + (f", {len(recorded_before)} already recorded" if recorded_before else "")
+                      + (f", {not_run} recorded without running (predicted over the budget, or invalid)"
+                         if not_run else ""))
         settings = TrialSettings(spec.name, spec.run.trial_function, card_bytes,
                                  planned={t.trial_id: t for t in to_run}, skip_predicted_over_budget=skip,
                                  start_deadline=deadline, checkpoint=checkpoint)

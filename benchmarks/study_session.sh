@@ -2,8 +2,8 @@
 # One device call of the memory-quality study (issue 10, STUDY.md): a Ray head over the node's GPUs, every
 # sweep given as SPEC=DB run against it with --resume and --stop-after (a driver each, as on a cluster), then a
 # consistent copy of each database (`benchmarks/study_collect.py snapshot`: SQLite's backup API, WAL included)
-# and the logs in $OUT. SPEC=DB@CARDS
-# (e.g. @0,1) gives a sweep its own cards: sweeps with the same CARDS share one Ray head; without @, all cards.
+# and the logs in $OUT. SPEC=DB@CARDS (e.g. @0,1) gives a sweep its own cards: sweeps with the same CARDS share
+# one Ray head; without @, all cards.
 # Prepare here:   ../shared/tools/gpu-wheelhouse .gpu-wheels        (writes .gpu-wheels.tar.xz)
 #                 mkdir -p .gpu-data/<name> && cp ../shared/data/<name>/interactions.csv.gz .gpu-data/<name>/
 # Through the device tool, carrying .gpu-wheels.tar.xz and .gpu-data:

@@ -338,8 +338,8 @@ def make_recording_callback(writer: db_spool.SpoolingWriter, settings: TrialSett
             self.progress = progress
             self.store = store
             self.recorded: set[str] = set()  # Tune's trial ids whose row is written
-            self.reported: set[str] = set()  # ... of those, the ones whose record came from the trial
-            self.reported_trials: set[str] = set()  # the sweep's trial ids of the same
+            # ... of those, the ones whose record came from the trial: Tune's id -> the sweep's trial id
+            self.reported: dict[str, str] = {}
 
         def __getstate__(self) -> dict[str, Any]:
             # Tune pickles its run config for Tuner.restore, which sweeps never use (they resume from the
@@ -365,13 +365,12 @@ def make_recording_callback(writer: db_spool.SpoolingWriter, settings: TrialSett
                 return
             record = TrialRecord.from_dict(json.loads(result[RECORD_KEY]))
             self.write(trial, result[TRIAL_ID_KEY], record)
-            self.reported.add(trial.trial_id)
-            self.reported_trials.add(result[TRIAL_ID_KEY])
+            self.reported[trial.trial_id] = result[TRIAL_ID_KEY]
 
         def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self.finish(trial, "the trial ended without reporting its record")
             if trial.trial_id in self.reported and self.store is not None:
-                self.store.delete_checkpoints({trial_point(trial.config, self.settings)[0]})
+                self.store.delete_checkpoints({self.reported[trial.trial_id]})
 
         def prune(self) -> None:
             """Delete the checkpoints of every trial that reported its record. `on_trial_complete` does
@@ -379,7 +378,7 @@ def make_recording_callback(writer: db_spool.SpoolingWriter, settings: TrialSett
             written) Tune stops the trials still finishing without calling it, which left one to three
             finished trials' checkpoints per device call on the H200."""
             if self.store is not None:
-                self.store.delete_checkpoints(self.reported_trials)
+                self.store.delete_checkpoints(set(self.reported.values()))
 
         def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             failures = getattr(trial, "num_failures", "?")

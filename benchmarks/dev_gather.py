@@ -77,7 +77,8 @@ def check_correctness(device, results):
                                                          sort_negatives=sort))
         loss.backward()
         h2, w2 = hidden.double().requires_grad_(), weight.double().requires_grad_()
-        expected = oracle_loss(h2, w2[1:], targets, negatives, log_q=log_q, ignore_index=IGNORE, items_as=hdt)
+        expected = oracle_loss(h2, w2[1:], targets, negatives, log_q=log_q, ignore_index=IGNORE, items_as=hdt,
+                               drawn=scheme == "drawn")
         expected.backward()
         row = dict(scheme=scheme, d=dim, sort=sort, hidden=str(hdt), items=str(idt),
                    loss_rel=rel(loss.detach(), expected.detach()),

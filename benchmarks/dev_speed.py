@@ -140,7 +140,7 @@ def check_gather(dim: int, scheme: str, hidden_dtype, items_dtype, label: str, c
     loss.backward()
     h64, e64 = hidden.double().requires_grad_(), items.double().requires_grad_()
     expected = oracle_loss(h64, e64, targets, negatives, log_q=log_q, ignore_index=IGNORE,
-                           items_as=hidden_dtype)
+                           items_as=hidden_dtype, drawn=scheme == "drawn")
     expected.backward()
     errors = (rel(loss.detach(), expected.detach()), rel(h.grad, h64.grad), rel(e.grad, e64.grad))
     limit = 1e-4 if hidden_dtype == torch.float32 and items_dtype == torch.float32 else 2e-2

@@ -61,7 +61,8 @@ def linear_cross_entropy(
     hidden (the autocast case) are computed in hidden's dtype. targets: [N] or [B, L] integer in
     [0, C) or ignore_index. negatives: None (full catalogue), [K] (shared by the batch), [B, K] with
     hidden [B, L, d] (shared by each sequence), [B, L, K] or [N, K] (per position), or an int K
-    (drawn per position from `seed`; the same indices as `kernels.draw.draw_negatives`).
+    (drawn per position from `seed`; the same indices as `kernels.draw.draw_negatives`, each negative's
+    logit plus its stratum weight, docs/design.md).
     log_q: None, a float32 tensor [C] of log sampling probabilities, or "uniform" (-log C); the
     logit of each negative is lowered by log(K) + log_q[item]. Returns a float32 scalar for
     reduction "mean" (0 when every row is ignored) or "sum", or float32 of hidden's leading shape

@@ -12,12 +12,18 @@ draws (backward regenerates them) and the host can reproduce them exactly:
 
 The draw is stratified: the catalogue [0, C) is cut into K consecutive slices whose sizes differ by
 at most one item (the fixed point keeps 64-bit division out of the kernel), and negative k of every
-row is uniform on slice k. So every item is equally likely to be a negative of a row (probability
-1/size ~ K/C, which is what the uniform logQ correction log(K/C) assumes, exact to one part in C/K),
-a row never draws the same item twice, and rows are independent. Why not K independent uniform
-draws: with slices, the k-th negatives of all rows lie in one narrow part of the catalogue, so
-backward, which walks the negatives column block by column block for all rows, scatter-adds into a
-part of the item gradient that stays in L2 (kernels/triton_gather.py).
+row is uniform on slice k. A row never draws the same item twice, and rows are independent. Why not K
+independent uniform draws: with slices, the k-th negatives of all rows lie in one narrow part of the
+catalogue, so backward, which walks the negatives column block by column block for all rows,
+scatter-adds into a part of the item gradient that stays in L2 (kernels/triton_gather.py).
+
+An item of slice k is a negative of a row with probability 1/size_k, which is K/C only when K divides
+C: the slices hold floor(C/K) or ceil(C/K) items, so at K = 3000 of C = 3416 (ml-1m) 2,584 items are a
+negative of every row and 832 of every other row. Left as it is, that halves the push on the second
+group's logits: a bias in the model, not noise. So the loss adds to negative k's logit its stratum
+weight log(size_k * K / C) (`slice_log_weights`): every item then counts K/C times in expectation in a
+row's sum of exp(logits), as with K uniform draws, whatever K and C. The weight is 0 when K divides C
+and between log(1 - K/C) and log(1 + K/C) otherwise.
 
 `mix32` is the "lowbias32" integer finaliser (xor-shift / multiply, a bijection on 32 bits). The
 multiply-shift map onto a slice is off uniform by at most size / 2**32 relative.
@@ -33,6 +39,8 @@ from __future__ import annotations
 
 import torch
 
+# How the loss weights the negatives it draws (the docstring above); trials record it (study.record).
+WEIGHTING = "stratum-weighted"
 MASK32 = 0xFFFFFFFF
 MIX_SHIFT_1, MIX_MUL_1, MIX_SHIFT_2, MIX_MUL_2, MIX_SHIFT_3 = 16, 0x7FEB352D, 15, 0x846CA68B, 16
 WEYL = 0x9E3779B9
@@ -121,3 +129,12 @@ def slice_starts(num_items: int, num_negatives: int,
     starts = (ks * slice_step(num_items, num_negatives)) >> 32
     starts[-1] = num_items
     return starts
+
+
+def slice_log_weights(num_items: int, num_negatives: int,
+                      device: torch.device | str | None = None) -> torch.Tensor:
+    """float32 [K]: the stratum weight log(size_k * K / C) that the loss adds to drawn negative k's logit
+    (see the module docstring; the Triton side computes the same from the slice bounds)."""
+    starts = slice_starts(num_items, num_negatives, device=device)
+    sizes = (starts[1:] - starts[:-1]).to(torch.float64)
+    return torch.log(sizes * (num_negatives / num_items)).to(torch.float32)

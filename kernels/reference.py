@@ -42,12 +42,14 @@ def reference_linear_cross_entropy(
         return reduce_rows(row_loss, kept, reduction)
 
     safe_targets = torch.where(kept, targets, torch.zeros_like(targets))
+    stratum_weights = None
     if scheme == "drawn":
-        from kernels.draw import draw_negatives
+        from kernels.draw import draw_negatives, slice_log_weights
 
         if seed is None:
             raise ValueError("seed: required for the drawn scheme")
         negatives = draw_negatives(seed, hidden.shape[0], num_negatives, items.shape[0], device=hidden.device)
+        stratum_weights = slice_log_weights(items.shape[0], num_negatives, device=hidden.device)
         scheme = "position"
     if negatives is None:
         raise ValueError(f"negatives: required for the {scheme} scheme")
@@ -60,6 +62,8 @@ def reference_linear_cross_entropy(
     negative = negative.reshape(*row_shape, num_negatives)
     if log_q is not None:
         negative = negative.sub_(logq_correction(per_row, num_negatives, log_q))
+    if stratum_weights is not None:  # drawn: kernels/draw.py, why
+        negative = negative.add_(stratum_weights)
     if remove_accidental_hits:
         negative = negative.masked_fill_(per_row == safe_targets.reshape(*row_shape, 1), float("-inf"))
     # logsumexp(s0, s1..sK) without concatenating s0: a row whose negatives are all hits has

@@ -5,7 +5,8 @@ the kernel from a seed ("drawn", see `kernels.draw`). Nothing is shared between 
 gather, not a GEMM: each pass reads N*K item rows of d values, and the pass count is what costs.
 
 Forward (one program per row, the K negatives in chunks of BLOCK_K): gather the chunk's item rows
-`[BLOCK_K, d]`, dot them with h_i, apply the logQ correction and the accidental-hit mask, and fold
+`[BLOCK_K, d]`, dot them with h_i, apply the logQ correction (drawn negatives: and their stratum
+weight, `kernels.draw`) and the accidental-hit mask, and fold
 them into an online logsumexp that starts from the positive logit. Only the per-row loss and
 logsumexp (fp32 `[N]`) are kept for backward; logits never reach global memory.
 
@@ -126,15 +127,32 @@ def _mix32(x):
 
 
 @triton.jit
-def _draw_items(row_state, ks, num_items, num_negatives, slice_step):
-    # Negative k is uniform on the k-th of K catalogue slices [start_k, start_(k+1)), start_k =
-    # (k * slice_step) >> 32 and the last slice ending at C (kernels.draw; no 64-bit division here).
-    state = _mix32(row_state + ks.to(tl.uint32) * 0x9E3779B9)
+def _slice_bounds(ks, num_items, num_negatives, slice_step):
+    # The k-th of K catalogue slices is [start_k, start_(k+1)), start_k = (k * slice_step) >> 32, the last
+    # ending at C (kernels.draw; no 64-bit division here).
     step = tl.cast(slice_step, tl.uint64)
     start = (ks.to(tl.uint64) * step) >> 32
     next_start = ((ks + 1).to(tl.uint64) * step) >> 32
     end = tl.where(ks + 1 >= num_negatives, tl.cast(num_items, tl.uint64), next_start)
+    return start, end
+
+
+@triton.jit
+def _draw_items(row_state, ks, num_items, num_negatives, slice_step):
+    # Negative k is uniform on the k-th catalogue slice.
+    state = _mix32(row_state + ks.to(tl.uint32) * 0x9E3779B9)
+    start, end = _slice_bounds(ks, num_items, num_negatives, slice_step)
     return (start + ((state.to(tl.uint64) * (end - start)) >> 32)).to(tl.int64)
+
+
+@triton.jit
+def _stratum_log_weights(ks, num_items, num_negatives, slice_step):
+    # log(size_k * K / C), added to drawn negative k's logit: with it every item counts K/C times in
+    # expectation, as with K uniform draws, when K does not divide C (kernels.draw.slice_log_weights).
+    start, end = _slice_bounds(ks, num_items, num_negatives, slice_step)
+    size = tl.where(ks < num_negatives, (end - start).to(tl.float32), 1.0)  # columns past K: no slice
+    ratio = tl.cast(num_negatives, tl.float32) / tl.cast(num_items, tl.float32)
+    return tl.log(size * ratio)
 
 
 @triton.jit
@@ -206,6 +224,8 @@ def _negative_logits(
     logits = tl.sum(rows * hidden_row.to(tl.float32)[None, :], axis=1)
     if LOG_Q_MODE != LOG_Q_NONE:
         logits = logits - log_q_correction(log_q_ptr, item_ids, k_mask, log_q_scalar, LOG_Q_MODE, 1.0)
+    if DRAWN:
+        logits = logits + _stratum_log_weights(ks, num_items, num_negatives, slice_step)
     if REMOVE_HITS:
         k_mask = k_mask & (item_ids != target)
     logits = tl.where(k_mask, logits, float("-inf"))

@@ -5,8 +5,9 @@
 Row i of `hidden` scores its target t and its negatives n_1..n_K against `items` (s_ij = h_i . e_j):
     sampled (CE-):        loss_i = logsumexp(s_it, s_in_1 - c_1, ..., s_in_K - c_K) - s_it
     full catalogue (CE):  loss_i = logsumexp_j(s_ij) - s_it
-with the logQ correction c_k = log K + log q(n_k) (0 without it), and a negative equal to the target left
-out when accidental hits are removed. A row whose target is `ignore_index` is no row: 0 with reduction
+with the logQ correction c_k = log K + log q(n_k) (0 without it), for negatives drawn in the kernel also
+minus their stratum weight (c_k -= log(size_k K / C), kernels/draw.py), and a negative equal to the target
+left out when accidental hits are removed. A row whose target is `ignore_index` is no row: 0 with reduction
 "none", left out of "sum" and of the count that "mean" divides by.
 
 Kept beside the tests (not in kernels/: no library code needs it); the benchmarks put tests/ on their path.
@@ -37,13 +38,16 @@ def row_negatives(negatives: torch.Tensor, num_rows: int) -> torch.Tensor:
 def oracle_loss(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
                 negatives: torch.Tensor | None = None, *, log_q: torch.Tensor | float | None = None,
                 remove_accidental_hits: bool = True, ignore_index: int = IGNORE_INDEX,
-                reduction: str = "mean", items_as: torch.dtype | None = None) -> torch.Tensor:
+                reduction: str = "mean", items_as: torch.dtype | None = None,
+                drawn: bool = False) -> torch.Tensor:
     """The loss in float64, differentiable (give float64 leaves to get float64 gradients).
 
     hidden [N, d] or [B, L, d]; items [C, d]; targets [N] or [B, L]; negatives None for the full catalogue,
     else any layout `row_negatives` takes; log_q None, a tensor [C] of log q per item, or one float for
     every item. `items_as`: the items are first rounded to this dtype, as a kernel computing in hidden's
-    precision sees them (their gradient passes the rounding unchanged). Reduction "none" gives [N].
+    precision sees them (their gradient passes the rounding unchanged). `drawn`: the negatives are those the
+    kernel drew (`kernels.draw_negatives`), column k from catalogue slice k, so each gets its stratum
+    weight. Reduction "none" gives [N].
     """
     if items_as is not None:
         items = items + (items.to(items_as).to(items.dtype) - items).detach()
@@ -61,6 +65,8 @@ def oracle_loss(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
         if log_q is not None:
             log_q_of_rows = log_q.double()[rows] if isinstance(log_q, torch.Tensor) else log_q
             scores = scores - (math.log(rows.shape[1]) + log_q_of_rows)
+        if drawn:
+            scores = scores + stratum_log_weights(e.shape[0], rows.shape[1]).to(scores.device)
         if remove_accidental_hits:
             scores = scores.masked_fill(rows == safe_targets[:, None], float("-inf"))
         lse = torch.logsumexp(torch.cat([positive[:, None], scores], dim=1), dim=1)
@@ -71,6 +77,15 @@ def oracle_loss(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor
         return loss.sum()
     assert reduction == "mean", reduction
     return loss.sum() / kept.sum().clamp(min=1)
+
+
+def stratum_log_weights(num_items: int, num_negatives: int) -> torch.Tensor:
+    """float64 [K]: log(size_k * K / C) for the K catalogue slices of the drawn negatives (their bounds:
+    `kernels.draw.slice_starts`, checked against the kernel's draws in tests/test_draw.py)."""
+    from kernels.draw import slice_starts
+
+    sizes = slice_starts(num_items, num_negatives).diff().double()
+    return torch.log(sizes * num_negatives / num_items)
 
 
 def oracle_with_grads(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,

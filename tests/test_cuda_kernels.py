@@ -142,7 +142,8 @@ def check_case(case: Case, dtypes: str, seed: int = 0, gather_config: GatherConf
     expected, expected_hidden_grad, expected_items_grad = oracle_with_grads(
         hidden, items, targets, used, upstream=upstream, items_as=hidden_dtype,
         log_q=-math.log(case.num_items) if isinstance(log_q, str) else log_q,
-        remove_accidental_hits=case.remove_hits, ignore_index=IGNORE, reduction=case.reduction)
+        remove_accidental_hits=case.remove_hits, ignore_index=IGNORE, reduction=case.reduction,
+        drawn=case.scheme == "drawn")
 
     assert loss.dtype == torch.float32 and torch.isfinite(loss).all()
     assert loss.shape == (targets.shape if case.reduction == "none" else ())

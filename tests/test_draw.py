@@ -9,7 +9,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest
 import torch
 
-from kernels.draw import draw_negatives, seed_key
+from kernels.draw import draw_negatives, seed_key, slice_log_weights
 
 
 def _mix32_spec(x: int) -> int:
@@ -68,7 +68,7 @@ def test_uniform_over_catalogue_one_draw_per_slice() -> None:
     assert int((end - start).max() - (end - start).min()) <= 1
     assert bool(((draws >= start) & (draws < end)).all())
     assert bool((draws[:, 1:] > draws[:, :-1]).all())
-    # Every item is equally likely: count_c ~ Binomial(rows, 1/size of its slice).
+    # Each item is a negative with probability 1/size of its slice: count_c ~ Binomial(rows, 1/size).
     counts = torch.bincount(draws.flatten(), minlength=num_items).double()
     sizes = (end - start).repeat_interleave(end - start).double()
     expected = num_rows / sizes
@@ -119,3 +119,19 @@ def test_triton_draw_is_bit_identical(seed: int, num_items: int) -> None:
     # 45 negatives with 16-wide chunks: the last chunk is ragged.
     in_kernel = draw_in_kernel(seed, 11, 45, num_items)
     assert torch.equal(in_kernel, draw_negatives(seed, 11, 45, num_items))
+
+
+@pytest.mark.parametrize(("num_items", "num_negatives", "num_rows", "tolerance"),
+                         [(7, 5, 40_000, 0.03), (3416, 3000, 2_000, 0.12)])  # 3416 items: ml-1m
+def test_stratum_weights_make_every_item_count_k_over_c_times_per_row(num_items, num_negatives, num_rows,
+                                                                      tolerance):
+    # Slices of floor(C/K) and ceil(C/K) items: alone, an item is a negative with probability 1/size of its
+    # slice; weighted by exp(stratum weight) = size * K / C, every item counts K / C times per row on average.
+    draws = draw_negatives(99, num_rows, num_negatives, num_items).flatten()
+    uniform = num_negatives / num_items
+    weights = slice_log_weights(num_items, num_negatives).double().exp().repeat(num_rows)
+    weighted = torch.zeros(num_items, dtype=torch.float64).index_add_(0, draws, weights) / num_rows
+    unweighted = torch.bincount(draws, minlength=num_items).double() / num_rows
+    assert float((weighted / uniform - 1).abs().max()) < tolerance
+    assert float((unweighted / uniform - 1).abs().max()) > 0.25  # the bias the weights remove
+    assert torch.equal(slice_log_weights(60, 12), torch.zeros(12))  # K divides C: no weight

@@ -16,6 +16,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
+from loss_oracle import stratum_log_weights
 
 import kernels
 import kernels.api as api
@@ -62,10 +63,11 @@ def per_row(negatives, scheme):
     return negatives.reshape(B * L, K)
 
 
-def reference(hidden, items, targets, negatives, dropped, log_q=None, remove_hits=True):
+def reference(hidden, items, targets, negatives, dropped, log_q=None, remove_hits=True, drawn=False):
     """Float64 CE- (mean over kept rows, accidental hits removed unless remove_hits=False, logits lowered by
-    log K + log_q[item] with a log_q tensor) with `dropped` [N, K] entries left out; negatives None is the
-    full catalogue. Rows whose target is outside [0, C) count as ignored."""
+    log K + log_q[item] with a log_q tensor, raised by their stratum weight when `drawn`) with `dropped`
+    [N, K] entries left out; negatives None is the full catalogue. Rows whose target is outside [0, C) count
+    as ignored."""
     h = hidden.double().reshape(B * L, D)
     e = items.double()
     t = targets.reshape(-1)
@@ -80,6 +82,8 @@ def reference(hidden, items, targets, negatives, dropped, log_q=None, remove_hit
         logits = torch.einsum("nd,nkd->nk", h, e[safe_negatives])
         if log_q is not None:
             logits = logits - (math.log(negatives.shape[1]) + log_q.double()[safe_negatives])
+        if drawn:
+            logits = logits + stratum_log_weights(C, negatives.shape[1])
         hits = (safe_negatives == safe[:, None]) if remove_hits else torch.zeros_like(dropped)
         logits = logits.masked_fill(dropped | hits, float("-inf"))
         row_loss = torch.logsumexp(torch.cat([positive[:, None], logits], 1), 1) - positive
@@ -171,7 +175,8 @@ def test_bad_target_row_counts_as_ignored_then_reported(deferred, scheme):
         drawn = kernels.draw_negatives(seed, B * L, K, C) if scheme == "drawn" else None
         rows = drawn if drawn is not None else per_row(negatives, scheme)
     dropped = None if rows is None else torch.zeros(rows.shape, dtype=torch.bool)
-    expected = losses_and_grads(lambda: reference(hidden, items, targets, rows, dropped), hidden, items)
+    expected = losses_and_grads(
+        lambda: reference(hidden, items, targets, rows, dropped, drawn=scheme == "drawn"), hidden, items)
     got = losses_and_grads(
         lambda: kernels.linear_cross_entropy(hidden, items, targets, negatives, seed=seed, impl="triton"),
         hidden, items)

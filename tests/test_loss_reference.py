@@ -197,17 +197,29 @@ def test_non_contiguous_hidden_and_items_view_give_the_same_loss():
 
 
 @pytest.mark.skipif(importlib.util.find_spec("kernels.draw") is None, reason="kernels.draw not written yet")
-def test_drawn_negatives_equal_host_draw_per_position():
+@pytest.mark.parametrize("num_items", [23, 25])  # slices of 4 and 5 items (stratum weights), all of 5 (none)
+def test_drawn_negatives_are_the_host_draw_with_their_stratum_weights(num_items):
     from kernels.draw import draw_negatives
 
     generator = torch.Generator().manual_seed(6)
-    hidden, items, targets = random_problem(generator)
+    hidden, items, targets = random_problem(generator, num_items=num_items)
+    hidden.requires_grad_()
+    items.requires_grad_()
     drawn = linear_cross_entropy(hidden, items, targets, 5, seed=1234, log_q="uniform", reduction="none",
                                  impl="torch")
-    host = draw_negatives(1234, 15, 5, items.shape[0])
-    expected = linear_cross_entropy(hidden, items, targets, host, log_q="uniform", reduction="none",
-                                    impl="torch")
-    torch.testing.assert_close(drawn, expected)
+    host = draw_negatives(1234, 15, 5, num_items)
+    upstream = torch.rand(drawn.shape, generator=generator) + 0.5
+    expected, expected_hidden_grad, expected_items_grad = oracle_with_grads(
+        hidden, items, targets, host, upstream=upstream, log_q=-math.log(num_items), ignore_index=IGNORE,
+        reduction="none", drawn=True)
+    assert relative_error(drawn, expected) < 1e-6
+    (drawn * upstream).sum().backward()
+    assert relative_error(hidden.grad, expected_hidden_grad) < 1e-5
+    assert relative_error(items.grad, expected_items_grad) < 1e-5
+    if num_items == 25:
+        given = linear_cross_entropy(hidden, items, targets, host, log_q="uniform", reduction="none",
+                                     impl="torch")
+        torch.testing.assert_close(drawn, given)
 
 
 def test_auto_uses_torch_on_cpu():

@@ -75,7 +75,7 @@ def check_against_reference(hidden, items, targets, negatives, log_q, *, scheme,
     # The oracle rounds items to hidden's precision as the kernel does.
     expected, expected_hidden_grad, expected_items_grad = oracle_with_grads(
         hidden, items, targets, negatives, upstream=upstream, log_q=log_q, remove_accidental_hits=remove_hits,
-        ignore_index=IGNORE, reduction=reduction, items_as=hidden.dtype)
+        ignore_index=IGNORE, reduction=reduction, items_as=hidden.dtype, drawn=scheme == "drawn")
     assert loss.dtype == torch.float32
     assert loss.shape == expected.shape
     assert torch.isfinite(loss).all()
@@ -159,8 +159,9 @@ def test_int32_indices_and_strided_item_view():
     assert weight.grad[0].abs().max() == 0 and weight.grad[1:].abs().max() > 0
 
 
-def test_drawn_equals_position_with_host_draws():
-    hidden, items, targets, negatives, log_q = make_case(30, 26, 44, 64, torch.float32, torch.float32,
+def test_drawn_equals_position_with_host_draws_when_k_divides_the_catalogue():
+    # 26 slices of 2 items each: every stratum weight is log(2 * 26 / 52) = 0 exactly.
+    hidden, items, targets, negatives, log_q = make_case(30, 26, 52, 64, torch.float32, torch.float32,
                                                          scheme="drawn", seed=11, log_q_kind="tensor")
     drawn = run_kernel(hidden, items, targets, negatives, log_q, scheme="drawn", seed=11, reduction="none")
     given = run_kernel(hidden, items, targets, negatives, log_q, scheme="position", seed=11, reduction="none")
@@ -253,7 +254,8 @@ def test_public_api_drawn_negatives_with_uniform_log_q():
     hidden, items, targets, negatives, _ = make_case(33, 23, 40, 16, torch.float32, torch.float32,
                                                      scheme="drawn", seed=41, log_q_kind=None)
     loss = linear_cross_entropy(hidden, items, targets, 23, seed=41, log_q="uniform", impl="triton")
-    expected = oracle_loss(hidden, items, targets, negatives, log_q=-math.log(40), ignore_index=IGNORE)
+    expected = oracle_loss(hidden, items, targets, negatives, log_q=-math.log(40), ignore_index=IGNORE,
+                           drawn=True)
     assert relative_error(loss, expected) < FP32_TOLERANCE
 
 

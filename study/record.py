@@ -8,6 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# versions[DRAWN_NEGATIVES_KEY]: how the fused loss weighted the negatives it drew in the kernel
+# (kernels.draw.WEIGHTING). Rows without it were trained before the stratum weight existed: analysis keeps
+# their drawn trials apart (study.database.results_db.name_unweighted_draws).
+DRAWN_NEGATIVES_KEY = "drawn-negatives"
+
 TrialStatus = Literal["ok", "oom", "over_budget", "predicted_over_budget", "failed"]
 # Why training stopped: validation NDCG@10 stopped improving for `patience` epochs, the trial's
 # `time_limit_s` cut it, or every one of `epochs` ran.
@@ -89,7 +94,8 @@ class TrialRecord:
     num_interactions: int | None = None
     device: str | None = None  # "cpu", "cuda:0"
     loss_impl: str | None = None  # the implementation that actually ran: "triton" or "torch"
-    versions: dict[str, str] = field(default_factory=dict)  # python, torch, triton, cce-study, cuda
+    # python, torch, triton, cce-study, cuda, and DRAWN_NEGATIVES_KEY
+    versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     started_at: str | None = None  # ISO 8601, UTC
     finished_at: str | None = None

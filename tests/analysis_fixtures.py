@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kernels.draw import WEIGHTING
 from study.config import METRIC_KS, TrainConfig
-from study.record import EpochRecord, MemoryReport, TrialRecord
+from study.record import DRAWN_NEGATIVES_KEY, EpochRecord, MemoryReport, TrialRecord
 
 GIB = 2**30
 METRIC_NAMES = ("ndcg", "hit", "mrr", "coverage")
@@ -117,7 +118,7 @@ def to_record(trial: SyntheticTrial) -> TrialRecord:
         mean_epoch_seconds=trial.epoch_seconds, sequences_per_second=1000.0 if ok else None,
         total_seconds=(trial.epoch_seconds or 0.0) * 3 + 2.0, num_users=943, num_items=1682,
         num_interactions=100_000, device="cuda:0", loss_impl=trial.loss_impl_used,
-        versions={"python": "3.12", "torch": "2.11"}, git_commit="0" * 40,
+        versions={"python": "3.12", "torch": "2.11", DRAWN_NEGATIVES_KEY: WEIGHTING}, git_commit="0" * 40,
         started_at=(start + pd.Timedelta(seconds=trial.ran[0])).isoformat(),
         finished_at=(start + pd.Timedelta(seconds=trial.ran[1])).isoformat(),
         stop_reason=(trial.stop_reason or "early_stopping") if ok else None,  # type: ignore[arg-type]

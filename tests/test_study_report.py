@@ -26,8 +26,9 @@ from study.analysis.study_report import (
     versus,
 )
 from study.config import TrainConfig
-from study.database.results_db import ResultsDB
+from study.database.results_db import ResultsDB, load_trials
 from study.record import MemoryReport, TrialRecord
+from study.training.trainer import collect_versions
 
 GIB = 2**30
 
@@ -171,13 +172,7 @@ def test_scopes_are_compared_only_with_per_position_under_the_same_time_cap(tmp_
     sweep, cut under another sharing of the card) is not the reference of the scopes; once it was, when
     it happened to be grouped last."""
     def capped(scope: str, cap: float, ndcg: float, seed: int) -> TrialRecord:
-        config = TrainConfig(dataset="diginetica", loss="ce-neg", num_negatives=256, batch_size=1024,
-                             max_len=20, negative_scope=scope, time_limit_s=cap,  # type: ignore[arg-type]
-                             seed=seed)
-        return TrialRecord(status="ok", config=config.to_dict(), loss_impl="triton",
-                           val_metrics={"ndcg@10": ndcg}, test_metrics={"ndcg@10": ndcg},
-                           memory=MemoryReport(nvml_process_peak=GIB), steady_epoch_seconds=6.0,
-                           mean_epoch_seconds=6.0, stop_reason="time_limit")
+        return capped_trial(scope, cap, ndcg, seed, versions=collect_versions())
     scopes = write(tmp_path / "scopes.sqlite", "scopes", [
         capped(scope, 390, ndcg + seed / 1e4, seed)
         for scope, ndcg in (("position", 0.344), ("drawn", 0.345), ("batch", 0.311)) for seed in range(3)])
@@ -188,6 +183,39 @@ def test_scopes_are_compared_only_with_per_position_under_the_same_time_cap(tmp_
     assert table.iloc[0]["val NDCG@10"].startswith("0.3441")  # the 390 s rows, not the 400 s ones (0.4001)
     assert table.iloc[1]["vs per position"] == "better"  # 0.3451 +- 0.0001 vs 0.3441 +- 0.0001
     assert table.iloc[2]["vs per position"] == "worse"
+
+
+def capped_trial(scope: str, cap: float, ndcg: float, seed: int, *, versions: dict[str, str]) -> TrialRecord:
+    config = TrainConfig(dataset="diginetica", loss="ce-neg", num_negatives=256, batch_size=1024,
+                         max_len=20, negative_scope=scope, time_limit_s=cap,  # type: ignore[arg-type]
+                         seed=seed)
+    return TrialRecord(status="ok", config=config.to_dict(), loss_impl="triton",
+                       val_metrics={"ndcg@10": ndcg}, test_metrics={"ndcg@10": ndcg},
+                       memory=MemoryReport(nvml_process_peak=GIB), steady_epoch_seconds=6.0,
+                       mean_epoch_seconds=6.0, stop_reason="time_limit", versions=versions)
+
+
+def test_drawn_rows_from_before_the_stratum_weight_never_pool_with_weighted_ones(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Rows whose trainer did not record how drawn negatives were weighted (study calls 13-39) trained the
+    unweighted draw: the report calls their scope "drawn-unweighted", beside today's "drawn"; other scopes
+    of the same rows keep their names, and the database itself is not changed."""
+    old_versions = {"python": "3.12.3", "torch": "2.11.0+cu130"}
+    old = write(tmp_path / "old.sqlite", "old", [
+        capped_trial(scope, 390, ndcg + seed / 1e4, seed, versions=old_versions)
+        for scope, ndcg in (("position", 0.344), ("drawn", 0.300)) for seed in range(3)])
+    new = write(tmp_path / "new.sqlite", "new",
+                [capped_trial("drawn", 390, 0.345 + seed / 1e4, seed, versions=collect_versions())
+                 for seed in range(3)])
+    table = scope_comparison(configurations(load_study([old, new]))).set_index("scope")
+    assert list(table.index) == ["position", "drawn", "drawn-unweighted"]
+    assert table.loc["drawn", "val NDCG@10"].startswith("0.3451")  # the weighted seeds alone
+    assert table.loc["drawn-unweighted", "val NDCG@10"].startswith("0.3001")
+    assert set(load_trials(old)["negative_scope"]) == {"position", "drawn"}  # as recorded
+    # `best` reads them the same way: pooled, the six drawn seeds (mean 0.3226) would lose to per position.
+    assert cli.main(["best", "--db", str(old), "--db", str(new), "--budgets", "40GiB"]) == 0
+    answer = capsys.readouterr().out.splitlines()[1].split()
+    assert answer[2:5] == ["new-0", "256", "drawn"] and answer[8] == "0.3451"
 
 
 def test_a_setting_besides_k_b_l_is_named_wherever_a_configuration_is(tmp_path: Path) -> None:

@@ -38,12 +38,12 @@ from study.analysis.card_sharing import mean_trials_on_card, sharing_text
 from study.analysis.labels import PointLabel, place_labels
 from study.analysis.pareto import GIB
 from study.analysis.report import markdown_table
-from study.database.results_db import load_trials, name_dataset_copies
+from study.database.results_db import load_trials, name_dataset_copies, name_unweighted_draws
 from study.units import parse_budget
 
 IMPL_LABELS = {"triton": "fused (Triton)", "torch": "PyTorch"}
 IMPL_STYLE = {"triton": ("o", "tab:green"), "torch": ("^", "tab:gray")}
-SCOPE_ORDER = ("position", "drawn", "sequence", "batch")
+SCOPE_ORDER = ("position", "drawn", "drawn-unweighted", "sequence", "batch")
 DEFAULT_BUDGETS_TEXT = "8GiB,16GiB,40GiB"
 WANTED_SEEDS = 3
 # Settings every table and figure names by themselves (K, B, L, the implementation, the scope), or that name
@@ -61,7 +61,7 @@ def load_study(paths: Sequence[str | Path]) -> pd.DataFrame:
     frames = [load_trials(path).assign(database=str(path)) for path in paths]
     if not frames:
         raise ValueError("db: give at least one results database")
-    return name_dataset_copies(pd.concat(frames, ignore_index=True))
+    return name_unweighted_draws(name_dataset_copies(pd.concat(frames, ignore_index=True)))
 
 
 def configurations(trials: pd.DataFrame, *, metric: str = "ndcg@10") -> pd.DataFrame:

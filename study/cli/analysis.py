@@ -105,7 +105,7 @@ def database_paths(args: argparse.Namespace) -> list[Path]:
 def load_selected(args: argparse.Namespace) -> pd.DataFrame:
     """The trials chosen by --db (one or several databases), --sweep, --dataset and --split; UserError when
     there are none, or when two databases hold the same trial (a database given twice, or a copy of one)."""
-    from study.database.results_db import load_trials, name_dataset_copies
+    from study.database.results_db import load_trials, name_dataset_copies, name_unweighted_draws
 
     paths = database_paths(args)
     frames = []
@@ -124,7 +124,8 @@ def load_selected(args: argparse.Namespace) -> pd.DataFrame:
                                 "database once")
             seen[trial_id] = db_path
         frames.append(loaded)
-    trials = name_dataset_copies(pd.concat(frames, ignore_index=True)) if len(frames) > 1 else frames[0]
+    trials = name_unweighted_draws(
+        name_dataset_copies(pd.concat(frames, ignore_index=True)) if len(frames) > 1 else frames[0])
     where = " and ".join(str(path) for path in paths)
     selection = f" of sweep {args.sweep!r}" if args.sweep else ""
     if trials.empty:

@@ -27,7 +27,7 @@ import pandas as pd
 
 from study.config import FIELDS_ADDED_LATER, METRIC_KS, TrainConfig, field_type
 from study.database.sqlite_readonly import open_readonly
-from study.record import TrialRecord, steady_state_seconds
+from study.record import DRAWN_NEGATIVES_KEY, TrialRecord, steady_state_seconds
 
 T = TypeVar("T")
 # How long a write waits, in all, for another process's lock on the database before giving up.
@@ -642,6 +642,33 @@ def name_dataset_copies(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+UNWEIGHTED_DRAWN_SCOPE = "drawn-unweighted"
+
+
+def name_unweighted_draws(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of negatives drawn in the kernel before the loss gave each its stratum weight (docs/design.md;
+    their `versions_json` has no DRAWN_NEGATIVES_KEY) trained another loss than today's "drawn": analysis
+    reads their `negative_scope` as "drawn-unweighted", so they never pool with rows of the weighted draw.
+    The database keeps what was recorded; the sweep's resume and search read it unchanged."""
+    if not {"negative_scope", "versions_json"} <= set(frame.columns):
+        return frame
+    drawn = frame["negative_scope"] == "drawn"
+    if not drawn.any():
+        return frame
+
+    def unweighted(versions: object) -> bool:
+        try:
+            parsed = json.loads(versions) if isinstance(versions, str) else {}
+        except json.JSONDecodeError:
+            parsed = {}
+        return not (isinstance(parsed, dict) and DRAWN_NEGATIVES_KEY in parsed)
+
+    old = drawn & frame["versions_json"].map(unweighted).astype(bool)
+    frame = frame.copy()
+    frame.loc[old, "negative_scope"] = UNWEIGHTED_DRAWN_SCOPE
+    return frame
+
+
 def _with_steady_epoch_seconds(frame: pd.DataFrame, connection: sqlite3.Connection, db_path: Path,
                                sweep: str | None) -> pd.DataFrame:
     if STEADY_COLUMN not in frame.columns:  # a database no sweep has opened since the column came
@@ -693,6 +720,7 @@ __all__ = [
     "check_database_path",
     "load_trials",
     "name_dataset_copies",
+    "name_unweighted_draws",
     "load_epochs",
     "load_spec_versions",
     "DEFAULT_BUSY_TIMEOUT_S",

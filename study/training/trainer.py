@@ -33,11 +33,12 @@ import torch
 from tqdm import tqdm
 
 from kernels import check_index_errors
+from kernels.draw import WEIGHTING
 from models.sasrec import SASRec
 from study.config import ConfigError, TrainConfig, check_for_catalogue
 from study.config import check_combinations as check_loss_settings  # the old name of the rules, kept
 from study.memory.blas_workspaces import warm_up_blas_workspaces
-from study.record import EpochRecord, TrialRecord, steady_state_seconds
+from study.record import DRAWN_NEGATIVES_KEY, EpochRecord, TrialRecord, steady_state_seconds
 from study.training.checkpoint import Checkpointer, TrainingState, capture_rng, check_same_config, restore_rng
 from study.training.evaluate import evaluate_model, evaluate_popularity, prepare_evaluation
 from study.units import parse_budget
@@ -494,6 +495,7 @@ def collect_versions() -> dict[str, str]:
         versions["cce-study"] = importlib.metadata.version("cce-study")
     if torch.version.cuda is not None:
         versions["cuda"] = str(torch.version.cuda)
+    versions[DRAWN_NEGATIVES_KEY] = WEIGHTING
     return versions
 
 

@@ -51,3 +51,14 @@ def test_every_seed_trial_repeats_a_grid_configuration_with_a_new_seed(specs: di
                                      f"B={config.batch_size} L={config.max_len} is no grid's configuration")
             assert config.seed not in ran, f"{name}: seed {config.seed} already in {ran[config.seed]}"
             ran[config.seed] = name
+
+
+def test_the_weighted_draw_reruns_the_scopes_sweep_drawn_configurations(specs: dict[str, SweepSpec]) -> None:
+    # The report sets these rows beside the scopes sweep's per position and unweighted draw: a drifted
+    # setting would make them configurations of their own.
+    def trials(name: str) -> set[tuple[tuple[str, str], ...]]:
+        return {_configuration(config) + (("seed", repr(config.seed)),) for config in specs[name].grid()
+                if config.negative_scope == "drawn"}
+
+    rerun, scopes = trials("study-ml1m-drawn-weighted"), trials("study-ml1m-scopes")
+    assert rerun == scopes and len(rerun) == 9

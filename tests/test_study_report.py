@@ -28,6 +28,7 @@ from study.analysis.study_report import (
 from study.config import TrainConfig
 from study.database.results_db import ResultsDB, load_trials
 from study.record import MemoryReport, TrialRecord
+from study.sweep.trial import predicted_over_budget_record
 from study.training.trainer import collect_versions
 
 GIB = 2**30
@@ -204,9 +205,13 @@ def test_drawn_rows_from_before_the_stratum_weight_never_pool_with_weighted_ones
     old = write(tmp_path / "old.sqlite", "old", [
         capped_trial(scope, 390, ndcg + seed / 1e4, seed, versions=old_versions)
         for scope, ndcg in (("position", 0.344), ("drawn", 0.300)) for seed in range(3)])
+    # A row the planner wrote (no trainer ran, so no versions) trained no loss at all: it stays "drawn".
+    planned = TrainConfig(dataset="diginetica", loss="ce-neg", num_negatives=4096, batch_size=1024,
+                          max_len=20, negative_scope="drawn", time_limit_s=390)
     new = write(tmp_path / "new.sqlite", "new",
                 [capped_trial("drawn", 390, 0.345 + seed / 1e4, seed, versions=collect_versions())
-                 for seed in range(3)])
+                 for seed in range(3)] + [predicted_over_budget_record(planned, 50 * GIB, 40 * GIB, 43_097)])
+    assert list(load_study([new])["negative_scope"]) == ["drawn"] * 4
     table = scope_comparison(configurations(load_study([old, new]))).set_index("scope")
     assert list(table.index) == ["position", "drawn", "drawn-unweighted"]
     assert table.loc["drawn", "val NDCG@10"].startswith("0.3451")  # the weighted seeds alone

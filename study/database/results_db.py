@@ -646,10 +646,12 @@ UNWEIGHTED_DRAWN_SCOPE = "drawn-unweighted"
 
 
 def name_unweighted_draws(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows of negatives drawn in the kernel before the loss gave each its stratum weight (docs/design.md;
-    their `versions_json` has no DRAWN_NEGATIVES_KEY) trained another loss than today's "drawn": analysis
-    reads their `negative_scope` as "drawn-unweighted", so they never pool with rows of the weighted draw.
-    The database keeps what was recorded; the sweep's resume and search read it unchanged."""
+    """Rows of negatives drawn in the kernel before the loss gave each its stratum weight (docs/design.md:
+    the trainer recorded its versions, and DRAWN_NEGATIVES_KEY is not among them) trained another loss than
+    today's "drawn": analysis reads their `negative_scope` as "drawn-unweighted", so they never pool with
+    rows of the weighted draw. Rows no trainer wrote (`versions_json` "{}": predicted over the budget,
+    invalid, a dead worker) trained nothing and keep "drawn". The database keeps what was recorded; the
+    sweep's resume and search read it unchanged."""
     if not {"negative_scope", "versions_json"} <= set(frame.columns):
         return frame
     drawn = frame["negative_scope"] == "drawn"
@@ -661,7 +663,7 @@ def name_unweighted_draws(frame: pd.DataFrame) -> pd.DataFrame:
             parsed = json.loads(versions) if isinstance(versions, str) else {}
         except json.JSONDecodeError:
             parsed = {}
-        return not (isinstance(parsed, dict) and DRAWN_NEGATIVES_KEY in parsed)
+        return isinstance(parsed, dict) and bool(parsed) and DRAWN_NEGATIVES_KEY not in parsed
 
     old = drawn & frame["versions_json"].map(unweighted).astype(bool)
     frame = frame.copy()
